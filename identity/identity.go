@@ -1,0 +1,158 @@
+// Package identity defines workload identity for quicmesh: SPIFFE IDs, the
+// Provider that supplies the local workload's certificate and trust roots,
+// and the TLS configuration that enforces mutual authentication between
+// sidecars.
+package identity
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// ErrUnauthorized is wrapped by every peer-verification failure so callers
+// can branch on "the peer was refused" without parsing messages.
+var ErrUnauthorized = errors.New("identity: peer unauthorized")
+
+// ID is a SPIFFE ID: spiffe://<trust domain>/<path>.
+type ID struct {
+	TrustDomain string
+	Path        string // always starts with "/" when non-empty
+}
+
+// ParseID parses and validates a SPIFFE ID. It accepts only the canonical
+// form: scheme "spiffe", a lower-case trust domain, no port, user info,
+// query or fragment, and a path without empty, "." or ".." segments.
+func ParseID(s string) (ID, error) {
+	const prefix = "spiffe://"
+	if !strings.HasPrefix(s, prefix) {
+		return ID{}, fmt.Errorf("identity: %q is not a SPIFFE ID: scheme must be spiffe://", s)
+	}
+	rest := s[len(prefix):]
+	td, path, _ := strings.Cut(rest, "/")
+	if td == "" {
+		return ID{}, fmt.Errorf("identity: %q has an empty trust domain", s)
+	}
+	for _, r := range td {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+			return ID{}, fmt.Errorf("identity: %q: trust domain may contain only a-z, 0-9, '-', '.', '_'", s)
+		}
+	}
+	id := ID{TrustDomain: td}
+	if path == "" {
+		if strings.HasSuffix(rest, "/") {
+			return ID{}, fmt.Errorf("identity: %q: path must not end with '/'", s)
+		}
+		return id, nil
+	}
+	for _, seg := range strings.Split(path, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return ID{}, fmt.Errorf("identity: %q: path has an empty, '.' or '..' segment", s)
+		}
+		for _, r := range seg {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+				return ID{}, fmt.Errorf("identity: %q: path may contain only letters, digits, '-', '.', '_'", s)
+			}
+		}
+	}
+	id.Path = "/" + path
+	return id, nil
+}
+
+// MustParseID is ParseID for constants in tests and defaults.
+func MustParseID(s string) ID {
+	id, err := ParseID(s)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+// String returns the URI form of the ID.
+func (id ID) String() string {
+	if id.TrustDomain == "" {
+		return ""
+	}
+	return "spiffe://" + id.TrustDomain + id.Path
+}
+
+// IsZero reports whether the ID is unset.
+func (id ID) IsZero() bool { return id.TrustDomain == "" }
+
+// URL returns the ID as a URL for a certificate's URI SAN.
+func (id ID) URL() *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: id.TrustDomain, Path: id.Path}
+}
+
+// IDFromCert extracts the SPIFFE ID of a certificate. A workload
+// certificate must carry exactly one URI SAN and it must be a SPIFFE ID.
+func IDFromCert(cert *x509.Certificate) (ID, error) {
+	if len(cert.URIs) != 1 {
+		return ID{}, fmt.Errorf("identity: certificate has %d URI SANs, want exactly one SPIFFE ID: %w", len(cert.URIs), ErrUnauthorized)
+	}
+	id, err := ParseID(cert.URIs[0].String())
+	if err != nil {
+		return ID{}, fmt.Errorf("%w: %w", err, ErrUnauthorized)
+	}
+	return id, nil
+}
+
+// Provider supplies the local workload's identity. Implementations must be
+// safe for concurrent use; Certificate and Roots are called on every TLS
+// handshake so rotation takes effect without a restart.
+type Provider interface {
+	// Certificate returns the current workload certificate chain and key.
+	Certificate() (*tls.Certificate, error)
+	// Roots returns the current trust bundle.
+	Roots() (*x509.CertPool, error)
+	// Changed returns a channel that is closed the next time the
+	// certificate or the roots change. Each change closes the channel
+	// handed out before it, so any number of watchers can wait on it.
+	Changed() <-chan struct{}
+}
+
+// Authorizer decides whether a verified peer may talk to us. It is called
+// only after the peer's chain has been verified against the trust bundle.
+type Authorizer func(peer ID) error
+
+// AuthorizeID accepts exactly one peer identity.
+func AuthorizeID(want ID) Authorizer {
+	return func(peer ID) error {
+		if peer != want {
+			return &VerifyError{Reason: ReasonWrongID, Err: fmt.Errorf("peer is %s, want %s", peer, want)}
+		}
+		return nil
+	}
+}
+
+// AuthorizeTrustDomain accepts any identity in one trust domain.
+func AuthorizeTrustDomain(td string) Authorizer {
+	return func(peer ID) error {
+		if peer.TrustDomain != td {
+			return &VerifyError{Reason: ReasonWrongID, Err: fmt.Errorf("peer %s is not in trust domain %q", peer, td)}
+		}
+		return nil
+	}
+}
+
+// Reasons a peer is refused; used as a bounded metrics label.
+const (
+	ReasonNoCertificate = "no_certificate"
+	ReasonUntrusted     = "untrusted"
+	ReasonExpired       = "expired"
+	ReasonBadID         = "bad_id"
+	ReasonWrongID       = "wrong_id"
+	ReasonNoIdentity    = "no_local_identity"
+)
+
+// VerifyError explains why a peer was refused.
+type VerifyError struct {
+	Reason string
+	Err    error
+}
+
+func (e *VerifyError) Error() string { return "identity: peer refused (" + e.Reason + "): " + e.Err.Error() }
+func (e *VerifyError) Unwrap() []error { return []error{e.Err, ErrUnauthorized} }
