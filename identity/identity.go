@@ -2,6 +2,18 @@
 // Provider that supplies the local workload's certificate and trust roots,
 // and the TLS configuration that enforces mutual authentication between
 // sidecars.
+//
+// The pieces:
+//
+//   - ID, ParseID, IDFromCert: SPIFFE IDs and X.509-SVID parsing.
+//   - CA (ca.go): a small built-in certificate authority that mints
+//     ECDSA P-256 workload certificates for one trust domain.
+//   - Providers: StaticProvider (in memory, rotated with Set), CAProvider
+//     (issues and renews its own certificate from an in-process CA) and
+//     FileProvider (PEM files on disk, reloaded when they change).
+//   - ServerConfig, ClientConfig (tlsconfig.go): TLS 1.3-only configs that
+//     authenticate peers by SPIFFE ID rather than host name, fail closed,
+//     and report refusals as *VerifyError with a bounded Reason.
 package identity
 
 import (
@@ -16,6 +28,11 @@ import (
 // ErrUnauthorized is wrapped by every peer-verification failure so callers
 // can branch on "the peer was refused" without parsing messages.
 var ErrUnauthorized = errors.New("identity: peer unauthorized")
+
+// ErrNoIdentity is wrapped by a Provider's errors when it has no usable
+// certificate or trust bundle. The TLS configs fail closed on it: no
+// handshake completes without a local identity.
+var ErrNoIdentity = errors.New("identity: no local identity")
 
 // ID is a SPIFFE ID: spiffe://<trust domain>/<path>.
 type ID struct {
@@ -90,6 +107,9 @@ func (id ID) URL() *url.URL {
 // IDFromCert extracts the SPIFFE ID of a certificate. A workload
 // certificate must carry exactly one URI SAN and it must be a SPIFFE ID.
 func IDFromCert(cert *x509.Certificate) (ID, error) {
+	if cert == nil {
+		return ID{}, fmt.Errorf("identity: no certificate: %w", ErrUnauthorized)
+	}
 	if len(cert.URIs) != 1 {
 		return ID{}, fmt.Errorf("identity: certificate has %d URI SANs, want exactly one SPIFFE ID: %w", len(cert.URIs), ErrUnauthorized)
 	}
@@ -112,6 +132,50 @@ type Provider interface {
 	// certificate or the roots change. Each change closes the channel
 	// handed out before it, so any number of watchers can wait on it.
 	Changed() <-chan struct{}
+}
+
+// LocalID returns the SPIFFE ID of the provider's current certificate.
+func LocalID(p Provider) (ID, error) {
+	if p == nil {
+		return ID{}, fmt.Errorf("identity: nil provider: %w", ErrNoIdentity)
+	}
+	cert, err := p.Certificate()
+	if err != nil {
+		return ID{}, err
+	}
+	leaf, err := leafOf(cert)
+	if err != nil {
+		return ID{}, err
+	}
+	id, err := idOfCert(leaf)
+	if err != nil {
+		return ID{}, fmt.Errorf("identity: local certificate: %w", err)
+	}
+	return id, nil
+}
+
+// leafOf returns the parsed leaf of cert, parsing it if Leaf is unset.
+func leafOf(cert *tls.Certificate) (*x509.Certificate, error) {
+	if cert == nil || len(cert.Certificate) == 0 {
+		return nil, fmt.Errorf("identity: empty certificate: %w", ErrNoIdentity)
+	}
+	if cert.Leaf != nil {
+		return cert.Leaf, nil
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("identity: parsing local certificate: %w", err)
+	}
+	return leaf, nil
+}
+
+// idOfCert is IDFromCert without the ErrUnauthorized wrapping, for our own
+// certificates.
+func idOfCert(cert *x509.Certificate) (ID, error) {
+	if len(cert.URIs) != 1 {
+		return ID{}, fmt.Errorf("identity: certificate has %d URI SANs, want exactly one SPIFFE ID", len(cert.URIs))
+	}
+	return ParseID(cert.URIs[0].String())
 }
 
 // Authorizer decides whether a verified peer may talk to us. It is called
@@ -146,6 +210,9 @@ const (
 	ReasonBadID         = "bad_id"
 	ReasonWrongID       = "wrong_id"
 	ReasonNoIdentity    = "no_local_identity"
+	// ReasonOther is what ReasonOf reports for an error that carries no
+	// classification.
+	ReasonOther = "other"
 )
 
 // VerifyError explains why a peer was refused.
@@ -154,5 +221,24 @@ type VerifyError struct {
 	Err    error
 }
 
-func (e *VerifyError) Error() string { return "identity: peer refused (" + e.Reason + "): " + e.Err.Error() }
-func (e *VerifyError) Unwrap() []error { return []error{e.Err, ErrUnauthorized} }
+func (e *VerifyError) Error() string {
+	what := "peer refused"
+	if e.Reason == ReasonNoIdentity {
+		// The fault is ours, not the peer's.
+		what = "handshake refused"
+	}
+	msg := "identity: " + what + " (" + e.Reason + ")"
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is(err, ErrUnauthorized) true for every VerifyError
+// and exposes the underlying cause.
+func (e *VerifyError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrUnauthorized}
+	}
+	return []error{e.Err, ErrUnauthorized}
+}
