@@ -1,0 +1,480 @@
+// Package static is a discovery.Resolver backed by a JSON file that is
+// polled and reloaded when it changes, or by an in-memory map (NewFromMap,
+// Set) for tests and demos.
+//
+// # File format
+//
+//	{
+//	  "services": {
+//	    "echo": {
+//	      "endpoints": [
+//	        {
+//	          "addr": "127.0.0.1:4143",
+//	          "identity": "spiffe://demo.local/ns/default/sa/echo",
+//	          "weight": 1,
+//	          "zone": "a",
+//	          "metadata": {"k": "v"}
+//	        }
+//	      ]
+//	    }
+//	  }
+//	}
+//
+// The top-level object has one optional member, "services", mapping a
+// service name to an object with one optional member, "endpoints" (a
+// service with no or an empty "endpoints" exists but has no endpoints).
+// Each endpoint has:
+//
+//   - addr (required): the peer proxy's QUIC address as host:port; the
+//     host must be non-empty and the port a number in 1-65535.
+//   - identity (required): the SPIFFE ID the peer must present; it must
+//     start with "spiffe://" and name a trust domain.
+//   - weight (optional): an integer in 0-4294967295; 0 or absent means 1.
+//   - zone (optional): a locality label.
+//   - metadata (optional): an object of string values, passed through.
+//
+// Service names are plain lower-case DNS-style names: dot-separated labels
+// of a-z, 0-9 and '-' (no port suffix, no upper case). Within a service no
+// two endpoints may share both addr and identity.
+//
+// Decoding is strict: unknown fields, duplicate keys, values of the wrong
+// type, null in place of an object, array or string, and anything after
+// the top-level object are errors. Every error is a *ParseError whose
+// message names the service and endpoint index where applicable and gives
+// the JSON path and byte offset, for example:
+//
+//	service "echo": endpoint 0: unknown field "adr" (at $.services["echo"].endpoints[0].adr, offset 48)
+//
+// Files larger than MaxFileSize (16 MiB) are rejected.
+//
+// # Reloading
+//
+// New loads the file once (failing if it is missing or invalid) and then
+// polls it every Options.PollInterval. A change in modification time or
+// size triggers a read; the content is hashed so rewrites with identical
+// content cause no updates, and a file modified very recently is re-read
+// even if its time and size look unchanged (coarse file-system clocks can
+// hide a quick rewrite). An invalid or unreadable file during a reload is
+// logged as a warning and the last good data is kept.
+//
+// # Watches
+//
+// Every watch first yields a discovery.Reset with the service's complete
+// current set. Whenever a reload (or Set) changes that set, the watch
+// yields another Reset with the new complete set; if the service has
+// disappeared, the Reset is empty and the watch stays open, so the
+// service may come back. Updates are coalesced per watch: only the latest
+// state is kept, so a slow reader never blocks the resolver or other
+// watches and never accumulates a backlog.
+package static
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quicmesh/quicmesh/discovery"
+)
+
+// DefaultPollInterval is used when Options.PollInterval is not positive.
+const DefaultPollInterval = time.Second
+
+// racyWindow: a file whose modification time is this close to (or after)
+// the moment it was last read may have been rewritten without a visible
+// change in time or size, so it is re-read until it is older than that.
+const racyWindow = 2 * time.Second
+
+// Options configures New.
+type Options struct {
+	// PollInterval is how often the file is checked for changes;
+	// DefaultPollInterval (1s) if zero or negative.
+	PollInterval time.Duration
+	// Logger receives reload notices and warnings; slog.Default() if nil.
+	Logger *slog.Logger
+}
+
+// Resolver is a discovery.Resolver serving the services of a JSON file or
+// of an in-memory map. It is safe for concurrent use.
+type Resolver struct {
+	path     string // "" for NewFromMap
+	interval time.Duration
+	logger   *slog.Logger
+
+	mu      sync.Mutex
+	data    map[string][]discovery.Endpoint // never mutated; replaced whole
+	watches map[string]map[*watch]struct{}
+	closed  bool
+
+	stop      chan struct{}
+	done      chan struct{} // closed when the poller has exited
+	closeOnce sync.Once
+
+	// Poller state, owned by the poll goroutine after New returns.
+	file fileState
+}
+
+var _ discovery.Resolver = (*Resolver)(nil)
+
+type fileState struct {
+	modTime  time.Time
+	size     int64
+	readAt   time.Time // when the content was last read
+	hash     [sha256.Size]byte
+	stale    bool   // stat failed last time: re-read once it succeeds
+	lastWarn string // last warning logged, to avoid repeating it each poll
+}
+
+// New loads the endpoints file at path and starts polling it for changes.
+// It fails, naming the file, if the file is missing, unreadable or
+// invalid. Call Close to stop polling.
+func New(path string, opts Options) (*Resolver, error) {
+	r := newResolver(opts.Logger)
+	r.path = path
+	r.interval = opts.PollInterval
+	if r.interval <= 0 {
+		r.interval = DefaultPollInterval
+	}
+	data, st, err := r.read()
+	if err != nil {
+		return nil, err
+	}
+	r.data = data
+	r.file = st
+	r.logger.Info("static discovery: loaded endpoints file", "path", path, "services", len(data))
+	go r.poll()
+	return r, nil
+}
+
+// NewFromMap returns a Resolver serving a copy of m, with no file behind
+// it. The map is not validated (unlike a file); zero weights become 1.
+// Use Set to change the data.
+func NewFromMap(m map[string][]discovery.Endpoint) *Resolver {
+	r := newResolver(nil)
+	r.data = normalize(m)
+	close(r.done) // no poller
+	return r
+}
+
+func newResolver(logger *slog.Logger) *Resolver {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Resolver{
+		logger:  logger,
+		data:    map[string][]discovery.Endpoint{},
+		watches: make(map[string]map[*watch]struct{}),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Set replaces the served data with a copy of m and notifies the watches
+// of every service whose endpoint set changed, exactly as a file reload
+// does. Like NewFromMap it does not validate m. On a file-backed Resolver
+// the next change of the file replaces the data again.
+func (r *Resolver) Set(m map[string][]discovery.Endpoint) {
+	r.apply(normalize(m))
+}
+
+// Services returns the names of the services currently served, sorted.
+func (r *Resolver) Services() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Sorted(maps.Keys(r.data))
+}
+
+// Resolve starts a watch on name. It fails with an error wrapping
+// discovery.ErrUnknownService if the service is not currently served, and
+// with one wrapping discovery.ErrClosed after Close. ctx only bounds the
+// call itself; the watch lives until it or the Resolver is closed.
+func (r *Resolver) Resolve(ctx context.Context, name string) (discovery.Watch, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, fmt.Errorf("static: resolve %q: resolver closed: %w", name, discovery.ErrClosed)
+	}
+	eps, ok := r.data[name]
+	if !ok {
+		return nil, fmt.Errorf("static: resolve %q: %w", name, discovery.ErrUnknownService)
+	}
+	w := &watch{
+		r:      r,
+		name:   name,
+		notify: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	w.push(eps)
+	ws := r.watches[name]
+	if ws == nil {
+		ws = make(map[*watch]struct{})
+		r.watches[name] = ws
+	}
+	ws[w] = struct{}{}
+	return w, nil
+}
+
+// Close stops polling and closes every watch; their Next then returns
+// discovery.ErrClosed. It is safe to call more than once.
+func (r *Resolver) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.stop)
+		<-r.done
+		r.mu.Lock()
+		r.closed = true
+		all := r.watches
+		r.watches = nil
+		r.mu.Unlock()
+		for _, ws := range all {
+			for w := range ws {
+				w.shut()
+			}
+		}
+	})
+	return nil
+}
+
+// apply installs data (which the caller must not retain) and notifies the
+// watches whose service changed.
+func (r *Resolver) apply(data map[string][]discovery.Endpoint) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	old := r.data
+	r.data = data
+	for name, ws := range r.watches {
+		eps := data[name]
+		if equalSets(old[name], eps) {
+			continue
+		}
+		for w := range ws {
+			w.push(eps)
+		}
+	}
+}
+
+func (r *Resolver) poll() {
+	defer close(r.done)
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+			r.check()
+		}
+	}
+}
+
+// check looks at the file once and reloads it if it may have changed.
+func (r *Resolver) check() {
+	fi, err := os.Stat(r.path)
+	if err != nil {
+		r.file.stale = true
+		r.warn("static discovery: cannot stat endpoints file; keeping last good data", err)
+		return
+	}
+	f := &r.file
+	racy := !f.modTime.Before(f.readAt.Add(-racyWindow)) // modified within racyWindow of the last read
+	if !f.stale && !racy && fi.ModTime().Equal(f.modTime) && fi.Size() == f.size {
+		return
+	}
+	data, st, err := r.read()
+	if err != nil {
+		// Remember what we read so an unchanged bad file is not re-parsed
+		// (and re-reported) on every poll.
+		if st.readAt.IsZero() {
+			f.stale = true
+		} else {
+			f.modTime, f.size, f.readAt, f.hash, f.stale = st.modTime, st.size, st.readAt, st.hash, false
+		}
+		r.warn("static discovery: reload failed; keeping last good data", err)
+		return
+	}
+	changed := st.hash != f.hash
+	f.modTime, f.size, f.readAt, f.hash, f.stale = st.modTime, st.size, st.readAt, st.hash, false
+	if f.lastWarn != "" {
+		r.logger.Info("static discovery: endpoints file is valid again", "path", r.path)
+		f.lastWarn = ""
+	}
+	if !changed {
+		return
+	}
+	r.logger.Info("static discovery: reloaded endpoints file", "path", r.path, "services", len(data))
+	r.apply(data)
+}
+
+func (r *Resolver) warn(msg string, err error) {
+	if s := err.Error(); s != r.file.lastWarn {
+		r.file.lastWarn = s
+		r.logger.Warn(msg, "path", r.path, "err", err)
+	}
+}
+
+// read reads, hashes and parses the file. On a parse failure the returned
+// fileState still describes what was read.
+func (r *Resolver) read() (map[string][]discovery.Endpoint, fileState, error) {
+	var st fileState
+	f, err := os.Open(r.path)
+	if err != nil {
+		return nil, st, fmt.Errorf("static: endpoints file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, st, fmt.Errorf("static: endpoints file: %w", err)
+	}
+	if fi.IsDir() {
+		return nil, st, fmt.Errorf("static: endpoints file %s: is a directory", r.path)
+	}
+	if fi.Size() > MaxFileSize {
+		// Record what was seen so the file is not re-read until it changes.
+		st = fileState{modTime: fi.ModTime(), size: fi.Size(), readAt: time.Now()}
+		return nil, st, fmt.Errorf("static: endpoints file %s: %d bytes is larger than the maximum of %d bytes", r.path, fi.Size(), MaxFileSize)
+	}
+	readAt := time.Now()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileSize+1)); err != nil {
+		return nil, st, fmt.Errorf("static: endpoints file: %w", err)
+	}
+	st = fileState{modTime: fi.ModTime(), size: fi.Size(), readAt: readAt, hash: sha256.Sum256(buf.Bytes())}
+	if buf.Len() > MaxFileSize { // it grew after Stat
+		return nil, st, fmt.Errorf("static: endpoints file %s: larger than the maximum of %d bytes", r.path, MaxFileSize)
+	}
+	data, err := Parse(buf.Bytes())
+	if err != nil {
+		return nil, st, fmt.Errorf("static: endpoints file %s: %w", r.path, err)
+	}
+	return data, st, nil
+}
+
+// normalize deep-copies m, turning zero weights into 1 and empty metadata
+// into nil.
+func normalize(m map[string][]discovery.Endpoint) map[string][]discovery.Endpoint {
+	out := make(map[string][]discovery.Endpoint, len(m))
+	for name, eps := range m {
+		c := cloneEndpoints(eps)
+		for i := range c {
+			if c[i].Weight == 0 {
+				c[i].Weight = 1
+			}
+			if len(c[i].Metadata) == 0 {
+				c[i].Metadata = nil
+			}
+		}
+		out[name] = c
+	}
+	return out
+}
+
+// cloneEndpoints deep-copies eps (including metadata maps); the result is
+// never nil.
+func cloneEndpoints(eps []discovery.Endpoint) []discovery.Endpoint {
+	out := make([]discovery.Endpoint, len(eps))
+	copy(out, eps)
+	for i := range out {
+		if out[i].Metadata != nil {
+			out[i].Metadata = maps.Clone(out[i].Metadata)
+		}
+	}
+	return out
+}
+
+func equalSets(a, b []discovery.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y discovery.Endpoint) bool {
+		return x.Addr == y.Addr && x.Identity == y.Identity && x.Weight == y.Weight &&
+			x.Zone == y.Zone && maps.Equal(x.Metadata, y.Metadata)
+	})
+}
+
+// watch is one Resolve call's view of a service. It holds at most one
+// pending update: the latest full set.
+type watch struct {
+	r      *Resolver
+	name   string
+	notify chan struct{} // capacity 1: "pending may be set"
+	done   chan struct{} // closed by shut
+
+	mu         sync.Mutex
+	pending    []discovery.Endpoint // shared with the Resolver; copied on delivery
+	hasPending bool
+	closed     bool
+}
+
+// push replaces the pending update with eps. Never blocks.
+func (w *watch) push(eps []discovery.Endpoint) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.pending, w.hasPending = eps, true
+	w.mu.Unlock()
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Next returns the latest state of the service as a Reset. Intermediate
+// states that were superseded before Next was called are skipped.
+func (w *watch) Next(ctx context.Context) (discovery.Update, error) {
+	for {
+		w.mu.Lock()
+		if w.closed {
+			w.mu.Unlock()
+			return discovery.Update{}, discovery.ErrClosed
+		}
+		if w.hasPending {
+			eps := w.pending
+			w.pending, w.hasPending = nil, false
+			w.mu.Unlock()
+			return discovery.Update{Kind: discovery.Reset, Endpoints: cloneEndpoints(eps)}, nil
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.notify:
+		case <-w.done:
+		case <-ctx.Done():
+			return discovery.Update{}, ctx.Err()
+		}
+	}
+}
+
+// Close ends the watch; Next then returns discovery.ErrClosed. It is safe
+// to call more than once.
+func (w *watch) Close() error {
+	w.r.mu.Lock()
+	if ws := w.r.watches[w.name]; ws != nil {
+		delete(ws, w)
+		if len(ws) == 0 {
+			delete(w.r.watches, w.name)
+		}
+	}
+	w.r.mu.Unlock()
+	w.shut()
+	return nil
+}
+
+func (w *watch) shut() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.closed = true
+		w.pending = nil
+		close(w.done)
+	}
+}
