@@ -234,4 +234,3 @@ func (b *byteReader) ReadByte() (byte, error) {
 	_, err := io.ReadFull(b.r, b.buf[:])
 	return b.buf[0], err
 }
-

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/discovery/static"
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// Default ports, kept apart from Linkerd's so both can run side by side.
+const (
+	defaultInbound = "0.0.0.0:4143"
+	defaultAdmin   = "127.0.0.1:4191"
+)
+
+type proxyFlags struct {
+	config, cert, key, bundle, trustDomain string
+	inbound, admin, discoveryFile          string
+	logLevel, logFormat                    string
+	routes, binds                          mapFlag
+	connectTimeout                         time.Duration
+}
+
+func runProxy(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("quicmesh proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f proxyFlags
+	fs.StringVar(&f.config, "config", "", "JSON config file (flags override it)")
+	fs.StringVar(&f.cert, "cert", "", "workload certificate (PEM, SPIFFE ID in the URI SAN)")
+	fs.StringVar(&f.key, "key", "", "workload private key (PEM)")
+	fs.StringVar(&f.bundle, "bundle", "", "trust bundle: CA certificates (PEM)")
+	fs.StringVar(&f.trustDomain, "trust-domain", "", "accept peers from this trust domain (default: our own)")
+	fs.StringVar(&f.inbound, "inbound", defaultInbound, "UDP address for mesh traffic (inbound and outbound QUIC)")
+	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin HTTP address (/live, /ready); empty disables")
+	fs.StringVar(&f.discoveryFile, "discovery-file", "", "static discovery file (JSON), reloaded on change")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.Var(&f.routes, "route", "SERVICE=APP_ADDR served by this sidecar's app (repeatable)")
+	fs.Var(&f.binds, "bind", "LISTEN_ADDR=SERVICE outbound TCP listener for a service (repeatable)")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		return fail(stderr, "proxy: unexpected argument %q", fs.Arg(0))
+	}
+	cfg, closeAll, err := buildProxyConfig(fs, &f, stderr)
+	if err != nil {
+		return fail(stderr, "proxy: %v", err)
+	}
+	defer closeAll()
+
+	sc, err := sidecar.Start(cfg.sidecar)
+	if err != nil {
+		return fail(stderr, "proxy: %v", err)
+	}
+	defer sc.Close()
+
+	var admin *adminServer
+	if cfg.admin != "" {
+		admin, err = startAdmin(cfg.admin, cfg.sidecar.Logger)
+		if err != nil {
+			return fail(stderr, "proxy: %v", err)
+		}
+		defer admin.Close()
+		admin.SetReady(true)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	cfg.sidecar.Logger.Info("shutting down")
+	if admin != nil {
+		admin.SetReady(false)
+	}
+	return 0
+}
+
+type proxyConfig struct {
+	sidecar sidecar.Config
+	admin   string
+}
+
+// buildProxyConfig merges file and flags and constructs the concrete
+// identity provider and resolver. Every error is one line naming the
+// setting or file at fault.
+func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxyConfig, func(), error) {
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	fc := &fileConfig{}
+	if f.config != "" {
+		var err error
+		if fc, err = loadConfigFile(f.config); err != nil {
+			return nil, nil, err
+		}
+	}
+	set := setFlags(fs)
+	pick := func(flagName, flagVal, fileVal string) string {
+		if set[flagName] || fileVal == "" {
+			return flagVal
+		}
+		return fileVal
+	}
+	logger, _, err := newLogger(logOut, pick("log-level", f.logLevel, fc.Log.Level), pick("log-format", f.logFormat, fc.Log.Format))
+	if err != nil {
+		return nil, nil, err
+	}
+
+	cert, key, bundle := pick("cert", f.cert, fc.Identity.Cert), pick("key", f.key, fc.Identity.Key), pick("bundle", f.bundle, fc.Identity.Bundle)
+	switch {
+	case cert == "":
+		return nil, nil, errors.New("no workload certificate: set --cert (or identity.cert); quicmesh never runs without mTLS")
+	case key == "":
+		return nil, nil, errors.New("no private key: set --key (or identity.key)")
+	case bundle == "":
+		return nil, nil, errors.New("no trust bundle: set --bundle (or identity.bundle)")
+	}
+	prov, err := identity.NewFileProvider(cert, key, bundle, identity.FileOptions{Logger: logger})
+	if err != nil {
+		return nil, nil, err
+	}
+	closers = append(closers, func() { prov.Close() })
+	localID, err := identity.LocalID(prov)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	td := pick("trust-domain", f.trustDomain, fc.Identity.TrustDomain)
+	if td == "" {
+		td = localID.TrustDomain
+	}
+
+	routes := inbound.Routes{}
+	for k, v := range fc.Inbound.Routes {
+		routes[k] = v
+	}
+	for k, v := range f.routes.m {
+		routes[k] = v
+	}
+	var binds []sidecar.Bind
+	for _, b := range fc.Outbound.Binds {
+		binds = append(binds, sidecar.Bind{Listen: b.Listen, Service: b.Service})
+	}
+	for _, listen := range f.binds.order {
+		binds = append(binds, sidecar.Bind{Listen: listen, Service: f.binds.m[listen]})
+	}
+	for i, b := range binds {
+		if b.Listen == "" || b.Service == "" {
+			closeAll()
+			return nil, nil, fmt.Errorf("outbound bind %d needs both a listen address and a service", i)
+		}
+	}
+
+	var res discovery.Resolver
+	discoFile := pick("discovery-file", f.discoveryFile, fc.Discovery.Static)
+	if discoFile != "" {
+		sr, err := static.New(discoFile, static.Options{Logger: logger})
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		closers = append(closers, func() { sr.Close() })
+		res = sr
+	} else {
+		res = static.NewFromMap(nil)
+	}
+	// A bind for a service discovery has never heard of is a typo, not
+	// something to discover at the first connection.
+	services := make([]string, 0, len(binds))
+	for _, b := range binds {
+		services = append(services, b.Service)
+	}
+	sort.Strings(services)
+	for _, svc := range services {
+		w, err := res.Resolve(context.Background(), svc)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("outbound bind for %q: %w", svc, err)
+		}
+		w.Close()
+	}
+
+	limits := transport.Limits{
+		MaxIncomingStreams:      fc.Limits.MaxStreamsPerPeer,
+		StreamReceiveWindow:     fc.Limits.StreamWindowBytes,
+		ConnectionReceiveWindow: fc.Limits.ConnWindowBytes,
+		HandshakeTimeout:        fc.Limits.HandshakeTimeout.Duration,
+		IdleTimeout:             fc.Limits.IdleTimeout.Duration,
+		KeepAlive:               fc.Limits.KeepAlive.Duration,
+	}
+	cfg := &proxyConfig{
+		sidecar: sidecar.Config{
+			Identity:    prov,
+			Resolver:    res,
+			Authorize:   identity.AuthorizeTrustDomain(td),
+			InboundAddr: pick("inbound", f.inbound, fc.Inbound.Listen),
+			Routes:      routes,
+			Binds:       binds,
+			Limits:      limits,
+			Logger:      logger.With("id", localID.String()),
+		},
+		admin: pick("admin", f.admin, fc.Admin.Listen),
+	}
+	return cfg, closeAll, nil
+}

@@ -1,0 +1,261 @@
+// Package inbound is the mesh-facing side of a sidecar: it accepts mTLS
+// QUIC connections from peer sidecars, tells tunnel streams from HTTP/3
+// request streams by their first bytes, and hands each to the local app.
+package inbound
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
+)
+
+// Routes maps a tunnel target (service name, or name:port) to the local
+// app address that serves it.
+type Routes map[string]string
+
+// Lookup finds the app address for target: an exact match first, then the
+// name without its port.
+func (r Routes) Lookup(target string) (string, bool) {
+	if a, ok := r[target]; ok {
+		return a, true
+	}
+	if name, _, ok := strings.Cut(target, ":"); ok {
+		a, ok := r[name]
+		return a, ok
+	}
+	return "", false
+}
+
+// Config wires an inbound server.
+type Config struct {
+	Endpoint *transport.Endpoint
+	Routes   Routes
+	// HTTP handles HTTP/3 requests from peers; nil answers 501.
+	HTTP   http.Handler
+	Logger *slog.Logger
+	// ConnectTimeout bounds connecting to the local app. Default 2s.
+	ConnectTimeout time.Duration
+	// HeaderTimeout bounds how long a peer may take to send the first
+	// bytes of a stream. Default 10s.
+	HeaderTimeout time.Duration
+}
+
+// Server accepts connections from peer sidecars.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	h3   *http3.Server
+	dial net.Dialer
+
+	mu     sync.Mutex
+	conns  map[*quic.Conn]*http3.RawServerConn
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// New returns an inbound server; call Serve to run it.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 2 * time.Second
+	}
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	h := cfg.HTTP
+	if h == nil {
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "quicmesh: this sidecar does not serve HTTP", http.StatusNotImplemented)
+		})
+	}
+	s := &Server{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		conns: make(map[*quic.Conn]*http3.RawServerConn),
+		dial:  net.Dialer{Timeout: cfg.ConnectTimeout},
+	}
+	s.h3 = &http3.Server{
+		Handler:        h,
+		MaxHeaderBytes: 64 << 10,
+		Logger:         cfg.Logger,
+		// The verified peer identity travels with every request.
+		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
+			if id, err := transport.PeerID(c); err == nil {
+				ctx = context.WithValue(ctx, peerIDKey{}, id)
+			}
+			return ctx
+		},
+	}
+	return s
+}
+
+type peerIDKey struct{}
+
+// PeerIDFrom returns the verified identity of the peer sidecar that sent
+// an HTTP request served by this package.
+func PeerIDFrom(ctx context.Context) (identity.ID, bool) {
+	id, ok := ctx.Value(peerIDKey{}).(identity.ID)
+	return id, ok
+}
+
+// Serve accepts peer connections until ctx ends or Close is called.
+func (s *Server) Serve(ctx context.Context) error {
+	for {
+		conn, err := s.cfg.Endpoint.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("inbound: accepting: %w", err)
+		}
+		raw, err := s.h3.NewRawServerConn(conn)
+		if err != nil {
+			s.log.Warn("http3 setup failed", "peer", conn.RemoteAddr().String(), "error", err)
+			conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+			continue
+		}
+		if !s.track(conn, raw) {
+			conn.CloseWithError(transport.ConnCodeShutdown, "shutting down")
+			return nil
+		}
+		go s.serveConn(conn, raw)
+	}
+}
+
+func (s *Server) track(conn *quic.Conn, raw *http3.RawServerConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[conn] = raw
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) serveConn(conn *quic.Conn, raw *http3.RawServerConn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, conn)
+		s.mu.Unlock()
+	}()
+	peer, _ := transport.PeerID(conn)
+	log := s.log.With("peer", conn.RemoteAddr().String(), "identity", peer.String())
+	log.Debug("peer connected")
+
+	var streams sync.WaitGroup
+	defer streams.Wait()
+	streams.Add(1)
+	go func() {
+		defer streams.Done()
+		for {
+			str, err := conn.AcceptUniStream(conn.Context())
+			if err != nil {
+				return
+			}
+			streams.Add(1)
+			go func() {
+				defer streams.Done()
+				raw.HandleUnidirectionalStream(str)
+			}()
+		}
+	}()
+	for {
+		str, err := conn.AcceptStream(conn.Context())
+		if err != nil {
+			log.Debug("peer connection ended", "error", err)
+			return
+		}
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			s.serveStream(str, raw, peer, log)
+		}()
+	}
+}
+
+// serveStream tells a tunnel from an HTTP/3 request by its first bytes:
+// HTTP/3 requests start with a HEADERS frame (type 0x01), tunnels with
+// tunnel.FrameType.
+func (s *Server) serveStream(str *quic.Stream, raw *http3.RawServerConn, peer identity.ID, log *slog.Logger) {
+	str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	var first [4]byte
+	if _, err := str.Peek(first[:1]); err != nil {
+		str.CancelRead(transport.CodeBadHeader)
+		str.CancelWrite(transport.CodeBadHeader)
+		return
+	}
+	n := tunnel.PrefixLen(first[0])
+	if n > 1 {
+		if _, err := str.Peek(first[:n]); err != nil {
+			str.CancelRead(transport.CodeBadHeader)
+			str.CancelWrite(transport.CodeBadHeader)
+			return
+		}
+	}
+	if !tunnel.IsTunnel(first[:n]) {
+		str.SetReadDeadline(time.Time{})
+		raw.HandleRequestStream(str)
+		return
+	}
+	hdr, err := tunnel.Read(str)
+	str.SetReadDeadline(time.Time{})
+	if err != nil {
+		log.Warn("bad tunnel header", "error", err)
+		str.CancelRead(transport.CodeBadHeader)
+		str.CancelWrite(transport.CodeBadHeader)
+		return
+	}
+	s.serveTunnel(str, hdr, peer, log)
+}
+
+func (s *Server) serveTunnel(str *quic.Stream, hdr tunnel.Header, peer identity.ID, log *slog.Logger) {
+	addr, ok := s.cfg.Routes.Lookup(hdr.Target)
+	if !ok {
+		log.Warn("tunnel for unknown target", "target", hdr.Target)
+		str.CancelRead(transport.CodeUnknownTarget)
+		str.CancelWrite(transport.CodeUnknownTarget)
+		return
+	}
+	ctx, cancel := context.WithTimeout(str.Context(), s.cfg.ConnectTimeout)
+	app, err := s.dial.DialContext(ctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		log.Warn("connecting to app failed", "target", hdr.Target, "app", addr, "error", err)
+		str.CancelRead(transport.CodeConnectFailed)
+		str.CancelWrite(transport.CodeConnectFailed)
+		return
+	}
+	res := transport.Splice(app, str)
+	log.Debug("tunnel closed", "target", hdr.Target, "app", addr, "to_app", res.Received, "from_app", res.Sent, "error", res.Err)
+}
+
+// Close closes every peer connection at once. For a graceful drain use
+// Shutdown.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for c, raw := range s.conns {
+		raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "shutting down")
+		c.CloseWithError(transport.ConnCodeShutdown, "shutting down")
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}

@@ -1,0 +1,388 @@
+package sidecar_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/discovery/static"
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+const (
+	clientID = "spiffe://test.local/ns/default/sa/client"
+	echoID   = "spiffe://test.local/ns/default/sa/echo"
+)
+
+// echoApp is a TCP echo server that counts what reaches it, so tests can
+// prove that refused traffic never got to the app.
+type echoApp struct {
+	ln       net.Listener
+	accepted atomic.Int64
+	bytes    atomic.Int64
+	wg       sync.WaitGroup
+}
+
+func startEcho(t *testing.T) *echoApp {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &echoApp{ln: ln}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			a.accepted.Add(1)
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				defer c.Close()
+				n, _ := io.Copy(c, c)
+				a.bytes.Add(n)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); a.wg.Wait() })
+	return a
+}
+
+type mesh struct {
+	ca     *identity.CA
+	app    *echoApp
+	server *sidecar.Sidecar // in front of the app
+	client *sidecar.Sidecar // next to the client
+	res    *static.Resolver
+}
+
+func startServer(t *testing.T, ca *identity.CA, id, addr string, app *echoApp) *sidecar.Sidecar {
+	t.Helper()
+	s, err := sidecar.Start(sidecar.Config{
+		Identity:    identitytest.Provider(t, ca, id),
+		Resolver:    static.NewFromMap(nil),
+		InboundAddr: addr,
+		Routes:      inbound.Routes{"echo": app.ln.Addr().String()},
+	})
+	if err != nil {
+		t.Fatalf("starting server sidecar: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func startClient(t *testing.T, p identity.Provider, eps map[string][]discovery.Endpoint) (*sidecar.Sidecar, *static.Resolver) {
+	t.Helper()
+	res := static.NewFromMap(eps)
+	s, err := sidecar.Start(sidecar.Config{
+		Identity:    p,
+		Resolver:    res,
+		InboundAddr: "127.0.0.1:0",
+		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "echo"}},
+		Limits:      transport.Limits{HandshakeTimeout: time.Second},
+	})
+	if err != nil {
+		t.Fatalf("starting client sidecar: %v", err)
+	}
+	t.Cleanup(func() { s.Close(); res.Close() })
+	return s, res
+}
+
+func newMesh(t *testing.T) *mesh {
+	t.Helper()
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+	m := &mesh{ca: ca, app: startEcho(t)}
+	m.server = startServer(t, ca, echoID, "127.0.0.1:0", m.app)
+	m.client, m.res = startClient(t, identitytest.Provider(t, ca, clientID), map[string][]discovery.Endpoint{
+		"echo": {{Addr: m.server.InboundAddr().String(), Identity: echoID}},
+	})
+	return m
+}
+
+func (m *mesh) dial(t *testing.T) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", m.client.BindAddr(0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(*net.TCPConn)
+}
+
+// roundTrip sends payload, half-closes, and returns everything echoed.
+func roundTrip(c *net.TCPConn, payload []byte) ([]byte, error) {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errc <- err
+	}()
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	got, err := io.ReadAll(c)
+	if werr := <-errc; err == nil {
+		err = werr
+	}
+	return got, err
+}
+
+func TestTCPPayloadsByteIdentical(t *testing.T) {
+	m := newMesh(t)
+	for _, size := range []int{1, 64 << 10, 64 << 20} {
+		payload := make([]byte, size)
+		rand.NewChaCha8([32]byte{byte(size)}).Read(payload)
+		c := m.dial(t)
+		got, err := roundTrip(c, payload)
+		c.Close()
+		if err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		if len(got) != size || sha256.Sum256(got) != sha256.Sum256(payload) {
+			t.Fatalf("%d bytes: echoed %d bytes, content differs", size, len(got))
+		}
+	}
+}
+
+func TestConcurrentConnectionsShareOneQUICConnection(t *testing.T) {
+	m := newMesh(t)
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", m.client.BindAddr(0).String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			<-start
+			msg := bytes.Repeat([]byte{byte(i)}, 1000+i)
+			got, err := roundTrip(c.(*net.TCPConn), msg)
+			if err != nil {
+				errs <- err
+			} else if !bytes.Equal(got, msg) {
+				errs <- errors.New("payload mismatch")
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := m.client.Pool().Len(); got != 1 {
+		t.Fatalf("client pool holds %d QUIC connections, want 1", got)
+	}
+	if got := m.app.accepted.Load(); got != n {
+		t.Fatalf("app accepted %d connections, want %d", got, n)
+	}
+}
+
+func TestHalfClose(t *testing.T) {
+	m := newMesh(t)
+	c := m.dial(t)
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "ping" {
+		t.Fatalf("after half-close read %q, %v; want \"ping\"", got, err)
+	}
+}
+
+// A client reset must reach the app as a reset, not as a clean EOF.
+func TestResetPropagates(t *testing.T) {
+	m := newMesh(t)
+	c := m.dial(t)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	c.SetLinger(0)
+	c.Close()
+	// The app's io.Copy ends (with an error) only if the reset travelled.
+	deadline := time.Now().Add(5 * time.Second)
+	for m.app.bytes.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m.app.bytes.Load() != 1 {
+		t.Fatalf("app connection did not end after client reset (bytes=%d)", m.app.bytes.Load())
+	}
+}
+
+func TestFailClosed(t *testing.T) {
+	goodCA := identitytest.NewCA(t, "test.local")
+	otherCA := identitytest.NewCA(t, "test.local")
+	expired := func(t *testing.T) identity.Provider {
+		cert, err := goodCA.IssueWithValidity(identity.MustParseID(clientID), time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return identity.NewStaticProvider(cert, goodCA.Pool())
+	}
+	tests := []struct {
+		name       string
+		client     func(t *testing.T) identity.Provider
+		expectedID string // what discovery says the server is
+		serverID   string // what the server really is
+	}{
+		{"client cert from another CA", func(t *testing.T) identity.Provider {
+			p := identitytest.Provider(t, otherCA, clientID)
+			p.Set(mustCert(t, p), goodCA.Pool()) // trusts the server, but the server does not trust it
+			return p
+		}, echoID, echoID},
+		{"expired client cert", expired, echoID, echoID},
+		{"server has the wrong SPIFFE ID", func(t *testing.T) identity.Provider {
+			return identitytest.Provider(t, goodCA, clientID)
+		}, echoID, "spiffe://test.local/ns/default/sa/impostor"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkLeaks(t)
+			app := startEcho(t)
+			server := startServer(t, goodCA, tt.serverID, "127.0.0.1:0", app)
+			client, _ := startClient(t, tt.client(t), map[string][]discovery.Endpoint{
+				"echo": {{Addr: server.InboundAddr().String(), Identity: tt.expectedID}},
+			})
+			c, err := net.Dial("tcp", client.BindAddr(0).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("secret"))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, err := c.Read(make([]byte, 16))
+			if err == nil || n > 0 {
+				t.Fatalf("read %d bytes, err %v: traffic flowed through a refused connection", n, err)
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("client hung instead of getting an error")
+			}
+			if got := app.accepted.Load(); got != 0 {
+				t.Fatalf("app accepted %d connections; want none", got)
+			}
+			if client.Pool().Len() != 0 {
+				t.Fatal("a refused peer connection is pooled")
+			}
+		})
+	}
+}
+
+func mustCert(t *testing.T, p identity.Provider) *tls.Certificate {
+	c, err := p.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestPeerDownAndRecovery(t *testing.T) {
+	m := newMesh(t)
+	addr := m.server.InboundAddr().String()
+	m.server.Close()
+
+	start := time.Now()
+	c := m.dial(t)
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.Read(make([]byte, 8))
+	c.Close()
+	if err == nil {
+		t.Fatal("read succeeded with the peer down")
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("client hung with the peer down")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("client learned of the failure after %v, want within the 1s handshake timeout", d)
+	}
+
+	// Bring the peer back on the same address; traffic must recover.
+	m.server = startServer(t, m.ca, echoID, addr, m.app)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var got []byte
+		c, err := net.Dial("tcp", m.client.BindAddr(0).String())
+		if err == nil {
+			got, err = roundTrip(c.(*net.TCPConn), []byte("back"))
+			c.Close()
+		}
+		if err == nil && string(got) == "back" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery after the peer came back: %q %v", got, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestUnknownTargetIsReset(t *testing.T) {
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+	app := startEcho(t)
+	server := startServer(t, ca, echoID, "127.0.0.1:0", app)
+	// The client thinks "echo" lives on the server, but the client binds
+	// a service the server has no route for.
+	res := static.NewFromMap(map[string][]discovery.Endpoint{
+		"other": {{Addr: server.InboundAddr().String(), Identity: echoID}},
+	})
+	client, err := sidecar.Start(sidecar.Config{
+		Identity:    identitytest.Provider(t, ca, clientID),
+		Resolver:    res,
+		InboundAddr: "127.0.0.1:0",
+		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "other"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { client.Close(); res.Close() }()
+	c, err := net.Dial("tcp", client.BindAddr(0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read succeeded for a target the server does not route")
+	}
+	if app.accepted.Load() != 0 {
+		t.Fatal("app reached for an unknown target")
+	}
+}

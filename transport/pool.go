@@ -1,0 +1,240 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
+)
+
+// ErrPeerUnavailable is wrapped when a peer cannot be reached: the dial
+// failed just now, or failed recently and is in back-off.
+var ErrPeerUnavailable = errors.New("transport: peer unavailable")
+
+// ErrPoolClosed is returned after Pool.Close.
+var ErrPoolClosed = errors.New("transport: pool closed")
+
+// Back-off after a failed dial: new requests to that peer fail at once
+// (so clients see an error quickly instead of each waiting for a
+// handshake timeout) until the back-off expires and one dial retries.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 2 * time.Second
+)
+
+// PeerConn is a live connection to one peer proxy, shared by everyone who
+// sends to that peer.
+type PeerConn struct {
+	Conn *quic.Conn
+	// HTTP sends HTTP/3 requests on Conn.
+	HTTP *http3.ClientConn
+	Addr string
+	Peer identity.ID
+}
+
+// OpenTunnel opens a stream on the connection and writes the tunnel
+// header for target. The caller owns the stream.
+func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*quic.Stream, error) {
+	hdr, err := tunnel.Header{Target: target}.AppendTo(make([]byte, 0, 64))
+	if err != nil {
+		return nil, err
+	}
+	str, err := pc.Conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("transport: opening stream to %s: %w", pc.Addr, err)
+	}
+	if _, err := str.Write(hdr); err != nil {
+		str.CancelRead(CodeReset)
+		str.CancelWrite(CodeReset)
+		return nil, fmt.Errorf("transport: writing tunnel header to %s: %w", pc.Addr, err)
+	}
+	return str, nil
+}
+
+// Alive reports whether the connection is still usable.
+func (pc *PeerConn) Alive() bool { return pc.Conn.Context().Err() == nil }
+
+type peerKey struct {
+	addr string
+	id   identity.ID
+}
+
+type peerState struct {
+	conn     *PeerConn
+	dialing  chan struct{} // closed when the dial in flight finishes
+	lastErr  error
+	failedAt time.Time
+	failures int
+}
+
+// Pool keeps one connection per (peer address, expected identity) and
+// coalesces concurrent dials to the same peer.
+type Pool struct {
+	ep      *Endpoint
+	h3      *http3.Transport
+	mu      sync.Mutex
+	peers   map[peerKey]*peerState
+	closed  bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	dialsWG sync.WaitGroup
+	now     func() time.Time
+}
+
+// NewPool creates a pool that dials through ep.
+func NewPool(ep *Endpoint) *Pool {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{
+		ep: ep,
+		// The proxy forwards what the app sent: never add Accept-Encoding
+		// or transparently decompress.
+		h3:     &http3.Transport{DisableCompression: true, MaxResponseHeaderBytes: 64 << 10, Logger: ep.logger},
+		peers:  make(map[peerKey]*peerState),
+		ctx:    ctx,
+		cancel: cancel,
+		now:    time.Now,
+	}
+}
+
+// Get returns the shared connection to the peer at addr that must present
+// identity want, dialing it if needed.
+func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerConn, error) {
+	key := peerKey{addr, want}
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		st := p.peers[key]
+		if st == nil {
+			st = &peerState{}
+			p.peers[key] = st
+		}
+		if st.conn != nil && st.conn.Alive() {
+			pc := st.conn
+			p.mu.Unlock()
+			return pc, nil
+		}
+		st.conn = nil
+		if st.dialing == nil {
+			if st.failures > 0 {
+				if wait := backoff(st.failures); p.now().Sub(st.failedAt) < wait {
+					err := st.lastErr
+					p.mu.Unlock()
+					return nil, fmt.Errorf("%w: %s (%s): last dial failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
+				}
+			}
+			st.dialing = make(chan struct{})
+			p.dialsWG.Add(1)
+			go p.dial(key, st)
+		}
+		dialing := st.dialing
+		p.mu.Unlock()
+
+		select {
+		case <-dialing:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("transport: waiting for connection to %s: %w", addr, ctx.Err())
+		}
+		p.mu.Lock()
+		pc, err := st.conn, st.lastErr
+		p.mu.Unlock()
+		if pc != nil && pc.Alive() {
+			return pc, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrPeerUnavailable, err)
+		}
+		// The connection died as soon as it was made: dial again.
+	}
+}
+
+// dial runs detached from any one caller's context so that a caller giving
+// up does not fail the others waiting on the same dial.
+func (p *Pool) dial(key peerKey, st *peerState) {
+	defer p.dialsWG.Done()
+	conn, err := p.ep.Dial(p.ctx, key.addr, key.id)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer func() { close(st.dialing); st.dialing = nil }()
+	if err != nil {
+		st.failures++
+		st.lastErr = err
+		st.failedAt = p.now()
+		p.ep.logger.Warn("peer dial failed", "peer", key.addr, "identity", key.id.String(), "failures", st.failures, "error", err)
+		return
+	}
+	if p.closed {
+		conn.CloseWithError(ConnCodePoolClosed, "pool closed")
+		st.lastErr = ErrPoolClosed
+		return
+	}
+	st.failures = 0
+	st.lastErr = nil
+	pc := &PeerConn{Conn: conn, HTTP: p.h3.NewClientConn(conn), Addr: key.addr, Peer: key.id}
+	st.conn = pc
+	go func() {
+		<-conn.Context().Done()
+		p.Forget(pc)
+	}()
+	p.ep.logger.Debug("peer connected", "peer", key.addr, "identity", key.id.String())
+}
+
+func backoff(failures int) time.Duration {
+	d := minBackoff << min(failures-1, 10)
+	return min(d, maxBackoff)
+}
+
+// Len reports how many live connections the pool holds.
+func (p *Pool) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, st := range p.peers {
+		if st.conn != nil && st.conn.Alive() {
+			n++
+		}
+	}
+	return n
+}
+
+// Forget drops the pooled connection to a peer after a stream-level
+// failure showed it is broken, so the next Get redials.
+func (p *Pool) Forget(pc *PeerConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st := p.peers[peerKey{pc.Addr, pc.Peer}]; st != nil && st.conn == pc {
+		st.conn = nil
+	}
+}
+
+// Close closes every pooled connection and waits for dials in flight.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.cancel()
+	var conns []*PeerConn
+	for _, st := range p.peers {
+		if st.conn != nil {
+			conns = append(conns, st.conn)
+		}
+	}
+	p.mu.Unlock()
+	for _, pc := range conns {
+		pc.HTTP.CloseWithError(quic.ApplicationErrorCode(ConnCodePoolClosed), "pool closed")
+	}
+	p.dialsWG.Wait()
+	return nil
+}

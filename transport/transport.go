@@ -1,0 +1,227 @@
+// Package transport carries sidecar-to-sidecar traffic over mutually
+// authenticated QUIC. One UDP socket (a quic.Transport) serves both the
+// inbound listener and every outbound dial; outbound connections live in a
+// Pool, one per peer, shared by all HTTP/3 requests and tunnel streams.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicmesh/quicmesh/identity"
+)
+
+// ALPN is the application protocol sidecars negotiate. It is not "h3": a
+// mesh connection also carries tunnel streams, and a plain HTTP/3 client
+// that reached the port by accident must not be mistaken for a sidecar.
+const ALPN = "quicmesh/1"
+
+// Application error codes used on QUIC connections and streams. They are
+// part of the wire protocol between sidecars; docs/design.md lists them.
+const (
+	CodeNoError        quic.StreamErrorCode      = 0x0
+	CodeReset          quic.StreamErrorCode      = 0x51c1 // the TCP peer reset its connection
+	CodeUnknownTarget  quic.StreamErrorCode      = 0x51c2 // no local route for the tunnel target
+	CodeConnectFailed  quic.StreamErrorCode      = 0x51c3 // the local app refused or timed out
+	CodeBadHeader      quic.StreamErrorCode      = 0x51c4 // malformed tunnel header
+	CodeOverloaded     quic.StreamErrorCode      = 0x51c5 // the sidecar sheds load
+	CodeShuttingDown   quic.StreamErrorCode      = 0x51c6 // the sidecar is draining
+	ConnCodeShutdown   quic.ApplicationErrorCode = 0x51d0
+	ConnCodeIdentity   quic.ApplicationErrorCode = 0x51d1
+	ConnCodePoolClosed quic.ApplicationErrorCode = 0x51d2
+)
+
+// Limits are the QUIC knobs we set deliberately; zero values take the
+// defaults documented on each field (and in docs/design.md).
+type Limits struct {
+	// MaxIncomingStreams bounds concurrent bidirectional streams a peer
+	// may open on one connection: every HTTP request and every tunnelled
+	// TCP connection is one. Default 4096: enough for 1,000+ concurrent
+	// requests from a busy peer, while each idle stream costs only a few
+	// hundred bytes until it carries data.
+	MaxIncomingStreams int64
+	// StreamReceiveWindow is the per-stream flow-control ceiling. Default
+	// 8 MiB: a bulk tunnel needs one bandwidth-delay product (about 2.5 MB
+	// at 2 Gbit/s and 10 ms) to run at line rate.
+	StreamReceiveWindow uint64
+	// ConnectionReceiveWindow bounds what all streams of one peer may have
+	// in flight towards us together: the per-peer memory budget. Default
+	// 32 MiB.
+	ConnectionReceiveWindow uint64
+	// HandshakeTimeout bounds a dial (default 3s); a peer that is down is
+	// reported within this time.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection with no traffic (default 60s);
+	// KeepAlive (default 15s) keeps pooled connections and NAT bindings
+	// alive well within it.
+	IdleTimeout time.Duration
+	KeepAlive   time.Duration
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxIncomingStreams == 0 {
+		l.MaxIncomingStreams = 4096
+	}
+	if l.StreamReceiveWindow == 0 {
+		l.StreamReceiveWindow = 8 << 20
+	}
+	if l.ConnectionReceiveWindow == 0 {
+		l.ConnectionReceiveWindow = 32 << 20
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = 3 * time.Second
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = 60 * time.Second
+	}
+	if l.KeepAlive == 0 {
+		l.KeepAlive = 15 * time.Second
+	}
+	return l
+}
+
+func (l Limits) quicConfig() *quic.Config {
+	initial := min(l.StreamReceiveWindow, 512<<10)
+	return &quic.Config{
+		HandshakeIdleTimeout:           l.HandshakeTimeout,
+		MaxIdleTimeout:                 l.IdleTimeout,
+		KeepAlivePeriod:                l.KeepAlive,
+		MaxIncomingStreams:             l.MaxIncomingStreams,
+		MaxIncomingUniStreams:          16, // HTTP/3 control and QPACK streams only
+		InitialStreamReceiveWindow:     initial,
+		MaxStreamReceiveWindow:         l.StreamReceiveWindow,
+		InitialConnectionReceiveWindow: min(l.ConnectionReceiveWindow, 2*initial),
+		MaxConnectionReceiveWindow:     l.ConnectionReceiveWindow,
+	}
+}
+
+// Config configures an Endpoint.
+type Config struct {
+	// Identity supplies our certificate and the trust roots. Required.
+	Identity identity.Provider
+	// Authorize decides which verified peers may connect to us; nil
+	// accepts any peer of our own trust domain.
+	Authorize identity.Authorizer
+	Limits    Limits
+	Logger    *slog.Logger
+}
+
+// Endpoint owns the UDP socket that all QUIC traffic of a sidecar uses.
+type Endpoint struct {
+	cfg       Config
+	limits    Limits
+	udp       *net.UDPConn
+	tr        *quic.Transport
+	ln        *quic.Listener
+	quicConf  *quic.Config
+	logger    *slog.Logger
+	listening bool
+}
+
+// Listen binds addr (UDP) and starts accepting mesh connections on it.
+func Listen(addr string, cfg Config) (*Endpoint, error) {
+	e, err := newEndpoint(addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	authz := cfg.Authorize
+	if authz == nil {
+		id, err := identity.LocalID(cfg.Identity)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("transport: listening without a local identity: %w", err)
+		}
+		authz = identity.AuthorizeTrustDomain(id.TrustDomain)
+	}
+	ln, err := e.tr.Listen(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}), e.quicConf)
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("transport: listening on %s: %w", addr, err)
+	}
+	e.ln = ln
+	e.listening = true
+	return e, nil
+}
+
+// NewDialer binds addr (UDP; "127.0.0.1:0" for an ephemeral port) for
+// outbound connections only.
+func NewDialer(addr string, cfg Config) (*Endpoint, error) { return newEndpoint(addr, cfg) }
+
+func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("transport: no identity provider: refusing to run without mTLS")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("transport: resolving %q: %w", addr, err)
+	}
+	udp, err := net.ListenUDP("udp", udpAddr)
+	if err != nil {
+		return nil, fmt.Errorf("transport: binding UDP %s: %w", addr, err)
+	}
+	limits := cfg.Limits.withDefaults()
+	return &Endpoint{
+		cfg:      cfg,
+		limits:   limits,
+		udp:      udp,
+		tr:       &quic.Transport{Conn: udp},
+		quicConf: limits.quicConfig(),
+		logger:   cfg.Logger,
+	}, nil
+}
+
+// Addr is the bound UDP address.
+func (e *Endpoint) Addr() *net.UDPAddr { return e.udp.LocalAddr().(*net.UDPAddr) }
+
+// Accept returns the next inbound connection. Its peer has completed the
+// mTLS handshake and passed the Authorizer.
+func (e *Endpoint) Accept(ctx context.Context) (*quic.Conn, error) {
+	if e.ln == nil {
+		return nil, errors.New("transport: endpoint is not listening")
+	}
+	return e.ln.Accept(ctx)
+}
+
+// Dial opens a new connection to a peer that must present identity want.
+// Most callers want Pool.Get, which shares connections.
+func (e *Endpoint) Dial(ctx context.Context, addr string, want identity.ID) (*quic.Conn, error) {
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("transport: resolving peer %q: %w", addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.limits.HandshakeTimeout)
+	defer cancel()
+	conn, err := e.tr.Dial(ctx, udpAddr, identity.ClientConfig(e.cfg.Identity, want, []string{ALPN}), e.quicConf)
+	if err != nil {
+		return nil, fmt.Errorf("transport: dialing %s (%s): %w", addr, want, err)
+	}
+	return conn, nil
+}
+
+// Limits returns the effective limits.
+func (e *Endpoint) Limits() Limits { return e.limits }
+
+// Close stops listening, closes every connection on the socket and the
+// socket itself.
+func (e *Endpoint) Close() error {
+	if e.ln != nil {
+		e.ln.Close()
+	}
+	err := e.tr.Close()
+	e.udp.Close()
+	return err
+}
+
+// PeerID returns the verified identity of a connection's peer.
+func PeerID(conn *quic.Conn) (identity.ID, error) {
+	return identity.PeerID(conn.ConnectionState().TLS)
+}
