@@ -1,0 +1,45 @@
+# quicmesh — the two set-up commands are `make demo` and `make test`.
+GO      ?= go
+BIN     := bin/quicmesh
+PKGS    := ./...
+# Each fuzz target runs briefly in `make test`; run longer by hand with
+# `make fuzz FUZZTIME=5m`.
+FUZZTIME ?= 5s
+
+.PHONY: all build test unit fuzz-smoke fuzz demo bench lint vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/quicmesh
+
+demo: build
+	./$(BIN) demo
+
+test: vet unit fuzz-smoke
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+
+# Every fuzz target in the tree, each for FUZZTIME.
+fuzz-smoke fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		dir=$$(dirname $$f); \
+		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
+			echo "fuzz $$dir $$t ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$dir > /tmp/quicmesh-fuzz.log 2>&1 || { cat /tmp/quicmesh-fuzz.log; exit 1; }; \
+		done; \
+	done
+
+lint: vet
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+bench: build
+	bash bench/run.sh
+
+clean:
+	rm -rf bin
