@@ -47,7 +47,8 @@ type CA struct {
 
 // NewCA creates a self-signed ECDSA P-256 root for trustDomain, valid from
 // one minute ago (to tolerate clock skew) for lifetime (0 means
-// DefaultCALifetime). The root carries the URI SAN spiffe://<trustDomain>.
+// DefaultCALifetime; NotAfter is rounded up to a whole second). The root
+// carries the URI SAN spiffe://<trustDomain> and a random 128-bit serial.
 func NewCA(trustDomain string, lifetime time.Duration) (*CA, error) {
 	td, err := parseTrustDomain(trustDomain)
 	if err != nil {
@@ -72,7 +73,7 @@ func NewCA(trustDomain string, lifetime time.Duration) (*CA, error) {
 		SerialNumber:          serial,
 		Subject:               pkix.Name{Organization: []string{"quicmesh"}, CommonName: "quicmesh CA " + td},
 		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.Add(lifetime),
+		NotAfter:              ceilSecond(now.Add(lifetime)),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -227,7 +228,8 @@ func (ca *CA) Pool() *x509.CertPool {
 // (non-empty path) in the CA's trust domain. The leaf has a fresh ECDSA
 // P-256 key, exactly one URI SAN (id), is usable for both server and
 // client authentication, and is valid from one minute ago for lifetime (0
-// means DefaultCertLifetime), but never past the CA's own expiry. The
+// means DefaultCertLifetime; NotAfter is rounded up to a whole second),
+// but never past the CA's own expiry. The
 // returned chain is just the leaf, with Leaf populated; peers hold the
 // root in their bundle.
 func (ca *CA) Issue(id ID, lifetime time.Duration) (*tls.Certificate, error) {
@@ -242,7 +244,7 @@ func (ca *CA) Issue(id ID, lifetime time.Duration) (*tls.Certificate, error) {
 	if notBefore.Before(ca.cert.NotBefore) {
 		notBefore = ca.cert.NotBefore
 	}
-	notAfter := now.Add(lifetime)
+	notAfter := ceilSecond(now.Add(lifetime))
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter
 	}
@@ -325,6 +327,17 @@ func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, err
 		return nil, fmt.Errorf("identity: parsing issued certificate: %w", err)
 	}
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// ceilSecond rounds t up to a whole second. Certificates store validity
+// with one-second precision and encoding truncates, which would shorten a
+// lifetime by up to a second (fatal for the sub-second lifetimes tests
+// use); rounding up guarantees at least the requested lifetime.
+func ceilSecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		return r.Add(time.Second)
+	}
+	return t
 }
 
 // randomSerial returns a random, positive serial number of up to 128 bits.

@@ -28,6 +28,19 @@ import (
 // that sends no certificate at all is rejected by crypto/tls itself before
 // our callback runs, with the error "tls: client didn't provide a
 // certificate"; ReasonOf maps that to ReasonNoCertificate.
+//
+// A QUIC listener does not return failed handshakes from Accept. To count
+// server-side refusals, wrap the callback:
+//
+//	cfg := identity.ServerConfig(p, authz, protos)
+//	verify := cfg.VerifyConnection
+//	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+//		err := verify(cs)
+//		if err != nil {
+//			refusals.WithLabelValues(identity.ReasonOf(err)).Inc()
+//		}
+//		return err
+//	}
 func ServerConfig(p Provider, authz Authorizer, nextProtos []string) *tls.Config {
 	if authz == nil {
 		authz = localTrustDomain(p)
