@@ -66,8 +66,10 @@ func ServerConfig(p Provider, authz Authorizer, nextProtos []string) *tls.Config
 // host name verification is disabled (InsecureSkipVerify) and replaced by
 // VerifyConnection, which verifies the chain against p.Roots() at the
 // current time for server authentication and requires the peer's ID to
-// equal expect (ReasonWrongID otherwise). A zero expect refuses every
-// server. ServerName (sent as SNI only) is expect's trust domain.
+// equal expect (ReasonWrongID otherwise), with the same leaf and trust
+// domain checks as ServerConfig. A zero expect refuses every server.
+// ServerName (sent as SNI only) is expect's trust domain. No session cache
+// is set; if a caller adds one, resumed sessions are re-verified too.
 //
 // The client certificate comes from p.Certificate() at handshake time; if
 // p has no identity the handshake fails with ReasonNoIdentity.
