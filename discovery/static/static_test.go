@@ -371,10 +371,10 @@ func TestSlowWatcherCoalesces(t *testing.T) {
 	last := make(chan string, 1)
 	go func() {
 		defer wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			u, err := fast.Next(ctx)
-			cancel()
 			if err != nil {
 				return
 			}
@@ -402,7 +402,7 @@ func TestSlowWatcherCoalesces(t *testing.T) {
 		if a != fmt.Sprintf("v:%d", n) {
 			t.Fatalf("fast watcher ended at %s", a)
 		}
-	case <-time.After(2 * time.Second):
+	case <-time.After(5 * time.Second):
 		t.Fatal("fast watcher did not see the final state")
 	}
 	wg.Wait()
