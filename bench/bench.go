@@ -1,0 +1,455 @@
+// Package bench is quicmesh's load generator ("quicmesh bench").
+//
+// It drives HTTP/1.1, h2c, gRPC (unary and bidi-stream round trips) and raw
+// TCP (echo round trips and bulk transfer) against a target, usually one of
+// the servers in bench/echo, either behind quicmesh sidecars or directly.
+//
+// Two load models are supported. Open loop (Rate > 0) sends at a constant
+// rate with uniform pacing: request i is scheduled at start + i/Rate, and a
+// pool of Concurrency workers takes the scheduled slots in order. A slot
+// that finds every worker busy waits, and its latency is measured from its
+// intended send time, so the wait is included: this corrects coordinated
+// omission the way wrk2 does. Closed loop (Rate == 0) runs Concurrency
+// workers back to back for maximum throughput; latency is measured from
+// each request's actual send.
+//
+// Latencies go into per-worker log-linear histograms (see [Histogram])
+// merged at the end. Results are reported as a [Result], whose JSON schema
+// is documented in SCHEMA.md.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Protocol modes accepted in Config.Proto.
+const (
+	ProtoHTTP1      = "http1"
+	ProtoH2C        = "h2c"
+	ProtoGRPC       = "grpc"
+	ProtoGRPCStream = "grpc-stream"
+	ProtoTCP        = "tcp"
+	ProtoTCPBulk    = "tcp-bulk"
+)
+
+// Protocols lists the accepted protocol modes.
+var Protocols = []string{ProtoHTTP1, ProtoH2C, ProtoGRPC, ProtoGRPCStream, ProtoTCP, ProtoTCPBulk}
+
+// Defaults applied by Run to zero Config fields.
+const (
+	DefaultDuration    = 10 * time.Second
+	DefaultConcurrency = 16
+	DefaultTimeout     = 10 * time.Second
+	DefaultTCPPayload  = 64       // bytes per tcp round trip when Payload is 0
+	DefaultBulkChunk   = 64 << 10 // bytes per tcp-bulk write when Payload is 0
+	MaxPayload         = 64 << 20
+)
+
+// Config describes one run.
+type Config struct {
+	// Proto is one of [Protocols].
+	Proto string
+	// Target is a URL (http://host:port/path) for http1 and h2c, and
+	// host:port for grpc, grpc-stream, tcp and tcp-bulk.
+	Target string
+	// Rate is the open-loop request rate per second; 0 selects the closed
+	// loop. tcp-bulk supports only the closed loop.
+	Rate float64
+	// Duration of the measured part of the run (0 = DefaultDuration).
+	Duration time.Duration
+	// Warmup runs before Duration; its requests are not counted.
+	Warmup time.Duration
+	// Concurrency is the number of workers, i.e. the most requests in
+	// flight (0 = DefaultConcurrency).
+	Concurrency int
+	// Connections is the number of underlying connections: HTTP/1.1
+	// keep-alive connections shared by the workers, or HTTP/2 / gRPC
+	// connections each multiplexing many streams. 0 means Concurrency for
+	// http1 and 1 for h2c, grpc and grpc-stream. It is capped at
+	// Concurrency. For tcp and tcp-bulk every worker has its own
+	// connection and Connections is always Concurrency.
+	Connections int
+	// Payload is the request body size in bytes. For http1 and h2c, 0
+	// sends GET and more sends POST with that body (echoed back); for gRPC
+	// it is the message size; for tcp 0 means DefaultTCPPayload and for
+	// tcp-bulk DefaultBulkChunk.
+	Payload int
+	// Timeout bounds each request (0 = DefaultTimeout).
+	Timeout time.Duration
+	// Procs are processes whose CPU time and memory are sampled during the
+	// measured part of the run.
+	Procs []Proc
+	// ProcInterval is the sampling period for Procs (0 = 250ms).
+	ProcInterval time.Duration
+	// Clock is the time source (nil = SystemClock).
+	Clock Clock
+	// Progress, if set, receives a live progress line once a second
+	// (carriage-return updated; meant for a terminal).
+	Progress io.Writer
+}
+
+// normalize applies defaults and validates c.
+func (c *Config) normalize() error {
+	known := false
+	for _, p := range Protocols {
+		known = known || c.Proto == p
+	}
+	if !known {
+		return fmt.Errorf("unknown protocol %q (want one of http1, h2c, grpc, grpc-stream, tcp, tcp-bulk)", c.Proto)
+	}
+	if c.Target == "" {
+		return errors.New("no target")
+	}
+	if err := checkTarget(c.Proto, c.Target); err != nil {
+		return err
+	}
+	switch {
+	case c.Rate < 0 || c.Rate != c.Rate || c.Rate > 1e9:
+		return fmt.Errorf("rate %v out of range (0 = closed loop, up to 1e9)", c.Rate)
+	case c.Rate > 0 && c.Proto == ProtoTCPBulk:
+		return errors.New("tcp-bulk measures maximum throughput: rate must be 0")
+	case c.Duration < 0:
+		return errors.New("negative duration")
+	case c.Warmup < 0:
+		return errors.New("negative warmup")
+	case c.Concurrency < 0:
+		return errors.New("negative concurrency")
+	case c.Connections < 0:
+		return errors.New("negative connections")
+	case c.Payload < 0 || c.Payload > MaxPayload:
+		return fmt.Errorf("payload %d out of range (0..%d)", c.Payload, MaxPayload)
+	case c.Timeout < 0:
+		return errors.New("negative timeout")
+	}
+	if c.Duration == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock
+	}
+	switch c.Proto {
+	case ProtoTCP, ProtoTCPBulk:
+		c.Connections = c.Concurrency
+	case ProtoHTTP1:
+		if c.Connections == 0 {
+			c.Connections = c.Concurrency
+		}
+	default:
+		if c.Connections == 0 {
+			c.Connections = 1
+		}
+	}
+	c.Connections = min(c.Connections, c.Concurrency)
+	if c.Payload == 0 {
+		switch c.Proto {
+		case ProtoTCP:
+			c.Payload = DefaultTCPPayload
+		case ProtoTCPBulk:
+			c.Payload = DefaultBulkChunk
+		}
+	}
+	return nil
+}
+
+// requester performs requests for one worker; it is used by one goroutine.
+type requester interface {
+	// do performs one request and returns the response payload bytes.
+	do(ctx context.Context) (int64, error)
+	close()
+}
+
+// target creates the requesters of a run and owns shared connections.
+type target interface {
+	requester(worker int) requester
+	close()
+}
+
+// workerStats are one worker's statistics. Only the worker writes them
+// (the atomics are read by the progress line), so the hot path takes no
+// lock.
+type workerStats struct {
+	live    atomic.Int64 // completions, warmup included (progress line)
+	liveErr atomic.Int64
+	hist    Histogram
+	errs    map[string]int64
+	reqs    int64 // requests completed in the measured window
+	issued  int64 // open loop: slots of the window that were sent
+	bytes   int64
+}
+
+func (s *workerStats) addErr(kind string) {
+	if s.errs == nil {
+		s.errs = make(map[string]int64)
+	}
+	s.errs[kind]++
+}
+
+// engine runs the request loops of a run.
+type engine struct {
+	cfg     Config
+	clock   Clock
+	start   time.Time
+	warmEnd time.Time
+	end     time.Time
+	sched   Schedule // open loop only
+	next    atomic.Int64
+	ctx     context.Context // ends when the caller's ctx ends
+	reqCtx  context.Context // parent of request contexts
+	stats   []*workerStats
+}
+
+// Run executes one benchmark and returns its result. Failing requests are
+// counted in the result, not returned as errors; Run fails only for an
+// invalid Config or when ctx is done before anything was measured. If ctx
+// ends during the measured window the result covers the time until then.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
+	}
+	var (
+		t   target
+		err error
+	)
+	switch cfg.Proto {
+	case ProtoHTTP1, ProtoH2C:
+		t, err = newHTTPTarget(cfg)
+	case ProtoGRPC, ProtoGRPCStream:
+		t, err = newGRPCTarget(cfg)
+	case ProtoTCP:
+		t, err = newTCPTarget(cfg)
+	case ProtoTCPBulk:
+		return runBulk(ctx, cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return runTarget(ctx, cfg, t)
+}
+
+// runTarget runs the request loops against t and closes it. cfg must be
+// normalized.
+func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
+	defer t.close()
+	e := &engine{cfg: cfg, clock: cfg.Clock, ctx: ctx}
+	e.start = e.clock.Now()
+	e.warmEnd = e.start.Add(cfg.Warmup)
+	e.end = e.warmEnd.Add(cfg.Duration)
+	e.sched = Schedule{Start: e.start, Rate: cfg.Rate}
+	e.reqCtx = ctx
+	if cfg.Rate == 0 {
+		// Closed loop: requests in flight at the end are cut off. The
+		// deadline is on the real clock; with a fake clock the run is over
+		// long before it.
+		var cancel context.CancelFunc
+		e.reqCtx, cancel = context.WithTimeout(ctx, e.end.Sub(e.clock.Now()))
+		defer cancel()
+	}
+
+	sampler, stopAux := startAux(ctx, cfg, e.stats0())
+	var wg sync.WaitGroup
+	for i := range cfg.Concurrency {
+		st := e.stats[i]
+		rq := t.requester(i)
+		wg.Go(func() {
+			defer rq.close()
+			if cfg.Rate > 0 {
+				e.openLoop(rq, st)
+			} else {
+				e.closedLoop(rq, st)
+			}
+		})
+	}
+	wg.Wait()
+	finished := e.clock.Now()
+	stopAux()
+
+	r := e.result(finished)
+	if sampler != nil {
+		r.Processes = sampler.Stop(r.Requests)
+	}
+	if r.DurationS == 0 && ctx.Err() != nil {
+		return r, fmt.Errorf("interrupted before the measured window: %w", ctx.Err())
+	}
+	return r, nil
+}
+
+// stats0 allocates the per-worker statistics and returns them.
+func (e *engine) stats0() []*workerStats {
+	e.stats = make([]*workerStats, e.cfg.Concurrency)
+	for i := range e.stats {
+		e.stats[i] = &workerStats{}
+	}
+	return e.stats
+}
+
+// startAux starts the progress line and the process sampler; the returned
+// func stops the progress line.
+func startAux(ctx context.Context, cfg Config, stats []*workerStats) (*ProcSampler, func()) {
+	var sampler *ProcSampler
+	stopC := make(chan struct{})
+	var wg sync.WaitGroup
+	if len(cfg.Procs) > 0 {
+		sampler = NewProcSampler(cfg.Procs)
+		if cfg.ProcInterval > 0 {
+			sampler.Interval = cfg.ProcInterval
+		}
+		// The sampler covers the measured window: it starts when the
+		// warmup ends (on the real clock).
+		if cfg.Warmup <= 0 {
+			sampler.Start()
+		} else {
+			wg.Go(func() {
+				tm := time.NewTimer(cfg.Warmup)
+				defer tm.Stop()
+				select {
+				case <-tm.C:
+					sampler.Start()
+				case <-stopC:
+				case <-ctx.Done():
+				}
+			})
+		}
+	}
+	if cfg.Progress != nil {
+		wg.Go(func() { progressLoop(cfg, stats, stopC) })
+	}
+	return sampler, func() {
+		close(stopC)
+		wg.Wait()
+	}
+}
+
+// openLoop takes scheduled slots until the schedule or the run ends.
+func (e *engine) openLoop(rq requester, st *workerStats) {
+	for {
+		i := e.next.Add(1) - 1
+		intended := e.sched.At(i)
+		if !intended.Before(e.end) {
+			return
+		}
+		now := e.clock.Now()
+		if !now.Before(e.end) {
+			// The run is over with slots still queued: they stay unsent
+			// (reported as Result.Unsent).
+			return
+		}
+		from := intended
+		if now.Before(intended) {
+			// This worker was idle, waiting for the slot: nothing made the
+			// request wait, so time it from the moment the timer fired
+			// rather than charge the clock's wake-up lateness (about 1ms
+			// for Go timers on an idle process) to the target.
+			if e.clock.SleepUntil(e.ctx, intended) != nil {
+				return
+			}
+			from = e.clock.Now()
+		}
+		// Otherwise every worker was busy at the intended time: the
+		// latency includes the wait (coordinated omission correction).
+		inWindow := !intended.Before(e.warmEnd)
+		if inWindow {
+			st.issued++
+		}
+		e.one(rq, st, from, inWindow)
+		if e.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// closedLoop sends back to back until the run ends.
+func (e *engine) closedLoop(rq requester, st *workerStats) {
+	for {
+		from := e.clock.Now()
+		if !from.Before(e.end) || e.reqCtx.Err() != nil {
+			return
+		}
+		e.one(rq, st, from, !from.Before(e.warmEnd))
+	}
+}
+
+// one performs a request and records it.
+func (e *engine) one(rq requester, st *workerStats, from time.Time, inWindow bool) {
+	rctx, cancel := context.WithTimeout(e.reqCtx, e.cfg.Timeout)
+	n, err := rq.do(rctx)
+	done := e.clock.Now()
+	var kind string
+	if err != nil {
+		kind = classify(rctx, err)
+	}
+	cancel()
+	st.live.Add(1)
+	if err != nil {
+		st.liveErr.Add(1)
+	}
+	if !inWindow {
+		return
+	}
+	if err != nil && e.reqCtx.Err() != nil {
+		return // cut off by the end of the run or the caller: not a failure
+	}
+	if e.cfg.Rate == 0 && done.After(e.end) {
+		return // closed loop counts what completed inside the window
+	}
+	st.reqs++
+	if err != nil {
+		st.addErr(kind)
+		return
+	}
+	st.bytes += n
+	st.hist.Record(done.Sub(from))
+}
+
+// result merges the worker statistics.
+func (e *engine) result(finished time.Time) *Result {
+	r := newResult(e.cfg)
+	end := e.end
+	if e.ctx.Err() != nil && finished.Before(end) {
+		end = finished // interrupted: the window ends now
+	}
+	d := end.Sub(e.warmEnd)
+	if d < 0 {
+		d = 0
+	}
+	var h Histogram
+	var issued int64
+	for _, st := range e.stats {
+		h.Merge(&st.hist)
+		r.Requests += st.reqs
+		issued += st.issued
+		r.addBytes(st.bytes)
+		for k, v := range st.errs {
+			r.Errors[k] += v
+			r.ErrorTotal += v
+		}
+	}
+	if e.cfg.Rate > 0 && d > 0 {
+		slots := e.sched.Index(end.Sub(e.start)) - e.sched.Index(e.cfg.Warmup)
+		r.Unsent = max(slots-issued, 0)
+	}
+	r.finish(d, &h)
+	return r
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

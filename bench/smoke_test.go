@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"context"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/bench/echo"
+)
+
+// waitGoroutines fails t unless the goroutine count returns to base.
+func waitGoroutines(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("goroutine leak: %d > %d\n%s", runtime.NumGoroutine(), base, buf)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func startEcho(t *testing.T, kind string) *echo.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch kind {
+	case "http1":
+		return echo.StartHTTP1(ln)
+	case "h2c":
+		return echo.StartH2C(ln)
+	case "grpc":
+		return echo.StartGRPC(ln)
+	case "tcp":
+		return echo.StartTCP(ln)
+	}
+	t.Fatalf("unknown echo kind %q", kind)
+	return nil
+}
+
+var smokeCases = []struct {
+	proto, server string
+	rate          float64
+	payload       int
+}{
+	{ProtoHTTP1, "http1", 0, 0},
+	{ProtoHTTP1, "http1", 500, 1000},
+	{ProtoH2C, "h2c", 0, 0},
+	{ProtoH2C, "h2c", 500, 1000},
+	{ProtoGRPC, "grpc", 0, 100},
+	{ProtoGRPC, "grpc", 500, 0},
+	{ProtoGRPCStream, "grpc", 0, 100},
+	{ProtoGRPCStream, "grpc", 500, 100},
+	{ProtoTCP, "tcp", 0, 0},
+	{ProtoTCP, "tcp", 500, 512},
+	{ProtoTCPBulk, "tcp", 0, 0},
+}
+
+func TestSmoke(t *testing.T) {
+	base := runtime.NumGoroutine()
+	for _, tc := range smokeCases {
+		model := "closed"
+		if tc.rate > 0 {
+			model = "open"
+		}
+		t.Run(tc.proto+"/"+model, func(t *testing.T) {
+			srv := startEcho(t, tc.server)
+			defer srv.Close()
+			r, err := Run(context.Background(), Config{
+				Proto:       tc.proto,
+				Target:      srv.URL(),
+				Rate:        tc.rate,
+				Duration:    300 * time.Millisecond,
+				Warmup:      50 * time.Millisecond,
+				Concurrency: 4,
+				Connections: 2,
+				Payload:     tc.payload,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Requests == 0 || r.ErrorTotal != 0 || len(r.Errors) != 0 {
+				t.Fatalf("requests %d, errors %v", r.Requests, r.Errors)
+			}
+			if r.LatencyUS.P50 == 0 && r.LatencyUS.Max == 0 {
+				t.Errorf("no latency recorded: %+v", r.LatencyUS)
+			}
+			if r.Model != model {
+				t.Errorf("model = %q", r.Model)
+			}
+			if tc.rate > 0 {
+				// 500 req/s for 0.3 s is 150 slots; allow for a slow CI box.
+				if r.Requests < 100 || r.Requests > 151 {
+					t.Errorf("open loop sent %d requests, want about 150 (unsent %d)", r.Requests, r.Unsent)
+				}
+			}
+			if (tc.proto == ProtoTCP || tc.proto == ProtoTCPBulk) && r.BytesPerSecond <= 0 {
+				t.Errorf("bytes_per_second = %v", r.BytesPerSecond)
+			}
+			t.Logf("%s %s: %d req, %.0f rps, p50 %dµs p99 %dµs, %.0f B/s",
+				tc.proto, model, r.Requests, r.RPS, r.LatencyUS.P50, r.LatencyUS.P99, r.BytesPerSecond)
+		})
+	}
+	waitGoroutines(t, base)
+}
+
+// TestTargetDown runs every protocol against a closed port: the run must
+// end on time with the failures counted by kind.
+func TestTargetDown(t *testing.T) {
+	base := runtime.NumGoroutine()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	want := map[string]string{
+		ProtoHTTP1:      ErrConnRefused,
+		ProtoH2C:        ErrConnRefused,
+		ProtoGRPC:       "grpc_UNAVAILABLE",
+		ProtoGRPCStream: "grpc_UNAVAILABLE",
+		ProtoTCP:        ErrConnRefused,
+		ProtoTCPBulk:    ErrConnRefused,
+	}
+	for _, proto := range Protocols {
+		for _, rate := range []float64{0, 200} {
+			if proto == ProtoTCPBulk && rate > 0 {
+				continue
+			}
+			target := addr
+			if proto == ProtoHTTP1 || proto == ProtoH2C {
+				target = "http://" + addr + "/"
+			}
+			start := time.Now()
+			r, err := Run(context.Background(), Config{
+				Proto: proto, Target: target, Rate: rate,
+				Duration: 200 * time.Millisecond, Concurrency: 2, Timeout: time.Second,
+			})
+			if err != nil {
+				t.Fatalf("%s: %v", proto, err)
+			}
+			if el := time.Since(start); el > 3*time.Second {
+				t.Errorf("%s rate %v: took %v", proto, rate, el)
+			}
+			if r.ErrorTotal == 0 || r.Errors[want[proto]] != r.ErrorTotal {
+				t.Errorf("%s rate %v: errors %v, want all %s", proto, rate, r.Errors, want[proto])
+			}
+			if r.Requests != r.ErrorTotal || r.LatencyUS.Max != 0 {
+				t.Errorf("%s: requests %d, errors %d, latency %+v", proto, r.Requests, r.ErrorTotal, r.LatencyUS)
+			}
+		}
+	}
+	waitGoroutines(t, base)
+}
