@@ -179,13 +179,80 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	}
 	st.failures = 0
 	st.lastErr = nil
-	pc := &PeerConn{Conn: conn, HTTP: p.h3.NewClientConn(conn), Addr: key.addr, Peer: key.id}
+	raw := p.h3.NewRawClientConn(conn)
+	pc := &PeerConn{Conn: conn, HTTP: raw.ClientConn, Addr: key.addr, Peer: key.id}
 	st.conn = pc
-	go func() {
-		<-conn.Context().Done()
-		p.Forget(pc)
-	}()
+	go p.acceptUni(pc, raw)
 	p.ep.logger.Debug("peer connected", "peer", key.addr, "identity", key.id.String())
+}
+
+// acceptUni runs the connection's unidirectional stream loop: HTTP/3
+// control and QPACK streams go to HTTP/3, mesh control streams are ours.
+// It ends, and drops the connection from the pool, when the connection
+// closes.
+func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
+	defer p.Forget(pc)
+	for {
+		str, err := pc.Conn.AcceptUniStream(context.Background())
+		if err != nil {
+			return
+		}
+		go func() {
+			str.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if !isControlStream(str) {
+				str.SetReadDeadline(time.Time{})
+				raw.HandleUnidirectionalStream(str)
+				return
+			}
+			msg, err := readControl(str)
+			if err != nil {
+				str.CancelRead(CodeBadHeader)
+				return
+			}
+			if msg == msgGoAway {
+				p.ep.logger.Info("peer is draining", "peer", pc.Addr, "identity", pc.Peer.String())
+				p.markDraining(pc)
+			}
+		}()
+	}
+}
+
+// markDraining stops handing out pc and holds off redialling its peer for
+// a back-off period, so new work goes to other endpoints right away while
+// the peer restarts.
+func (p *Pool) markDraining(pc *PeerConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[peerKey{pc.Addr, pc.Peer}]
+	if st == nil || st.conn != pc {
+		return
+	}
+	st.conn = nil
+	st.failures = max(st.failures, 1)
+	st.failedAt = p.now()
+	st.lastErr = errDraining
+}
+
+var errDraining = errors.New("peer is draining")
+
+// Ready reports whether a usable connection to the peer exists right now
+// (no dial needed, not in back-off); the outbound proxy prefers such
+// endpoints so one slow dial does not delay requests other peers could
+// serve.
+func (p *Pool) Ready(addr string, want identity.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[peerKey{addr, want}]
+	return st != nil && st.conn != nil && st.conn.Alive()
+}
+
+// Unavailable reports whether the peer is in back-off after a failed dial
+// or a drain notice.
+func (p *Pool) Unavailable(addr string, want identity.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[peerKey{addr, want}]
+	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.now().Sub(st.failedAt) < backoff(st.failures)
 }
 
 func backoff(failures int) time.Duration {

@@ -45,11 +45,10 @@ func Splice(conn net.Conn, str *quic.Stream) SpliceResult {
 			str.CancelWrite(CodeReset)
 			str.CancelRead(CodeReset)
 			if resetTCP {
-				if l, ok := conn.(lingerer); ok {
-					l.SetLinger(0)
-				}
+				Reset(conn)
+			} else {
+				conn.Close()
 			}
-			conn.Close()
 		})
 	}
 
@@ -129,4 +128,22 @@ func IsReset(err error) bool {
 	var se *quic.StreamError
 	var ae *quic.ApplicationError
 	return errors.As(err, &se) || errors.As(err, &ae)
+}
+
+// Reset closes conn with a TCP RST (SO_LINGER 0) so the app sees an abort,
+// not a clean end of stream. Wrappers are looked through via NetConn().
+func Reset(conn net.Conn) {
+	c := conn
+	for {
+		if l, ok := c.(lingerer); ok {
+			l.SetLinger(0)
+			break
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	conn.Close()
 }

@@ -30,7 +30,11 @@ type fileConfig struct {
 		Binds []struct {
 			Listen  string `json:"listen"`
 			Service string `json:"service"`
+			Opaque  bool   `json:"opaque"`
 		} `json:"binds"`
+		HTTPProxy     *string  `json:"http_proxy"`
+		DetectTimeout duration `json:"detect_timeout"`
+		MaxInFlight   int      `json:"max_in_flight"`
 	} `json:"outbound"`
 	Discovery struct {
 		Static string `json:"static"`

@@ -3,15 +3,16 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
@@ -62,11 +63,21 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	m := &demoMesh{ca: ca}
 	defer m.Close()
 
-	tcpApp, err := startTCPEcho()
-	if err != nil {
-		return fail(stderr, "demo: starting TCP echo app: %v", err)
+	apps := map[string]*echo.Server{}
+	for _, a := range []struct {
+		name  string
+		start func(string) (*echo.Server, error)
+	}{
+		{"echo-tcp", echo.ListenTCP}, {"echo-http1", echo.ListenHTTP1}, {"echo-h2c", echo.ListenH2C}, {"echo-grpc", func(a string) (*echo.Server, error) { return echo.ListenGRPC(a) }},
+	} {
+		srv, err := a.start("127.0.0.1:0")
+		if err != nil {
+			return fail(stderr, "demo: starting %s app: %v", a.name, err)
+		}
+		m.closers = append(m.closers, func() { srv.Close() })
+		apps[a.name] = srv
 	}
-	m.closers = append(m.closers, func() { tcpApp.Close() })
+	tcpApp := apps["echo-tcp"]
 
 	newProvider := func(id string) (identity.Provider, error) {
 		p, err := identity.NewCAProvider(ca, identity.MustParseID(id), identity.CAProviderOptions{Lifetime: 10 * time.Minute})
@@ -84,8 +95,13 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		Identity:    serverProv,
 		Resolver:    static.NewFromMap(nil),
 		InboundAddr: "127.0.0.1:0",
-		Routes:      inbound.Routes{"echo-tcp": tcpApp.Addr().String()},
-		Logger:      logger.With("sidecar", "server"),
+		Routes: inbound.Routes{
+			"echo-tcp":   "tcp://" + tcpApp.Addr().String(),
+			"echo-http1": "http://" + apps["echo-http1"].Addr().String(),
+			"echo-h2c":   "h2c://" + apps["echo-h2c"].Addr().String(),
+			"echo-grpc":  "h2c://" + apps["echo-grpc"].Addr().String(),
+		},
+		Logger: logger.With("sidecar", "server"),
 	})
 	if err != nil {
 		return fail(stderr, "demo: starting server sidecar: %v", err)
@@ -96,15 +112,20 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "demo: issuing client identity: %v", err)
 	}
-	m.resolver = static.NewFromMap(map[string][]discovery.Endpoint{
-		"echo-tcp": {{Addr: m.server.InboundAddr().String(), Identity: demoServerID}},
-	})
+	services := []string{"echo-tcp", "echo-http1", "echo-h2c", "echo-grpc"}
+	eps := map[string][]discovery.Endpoint{}
+	var binds []sidecar.Bind
+	for _, svc := range services {
+		eps[svc] = []discovery.Endpoint{{Addr: m.server.InboundAddr().String(), Identity: demoServerID}}
+		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+	}
+	m.resolver = static.NewFromMap(eps)
 	m.closers = append(m.closers, func() { m.resolver.Close() })
 	m.client, err = sidecar.Start(sidecar.Config{
 		Identity:    clientProv,
 		Resolver:    m.resolver,
 		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "echo-tcp"}},
+		Binds:       binds,
 		Logger:      logger.With("sidecar", "client"),
 	})
 	if err != nil {
@@ -113,8 +134,11 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	m.closers = append(m.closers, func() { m.client.Close() })
 
 	fmt.Fprintf(stdout, "  CA             trust domain %s\n", demoTrustDomain)
-	fmt.Fprintf(stdout, "  sidecar client %s  outbound tcp %s -> echo-tcp\n", demoClientID, m.client.BindAddr(0))
-	fmt.Fprintf(stdout, "  sidecar server %s  inbound quic %s -> app %s\n", demoServerID, m.server.InboundAddr(), tcpApp.Addr())
+	fmt.Fprintf(stdout, "  sidecar client %s\n", demoClientID)
+	for i, svc := range services {
+		fmt.Fprintf(stdout, "                 outbound %-15s -> %s\n", m.client.BindAddr(i), svc)
+	}
+	fmt.Fprintf(stdout, "  sidecar server %s\n                 inbound quic %s -> apps %s\n", demoServerID, m.server.InboundAddr(), strings.Join(services, ", "))
 	fmt.Fprintln(stdout)
 
 	failed := 0
@@ -133,11 +157,20 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	check("tcp: 16 MiB each way", func() (string, error) { return tcpTransfer(bind, 16<<20) })
 	check("tcp: 50 concurrent connections", func() (string, error) { return tcpConcurrent(bind, 50, 64<<10) })
 	check("tcp: half-close", func() (string, error) { return tcpHalfClose(bind) })
+	h1URL := "http://" + m.client.BindAddr(1).String()
+	check("http/1.1: GET", func() (string, error) { return httpGet(h1Client(), h1URL, "HTTP/1.1") })
+	check("http/1.1: 8 MiB POST echo", func() (string, error) { return httpPost(h1Client(), h1URL, 8<<20) })
+	h2URL := "http://" + m.client.BindAddr(2).String()
+	check("h2c: GET", func() (string, error) { return httpGet(h2cClient(), h2URL, "HTTP/2.0") })
+	check("h2c: 8 MiB POST echo", func() (string, error) { return httpPost(h2cClient(), h2URL, 8<<20) })
+	grpcAddr := m.client.BindAddr(3).String()
+	check("grpc: unary", func() (string, error) { return grpcUnary(grpcAddr) })
+	check("grpc: bidi streaming", func() (string, error) { return grpcBidi(grpcAddr, 100) })
 	check("shared QUIC connections", func() (string, error) {
 		if n := m.client.Pool().Len(); n != 1 {
 			return "", fmt.Errorf("client holds %d QUIC connections to its one peer, want 1", n)
 		}
-		return "1 mTLS QUIC connection carried everything", nil
+		return "1 mTLS QUIC connection carried all of it", nil
 	})
 
 	fmt.Fprintln(stdout)
@@ -225,41 +258,3 @@ func tcpHalfClose(addr string) (string, error) {
 	}
 	return "reply read after client closed its write side", nil
 }
-
-// tcpEcho is the demo's TCP app.
-type tcpEcho struct {
-	ln net.Listener
-	wg sync.WaitGroup
-}
-
-func startTCPEcho() (*tcpEcho, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	e := &tcpEcho{ln: ln}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					continue
-				}
-				return
-			}
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return e, nil
-}
-
-func (e *tcpEcho) Addr() net.Addr { return e.ln.Addr() }
-func (e *tcpEcho) Close() error   { err := e.ln.Close(); e.wg.Wait(); return err }

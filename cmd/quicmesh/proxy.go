@@ -9,13 +9,16 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/proxy/detect"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
 )
@@ -24,11 +27,14 @@ import (
 const (
 	defaultInbound = "0.0.0.0:4143"
 	defaultAdmin   = "127.0.0.1:4191"
+	defaultHTTP    = "127.0.0.1:4140"
 )
 
 type proxyFlags struct {
 	config, cert, key, bundle, trustDomain string
 	inbound, admin, discoveryFile          string
+	httpProxy                              string
+	detectTimeout                          time.Duration
 	logLevel, logFormat                    string
 	routes, binds                          mapFlag
 	connectTimeout                         time.Duration
@@ -49,7 +55,9 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.Var(&f.routes, "route", "SERVICE=APP_ADDR served by this sidecar's app (repeatable)")
-	fs.Var(&f.binds, "bind", "LISTEN_ADDR=SERVICE outbound TCP listener for a service (repeatable)")
+	fs.Var(&f.binds, "bind", "LISTEN_ADDR=SERVICE[,opaque] outbound listener for a service (repeatable); opaque skips protocol detection")
+	fs.StringVar(&f.httpProxy, "http-proxy", defaultHTTP, "outbound HTTP proxy listener (absolute-form URIs and CONNECT); empty disables")
+	fs.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "how long to wait for an app's first bytes before treating it as opaque TCP")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -156,10 +164,14 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 	}
 	var binds []sidecar.Bind
 	for _, b := range fc.Outbound.Binds {
-		binds = append(binds, sidecar.Bind{Listen: b.Listen, Service: b.Service})
+		binds = append(binds, sidecar.Bind{Listen: b.Listen, Service: b.Service, Opaque: b.Opaque})
 	}
 	for _, listen := range f.binds.order {
-		binds = append(binds, sidecar.Bind{Listen: listen, Service: f.binds.m[listen]})
+		svc, opt, _ := strings.Cut(f.binds.m[listen], ",")
+		if opt != "" && opt != "opaque" {
+			return nil, nil, fmt.Errorf("--bind %s=%s: unknown option %q (want opaque)", listen, f.binds.m[listen], opt)
+		}
+		binds = append(binds, sidecar.Bind{Listen: listen, Service: svc, Opaque: opt == "opaque"})
 	}
 	for i, b := range binds {
 		if b.Listen == "" || b.Service == "" {
@@ -205,16 +217,34 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 		IdleTimeout:             fc.Limits.IdleTimeout.Duration,
 		KeepAlive:               fc.Limits.KeepAlive.Duration,
 	}
+	httpProxy := f.httpProxy
+	if !set["http-proxy"] && fc.Outbound.HTTPProxy != nil {
+		httpProxy = *fc.Outbound.HTTPProxy
+	}
+	detectTimeout := f.detectTimeout
+	if !set["detect-timeout"] && fc.Outbound.DetectTimeout.Duration > 0 {
+		detectTimeout = fc.Outbound.DetectTimeout.Duration
+	}
+	connectTimeout := f.connectTimeout
+	if !set["connect-timeout"] && fc.Limits.ConnectTimeout.Duration > 0 {
+		connectTimeout = fc.Limits.ConnectTimeout.Duration
+	}
 	cfg := &proxyConfig{
 		sidecar: sidecar.Config{
-			Identity:    prov,
-			Resolver:    res,
-			Authorize:   identity.AuthorizeTrustDomain(td),
-			InboundAddr: pick("inbound", f.inbound, fc.Inbound.Listen),
-			Routes:      routes,
-			Binds:       binds,
-			Limits:      limits,
-			Logger:      logger.With("id", localID.String()),
+			Identity:      prov,
+			Resolver:      res,
+			Authorize:     identity.AuthorizeTrustDomain(td),
+			InboundAddr:   pick("inbound", f.inbound, fc.Inbound.Listen),
+			Routes:        routes,
+			Binds:         binds,
+			HTTPProxyAddr: httpProxy,
+			Outbound: outbound.Config{
+				ConnectTimeout: connectTimeout,
+				Detect:         detect.Config{Timeout: detectTimeout},
+				MaxInFlight:    fc.Outbound.MaxInFlight,
+			},
+			Limits: limits,
+			Logger: logger.With("id", localID.String()),
 		},
 		admin: pick("admin", f.admin, fc.Admin.Listen),
 	}

@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -43,9 +43,12 @@ func (r Routes) Lookup(target string) (string, bool) {
 type Config struct {
 	Endpoint *transport.Endpoint
 	Routes   Routes
-	// HTTP handles HTTP/3 requests from peers; nil answers 501.
-	HTTP   http.Handler
-	Logger *slog.Logger
+	Logger   *slog.Logger
+	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
+	Name string
+	// MaxInFlight sheds HTTP requests beyond this many concurrent ones
+	// with a 503 (default 10,000; negative disables).
+	MaxInFlight int
 	// ConnectTimeout bounds connecting to the local app. Default 2s.
 	ConnectTimeout time.Duration
 	// HeaderTimeout bounds how long a peer may take to send the first
@@ -58,7 +61,10 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	h3   *http3.Server
+	app  *appHTTP
 	dial net.Dialer
+
+	inflight atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[*quic.Conn]*http3.RawServerConn
@@ -77,11 +83,11 @@ func New(cfg Config) *Server {
 	if cfg.HeaderTimeout == 0 {
 		cfg.HeaderTimeout = 10 * time.Second
 	}
-	h := cfg.HTTP
-	if h == nil {
-		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			http.Error(w, "quicmesh: this sidecar does not serve HTTP", http.StatusNotImplemented)
-		})
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = 10000
+	}
+	if cfg.Name == "" {
+		cfg.Name = "quicmesh"
 	}
 	s := &Server{
 		cfg:   cfg,
@@ -89,8 +95,9 @@ func New(cfg Config) *Server {
 		conns: make(map[*quic.Conn]*http3.RawServerConn),
 		dial:  net.Dialer{Timeout: cfg.ConnectTimeout},
 	}
+	s.app = newAppHTTP(s)
 	s.h3 = &http3.Server{
-		Handler:        h,
+		Handler:        s.app,
 		MaxHeaderBytes: 64 << 10,
 		Logger:         cfg.Logger,
 		// The verified peer identity travels with every request.
@@ -226,8 +233,9 @@ func (s *Server) serveStream(str *quic.Stream, raw *http3.RawServerConn, peer id
 }
 
 func (s *Server) serveTunnel(str *quic.Stream, hdr tunnel.Header, peer identity.ID, log *slog.Logger) {
-	addr, ok := s.cfg.Routes.Lookup(hdr.Target)
-	if !ok {
+	value, ok := s.cfg.Routes.Lookup(hdr.Target)
+	_, addr, err := ParseAppAddr(value)
+	if !ok || err != nil {
 		log.Warn("tunnel for unknown target", "target", hdr.Target)
 		str.CancelRead(transport.CodeUnknownTarget)
 		str.CancelWrite(transport.CodeUnknownTarget)
@@ -257,5 +265,6 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.app.close()
 	return nil
 }

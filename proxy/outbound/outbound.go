@@ -11,11 +11,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/proxy/balance"
+	"github.com/quicmesh/quicmesh/proxy/detect"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -36,6 +38,22 @@ type Config struct {
 	// MaxAttempts is how many distinct endpoints are tried before the app
 	// gets an error. Default 3.
 	MaxAttempts int
+	// Detect bounds protocol detection on every listener (default: 1s,
+	// 4 KiB). A client that sends nothing within the timeout is treated
+	// as opaque (server-speaks-first protocols).
+	Detect detect.Config
+	// HeaderTimeout bounds reading a request header from the app (default
+	// 10s); IdleTimeout closes idle app keep-alive connections (default
+	// 90s); MaxHeaderBytes bounds request headers (default 64 KiB, 431
+	// above it).
+	HeaderTimeout  time.Duration
+	IdleTimeout    time.Duration
+	MaxHeaderBytes int
+	// MaxInFlight sheds requests beyond this many concurrent ones with a
+	// 503 (default 10,000; negative disables).
+	MaxInFlight int
+	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
+	Name string
 }
 
 // Proxy forwards app traffic to services.
@@ -44,8 +62,11 @@ type Proxy struct {
 	balancer *balance.Balancer
 	log      *slog.Logger
 
+	inflight atomic.Int64
+
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
+	fronts  []*httpFront
 	closing bool
 	wg      sync.WaitGroup
 }
@@ -61,8 +82,25 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxAttempts == 0 {
 		cfg.MaxAttempts = 3
 	}
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = 64 << 10
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = 10000
+	}
+	if cfg.Name == "" {
+		cfg.Name = "quicmesh"
+	}
 	return &Proxy{cfg: cfg, balancer: balance.New(), log: cfg.Logger, conns: make(map[net.Conn]struct{})}
 }
+
+func (p *Proxy) who() string { return "outbound " + p.cfg.Name }
 
 // ErrNoRoute is wrapped when no endpoint of a service could be reached.
 var ErrNoRoute = errors.New("outbound: no reachable endpoint")
@@ -78,7 +116,14 @@ func (p *Proxy) Connect(ctx context.Context, service string) (*transport.PeerCon
 	tried := make(map[string]bool, p.cfg.MaxAttempts)
 	var lastErr error
 	for attempt := 0; attempt < p.cfg.MaxAttempts; attempt++ {
-		ep, done, ok := p.balancer.Pick(eps, func(e discovery.Endpoint) bool { return tried[e.Key()] })
+		// Endpoints in back-off (failed dial, draining) are skipped while
+		// others remain; if none remain they are tried anyway and fail fast.
+		ep, done, ok := p.balancer.Pick(eps, func(e discovery.Endpoint) bool {
+			return tried[e.Key()] || p.unavailable(e)
+		})
+		if !ok {
+			ep, done, ok = p.balancer.Pick(eps, func(e discovery.Endpoint) bool { return tried[e.Key()] })
+		}
 		if !ok {
 			break
 		}
@@ -106,9 +151,20 @@ func (p *Proxy) Connect(ctx context.Context, service string) (*transport.PeerCon
 	return nil, nil, fmt.Errorf("%w for %q: %w", ErrNoRoute, service, lastErr)
 }
 
-// ServeTCP accepts app connections on ln and tunnels each to service,
-// until ln is closed.
-func (p *Proxy) ServeTCP(ln net.Listener, service string) error {
+// Serve accepts app connections on ln until it is closed. Each connection
+// is classified by detection: HTTP/1.1 and HTTP/2 are served request by
+// request, anything else is tunnelled to service as opaque TCP. With
+// opaque set, detection is skipped. An empty service makes ln the HTTP
+// proxy listener: requests are routed by their authority and non-HTTP
+// traffic is refused.
+func (p *Proxy) Serve(ln net.Listener, service string, opaque bool) error {
+	var front *httpFront
+	if !opaque {
+		front = p.newHTTPFront(service)
+		p.mu.Lock()
+		p.fronts = append(p.fronts, front)
+		p.mu.Unlock()
+	}
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -128,10 +184,40 @@ func (p *Proxy) ServeTCP(ln net.Listener, service string) error {
 		}
 		go func() {
 			defer p.untrack(conn)
-			p.ForwardTCP(conn, service, service)
+			p.serveConn(conn, front, service)
 		}()
 	}
 }
+
+func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
+	if front == nil {
+		p.ForwardTCP(conn, service, service)
+		return
+	}
+	proto, dconn, err := detect.Detect(conn, p.cfg.Detect)
+	if err != nil {
+		p.log.Debug("protocol detection failed", "client", conn.RemoteAddr().String(), "error", err)
+		resetConn(conn)
+		return
+	}
+	switch {
+	case proto == detect.HTTP1 || proto == detect.HTTP2:
+		front.serve(dconn, proto)
+	case service == "":
+		p.log.Warn("non-HTTP traffic on the HTTP proxy listener", "client", conn.RemoteAddr().String())
+		resetConn(conn)
+	default:
+		p.ForwardTCP(dconn, service, service)
+	}
+}
+
+func (p *Proxy) unavailable(e discovery.Endpoint) bool {
+	id, err := identity.ParseID(e.Identity)
+	return err != nil || p.cfg.Pool.Unavailable(e.Addr, id)
+}
+
+// ServeTCP tunnels every connection on ln to service without detection.
+func (p *Proxy) ServeTCP(ln net.Listener, service string) error { return p.Serve(ln, service, true) }
 
 // ForwardTCP tunnels one app connection to service, addressing target in
 // the tunnel header. Errors reset the app's connection: a client is never
@@ -159,12 +245,7 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 	p.log.Debug("tcp tunnel closed", "service", service, "peer", pc.Addr, "sent", res.Sent, "received", res.Received, "error", res.Err)
 }
 
-func resetConn(conn net.Conn) {
-	if tc, ok := conn.(interface{ SetLinger(int) error }); ok {
-		tc.SetLinger(0)
-	}
-	conn.Close()
-}
+func resetConn(conn net.Conn) { transport.Reset(conn) }
 
 func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
@@ -192,7 +273,11 @@ func (p *Proxy) Close() error {
 	for c := range p.conns {
 		resetConn(c)
 	}
+	fronts := p.fronts
 	p.mu.Unlock()
+	for _, f := range fronts {
+		f.close()
+	}
 	p.wg.Wait()
 	return nil
 }

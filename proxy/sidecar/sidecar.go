@@ -23,6 +23,10 @@ import (
 type Bind struct {
 	Listen  string // local TCP address, e.g. 127.0.0.1:7001
 	Service string
+	// Opaque skips protocol detection: every connection is tunnelled as
+	// TCP (use for server-speaks-first protocols to avoid the detect
+	// timeout).
+	Opaque bool
 }
 
 // Config describes a sidecar. Identity and Resolver are required.
@@ -40,6 +44,12 @@ type Config struct {
 	Routes inbound.Routes
 	// Binds are outbound listeners, one per service.
 	Binds []Bind
+	// HTTPProxyAddr is the outbound HTTP proxy listener (HTTP_PROXY
+	// style: absolute-form URIs and CONNECT); empty disables it.
+	HTTPProxyAddr string
+	// Outbound tunes the outbound proxy (timeouts, detection, limits);
+	// Discovery, Pool and Logger are filled in by Start.
+	Outbound outbound.Config
 
 	Limits transport.Limits
 	Logger *slog.Logger
@@ -55,6 +65,7 @@ type Sidecar struct {
 	inbound   *inbound.Server
 	outbound  *outbound.Proxy
 	listeners []net.Listener
+	binds     []Bind
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -97,16 +108,35 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 	}
 	s.pool = transport.NewPool(s.endpoint)
 	s.cache = discovery.NewCache(cfg.Resolver, cfg.Logger)
-	s.outbound = outbound.New(outbound.Config{Discovery: s.cache, Pool: s.pool, Logger: cfg.Logger.With("dir", "outbound")})
-	s.inbound = inbound.New(inbound.Config{Endpoint: s.endpoint, Routes: cfg.Routes, Logger: cfg.Logger.With("dir", "inbound")})
+	name := "unknown"
+	if id, err := identity.LocalID(cfg.Identity); err == nil {
+		name = id.String()
+	}
+	ocfg := cfg.Outbound
+	ocfg.Discovery, ocfg.Pool, ocfg.Logger, ocfg.Name = s.cache, s.pool, cfg.Logger.With("dir", "outbound"), name
+	s.outbound = outbound.New(ocfg)
+	for svc, v := range cfg.Routes {
+		if _, _, err := inbound.ParseAppAddr(v); err != nil {
+			return nil, fmt.Errorf("sidecar: route for %q: %w", svc, err)
+		}
+	}
+	s.inbound = inbound.New(inbound.Config{Endpoint: s.endpoint, Routes: cfg.Routes, Logger: cfg.Logger.With("dir", "inbound"), Name: name})
 
-	for _, b := range cfg.Binds {
+	binds := cfg.Binds
+	if cfg.HTTPProxyAddr != "" {
+		binds = append(binds[:len(binds):len(binds)], Bind{Listen: cfg.HTTPProxyAddr})
+	}
+	for _, b := range binds {
 		ln, err := net.Listen("tcp", b.Listen)
 		if err != nil {
+			if b.Service == "" {
+				return nil, fmt.Errorf("sidecar: outbound HTTP proxy listener: %w", err)
+			}
 			return nil, fmt.Errorf("sidecar: outbound listener for %q: %w", b.Service, err)
 		}
 		s.listeners = append(s.listeners, ln)
 	}
+	s.binds = binds
 
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -121,7 +151,7 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.outbound.ServeTCP(ln, cfg.Binds[i].Service); err != nil {
+			if err := s.outbound.Serve(ln, binds[i].Service, binds[i].Opaque); err != nil {
 				s.log.Error("outbound listener stopped", "listen", ln.Addr().String(), "error", err)
 			}
 		}()
@@ -135,6 +165,15 @@ func (s *Sidecar) InboundAddr() *net.UDPAddr { return s.endpoint.Addr() }
 
 // BindAddr is the bound address of the i-th outbound listener.
 func (s *Sidecar) BindAddr(i int) net.Addr { return s.listeners[i].Addr() }
+
+// HTTPProxyAddr is the bound address of the HTTP proxy listener, nil if
+// disabled.
+func (s *Sidecar) HTTPProxyAddr() net.Addr {
+	if s.cfg.HTTPProxyAddr == "" {
+		return nil
+	}
+	return s.listeners[len(s.listeners)-1].Addr()
+}
 
 // Pool exposes the peer pool (for tests and metrics).
 func (s *Sidecar) Pool() *transport.Pool { return s.pool }

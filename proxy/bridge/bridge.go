@@ -1,0 +1,273 @@
+// Package bridge forwards one HTTP request through an http.RoundTripper
+// and streams the response back: the common core of the outbound
+// (app → HTTP/3) and inbound (HTTP/3 → app) HTTP paths. Bodies stream in
+// both directions at once, trailers and 1xx responses are carried, and
+// nothing is buffered whole.
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quicmesh/quicmesh/proxy/httpx"
+)
+
+// Mesh-internal request headers set by the outbound sidecar for the
+// inbound one. Apps can never set them: every Quicmesh- header from an app
+// is stripped on the way out and on the way in.
+const (
+	// HeaderService names the service the outbound sidecar resolved.
+	HeaderService = "Quicmesh-Service"
+	// HeaderOrigProto says how the app spoke to its sidecar (h1 or h2),
+	// so the far side can speak the same to its app when not configured.
+	HeaderOrigProto = "Quicmesh-Orig-Proto"
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// Options tune one forward.
+type Options struct {
+	// StripResponseMesh removes Quicmesh- headers from the response: set
+	// where the response comes from an app, which must not be able to
+	// forge proxy headers.
+	StripResponseMesh bool
+}
+
+// Forward sends out through rt and copies the response to w. It returns
+// the response status, or an error if no response header arrived (the
+// caller then writes an error response with WriteError). A failure after
+// the header was sent aborts the client's stream with http.ErrAbortHandler
+// so a truncated body is never mistaken for a complete one.
+func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opts Options) (int, error) {
+	// Bidirectional streaming over HTTP/1.1 needs full duplex; h2 and h3
+	// have it anyway, and the call fails harmlessly there.
+	rc := http.NewResponseController(w)
+	_ = rc.EnableFullDuplex()
+
+	var wroteInfo sync.Mutex
+	trace := &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, header textproto.MIMEHeader) error {
+			if code == http.StatusContinue || code == http.StatusSwitchingProtocols {
+				return nil
+			}
+			wroteInfo.Lock()
+			defer wroteInfo.Unlock()
+			h := w.Header()
+			for k, vv := range header {
+				h[k] = vv
+			}
+			w.WriteHeader(code)
+			for k := range header {
+				h.Del(k)
+			}
+			return nil
+		},
+	}
+	out = out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
+	resp, err := rt.RoundTrip(out)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	wroteInfo.Lock()
+	defer wroteInfo.Unlock()
+
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	httpx.RemoveHopByHop(h)
+	if opts.StripResponseMesh {
+		httpx.StripMeshHeaders(h)
+	}
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	w.WriteHeader(resp.StatusCode)
+	if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified || out.Method == http.MethodHead {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	} else if err := copyFlushing(w, rc, resp.Body); err != nil {
+		// Headers are gone; the only honest signal left is to abort.
+		panic(http.ErrAbortHandler)
+	}
+	for k, vv := range resp.Trailer {
+		if opts.StripResponseMesh && httpx.IsMeshHeader(k) {
+			continue
+		}
+		h[http.TrailerPrefix+k] = vv
+	}
+	return resp.StatusCode, nil
+}
+
+// copyFlushing streams body to w, flushing after every read so streamed
+// responses (gRPC, server-sent events) are not held back.
+func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if ferr := rc.Flush(); ferr != nil {
+				return ferr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// PrepareOutgoing turns a server-side request into a client request for
+// the next hop: hop-by-hop and mesh headers removed, the body and trailers
+// streamed through, Host preserved.
+func PrepareOutgoing(ctx context.Context, r *http.Request, scheme, host string) *http.Request {
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	out.URL.Scheme = scheme
+	out.URL.Host = host
+	out.Host = r.Host
+	out.Body = r.Body
+	if r.ContentLength == 0 && r.Body != nil && r.Body != http.NoBody && r.ProtoMajor == 1 && len(r.TransferEncoding) == 0 {
+		out.Body = http.NoBody
+	}
+	// Trailers arrive only after the body; share the map so they are
+	// there by the time the client sends them.
+	out.Trailer = r.Trailer
+	httpx.RemoveHopByHop(out.Header)
+	httpx.StripMeshHeaders(out.Header)
+	// 100-continue was answered by the server that received the request;
+	// the next hop gets the body right away.
+	out.Header.Del("Expect")
+	out.Close = false
+	return out
+}
+
+// IsGRPC reports whether r is a gRPC request.
+func IsGRPC(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return strings.HasPrefix(ct, "application/grpc")
+}
+
+// GRPCTimeout parses the grpc-timeout header (e.g. "100m", "5S").
+func GRPCTimeout(r *http.Request) (time.Duration, bool) {
+	v := r.Header.Get("Grpc-Timeout")
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
+	if unit == 0 {
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
+}
+
+// ErrorKind classifies proxy failures for the client.
+type ErrorKind int
+
+const (
+	// Unavailable: unknown service, no endpoints, overloaded → 503 / UNAVAILABLE.
+	Unavailable ErrorKind = iota
+	// BadGateway: peer or app unreachable, reset → 502 / UNAVAILABLE.
+	BadGateway
+	// Timeout → 504 / DEADLINE_EXCEEDED.
+	Timeout
+)
+
+// Classify maps an error from a forward attempt to an ErrorKind.
+func Classify(err error) ErrorKind {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return Timeout
+	case isTimeout(err):
+		return Timeout
+	default:
+		return BadGateway
+	}
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+// WriteError answers r with a proxy error: an HTTP status for HTTP
+// clients, a trailers-only gRPC status for gRPC clients. who names the
+// proxy that failed and reason says why; both go into the
+// Quicmesh-Proxy-Error header.
+func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, reason string) int {
+	h := w.Header()
+	msg := who + ": " + reason
+	h.Set(httpx.HeaderProxyError, sanitize(msg))
+	if IsGRPC(r) {
+		code := "14" // UNAVAILABLE
+		if kind == Timeout {
+			code = "4" // DEADLINE_EXCEEDED
+		}
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", code)
+		h.Set("Grpc-Message", grpcEscape(msg))
+		w.WriteHeader(http.StatusOK)
+		return http.StatusOK
+	}
+	status := http.StatusBadGateway
+	switch kind {
+	case Unavailable:
+		status = http.StatusServiceUnavailable
+	case Timeout:
+		status = http.StatusGatewayTimeout
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	fmt.Fprintln(w, msg)
+	return status
+}
+
+// sanitize keeps a header value to printable ASCII and a sane length.
+func sanitize(s string) string {
+	if len(s) > 512 {
+		s = s[:512]
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+// grpcEscape percent-encodes a grpc-message per the gRPC HTTP/2 spec.
+func grpcEscape(s string) string {
+	s = sanitize(s)
+	var sb strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '%' {
+			fmt.Fprintf(&sb, "%%%02X", c)
+		} else {
+			sb.WriteByte(c)
+		}
+	}
+	return sb.String()
+}

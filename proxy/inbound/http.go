@@ -1,0 +1,139 @@
+package inbound
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/quicmesh/quicmesh/proxy/bridge"
+	"github.com/quicmesh/quicmesh/proxy/httpx"
+)
+
+// App protocols a route can name with a scheme prefix on its address.
+const (
+	ProtoAuto = ""     // HTTP/1.1, or h2c when the caller spoke HTTP/2
+	ProtoHTTP = "http" // HTTP/1.1 only
+	ProtoH2C  = "h2c"  // HTTP/2 with prior knowledge
+	ProtoTCP  = "tcp"  // opaque only: HTTP requests are refused
+)
+
+// ParseAppAddr splits a route value such as "h2c://127.0.0.1:7000" into
+// protocol and address; a bare address means ProtoAuto.
+func ParseAppAddr(v string) (proto, addr string, err error) {
+	if scheme, rest, ok := strings.Cut(v, "://"); ok {
+		switch scheme {
+		case ProtoHTTP, ProtoH2C, ProtoTCP:
+			proto, v = scheme, rest
+		default:
+			return "", "", fmt.Errorf("route %q: unknown app protocol %q (want http, h2c or tcp)", v, scheme)
+		}
+	}
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		return "", "", fmt.Errorf("route %q: app address: %w", v, err)
+	}
+	return proto, v, nil
+}
+
+// appHTTP forwards HTTP/3 requests from peer sidecars to the local app,
+// keeping pooled connections to it: keep-alive for HTTP/1.1, one
+// multiplexed connection for h2c.
+type appHTTP struct {
+	s   *Server
+	h1  *http.Transport
+	h2c *http2.Transport
+}
+
+func newAppHTTP(s *Server) *appHTTP {
+	dialer := &net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	return &appHTTP{
+		s: s,
+		h1: &http.Transport{
+			Proxy:               nil,
+			DialContext:         dialer.DialContext,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+			// Never HTTP/2 over this transport: h2c has its own.
+			TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
+			MaxResponseHeaderBytes: 64 << 10,
+		},
+		h2c: &http2.Transport{
+			AllowHTTP:          true,
+			DisableCompression: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, addr)
+			},
+			ReadIdleTimeout:            30 * time.Second,
+			MaxHeaderListSize:          64 << 10,
+			StrictMaxConcurrentStreams: false,
+		},
+	}
+}
+
+func (a *appHTTP) close() {
+	a.h1.CloseIdleConnections()
+	a.h2c.CloseIdleConnections()
+}
+
+func (a *appHTTP) who() string { return "inbound " + a.s.cfg.Name }
+
+func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	service := r.Header.Get(bridge.HeaderService)
+	origProto := r.Header.Get(bridge.HeaderOrigProto)
+	// Whatever a peer sent in our namespace is dropped; only what we
+	// verified ourselves is added below.
+	httpx.StripMeshHeaders(r.Header)
+
+	if n := a.s.inflight.Add(1); a.s.cfg.MaxInFlight > 0 && n > int64(a.s.cfg.MaxInFlight) {
+		a.s.inflight.Add(-1)
+		bridge.WriteError(w, r, bridge.Unavailable, a.who(), fmt.Sprintf("overloaded: more than %d requests in flight", a.s.cfg.MaxInFlight))
+		return
+	}
+	defer a.s.inflight.Add(-1)
+
+	target := service
+	if target == "" {
+		target = r.Host
+	}
+	value, ok := a.s.cfg.Routes.Lookup(target)
+	if !ok {
+		bridge.WriteError(w, r, bridge.Unavailable, a.who(), fmt.Sprintf("no local app serves %q", target))
+		return
+	}
+	proto, addr, err := ParseAppAddr(value)
+	if err != nil || proto == ProtoTCP {
+		bridge.WriteError(w, r, bridge.BadGateway, a.who(), fmt.Sprintf("route for %q does not accept HTTP", target))
+		return
+	}
+	var rt http.RoundTripper = a.h1
+	if proto == ProtoH2C || (proto == ProtoAuto && (origProto == "h2" || bridge.IsGRPC(r))) {
+		rt = a.h2c
+	}
+
+	ctx := r.Context()
+	if d, ok := bridge.GRPCTimeout(r); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	out := bridge.PrepareOutgoing(ctx, r, "http", addr)
+	if peer, ok := PeerIDFrom(r.Context()); ok {
+		out.Header.Set(httpx.HeaderPeerIdentity, peer.String())
+	}
+	_, err = bridge.Forward(w, out, rt, bridge.Options{StripResponseMesh: true})
+	if err != nil {
+		kind := bridge.Classify(err)
+		if ctx.Err() == context.DeadlineExceeded {
+			kind = bridge.Timeout
+		}
+		a.s.log.Warn("forwarding to app failed", "target", target, "app", addr, "error", err)
+		bridge.WriteError(w, r, kind, a.who(), "app "+addr+": "+err.Error())
+	}
+}

@@ -1,0 +1,301 @@
+package outbound
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/proxy/bridge"
+	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/proxy/httpx"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// httpFront serves the HTTP/1.1 and h2c connections that detection found
+// on one listener. service is the bound service, or "" on the HTTP proxy
+// listener where each request names its service by authority.
+type httpFront struct {
+	p       *Proxy
+	service string
+	h1      *http.Server
+	h1conns *connQueue
+	h2      *http2.Server
+	h1done  chan struct{}
+	handler http.Handler
+}
+
+func (p *Proxy) newHTTPFront(service string) *httpFront {
+	f := &httpFront{p: p, service: service, h1conns: newConnQueue(), h1done: make(chan struct{})}
+	// Guard refuses malformed and smuggling-prone requests before the
+	// handler sees them; on HTTP/1 it needs the raw-byte inspector that
+	// serve wraps around each connection.
+	f.handler = httpx.Guard(f)
+	f.h1 = &http.Server{
+		Handler:           f.handler,
+		ConnContext:       httpx.ConnContext,
+		ReadHeaderTimeout: p.cfg.HeaderTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		ErrorLog:          nil,
+	}
+	f.h2 = &http2.Server{
+		IdleTimeout:          p.cfg.IdleTimeout,
+		MaxReadFrameSize:     1 << 20,
+		MaxConcurrentStreams: 1000,
+		// x/net/http2 bounds header lists by the base server's
+		// MaxHeaderBytes.
+	}
+	go func() {
+		defer close(f.h1done)
+		f.h1.Serve(f.h1conns)
+	}()
+	return f
+}
+
+// serve takes over a detected connection.
+func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
+	switch proto {
+	case detect.HTTP2:
+		f.h2.ServeConn(conn, &http2.ServeConnOpts{Handler: f.handler, BaseConfig: f.h1})
+	default:
+		f.h1conns.push(httpx.InspectConn(conn))
+	}
+}
+
+func (f *httpFront) close() {
+	f.h1.Close()
+	<-f.h1done
+}
+
+// ServeHTTP is the outbound request path: validate, route, forward over
+// HTTP/3, map failures to statuses.
+func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := f.p
+	if n := p.inflight.Add(1); p.cfg.MaxInFlight > 0 && n > int64(p.cfg.MaxInFlight) {
+		p.inflight.Add(-1)
+		bridge.WriteError(w, r, bridge.Unavailable, p.who(), fmt.Sprintf("overloaded: more than %d requests in flight", p.cfg.MaxInFlight))
+		return
+	}
+	defer p.inflight.Add(-1)
+
+	service, authority, err := f.route(r)
+	if err != nil {
+		httpx.WriteValidationError(w, err)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		f.connect(w, r, service, authority)
+		return
+	}
+	if isUpgrade(r) {
+		f.upgrade(w, r, service)
+		return
+	}
+
+	ctx := r.Context()
+	if d, ok := bridge.GRPCTimeout(r); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	connectCtx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	pc, done, err := p.Connect(connectCtx, service)
+	cancel()
+	if err != nil {
+		kind := bridge.Classify(err)
+		if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
+			kind = bridge.Unavailable
+		}
+		p.log.Warn("http route failed", "service", service, "error", err)
+		bridge.WriteError(w, r, kind, p.who(), err.Error())
+		return
+	}
+	out := bridge.PrepareOutgoing(ctx, r, "https", authority)
+	out.Header.Set(bridge.HeaderService, service)
+	out.Header.Set(bridge.HeaderOrigProto, origProto(r))
+	status, err := bridge.Forward(w, out, pc.HTTP, bridge.Options{})
+	done(err == nil && status < 500)
+	if err != nil {
+		if ctx.Err() == nil && !transport.IsReset(err) {
+			// A broken connection, not a per-request failure: redial next time.
+			if !pc.Alive() {
+				p.cfg.Pool.Forget(pc)
+			}
+		}
+		kind := bridge.Classify(err)
+		if ctx.Err() == context.DeadlineExceeded {
+			kind = bridge.Timeout
+		}
+		p.log.Warn("http forward failed", "service", service, "peer", pc.Addr, "error", err)
+		bridge.WriteError(w, r, kind, p.who(), "forwarding to "+pc.Peer.String()+": "+err.Error())
+	}
+}
+
+func origProto(r *http.Request) string {
+	if r.ProtoMajor == 2 {
+		return "h2"
+	}
+	return "h1"
+}
+
+// route finds the service and authority of a request. On a bound listener
+// the service is fixed; on the HTTP proxy listener it comes from the
+// absolute-form URI, the CONNECT target or the Host header.
+func (f *httpFront) route(r *http.Request) (service, authority string, err error) {
+	authority = r.Host
+	if r.URL.IsAbs() && r.URL.Host != "" {
+		authority = r.URL.Host
+	}
+	if f.service != "" {
+		return f.service, authority, nil
+	}
+	if authority == "" {
+		return "", "", httpx.BadRequest("no authority: cannot route the request")
+	}
+	host := authority
+	if h, _, err := net.SplitHostPort(authority); err == nil {
+		host = h
+	}
+	return host, authority, nil
+}
+
+func isUpgrade(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.Header.Get("Upgrade") == "" {
+		return false
+	}
+	for _, v := range r.Header.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// connect serves an HTTP CONNECT by tunnelling the hijacked connection as
+// an opaque stream to the target.
+func (f *httpFront) connect(w http.ResponseWriter, r *http.Request, service, target string) {
+	if r.ProtoMajor != 1 {
+		bridge.WriteError(w, r, bridge.BadGateway, f.p.who(), "CONNECT over HTTP/2 is not supported; use HTTP/1.1")
+		return
+	}
+	f.tunnel(w, r, service, target, func(conn net.Conn, bw *bufio.ReadWriter, str io.Writer) error {
+		if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			return err
+		}
+		return nil
+	})
+}
+
+// upgrade carries an HTTP/1.1 Upgrade (WebSocket) as an opaque stream: the
+// request itself is replayed to the far app, which answers 101 or not.
+func (f *httpFront) upgrade(w http.ResponseWriter, r *http.Request, service string) {
+	f.tunnel(w, r, service, service, func(conn net.Conn, bw *bufio.ReadWriter, str io.Writer) error {
+		out := r.Clone(r.Context())
+		httpx.StripMeshHeaders(out.Header)
+		out.RequestURI = ""
+		return out.Write(str)
+	})
+}
+
+// tunnel hijacks the client connection, opens a tunnel stream, lets start
+// write the opening bytes, forwards anything the client already sent, and
+// splices the rest.
+func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, target string, start func(net.Conn, *bufio.ReadWriter, io.Writer) error) {
+	p := f.p
+	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.ConnectTimeout)
+	defer cancel()
+	pc, done, err := p.Connect(ctx, service)
+	if err != nil {
+		kind := bridge.Classify(err)
+		if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
+			kind = bridge.Unavailable
+		}
+		bridge.WriteError(w, r, kind, p.who(), err.Error())
+		return
+	}
+	str, err := pc.OpenTunnel(ctx, target)
+	if err != nil {
+		done(false)
+		bridge.WriteError(w, r, bridge.BadGateway, p.who(), err.Error())
+		return
+	}
+	conn, bw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		done(false)
+		str.CancelWrite(transport.CodeReset)
+		str.CancelRead(transport.CodeReset)
+		bridge.WriteError(w, r, bridge.BadGateway, p.who(), "cannot take over the connection: "+err.Error())
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	if err := start(conn, bw, str); err != nil {
+		done(false)
+		str.CancelWrite(transport.CodeReset)
+		str.CancelRead(transport.CodeReset)
+		conn.Close()
+		return
+	}
+	if n := bw.Reader.Buffered(); n > 0 {
+		buffered, _ := bw.Reader.Peek(n)
+		if _, err := str.Write(buffered); err != nil {
+			done(false)
+			conn.Close()
+			return
+		}
+	}
+	res := transport.Splice(conn, str)
+	done(res.Err == nil)
+}
+
+// connQueue is a net.Listener fed with connections that detection has
+// already classified as HTTP/1, so one http.Server serves them all.
+type connQueue struct {
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newConnQueue() *connQueue {
+	return &connQueue{ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (q *connQueue) push(c net.Conn) {
+	select {
+	case q.ch <- c:
+	case <-q.closed:
+		c.Close()
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.closed) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return queueAddr{} }
+
+type queueAddr struct{}
+
+func (queueAddr) Network() string { return "detected" }
+func (queueAddr) String() string  { return "detected" }

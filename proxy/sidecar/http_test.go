@@ -1,0 +1,579 @@
+package sidecar_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/discovery/static"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+)
+
+// httpMesh runs real apps behind a server sidecar and a client sidecar
+// with one outbound listener per service plus the HTTP proxy listener.
+type httpMesh struct {
+	server, client *sidecar.Sidecar
+	h1Hits         *atomic.Int64 // requests that reached the HTTP/1 app
+	binds          map[string]string
+	proxyURL       *url.URL
+}
+
+var meshServices = []string{"web", "h2", "grpc", "ws", "tcp", "down"}
+
+func newHTTPMesh(t *testing.T) *httpMesh {
+	t.Helper()
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+
+	hits := new(atomic.Int64)
+	h1ln := listen(t)
+	h1 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		echo.Handler().ServeHTTP(w, r)
+	})}
+	go h1.Serve(h1ln)
+	t.Cleanup(func() { h1.Close() })
+
+	h2app := echo.StartH2C(listen(t))
+	t.Cleanup(func() { h2app.Close() })
+	grpcApp := echo.StartGRPC(listen(t))
+	t.Cleanup(func() { grpcApp.Close() })
+	tcpApp := echo.StartTCP(listen(t))
+	t.Cleanup(func() { tcpApp.Close() })
+	wsln := listen(t)
+	ws := &http.Server{Handler: websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) })}
+	go ws.Serve(wsln)
+	t.Cleanup(func() { ws.Close() })
+
+	closed := listen(t)
+	closed.Close() // nothing listens here: the "down" app
+
+	server, err := sidecar.Start(sidecar.Config{
+		Identity:    identitytest.Provider(t, ca, echoID),
+		Resolver:    staticMap(t, nil),
+		InboundAddr: "127.0.0.1:0",
+		Routes: inbound.Routes{
+			"web":  "http://" + h1ln.Addr().String(),
+			"h2":   "h2c://" + h2app.Addr().String(),
+			"grpc": grpcApp.Addr().String(), // learned: gRPC goes h2c
+			"ws":   wsln.Addr().String(),
+			"tcp":  "tcp://" + tcpApp.Addr().String(),
+			"down": "http://" + closed.Addr().String(),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+
+	eps := map[string][]discovery.Endpoint{}
+	var binds []sidecar.Bind
+	for _, svc := range meshServices {
+		eps[svc] = []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
+		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+	}
+	eps["empty"] = nil
+	client, err := sidecar.Start(sidecar.Config{
+		Identity:      identitytest.Provider(t, ca, clientID),
+		Resolver:      staticMap(t, eps),
+		InboundAddr:   "127.0.0.1:0",
+		Binds:         binds,
+		HTTPProxyAddr: "127.0.0.1:0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	m := &httpMesh{server: server, client: client, h1Hits: hits, binds: map[string]string{}}
+	for i, svc := range meshServices {
+		m.binds[svc] = client.BindAddr(i).String()
+	}
+	m.proxyURL = &url.URL{Scheme: "http", Host: client.HTTPProxyAddr().String()}
+	return m
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func h1Client(t *testing.T) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+}
+
+func h2cClient(t *testing.T) *http.Client {
+	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, n, a)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+}
+
+func grpcConn(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func TestHTTP1ThroughMesh(t *testing.T) {
+	m := newHTTPMesh(t)
+	c := h1Client(t)
+	base := "http://" + m.binds["web"]
+
+	t.Run("GET keeps Host and gets verified identity", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", base+"/x?size=1000", nil)
+		req.Host = "web.default.svc:8080"
+		req.Header.Set("Quicmesh-Peer-Identity", "spiffe://test.local/forged")
+		req.Header.Set("Quicmesh-Service", "tcp")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(body, echo.Body(1000)) {
+			t.Fatalf("status %d, %d bytes", resp.StatusCode, len(body))
+		}
+		if got := resp.Header.Get("Echo-Host"); got != "web.default.svc:8080" {
+			t.Fatalf("app saw Host %q", got)
+		}
+		if got := resp.Header.Get("Echo-Peer-Identity"); got != clientID {
+			t.Fatalf("app saw peer identity %q, want only the verified %q", got, clientID)
+		}
+		if got := resp.Header.Get("Echo-Proto"); got != "HTTP/1.1" {
+			t.Fatalf("app spoke %q, want HTTP/1.1", got)
+		}
+	})
+
+	t.Run("64 MiB POST streams both ways byte-identical", func(t *testing.T) {
+		payload := make([]byte, 64<<20)
+		rand.NewChaCha8([32]byte{7}).Read(payload)
+		resp, err := c.Post(base+"/", "application/octet-stream", bytes.NewReader(payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		if err != nil || n != int64(len(payload)) || !bytes.Equal(h.Sum(nil), sha256Of(payload)) {
+			t.Fatalf("echoed %d bytes (%v), content equal=%v", n, err, bytes.Equal(h.Sum(nil), sha256Of(payload)))
+		}
+	})
+
+	t.Run("chunked request body and response trailers", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		go func() {
+			for i := range 10 {
+				fmt.Fprintf(pw, "chunk-%d;", i)
+			}
+			pw.Close()
+		}()
+		req, _ := http.NewRequest("POST", base+"/?trailer=1", pr)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.HasPrefix(string(body), "chunk-0;") || !strings.HasSuffix(string(body), "chunk-9;") {
+			t.Fatalf("body %q", body)
+		}
+		if got := resp.Trailer.Get("Echo-Trailer"); got != "done" {
+			t.Fatalf("trailer Echo-Trailer = %q, want done (trailers %v)", got, resp.Trailer)
+		}
+	})
+
+	t.Run("Expect 100-continue", func(t *testing.T) {
+		tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest("POST", base+"/", strings.NewReader("after continue"))
+		req.Header.Set("Expect", "100-continue")
+		start := time.Now()
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "after continue" {
+			t.Fatalf("body %q", body)
+		}
+		if time.Since(start) > 4*time.Second {
+			t.Fatal("client waited for the expect-continue timeout: no 100 Continue")
+		}
+	})
+
+	t.Run("HEAD", func(t *testing.T) {
+		resp, err := c.Head(base + "/?size=5000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(body) != 0 {
+			t.Fatalf("HEAD: status %d, %d body bytes", resp.StatusCode, len(body))
+		}
+	})
+
+	t.Run("app status passes through", func(t *testing.T) {
+		resp, err := c.Get(base + "/?status=418")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 418 {
+			t.Fatalf("status %d, want 418", resp.StatusCode)
+		}
+	})
+}
+
+func sha256Of(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+func TestH2CThroughMesh(t *testing.T) {
+	m := newHTTPMesh(t)
+	c := h2cClient(t)
+	payload := bytes.Repeat([]byte("h2c"), 100000)
+	resp, err := c.Post("http://"+m.binds["h2"]+"/?trailer=1", "text/plain", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(body, payload) {
+		t.Fatalf("echoed %d bytes, want %d", len(body), len(payload))
+	}
+	if resp.Proto != "HTTP/2.0" || resp.Header.Get("Echo-Proto") != "HTTP/2.0" {
+		t.Fatalf("client proto %s, app proto %s; want HTTP/2.0 at both ends", resp.Proto, resp.Header.Get("Echo-Proto"))
+	}
+	if resp.Trailer.Get("Echo-Trailer") != "done" {
+		t.Fatalf("trailers %v", resp.Trailer)
+	}
+	// HTTP/1 clients to an h2c-only app are upgraded to HTTP/3 and then
+	// spoken to as h2c.
+	resp, err = h1Client(t).Get("http://" + m.binds["h2"] + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Echo-Proto") != "HTTP/2.0" {
+		t.Fatalf("h1 client to h2c app: status %d, app proto %q", resp.StatusCode, resp.Header.Get("Echo-Proto"))
+	}
+}
+
+func TestGRPCThroughMesh(t *testing.T) {
+	m := newHTTPMesh(t)
+	cc := grpcConn(t, m.binds["grpc"])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t.Run("unary with metadata", func(t *testing.T) {
+		var hdr, trl metadata.MD
+		mctx := metadata.AppendToOutgoingContext(ctx, "x-user", "alice")
+		got, err := echo.EchoUnary(mctx, cc, []byte("hello"), grpc.Header(&hdr), grpc.Trailer(&trl))
+		if err != nil || string(got) != "hello" {
+			t.Fatalf("EchoUnary = %q, %v", got, err)
+		}
+		if v := hdr.Get("echo-x-user"); len(v) != 1 || v[0] != "alice" {
+			t.Fatalf("header metadata %v", hdr)
+		}
+		if v := trl.Get(echo.MDTrailer); len(v) != 1 || v[0] != "done" {
+			t.Fatalf("trailer metadata %v", trl)
+		}
+		if v := hdr.Get(echo.MDPeerIdentity); len(v) != 1 || v[0] != clientID {
+			t.Fatalf("app saw peer identity %v, want %s", v, clientID)
+		}
+	})
+	t.Run("large unary", func(t *testing.T) {
+		big := bytes.Repeat([]byte{0xab}, 3<<20)
+		got, err := echo.EchoUnary(ctx, cc, big)
+		if err != nil || !bytes.Equal(got, big) {
+			t.Fatalf("3 MiB unary: %d bytes, %v", len(got), err)
+		}
+	})
+	t.Run("server streaming", func(t *testing.T) {
+		msgs, err := echo.StreamN(ctx, cc, []byte("s"), 100)
+		if err != nil || len(msgs) != 100 {
+			t.Fatalf("StreamN: %d msgs, %v", len(msgs), err)
+		}
+	})
+	t.Run("client streaming", func(t *testing.T) {
+		got, err := echo.Collect(ctx, cc, [][]byte{[]byte("a"), []byte("b"), []byte("c")})
+		if err != nil || string(got) != "abc" {
+			t.Fatalf("Collect = %q, %v", got, err)
+		}
+	})
+	t.Run("bidi streaming interleaved", func(t *testing.T) {
+		b, err := echo.Bidi(ctx, cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			msg := []byte(fmt.Sprintf("m%d", i))
+			got, err := b.RoundTrip(msg)
+			if err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("round trip %d: %q %v", i, got, err)
+			}
+		}
+		b.CloseSend()
+		if _, err := b.Recv(); err != io.EOF {
+			t.Fatalf("after CloseSend: %v, want EOF", err)
+		}
+	})
+	t.Run("error status passes through", func(t *testing.T) {
+		_, err := echo.EchoUnary(ctx, cc, []byte("status:NOT_FOUND"))
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("got %v, want NotFound", err)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer dcancel()
+		_, err := echo.EchoUnary(dctx, cc, []byte("sleep:2s"))
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("got %v, want DeadlineExceeded", err)
+		}
+	})
+	t.Run("cancellation", func(t *testing.T) {
+		cctx, ccancel := context.WithCancel(ctx)
+		b, err := echo.Bidi(cctx, cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.RoundTrip([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		ccancel()
+		if _, err := b.Recv(); status.Code(err) != codes.Canceled {
+			t.Fatalf("after cancel: %v, want Canceled", err)
+		}
+	})
+}
+
+func TestConcurrentRequestsShareOneQUICConnection(t *testing.T) {
+	m := newHTTPMesh(t)
+	tr := &http.Transport{MaxConnsPerHost: 200, MaxIdleConnsPerHost: 200}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	const n = 1000
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Post("http://"+m.binds["web"]+"/", "text/plain", strings.NewReader(fmt.Sprint(i)))
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != fmt.Sprint(i) {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("status %d body %q", resp.StatusCode, body))
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", failed.Load(), n, firstErr.Load())
+	}
+	if got := m.client.Pool().Len(); got != 1 {
+		t.Fatalf("%d QUIC connections, want 1", got)
+	}
+}
+
+// Each malformed request must be refused by the client's sidecar and
+// never reach the app.
+func TestMalformedRequestsRejected(t *testing.T) {
+	m := newHTTPMesh(t)
+	big := strings.Repeat("a", 1<<20)
+	tests := []struct {
+		name string
+		raw  string
+		want []int
+	}{
+		{"CL and TE", "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", []int{400}},
+		{"duplicate CL", "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", []int{400}},
+		{"bad chunk size", "POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", []int{400}},
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: web\r\nX-A: a\r\n  folded\r\n\r\n", []int{400}},
+		{"NUL in header", "GET / HTTP/1.1\r\nHost: web\r\nX-A: a\x00b\r\n\r\n", []int{400}},
+		{"TE not chunked", "POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip\r\n\r\n", []int{400, 501}},
+		{"no Host", "GET / HTTP/1.1\r\n\r\n", []int{400}},
+		{"oversize headers", "GET / HTTP/1.1\r\nHost: web\r\nX-Big: " + big + "\r\n\r\n", []int{431}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := m.h1Hits.Load()
+			c, err := net.Dial("tcp", m.binds["web"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			go io.WriteString(c, tt.raw)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("reading response: %v", err)
+			}
+			resp.Body.Close()
+			ok := false
+			for _, s := range tt.want {
+				ok = ok || resp.StatusCode == s
+			}
+			if !ok {
+				t.Fatalf("status %d, want one of %v", resp.StatusCode, tt.want)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if m.h1Hits.Load() != before {
+				t.Fatal("the malformed request reached the app")
+			}
+		})
+	}
+}
+
+func TestProxyErrors(t *testing.T) {
+	m := newHTTPMesh(t)
+	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(m.proxyURL)}, Timeout: 30 * time.Second}
+	defer proxied.CloseIdleConnections()
+
+	t.Run("unknown service is 503 naming the proxy", func(t *testing.T) {
+		resp, err := proxied.Get("http://nosuch.svc/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 || !strings.Contains(resp.Header.Get("Quicmesh-Proxy-Error"), "outbound "+clientID) {
+			t.Fatalf("status %d, Quicmesh-Proxy-Error %q", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
+		}
+	})
+	t.Run("service without endpoints is UNAVAILABLE for gRPC", func(t *testing.T) {
+		cc, err := grpc.NewClient("passthrough:///empty", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", m.proxyURL.Host)
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		_, err = echo.EchoUnary(context.Background(), cc, []byte("x"))
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("got %v, want Unavailable", err)
+		}
+	})
+	t.Run("absolute-form through the HTTP proxy listener", func(t *testing.T) {
+		resp, err := proxied.Get("http://web:8080/?size=10")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(body, echo.Body(10)) || resp.Header.Get("Echo-Host") != "web:8080" {
+			t.Fatalf("status %d body %q host %q", resp.StatusCode, body, resp.Header.Get("Echo-Host"))
+		}
+	})
+	t.Run("CONNECT through the HTTP proxy listener", func(t *testing.T) {
+		c, err := net.Dial("tcp", m.proxyURL.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "CONNECT tcp:7000 HTTP/1.1\r\nHost: tcp:7000\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		io.WriteString(c, "opaque bytes")
+		c.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(br)
+		if err != nil || string(got) != "opaque bytes" {
+			t.Fatalf("tunnel echoed %q, %v", got, err)
+		}
+	})
+	t.Run("app down is 502 from the inbound side", func(t *testing.T) {
+		resp, err := h1Client(t).Get("http://" + m.binds["down"] + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 502 || !strings.Contains(resp.Header.Get("Quicmesh-Proxy-Error"), "inbound "+echoID) {
+			t.Fatalf("status %d, Quicmesh-Proxy-Error %q", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
+		}
+	})
+}
+
+func TestWebSocketThroughMesh(t *testing.T) {
+	m := newHTTPMesh(t)
+	cfg, err := websocket.NewConfig("ws://ws/echo", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", m.binds["ws"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	ws, err := websocket.NewClient(cfg, raw)
+	if err != nil {
+		t.Fatalf("websocket handshake through the mesh: %v", err)
+	}
+	for i := range 10 {
+		msg := fmt.Sprintf("frame %d", i)
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("got %q %v, want %q", got, err, msg)
+		}
+	}
+}
+
+// staticMap is a static resolver closed with the test.
+func staticMap(t *testing.T, eps map[string][]discovery.Endpoint) discovery.Resolver {
+	r := staticNew(eps)
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+var staticNew = static.NewFromMap
