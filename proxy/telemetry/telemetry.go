@@ -7,8 +7,8 @@
 //
 // # Metrics
 //
-// Every name starts with "quicmesh_"; every label set includes direction
-// ("inbound" or "outbound"):
+// Every name starts with "quicmesh_"; every metric but the certificate
+// expiry carries direction ("inbound" or "outbound"):
 //
 //	quicmesh_request_total{direction,service}                                  counter
 //	quicmesh_response_total{direction,peer,service,proto,status_code,grpc_status,classification} counter
@@ -42,7 +42,9 @@
 //     "overflow". N is 256 for peer and service, 16 for proto and 32 for
 //     grpc_status, error and each reason label. The limit is per label
 //     dimension and shared by all metrics carrying that label, so a
-//     process never exports more than 256 peers or 256 services.
+//     process never exports more than 256 peers or 256 services (plus
+//     "unknown" and "overflow"). Admission is first come, first kept:
+//     values are never evicted, because their series stay exported.
 //   - grpc_status is "none" when the response carried no grpc-status
 //     (not gRPC, or the proxy failed before one arrived); error on
 //     quicmesh_tcp_close_total is "none" for a clean close.
@@ -51,9 +53,14 @@
 //
 // ResponseDone, RequestStarted and TCPOpen look their label tuple up in a
 // lock-free cache of curried counters and observers, so once a tuple has
-// been seen a call takes a few atomic adds and no allocation (TCPOpen
-// allocates only the returned close function). Every method is a no-op on
-// a nil *Metrics, so components can take an optional *Metrics.
+// been seen a call takes a few atomic adds and no allocation; TCPOpen
+// allocates only the returned close function (32 bytes), which carries the
+// once-only guard. Tuples with an overflowing or invalid value take a
+// slower path (a few map lookups) on every call. Every method is a no-op
+// on a nil *Metrics, so components can take an optional *Metrics.
+//
+// TCP byte counters are updated when a connection closes, so a long-lived
+// tunnel's traffic shows up at its end.
 package telemetry
 
 import (
