@@ -258,7 +258,8 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 		defer cancel()
 	}
 
-	sampler, stopAux := startAux(ctx, cfg, e.stats0())
+	e.stats = newWorkerStats(cfg.Concurrency)
+	sampler, stopAux := startAux(ctx, cfg, e.stats)
 	var wg sync.WaitGroup
 	for i := range cfg.Concurrency {
 		st := e.stats[i]
@@ -286,13 +287,12 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	return r, nil
 }
 
-// stats0 allocates the per-worker statistics and returns them.
-func (e *engine) stats0() []*workerStats {
-	e.stats = make([]*workerStats, e.cfg.Concurrency)
-	for i := range e.stats {
-		e.stats[i] = &workerStats{}
+func newWorkerStats(n int) []*workerStats {
+	stats := make([]*workerStats, n)
+	for i := range stats {
+		stats[i] = &workerStats{}
 	}
-	return e.stats
+	return stats
 }
 
 // startAux starts the progress line and the process sampler; the returned

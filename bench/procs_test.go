@@ -79,14 +79,23 @@ func TestProcSamplerSelf(t *testing.T) {
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Burn some CPU so there is something to measure.
-	end := time.Now().Add(150 * time.Millisecond)
-	x := 0
-	for time.Now().Before(end) {
-		x++
+	// Burn CPU until the kernel has charged at least 5 ticks (or give up).
+	t0, _, _, err := readProc("/proc", os.Getpid())
+	if err != nil {
+		t.Fatal(err)
 	}
+	x := 0
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		for range 100_000 {
+			x++
+		}
+		if t1, _, _, _ := readProc("/proc", os.Getpid()); t1 >= t0+5 {
+			break
+		}
+	}
+	time.Sleep(30 * time.Millisecond)
 	st := s.Stop(100)[0]
-	if st.CPUSeconds <= 0 || st.PeakRSSMiB <= 0 || st.HWMRSSMiB < st.PeakRSSMiB || st.Samples < 3 {
+	if st.CPUSeconds < 0.05 || st.PeakRSSMiB <= 0 || st.HWMRSSMiB < st.PeakRSSMiB || st.Samples < 3 {
 		t.Errorf("self = %+v (x=%d)", st, x)
 	}
 }

@@ -167,7 +167,16 @@ func (r *httpRequester) do(ctx context.Context) (int64, error) {
 	if t.payload != nil {
 		body = bytes.NewReader(t.payload)
 	}
-	req, err := http.NewRequestWithContext(ctx, t.method, t.url, body)
+	// The request gets a context that is cancelled only if ctx ends while
+	// the request is in flight. The engine cancels ctx right after every
+	// request; had the request carried ctx itself, that cancellation could
+	// race net/http's bookkeeping of the finished response and close the
+	// keep-alive connection under the next request (which then fails with
+	// "persistConn.readLoop exiting").
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, hcancel)
+	defer stop()
+	req, err := http.NewRequestWithContext(hctx, t.method, t.url, body)
 	if err != nil {
 		return 0, err
 	}

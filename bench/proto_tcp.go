@@ -86,10 +86,7 @@ func runBulk(ctx context.Context, cfg Config) (*Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, end.Sub(clock.Now()))
 	defer cancel()
 
-	stats := make([]*workerStats, cfg.Concurrency)
-	for i := range stats {
-		stats[i] = &workerStats{}
-	}
+	stats := newWorkerStats(cfg.Concurrency)
 	sampler, stopAux := startAux(ctx, cfg, stats)
 	chunk := bytes.Repeat([]byte("x"), cfg.Payload)
 	var wg sync.WaitGroup
