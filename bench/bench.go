@@ -177,6 +177,31 @@ type target interface {
 	close()
 }
 
+// preconnecter is implemented by targets and requesters that can set up
+// their connections before the run's clock starts, so that connection
+// establishment is not timed as part of the first requests. Failures are
+// ignored: the requests report them.
+type preconnecter interface {
+	preconnect(ctx context.Context)
+}
+
+// preconnect sets up t's and the requesters' connections, in parallel,
+// giving up after timeout.
+func preconnect(ctx context.Context, timeout time.Duration, t target, rqs []requester) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if p, ok := t.(preconnecter); ok {
+		p.preconnect(ctx)
+	}
+	var wg sync.WaitGroup
+	for _, rq := range rqs {
+		if p, ok := rq.(preconnecter); ok {
+			wg.Go(func() { p.preconnect(ctx) })
+		}
+	}
+	wg.Wait()
+}
+
 // workerStats are one worker's statistics. Only the worker writes them
 // (the atomics are read by the progress line), so the hot path takes no
 // lock.
@@ -243,6 +268,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // normalized.
 func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	defer t.close()
+	rqs := make([]requester, cfg.Concurrency)
+	for i := range rqs {
+		rqs[i] = t.requester(i)
+	}
+	preconnect(ctx, cfg.Timeout, t, rqs)
+
 	e := &engine{cfg: cfg, clock: cfg.Clock, ctx: ctx}
 	e.start = e.clock.Now()
 	e.warmEnd = e.start.Add(cfg.Warmup)
@@ -261,9 +292,8 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	e.stats = newWorkerStats(cfg.Concurrency)
 	sampler, stopAux := startAux(ctx, cfg, e.stats)
 	var wg sync.WaitGroup
-	for i := range cfg.Concurrency {
+	for i, rq := range rqs {
 		st := e.stats[i]
-		rq := t.requester(i)
 		wg.Go(func() {
 			defer rq.close()
 			if cfg.Rate > 0 {

@@ -283,7 +283,8 @@ func TestRunInterrupted(t *testing.T) {
 	if el := time.Since(srvStart); el > 5*time.Second {
 		t.Fatalf("interrupted run took %v", el)
 	}
-	if r.DurationS < 0.2 || r.DurationS > 2 || r.Requests < 10 || r.Requests > 60 {
+	// About 30 slots in 0.3 s; fewer if this process was starved.
+	if r.DurationS < 0.2 || r.DurationS > 2 || r.Requests < 1 || r.Requests > int64(r.DurationS*100)+2 {
 		t.Errorf("duration %v requests %d", r.DurationS, r.Requests)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/quicmesh/quicmesh/bench/echo"
 )
@@ -49,6 +50,25 @@ func (t *grpcTarget) requester(worker int) requester {
 	return &grpcUnaryRequester{t: t, cc: cc}
 }
 
+// preconnect connects every client connection and waits until each is
+// ready or has failed.
+func (t *grpcTarget) preconnect(ctx context.Context) {
+	for _, cc := range t.conns {
+		cc.Connect()
+	}
+	for _, cc := range t.conns {
+		for {
+			s := cc.GetState()
+			if s == connectivity.Ready || s == connectivity.TransientFailure || s == connectivity.Shutdown {
+				break
+			}
+			if !cc.WaitForStateChange(ctx, s) {
+				return
+			}
+		}
+	}
+}
+
 func (t *grpcTarget) close() {
 	t.cancel()
 	for _, cc := range t.conns {
@@ -89,15 +109,30 @@ func (r *grpcStreamRequester) close() {
 	}
 }
 
+// open starts the worker's stream if it has none.
+func (r *grpcStreamRequester) open() error {
+	if r.s != nil {
+		return nil
+	}
+	sctx, cancel := context.WithCancel(r.t.ctx)
+	s, err := echo.Bidi(sctx, r.cc)
+	if err != nil {
+		cancel()
+		return err
+	}
+	r.s, r.cancel = s, cancel
+	return nil
+}
+
+func (r *grpcStreamRequester) preconnect(context.Context) {
+	// The connection is ready (grpcTarget.preconnect runs first); a
+	// stream that fails to open here is retried by the first request.
+	_ = r.open()
+}
+
 func (r *grpcStreamRequester) do(ctx context.Context) (int64, error) {
-	if r.s == nil {
-		sctx, cancel := context.WithCancel(r.t.ctx)
-		s, err := echo.Bidi(sctx, r.cc)
-		if err != nil {
-			cancel()
-			return 0, err
-		}
-		r.s, r.cancel = s, cancel
+	if err := r.open(); err != nil {
+		return 0, err
 	}
 	// A stream outlives requests: the request's deadline or cancellation
 	// ends the stream, and the next request opens a new one.

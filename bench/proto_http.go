@@ -122,6 +122,14 @@ func (t *httpTarget) conn(ctx context.Context, s *connSlot) (*http.ClientConn, e
 	return cc, nil
 }
 
+func (t *httpTarget) preconnect(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, s := range t.slots {
+		wg.Go(func() { t.conn(ctx, s) })
+	}
+	wg.Wait()
+}
+
 func (t *httpTarget) requester(worker int) requester {
 	return &httpRequester{t: t, worker: worker}
 }

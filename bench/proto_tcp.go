@@ -43,13 +43,23 @@ func (r *tcpRequester) close() {
 	}
 }
 
+func (r *tcpRequester) dial(ctx context.Context) error {
+	if r.c != nil {
+		return nil
+	}
+	c, err := r.t.dialer.DialContext(ctx, "tcp", r.t.addr)
+	if err != nil {
+		return err
+	}
+	r.c = c
+	return nil
+}
+
+func (r *tcpRequester) preconnect(ctx context.Context) { _ = r.dial(ctx) }
+
 func (r *tcpRequester) do(ctx context.Context) (int64, error) {
-	if r.c == nil {
-		c, err := r.t.dialer.DialContext(ctx, "tcp", r.t.addr)
-		if err != nil {
-			return 0, err
-		}
-		r.c = c
+	if err := r.dial(ctx); err != nil {
+		return 0, err
 	}
 	c := r.c
 	dl, _ := ctx.Deadline()
@@ -79,6 +89,22 @@ func (r *tcpRequester) do(ctx context.Context) (int64, error) {
 // has come back; its latency runs from the start of its write. Bytes
 // echoed during the measured window make bytes_per_second.
 func runBulk(ctx context.Context, cfg Config) (*Result, error) {
+	// Connect before the clock starts; failures are retried (and counted)
+	// by the workers.
+	conns := make([]net.Conn, cfg.Concurrency)
+	func() {
+		pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for i := range conns {
+			wg.Go(func() {
+				var d net.Dialer
+				conns[i], _ = d.DialContext(pctx, "tcp", cfg.Target)
+			})
+		}
+		wg.Wait()
+	}()
+
 	clock := cfg.Clock
 	start := clock.Now()
 	warmEnd := start.Add(cfg.Warmup)
@@ -90,13 +116,18 @@ func runBulk(ctx context.Context, cfg Config) (*Result, error) {
 	sampler, stopAux := startAux(ctx, cfg, stats)
 	chunk := bytes.Repeat([]byte("x"), cfg.Payload)
 	var wg sync.WaitGroup
-	for _, st := range stats {
+	for i, st := range stats {
 		wg.Go(func() {
 			var d net.Dialer
+			c := conns[i]
 			for runCtx.Err() == nil {
-				c, err := d.DialContext(runCtx, "tcp", cfg.Target)
+				var err error
+				if c == nil {
+					c, err = d.DialContext(runCtx, "tcp", cfg.Target)
+				}
 				if err == nil {
 					err = bulkConn(runCtx, cfg, c, chunk, st, warmEnd, end)
+					c = nil // bulkConn closed it
 				}
 				if err == nil || runCtx.Err() != nil {
 					return
@@ -121,6 +152,11 @@ func runBulk(ctx context.Context, cfg Config) (*Result, error) {
 	wg.Wait()
 	finished := clock.Now()
 	stopAux()
+	for _, c := range conns {
+		if c != nil {
+			c.Close() // workers that never ran (ctx already done)
+		}
+	}
 
 	r := newResult(cfg)
 	if ctx.Err() == nil || finished.After(end) {
