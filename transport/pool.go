@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
@@ -37,6 +39,15 @@ type PeerConn struct {
 	HTTP *http3.ClientConn
 	Addr string
 	Peer identity.ID
+
+	active atomic.Int64 // requests and tunnels in flight, for metrics
+}
+
+// Begin counts one request or tunnel on the connection until the returned
+// function is called.
+func (pc *PeerConn) Begin() (end func()) {
+	pc.active.Add(1)
+	return func() { pc.active.Add(-1) }
 }
 
 // OpenTunnel opens a stream on the connection and writes the tunnel
@@ -153,7 +164,11 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrPeerUnavailable, err)
 		}
-		// The connection died as soon as it was made: dial again.
+		if pc != nil {
+			// Closed right after the handshake (a draining peer refuses new
+			// connections that way): do not spin redialling it.
+			return nil, fmt.Errorf("%w: %s (%s): connection closed right after the handshake: %w", ErrPeerUnavailable, addr, want, context.Cause(pc.Conn.Context()))
+		}
 	}
 }
 
@@ -166,6 +181,9 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	defer p.mu.Unlock()
 	defer func() { close(st.dialing); st.dialing = nil }()
 	if err != nil {
+		if reason := identity.ReasonOf(err); reason != "" && reason != identity.ReasonOther {
+			p.ep.cfg.Metrics.HandshakeFailed(telemetry.Outbound, reason)
+		}
 		st.failures++
 		st.lastErr = err
 		st.failedAt = p.now()
@@ -191,7 +209,15 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 // It ends, and drops the connection from the pool, when the connection
 // closes.
 func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
-	defer p.Forget(pc)
+	defer func() {
+		// A peer that closed the connection because it is shutting down
+		// gets the same back-off as one that announced a drain.
+		var ae *quic.ApplicationError
+		if err := context.Cause(pc.Conn.Context()); errors.As(err, &ae) && ae.Remote && ae.ErrorCode == ConnCodeShutdown {
+			p.markDraining(pc)
+		}
+		p.Forget(pc)
+	}()
 	for {
 		str, err := pc.Conn.AcceptUniStream(context.Background())
 		if err != nil {
@@ -258,6 +284,27 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 func backoff(failures int) time.Duration {
 	d := minBackoff << min(failures-1, 10)
 	return min(d, maxBackoff)
+}
+
+// QUICStats snapshots every pooled connection for the metrics collector.
+func (p *Pool) QUICStats() []telemetry.QUICConn {
+	p.mu.Lock()
+	conns := make([]*PeerConn, 0, len(p.peers))
+	for _, st := range p.peers {
+		if st.conn != nil && st.conn.Alive() {
+			conns = append(conns, st.conn)
+		}
+	}
+	p.mu.Unlock()
+	out := make([]telemetry.QUICConn, 0, len(conns))
+	for _, pc := range conns {
+		s := pc.Conn.ConnectionStats()
+		out = append(out, telemetry.QUICConn{
+			Dir: telemetry.Outbound, Peer: pc.Peer.String(), RTT: s.SmoothedRTT,
+			PacketsLost: s.PacketsLost, PacketsSent: s.PacketsSent, StreamsOpen: int(pc.active.Load()),
+		})
+	}
+	return out
 }
 
 // Len reports how many live connections the pool holds.

@@ -147,3 +147,55 @@ func Reset(conn net.Conn) {
 	}
 	conn.Close()
 }
+
+// ErrClass names how a tunnel ended, as a bounded metrics label: "" for a
+// clean close.
+func ErrClass(err error) string {
+	if err == nil {
+		return ""
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) {
+		switch se.ErrorCode {
+		case CodeReset:
+			return "peer_reset"
+		case CodeUnknownTarget:
+			return "unknown_target"
+		case CodeConnectFailed:
+			return "connect_failed"
+		case CodeShuttingDown:
+			return "shutting_down"
+		}
+		return "stream_reset"
+	}
+	var ae *quic.ApplicationError
+	var ie *quic.IdleTimeoutError
+	switch {
+	case errors.As(err, &ae):
+		return "connection_closed"
+	case errors.As(err, &ie):
+		return "idle_timeout"
+	case errors.Is(err, net.ErrClosed):
+		return "closed"
+	}
+	return "io_error"
+}
+
+// h3RequestRejected is HTTP/3's H3_REQUEST_REJECTED: the server did not
+// process the request.
+const h3RequestRejected = 0x10b
+
+// Refused reports whether err says the peer did not process a request at
+// all (it was closing, or rejected the stream), so that sending it again
+// elsewhere is safe.
+func Refused(err error) bool {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && !ae.Remote {
+		return false
+	}
+	if errors.As(err, &ae) && (ae.ErrorCode == ConnCodeShutdown || ae.ErrorCode == 0x100 /* H3_NO_ERROR */) {
+		return true
+	}
+	var se *quic.StreamError
+	return errors.As(err, &se) && (se.ErrorCode == h3RequestRejected || se.ErrorCode == CodeShuttingDown)
+}

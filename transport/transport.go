@@ -6,6 +6,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 )
 
 // ALPN is the application protocol sidecars negotiate. It is not "h3": a
@@ -110,6 +112,8 @@ type Config struct {
 	Authorize identity.Authorizer
 	Limits    Limits
 	Logger    *slog.Logger
+	// Metrics records handshake failures; nil records nothing.
+	Metrics *telemetry.Metrics
 }
 
 // Endpoint owns the UDP socket that all QUIC traffic of a sidecar uses.
@@ -139,7 +143,17 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 		}
 		authz = identity.AuthorizeTrustDomain(id.TrustDomain)
 	}
-	ln, err := e.tr.Listen(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}), e.quicConf)
+	tlsConf := identity.ServerConfig(cfg.Identity, authz, []string{ALPN})
+	if verify := tlsConf.VerifyConnection; verify != nil && cfg.Metrics != nil {
+		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if err != nil {
+				cfg.Metrics.HandshakeFailed(telemetry.Inbound, identity.ReasonOf(err))
+			}
+			return err
+		}
+	}
+	ln, err := e.tr.Listen(tlsConf, e.quicConf)
 	if err != nil {
 		e.Close()
 		return nil, fmt.Errorf("transport: listening on %s: %w", addr, err)
@@ -205,6 +219,15 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, want identity.ID) (*qu
 		return nil, fmt.Errorf("transport: dialing %s (%s): %w", addr, want, err)
 	}
 	return conn, nil
+}
+
+// StopListening refuses new inbound connections; established ones and
+// outbound dials are unaffected. Used when draining.
+func (e *Endpoint) StopListening() error {
+	if e.ln == nil {
+		return nil
+	}
+	return e.ln.Close()
 }
 
 // Limits returns the effective limits.

@@ -6,12 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
@@ -20,10 +24,11 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
-// Default ports, kept apart from Linkerd's so both can run side by side.
+// Default ports: the same numbers Linkerd uses, so operators find them where they expect.
 const (
 	defaultInbound = "0.0.0.0:4143"
 	defaultAdmin   = "127.0.0.1:4191"
@@ -37,7 +42,8 @@ type proxyFlags struct {
 	detectTimeout                          time.Duration
 	logLevel, logFormat                    string
 	routes, binds                          mapFlag
-	connectTimeout                         time.Duration
+	connectTimeout, grace                  time.Duration
+	allowShutdown                          bool
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
@@ -58,6 +64,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&f.binds, "bind", "LISTEN_ADDR=SERVICE[,opaque] outbound listener for a service (repeatable); opaque skips protocol detection")
 	fs.StringVar(&f.httpProxy, "http-proxy", defaultHTTP, "outbound HTTP proxy listener (absolute-form URIs and CONNECT); empty disables")
 	fs.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "how long to wait for an app's first bytes before treating it as opaque TCP")
+	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long in-flight requests and tunnels may take to finish")
+	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -70,36 +78,58 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		return fail(stderr, "proxy: %v", err)
 	}
 	defer closeAll()
+	log := cfg.sidecar.Logger
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.sidecar.Metrics = telemetry.New(reg)
+
+	// Readiness is reported only once identity is loaded and the inbound
+	// listener is bound, i.e. after Start returns.
 	sc, err := sidecar.Start(cfg.sidecar)
 	if err != nil {
 		return fail(stderr, "proxy: %v", err)
 	}
 	defer sc.Close()
 
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	var admin *adminServer
 	if cfg.admin != "" {
-		admin, err = startAdmin(cfg.admin, cfg.sidecar.Logger)
+		admin, err = startAdminWith(cfg.admin, adminOptions{
+			Registry:      reg,
+			LogLevel:      cfg.logLevel,
+			AllowShutdown: f.allowShutdown,
+			Shutdown:      stop,
+			Logger:        log,
+		})
 		if err != nil {
 			return fail(stderr, "proxy: %v", err)
 		}
 		defer admin.Close()
 		admin.SetReady(true)
 	}
+	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", cfg.admin)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
-	cfg.sidecar.Logger.Info("shutting down")
+	stop()
 	if admin != nil {
 		admin.SetReady(false)
 	}
+	log.Info("shutting down", "grace", f.grace.String())
+	gctx, cancel := context.WithTimeout(context.Background(), f.grace)
+	defer cancel()
+	if err := sc.Shutdown(gctx); err != nil {
+		log.Warn("shutdown", "error", err)
+	}
+	log.Info("stopped")
 	return 0
 }
 
 type proxyConfig struct {
-	sidecar sidecar.Config
-	admin   string
+	sidecar  sidecar.Config
+	admin    string
+	logLevel *slog.LevelVar
 }
 
 // buildProxyConfig merges file and flags and constructs the concrete
@@ -126,7 +156,7 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 		}
 		return fileVal
 	}
-	logger, _, err := newLogger(logOut, pick("log-level", f.logLevel, fc.Log.Level), pick("log-format", f.logFormat, fc.Log.Format))
+	logger, level, err := newLogger(logOut, pick("log-level", f.logLevel, fc.Log.Level), pick("log-format", f.logFormat, fc.Log.Format))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -246,7 +276,8 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 			Limits: limits,
 			Logger: logger.With("id", localID.String()),
 		},
-		admin: pick("admin", f.admin, fc.Admin.Listen),
+		admin:    pick("admin", f.admin, fc.Admin.Listen),
+		logLevel: level,
 	}
 	return cfg, closeAll, nil
 }

@@ -42,12 +42,24 @@ type Options struct {
 	StripResponseMesh bool
 }
 
+// Result describes a forwarded response for metrics.
+type Result struct {
+	Status     int
+	GRPCStatus string // "" when the response carried none
+}
+
+// Failed reports whether the response counts as a failure: a 5xx, or a
+// gRPC status other than OK.
+func (r Result) Failed() bool {
+	return r.Status >= 500 || (r.GRPCStatus != "" && r.GRPCStatus != "0")
+}
+
 // Forward sends out through rt and copies the response to w. It returns
-// the response status, or an error if no response header arrived (the
-// caller then writes an error response with WriteError). A failure after
+// what was sent, or an error if no response header arrived (the caller
+// then writes an error response with WriteError). A failure after
 // the header was sent aborts the client's stream with http.ErrAbortHandler
 // so a truncated body is never mistaken for a complete one.
-func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opts Options) (int, error) {
+func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opts Options) (Result, error) {
 	// Bidirectional streaming over HTTP/1.1 needs full duplex; h2 and h3
 	// have it anyway, and the call fails harmlessly there.
 	rc := http.NewResponseController(w)
@@ -75,7 +87,7 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 	out = out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
 	resp, err := rt.RoundTrip(out)
 	if err != nil {
-		return 0, err
+		return Result{}, err
 	}
 	defer resp.Body.Close()
 	wroteInfo.Lock()
@@ -105,7 +117,11 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 		}
 		h[http.TrailerPrefix+k] = vv
 	}
-	return resp.StatusCode, nil
+	res := Result{Status: resp.StatusCode, GRPCStatus: resp.Header.Get("Grpc-Status")}
+	if res.GRPCStatus == "" {
+		res.GRPCStatus = resp.Trailer.Get("Grpc-Status")
+	}
+	return res, nil
 }
 
 // copyFlushing streams body to w, flushing after every read so streamed
@@ -214,7 +230,7 @@ func isTimeout(err error) bool {
 // clients, a trailers-only gRPC status for gRPC clients. who names the
 // proxy that failed and reason says why; both go into the
 // Quicmesh-Proxy-Error header.
-func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, reason string) int {
+func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, reason string) Result {
 	h := w.Header()
 	msg := who + ": " + reason
 	h.Set(httpx.HeaderProxyError, sanitize(msg))
@@ -227,7 +243,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, rea
 		h.Set("Grpc-Status", code)
 		h.Set("Grpc-Message", grpcEscape(msg))
 		w.WriteHeader(http.StatusOK)
-		return http.StatusOK
+		return Result{Status: http.StatusOK, GRPCStatus: code}
 	}
 	status := http.StatusBadGateway
 	switch kind {
@@ -240,7 +256,29 @@ func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, rea
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	fmt.Fprintln(w, msg)
-	return status
+	return Result{Status: status}
+}
+
+// Proto names the protocol of a request for metrics labels.
+func Proto(r *http.Request) string {
+	switch {
+	case IsGRPC(r):
+		return "grpc"
+	case r.ProtoMajor == 3:
+		return "h3"
+	case r.ProtoMajor == 2:
+		return "h2"
+	default:
+		return "http1"
+	}
+}
+
+// Class is the metrics classification of a result.
+func Class(r Result) string {
+	if r.Failed() {
+		return "failure"
+	}
+	return "success"
 }
 
 // sanitize keeps a header value to printable ASCII and a sane length.

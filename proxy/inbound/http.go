@@ -13,6 +13,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/proxy/bridge"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 )
 
 // App protocols a route can name with a scheme prefix on its address.
@@ -93,6 +94,7 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if n := a.s.inflight.Add(1); a.s.cfg.MaxInFlight > 0 && n > int64(a.s.cfg.MaxInFlight) {
 		a.s.inflight.Add(-1)
+		a.s.cfg.Metrics.LoadShed(telemetry.Inbound, "max_in_flight")
 		bridge.WriteError(w, r, bridge.Unavailable, a.who(), fmt.Sprintf("overloaded: more than %d requests in flight", a.s.cfg.MaxInFlight))
 		return
 	}
@@ -102,14 +104,22 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if target == "" {
 		target = r.Host
 	}
+	start := time.Now()
+	m := a.s.cfg.Metrics
+	m.RequestStarted(telemetry.Inbound, target)
+	var res bridge.Result
+	peerID, _ := PeerIDFrom(r.Context())
+	defer func() {
+		m.ResponseDone(telemetry.Inbound, peerID.String(), target, bridge.Proto(r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(start))
+	}()
 	value, ok := a.s.cfg.Routes.Lookup(target)
 	if !ok {
-		bridge.WriteError(w, r, bridge.Unavailable, a.who(), fmt.Sprintf("no local app serves %q", target))
+		res = bridge.WriteError(w, r, bridge.Unavailable, a.who(), fmt.Sprintf("no local app serves %q", target))
 		return
 	}
 	proto, addr, err := ParseAppAddr(value)
 	if err != nil || proto == ProtoTCP {
-		bridge.WriteError(w, r, bridge.BadGateway, a.who(), fmt.Sprintf("route for %q does not accept HTTP", target))
+		res = bridge.WriteError(w, r, bridge.BadGateway, a.who(), fmt.Sprintf("route for %q does not accept HTTP", target))
 		return
 	}
 	var rt http.RoundTripper = a.h1
@@ -124,16 +134,16 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	out := bridge.PrepareOutgoing(ctx, r, "http", addr)
-	if peer, ok := PeerIDFrom(r.Context()); ok {
-		out.Header.Set(httpx.HeaderPeerIdentity, peer.String())
+	if !peerID.IsZero() {
+		out.Header.Set(httpx.HeaderPeerIdentity, peerID.String())
 	}
-	_, err = bridge.Forward(w, out, rt, bridge.Options{StripResponseMesh: true})
+	res, err = bridge.Forward(w, out, rt, bridge.Options{StripResponseMesh: true})
 	if err != nil {
 		kind := bridge.Classify(err)
 		if ctx.Err() == context.DeadlineExceeded {
 			kind = bridge.Timeout
 		}
 		a.s.log.Warn("forwarding to app failed", "target", target, "app", addr, "error", err)
-		bridge.WriteError(w, r, kind, a.who(), "app "+addr+": "+err.Error())
+		res = bridge.WriteError(w, r, kind, a.who(), "app "+addr+": "+err.Error())
 	}
 }

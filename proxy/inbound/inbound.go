@@ -18,6 +18,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
@@ -49,6 +50,8 @@ type Config struct {
 	// MaxInFlight sheds HTTP requests beyond this many concurrent ones
 	// with a 503 (default 10,000; negative disables).
 	MaxInFlight int
+	// Metrics records golden metrics; nil records nothing.
+	Metrics *telemetry.Metrics
 	// ConnectTimeout bounds connecting to the local app. Default 2s.
 	ConnectTimeout time.Duration
 	// HeaderTimeout bounds how long a peer may take to send the first
@@ -66,10 +69,11 @@ type Server struct {
 
 	inflight atomic.Int64
 
-	mu     sync.Mutex
-	conns  map[*quic.Conn]*http3.RawServerConn
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*quic.Conn]*peerConn
+	closed   bool
+	draining bool
+	wg       sync.WaitGroup
 }
 
 // New returns an inbound server; call Serve to run it.
@@ -92,7 +96,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		cfg:   cfg,
 		log:   cfg.Logger,
-		conns: make(map[*quic.Conn]*http3.RawServerConn),
+		conns: make(map[*quic.Conn]*peerConn),
 		dial:  net.Dialer{Timeout: cfg.ConnectTimeout},
 	}
 	s.app = newAppHTTP(s)
@@ -136,33 +140,45 @@ func (s *Server) Serve(ctx context.Context) error {
 			conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
 			continue
 		}
-		if !s.track(conn, raw) {
+		pc, ok := s.track(conn, raw)
+		if !ok {
 			conn.CloseWithError(transport.ConnCodeShutdown, "shutting down")
 			return nil
 		}
-		go s.serveConn(conn, raw)
+		go s.serveConn(pc)
 	}
 }
 
-func (s *Server) track(conn *quic.Conn, raw *http3.RawServerConn) bool {
+// peerConn is one accepted connection from a peer sidecar.
+type peerConn struct {
+	conn   *quic.Conn
+	raw    *http3.RawServerConn
+	peer   identity.ID
+	active atomic.Int64 // streams being served
+}
+
+func (s *Server) track(conn *quic.Conn, raw *http3.RawServerConn) (*peerConn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return false
+	if s.closed || s.draining {
+		return nil, false
 	}
-	s.conns[conn] = raw
+	peer, _ := transport.PeerID(conn)
+	pc := &peerConn{conn: conn, raw: raw, peer: peer}
+	s.conns[conn] = pc
 	s.wg.Add(1)
-	return true
+	return pc, true
 }
 
-func (s *Server) serveConn(conn *quic.Conn, raw *http3.RawServerConn) {
+func (s *Server) serveConn(pc *peerConn) {
+	conn, raw := pc.conn, pc.raw
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, conn)
 		s.mu.Unlock()
 	}()
-	peer, _ := transport.PeerID(conn)
+	peer := pc.peer
 	log := s.log.With("peer", conn.RemoteAddr().String(), "identity", peer.String())
 	log.Debug("peer connected")
 
@@ -190,8 +206,10 @@ func (s *Server) serveConn(conn *quic.Conn, raw *http3.RawServerConn) {
 			return
 		}
 		streams.Add(1)
+		pc.active.Add(1)
 		go func() {
 			defer streams.Done()
+			defer pc.active.Add(-1)
 			s.serveStream(str, raw, peer, log)
 		}()
 	}
@@ -250,7 +268,9 @@ func (s *Server) serveTunnel(str *quic.Stream, hdr tunnel.Header, peer identity.
 		str.CancelWrite(transport.CodeConnectFailed)
 		return
 	}
+	closed := s.cfg.Metrics.TCPOpen(telemetry.Inbound, peer.String(), hdr.Target)
 	res := transport.Splice(app, str)
+	closed(res.Received, res.Sent, transport.ErrClass(res.Err))
 	log.Debug("tunnel closed", "target", hdr.Target, "app", addr, "to_app", res.Received, "from_app", res.Sent, "error", res.Err)
 }
 
@@ -259,12 +279,94 @@ func (s *Server) serveTunnel(str *quic.Stream, hdr tunnel.Header, peer identity.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	for c, raw := range s.conns {
-		raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "shutting down")
+	for c, pc := range s.conns {
+		pc.raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "shutting down")
 		c.CloseWithError(transport.ConnCodeShutdown, "shutting down")
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.app.close()
 	return nil
+}
+
+// drainQuiet is how long a connection must have had no streams, after
+// the peer was told to go away, before it is closed: long enough for a
+// request the peer started before it read our GOAWAY to arrive.
+const drainQuiet = 250 * time.Millisecond
+
+// Shutdown drains gracefully: new connections are refused, every
+// connected peer is told to go away (so it sends new work elsewhere), and
+// each connection is closed once its in-flight requests and tunnels have
+// finished, or when ctx ends. The endpoint's listener is closed by the
+// caller before calling Shutdown.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*peerConn, 0, len(s.conns))
+	for _, pc := range s.conns {
+		conns = append(conns, pc)
+	}
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, pc := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.drainConn(ctx, pc)
+		}()
+	}
+	wg.Wait()
+	err := ctx.Err()
+	s.Close()
+	return err
+}
+
+func (s *Server) drainConn(ctx context.Context, pc *peerConn) {
+	gctx, cancel := context.WithTimeout(ctx, time.Second)
+	if err := transport.SendGoAway(gctx, pc.conn); err != nil {
+		s.log.Debug("sending goaway failed", "peer", pc.peer.String(), "error", err)
+	}
+	cancel()
+	s.log.Debug("goaway sent", "peer", pc.peer.String(), "streams", pc.active.Load())
+	t := time.NewTicker(25 * time.Millisecond)
+	defer t.Stop()
+	quietSince := time.Now()
+	for {
+		if pc.active.Load() > 0 {
+			quietSince = time.Now()
+		} else if time.Since(quietSince) >= drainQuiet {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			s.log.Warn("grace period over, closing peer connection with work in flight", "peer", pc.peer.String(), "streams", pc.active.Load())
+			pc.conn.CloseWithError(transport.ConnCodeShutdown, "grace period over")
+			return
+		case <-pc.conn.Context().Done():
+			return
+		case <-t.C:
+		}
+	}
+	s.log.Debug("peer connection drained", "peer", pc.peer.String())
+	pc.raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "drained")
+}
+
+// QUICStats snapshots every accepted connection for the metrics collector.
+func (s *Server) QUICStats() []telemetry.QUICConn {
+	s.mu.Lock()
+	conns := make([]*peerConn, 0, len(s.conns))
+	for _, pc := range s.conns {
+		conns = append(conns, pc)
+	}
+	s.mu.Unlock()
+	out := make([]telemetry.QUICConn, 0, len(conns))
+	for _, pc := range conns {
+		st := pc.conn.ConnectionStats()
+		out = append(out, telemetry.QUICConn{
+			Dir: telemetry.Inbound, Peer: pc.peer.String(), RTT: st.SmoothedRTT,
+			PacketsLost: st.PacketsLost, PacketsSent: st.PacketsSent, StreamsOpen: int(pc.active.Load()),
+		})
+	}
+	return out
 }

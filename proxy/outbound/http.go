@@ -18,6 +18,7 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/bridge"
 	"github.com/quicmesh/quicmesh/proxy/detect"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -55,6 +56,11 @@ func (p *Proxy) newHTTPFront(service string) *httpFront {
 		// x/net/http2 bounds header lists by the base server's
 		// MaxHeaderBytes.
 	}
+	// Registers the h2 server with the h1 server's Shutdown, so a drain
+	// sends GOAWAY on HTTP/2 connections too.
+	if err := http2.ConfigureServer(f.h1, f.h2); err != nil {
+		p.log.Error("configuring HTTP/2", "error", err)
+	}
 	go func() {
 		defer close(f.h1done)
 		f.h1.Serve(f.h1conns)
@@ -77,12 +83,13 @@ func (f *httpFront) close() {
 	<-f.h1done
 }
 
-// ServeHTTP is the outbound request path: validate, route, forward over
-// HTTP/3, map failures to statuses.
+// ServeHTTP is the outbound request path: route, forward over HTTP/3,
+// map failures to statuses. httpx.Guard has validated the request.
 func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := f.p
 	if n := p.inflight.Add(1); p.cfg.MaxInFlight > 0 && n > int64(p.cfg.MaxInFlight) {
 		p.inflight.Add(-1)
+		p.cfg.Metrics.LoadShed(telemetry.Outbound, "max_in_flight")
 		bridge.WriteError(w, r, bridge.Unavailable, p.who(), fmt.Sprintf("overloaded: more than %d requests in flight", p.cfg.MaxInFlight))
 		return
 	}
@@ -102,43 +109,68 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	start := time.Now()
+	m := p.cfg.Metrics
+	m.RequestStarted(telemetry.Outbound, service)
+	var res bridge.Result
+	peer := ""
+	defer func() {
+		m.ResponseDone(telemetry.Outbound, peer, service, bridge.Proto(r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(start))
+	}()
+
 	ctx := r.Context()
 	if d, ok := bridge.GRPCTimeout(r); ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	connectCtx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
-	pc, done, err := p.Connect(connectCtx, service)
-	cancel()
-	if err != nil {
-		kind := bridge.Classify(err)
-		if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
-			kind = bridge.Unavailable
-		}
-		p.log.Warn("http route failed", "service", service, "error", err)
-		bridge.WriteError(w, r, kind, p.who(), err.Error())
-		return
-	}
-	out := bridge.PrepareOutgoing(ctx, r, "https", authority)
-	out.Header.Set(bridge.HeaderService, service)
-	out.Header.Set(bridge.HeaderOrigProto, origProto(r))
-	status, err := bridge.Forward(w, out, pc.HTTP, bridge.Options{})
-	done(err == nil && status < 500)
-	if err != nil {
-		if ctx.Err() == nil && !transport.IsReset(err) {
-			// A broken connection, not a per-request failure: redial next time.
-			if !pc.Alive() {
-				p.cfg.Pool.Forget(pc)
+	// A request without a body that a draining or closing peer refused
+	// before processing it is retried once on another endpoint.
+	for attempt := 0; ; attempt++ {
+		connectCtx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+		pc, done, err := p.Connect(connectCtx, service)
+		cancel()
+		if err != nil {
+			kind := bridge.Classify(err)
+			if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
+				kind = bridge.Unavailable
 			}
+			p.log.Warn("http route failed", "service", service, "error", err)
+			res = bridge.WriteError(w, r, kind, p.who(), err.Error())
+			return
+		}
+		peer = pc.Peer.String()
+		end := pc.Begin()
+		out := bridge.PrepareOutgoing(ctx, r, "https", authority)
+		out.Header.Set(bridge.HeaderService, service)
+		out.Header.Set(bridge.HeaderOrigProto, origProto(r))
+		res, err = bridge.Forward(w, out, pc.HTTP, bridge.Options{})
+		end()
+		done(err == nil && res.Status < 500)
+		if err == nil {
+			return
+		}
+		if !pc.Alive() {
+			// A broken connection, not a per-request failure: redial next time.
+			p.cfg.Pool.Forget(pc)
+		}
+		if attempt == 0 && bodyless(r) && transport.Refused(err) && ctx.Err() == nil {
+			p.log.Debug("retrying request refused by a closing peer", "service", service, "peer", pc.Addr, "error", err)
+			continue
 		}
 		kind := bridge.Classify(err)
 		if ctx.Err() == context.DeadlineExceeded {
 			kind = bridge.Timeout
 		}
 		p.log.Warn("http forward failed", "service", service, "peer", pc.Addr, "error", err)
-		bridge.WriteError(w, r, kind, p.who(), "forwarding to "+pc.Peer.String()+": "+err.Error())
+		res = bridge.WriteError(w, r, kind, p.who(), "forwarding to "+pc.Peer.String()+": "+err.Error())
+		return
 	}
+}
+
+// bodyless reports whether r has no body, so it can be sent again.
+func bodyless(r *http.Request) bool {
+	return r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0 && r.ProtoMajor == 1)
 }
 
 func origProto(r *http.Request) string {
@@ -255,7 +287,11 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 			return
 		}
 	}
+	end := pc.Begin()
+	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer.String(), service)
 	res := transport.Splice(conn, str)
+	end()
+	closed(res.Sent, res.Received, transport.ErrClass(res.Err))
 	done(res.Err == nil)
 }
 

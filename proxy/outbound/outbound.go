@@ -18,6 +18,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/proxy/balance"
 	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -54,6 +55,8 @@ type Config struct {
 	MaxInFlight int
 	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
 	Name string
+	// Metrics records golden metrics; nil records nothing.
+	Metrics *telemetry.Metrics
 }
 
 // Proxy forwards app traffic to services.
@@ -240,7 +243,11 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 		resetConn(conn)
 		return
 	}
+	end := pc.Begin()
+	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer.String(), service)
 	res := transport.Splice(conn, str)
+	end()
+	closed(res.Sent, res.Received, transport.ErrClass(res.Err))
 	done(res.Err == nil)
 	p.log.Debug("tcp tunnel closed", "service", service, "peer", pc.Addr, "sent", res.Sent, "received", res.Received, "error", res.Err)
 }
@@ -282,15 +289,27 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// Wait blocks until every tracked connection has finished or ctx ends;
-// used for graceful drains.
-func (p *Proxy) Wait(ctx context.Context) error {
+// Shutdown drains: HTTP keep-alive connections are closed once idle and
+// tunnels run to completion, until ctx ends. The listeners must already be
+// closed. Close ends whatever is left.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	fronts := p.fronts
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, f := range fronts {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.h1.Shutdown(ctx) }()
+	}
+	wg.Wait()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		p.Close()
+		<-done
 		return ctx.Err()
 	}
 }

@@ -6,8 +6,10 @@ package sidecar
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -53,6 +56,8 @@ type Config struct {
 
 	Limits transport.Limits
 	Logger *slog.Logger
+	// Metrics records golden metrics; nil creates a private registry.
+	Metrics *telemetry.Metrics
 }
 
 // Sidecar is a running sidecar.
@@ -90,6 +95,9 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 	if _, err := cfg.Identity.Certificate(); err != nil {
 		return nil, fmt.Errorf("sidecar: no usable identity: %w", err)
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = telemetry.New(prometheus.NewRegistry())
+	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger}
 	defer func() {
 		if err != nil {
@@ -102,6 +110,7 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		Authorize: cfg.Authorize,
 		Limits:    cfg.Limits,
 		Logger:    cfg.Logger,
+		Metrics:   cfg.Metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -113,14 +122,16 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		name = id.String()
 	}
 	ocfg := cfg.Outbound
-	ocfg.Discovery, ocfg.Pool, ocfg.Logger, ocfg.Name = s.cache, s.pool, cfg.Logger.With("dir", "outbound"), name
+	ocfg.Discovery, ocfg.Pool, ocfg.Logger, ocfg.Name, ocfg.Metrics = s.cache, s.pool, cfg.Logger.With("dir", "outbound"), name, cfg.Metrics
 	s.outbound = outbound.New(ocfg)
 	for svc, v := range cfg.Routes {
 		if _, _, err := inbound.ParseAppAddr(v); err != nil {
 			return nil, fmt.Errorf("sidecar: route for %q: %w", svc, err)
 		}
 	}
-	s.inbound = inbound.New(inbound.Config{Endpoint: s.endpoint, Routes: cfg.Routes, Logger: cfg.Logger.With("dir", "inbound"), Name: name})
+	s.inbound = inbound.New(inbound.Config{Endpoint: s.endpoint, Routes: cfg.Routes, Logger: cfg.Logger.With("dir", "inbound"), Name: name, Metrics: cfg.Metrics})
+	cfg.Metrics.AddQUICSource(s.pool.QUICStats)
+	cfg.Metrics.AddQUICSource(s.inbound.QUICStats)
 
 	binds := cfg.Binds
 	if cfg.HTTPProxyAddr != "" {
@@ -140,6 +151,11 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.watchCertExpiry(ctx)
+	}()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -177,6 +193,47 @@ func (s *Sidecar) HTTPProxyAddr() net.Addr {
 
 // Pool exposes the peer pool (for tests and metrics).
 func (s *Sidecar) Pool() *transport.Pool { return s.pool }
+
+// watchCertExpiry keeps the certificate expiry gauge current across
+// rotations.
+func (s *Sidecar) watchCertExpiry(ctx context.Context) {
+	for {
+		changed := s.cfg.Identity.Changed()
+		if cert, err := s.cfg.Identity.Certificate(); err == nil && cert.Leaf != nil {
+			s.cfg.Metrics.SetCertExpiry(cert.Leaf.NotAfter)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Shutdown drains the sidecar: it stops accepting app connections and
+// peer connections, tells connected peers to go away so they send new
+// work to other endpoints, lets in-flight requests and tunnels finish
+// until ctx ends, then closes everything.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.log.Info("draining")
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	var wg sync.WaitGroup
+	// Closing the QUIC listener waits for handshakes in flight; peers must
+	// hear our GOAWAY without waiting for that.
+	wg.Add(3)
+	go func() { defer wg.Done(); s.endpoint.StopListening() }()
+	go func() { defer wg.Done(); s.inbound.Shutdown(ctx) }()
+	go func() { defer wg.Done(); s.outbound.Shutdown(ctx) }()
+	wg.Wait()
+	err := ctx.Err()
+	s.Close()
+	if err != nil {
+		return fmt.Errorf("sidecar: grace period ended with work in flight: %w", err)
+	}
+	return nil
+}
 
 // Close stops everything immediately: listeners, app connections, peer
 // connections, the UDP socket.

@@ -1,0 +1,437 @@
+package sidecar_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// scrape fetches the Prometheus text exposition of reg over HTTP, the way
+// an operator's scraper sees the admin server's /metrics.
+func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad exposition line %q", line)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// waitMetric polls until series has value want: metrics are recorded when
+// a handler returns, which can be just after the client saw the response.
+func waitMetric(t *testing.T, reg *prometheus.Registry, series string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	var got map[string]float64
+	for time.Now().Before(deadline) {
+		got = scrape(t, reg)
+		if got[series] == want {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var related []string
+	name, _, _ := strings.Cut(series, "{")
+	for k, v := range got {
+		if strings.HasPrefix(k, name) {
+			related = append(related, fmt.Sprintf("%s %v", k, v))
+		}
+	}
+	t.Fatalf("%s = %v, want %v; series of that name:\n%s", series, got[series], want, strings.Join(related, "\n"))
+}
+
+func TestMetricsAfterKnownTraffic(t *testing.T) {
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+	web := echo.StartHTTP1(listen(t))
+	t.Cleanup(func() { web.Close() })
+	tcpApp := echo.StartTCP(listen(t))
+	t.Cleanup(func() { tcpApp.Close() })
+
+	serverReg := prometheus.NewRegistry()
+	server, err := sidecar.Start(sidecar.Config{
+		Identity:    identitytest.Provider(t, ca, echoID),
+		Resolver:    staticMap(t, nil),
+		InboundAddr: "127.0.0.1:0",
+		Routes:      inbound.Routes{"web": "http://" + web.Addr().String(), "tcp": "tcp://" + tcpApp.Addr().String()},
+		Metrics:     telemetry.New(serverReg),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	ep := []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
+	clientReg := prometheus.NewRegistry()
+	client, err := sidecar.Start(sidecar.Config{
+		Identity:    identitytest.Provider(t, ca, clientID),
+		Resolver:    staticMap(t, map[string][]discovery.Endpoint{"web": ep, "tcp": ep}),
+		InboundAddr: "127.0.0.1:0",
+		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "tcp", Opaque: true}},
+		Metrics:     telemetry.New(clientReg),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+
+	c := h1Client(t)
+	get := func(q string) {
+		resp, err := c.Get("http://" + client.BindAddr(0).String() + "/" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	for range 5 {
+		get("")
+	}
+	for range 2 {
+		get("?status=503")
+	}
+	conn, err := net.Dial("tcp", client.BindAddr(1).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := roundTrip(conn.(*net.TCPConn), []byte("0123456789")); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+
+	out := `direction="outbound"`
+	in := `direction="inbound"`
+	waitMetric(t, clientReg, `quicmesh_request_total{`+out+`,service="web"}`, 7)
+	waitMetric(t, clientReg, `quicmesh_response_total{classification="success",`+out+`,grpc_status="none",peer="`+echoID+`",proto="http1",service="web",status_code="200"}`, 5)
+	waitMetric(t, clientReg, `quicmesh_response_total{classification="failure",`+out+`,grpc_status="none",peer="`+echoID+`",proto="http1",service="web",status_code="503"}`, 2)
+	waitMetric(t, clientReg, `quicmesh_response_latency_seconds_count{classification="success",`+out+`,proto="http1",service="web"}`, 5)
+	waitMetric(t, clientReg, `quicmesh_tcp_open_total{`+out+`,peer="`+echoID+`",service="tcp"}`, 1)
+	waitMetric(t, clientReg, `quicmesh_tcp_close_total{`+out+`,error="none",peer="`+echoID+`",service="tcp"}`, 1)
+	waitMetric(t, clientReg, `quicmesh_tcp_read_bytes_total{`+out+`,peer="`+echoID+`",service="tcp"}`, 10)
+	waitMetric(t, clientReg, `quicmesh_tcp_write_bytes_total{`+out+`,peer="`+echoID+`",service="tcp"}`, 10)
+	waitMetric(t, clientReg, `quicmesh_tcp_open_connections{`+out+`,peer="`+echoID+`",service="tcp"}`, 0)
+	waitMetric(t, clientReg, `quicmesh_quic_connections_open{`+out+`}`, 1)
+
+	waitMetric(t, serverReg, `quicmesh_response_total{classification="success",`+in+`,grpc_status="none",peer="`+clientID+`",proto="h3",service="web",status_code="200"}`, 5)
+	waitMetric(t, serverReg, `quicmesh_response_total{classification="failure",`+in+`,grpc_status="none",peer="`+clientID+`",proto="h3",service="web",status_code="503"}`, 2)
+	waitMetric(t, serverReg, `quicmesh_tcp_close_total{`+in+`,error="none",peer="`+clientID+`",service="tcp"}`, 1)
+	waitMetric(t, serverReg, `quicmesh_quic_connections_open{`+in+`}`, 1)
+
+	cert, _ := identitytest.Provider(t, ca, echoID).Certificate()
+	_ = cert
+	if v := scrape(t, serverReg)["quicmesh_identity_cert_expiry_timestamp_seconds"]; v < float64(time.Now().Unix()) {
+		t.Fatalf("cert expiry gauge = %v, want a future timestamp", v)
+	}
+}
+
+func TestHandshakeFailureMetrics(t *testing.T) {
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+	app := startEcho(t)
+	server := startServer(t, ca, "spiffe://test.local/ns/default/sa/impostor", "127.0.0.1:0", app)
+	reg := prometheus.NewRegistry()
+	res := staticNew(map[string][]discovery.Endpoint{"echo": {{Addr: server.InboundAddr().String(), Identity: echoID}}})
+	defer res.Close()
+	client, err := sidecar.Start(sidecar.Config{
+		Identity: identitytest.Provider(t, ca, clientID), Resolver: res, InboundAddr: "127.0.0.1:0",
+		Binds: []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "echo", Opaque: true}}, Metrics: telemetry.New(reg),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := net.Dial("tcp", client.BindAddr(0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.Read(make([]byte, 1))
+	c.Close()
+	waitMetric(t, reg, `quicmesh_handshake_failures_total{direction="outbound",reason="wrong_id"}`, 1)
+}
+
+// Two inbound sidecars serve "web"; each in turn is drained and restarted
+// on the same address under steady HTTP and TCP traffic. Not one request
+// or tunnel may fail.
+func TestRollingRestartLosesNothing(t *testing.T) {
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+	web := echo.StartHTTP1(listen(t))
+	t.Cleanup(func() { web.Close() })
+	tcpApp := echo.StartTCP(listen(t))
+	t.Cleanup(func() { tcpApp.Close() })
+	routes := inbound.Routes{"web": "http://" + web.Addr().String(), "tcp": "tcp://" + tcpApp.Addr().String()}
+	startB := func(addr string) *sidecar.Sidecar {
+		s, err := sidecar.Start(sidecar.Config{
+			Identity: identitytest.Provider(t, ca, echoID), Resolver: staticMap(t, nil),
+			InboundAddr: addr, Routes: routes, Logger: testLogger(t),
+		})
+		if err != nil {
+			t.Fatalf("starting inbound sidecar on %s: %v", addr, err)
+		}
+		return s
+	}
+	servers := []*sidecar.Sidecar{startB("127.0.0.1:0"), startB("127.0.0.1:0")}
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	var eps []discovery.Endpoint
+	for _, s := range servers {
+		eps = append(eps, discovery.Endpoint{Addr: s.InboundAddr().String(), Identity: echoID})
+	}
+	client, err := sidecar.Start(sidecar.Config{
+		Identity: identitytest.Provider(t, ca, clientID), Resolver: staticMap(t, map[string][]discovery.Endpoint{"web": eps, "tcp": eps}),
+		InboundAddr: "127.0.0.1:0",
+		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "tcp", Opaque: true}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	fail := func(err error) {
+		failed.Add(1)
+		firstErr.CompareAndSwap(nil, err.Error())
+	}
+	httpc := h1Client(t)
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				if w%2 == 0 {
+					body := fmt.Sprintf("w%d-%d", w, i)
+					resp, err := httpc.Post("http://"+client.BindAddr(0).String()+"/", "text/plain", strings.NewReader(body))
+					if err != nil {
+						fail(err)
+						continue
+					}
+					got, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 || string(got) != body {
+						fail(fmt.Errorf("POST: status %d body %q (%s)", resp.StatusCode, got, resp.Header.Get("Quicmesh-Proxy-Error")))
+						continue
+					}
+				} else if w%3 == 0 {
+					c, err := net.Dial("tcp", client.BindAddr(1).String())
+					if err != nil {
+						fail(err)
+						continue
+					}
+					got, err := roundTrip(c.(*net.TCPConn), []byte("tunnel"))
+					c.Close()
+					if err != nil || string(got) != "tunnel" {
+						fail(fmt.Errorf("tunnel: %q %v", got, err))
+						continue
+					}
+				} else {
+					resp, err := httpc.Get("http://" + client.BindAddr(0).String() + "/?size=100")
+					if err != nil {
+						fail(err)
+						continue
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						fail(fmt.Errorf("GET: status %d (%s)", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error")))
+						continue
+					}
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+
+	for i := range servers {
+		time.Sleep(700 * time.Millisecond)
+		addr := servers[i].InboundAddr().String()
+		gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := servers[i].Shutdown(gctx); err != nil {
+			t.Errorf("draining server %d: %v", i, err)
+		}
+		cancel()
+		servers[i] = startB(addr)
+	}
+	time.Sleep(700 * time.Millisecond)
+	stop()
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d operations failed during the rolling restart; first: %v", failed.Load(), ok.Load()+failed.Load(), firstErr.Load())
+	}
+	if ok.Load() < 100 {
+		t.Fatalf("only %d operations completed; the traffic was not steady", ok.Load())
+	}
+	t.Logf("%d operations, none failed", ok.Load())
+}
+
+func vmRSS(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc/self/status")
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// Abusive clients are refused with the documented errors while normal
+// traffic keeps flowing, and memory stays bounded.
+func TestLimitsUnderAbuse(t *testing.T) {
+	checkLeaks(t)
+	ca := identitytest.NewCA(t, "test.local")
+	web := echo.StartHTTP1(listen(t))
+	t.Cleanup(func() { web.Close() })
+	server, err := sidecar.Start(sidecar.Config{
+		Identity: identitytest.Provider(t, ca, echoID), Resolver: staticMap(t, nil), InboundAddr: "127.0.0.1:0",
+		Routes: inbound.Routes{"web": "http://" + web.Addr().String()},
+		// Few QUIC streams per peer: excess requests wait for credit
+		// instead of piling up on the server.
+		Limits: transport.Limits{MaxIncomingStreams: 64},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	reg := prometheus.NewRegistry()
+	client, err := sidecar.Start(sidecar.Config{
+		Identity:    identitytest.Provider(t, ca, clientID),
+		Resolver:    staticMap(t, map[string][]discovery.Endpoint{"web": {{Addr: server.InboundAddr().String(), Identity: echoID}}}),
+		InboundAddr: "127.0.0.1:0",
+		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}},
+		Outbound:    outbound.Config{MaxInFlight: 100},
+		Metrics:     telemetry.New(reg),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	base := "http://" + client.BindAddr(0).String()
+	rssBefore := vmRSS(t)
+
+	var wg sync.WaitGroup
+	var shed, served, bigRefused atomic.Int64
+	// 400 slow requests against a limit of 100 in flight.
+	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 400}
+	defer tr.CloseIdleConnections()
+	slow := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	for range 400 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := slow.Get(base + "/?sleep=300ms")
+			if err != nil {
+				t.Errorf("slow request: %v", err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == 200:
+				served.Add(1)
+			case resp.StatusCode == 503 && strings.Contains(resp.Header.Get("Quicmesh-Proxy-Error"), "overloaded"):
+				shed.Add(1)
+			default:
+				t.Errorf("slow request: status %d %q", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
+			}
+		}()
+	}
+	// 1 MiB of headers, repeatedly, at the same time.
+	big := strings.Repeat("a", 1<<20)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", client.BindAddr(0).String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			go fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: web\r\nX-Big: %s\r\n\r\n", big)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err == nil && resp.StatusCode == 431 {
+				bigRefused.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if shed.Load() == 0 || served.Load() < 100 {
+		t.Fatalf("served %d, shed %d of 400: want the limit of 100 in flight enforced and the rest served", served.Load(), shed.Load())
+	}
+	if bigRefused.Load() != 20 {
+		t.Fatalf("%d of 20 oversize-header requests got 431", bigRefused.Load())
+	}
+	// Normal traffic still flows afterwards.
+	resp, err := h1Client(t).Get(base + "/")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after the abuse: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	waitMetric(t, reg, `quicmesh_load_shed_total{direction="outbound",reason="max_in_flight"}`, float64(shed.Load()))
+	if grown := vmRSS(t) - rssBefore; grown > 96<<20 {
+		t.Fatalf("RSS grew by %d MiB under abuse; want it bounded", grown>>20)
+	}
+}
+
+var _ = identity.MustParseID
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("QUICMESH_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
