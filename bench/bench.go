@@ -13,6 +13,10 @@
 // workers back to back for maximum throughput; latency is measured from
 // each request's actual send.
 //
+// Connections are established before the clock starts, so dialing is not
+// timed as part of the first requests (a connection lost during the run is
+// redialed by the request that needs it, and that time is counted).
+//
 // Latencies go into per-worker log-linear histograms (see [Histogram])
 // merged at the end. Results are reported as a [Result], whose JSON schema
 // is documented in SCHEMA.md.
