@@ -114,6 +114,10 @@ type Config struct {
 	Logger    *slog.Logger
 	// Metrics records handshake failures; nil records nothing.
 	Metrics *telemetry.Metrics
+	// PacketConn, if set, is used instead of binding the address given to
+	// Listen or NewDialer: for sockets made elsewhere (another network
+	// namespace, socket activation). The Endpoint takes ownership.
+	PacketConn *net.UDPConn
 }
 
 // Endpoint owns the UDP socket that all QUIC traffic of a sidecar uses.
@@ -174,13 +178,15 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("transport: resolving %q: %w", addr, err)
-	}
-	udp, err := net.ListenUDP("udp", udpAddr)
-	if err != nil {
-		return nil, fmt.Errorf("transport: binding UDP %s: %w", addr, err)
+	udp := cfg.PacketConn
+	if udp == nil {
+		udpAddr, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("transport: resolving %q: %w", addr, err)
+		}
+		if udp, err = net.ListenUDP("udp", udpAddr); err != nil {
+			return nil, fmt.Errorf("transport: binding UDP %s: %w", addr, err)
+		}
 	}
 	limits := cfg.Limits.withDefaults()
 	return &Endpoint{

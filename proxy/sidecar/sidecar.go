@@ -43,6 +43,9 @@ type Config struct {
 	// InboundAddr is the UDP address for mesh traffic (default
 	// 0.0.0.0:4143). The same socket is used for outbound dials.
 	InboundAddr string
+	// PacketConn, if set, is the already-bound UDP socket for mesh
+	// traffic and InboundAddr is ignored.
+	PacketConn *net.UDPConn
 	// Routes maps services this sidecar serves to local app addresses.
 	Routes inbound.Routes
 	// Binds are outbound listeners, one per service.
@@ -106,11 +109,12 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 	}()
 
 	s.endpoint, err = transport.Listen(cfg.InboundAddr, transport.Config{
-		Identity:  cfg.Identity,
-		Authorize: cfg.Authorize,
-		Limits:    cfg.Limits,
-		Logger:    cfg.Logger,
-		Metrics:   cfg.Metrics,
+		Identity:   cfg.Identity,
+		Authorize:  cfg.Authorize,
+		Limits:     cfg.Limits,
+		Logger:     cfg.Logger,
+		Metrics:    cfg.Metrics,
+		PacketConn: cfg.PacketConn,
 	})
 	if err != nil {
 		return nil, err
