@@ -16,6 +16,7 @@ Usage:
   quicmesh ca issue --id ID ...   issue a workload certificate
   quicmesh demo                   run a whole mesh on loopback and check it works
   quicmesh bench [flags]          generate load and measure latency
+  quicmesh echo [flags]           serve a bundled echo app (http1, h2c, grpc, tcp)
 
 Run 'quicmesh COMMAND -h' for a command's flags.
 `
@@ -38,6 +39,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(args[1:], stdout, stderr)
 	case "bench":
 		return runBench(args[1:], stdout, stderr)
+	case "echo":
+		return runEcho(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
