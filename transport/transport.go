@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -114,6 +115,8 @@ type Config struct {
 	Logger    *slog.Logger
 	// Metrics records handshake failures; nil records nothing.
 	Metrics *telemetry.Metrics
+	// QlogDir, if set, receives one qlog trace file per QUIC connection.
+	QlogDir string
 	// PacketConn, if set, is used instead of binding the address given to
 	// Listen or NewDialer: for sockets made elsewhere (another network
 	// namespace, socket activation). The Endpoint takes ownership.
@@ -188,13 +191,22 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 			return nil, fmt.Errorf("transport: binding UDP %s: %w", addr, err)
 		}
 	}
+	raiseBuffers(udp)
 	limits := cfg.Limits.withDefaults()
+	qc := limits.quicConfig()
+	if cfg.QlogDir != "" {
+		if err := os.MkdirAll(cfg.QlogDir, 0o755); err != nil {
+			udp.Close()
+			return nil, fmt.Errorf("transport: qlog directory: %w", err)
+		}
+		qc.Tracer = qlogTracer(cfg.QlogDir, cfg.Logger.Warn)
+	}
 	return &Endpoint{
 		cfg:      cfg,
 		limits:   limits,
 		udp:      udp,
 		tr:       &quic.Transport{Conn: udp},
-		quicConf: limits.quicConfig(),
+		quicConf: qc,
 		logger:   cfg.Logger,
 	}, nil
 }

@@ -42,6 +42,9 @@ type fileConfig struct {
 	Admin struct {
 		Listen string `json:"listen"`
 	} `json:"admin"`
+	Debug struct {
+		QlogDir string `json:"qlog_dir"`
+	} `json:"debug"`
 	Log struct {
 		Level  string `json:"level"`
 		Format string `json:"format"`

@@ -22,6 +22,12 @@ Run 'quicmesh COMMAND -h' for a command's flags.
 `
 
 func main() {
+	// The sidecar reports the UDP buffer sizes it got in its own
+	// structured start-up log; quic-go's unstructured warning would only
+	// repeat it.
+	if os.Getenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING") == "" {
+		os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

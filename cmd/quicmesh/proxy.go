@@ -44,6 +44,7 @@ type proxyFlags struct {
 	routes, binds                          mapFlag
 	connectTimeout, grace                  time.Duration
 	allowShutdown                          bool
+	qlogDir                                string
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
@@ -65,6 +66,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.httpProxy, "http-proxy", defaultHTTP, "outbound HTTP proxy listener (absolute-form URIs and CONNECT); empty disables")
 	fs.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "how long to wait for an app's first bytes before treating it as opaque TCP")
 	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long in-flight requests and tunnels may take to finish")
+	fs.StringVar(&f.qlogDir, "qlog-dir", "", "write a qlog trace per QUIC connection into this directory (debugging; costly)")
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
 	if err := fs.Parse(args); err != nil {
@@ -268,6 +270,7 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 			Routes:        routes,
 			Binds:         binds,
 			HTTPProxyAddr: httpProxy,
+			QlogDir:       pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir),
 			Outbound: outbound.Config{
 				ConnectTimeout: connectTimeout,
 				Detect:         detect.Config{Timeout: detectTimeout},

@@ -46,6 +46,8 @@ type Config struct {
 	// PacketConn, if set, is the already-bound UDP socket for mesh
 	// traffic and InboundAddr is ignored.
 	PacketConn *net.UDPConn
+	// QlogDir, if set, receives a qlog trace per QUIC connection.
+	QlogDir string
 	// Routes maps services this sidecar serves to local app addresses.
 	Routes inbound.Routes
 	// Binds are outbound listeners, one per service.
@@ -115,6 +117,7 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		Logger:     cfg.Logger,
 		Metrics:    cfg.Metrics,
 		PacketConn: cfg.PacketConn,
+		QlogDir:    cfg.QlogDir,
 	})
 	if err != nil {
 		return nil, err
@@ -177,6 +180,19 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		}()
 	}
 	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "binds", len(cfg.Binds), "routes", len(cfg.Routes))
+	if info, err := s.endpoint.SocketInfo(); err == nil {
+		level := slog.LevelInfo
+		if info.RecvBuffer < transport.WantBufferBytes || info.SendBuffer < transport.WantBufferBytes {
+			// Not fatal, but high-throughput bursts will be dropped by the
+			// kernel; raise net.core.rmem_max/wmem_max or run with
+			// CAP_NET_ADMIN so the buffers can be forced.
+			level = slog.LevelWarn
+		}
+		s.log.Log(context.Background(), level, "udp socket", "recv_buffer_kib", info.RecvBuffer>>10, "send_buffer_kib", info.SendBuffer>>10, "wanted_kib", transport.WantBufferBytes>>10, "gso", info.GSO)
+	}
+	if cfg.QlogDir != "" {
+		s.log.Info("writing qlog traces", "dir", cfg.QlogDir)
+	}
 	return s, nil
 }
 
