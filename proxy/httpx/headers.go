@@ -108,12 +108,17 @@ func RemoveHopByHop(h http.Header) {
 		}
 	}
 	named := connectionTokens(conn)
-	for k := range h {
+	keptTE := false
+	for k, vv := range h {
+		if trailers && k == "Te" && len(vv) == 1 && vv[0] == "trailers" {
+			keptTE = true // already in its final form; saves an allocation
+			continue
+		}
 		if IsHopByHop(k) || named.contains(k) {
 			delete(h, k)
 		}
 	}
-	if trailers {
+	if trailers && !keptTE {
 		h["Te"] = []string{"trailers"}
 	}
 }

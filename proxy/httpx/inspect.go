@@ -207,7 +207,6 @@ type inspector struct {
 	teOK     bool // the single TE value is "chunked"
 	remain   uint64
 	digits   int
-	trailers bool // in the trailer section (for error attribution)
 	lastPOST bool // the previous request's method was POST
 	skip     int  // leading CR/LF bytes still tolerated before a request line
 
@@ -261,7 +260,7 @@ func (s *inspector) startRequest() {
 	s.lineLen, s.minor = 0, 0
 	s.clCount, s.clFirst, s.clBad = 0, "", false
 	s.teCount, s.teOK = 0, false
-	s.remain, s.digits, s.trailers = 0, 0, false
+	s.remain, s.digits = 0, 0
 	s.skip = 0
 	if s.lastPOST {
 		// net/http discards up to four CR/LF bytes after a POST ("RFC
@@ -444,7 +443,7 @@ func (s *inspector) afterLF() {
 	case stChunkLF:
 		s.n = 0
 		if s.remain == 0 {
-			s.st, s.trailers = stTrailerStart, true
+			s.st = stTrailerStart
 		} else {
 			s.st = stChunkData
 		}

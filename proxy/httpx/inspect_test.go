@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"reflect"
@@ -363,5 +364,104 @@ func TestInspectorAgreesWithNetHTTP(t *testing.T) {
 		if err != nil || off != r.offset {
 			t.Fatalf("%v: inspector offset %d, err %v", r, off, err)
 		}
+	}
+}
+
+// genStream builds a pipeline of HTTP/1 requests from a grammar biased
+// towards the ambiguities that matter for framing: CL/TE spellings and
+// whitespace, versions, obs-fold, line endings, chunk sizes that are right
+// or off by one, extensions, trailers and CR/LF between requests.
+func genStream(rng *rand.Rand) []byte {
+	pick := func(opts ...string) string { return opts[rng.IntN(len(opts))] }
+	maybe := func(p float64, s string) string {
+		if rng.Float64() < p {
+			return s
+		}
+		return ""
+	}
+	eol := func() string {
+		if rng.IntN(30) == 0 {
+			return pick("\n", "\r\r\n", "\r")
+		}
+		return "\r\n"
+	}
+	var b strings.Builder
+	for range 1 + rng.IntN(4) {
+		method := pick("GET", "POST", "POST", "PUT", "OPTIONS", "X-Y")
+		target := pick("/", "/a?b=c", "*", "http://h/x")
+		if method == "OPTIONS" && rng.IntN(2) == 0 {
+			target = "*"
+		}
+		b.WriteString(method + pick(" ", " ", " ", "  ") + target + " " +
+			pick("HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0") + eol())
+		b.WriteString(maybe(0.9, "Host: h"+eol()))
+		framing := ""
+		for range rng.IntN(4) {
+			name := ""
+			value := ""
+			switch rng.IntN(5) {
+			case 0:
+				name = pick("Content-Length", "Content-Length", "Content-Length", "content-length", "CONTENT-LENGTH", "Content_Length", "Content-Length ")
+				value = pick("3", "3", "3", "3", " 3 ", "03", "0", "3, 3", "", "-1", "+3", "3\t", "99999999999999999999")
+				if framing == "" {
+					framing = "cl"
+				}
+			case 2:
+				name = pick("Transfer-Encoding", "Transfer-Encoding", "Transfer-Encoding", "transfer-encoding", "Transfer-Encoding ", "Transfer_Encoding")
+				value = pick("chunked", "chunked", "chunked", "chunked", "Chunked", " chunked", "chunked ", "gzip, chunked", "chunked, gzip", "\x0bchunked", "identity")
+				framing = "te"
+			default:
+				name = pick("X-A", "X-B", "Accept", "Connection", "Trailer")
+				value = pick("1", "close", "keep-alive", "X-A", "100-continue")
+			}
+			b.WriteString(name + ":" + value + eol())
+			b.WriteString(maybe(0.05, pick(" folded", "\tTransfer-Encoding: chunked")+eol()))
+		}
+		b.WriteString(eol())
+		switch framing {
+		case "cl":
+			b.WriteString(pick("abc", "ab", "abcd", ""))
+		case "te":
+			for range rng.IntN(3) {
+				data := strings.Repeat("z", rng.IntN(20))
+				size := max(0, len(data)+[]int{0, 0, 0, 1, -1}[rng.IntN(5)])
+				b.WriteString(fmt.Sprintf("%x", size) + maybe(0.2, pick(";e", ";e=\"v\"", " ")) + eol() + data + eol())
+			}
+			b.WriteString(pick("0", "000", "0;x") + eol())
+			b.WriteString(maybe(0.3, pick("X-T: 1", "X-T:", " X-T: 1", "X T: 1")+eol()))
+			b.WriteString(eol())
+		}
+		b.WriteString(maybe(0.2, pick("\r\n", "\n", "\r\n\r\n", "\r\n\r\n\r\n")))
+	}
+	return []byte(b.String())
+}
+
+// TestInspectorDifferential runs the FuzzInspector property on many
+// generated pipelines: every request the inspector lets through starts
+// where net/http says it starts.
+func TestInspectorDifferential(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	accepted, refused := 0, 0
+	for i := range 20000 {
+		stream := genStream(rng)
+		in := &inspector{}
+		at := rng.IntN(len(stream) + 1)
+		in.scan(stream[:at])
+		in.scan(stream[at:])
+		for _, r := range goRequests(stream) {
+			off, err := in.checkAt(r.method, r.uri)
+			if err != nil {
+				refused++
+				break
+			}
+			accepted++
+			if off != r.offset {
+				t.Fatalf("stream %d %q: inspector accepted %v at offset %d", i, stream, r, off)
+			}
+		}
+	}
+	t.Logf("%d requests accepted, %d pipelines cut short by a refusal", accepted, refused)
+	if accepted < 5000 || refused < 1000 {
+		t.Fatalf("generator is lopsided: %d accepted, %d refused", accepted, refused)
 	}
 }
