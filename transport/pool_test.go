@@ -1,0 +1,234 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+const (
+	serverID = "spiffe://t.local/server"
+	clientID = "spiffe://t.local/client"
+)
+
+func leakCheck(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+// server accepts connections and counts them until the test ends.
+type server struct {
+	ep       *transport.Endpoint
+	accepted atomic.Int64
+	conns    chan *quic.Conn
+}
+
+func startServer(t *testing.T, ca *identity.CA, addr string) *server {
+	t.Helper()
+	ep, err := transport.Listen(addr, transport.Config{Identity: identitytest.Provider(t, ca, serverID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{ep: ep, conns: make(chan *quic.Conn, 100)}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ep.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			s.conns <- c
+		}
+	}()
+	t.Cleanup(func() { ep.Close(); wg.Wait() })
+	return s
+}
+
+// waitAccepted lets the server's accept loop catch up with handshakes the
+// client already sees as complete, then reports the count.
+func (s *server) waitAccepted(t *testing.T) int64 {
+	deadline := time.Now().Add(2 * time.Second)
+	for s.accepted.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	return s.accepted.Load()
+}
+
+func newPool(t *testing.T, ca *identity.CA, limits transport.Limits) *transport.Pool {
+	t.Helper()
+	ep, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, clientID), Limits: limits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := transport.NewPool(ep)
+	t.Cleanup(func() { p.Close(); ep.Close() })
+	return p
+}
+
+func TestPoolCoalescesConcurrentDials(t *testing.T) {
+	leakCheck(t)
+	ca := identitytest.NewCA(t, "t.local")
+	srv := startServer(t, ca, "127.0.0.1:0")
+	p := newPool(t, ca, transport.Limits{})
+	id := identity.MustParseID(serverID)
+	const n = 50
+	conns := make([]*transport.PeerConn, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pc, err := p.Get(context.Background(), srv.ep.Addr().String(), id)
+			if err != nil {
+				t.Error(err)
+			}
+			conns[i] = pc
+		}()
+	}
+	wg.Wait()
+	for i := range conns {
+		if conns[i] != conns[0] {
+			t.Fatalf("caller %d got a different connection", i)
+		}
+	}
+	if got := srv.waitAccepted(t); got != 1 {
+		t.Fatalf("server accepted %d connections, want 1", got)
+	}
+	if p.Len() != 1 {
+		t.Fatalf("pool holds %d connections", p.Len())
+	}
+}
+
+func TestPoolBackoffAndRecovery(t *testing.T) {
+	leakCheck(t)
+	ca := identitytest.NewCA(t, "t.local")
+	// Reserve a UDP port with nobody serving QUIC on it.
+	hole, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := hole.LocalAddr().String()
+	hole.Close()
+	p := newPool(t, ca, transport.Limits{HandshakeTimeout: 300 * time.Millisecond})
+	id := identity.MustParseID(serverID)
+
+	start := time.Now()
+	_, err = p.Get(context.Background(), addr, id)
+	if !errors.Is(err, transport.ErrPeerUnavailable) {
+		t.Fatalf("dial to a dead peer: %v, want ErrPeerUnavailable", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("dial failure took %v, want about the handshake timeout", d)
+	}
+	// Within the back-off, failure is immediate and no dial is made.
+	start = time.Now()
+	_, err = p.Get(context.Background(), addr, id)
+	if !errors.Is(err, transport.ErrPeerUnavailable) || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("second Get: %v after %v; want an immediate ErrPeerUnavailable", err, time.Since(start))
+	}
+	if !p.Unavailable(addr, id) {
+		t.Fatal("Unavailable = false during back-off")
+	}
+	// The peer comes up; after the back-off a dial succeeds.
+	srv := startServer(t, ca, addr)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pc, err := p.Get(context.Background(), addr, id)
+		if err == nil {
+			if !pc.Alive() {
+				t.Fatal("dead connection returned")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := srv.waitAccepted(t); got != 1 {
+		t.Fatalf("accepted %d", got)
+	}
+}
+
+func TestPoolHonoursGoAway(t *testing.T) {
+	leakCheck(t)
+	ca := identitytest.NewCA(t, "t.local")
+	srv := startServer(t, ca, "127.0.0.1:0")
+	p := newPool(t, ca, transport.Limits{})
+	id := identity.MustParseID(serverID)
+	addr := srv.ep.Addr().String()
+	pc, err := p.Get(context.Background(), addr, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sconn := <-srv.conns
+	if err := transport.SendGoAway(context.Background(), sconn); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !p.Unavailable(addr, id) {
+		if time.Now().After(deadline) {
+			t.Fatal("pool did not mark the draining peer unavailable")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if p.Ready(addr, id) {
+		t.Fatal("draining connection still handed out")
+	}
+	// In-flight work on the old connection is unaffected.
+	if !pc.Alive() {
+		t.Fatal("GOAWAY closed the connection; in-flight work would be lost")
+	}
+}
+
+func TestTunnelHeaderRoutedAndResetMapped(t *testing.T) {
+	leakCheck(t)
+	ca := identitytest.NewCA(t, "t.local")
+	srv := startServer(t, ca, "127.0.0.1:0")
+	p := newPool(t, ca, transport.Limits{})
+	pc, err := p.Get(context.Background(), srv.ep.Addr().String(), identity.MustParseID(serverID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	str, err := pc.OpenTunnel(context.Background(), "svc:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	str.Write([]byte("x"))
+	sconn := <-srv.conns
+	sstr, err := sconn.AcceptStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sstr.CancelWrite(transport.CodeUnknownTarget)
+	sstr.CancelRead(transport.CodeUnknownTarget)
+	_, err = str.Read(make([]byte, 1))
+	if got := transport.ErrClass(err); got != "unknown_target" {
+		t.Fatalf("ErrClass(%v) = %q, want unknown_target", err, got)
+	}
+}
