@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runCmd runs the quicmesh CLI in-process.
+func runCmd(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// workload creates a CA and one workload certificate in dir.
+func workload(t *testing.T, dir, id, name string) (cert, key, bundle string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(dir, "ca", "ca.crt")); err != nil {
+		if code, _, errs := runCmd("ca", "init", "--dir", filepath.Join(dir, "ca"), "--trust-domain", "test.local"); code != 0 {
+			t.Fatalf("ca init: %s", errs)
+		}
+	}
+	if code, _, errs := runCmd("ca", "issue", "--ca-dir", filepath.Join(dir, "ca"), "--id", id, "--name", name, "--out", filepath.Join(dir, name)); code != 0 {
+		t.Fatalf("ca issue: %s", errs)
+	}
+	return filepath.Join(dir, name, name+".crt"), filepath.Join(dir, name, name+".key"), filepath.Join(dir, name, "bundle.crt")
+}
+
+func TestCAIssueRefusesBadInput(t *testing.T) {
+	dir := t.TempDir()
+	workload(t, dir, "spiffe://test.local/a", "a")
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ca", "issue", "--ca-dir", filepath.Join(dir, "ca")}, "--id is required"},
+		{[]string{"ca", "issue", "--ca-dir", filepath.Join(dir, "ca"), "--id", "http://x"}, "not a SPIFFE ID"},
+		{[]string{"ca", "issue", "--ca-dir", filepath.Join(dir, "nope"), "--id", "spiffe://test.local/a"}, "nope"},
+		{[]string{"ca", "init", "--dir", filepath.Join(dir, "ca")}, "exist"},
+		{[]string{"ca", "frobnicate"}, "unknown subcommand"},
+	}
+	for _, tt := range tests {
+		code, _, errs := runCmd(tt.args...)
+		if code == 0 || !strings.Contains(errs, tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want failure mentioning %q", tt.args, code, errs, tt.want)
+		}
+	}
+}
+
+// Bad configuration gives one clear error line and a non-zero exit.
+func TestProxyBadConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
+	disco := filepath.Join(dir, "services.json")
+	os.WriteFile(disco, []byte(`{"services": {"echo": {"endpoints": [{"addr": "127.0.0.1:4143", "identity": "spiffe://test.local/echo"}]}}}`), 0o644)
+	badJSON := filepath.Join(dir, "bad.json")
+	os.WriteFile(badJSON, []byte(`{"identity": {"crt": "x"}}`), 0o644)
+	unreadable := filepath.Join(dir, "unreadable.json")
+	os.WriteFile(unreadable, []byte(`{}`), 0o000)
+	id := []string{"--cert", cert, "--key", key, "--bundle", bundle}
+	base := []string{"proxy", "--inbound", "127.0.0.1:0", "--admin", "", "--http-proxy", ""}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no cert", append(base, "--key", key, "--bundle", bundle), "no workload certificate"},
+		{"missing cert file", append(base, "--cert", filepath.Join(dir, "nope.crt"), "--key", key, "--bundle", bundle), "nope.crt"},
+		{"unknown service", append(append(base, id...), "--discovery-file", disco, "--bind", "127.0.0.1:0=nosuch"), "nosuch"},
+		{"unreadable discovery file", append(append(base, id...), "--discovery-file", filepath.Join(dir, "missing.json")), "missing.json"},
+		{"unknown config key", append(base, "--config", badJSON), `unknown field "crt"`},
+		{"bad log level", append(append(base, id...), "--log-level", "loud"), "log level"},
+		{"bad route", append(append(base, id...), "--route", "echo=ftp://x:1"), "unknown app protocol"},
+		{"bad bind option", append(append(base, id...), "--discovery-file", disco, "--bind", "127.0.0.1:0=echo,fast"), "unknown option"},
+	}
+	if os.Geteuid() != 0 { // root reads mode-000 files anyway
+		tests = append(tests, struct {
+			name string
+			args []string
+			want string
+		}{"unreadable config", append(base, "--config", unreadable), "permission denied"})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errs := runCmd(tt.args...)
+			if code == 0 {
+				t.Fatalf("exit 0, want failure")
+			}
+			// Informational start-up logs may precede it; the failure is
+			// exactly one line, the last.
+			var errLines []string
+			for _, l := range strings.Split(strings.TrimSpace(errs), "\n") {
+				if !strings.Contains(l, "level=INFO") {
+					errLines = append(errLines, l)
+				}
+			}
+			if len(errLines) != 1 || !strings.HasPrefix(errLines[0], "quicmesh: ") || !strings.Contains(errLines[0], tt.want) {
+				t.Fatalf("stderr %q; want one error line mentioning %q", errs, tt.want)
+			}
+		})
+	}
+}
+
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// A real sidecar process's lifecycle, in-process: ready on /ready, metrics
+// on /metrics, graceful exit 0 on POST /shutdown.
+func TestProxyLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
+	admin := freePort(t)
+	done := make(chan int, 1)
+	var errb bytes.Buffer
+	go func() {
+		done <- run([]string{"proxy", "--cert", cert, "--key", key, "--bundle", bundle,
+			"--inbound", "127.0.0.1:0", "--admin", admin, "--http-proxy", "127.0.0.1:0",
+			"--admin-shutdown", "--grace", "2s", "--log-format", "json"}, io.Discard, &errb)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + admin + "/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready: %v\n%s", err, errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"quicmesh_identity_cert_expiry_timestamp_seconds", "quicmesh_quic_connections_open", "go_goroutines"} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	resp, err = http.Post("http://"+admin+"/shutdown", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d after graceful shutdown\n%s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("proxy did not exit after POST /shutdown")
+	}
+	if !strings.Contains(errb.String(), `"msg":"stopped"`) {
+		t.Fatalf("no structured stop log:\n%s", errb.String())
+	}
+}
+
+func TestDemo(t *testing.T) {
+	code, out, errs := runCmd("demo")
+	if code != 0 {
+		t.Fatalf("demo failed (%d):\n%s\n%s", code, out, errs)
+	}
+	for _, want := range []string{"tcp: 16 MiB each way", "grpc: bidi streaming", "demo passed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(`{"identity":{"cert":"a","key":"b","bundle":"c"},"inbound":{"listen":"0.0.0.0:4143","routes":{"echo":"h2c://127.0.0.1:7000"}},"outbound":{"binds":[{"listen":"127.0.0.1:7001","service":"echo","opaque":true}],"http_proxy":"","detect_timeout":"1s"},"limits":{"idle_timeout":"60s"}}`))
+	f.Add([]byte(`{"limits":{"keep_alive":"-1s"}}`))
+	f.Add([]byte(`{} {}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := parseConfig(data, "fuzz")
+		if err == nil && cfg == nil {
+			t.Fatal("nil config without error")
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "config fuzz") {
+			t.Fatalf("error does not name the file: %v", err)
+		}
+		_ = fmt.Sprint(cfg)
+	})
+}
