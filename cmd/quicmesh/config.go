@@ -50,13 +50,18 @@ type fileConfig struct {
 		Format string `json:"format"`
 	} `json:"log"`
 	Limits struct {
-		MaxStreamsPerPeer int64    `json:"max_streams_per_peer"`
-		StreamWindowBytes uint64   `json:"stream_window_bytes"`
-		ConnWindowBytes   uint64   `json:"conn_window_bytes"`
-		HandshakeTimeout  duration `json:"handshake_timeout"`
-		IdleTimeout       duration `json:"idle_timeout"`
-		KeepAlive         duration `json:"keep_alive"`
-		ConnectTimeout    duration `json:"connect_timeout"`
+		MaxStreamsPerPeer  int64    `json:"max_streams_per_peer"`
+		StreamWindowBytes  uint64   `json:"stream_window_bytes"`
+		ConnWindowBytes    uint64   `json:"conn_window_bytes"`
+		HandshakeTimeout   duration `json:"handshake_timeout"`
+		IdleTimeout        duration `json:"idle_timeout"`
+		KeepAlive          duration `json:"keep_alive"`
+		ConnectTimeout     duration `json:"connect_timeout"`
+		AppConnectTimeout  duration `json:"app_connect_timeout"`
+		HeaderTimeout      duration `json:"header_timeout"`
+		AppIdleTimeout     duration `json:"app_idle_timeout"`
+		MaxHeaderBytes     int      `json:"max_header_bytes"`
+		InboundMaxInFlight int      `json:"inbound_max_in_flight"`
 	} `json:"limits"`
 }
 

@@ -57,7 +57,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.bundle, "bundle", "", "trust bundle: CA certificates (PEM)")
 	fs.StringVar(&f.trustDomain, "trust-domain", "", "accept peers from this trust domain (default: our own)")
 	fs.StringVar(&f.inbound, "inbound", defaultInbound, "UDP address for mesh traffic (inbound and outbound QUIC)")
-	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin HTTP address (/live, /ready); empty disables")
+	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin HTTP address (/live, /ready, /metrics, /debug/pprof/, /log-level, /shutdown); empty disables")
 	fs.StringVar(&f.discoveryFile, "discovery-file", "", "static discovery file (JSON), reloaded on change")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -275,6 +275,14 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 				ConnectTimeout: connectTimeout,
 				Detect:         detect.Config{Timeout: detectTimeout},
 				MaxInFlight:    fc.Outbound.MaxInFlight,
+				HeaderTimeout:  fc.Limits.HeaderTimeout.Duration,
+				IdleTimeout:    fc.Limits.AppIdleTimeout.Duration,
+				MaxHeaderBytes: fc.Limits.MaxHeaderBytes,
+			},
+			Inbound: inbound.Config{
+				ConnectTimeout: fc.Limits.AppConnectTimeout.Duration,
+				HeaderTimeout:  fc.Limits.HeaderTimeout.Duration,
+				MaxInFlight:    fc.Limits.InboundMaxInFlight,
 			},
 			Limits: limits,
 			Logger: logger.With("id", localID.String()),

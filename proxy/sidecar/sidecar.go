@@ -58,6 +58,9 @@ type Config struct {
 	// Outbound tunes the outbound proxy (timeouts, detection, limits);
 	// Discovery, Pool and Logger are filled in by Start.
 	Outbound outbound.Config
+	// Inbound tunes the inbound server (app connect timeout, header
+	// timeout, limits); Endpoint, Routes and Logger are filled in by Start.
+	Inbound inbound.Config
 
 	Limits transport.Limits
 	Logger *slog.Logger
@@ -136,7 +139,9 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 			return nil, fmt.Errorf("sidecar: route for %q: %w", svc, err)
 		}
 	}
-	s.inbound = inbound.New(inbound.Config{Endpoint: s.endpoint, Routes: cfg.Routes, Logger: cfg.Logger.With("dir", "inbound"), Name: name, Metrics: cfg.Metrics})
+	icfg := cfg.Inbound
+	icfg.Endpoint, icfg.Routes, icfg.Logger, icfg.Name, icfg.Metrics = s.endpoint, cfg.Routes, cfg.Logger.With("dir", "inbound"), name, cfg.Metrics
+	s.inbound = inbound.New(icfg)
 	cfg.Metrics.AddQUICSource(s.pool.QUICStats)
 	cfg.Metrics.AddQUICSource(s.inbound.QUICStats)
 
