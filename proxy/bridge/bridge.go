@@ -162,9 +162,18 @@ func PrepareOutgoing(ctx context.Context, r *http.Request, scheme, host string) 
 	if r.ContentLength == 0 && r.Body != nil && r.Body != http.NoBody && r.ProtoMajor == 1 && len(r.TransferEncoding) == 0 {
 		out.Body = http.NoBody
 	}
-	// Trailers arrive only after the body; share the map so they are
-	// there by the time the client sends them.
-	out.Trailer = r.Trailer
+	// Trailers arrive only after the body, and some servers (HTTP/3)
+	// replace r.Trailer rather than fill it: copy them over at body EOF,
+	// which is before the client sends its trailers.
+	if len(r.Trailer) > 0 && out.Body != http.NoBody {
+		out.Trailer = make(http.Header, len(r.Trailer))
+		for k := range r.Trailer {
+			out.Trailer[k] = nil
+		}
+		out.Body = &trailerCopier{ReadCloser: r.Body, src: r, dst: out.Trailer}
+	} else {
+		out.Trailer = nil
+	}
 	httpx.RemoveHopByHop(out.Header)
 	httpx.StripMeshHeaders(out.Header)
 	// 100-continue was answered by the server that received the request;
@@ -308,4 +317,27 @@ func grpcEscape(s string) string {
 		}
 	}
 	return sb.String()
+}
+
+// trailerCopier copies the request trailers into the outgoing request when
+// the body ends.
+type trailerCopier struct {
+	io.ReadCloser
+	src  *http.Request
+	dst  http.Header
+	done bool
+}
+
+func (t *trailerCopier) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if err == io.EOF && !t.done {
+		t.done = true
+		for k, vv := range t.src.Trailer {
+			if httpx.IsHopByHop(k) || httpx.IsMeshHeader(k) {
+				continue
+			}
+			t.dst[k] = vv
+		}
+	}
+	return n, err
 }
