@@ -159,13 +159,16 @@ func PrepareOutgoing(ctx context.Context, r *http.Request, scheme, host string) 
 	out.URL.Host = host
 	out.Host = r.Host
 	out.Body = r.Body
-	if r.ContentLength == 0 && r.Body != nil && r.Body != http.NoBody && r.ProtoMajor == 1 && len(r.TransferEncoding) == 0 {
-		out.Body = http.NoBody
+	// A nil body (not http.NoBody) tells the HTTP/3 client there is none:
+	// it would otherwise start a goroutine and a 100 KiB copy buffer per
+	// request to send nothing.
+	if r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0) {
+		out.Body = nil
 	}
 	// Trailers arrive only after the body, and some servers (HTTP/3)
 	// replace r.Trailer rather than fill it: copy them over at body EOF,
 	// which is before the client sends its trailers.
-	if len(r.Trailer) > 0 && out.Body != http.NoBody {
+	if len(r.Trailer) > 0 && out.Body != nil {
 		out.Trailer = make(http.Header, len(r.Trailer))
 		for k := range r.Trailer {
 			out.Trailer[k] = nil
