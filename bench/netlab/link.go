@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -113,10 +114,15 @@ func (l *Lab) newLink(nameA, nameB, subnet string, kind byte) (*Link, error) {
 	}, nil
 }
 
-// configure addresses both ends and brings them up.
+// configure addresses both ends and brings them up. gso_max_segs 1 makes
+// the kernel segment UDP GSO and TCP TSO super-packets before they reach
+// the link, so loss rules (which judge one skb at a time) drop single
+// packets, not bursts of up to 64. A TUN device drops what does not fit
+// its ring of txqueuelen packets while the emulator is not reading; make
+// it as deep as the emulator's queue.
 func (k *Link) configure() error {
 	for _, s := range k.sides() {
-		batch := fmt.Sprintf("link set dev %s mtu 1500 up\naddr add %s/%d dev %s\n", s.ifc, s.addr, k.Prefix.Bits(), s.ifc)
+		batch := fmt.Sprintf("link set dev %s mtu 1500 gso_max_segs 1 txqueuelen %d up\naddr add %s/%d dev %s\n", s.ifc, QueuePackets, s.addr, k.Prefix.Bits(), s.ifc)
 		if err := runIn(batch, "ip", "-n", s.ns, "-batch", "-"); err != nil {
 			return err
 		}
@@ -217,4 +223,38 @@ func (k *Link) setChain(name string, rules []string) error {
 		k.hooked[i] = true
 	}
 	return nil
+}
+
+// Drops returns how many packets the link's [Link.SetLoss] and
+// [Link.BlockUDP] rules have dropped, summed over both namespaces. The
+// counters restart whenever a call replaces the rules.
+func (k *Link) Drops() (loss, blocked uint64, err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for i, s := range k.sides() {
+		if !k.hooked[i] {
+			continue
+		}
+		for _, c := range []struct {
+			name string
+			sum  *uint64
+		}{{"nlloss", &loss}, {"nlblock", &blocked}} {
+			out, err := k.lab.Command(s.ns, "iptables", "-w", "-L", c.name+"-"+s.ifc, "-v", "-n", "-x").CombinedOutput()
+			if err != nil {
+				return 0, 0, fmt.Errorf("netlab: iptables -L in %s: %v: %s", s.ns, err, out)
+			}
+			for _, line := range strings.Split(string(out), "\n") {
+				f := strings.Fields(line)
+				if len(f) < 3 || f[2] != "DROP" {
+					continue
+				}
+				n, err := strconv.ParseUint(f[0], 10, 64)
+				if err != nil {
+					return 0, 0, fmt.Errorf("netlab: iptables counters in %s: %q", s.ns, line)
+				}
+				*c.sum += n
+			}
+		}
+	}
+	return loss, blocked, nil
 }

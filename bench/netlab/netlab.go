@@ -29,7 +29,10 @@
 // over the link in both namespaces (iptables `statistic` match, INPUT, one
 // user-defined chain per interface so a new call replaces the old rule
 // atomically). [Link.BlockUDP] drops every UDP packet arriving over the
-// link. Both work on veth and emulated links.
+// link. Both work on veth and emulated links, and [Link.Drops] reads
+// their counters. Links are configured with gso_max_segs 1, so the kernel
+// splits UDP GSO and TCP TSO super-packets before the link and the rules
+// judge (and drop) single packets rather than bursts.
 //
 // Delay needs the emulator because `tc netem` is not available everywhere
 // (it needs the sch_netem kernel module). Each direction of an emulated

@@ -1,3 +1,5 @@
+//go:build linux
+
 package netlab_test
 
 import (
@@ -14,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,6 +52,18 @@ func listenUDP(t *testing.T, l *netlab.Lab, ns string, addr netip.Addr) *net.UDP
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	// Room for every packet a test sends even while the reading goroutine
+	// is starved of CPU (root may exceed net.core.rmem_max).
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) {
+		err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 16<<20)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 
@@ -164,7 +179,7 @@ func (k *counter) send(t *testing.T, from *net.UDPConn, to netip.AddrPort, tag b
 	return got
 }
 
-func TestPairUDPEchoAcrossNamespaces(t *testing.T) {
+func TestNetnsPairUDPEchoAcrossNamespaces(t *testing.T) {
 	l := newLab(t)
 	k, err := l.Pair("a", "b", "10.77.1.0/24")
 	if err != nil {
@@ -231,7 +246,7 @@ func nsInode(t *testing.T) string {
 	return s
 }
 
-func TestDoSwitchesOnlyItsOwnThread(t *testing.T) {
+func TestNetnsDoSwitchesOnlyItsOwnThread(t *testing.T) {
 	l := newLab(t)
 	k, err := l.Pair("a", "b", "10.77.3.0/24")
 	if err != nil {
@@ -286,7 +301,7 @@ func TestDoSwitchesOnlyItsOwnThread(t *testing.T) {
 	}()
 }
 
-func TestLossDropsAMeasurableFraction(t *testing.T) {
+func TestNetnsLossDropsAMeasurableFraction(t *testing.T) {
 	l := newLab(t)
 	k, err := l.Pair("a", "b", "10.77.4.0/24")
 	if err != nil {
@@ -311,6 +326,11 @@ func TestLossDropsAMeasurableFraction(t *testing.T) {
 		if loss < pct-6 || loss > pct+6 {
 			t.Fatalf("SetLoss(%v): measured %.1f%% loss", pct, loss)
 		}
+		// The counters restart with each replacement, so they count this
+		// round's drops exactly.
+		if dropped, _, err := k.Drops(); err != nil || dropped != uint64(n-got) {
+			t.Fatalf("SetLoss(%v): iptables counted %d drops (%v), want %d", pct, dropped, err, n-got)
+		}
 	}
 	for _, ns := range []string{k.NSA, k.NSB} {
 		rules, err := k.Rules(ns)
@@ -332,7 +352,7 @@ func TestLossDropsAMeasurableFraction(t *testing.T) {
 	}
 }
 
-func TestBlockUDP(t *testing.T) {
+func TestNetnsBlockUDP(t *testing.T) {
 	l := newLab(t)
 	k, err := l.Pair("a", "b", "10.77.5.0/24")
 	if err != nil {
@@ -369,6 +389,9 @@ func TestBlockUDP(t *testing.T) {
 	if got := cnt.send(t, c, to, 1, 100, 200*time.Millisecond); got != 0 {
 		t.Fatalf("UDP blocked, yet %d of 100 packets arrived", got)
 	}
+	if _, blocked, err := k.Drops(); err != nil || blocked != 100 {
+		t.Fatalf("iptables counted %d blocked packets (%v), want 100", blocked, err)
+	}
 	var tc net.Conn
 	if err := l.Do(k.NSA, func() (err error) { tc, err = net.DialTimeout("tcp", tcpln.Addr().String(), 5*time.Second); return }); err != nil {
 		t.Fatalf("TCP with UDP blocked: %v", err)
@@ -391,7 +414,7 @@ func TestBlockUDP(t *testing.T) {
 	}
 }
 
-func TestDelayAddsToRoundTrip(t *testing.T) {
+func TestNetnsDelayAddsToRoundTrip(t *testing.T) {
 	l := newLab(t)
 	if err := netlab.TUNAvailable(); err != nil {
 		t.Skip(err)
@@ -431,7 +454,7 @@ func TestDelayAddsToRoundTrip(t *testing.T) {
 	}
 }
 
-func TestEmulatorLossOrderAndQueueBound(t *testing.T) {
+func TestNetnsEmulatorLossOrderAndQueueBound(t *testing.T) {
 	l := newLab(t)
 	if err := netlab.TUNAvailable(); err != nil {
 		t.Skip(err)
@@ -488,7 +511,7 @@ func TestEmulatorLossOrderAndQueueBound(t *testing.T) {
 	}
 }
 
-func TestCloseRemovesEverything(t *testing.T) {
+func TestNetnsCloseRemovesEverything(t *testing.T) {
 	if err := netlab.Available(); err != nil {
 		t.Skip(err)
 	}

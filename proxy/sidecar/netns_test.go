@@ -1,0 +1,439 @@
+package sidecar_test
+
+// End-to-end tests with a real network link between the two sidecars: each
+// sidecar's UDP socket is bound inside its own network namespace
+// (bench/netlab), so every QUIC packet crosses a veth pair or the TUN link
+// emulator where it can be dropped, blocked or delayed. Apps, outbound
+// listeners and test clients stay on 127.0.0.1 in the root namespace. The
+// tests need root and skip with netlab's reason otherwise.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/bench/netlab"
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// nsMesh is a client sidecar (A) and a server sidecar (B) whose QUIC
+// sockets live at the two ends of a netlab link.
+type nsMesh struct {
+	link           *netlab.Link
+	tcpApp         *echoApp
+	webHits        *atomic.Int64
+	server, client *sidecar.Sidecar
+	binds          map[string]string // service → client sidecar listener
+}
+
+var nsServices = []string{"echo", "web", "grpc"}
+
+// newNetnsMesh builds the lab and link with mkLink, then the apps and both
+// sidecars. Everything is torn down by t.Cleanup, the lab last.
+func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) *nsMesh {
+	t.Helper()
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	checkLeaks(t)
+	lab, err := netlab.New("qm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing the lab: %v", err)
+		}
+	})
+	link, err := mkLink(lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ca := identitytest.NewCA(t, "test.local")
+	m := &nsMesh{link: link, tcpApp: startEcho(t), webHits: new(atomic.Int64), binds: map[string]string{}}
+	h1ln := listen(t)
+	h1 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.webHits.Add(1)
+		echo.Handler().ServeHTTP(w, r)
+	})}
+	go h1.Serve(h1ln)
+	t.Cleanup(func() { h1.Close() })
+	grpcApp := echo.StartGRPC(listen(t))
+	t.Cleanup(func() { grpcApp.Close() })
+
+	serverAddr := netip.AddrPortFrom(link.AddrB, 4143)
+	m.server, err = sidecar.Start(sidecar.Config{
+		Identity:   identitytest.Provider(t, ca, echoID),
+		Resolver:   staticMap(t, nil),
+		PacketConn: udpIn(t, lab, link.NSB, serverAddr),
+		Routes: inbound.Routes{
+			"echo": "tcp://" + m.tcpApp.ln.Addr().String(),
+			"web":  "http://" + h1ln.Addr().String(),
+			"grpc": "h2c://" + grpcApp.Addr().String(),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.server.Close() })
+	if got := m.server.InboundAddr().AddrPort(); got != serverAddr {
+		t.Fatalf("server sidecar on %v, want %v", got, serverAddr)
+	}
+
+	eps := map[string][]discovery.Endpoint{}
+	var binds []sidecar.Bind
+	for _, svc := range nsServices {
+		eps[svc] = []discovery.Endpoint{{Addr: serverAddr.String(), Identity: echoID}}
+		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+	}
+	m.client, err = sidecar.Start(sidecar.Config{
+		Identity:   identitytest.Provider(t, ca, clientID),
+		Resolver:   staticMap(t, eps),
+		PacketConn: udpIn(t, lab, link.NSA, netip.AddrPortFrom(link.AddrA, 0)),
+		Binds:      binds,
+		Limits:     transport.Limits{HandshakeTimeout: time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.client.Close() })
+	for i, svc := range nsServices {
+		m.binds[svc] = m.client.BindAddr(i).String()
+	}
+	return m
+}
+
+// udpIn binds a UDP socket inside namespace ns.
+func udpIn(t *testing.T, lab *netlab.Lab, ns string, addr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := lab.Do(ns, func() (err error) {
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() }) // the sidecar owns it; this covers a failed Start
+	return c
+}
+
+func (m *nsMesh) dial(t *testing.T, svc string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", m.binds[svc])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(*net.TCPConn)
+}
+
+// quicStats sums the client's pooled QUIC connections' counters.
+func (m *nsMesh) quicStats() (conns int, sent, lost uint64, rtt time.Duration) {
+	for _, s := range m.client.Pool().QUICStats() {
+		conns++
+		sent += s.PacketsSent
+		lost += s.PacketsLost
+		rtt = max(rtt, s.RTT)
+	}
+	return
+}
+
+func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
+	m := newNetnsMesh(t, func(l *netlab.Lab) (*netlab.Link, error) { return l.Pair("a", "b", "10.77.20.0/24") })
+	if err := m.link.BlockUDP(true); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	c := m.dial(t, "echo")
+	c.Write([]byte("secret"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(make([]byte, 16))
+	c.Close()
+	failedAfter := time.Since(start)
+	if err == nil || n > 0 {
+		t.Fatalf("read %d bytes, err %v, with UDP blocked", n, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("client hung with UDP blocked instead of getting an error")
+	}
+	// Expect about 2 s: "secret" is not HTTP, so protocol detection waits
+	// its 1 s timeout for more bytes, then the dial gives up after the 1 s
+	// handshake timeout.
+	if failedAfter > 4*time.Second {
+		t.Fatalf("TCP client got %v after %v; want it within a few seconds (1s handshake timeout)", err, failedAfter)
+	}
+	t.Logf("UDP blocked: TCP client got %q after %v", err, failedAfter.Round(time.Millisecond))
+
+	start = time.Now()
+	resp, err := h1Client(t).Get("http://" + m.binds["web"] + "/")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 500 {
+			t.Fatalf("HTTP request with UDP blocked: status %d", resp.StatusCode)
+		}
+		t.Logf("UDP blocked: HTTP client got status %d (%s) after %v", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"), time.Since(start).Round(time.Millisecond))
+	} else {
+		t.Logf("UDP blocked: HTTP client got %v after %v", err, time.Since(start).Round(time.Millisecond))
+	}
+	if time.Since(start) > 4*time.Second {
+		t.Fatalf("HTTP client waited %v with UDP blocked", time.Since(start))
+	}
+	if a, h := m.tcpApp.accepted.Load(), m.webHits.Load(); a != 0 || h != 0 {
+		t.Fatalf("with UDP blocked the apps saw %d TCP connections and %d HTTP requests", a, h)
+	}
+	if m.client.Pool().Len() != 0 {
+		t.Fatal("a connection is pooled although no packet crossed the link")
+	}
+
+	if err := m.link.BlockUDP(false); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for {
+		var got []byte
+		c, err := net.Dial("tcp", m.binds["echo"])
+		if err == nil {
+			got, err = roundTrip(c.(*net.TCPConn), []byte("back"))
+			c.Close()
+		}
+		if err == nil && string(got) == "back" {
+			break
+		}
+		if time.Since(start) > 8*time.Second {
+			t.Fatalf("no recovery %v after unblocking: %q %v", time.Since(start), got, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("UDP unblocked: traffic recovered after %v", time.Since(start).Round(time.Millisecond))
+	resp, err = h1Client(t).Get("http://" + m.binds["web"] + "/?size=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Equal(body, echo.Body(10)) {
+		t.Fatalf("HTTP after recovery: status %d body %q", resp.StatusCode, body)
+	}
+}
+
+func TestNetnsLoss(t *testing.T) {
+	for i, pct := range []float64{2, 0.5} {
+		t.Run(fmt.Sprintf("%v%%", pct), func(t *testing.T) {
+			subnet := fmt.Sprintf("10.77.%d.0/24", 21+i)
+			m := newNetnsMesh(t, func(l *netlab.Lab) (*netlab.Link, error) { return l.Pair("a", "b", subnet) })
+			if err := m.link.SetLoss(pct); err != nil {
+				t.Fatal(err)
+			}
+			m.lossWorkload(t, 40*time.Second)
+			conns, sent, lost, rtt := m.quicStats()
+			t.Logf("client QUIC: %d connection(s), %d packets sent, %d declared lost (%.2f%%), smoothed RTT %v",
+				conns, sent, lost, 100*float64(lost)/float64(max(sent, 1)), rtt)
+			if conns != 1 {
+				t.Fatalf("%d pooled QUIC connections, want 1", conns)
+			}
+			dropped, _, err := m.link.Drops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("the %v%% loss rules dropped %d packets (both directions)", pct, dropped)
+			if lost == 0 || float64(dropped) < pct/100*float64(sent)/2 {
+				t.Fatalf("the loss rules dropped %d packets and QUIC declared %d lost of %d sent: not the %v%% loss asked for", dropped, lost, sent, pct)
+			}
+		})
+	}
+}
+
+// lossWorkload runs the bulk, HTTP and gRPC checks; each must finish with
+// zero failures and all of them within limit.
+func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
+	t.Helper()
+	begin := time.Now()
+
+	// 16 MiB through a TCP tunnel and back, byte-identical.
+	payload := make([]byte, 16<<20)
+	rand.NewChaCha8([32]byte{16}).Read(payload)
+	start := time.Now()
+	c := m.dial(t, "echo")
+	got, err := roundTrip(c, payload)
+	c.Close()
+	if err != nil {
+		t.Fatalf("16 MiB echo: %v after %d bytes", err, len(got))
+	}
+	if len(got) != len(payload) || sha256.Sum256(got) != sha256.Sum256(payload) {
+		t.Fatalf("16 MiB echo: got %d bytes, content equal=%v", len(got), bytes.Equal(got, payload))
+	}
+	d := time.Since(start)
+	t.Logf("16 MiB TCP echo: byte-identical in %v (%.1f MiB/s each way)", d.Round(time.Millisecond), 16/d.Seconds())
+
+	// 200 HTTP/1.1 requests, 8 at a time, bodies of different sizes.
+	start = time.Now()
+	hc := h1Client(t)
+	const nreq = 200
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	fail := func(err error) {
+		failed.Add(1)
+		firstErr.CompareAndSwap(nil, err.Error())
+	}
+	var wg sync.WaitGroup
+	work := make(chan int)
+	lat := make([]time.Duration, nreq)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				body := bytes.Repeat([]byte{byte(i)}, 1+i*97)
+				s := time.Now()
+				resp, err := hc.Post("http://"+m.binds["web"]+"/", "application/octet-stream", bytes.NewReader(body))
+				if err != nil {
+					fail(err)
+					continue
+				}
+				got, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				lat[i] = time.Since(s)
+				if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, body) {
+					fail(fmt.Errorf("request %d: status %d, %d of %d bytes, %v", i, resp.StatusCode, len(got), len(body), err))
+				}
+			}
+		}()
+	}
+	for i := range nreq {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of %d HTTP/1.1 requests failed; first: %v", n, nreq, firstErr.Load())
+	}
+	if h := m.webHits.Load(); h != nreq {
+		t.Fatalf("app saw %d requests, want %d", h, nreq)
+	}
+	slices.Sort(lat)
+	t.Logf("%d HTTP/1.1 requests: all OK in %v (latency p50 %v, p99 %v, max %v)", nreq, time.Since(start).Round(time.Millisecond),
+		lat[nreq/2].Round(time.Microsecond), lat[nreq*99/100].Round(time.Microsecond), lat[nreq-1].Round(time.Microsecond))
+
+	// 50 concurrent gRPC bidi streams, 20 interleaved round trips each.
+	start = time.Now()
+	cc := grpcConn(t, m.binds["grpc"])
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	const streams, msgs = 50, 20
+	errs := make(chan error, streams)
+	ready := make(chan struct{})
+	for s := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := echo.Bidi(ctx, cc)
+			if err != nil {
+				errs <- fmt.Errorf("stream %d: open: %w", s, err)
+				return
+			}
+			<-ready
+			for i := range msgs {
+				msg := []byte(fmt.Sprintf("stream %d message %d %s", s, i, strings.Repeat("x", s*i)))
+				got, err := b.RoundTrip(msg)
+				if err != nil || !bytes.Equal(got, msg) {
+					errs <- fmt.Errorf("stream %d message %d: %q, %v", s, i, got, err)
+					return
+				}
+			}
+			b.CloseSend()
+			if _, err := b.Recv(); err != io.EOF {
+				errs <- fmt.Errorf("stream %d: after CloseSend: %v, want EOF", s, err)
+			}
+		}()
+	}
+	close(ready)
+	wg.Wait()
+	close(errs)
+	nerr := 0
+	for err := range errs {
+		if nerr == 0 {
+			t.Error(err)
+		}
+		nerr++
+	}
+	if nerr > 0 {
+		t.Fatalf("%d of %d gRPC bidi streams failed", nerr, streams)
+	}
+	t.Logf("%d concurrent gRPC bidi streams × %d round trips: all OK in %v", streams, msgs, time.Since(start).Round(time.Millisecond))
+
+	if total := time.Since(begin); total > limit {
+		t.Fatalf("workload took %v, want under %v", total, limit)
+	}
+}
+
+func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
+	if err := netlab.TUNAvailable(); err != nil {
+		t.Skip(err)
+	}
+	const oneWay = 20 * time.Millisecond
+	const rtt = 2 * oneWay
+	m := newNetnsMesh(t, func(l *netlab.Lab) (*netlab.Link, error) {
+		return l.DelayPair("a", "b", "10.77.23.0/24", oneWay, 0)
+	})
+	hc := h1Client(t)
+	get := func() time.Duration {
+		t.Helper()
+		start := time.Now()
+		resp, err := hc.Get("http://" + m.binds["web"] + "/?size=100")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		d := time.Since(start)
+		if err != nil || resp.StatusCode != 200 || !bytes.Equal(body, echo.Body(100)) {
+			t.Fatalf("status %d, %d bytes, %v", resp.StatusCode, len(body), err)
+		}
+		return d
+	}
+	cold := get() // handshake + request
+	const n = 20
+	var lat []time.Duration
+	for range n {
+		lat = append(lat, get())
+	}
+	slices.Sort(lat)
+	conns, _, _, qrtt := m.quicStats()
+	t.Logf("%v one-way delay: first request (with handshake) %v; %d warm requests min %v median %v max %v; QUIC smoothed RTT %v",
+		oneWay, cold.Round(time.Millisecond), n, lat[0].Round(time.Microsecond), lat[n/2].Round(time.Microsecond), lat[n-1].Round(time.Microsecond), qrtt.Round(time.Microsecond))
+	if lat[0] < rtt {
+		t.Fatalf("fastest warm request took %v, less than one %v round trip: the link delay is not in the path", lat[0], rtt)
+	}
+	if lat[n-1] >= 4*rtt {
+		t.Fatalf("slowest warm request took %v, ≥ 4 round trips (%v): not one pooled connection", lat[n-1], 4*rtt)
+	}
+	if cold < 2*rtt {
+		t.Fatalf("first request took %v: a new QUIC connection needs at least 2 round trips (%v)", cold, 2*rtt)
+	}
+	if conns != 1 || m.client.Pool().Len() != 1 {
+		t.Fatalf("%d pooled QUIC connections, want 1", conns)
+	}
+	if qrtt < rtt {
+		t.Fatalf("QUIC measured RTT %v, less than the emulated %v", qrtt, rtt)
+	}
+}
