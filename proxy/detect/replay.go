@@ -128,3 +128,7 @@ func (c *replayConn) WriteTo(w io.Writer) (int64, error) {
 func (c *replayConn) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(c.Conn, r)
 }
+
+// NetConn returns the underlying connection, so callers can reach socket
+// options such as SO_LINGER (to reset rather than close).
+func (c *replayConn) NetConn() net.Conn { return c.Conn }

@@ -77,6 +77,10 @@ type inspectedConn struct {
 
 func (c *inspectedConn) inspector() *inspector { return c.in }
 
+// NetConn returns the wrapped connection (for socket options such as
+// SO_LINGER when a hijacked connection must be reset).
+func (c *inspectedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *inspectedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {

@@ -129,12 +129,9 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for attempt := 0; ; attempt++ {
 		connectCtx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		pc, done, err := p.Connect(connectCtx, service)
+		kind := connectErrorKind(connectCtx, err)
 		cancel()
 		if err != nil {
-			kind := bridge.Classify(err)
-			if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
-				kind = bridge.Unavailable
-			}
 			p.log.Warn("http route failed", "service", service, "error", err)
 			res = bridge.WriteError(w, r, kind, p.who(), err.Error())
 			return
@@ -158,7 +155,7 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.log.Debug("retrying request refused by a closing peer", "service", service, "peer", pc.Addr, "error", err)
 			continue
 		}
-		kind := bridge.Classify(err)
+		kind = bridge.Classify(err)
 		if ctx.Err() == context.DeadlineExceeded {
 			kind = bridge.Timeout
 		}
@@ -171,6 +168,22 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // bodyless reports whether r has no body, so it can be sent again.
 func bodyless(r *http.Request) bool {
 	return r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0 && r.ProtoMajor == 1)
+}
+
+// connectErrorKind maps a failure to reach a service: 503 when there is
+// nothing to reach (unknown service, no endpoints), 504 when our own time
+// ran out, 502 when endpoints exist but none could be reached.
+func connectErrorKind(ctx context.Context, err error) bridge.ErrorKind {
+	switch {
+	case err == nil:
+		return bridge.BadGateway
+	case errors.Is(err, discovery.ErrUnknownService), errors.Is(err, discovery.ErrNoEndpoints):
+		return bridge.Unavailable
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return bridge.Timeout
+	default:
+		return bridge.BadGateway
+	}
 }
 
 func origProto(r *http.Request) string {
@@ -250,11 +263,7 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 	defer cancel()
 	pc, done, err := p.Connect(ctx, service)
 	if err != nil {
-		kind := bridge.Classify(err)
-		if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
-			kind = bridge.Unavailable
-		}
-		bridge.WriteError(w, r, kind, p.who(), err.Error())
+		bridge.WriteError(w, r, connectErrorKind(ctx, err), p.who(), err.Error())
 		return
 	}
 	str, err := pc.OpenTunnel(ctx, target)
