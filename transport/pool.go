@@ -325,8 +325,22 @@ func (p *Pool) Len() int {
 func (p *Pool) Forget(pc *PeerConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if st := p.peers[peerKey{pc.Addr, pc.Peer}]; st != nil && st.conn == pc {
+	key := peerKey{pc.Addr, pc.Peer}
+	if st := p.peers[key]; st != nil && st.conn == pc {
 		st.conn = nil
+		p.sweep()
+	}
+}
+
+// sweep drops state of peers with no connection, no dial in flight and
+// no back-off in force, so endpoint churn cannot grow the map forever.
+// Called with p.mu held.
+func (p *Pool) sweep() {
+	now := p.now()
+	for k, st := range p.peers {
+		if st.conn == nil && st.dialing == nil && (st.failures == 0 || now.Sub(st.failedAt) > maxBackoff) {
+			delete(p.peers, k)
+		}
 	}
 }
 
