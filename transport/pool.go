@@ -201,6 +201,12 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	pc := &PeerConn{Conn: conn, HTTP: raw.ClientConn, Addr: key.addr, Peer: key.id}
 	st.conn = pc
 	go p.acceptUni(pc, raw)
+	// A connection is only as good as the certificate it was
+	// authenticated with: retire it when the peer's certificate expires.
+	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+		retire := time.AfterFunc(time.Until(certs[0].NotAfter), func() { p.retire(pc) })
+		context.AfterFunc(conn.Context(), func() { retire.Stop() })
+	}
 	p.ep.logger.Debug("peer connected", "peer", key.addr, "identity", key.id.String())
 }
 
@@ -260,6 +266,27 @@ func (p *Pool) markDraining(pc *PeerConn) {
 }
 
 var errDraining = errors.New("peer is draining")
+
+// retire stops handing out pc and closes it once its in-flight work is
+// done (or after maxRetireWait); the next Get dials a fresh connection.
+func (p *Pool) retire(pc *PeerConn) {
+	p.ep.logger.Info("retiring peer connection: peer certificate expired", "peer", pc.Addr, "identity", pc.Peer.String())
+	p.mu.Lock()
+	if st := p.peers[peerKey{pc.Addr, pc.Peer}]; st != nil && st.conn == pc {
+		st.conn = nil
+	}
+	p.mu.Unlock()
+	go func() {
+		deadline := time.Now().Add(maxRetireWait)
+		for pc.active.Load() > 0 && time.Now().Before(deadline) && pc.Alive() {
+			time.Sleep(50 * time.Millisecond)
+		}
+		pc.Conn.CloseWithError(ConnCodeIdentity, "peer certificate expired")
+	}()
+}
+
+// maxRetireWait bounds how long a retired connection may finish work.
+const maxRetireWait = 30 * time.Second
 
 // Ready reports whether a usable connection to the peer exists right now
 // (no dial needed, not in back-off); the outbound proxy prefers such

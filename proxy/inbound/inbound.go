@@ -145,6 +145,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			conn.CloseWithError(transport.ConnCodeShutdown, "shutting down")
 			return nil
 		}
+		s.retireAtExpiry(pc)
 		go s.serveConn(pc)
 	}
 }
@@ -350,6 +351,23 @@ func (s *Server) drainConn(ctx context.Context, pc *peerConn) {
 	}
 	s.log.Debug("peer connection drained", "peer", pc.peer.String())
 	pc.raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "drained")
+}
+
+// retireAtExpiry drains a peer's connection when the certificate it
+// authenticated with expires: the peer must reconnect, and so present a
+// valid certificate, to keep talking to us.
+func (s *Server) retireAtExpiry(pc *peerConn) {
+	certs := pc.conn.ConnectionState().TLS.PeerCertificates
+	if len(certs) == 0 {
+		return
+	}
+	t := time.AfterFunc(time.Until(certs[0].NotAfter), func() {
+		s.log.Info("retiring peer connection: peer certificate expired", "peer", pc.peer.String())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s.drainConn(ctx, pc)
+	})
+	context.AfterFunc(pc.conn.Context(), func() { t.Stop() })
 }
 
 // QUICStats snapshots every accepted connection for the metrics collector.
