@@ -20,18 +20,32 @@ const (
 	// msgGoAway: the sender is draining; open no new streams on this
 	// connection and send new work to other endpoints.
 	msgGoAway byte = 1
+	// msgReconnect: the sender retires this connection only (e.g. the
+	// certificate it was authenticated with expired); open no new
+	// streams on it but dial a fresh connection right away.
+	msgReconnect byte = 2
 )
 
 // SendGoAway tells the peer that dialled conn that we are draining. HTTP/3
 // GOAWAY would say the same for requests, but tunnels need it too, and the
 // raw HTTP/3 server connection we use leaves its control stream to quic-go.
 func SendGoAway(ctx context.Context, conn *quic.Conn) error {
+	return sendControl(ctx, conn, msgGoAway)
+}
+
+// SendReconnect asks the peer that dialled conn to move to a new
+// connection: this one is being retired, the sidecar is not going away.
+func SendReconnect(ctx context.Context, conn *quic.Conn) error {
+	return sendControl(ctx, conn, msgReconnect)
+}
+
+func sendControl(ctx context.Context, conn *quic.Conn, msg byte) error {
 	str, err := conn.OpenUniStreamSync(ctx)
 	if err != nil {
 		return fmt.Errorf("transport: opening control stream: %w", err)
 	}
 	b := quicvarint.Append(nil, ControlStreamType)
-	b = append(b, msgGoAway)
+	b = append(b, msg)
 	if _, err := str.Write(b); err != nil {
 		str.CancelWrite(CodeNoError)
 		return fmt.Errorf("transport: sending goaway: %w", err)

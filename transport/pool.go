@@ -241,9 +241,13 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 				str.CancelRead(CodeBadHeader)
 				return
 			}
-			if msg == msgGoAway {
+			switch msg {
+			case msgGoAway:
 				p.ep.logger.Info("peer is draining", "peer", pc.Addr, "identity", pc.Peer.String())
 				p.markDraining(pc)
+			case msgReconnect:
+				p.ep.logger.Debug("peer retires the connection", "peer", pc.Addr, "identity", pc.Peer.String())
+				p.Forget(pc)
 			}
 		}()
 	}

@@ -324,8 +324,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) drainConn(ctx context.Context, pc *peerConn) {
+	s.retireConn(ctx, pc, transport.SendGoAway, transport.ConnCodeShutdown)
+}
+
+// retireConn tells the peer to stop opening streams on pc (with signal:
+// GOAWAY when we are going away, reconnect when only this connection is),
+// waits for its streams to finish and closes it.
+func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(context.Context, *quic.Conn) error, code quic.ApplicationErrorCode) {
 	gctx, cancel := context.WithTimeout(ctx, time.Second)
-	if err := transport.SendGoAway(gctx, pc.conn); err != nil {
+	if err := signal(gctx, pc.conn); err != nil {
 		s.log.Debug("sending goaway failed", "peer", pc.peer.String(), "error", err)
 	}
 	cancel()
@@ -350,7 +357,7 @@ func (s *Server) drainConn(ctx context.Context, pc *peerConn) {
 		}
 	}
 	s.log.Debug("peer connection drained", "peer", pc.peer.String())
-	pc.raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "drained")
+	pc.raw.CloseWithError(code, "drained")
 }
 
 // retireAtExpiry drains a peer's connection when the certificate it
@@ -365,7 +372,7 @@ func (s *Server) retireAtExpiry(pc *peerConn) {
 		s.log.Info("retiring peer connection: peer certificate expired", "peer", pc.peer.String())
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		s.drainConn(ctx, pc)
+		s.retireConn(ctx, pc, transport.SendReconnect, transport.ConnCodeIdentity)
 	})
 	context.AfterFunc(pc.conn.Context(), func() { t.Stop() })
 }
