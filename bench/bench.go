@@ -213,6 +213,7 @@ type workerStats struct {
 	live    atomic.Int64 // completions, warmup included (progress line)
 	liveErr atomic.Int64
 	hist    Histogram
+	lag     Histogram // open loop: actual minus intended send time
 	errs    map[string]int64
 	reqs    int64 // requests completed in the measured window
 	issued  int64 // open loop: slots of the window that were sent
@@ -380,24 +381,23 @@ func (e *engine) openLoop(rq requester, st *workerStats) {
 			// (reported as Result.Unsent).
 			return
 		}
-		from := intended
 		if now.Before(intended) {
-			// This worker was idle, waiting for the slot: nothing made the
-			// request wait, so time it from the moment the timer fired
-			// rather than charge the clock's wake-up lateness (about 1ms
-			// for Go timers on an idle process) to the target.
 			if e.clock.SleepUntil(e.ctx, intended) != nil {
 				return
 			}
-			from = e.clock.Now()
+			now = e.clock.Now()
 		}
-		// Otherwise every worker was busy at the intended time: the
-		// latency includes the wait (coordinated omission correction).
+		// Latency counts from the intended send time whatever delayed the
+		// send (busy workers, or the generator's own timer lateness), as
+		// wrk2 does: that is the coordinated omission correction. How late
+		// the generator itself was is reported apart, as send_lag_us, so a
+		// reader can tell its share.
 		inWindow := !intended.Before(e.warmEnd)
 		if inWindow {
 			st.issued++
+			st.lag.Record(now.Sub(intended))
 		}
-		e.one(rq, st, from, inWindow)
+		e.one(rq, st, intended, inWindow)
 		if e.ctx.Err() != nil {
 			return
 		}
@@ -458,10 +458,11 @@ func (e *engine) result(finished time.Time) *Result {
 	if d < 0 {
 		d = 0
 	}
-	var h Histogram
+	var h, lag Histogram
 	var issued int64
 	for _, st := range e.stats {
 		h.Merge(&st.hist)
+		lag.Merge(&st.lag)
 		r.Requests += st.reqs
 		issued += st.issued
 		r.addBytes(st.bytes)
@@ -475,6 +476,9 @@ func (e *engine) result(finished time.Time) *Result {
 		r.Unsent = max(slots-issued, 0)
 	}
 	r.finish(d, &h)
+	if e.cfg.Rate > 0 {
+		r.SendLagUS = summarize(&lag)
+	}
 	return r
 }
 

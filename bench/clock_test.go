@@ -12,8 +12,9 @@ import (
 // time and a fake target's work advances the clock. With one worker a run
 // is deterministic and takes no real time.
 type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu   sync.Mutex
+	now  time.Time
+	late time.Duration // every SleepUntil wakes this much after its time
 }
 
 func newFakeClock() *fakeClock {
@@ -32,7 +33,7 @@ func (c *fakeClock) SleepUntil(ctx context.Context, t time.Time) error {
 	}
 	c.mu.Lock()
 	if t.After(c.now) {
-		c.now = t
+		c.now = t.Add(c.late)
 	}
 	c.mu.Unlock()
 	return nil
@@ -220,6 +221,30 @@ func TestCoordinatedOmission(t *testing.T) {
 	}
 	if closed.Requests < 89_000 || closed.Requests > 90_100 {
 		t.Errorf("closed loop: %d requests", closed.Requests)
+	}
+}
+
+// TestOpenLoopChargesGeneratorLateness: a generator whose timers wake
+// 300µs late still times every request from its intended send time, and
+// reports its own lateness apart in send_lag_us.
+func TestOpenLoopChargesGeneratorLateness(t *testing.T) {
+	clk := newFakeClock()
+	clk.late = 300 * time.Microsecond
+	r := fakeRun(t, Config{Rate: 1000, Duration: time.Second, Concurrency: 1},
+		&fakeTarget{clock: clk, service: 100 * time.Microsecond, stallAt: -1})
+	if r.SendLagUS == nil {
+		t.Fatal("open loop result has no send_lag_us")
+	}
+	if p50 := r.SendLagUS.P50; p50 < 295 || p50 > 305 {
+		t.Errorf("send lag p50 = %dµs, want 300", p50)
+	}
+	if p50 := r.LatencyUS.P50; p50 < 395 || p50 > 405 {
+		t.Errorf("latency p50 = %dµs, want 400 (service 100 + lateness 300)", p50)
+	}
+	closed := fakeRun(t, Config{Duration: time.Second, Concurrency: 1},
+		&fakeTarget{clock: newFakeClock(), service: 100 * time.Microsecond, stallAt: -1})
+	if closed.SendLagUS != nil {
+		t.Error("closed loop reports send_lag_us")
 	}
 }
 

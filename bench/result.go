@@ -34,6 +34,7 @@ type Result struct {
 	Unsent         int64            `json:"unsent"`
 	RPS            float64          `json:"rps"`
 	LatencyUS      Latency          `json:"latency_us"`
+	SendLagUS      *Latency         `json:"send_lag_us,omitempty"`
 	BytesPerSecond float64          `json:"bytes_per_second"`
 	Processes      []ProcStats      `json:"processes,omitempty"`
 
@@ -81,7 +82,11 @@ func (r *Result) finish(d time.Duration, h *Histogram) {
 		r.RPS = round3(float64(r.Requests) / d.Seconds())
 		r.BytesPerSecond = round3(float64(r.bytes) / d.Seconds())
 	}
-	r.LatencyUS = Latency{
+	r.LatencyUS = *summarize(h)
+}
+
+func summarize(h *Histogram) *Latency {
+	return &Latency{
 		P50:  h.Quantile(0.50),
 		P90:  h.Quantile(0.90),
 		P99:  h.Quantile(0.99),

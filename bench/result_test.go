@@ -37,6 +37,11 @@ func goldenResult() *Result {
 	r.ErrorTotal = 3
 	r.addBytes(3 * 19998)
 	r.finish(10*time.Second, &h)
+	var lag Histogram
+	for i := range 20001 {
+		lag.RecordMicros(uint64(i % 120))
+	}
+	r.SendLagUS = summarize(&lag)
 	r.Processes = []ProcStats{
 		{Name: "sidecar-a", PID: 4242, CPUSeconds: 3.21, CPUMicrosPerRequest: 160.492, PeakRSSMiB: 41.25, HWMRSSMiB: 43, Samples: 41},
 		{Name: "gone", PID: 4343, Error: "open /proc/4343/stat: no such file or directory"},
