@@ -95,7 +95,9 @@ func TestProcSamplerSelf(t *testing.T) {
 	}
 	time.Sleep(30 * time.Millisecond)
 	st := s.Stop(100)[0]
-	if st.CPUSeconds < 0.05 || st.PeakRSSMiB <= 0 || st.HWMRSSMiB < st.PeakRSSMiB || st.Samples < 3 {
+	// The kernel updates VmHWM lazily (per-CPU RSS counters are folded in
+	// at intervals), so a VmRSS sample can briefly exceed it.
+	if st.CPUSeconds < 0.05 || st.PeakRSSMiB <= 0 || st.HWMRSSMiB < 0.9*st.PeakRSSMiB || st.Samples < 3 {
 		t.Errorf("self = %+v (x=%d)", st, x)
 	}
 }
