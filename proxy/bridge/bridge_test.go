@@ -1,0 +1,121 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGRPCTimeout(t *testing.T) {
+	tests := []struct {
+		v    string
+		want time.Duration
+		ok   bool
+	}{
+		{"100m", 100 * time.Millisecond, true},
+		{"5S", 5 * time.Second, true},
+		{"1H", time.Hour, true},
+		{"2M", 2 * time.Minute, true},
+		{"300u", 300 * time.Microsecond, true},
+		{"7n", 7, true},
+		{"", 0, false},
+		{"5", 0, false},
+		{"5x", 0, false},
+		{"-5S", 0, false},
+		{"123456789S", 0, false},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("POST", "/", nil)
+		if tt.v != "" {
+			r.Header.Set("Grpc-Timeout", tt.v)
+		}
+		got, ok := GRPCTimeout(r)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("GRPCTimeout(%q) = %v, %v; want %v, %v", tt.v, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestWriteError(t *testing.T) {
+	tests := []struct {
+		grpc                 bool
+		kind                 ErrorKind
+		status               int
+		grpcStatus, contains string
+	}{
+		{false, Unavailable, 503, "", "outbound x: boom"},
+		{false, BadGateway, 502, "", "outbound x: boom"},
+		{false, Timeout, 504, "", "outbound x: boom"},
+		{true, Unavailable, 200, "14", ""},
+		{true, BadGateway, 200, "14", ""},
+		{true, Timeout, 200, "4", ""},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("POST", "/", nil)
+		if tt.grpc {
+			r.Header.Set("Content-Type", "application/grpc+proto")
+		}
+		w := httptest.NewRecorder()
+		res := WriteError(w, r, tt.kind, "outbound x", "boom\r\nInjected: 1")
+		if w.Code != tt.status || res.Status != tt.status || res.GRPCStatus != tt.grpcStatus {
+			t.Errorf("grpc=%v kind=%v: code %d res %+v", tt.grpc, tt.kind, w.Code, res)
+		}
+		if got := w.Header().Get("Grpc-Status"); got != tt.grpcStatus {
+			t.Errorf("grpc-status %q, want %q", got, tt.grpcStatus)
+		}
+		pe := w.Header().Get("Quicmesh-Proxy-Error")
+		if !strings.HasPrefix(pe, "outbound x: boom") || strings.ContainsAny(pe, "\r\n") {
+			t.Errorf("Quicmesh-Proxy-Error %q: must name the proxy and stay one line", pe)
+		}
+		if !res.Failed() && tt.status >= 500 {
+			t.Errorf("result %+v not a failure", res)
+		}
+		if tt.grpc && !res.Failed() {
+			t.Errorf("gRPC error result %+v not a failure", res)
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	if Classify(context.DeadlineExceeded) != Timeout || Classify(fmt.Errorf("x: %w", context.DeadlineExceeded)) != Timeout {
+		t.Error("deadline not a timeout")
+	}
+	if Classify(errors.New("reset")) != BadGateway {
+		t.Error("plain error not a bad gateway")
+	}
+}
+
+func TestPrepareOutgoingStripsAndKeeps(t *testing.T) {
+	r := httptest.NewRequest("GET", "http://web:8080/p?q=1", nil)
+	r.Header.Set("Connection", "keep-alive, X-Hop")
+	r.Header.Set("X-Hop", "1")
+	r.Header.Set("Keep-Alive", "timeout=5")
+	r.Header.Set("Te", "trailers")
+	r.Header.Set("Quicmesh-Peer-Identity", "spiffe://evil/x")
+	r.Header.Set("Expect", "100-continue")
+	r.Header.Set("X-Keep", "yes")
+	out := PrepareOutgoing(context.Background(), r, "https", "web:8080")
+	for _, h := range []string{"Connection", "X-Hop", "Keep-Alive", "Quicmesh-Peer-Identity", "Expect"} {
+		if out.Header.Get(h) != "" {
+			t.Errorf("%s forwarded", h)
+		}
+	}
+	if out.Header.Get("Te") != "trailers" || out.Header.Get("X-Keep") != "yes" {
+		t.Errorf("end-to-end headers lost: %v", out.Header)
+	}
+	if out.Host != "web:8080" || out.URL.String() != "https://web:8080/p?q=1" || out.RequestURI != "" {
+		t.Errorf("host %q url %q uri %q", out.Host, out.URL, out.RequestURI)
+	}
+	if out.Body != nil {
+		t.Error("body-less request forwarded with a body")
+	}
+	if r.Header.Get("Quicmesh-Peer-Identity") == "" {
+		t.Error("PrepareOutgoing modified the incoming request's headers")
+	}
+	_ = http.NoBody
+}
