@@ -1,0 +1,157 @@
+package scenario
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/quicmesh/quicmesh/bench"
+)
+
+// Load IDs of the default plan.
+const (
+	LoadHTTP1Max   = "http1-max"
+	LoadHTTP1Rate  = "http1-1k"
+	LoadGRPCMax    = "grpc-max"
+	LoadGRPCRate   = "grpc-1k"
+	LoadTCPRR      = "tcp-rr"
+	LoadTCPBulk    = "tcp-bulk"
+	LoadLossyGRPC  = "lossy-grpc-stream"
+	LoadLossyTCP   = "lossy-tcp"
+	LoadCrossCheck = "crosscheck-http1"
+)
+
+// Plan is what the runner measures.
+type Plan struct {
+	Loads []Load
+	// Rounds is how many times each loopback load is applied to each of
+	// its targets (interleaved).
+	Rounds int
+	// LossyRounds is the same for the lossy loads, per condition.
+	LossyRounds int
+	// Conds are the lossy link conditions.
+	Conds []Cond
+	// CrossRounds is how many fortio / quicmesh bench pairs are run.
+	CrossRounds int
+}
+
+var (
+	httpTargets = []string{Direct, Quicmesh, CaddyH3, HAProxyH2, Stunnel}
+	tcpTargets  = []string{Direct, Quicmesh, Stunnel}
+	lossTargets = []string{Quicmesh, Stunnel, HAProxyH2}
+)
+
+// DefaultPlan is the full "make bench" plan, sized to finish in about a
+// quarter of an hour on two cores.
+func DefaultPlan() Plan {
+	s := time.Second
+	return Plan{
+		Rounds:      3,
+		LossyRounds: 1,
+		CrossRounds: 1,
+		Loads: []Load{
+			{ID: LoadHTTP1Max, Title: "HTTP/1.1 maximum throughput", Group: GroupLoopback, Proto: bench.ProtoHTTP1,
+				Concurrency: 32, Duration: 8 * s, Warmup: 1 * s, Targets: httpTargets},
+			{ID: LoadHTTP1Rate, Title: "HTTP/1.1 at 1,000 req/s", Group: GroupLoopback, Proto: bench.ProtoHTTP1,
+				Rate: 1000, Concurrency: 32, Duration: 8 * s, Warmup: 1 * s, Targets: httpTargets},
+			{ID: LoadGRPCMax, Title: "gRPC unary maximum throughput", Group: GroupLoopback, Proto: bench.ProtoGRPC,
+				Concurrency: 32, Duration: 5 * s, Warmup: 1 * s, Targets: httpTargets},
+			{ID: LoadGRPCRate, Title: "gRPC unary at 1,000 req/s", Group: GroupLoopback, Proto: bench.ProtoGRPC,
+				Rate: 1000, Concurrency: 32, Duration: 6 * s, Warmup: 1 * s, Targets: httpTargets},
+			{ID: LoadTCPRR, Title: "TCP echo round trips", Group: GroupLoopback, Proto: bench.ProtoTCP,
+				Concurrency: 16, Payload: 64, Duration: 4 * s, Warmup: 1 * s, Targets: tcpTargets},
+			{ID: LoadTCPBulk, Title: "TCP bulk throughput, one connection", Group: GroupLoopback, Proto: bench.ProtoTCPBulk,
+				Concurrency: 1, Duration: 4 * s, Warmup: 1 * s, Targets: tcpTargets},
+			{ID: LoadLossyGRPC, Title: "50 gRPC streams over a lossy link", Group: GroupLossy, Proto: bench.ProtoGRPCStream,
+				Rate: 1000, Concurrency: 50, Duration: 5 * s, Warmup: 1 * s, Timeout: 5 * s, Targets: lossTargets},
+			{ID: LoadLossyTCP, Title: "50 TCP flows over a lossy link", Group: GroupLossy, Proto: bench.ProtoTCP,
+				Rate: 1000, Concurrency: 50, Payload: 64, Duration: 5 * s, Warmup: 1 * s, Timeout: 5 * s, Targets: lossTargets},
+			{ID: LoadCrossCheck, Title: "Cross-check: fortio vs quicmesh bench, direct, 1,000 req/s", Group: GroupCrossCheck,
+				Proto: bench.ProtoHTTP1, Rate: 1000, Concurrency: 16, Connections: 16, Duration: 10 * s, Targets: []string{Direct}},
+		},
+		Conds: []Cond{
+			{Name: "0% loss", LossPct: 0},
+			{Name: "0.5% loss", LossPct: 0.5},
+			{Name: "2% loss", LossPct: 2},
+			{Name: "10 ms delay", Delay: 10 * time.Millisecond},
+			{Name: "10 ms delay + 2% loss", LossPct: 2, Delay: 10 * time.Millisecond},
+		},
+	}
+}
+
+// QuickPlan is a smoke test of the runner: direct and quicmesh only, one
+// round of one second per load, no peers, no namespaces, no fortio.
+func QuickPlan() Plan {
+	p := DefaultPlan()
+	var loads []Load
+	for _, l := range p.Loads {
+		if l.Group != GroupLoopback {
+			continue
+		}
+		l.Duration, l.Warmup = time.Second, 200*time.Millisecond
+		l.Targets = []string{Direct, Quicmesh}
+		loads = append(loads, l)
+	}
+	return Plan{Loads: loads, Rounds: 1, LossyRounds: 1, CrossRounds: 0}
+}
+
+// Only returns p restricted to the loads with the given IDs.
+func (p Plan) Only(ids []string) (Plan, error) {
+	want := map[string]bool{}
+	for _, id := range ids {
+		if id = strings.TrimSpace(id); id != "" {
+			want[id] = true
+		}
+	}
+	var loads []Load
+	for _, l := range p.Loads {
+		if want[l.ID] {
+			loads = append(loads, l)
+			delete(want, l.ID)
+		}
+	}
+	if len(want) > 0 {
+		var unknown []string
+		for id := range want {
+			unknown = append(unknown, id)
+		}
+		sort.Strings(unknown)
+		return p, fmt.Errorf("unknown load %s", strings.Join(unknown, ", "))
+	}
+	p.Loads = loads
+	return p, nil
+}
+
+// Rotate returns targets rotated left by round, so that no target always
+// runs first (or right after the same neighbour) in interleaved rounds.
+func Rotate(targets []string, round int) []string {
+	n := len(targets)
+	if n == 0 {
+		return nil
+	}
+	k := ((round % n) + n) % n
+	out := make([]string, 0, n)
+	out = append(out, targets[k:]...)
+	return append(out, targets[:k]...)
+}
+
+// Estimate is a rough wall-clock estimate of running p: measured windows
+// plus a fixed overhead per run and per phase.
+func (p Plan) Estimate() time.Duration {
+	const perRun = 700 * time.Millisecond
+	const perPhase = 6 * time.Second
+	var d time.Duration
+	for _, l := range p.Loads {
+		one := l.Duration + l.Warmup + perRun
+		switch l.Group {
+		case GroupLoopback:
+			d += perPhase + time.Duration(p.Rounds*len(l.Targets))*one
+		case GroupLossy:
+			d += perPhase + time.Duration(p.LossyRounds*len(p.Conds)*len(l.Targets))*one
+		case GroupCrossCheck:
+			d += time.Duration(2*p.CrossRounds) * one
+		}
+	}
+	return d
+}
