@@ -194,9 +194,14 @@ func renderPercentiles(c chart) string {
 		}
 		return padL + float64(i)/float64(n-1)*plotW
 	}
-	// Grid: 1, 2, 5 × 10^k.
+	// Grid: 1, 2, 5 × 10^k over up to three decades, powers of ten only
+	// beyond.
+	mults := []float64{1, 2, 5}
+	if y1-y0 > 3 {
+		mults = []float64{1}
+	}
 	for e := y0; e <= y1; e++ {
-		for _, m := range []float64{1, 2, 5} {
+		for _, m := range mults {
 			v := m * math.Pow(10, e)
 			if math.Log10(v) > y1+1e-9 {
 				continue

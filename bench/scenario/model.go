@@ -19,28 +19,29 @@ const (
 	Stunnel   = "stunnel"    // two stunnel, TLS over TCP between them
 )
 
-// TargetInfo describes a target for the report.
-type TargetInfo struct {
-	Name string
-	// Hop says what travels between the two sidecars.
-	Hop string
-}
-
 // Targets lists every target in report order.
-var Targets = []TargetInfo{
-	{Direct, "no proxy"},
-	{Quicmesh, "mTLS QUIC (HTTP/3 or raw stream)"},
-	{CaddyH3, "HTTP/3 mTLS"},
-	{HAProxyH2, "HTTP/2 mTLS over TCP (TCP mode for raw TCP)"},
-	{Stunnel, "TLS 1.3 over TCP"},
-}
+var Targets = []string{Direct, Quicmesh, CaddyH3, HAProxyH2, Stunnel}
 
-// TargetHop returns the hop description of a target.
-func TargetHop(name string) string {
-	for _, t := range Targets {
-		if t.Name == name {
-			return t.Hop
+// TargetHop says what travels between the two sidecars of target when it
+// carries app ("http1", "grpc" or "tcp").
+func TargetHop(target, app string) string {
+	switch target {
+	case Direct:
+		return "no proxy"
+	case Quicmesh:
+		if app == "tcp" {
+			return "mTLS QUIC, one stream per TCP connection"
 		}
+		return "mTLS QUIC, HTTP/3"
+	case CaddyH3:
+		return "HTTP/3 mTLS"
+	case HAProxyH2:
+		if app == "tcp" {
+			return "TLS over TCP (haproxy TCP mode)"
+		}
+		return "HTTP/2 mTLS over TCP"
+	case Stunnel:
+		return "TLS over TCP, one per app connection"
 	}
 	return ""
 }

@@ -94,6 +94,13 @@ func (r *Runner) note(format string, a ...any) {
 
 func (r *Runner) execute(ctx context.Context) error {
 	r.work = filepath.Join(r.opt.OutDir, "work")
+	// Both are the runner's own scratch space: start from nothing (a
+	// previous run's CA would make "quicmesh ca init" refuse).
+	for _, d := range []string{r.work, filepath.Join(r.opt.OutDir, "runs")} {
+		if err := os.RemoveAll(d); err != nil {
+			return err
+		}
+	}
 	for _, d := range []string{"runs", "work/logs", "work/conf", "work/qm", "work/peer", "work/caddy-home"} {
 		if err := os.MkdirAll(filepath.Join(r.opt.OutDir, d), 0o755); err != nil {
 			return err

@@ -45,6 +45,10 @@ type Summary struct {
 	// Medians over the rounds with a result.
 	RPS, P50, P90, P99, P999, Max, Mean float64
 	BytesPerSec                         float64
+	// LagP50 and LagP99 are the medians of the load generator's own send
+	// lag (open loop only; NaN otherwise): how late requests left
+	// relative to their intended send time. It is part of the latency.
+	LagP50, LagP99 float64
 	// CPUPerReq is the median over rounds of the sum over the sampled
 	// proxy processes of CPU µs per request (NaN if none were sampled).
 	CPUPerReq float64
@@ -100,7 +104,7 @@ func Summarize(runs []Run) []Summary {
 
 func summarize(k summaryKey, runs []Run) Summary {
 	s := Summary{Load: k.load, Cond: k.cond, Target: k.target, Tool: k.tool, Rounds: len(runs)}
-	var rps, p50, p90, p99, p999, mx, mean, bps, cpu []float64
+	var rps, p50, p90, p99, p999, mx, mean, bps, cpu, lag50, lag99 []float64
 	rss := map[string]float64{}
 	var rssOrder []string
 	for _, r := range runs {
@@ -117,6 +121,10 @@ func summarize(k summaryKey, runs []Run) Summary {
 			mx = append(mx, float64(l.Max))
 			mean = append(mean, l.Mean)
 			bps = append(bps, res.BytesPerSecond)
+			if res.SendLagUS != nil {
+				lag50 = append(lag50, float64(res.SendLagUS.P50))
+				lag99 = append(lag99, float64(res.SendLagUS.P99))
+			}
 			s.Requests += res.Requests
 			s.Errors += res.ErrorTotal
 			s.Unsent += res.Unsent
@@ -155,6 +163,7 @@ func summarize(k summaryKey, runs []Run) Summary {
 	}
 	s.RPS, s.P50, s.P90, s.P99, s.P999 = Median(rps), Median(p50), Median(p90), Median(p99), Median(p999)
 	s.Max, s.Mean, s.BytesPerSec, s.CPUPerReq = Median(mx), Median(mean), Median(bps), Median(cpu)
+	s.LagP50, s.LagP99 = Median(lag50), Median(lag99)
 	for _, n := range rssOrder {
 		s.RSS = append(s.RSS, ProcRSS{Name: n, MiB: rss[n]})
 	}

@@ -44,7 +44,7 @@ func run() int {
 	fs.StringVar(&doc, "doc", "", "Markdown file whose generated section to rewrite (e.g. docs/benchmarks.md)")
 	fs.BoolVar(&quick, "quick", false, "smoke run: direct and quicmesh only, 1 s per load, one round")
 	fs.StringVar(&reportOnly, "report", "", "render the reports from this results.json instead of measuring")
-	fs.IntVar(&rounds, "rounds", 0, "rounds per loopback load (0 = plan default)")
+	fs.IntVar(&rounds, "rounds", 0, "rounds per load and condition (0 = plan default)")
 	fs.StringVar(&only, "loads", "", "comma-separated load IDs to run (default: all of the plan)")
 	fs.StringVar(&opt.Caddy, "caddy", lookGo("caddy"), "Caddy 2.11 binary (empty: skip Caddy)")
 	fs.StringVar(&opt.HAProxy, "haproxy", look("haproxy"), "haproxy binary (empty: skip)")
@@ -79,6 +79,7 @@ func run() int {
 		if rounds > 0 {
 			opt.Plan.Rounds = rounds
 			opt.Plan.LossyRounds = rounds
+			opt.Plan.CrossRounds = rounds
 		}
 		if only != "" {
 			var err error
