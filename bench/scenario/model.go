@@ -157,6 +157,10 @@ type Run struct {
 	// Fortio is fortio's result, reduced (Tool fortio).
 	Fortio *FortioResult `json:"fortio,omitempty"`
 	Error  string        `json:"error,omitempty"`
+	// OtherCores is the CPU (in cores) that processes the runner did not
+	// start used while this run's load generator ran: how busy the shared
+	// machine was with other work.
+	OtherCores float64 `json:"other_cpu_cores"`
 }
 
 // Tool names for Run.Tool.

@@ -73,6 +73,9 @@ func buildReport(res *Results) report {
 			"Open-loop latency is measured from each request's intended send time (coordinated omission corrected). "+
 			"Whole-process figures: the load generator, both proxies and the app share the machine's cores.", roundsNote(res)),
 	)
+	if b := busyNote(res); b != "" {
+		rep.Header = append(rep.Header, b)
+	}
 	rep.Goals = goalsTable(Goals(sums, res.Conds))
 	for _, l := range res.Loads {
 		var sec section
@@ -256,7 +259,7 @@ func loopbackSection(res *Results, l Load, sums []Summary) section {
 	case l.Open():
 		t = table{Head: []string{"target", "hop", "achieved req/s", "p50 µs", "p99 µs", "p99.9 µs", "p99 × direct", "generator send lag p50 / p99 µs", "failed", "unsent", "proxy CPU µs/req (A+B)", "peak RSS MiB (A / B)"}, Left: 2}
 	default:
-		t = table{Head: []string{"target", "hop", "req/s", "× direct", "p50 µs", "p99 µs", "p99.9 µs", "failed", "proxy CPU µs/req (A+B)", "peak RSS MiB (A / B)"}, Left: 2}
+		t = table{Head: []string{"target", "hop", "req/s (range over rounds)", "× direct", "p50 µs", "p99 µs", "p99.9 µs", "failed", "proxy CPU µs/req (A+B)", "peak RSS MiB (A / B)"}, Left: 2}
 	}
 	var pct []series
 	var bars []series
@@ -282,7 +285,7 @@ func loopbackSection(res *Results, l Load, sums []Summary) section {
 				ratio(s.P99, d.P99), lagCell(s), failedCell(s), strconv.FormatInt(s.Unsent, 10), cpuCell(s), rssCell(s)})
 			pct = append(pct, series{Name: tg, Values: pctValues(s)})
 		default:
-			t.Rows = append(t.Rows, []string{tg, TargetHop(tg, l.App()), fmtInt(s.RPS), ratio(s.RPS, d.RPS), fmtInt(s.P50), fmtInt(s.P99), fmtInt(s.P999),
+			t.Rows = append(t.Rows, []string{tg, TargetHop(tg, l.App()), rpsCell(s), ratio(s.RPS, d.RPS), fmtInt(s.P50), fmtInt(s.P99), fmtInt(s.P999),
 				failedCell(s), cpuCell(s), rssCell(s)})
 			bars = append(bars, series{Name: tg, Values: []float64{s.RPS}})
 			pct = append(pct, series{Name: tg, Values: pctValues(s)})
@@ -292,6 +295,7 @@ func loopbackSection(res *Results, l Load, sums []Summary) section {
 	if l.Open() {
 		sec.Paras = append(sec.Paras, lagNote)
 	}
+	sec.Paras = append(sec.Paras, otherNote(sums, l.ID))
 	sec.Commands = commandsOf(res, l.ID, "", targets)
 	if len(bars) > 0 {
 		unit := "req/s"
@@ -349,11 +353,53 @@ func lossySection(res *Results, l Load, sums []Summary) section {
 		}
 	}
 	sec.Tables = append(sec.Tables, t)
-	sec.Paras = append(sec.Paras, lagNote)
+	sec.Paras = append(sec.Paras, lagNote, otherNote(sums, l.ID))
 	if len(res.Conds) > 0 {
 		sec.Commands = commandsOf(res, l.ID, res.Conds[len(res.Conds)-1].Name, targets)
 	}
 	return sec
+}
+
+func rpsCell(s Summary) string {
+	if s.OK < 2 || math.IsNaN(s.RPSMin) {
+		return fmtInt(s.RPS)
+	}
+	return fmt.Sprintf("%s (%s–%s)", fmtInt(s.RPS), fmtInt(s.RPSMin), fmtInt(s.RPSMax))
+}
+
+// otherNote says how busy the shared machine was with other work during
+// the runs of a load.
+func otherNote(sums []Summary, load string) string {
+	m := 0.0
+	for _, s := range sums {
+		if s.Load == load {
+			m = math.Max(m, s.OtherCores)
+		}
+	}
+	return fmt.Sprintf("Processes not started by the runner used at most %.2f CPU cores during any of these runs.", m)
+}
+
+// busyNote summarises other processes' CPU over the whole run.
+func busyNote(res *Results) string {
+	n, busy, worst := 0, 0, 0.0
+	for _, r := range res.Runs {
+		if r.Command == "" {
+			continue
+		}
+		n++
+		if r.OtherCores > 0.25 {
+			busy++
+		}
+		worst = math.Max(worst, r.OtherCores)
+	}
+	if n == 0 {
+		return ""
+	}
+	if busy == 0 {
+		return fmt.Sprintf("**Machine load from others:** processes not started by the runner used at most %.2f CPU cores during any run: the machine was quiet.", worst)
+	}
+	return fmt.Sprintf("**Machine load from others:** in %d of %d runs, processes not started by the runner (other people's builds and tests on this shared machine) "+
+		"used more than a quarter of a core, at most %.2f cores: those runs are slower and noisier than the machine is. Medians over rounds damp this; each section says how busy it was.", busy, n, worst)
 }
 
 const lagNote = "Open-loop latency includes the load generator's own send lag (how late a request left after its intended send time: " +

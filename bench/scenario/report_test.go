@@ -28,7 +28,7 @@ func fakeResults() *Results {
 	p99 := map[string]uint64{Direct: 500, Quicmesh: 2000, CaddyH3: 5000, HAProxyH2: 1500, Stunnel: 1200}
 	add := func(load, cond, target string, round int, r *bench.Result) {
 		res.Runs = append(res.Runs, Run{Load: load, Cond: cond, Target: target, Round: round, Result: r,
-			Command: "bin/quicmesh bench --proto x --target " + target})
+			Command: "bin/quicmesh bench --proto x --target " + target, OtherCores: 0.1 * float64(round)})
 	}
 	for _, l := range p.Loads {
 		for round := 1; round <= 3; round++ {
@@ -164,7 +164,8 @@ func TestRenderMarkdown(t *testing.T) {
 		"### Cross-check: fortio vs quicmesh bench", "| fortio | 1,000 | 140 |", "the tools agree within 15 %",
 		"Exact commands", "```sh\nbin/quicmesh bench --proto x --target direct\n",
 		"failed: caddy-a exited: boom \\| pipe", "### Notes", "- Delay note with `code`.",
-		"| generator send lag p50 / p99 µs |", "| 40 / 700 |", "own send lag")
+		"| generator send lag p50 / p99 µs |", "| 40 / 700 |", "own send lag",
+		"| 8,160 (8,080–8,240) |", "used at most 0.30 CPU cores during any of these runs", "in 25 of 107 runs")
 	mustNotContain(t, "markdown", md, "NaN", "%!", "<nil>", BeginMarker, EndMarker)
 	// Every table row has as many cells as its header.
 	var cols int

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -611,7 +612,9 @@ func (r *Runner) runBench(ctx context.Context, l Load, cond string, lt *liveTarg
 	cmd := exec.CommandContext(rctx, argv[0], argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	snap, t0 := procSnapshot("/proc"), time.Now()
 	err := cmd.Run()
+	run.OtherCores = otherCores(snap, t0)
 	if err != nil {
 		run.Error = fmt.Sprintf("quicmesh bench: %v: %s", err, strings.TrimSpace(stderr.String()))
 	} else if data, rerr := os.ReadFile(jsonPath); rerr != nil {
@@ -642,12 +645,23 @@ func (r *Runner) logRun(l Load, cond, target string, round int, run Run) {
 		for _, p := range res.Processes {
 			cpu += p.CPUMicrosPerRequest
 		}
-		r.logf("%s r%d %-10s %9.0f rps  p50 %6d µs  p99 %7d µs  errors %d  unsent %d  proxy CPU %.0f µs/req  %.1f MiB/s",
-			where, round, target, res.RPS, res.LatencyUS.P50, res.LatencyUS.P99, res.ErrorTotal, res.Unsent, cpu, res.BytesPerSecond/(1<<20))
+		r.logf("%s r%d %-10s %9.0f rps  p50 %6d µs  p99 %7d µs  errors %d  unsent %d  proxy CPU %.0f µs/req  %.1f MiB/s  other CPU %.2f cores",
+			where, round, target, res.RPS, res.LatencyUS.P50, res.LatencyUS.P99, res.ErrorTotal, res.Unsent, cpu, res.BytesPerSecond/(1<<20), run.OtherCores)
 	}
 	if f := run.Fortio; f != nil {
 		r.logf("%s r%d %-10s fortio %7.0f qps  p50 %6.0f µs  p99 %7.0f µs  errors %d", where, round, target, f.ActualQPS, f.Percentile(50), f.Percentile(99), f.Errors)
 	}
+}
+
+// otherCores is the CPU, in cores, that processes other than the runner's
+// used since snapshot before was taken at t0.
+func otherCores(before map[int]procTicks, t0 time.Time) float64 {
+	secs := time.Since(t0).Seconds()
+	if secs <= 0 {
+		return 0
+	}
+	ticks := foreignTicks(before, procSnapshot("/proc"), os.Getpid())
+	return math.Round(float64(ticks)/bench.ClockTicksPerSecond/secs*100) / 100
 }
 
 func slug(s string) string {
@@ -900,7 +914,10 @@ func (r *Runner) runFortio(ctx context.Context, l Load, lt *liveTarget, round in
 	cmd := exec.CommandContext(rctx, argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	snap, t0 := procSnapshot("/proc"), time.Now()
+	err := cmd.Run()
+	run.OtherCores = otherCores(snap, t0)
+	if err != nil {
 		run.Error = fmt.Sprintf("fortio: %v: %s", err, lastLines(out.String(), 5))
 	} else if data, err := os.ReadFile(jsonPath); err != nil {
 		run.Error = err.Error()

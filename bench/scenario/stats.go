@@ -49,6 +49,10 @@ type Summary struct {
 	// lag (open loop only; NaN otherwise): how late requests left
 	// relative to their intended send time. It is part of the latency.
 	LagP50, LagP99 float64
+	// RPSMin and RPSMax are the lowest and highest rate of the rounds.
+	RPSMin, RPSMax float64
+	// OtherCores is the most CPU other processes used during a round.
+	OtherCores float64
 	// CPUPerReq is the median over rounds of the sum over the sampled
 	// proxy processes of CPU µs per request (NaN if none were sampled).
 	CPUPerReq float64
@@ -107,7 +111,9 @@ func summarize(k summaryKey, runs []Run) Summary {
 	var rps, p50, p90, p99, p999, mx, mean, bps, cpu, lag50, lag99 []float64
 	rss := map[string]float64{}
 	var rssOrder []string
+	s.RPSMin, s.RPSMax = math.NaN(), math.NaN()
 	for _, r := range runs {
+		s.OtherCores = math.Max(s.OtherCores, r.OtherCores)
 		switch {
 		case r.Result != nil:
 			res := r.Result
@@ -164,6 +170,14 @@ func summarize(k summaryKey, runs []Run) Summary {
 	s.RPS, s.P50, s.P90, s.P99, s.P999 = Median(rps), Median(p50), Median(p90), Median(p99), Median(p999)
 	s.Max, s.Mean, s.BytesPerSec, s.CPUPerReq = Median(mx), Median(mean), Median(bps), Median(cpu)
 	s.LagP50, s.LagP99 = Median(lag50), Median(lag99)
+	for _, x := range rps {
+		if math.IsNaN(s.RPSMin) || x < s.RPSMin {
+			s.RPSMin = x
+		}
+		if math.IsNaN(s.RPSMax) || x > s.RPSMax {
+			s.RPSMax = x
+		}
+	}
 	for _, n := range rssOrder {
 		s.RSS = append(s.RSS, ProcRSS{Name: n, MiB: rss[n]})
 	}
