@@ -349,7 +349,7 @@ func lossySection(res *Results, l Load, sums []Summary) section {
 			pct = append(pct, series{Name: tg, Values: pctValues(s)})
 		}
 		if len(pct) > 0 {
-			sec.Charts = append(sec.Charts, chart{Title: fmt.Sprintf("%s, %s: latency percentiles", l.Title, c.Name), Kind: "pct", XLabels: pctLabels, Unit: "µs", Series: pct})
+			sec.Charts = append(sec.Charts, chart{Title: c.Name + ": latency percentiles", Kind: "pct", XLabels: pctLabels, Unit: "µs", Series: pct})
 		}
 	}
 	sec.Tables = append(sec.Tables, t)
