@@ -25,19 +25,28 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
 
+// preciseSleep is the last stretch of a wait that is slept in a blocking
+// nanosleep rather than on a Go timer: an idle Go process wakes timers
+// through the netpoller with about a millisecond of lateness, which an
+// open-loop generator would report as latency (it times requests from their
+// intended send time). A nanosleep blocks only its own OS thread and
+// wakes within the kernel's timer slack (50 µs by default).
+const preciseSleep = 2 * time.Millisecond
+
 func (systemClock) SleepUntil(ctx context.Context, t time.Time) error {
-	d := time.Until(t)
-	if d <= 0 {
-		return ctx.Err()
+	if d := time.Until(t) - preciseSleep; d > 0 {
+		tm := time.NewTimer(d)
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	if d := time.Until(t); d > 0 {
+		nanosleep(d)
 	}
+	return ctx.Err()
 }
 
 // Schedule is the uniform open-loop pacing schedule: request i is intended
