@@ -6,6 +6,8 @@ import (
 	"net"
 	"strings"
 	"sync"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // InspectConn wraps a cleartext HTTP/1 server connection so that Guard can
@@ -653,25 +655,5 @@ func parseDecimal(s string) uint64 {
 	return n
 }
 
-func isTchar(c byte) bool {
-	return c < 0x80 && tchar[c]
-}
-
-// tchar is the RFC 9110 §5.6.2 token alphabet.
-var tchar = [128]bool{
-	'!': true, '#': true, '$': true, '%': true, '&': true, '\'': true,
-	'*': true, '+': true, '-': true, '.': true, '^': true, '_': true,
-	'`': true, '|': true, '~': true,
-	'0': true, '1': true, '2': true, '3': true, '4': true,
-	'5': true, '6': true, '7': true, '8': true, '9': true,
-	'A': true, 'B': true, 'C': true, 'D': true, 'E': true, 'F': true,
-	'G': true, 'H': true, 'I': true, 'J': true, 'K': true, 'L': true,
-	'M': true, 'N': true, 'O': true, 'P': true, 'Q': true, 'R': true,
-	'S': true, 'T': true, 'U': true, 'V': true, 'W': true, 'X': true,
-	'Y': true, 'Z': true,
-	'a': true, 'b': true, 'c': true, 'd': true, 'e': true, 'f': true,
-	'g': true, 'h': true, 'i': true, 'j': true, 'k': true, 'l': true,
-	'm': true, 'n': true, 'o': true, 'p': true, 'q': true, 'r': true,
-	's': true, 't': true, 'u': true, 'v': true, 'w': true, 'x': true,
-	'y': true, 'z': true,
-}
+// isTchar reports whether c is an RFC 9110 §5.6.2 token character.
+func isTchar(c byte) bool { return httpguts.IsTokenRune(rune(c)) }
