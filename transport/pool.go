@@ -329,13 +329,18 @@ func (p *Pool) QUICStats() []telemetry.QUICConn {
 	p.mu.Unlock()
 	out := make([]telemetry.QUICConn, 0, len(conns))
 	for _, pc := range conns {
-		s := pc.Conn.ConnectionStats()
-		out = append(out, telemetry.QUICConn{
-			Dir: telemetry.Outbound, Peer: pc.Peer.String(), RTT: s.SmoothedRTT,
-			PacketsLost: s.PacketsLost, PacketsSent: s.PacketsSent, StreamsOpen: int(pc.active.Load()),
-		})
+		out = append(out, Snapshot(telemetry.Outbound, pc.Peer, pc.Conn, pc.active.Load()))
 	}
 	return out
+}
+
+// Snapshot describes one QUIC connection for the metrics collector.
+func Snapshot(dir telemetry.Direction, peer identity.ID, conn *quic.Conn, streams int64) telemetry.QUICConn {
+	st := conn.ConnectionStats()
+	return telemetry.QUICConn{
+		Dir: dir, Peer: peer.String(), RTT: st.SmoothedRTT,
+		PacketsLost: st.PacketsLost, PacketsSent: st.PacketsSent, StreamsOpen: int(streams),
+	}
 }
 
 // Len reports how many live connections the pool holds.

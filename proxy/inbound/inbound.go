@@ -387,11 +387,7 @@ func (s *Server) QUICStats() []telemetry.QUICConn {
 	s.mu.Unlock()
 	out := make([]telemetry.QUICConn, 0, len(conns))
 	for _, pc := range conns {
-		st := pc.conn.ConnectionStats()
-		out = append(out, telemetry.QUICConn{
-			Dir: telemetry.Inbound, Peer: pc.peer.String(), RTT: st.SmoothedRTT,
-			PacketsLost: st.PacketsLost, PacketsSent: st.PacketsSent, StreamsOpen: int(pc.active.Load()),
-		})
+		out = append(out, transport.Snapshot(telemetry.Inbound, pc.peer, pc.conn, pc.active.Load()))
 	}
 	return out
 }
