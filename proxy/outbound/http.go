@@ -292,7 +292,8 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 		buffered, _ := bw.Reader.Peek(n)
 		if _, err := str.Write(buffered); err != nil {
 			done(false)
-			conn.Close()
+			str.CancelRead(transport.CodeReset)
+			transport.Reset(conn)
 			return
 		}
 	}
