@@ -232,3 +232,62 @@ func TestTunnelHeaderRoutedAndResetMapped(t *testing.T) {
 		t.Fatalf("ErrClass(%v) = %q, want unknown_target", err, got)
 	}
 }
+
+// A peer that dies without closing its connections and comes back on the
+// same address with the same identity resets them with a stateless reset:
+// the pool notices within a round trip, not after the idle timeout.
+func TestCrashedPeerDetectedByStatelessReset(t *testing.T) {
+	leakCheck(t)
+	ca := identitytest.NewCA(t, "t.local")
+	prov := identitytest.Provider(t, ca, serverID)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := udp.LocalAddr().String()
+	ep, err := transport.Listen(addr, transport.Config{Identity: prov, PacketConn: udp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{})
+	go func() {
+		if _, err := ep.Accept(context.Background()); err == nil {
+			close(accepted)
+		}
+	}()
+	p := newPool(t, ca, transport.Limits{IdleTimeout: time.Minute})
+	id := identity.MustParseID(serverID)
+	pc, err := p.Get(context.Background(), addr, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-accepted
+	// Let the handshake be confirmed (HANDSHAKE_DONE): packets of an
+	// unconfirmed connection may still be long-header ones, which are
+	// never answered with a stateless reset.
+	time.Sleep(200 * time.Millisecond)
+	// Crash: the socket vanishes, no CONNECTION_CLOSE is sent.
+	udp.Close()
+	ep.Close()
+	// Restart on the same address with the same identity (same key).
+	ep2, err := transport.Listen(addr, transport.Config{Identity: prov})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ep2.Close() })
+	start := time.Now()
+	str, err := pc.Conn.OpenStream()
+	if err == nil {
+		str.Write([]byte("ping")) // elicits the stateless reset
+	}
+	select {
+	case <-pc.Conn.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection to the crashed peer still open after 5 s (idle timeout is 1 min)")
+	}
+	t.Logf("stale connection reset after %v", time.Since(start))
+	fresh, err := p.Get(context.Background(), addr, id)
+	if err != nil || fresh == pc {
+		t.Fatalf("no fresh connection after the reset: %v", err)
+	}
+}
