@@ -297,12 +297,7 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 			return
 		}
 	}
-	end := pc.Begin()
-	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer.String(), service)
-	res := transport.Splice(conn, str)
-	end()
-	closed(res.Sent, res.Received, transport.ErrClass(res.Err))
-	done(res.Err == nil)
+	p.splice(conn, str, pc, done, service)
 }
 
 // connQueue is a net.Listener fed with connections that detection has

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/proxy/balance"
@@ -200,7 +202,7 @@ func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
 	proto, dconn, err := detect.Detect(conn, p.cfg.Detect)
 	if err != nil {
 		p.log.Debug("protocol detection failed", "client", conn.RemoteAddr().String(), "error", err)
-		resetConn(conn)
+		transport.Reset(conn)
 		return
 	}
 	switch {
@@ -208,7 +210,7 @@ func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
 		front.serve(dconn, proto)
 	case service == "":
 		p.log.Warn("non-HTTP traffic on the HTTP proxy listener", "client", conn.RemoteAddr().String())
-		resetConn(conn)
+		transport.Reset(conn)
 	default:
 		p.ForwardTCP(dconn, service, service)
 	}
@@ -231,7 +233,7 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 	if err != nil {
 		cancel()
 		p.log.Warn("tcp forward failed", "service", service, "client", conn.RemoteAddr().String(), "error", err)
-		resetConn(conn)
+		transport.Reset(conn)
 		return
 	}
 	str, err := pc.OpenTunnel(ctx, target)
@@ -240,9 +242,15 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 		done(false)
 		p.cfg.Pool.Forget(pc)
 		p.log.Warn("opening tunnel failed", "service", service, "peer", pc.Addr, "error", err)
-		resetConn(conn)
+		transport.Reset(conn)
 		return
 	}
+	p.splice(conn, str, pc, done, service)
+}
+
+// splice runs an opened tunnel to completion with its bookkeeping: the
+// peer connection's stream count, TCP metrics and the balancer's result.
+func (p *Proxy) splice(conn net.Conn, str *quic.Stream, pc *transport.PeerConn, done func(bool), service string) {
 	end := pc.Begin()
 	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer.String(), service)
 	res := transport.Splice(conn, str)
@@ -251,8 +259,6 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 	done(res.Err == nil)
 	p.log.Debug("tcp tunnel closed", "service", service, "peer", pc.Addr, "sent", res.Sent, "received", res.Received, "error", res.Err)
 }
-
-func resetConn(conn net.Conn) { transport.Reset(conn) }
 
 func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
@@ -278,7 +284,7 @@ func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.closing = true
 	for c := range p.conns {
-		resetConn(c)
+		transport.Reset(c)
 	}
 	fronts := p.fronts
 	p.mu.Unlock()
