@@ -1,25 +1,19 @@
 package identity
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"sync"
 	"time"
+
+	"github.com/quicmesh/quicmesh/internal/filewatch"
 )
 
 // DefaultPollInterval is how often a FileProvider checks its files when
 // FileOptions.PollInterval is 0.
 const DefaultPollInterval = 2 * time.Second
-
-// racyWindow: a file whose mtime is this close to (or after) the moment we
-// read it may be rewritten again within the same mtime tick, so its stat
-// data cannot prove it unchanged; such files are re-read on the next poll.
-// Two seconds covers the coarsest common mtime granularity.
-const racyWindow = 2 * time.Second
 
 // FileOptions configures a FileProvider. The zero value is usable.
 type FileOptions struct {
@@ -37,39 +31,17 @@ type FileOptions struct {
 // half-written file, or a key that does not yet match the new
 // certificate), keeps serving the last good material and retries.
 //
-// Change detection: each poll stats the files; if inode, size and mtime
-// are unchanged (and the files were not modified within racyWindow of the
-// last read) nothing is read. Otherwise the files are read and their
-// SHA-256 compared with the material being served: only a real content
+// Change detection is internal/filewatch's: files are read only when
+// their stat data changed (or may hide a change), and only a real content
 // change is loaded and closes Changed, so touching a file is harmless.
 type FileProvider struct {
 	certPath, keyPath, bundlePath string
 	logger                        *slog.Logger
 	sp                            *StaticProvider
-
-	mu      sync.Mutex // serialises reloads
-	stamps  [3]fileStamp
-	racy    bool
-	digest  [sha256.Size]byte
-	lastErr string
-
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
+	files                         *filewatch.Watcher
 }
 
 var _ Provider = (*FileProvider)(nil)
-
-type fileStamp struct {
-	info os.FileInfo
-}
-
-func (s fileStamp) same(o fileStamp) bool {
-	if s.info == nil || o.info == nil {
-		return false
-	}
-	return os.SameFile(s.info, o.info) && s.info.Size() == o.info.Size() && s.info.ModTime().Equal(o.info.ModTime())
-}
 
 // NewFileProvider loads the certificate chain, private key and trust
 // bundle, all required, and starts polling them for changes. It fails
@@ -88,96 +60,51 @@ func NewFileProvider(certPath, keyPath, bundlePath string, opts FileOptions) (*F
 		keyPath:    keyPath,
 		bundlePath: bundlePath,
 		logger:     opts.Logger.With("cert", certPath, "key", keyPath, "bundle", bundlePath),
-		stop:       make(chan struct{}),
-		done:       make(chan struct{}),
 	}
-	stamps := p.statAll()
-	readAt := time.Now()
-	m, err := p.load()
+	files, err := filewatch.New(filewatch.Options{
+		Paths:    []string{certPath, keyPath, bundlePath},
+		Interval: opts.PollInterval,
+		Load:     p.install,
+		Failed: func(err error) {
+			p.logger.Warn("identity: reloading identity files failed; keeping the previous certificate", "error", p.describe(err))
+		},
+	})
 	if err != nil {
-		return nil, err
+		return nil, p.describe(err)
 	}
-	p.sp = NewStaticProvider(m.cert, m.roots)
-	p.remember(stamps, readAt, m.digest)
-	p.warnIfExpired(m.cert.Leaf)
-	if opts.PollInterval > 0 {
-		go p.poll(opts.PollInterval)
-	} else {
-		close(p.done)
-	}
+	p.files = files
 	return p, nil
 }
 
-func (p *FileProvider) poll(interval time.Duration) {
-	defer close(p.done)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-t.C:
-			p.check(false) // failures are logged by check
-		}
-	}
-}
-
-// Reload re-reads the files now if they changed. It returns the load
-// error, if any; the previous material keeps being served in that case.
-func (p *FileProvider) Reload() error { return p.check(true) }
-
-// check reloads the files if they (may) have changed. With force the stat
-// shortcut is skipped and the files are always read.
-func (p *FileProvider) check(force bool) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	stamps := p.statAll()
-	if !force && !p.racy && stamps[0].same(p.stamps[0]) && stamps[1].same(p.stamps[1]) && stamps[2].same(p.stamps[2]) {
-		return nil
-	}
-	readAt := time.Now()
-	m, err := p.load()
-	if err != nil {
-		// Keep the stamps of the last good load so the next poll retries;
-		// log each distinct failure once rather than every poll.
-		if msg := err.Error(); msg != p.lastErr {
-			p.lastErr = msg
-			p.logger.Warn("identity: reloading identity files failed; keeping the previous certificate", "error", err)
-		}
+// describe names the file's role in a read error.
+func (p *FileProvider) describe(err error) error {
+	re, ok := errors.AsType[*filewatch.ReadError](err)
+	if !ok {
 		return err
 	}
-	p.lastErr = ""
-	changed := m.digest != p.digest
-	p.remember(stamps, readAt, m.digest)
-	if !changed {
+	role := [...]string{"certificate", "private key", "trust bundle"}[re.Index]
+	return fmt.Errorf("identity: reading %s %s: %w", role, re.Path, re.Err)
+}
+
+// Reload re-reads the files now. It returns the load error, if any; the
+// previous material keeps being served in that case.
+func (p *FileProvider) Reload() error { return p.describe(p.files.Check(true)) }
+
+// install validates freshly read files and serves them.
+func (p *FileProvider) install(files [][]byte) error {
+	cert, roots, err := p.parse(files[0], files[1], files[2])
+	if err != nil {
+		return err
+	}
+	p.warnIfExpired(cert.Leaf)
+	if p.sp == nil { // the first load, from NewFileProvider
+		p.sp = NewStaticProvider(cert, roots)
 		return nil
 	}
-	p.sp.Set(m.cert, m.roots)
-	p.warnIfExpired(m.cert.Leaf)
-	id, _ := idOfCert(m.cert.Leaf)
-	p.logger.Info("identity: reloaded identity files", "id", id.String(), "not_after", m.cert.Leaf.NotAfter)
+	p.sp.Set(cert, roots)
+	id, _ := idOfCert(cert.Leaf)
+	p.logger.Info("identity: reloaded identity files", "id", id.String(), "not_after", cert.Leaf.NotAfter)
 	return nil
-}
-
-func (p *FileProvider) remember(stamps [3]fileStamp, readAt time.Time, digest [sha256.Size]byte) {
-	p.stamps = stamps
-	p.digest = digest
-	p.racy = false
-	for _, s := range stamps {
-		if s.info == nil || s.info.ModTime().After(readAt.Add(-racyWindow)) {
-			p.racy = true
-		}
-	}
-}
-
-func (p *FileProvider) statAll() [3]fileStamp {
-	var s [3]fileStamp
-	for i, path := range []string{p.certPath, p.keyPath, p.bundlePath} {
-		if fi, err := os.Stat(path); err == nil {
-			s[i].info = fi
-		}
-	}
-	return s
 }
 
 func (p *FileProvider) warnIfExpired(leaf *x509.Certificate) {
@@ -188,44 +115,26 @@ func (p *FileProvider) warnIfExpired(leaf *x509.Certificate) {
 	}
 }
 
-type fileMaterial struct {
-	cert   *tls.Certificate
-	roots  *x509.CertPool
-	digest [sha256.Size]byte
-}
-
-// load reads and validates the three files. Errors name the file.
-func (p *FileProvider) load() (*fileMaterial, error) {
-	certPEM, err := os.ReadFile(p.certPath)
-	if err != nil {
-		return nil, fmt.Errorf("identity: reading certificate %s: %w", p.certPath, err)
-	}
-	keyPEM, err := os.ReadFile(p.keyPath)
-	if err != nil {
-		return nil, fmt.Errorf("identity: reading private key %s: %w", p.keyPath, err)
-	}
-	bundlePEM, err := os.ReadFile(p.bundlePath)
-	if err != nil {
-		return nil, fmt.Errorf("identity: reading trust bundle %s: %w", p.bundlePath, err)
-	}
+// parse validates the three files. Errors name the file.
+func (p *FileProvider) parse(certPEM, keyPEM, bundlePEM []byte) (*tls.Certificate, *x509.CertPool, error) {
 	chain, err := parseCertsPEM(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("identity: parsing certificate %s: %w", p.certPath, err)
+		return nil, nil, fmt.Errorf("identity: parsing certificate %s: %w", p.certPath, err)
 	}
 	leaf := chain[0]
 	if _, err := idOfCert(leaf); err != nil {
-		return nil, fmt.Errorf("identity: certificate %s: %w", p.certPath, err)
+		return nil, nil, fmt.Errorf("identity: certificate %s: %w", p.certPath, err)
 	}
 	key, err := parseKeyPEM(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("identity: parsing private key %s: %w", p.keyPath, err)
+		return nil, nil, fmt.Errorf("identity: parsing private key %s: %w", p.keyPath, err)
 	}
 	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
-		return nil, fmt.Errorf("identity: private key %s does not match certificate %s", p.keyPath, p.certPath)
+		return nil, nil, fmt.Errorf("identity: private key %s does not match certificate %s", p.keyPath, p.certPath)
 	}
 	bundle, err := parseCertsPEM(bundlePEM)
 	if err != nil {
-		return nil, fmt.Errorf("identity: parsing trust bundle %s: %w", p.bundlePath, err)
+		return nil, nil, fmt.Errorf("identity: parsing trust bundle %s: %w", p.bundlePath, err)
 	}
 	roots := x509.NewCertPool()
 	for _, c := range bundle {
@@ -235,16 +144,7 @@ func (p *FileProvider) load() (*fileMaterial, error) {
 	for _, c := range chain {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	h := sha256.New()
-	for _, b := range [][]byte{certPEM, keyPEM, bundlePEM} {
-		// Length-prefix each file so moving bytes between files changes
-		// the digest.
-		fmt.Fprintf(h, "%d:", len(b))
-		h.Write(b)
-	}
-	m := &fileMaterial{cert: cert, roots: roots}
-	h.Sum(m.digest[:0])
-	return m, nil
+	return cert, roots, nil
 }
 
 // Certificate returns the last successfully loaded certificate.
@@ -262,8 +162,4 @@ func (p *FileProvider) ID() ID { return p.sp.ID() }
 
 // Close stops polling and waits for the poller to exit. The last loaded
 // material keeps being served. Close is idempotent.
-func (p *FileProvider) Close() error {
-	p.closeOnce.Do(func() { close(p.stop) })
-	<-p.done
-	return nil
-}
+func (p *FileProvider) Close() error { return p.files.Close() }

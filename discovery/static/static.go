@@ -69,28 +69,21 @@
 package static
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
+	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
-	"os"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/internal/filewatch"
 )
 
 // DefaultPollInterval is used when Options.PollInterval is not positive.
 const DefaultPollInterval = time.Second
-
-// racyWindow: a file whose modification time is this close to (or after)
-// the moment it was last read may have been rewritten without a visible
-// change in time or size, so it is re-read until it is older than that.
-const racyWindow = 2 * time.Second
 
 // Options configures New.
 type Options struct {
@@ -113,24 +106,11 @@ type Resolver struct {
 	watches map[string]map[*watch]struct{}
 	closed  bool
 
-	stop      chan struct{}
-	done      chan struct{} // closed when the poller has exited
+	files     *filewatch.Watcher // nil for NewFromMap
 	closeOnce sync.Once
-
-	// Poller state, owned by the poll goroutine after New returns.
-	file fileState
 }
 
 var _ discovery.Resolver = (*Resolver)(nil)
-
-type fileState struct {
-	modTime  time.Time
-	size     int64
-	readAt   time.Time // when the content was last read
-	hash     [sha256.Size]byte
-	stale    bool   // stat failed last time: re-read once it succeeds
-	lastWarn string // last warning logged, to avoid repeating it each poll
-}
 
 // New loads the endpoints file at path and starts polling it for changes.
 // It fails, naming the file, if the file is missing, unreadable or
@@ -142,15 +122,47 @@ func New(path string, opts Options) (*Resolver, error) {
 	if r.interval <= 0 {
 		r.interval = DefaultPollInterval
 	}
-	data, st, err := r.read()
+	first := true
+	files, err := filewatch.New(filewatch.Options{
+		Paths:    []string{path},
+		Interval: r.interval,
+		MaxSize:  MaxFileSize,
+		Load: func(b [][]byte) error {
+			data, err := Parse(b[0])
+			if err != nil {
+				return fmt.Errorf("static: endpoints file %s: %w", path, err)
+			}
+			if first {
+				first = false
+				r.data = data
+				r.logger.Info("static discovery: loaded endpoints file", "path", path, "services", len(data))
+				return nil
+			}
+			r.logger.Info("static discovery: reloaded endpoints file", "path", path, "services", len(data))
+			r.apply(data)
+			return nil
+		},
+		Failed: func(err error) {
+			r.logger.Warn("static discovery: reload failed; keeping last good data", "path", path, "err", fileError(err))
+		},
+		Recovered: func() {
+			r.logger.Info("static discovery: endpoints file is valid again", "path", path)
+		},
+	})
 	if err != nil {
-		return nil, err
+		return nil, fileError(err)
 	}
-	r.data = data
-	r.file = st
-	r.logger.Info("static discovery: loaded endpoints file", "path", path, "services", len(data))
-	go r.poll()
+	r.files = files
 	return r, nil
+}
+
+// fileError gives read failures the package's prefix; parse failures
+// already carry it.
+func fileError(err error) error {
+	if re, ok := errors.AsType[*filewatch.ReadError](err); ok {
+		return fmt.Errorf("static: endpoints file %w", re)
+	}
+	return err
 }
 
 // NewFromMap returns a Resolver serving a copy of m, with no file behind
@@ -159,7 +171,6 @@ func New(path string, opts Options) (*Resolver, error) {
 func NewFromMap(m map[string][]discovery.Endpoint) *Resolver {
 	r := newResolver(nil)
 	r.data = normalize(m)
-	close(r.done) // no poller
 	return r
 }
 
@@ -171,8 +182,6 @@ func newResolver(logger *slog.Logger) *Resolver {
 		logger:  logger,
 		data:    map[string][]discovery.Endpoint{},
 		watches: make(map[string]map[*watch]struct{}),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
 	}
 }
 
@@ -228,8 +237,9 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (discovery.Watch, e
 // discovery.ErrClosed. It is safe to call more than once.
 func (r *Resolver) Close() error {
 	r.closeOnce.Do(func() {
-		close(r.stop)
-		<-r.done
+		if r.files != nil {
+			r.files.Close()
+		}
 		r.mu.Lock()
 		r.closed = true
 		all := r.watches
@@ -263,102 +273,6 @@ func (r *Resolver) apply(data map[string][]discovery.Endpoint) {
 			w.push(eps)
 		}
 	}
-}
-
-func (r *Resolver) poll() {
-	defer close(r.done)
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.stop:
-			return
-		case <-t.C:
-			r.check()
-		}
-	}
-}
-
-// check looks at the file once and reloads it if it may have changed.
-func (r *Resolver) check() {
-	fi, err := os.Stat(r.path)
-	if err != nil {
-		r.file.stale = true
-		r.warn("static discovery: cannot stat endpoints file; keeping last good data", err)
-		return
-	}
-	f := &r.file
-	racy := !f.modTime.Before(f.readAt.Add(-racyWindow)) // modified within racyWindow of the last read
-	if !f.stale && !racy && fi.ModTime().Equal(f.modTime) && fi.Size() == f.size {
-		return
-	}
-	data, st, err := r.read()
-	if err != nil {
-		// Remember what we read so an unchanged bad file is not re-parsed
-		// (and re-reported) on every poll.
-		if st.readAt.IsZero() {
-			f.stale = true
-		} else {
-			f.modTime, f.size, f.readAt, f.hash, f.stale = st.modTime, st.size, st.readAt, st.hash, false
-		}
-		r.warn("static discovery: reload failed; keeping last good data", err)
-		return
-	}
-	changed := st.hash != f.hash
-	f.modTime, f.size, f.readAt, f.hash, f.stale = st.modTime, st.size, st.readAt, st.hash, false
-	if f.lastWarn != "" {
-		r.logger.Info("static discovery: endpoints file is valid again", "path", r.path)
-		f.lastWarn = ""
-	}
-	if !changed {
-		return
-	}
-	r.logger.Info("static discovery: reloaded endpoints file", "path", r.path, "services", len(data))
-	r.apply(data)
-}
-
-func (r *Resolver) warn(msg string, err error) {
-	if s := err.Error(); s != r.file.lastWarn {
-		r.file.lastWarn = s
-		r.logger.Warn(msg, "path", r.path, "err", err)
-	}
-}
-
-// read reads, hashes and parses the file. On a parse failure the returned
-// fileState still describes what was read.
-func (r *Resolver) read() (map[string][]discovery.Endpoint, fileState, error) {
-	var st fileState
-	f, err := os.Open(r.path)
-	if err != nil {
-		return nil, st, fmt.Errorf("static: endpoints file: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, st, fmt.Errorf("static: endpoints file: %w", err)
-	}
-	if fi.IsDir() {
-		return nil, st, fmt.Errorf("static: endpoints file %s: is a directory", r.path)
-	}
-	if fi.Size() > MaxFileSize {
-		// Record what was seen so the file is not re-read until it changes.
-		st = fileState{modTime: fi.ModTime(), size: fi.Size(), readAt: time.Now()}
-		return nil, st, fmt.Errorf("static: endpoints file %s: %d bytes is larger than the maximum of %d bytes", r.path, fi.Size(), MaxFileSize)
-	}
-	readAt := time.Now()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileSize+1)); err != nil {
-		return nil, st, fmt.Errorf("static: endpoints file: %w", err)
-	}
-	st = fileState{modTime: fi.ModTime(), size: fi.Size(), readAt: readAt, hash: sha256.Sum256(buf.Bytes())}
-	if buf.Len() > MaxFileSize { // it grew after Stat
-		return nil, st, fmt.Errorf("static: endpoints file %s: larger than the maximum of %d bytes", r.path, MaxFileSize)
-	}
-	data, err := Parse(buf.Bytes())
-	if err != nil {
-		return nil, st, fmt.Errorf("static: endpoints file %s: %w", r.path, err)
-	}
-	return data, st, nil
 }
 
 // normalize deep-copies m, turning zero weights into 1 and empty metadata
