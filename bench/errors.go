@@ -116,10 +116,10 @@ func checkTarget(proto, target string) error {
 		return err
 	}
 	if strings.Contains(target, "://") {
-		return fmt.Errorf("bad %s target %q: want host:port", proto, target)
+		return fmt.Errorf("--target %q: want host:port for %s", target, proto)
 	}
 	if _, port, err := net.SplitHostPort(target); err != nil || port == "" {
-		return fmt.Errorf("bad %s target %q: want host:port", proto, target)
+		return fmt.Errorf("--target %q: want host:port for %s", target, proto)
 	}
 	return nil
 }

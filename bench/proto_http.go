@@ -44,13 +44,13 @@ func parseHTTPTarget(target string) (*url.URL, string, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, "", fmt.Errorf("bad target URL %q: %v", target, err)
+		return nil, "", fmt.Errorf("--target %q: %v", target, err)
 	}
 	if u.Scheme != "http" {
-		return nil, "", fmt.Errorf("bad target URL %q: scheme must be http (TLS is the sidecars' business)", target)
+		return nil, "", fmt.Errorf("--target %q: scheme must be http (TLS is the sidecars' business)", target)
 	}
 	if u.Host == "" {
-		return nil, "", fmt.Errorf("bad target URL %q: no host", target)
+		return nil, "", fmt.Errorf("--target %q: no host", target)
 	}
 	addr := u.Host
 	if u.Port() == "" {
