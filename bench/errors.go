@@ -102,7 +102,8 @@ func classify(ctx context.Context, err error) string {
 		return ErrConnRefused
 	case strings.Contains(msg, "connection reset"), strings.Contains(msg, "broken pipe"),
 		strings.Contains(msg, "server closed"), strings.Contains(msg, "connection lost"),
-		strings.Contains(msg, "unexpected EOF"), strings.Contains(msg, "GOAWAY"):
+		strings.Contains(msg, "unexpected EOF"), strings.Contains(msg, "GOAWAY"),
+		strings.Contains(msg, "readLoop exiting"), strings.Contains(msg, "closed idle connection"):
 		return ErrReset
 	}
 	return ErrOther
