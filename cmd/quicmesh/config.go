@@ -114,7 +114,7 @@ func (d *duration) parse() error {
 	}
 	var s string
 	if err := json.Unmarshal(d.raw, &s); err != nil {
-		return fmt.Errorf("invalid duration %s (want a string such as \"5s\")", d.raw)
+		return fmt.Errorf("invalid duration %.40s (want a string such as \"5s\")", d.raw)
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
