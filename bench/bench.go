@@ -106,31 +106,31 @@ func (c *Config) normalize() error {
 		known = known || c.Proto == p
 	}
 	if !known {
-		return fmt.Errorf("unknown protocol %q (want one of http1, h2c, grpc, grpc-stream, tcp, tcp-bulk)", c.Proto)
+		return fmt.Errorf("--proto: unknown protocol %q (want one of http1, h2c, grpc, grpc-stream, tcp, tcp-bulk)", c.Proto)
 	}
 	if c.Target == "" {
-		return errors.New("no target")
+		return errors.New("--target is required")
 	}
 	if err := checkTarget(c.Proto, c.Target); err != nil {
 		return err
 	}
 	switch {
 	case c.Rate < 0 || c.Rate != c.Rate || c.Rate > 1e9:
-		return fmt.Errorf("rate %v out of range (0 = closed loop, up to 1e9)", c.Rate)
+		return fmt.Errorf("--rate %v: out of range (0 = closed loop, up to 1e9)", c.Rate)
 	case c.Rate > 0 && c.Proto == ProtoTCPBulk:
-		return errors.New("tcp-bulk measures maximum throughput: rate must be 0")
+		return errors.New("--rate: tcp-bulk measures maximum throughput: rate must be 0")
 	case c.Duration < 0:
-		return errors.New("negative duration")
+		return errors.New("--duration must not be negative")
 	case c.Warmup < 0:
-		return errors.New("negative warmup")
+		return errors.New("--warmup must not be negative")
 	case c.Concurrency < 0:
-		return errors.New("negative concurrency")
+		return errors.New("--concurrency must not be negative")
 	case c.Connections < 0:
-		return errors.New("negative connections")
+		return errors.New("--connections must not be negative")
 	case c.Payload < 0 || c.Payload > MaxPayload:
-		return fmt.Errorf("payload %d out of range (0..%d)", c.Payload, MaxPayload)
+		return fmt.Errorf("--payload %d: out of range (0..%d)", c.Payload, MaxPayload)
 	case c.Timeout < 0:
-		return errors.New("negative timeout")
+		return errors.New("--timeout must not be negative")
 	}
 	if c.Duration == 0 {
 		c.Duration = DefaultDuration

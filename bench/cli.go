@@ -2,12 +2,11 @@ package bench
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
+
+	"github.com/quicmesh/quicmesh/internal/cli"
 )
 
 const usageText = `usage: quicmesh bench --proto PROTO --target TARGET [flags]
@@ -23,20 +22,19 @@ Load generator for quicmesh. PROTO is one of:
 --rate R > 0 runs an open loop at R requests/s with uniform pacing; latency
 is measured from each request's intended send time (coordinated omission
 corrected). --rate 0 runs a closed loop of --concurrency workers.
-
-Flags:
 `
 
 // Main runs "quicmesh bench" with args (not including the program and
 // subcommand names), writing results to stdout and diagnostics to stderr.
 // It returns the process exit code: 0 when the run completed (even if
-// requests failed: see the errors in the result), 1 when the run could not
-// be carried out, 2 for a usage error. A live progress line is written to
+// requests failed: see the errors in the result) or for --help, 1 for a
+// bad or missing setting or when the run could not be carried out, 2 for a
+// malformed command line (see internal/cli). A live progress line is written to
 // stderr if it is a terminal. SIGINT ends the run early; the partial
 // result is still reported.
 func Main(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("quicmesh bench", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	c := cli.New("quicmesh bench", usageText, stdout, stderr)
+	fs := c.Flags
 	var (
 		cfg        Config
 		jsonPath   string
@@ -64,26 +62,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&noProgress, "no-progress", false, "no live progress line even on a terminal")
 	fs.BoolVar(&quiet, "quiet", false, "no summary table")
 
-	usage := func(w io.Writer) {
-		fmt.Fprint(w, usageText)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+	if code, ok := c.Parse(args); !ok {
+		return code
 	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "quicmesh bench: "+format+" (see quicmesh bench -h)\n", a...)
-		return 2
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			usage(stdout)
-			return 0
-		}
-		return fail("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return fail("unexpected argument %q", fs.Arg(0))
-	}
+	fail := c.Fail
 	switch {
 	case cfg.Proto == "":
 		return fail("--proto is required")
@@ -112,8 +94,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	r, err := Run(ctx, cfg)
 	if err != nil {
-		fmt.Fprintf(stderr, "quicmesh bench: %v\n", err)
-		return 1
+		return fail("%v", err)
 	}
 
 	table := stdout
@@ -122,15 +103,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	if !quiet {
 		if err := r.WriteTable(table); err != nil {
-			fmt.Fprintf(stderr, "quicmesh bench: %v\n", err)
-			return 1
+			return fail("%v", err)
 		}
 	}
 	if jsonPath != "" {
 		b, err := r.JSON()
 		if err != nil {
-			fmt.Fprintf(stderr, "quicmesh bench: encoding result: %v\n", err)
-			return 1
+			return fail("encoding result: %v", err)
 		}
 		if jsonPath == "-" {
 			_, err = stdout.Write(b)
@@ -138,9 +117,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			err = os.WriteFile(jsonPath, b, 0o644)
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "quicmesh bench: writing result: %v\n", err)
-			return 1
+			return fail("--json %s: %v", jsonPath, err)
 		}
 	}
-	return 0
+	return cli.ExitOK
 }

@@ -17,31 +17,34 @@ func runMain(args ...string) (code int, stdout, stderr string) {
 }
 
 func TestMainBadFlags(t *testing.T) {
+	const usage, config = 2, 1
 	for _, tc := range []struct {
 		args []string
+		code int
 		want string
 	}{
-		{[]string{"--target", "127.0.0.1:1"}, "--proto is required"},
-		{[]string{"--proto", "http1"}, "--target is required"},
-		{[]string{"--proto", "quic", "--target", "x:1"}, `unknown protocol "quic"`},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--rate", "-5"}, "rate"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--rate", "abc"}, "invalid value"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--duration", "0s"}, "--duration must be positive"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--duration", "ten"}, "invalid value"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--concurrency", "0"}, "--concurrency must be positive"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--payload", "-1"}, "payload"},
-		{[]string{"--proto", "tcp-bulk", "--target", "x:1", "--rate", "10"}, "rate must be 0"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--pid", "nonsense"}, "name=PID"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--pid", "gone=999999999"}, "cannot read process"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "--bogus"}, "flag provided but not defined: -bogus"},
-		{[]string{"--proto", "tcp", "--target", "x:1", "extra"}, `unexpected argument "extra"`},
-		{[]string{"--proto", "grpc", "--target", "http://x:1/"}, "want host:port"},
-		{[]string{"--proto", "tcp", "--target", "nohost"}, "want host:port"},
-		{[]string{"--proto", "h2c", "--target", "https://x:1/"}, "scheme must be http"},
+		{[]string{"--target", "127.0.0.1:1"}, config, "--proto is required"},
+		{[]string{"--proto", "http1"}, config, "--target is required"},
+		{[]string{"--proto", "quic", "--target", "x:1"}, config, `--proto: unknown protocol "quic"`},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--rate", "-5"}, config, "--rate -5: out of range"},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--rate", "abc"}, config, `--rate: invalid value "abc": want a number`},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--duration", "0s"}, config, "--duration must be positive"},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--duration", "ten"}, config, `--duration: invalid value "ten": want a duration`},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--concurrency", "0"}, config, "--concurrency must be positive"},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--payload", "-1"}, config, "--payload -1: out of range"},
+		{[]string{"--proto", "tcp-bulk", "--target", "x:1", "--rate", "10"}, config, "--rate: tcp-bulk measures maximum throughput"},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--pid", "nonsense"}, config, `--pid: invalid value "nonsense"`},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--pid", "gone=999999999"}, config, "cannot read process"},
+		{[]string{"--proto", "grpc", "--target", "http://x:1/"}, config, `--target "http://x:1/": want host:port`},
+		{[]string{"--proto", "tcp", "--target", "nohost"}, config, `--target "nohost": want host:port`},
+		{[]string{"--proto", "h2c", "--target", "https://x:1/"}, config, "--target \"https://x:1/\": scheme must be http"},
+		{[]string{"--proto", "tcp", "--target", "x:1", "--bogus"}, usage, "unknown flag --bogus"},
+		{[]string{"--proto", "tcp", "--target"}, usage, "flag needs a value: --target"},
+		{[]string{"--proto", "tcp", "--target", "x:1", "extra"}, usage, `unexpected argument "extra"`},
 	} {
 		code, out, errOut := runMain(tc.args...)
-		if code != 2 {
-			t.Errorf("%v: exit %d, want 2", tc.args, code)
+		if code != tc.code {
+			t.Errorf("%v: exit %d, want %d", tc.args, code, tc.code)
 		}
 		if out != "" {
 			t.Errorf("%v: stdout %q", tc.args, out)
@@ -51,9 +54,11 @@ func TestMainBadFlags(t *testing.T) {
 			t.Errorf("%v: stderr %q, want one line containing %q", tc.args, errOut, tc.want)
 		}
 	}
-	code, out, _ := runMain("-h")
-	if code != 0 || !strings.Contains(out, "usage: quicmesh bench") || !strings.Contains(out, "-connections") {
-		t.Errorf("-h: exit %d, %q", code, out)
+	for _, help := range []string{"-h", "--help", "-help"} {
+		code, out, errOut := runMain(help)
+		if code != 0 || errOut != "" || !strings.Contains(out, "usage: quicmesh bench") || !strings.Contains(out, "-connections") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", help, code, out, errOut)
+		}
 	}
 }
 

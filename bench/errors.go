@@ -102,7 +102,8 @@ func classify(ctx context.Context, err error) string {
 		return ErrConnRefused
 	case strings.Contains(msg, "connection reset"), strings.Contains(msg, "broken pipe"),
 		strings.Contains(msg, "server closed"), strings.Contains(msg, "connection lost"),
-		strings.Contains(msg, "unexpected EOF"), strings.Contains(msg, "GOAWAY"):
+		strings.Contains(msg, "unexpected EOF"), strings.Contains(msg, "GOAWAY"),
+		strings.Contains(msg, "readLoop exiting"), strings.Contains(msg, "closed idle connection"):
 		return ErrReset
 	}
 	return ErrOther
@@ -116,10 +117,10 @@ func checkTarget(proto, target string) error {
 		return err
 	}
 	if strings.Contains(target, "://") {
-		return fmt.Errorf("bad %s target %q: want host:port", proto, target)
+		return fmt.Errorf("--target %q: want host:port for %s", target, proto)
 	}
 	if _, port, err := net.SplitHostPort(target); err != nil || port == "" {
-		return fmt.Errorf("bad %s target %q: want host:port", proto, target)
+		return fmt.Errorf("--target %q: want host:port for %s", target, proto)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -44,13 +45,13 @@ func parseHTTPTarget(target string) (*url.URL, string, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, "", fmt.Errorf("bad target URL %q: %v", target, err)
+		return nil, "", fmt.Errorf("--target %q: %v", target, err)
 	}
 	if u.Scheme != "http" {
-		return nil, "", fmt.Errorf("bad target URL %q: scheme must be http (TLS is the sidecars' business)", target)
+		return nil, "", fmt.Errorf("--target %q: scheme must be http (TLS is the sidecars' business)", target)
 	}
 	if u.Host == "" {
-		return nil, "", fmt.Errorf("bad target URL %q: no host", target)
+		return nil, "", fmt.Errorf("--target %q: no host", target)
 	}
 	addr := u.Host
 	if u.Port() == "" {
@@ -99,33 +100,44 @@ func newHTTPTarget(cfg Config) (*httpTarget, error) {
 }
 
 // conn returns the slot's connection, dialing a new one if it has none or
-// its connection failed.
-func (t *httpTarget) conn(ctx context.Context, s *connSlot) (*http.ClientConn, error) {
+// its connection failed. fresh reports whether this call dialed it.
+func (t *httpTarget) conn(ctx context.Context, s *connSlot) (cc *http.ClientConn, fresh bool, err error) {
 	if cc := s.cc.Load(); cc != nil && cc.Err() == nil {
-		return cc, nil
+		return cc, false, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cc := s.cc.Load()
+	cc = s.cc.Load()
 	if cc != nil && cc.Err() == nil {
-		return cc, nil
+		return cc, false, nil
 	}
 	if cc != nil {
 		cc.Close()
 		s.cc.Store(nil)
 	}
-	cc, err := t.tr.NewClientConn(ctx, "http", t.addr)
+	cc, err = t.tr.NewClientConn(ctx, "http", t.addr)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	s.cc.Store(cc)
-	return cc, nil
+	return cc, true, nil
+}
+
+// drop closes cc and takes it out of the slot, unless another request
+// has already replaced it, so that the slot's next request dials.
+func (t *httpTarget) drop(s *connSlot, cc *http.ClientConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cc.Load() == cc {
+		s.cc.Store(nil)
+	}
+	cc.Close()
 }
 
 func (t *httpTarget) preconnect(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, s := range t.slots {
-		wg.Go(func() { t.conn(ctx, s) })
+		wg.Go(func() { t.conn(ctx, s) }) // a failure shows in the first request
 	}
 	wg.Wait()
 }
@@ -167,10 +179,32 @@ func (r *httpRequester) do(ctx context.Context) (int64, error) {
 		}
 		defer func() { t.free <- slot }()
 	}
-	cc, err := t.conn(ctx, slot)
-	if err != nil {
-		return 0, err
+	// A server may close a keep-alive connection between two requests
+	// (an idle timeout, or python3 -m http.server closing after every
+	// response); net/http notices only when the next request is sent on
+	// it. Like http.Transport does for its pooled connections, a request
+	// that fails that way on a connection that had already carried one is
+	// sent once more on a new connection; its latency includes both tries.
+	// A failure on a new connection is the request's own.
+	for attempt := 0; ; attempt++ {
+		cc, fresh, err := t.conn(ctx, slot)
+		if err != nil {
+			return 0, err
+		}
+		n, err := t.roundTrip(ctx, slot, cc)
+		if err != nil && !fresh && attempt == 0 && errors.Is(err, errConnLost) && ctx.Err() == nil {
+			continue
+		}
+		return n, err
 	}
+}
+
+// errConnLost marks a round trip that failed before any of the response
+// arrived because the connection was gone.
+var errConnLost = errors.New("connection lost before the response")
+
+// roundTrip sends one request on cc and reads the whole response.
+func (t *httpTarget) roundTrip(ctx context.Context, slot *connSlot, cc *http.ClientConn) (int64, error) {
 	var body io.Reader
 	if t.payload != nil {
 		body = bytes.NewReader(t.payload)
@@ -193,12 +227,24 @@ func (r *httpRequester) do(ctx context.Context) (int64, error) {
 	}
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
+		if cc.Err() != nil || classify(ctx, err) == ErrReset {
+			// The connection is unusable: the next request dials.
+			t.drop(slot, cc)
+			return 0, fmt.Errorf("%w: %w", errConnLost, err)
+		}
 		return 0, err
 	}
 	bp := t.buf.Get().(*[]byte)
 	n, err := io.CopyBuffer(io.Discard, resp.Body, *bp)
 	t.buf.Put(bp)
 	resp.Body.Close()
+	if resp.Close {
+		// The server said it closes the connection after this response
+		// (Connection: close, or HTTP/1.0 without keep-alive). net/http
+		// marks the connection unusable only a moment later; dropping it
+		// now makes the next request dial instead of racing that.
+		t.drop(slot, cc)
+	}
 	if err != nil {
 		return n, err
 	}

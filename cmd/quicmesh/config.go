@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 )
@@ -65,16 +66,59 @@ type fileConfig struct {
 	} `json:"limits"`
 }
 
-type duration struct{ time.Duration }
+// duration is a config-file duration such as "5s". It is checked after
+// decoding (see checkDurations) rather than while decoding, so that an
+// error can name its key: encoding/json does not tell an Unmarshaler
+// where it is.
+type duration struct {
+	time.Duration
+	raw json.RawMessage
+}
 
 func (d *duration) UnmarshalJSON(b []byte) error {
+	d.raw = append(d.raw[:0], b...)
+	return nil
+}
+
+var durationType = reflect.TypeFor[duration]()
+
+// checkDurations parses every duration in v (a struct), naming the first
+// bad one by its dotted key, e.g. "limits.idle_timeout".
+func checkDurations(v reflect.Value, prefix string) error {
+	t := v.Type()
+	for i := range t.NumField() {
+		field, fv := t.Field(i), v.Field(i)
+		tag, _, _ := strings.Cut(field.Tag.Get("json"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + tag
+		switch {
+		case field.Type == durationType:
+			d := fv.Addr().Interface().(*duration)
+			if err := d.parse(); err != nil {
+				return fmt.Errorf("%q: %w", key, err)
+			}
+		case field.Type.Kind() == reflect.Struct:
+			if err := checkDurations(fv, key+"."); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (d *duration) parse() error {
+	if len(d.raw) == 0 || string(d.raw) == "null" {
+		return nil
+	}
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"5s\": %w", err)
+	if err := json.Unmarshal(d.raw, &s); err != nil {
+		return fmt.Errorf("invalid duration %.40s (want a string such as \"5s\")", d.raw)
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid duration %q (want e.g. \"500ms\", \"5s\", \"1m\")", s)
 	}
 	if v < 0 {
 		return fmt.Errorf("duration %q is negative", s)
@@ -115,11 +159,15 @@ func parseConfig(data []byte, name string) (*fileConfig, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("config %s: trailing data after the JSON object", name)
 	}
+	if err := checkDurations(reflect.ValueOf(&cfg).Elem(), ""); err != nil {
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
 	return &cfg, nil
 }
 
 // mapFlag collects repeated KEY=VALUE flags.
 type mapFlag struct {
+	want  string // the form in errors, e.g. "SERVICE=APP_ADDR"
 	m     map[string]string
 	order []string
 }
@@ -128,7 +176,11 @@ func (f *mapFlag) String() string { return strings.Join(f.order, ",") }
 func (f *mapFlag) Set(v string) error {
 	k, val, ok := strings.Cut(v, "=")
 	if !ok || k == "" || val == "" {
-		return fmt.Errorf("want KEY=VALUE, got %q", v)
+		want := f.want
+		if want == "" {
+			want = "KEY=VALUE"
+		}
+		return fmt.Errorf("want %s", want)
 	}
 	if f.m == nil {
 		f.m = make(map[string]string)
@@ -141,12 +193,15 @@ func (f *mapFlag) Set(v string) error {
 	return nil
 }
 
+// errLogFormat marks an unknown log format, as opposed to an unknown level.
+var errLogFormat = errors.New("unknown log format")
+
 // newLogger builds the structured logger from level and format names.
 func newLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar, error) {
 	lv := new(slog.LevelVar)
 	if level != "" {
 		if err := lv.UnmarshalText([]byte(level)); err != nil {
-			return nil, nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+			return nil, nil, fmt.Errorf("unknown log level %q: want debug, info, warn or error", level)
 		}
 	}
 	opts := &slog.HandlerOptions{Level: lv}
@@ -156,7 +211,7 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar,
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	default:
-		return nil, nil, fmt.Errorf("log format %q: want text or json", format)
+		return nil, nil, fmt.Errorf("%w %q: want text or json", errLogFormat, format)
 	}
 }
 

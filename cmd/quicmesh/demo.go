@@ -3,19 +3,20 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
+	"text/tabwriter"
 	"time"
 
 	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/cli"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
@@ -42,12 +43,17 @@ func (m *demoMesh) Close() {
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("quicmesh demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	verbose := fs.Bool("v", false, "log sidecar activity to stderr")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	c := cli.New("quicmesh demo", `Usage: quicmesh demo [-v]
+
+Runs a whole mesh on loopback — its own CA, two sidecars, echo apps for
+TCP, HTTP/1.1, h2c and gRPC — checks that traffic of every kind crosses
+it intact, and exits 0 if every check passed.
+`, stdout, stderr)
+	verbose := c.Flags.Bool("v", false, "log sidecar activity to stderr")
+	if code, ok := c.Parse(args); !ok {
+		return code
 	}
+	fail := func(format string, a ...any) int { return c.Fail(format, a...) }
 	logLevel := "error"
 	if *verbose {
 		logLevel = "debug"
@@ -58,7 +64,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "quicmesh demo: a whole mesh on loopback with its own CA")
 	ca, err := identity.NewCA(demoTrustDomain, time.Hour)
 	if err != nil {
-		return fail(stderr, "demo: creating CA: %v", err)
+		return fail("creating CA: %v", err)
 	}
 	m := &demoMesh{ca: ca}
 	defer m.Close()
@@ -72,7 +78,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	} {
 		srv, err := a.start("127.0.0.1:0")
 		if err != nil {
-			return fail(stderr, "demo: starting %s app: %v", a.name, err)
+			return fail("starting %s app: %v", a.name, err)
 		}
 		m.closers = append(m.closers, func() { srv.Close() })
 		apps[a.name] = srv
@@ -89,7 +95,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	serverProv, err := newProvider(demoServerID)
 	if err != nil {
-		return fail(stderr, "demo: issuing server identity: %v", err)
+		return fail("issuing server identity: %v", err)
 	}
 	m.server, err = sidecar.Start(sidecar.Config{
 		Identity:    serverProv,
@@ -104,13 +110,13 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		Logger: logger.With("sidecar", "server"),
 	})
 	if err != nil {
-		return fail(stderr, "demo: starting server sidecar: %v", err)
+		return fail("starting server sidecar: %v", err)
 	}
 	m.closers = append(m.closers, func() { m.server.Close() })
 
 	clientProv, err := newProvider(demoClientID)
 	if err != nil {
-		return fail(stderr, "demo: issuing client identity: %v", err)
+		return fail("issuing client identity: %v", err)
 	}
 	services := []string{"echo-tcp", "echo-http1", "echo-h2c", "echo-grpc"}
 	eps := map[string][]discovery.Endpoint{}
@@ -129,49 +135,44 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		Logger:      logger.With("sidecar", "client"),
 	})
 	if err != nil {
-		return fail(stderr, "demo: starting client sidecar: %v", err)
+		return fail("starting client sidecar: %v", err)
 	}
 	m.closers = append(m.closers, func() { m.client.Close() })
 
-	fmt.Fprintf(stdout, "  CA             trust domain %s\n", demoTrustDomain)
-	fmt.Fprintf(stdout, "  sidecar client %s\n", demoClientID)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
+	fmt.Fprintf(tw, "  CA\ttrust domain %s\n", demoTrustDomain)
+	fmt.Fprintf(tw, "  sidecar client\t%s\n", demoClientID)
 	for i, svc := range services {
-		fmt.Fprintf(stdout, "                 outbound %-15s -> %s\n", m.client.BindAddr(i), svc)
+		fmt.Fprintf(tw, "\toutbound %s -> %s\n", m.client.BindAddr(i), svc)
 	}
-	fmt.Fprintf(stdout, "  sidecar server %s\n                 inbound quic %s -> apps %s\n", demoServerID, m.server.InboundAddr(), strings.Join(services, ", "))
+	fmt.Fprintf(tw, "  sidecar server\t%s\n", demoServerID)
+	fmt.Fprintf(tw, "\tinbound quic %s -> apps %s\n", m.server.InboundAddr(), strings.Join(services, ", "))
+	tw.Flush()
 	fmt.Fprintln(stdout)
 
-	failed := 0
-	check := func(name string, fn func() (string, error)) {
-		t0 := time.Now()
-		detail, err := fn()
-		if err != nil {
-			failed++
-			fmt.Fprintf(stdout, "  FAIL  %-34s %v\n", name, err)
-			return
-		}
-		fmt.Fprintf(stdout, "  ok    %-34s %-40s %8s\n", name, detail, time.Since(t0).Round(time.Millisecond))
-	}
 	bind := m.client.BindAddr(0).String()
-	check("tcp: 1 KiB echo", func() (string, error) { return tcpTransfer(bind, 1<<10) })
-	check("tcp: 16 MiB each way", func() (string, error) { return tcpTransfer(bind, 16<<20) })
-	check("tcp: 50 concurrent connections", func() (string, error) { return tcpConcurrent(bind, 50, 64<<10) })
-	check("tcp: half-close", func() (string, error) { return tcpHalfClose(bind) })
 	h1URL := "http://" + m.client.BindAddr(1).String()
-	check("http/1.1: GET", func() (string, error) { return httpGet(h1Client(), h1URL, "HTTP/1.1") })
-	check("http/1.1: 8 MiB POST echo", func() (string, error) { return httpPost(h1Client(), h1URL, 8<<20) })
 	h2URL := "http://" + m.client.BindAddr(2).String()
-	check("h2c: GET", func() (string, error) { return httpGet(h2cClient(), h2URL, "HTTP/2.0") })
-	check("h2c: 8 MiB POST echo", func() (string, error) { return httpPost(h2cClient(), h2URL, 8<<20) })
 	grpcAddr := m.client.BindAddr(3).String()
-	check("grpc: unary", func() (string, error) { return grpcUnary(grpcAddr) })
-	check("grpc: bidi streaming", func() (string, error) { return grpcBidi(grpcAddr, 100) })
-	check("shared QUIC connections", func() (string, error) {
-		if n := m.client.Pool().Len(); n != 1 {
-			return "", fmt.Errorf("client holds %d QUIC connections to its one peer, want 1", n)
-		}
-		return "1 mTLS QUIC connection carried all of it", nil
-	})
+	checks := []demoCheck{
+		{"tcp: 1 KiB echo", func() (string, error) { return tcpTransfer(bind, 1<<10) }},
+		{"tcp: 16 MiB each way", func() (string, error) { return tcpTransfer(bind, 16<<20) }},
+		{"tcp: 50 concurrent connections", func() (string, error) { return tcpConcurrent(bind, 50, 64<<10) }},
+		{"tcp: half-close", func() (string, error) { return tcpHalfClose(bind) }},
+		{"http/1.1: GET", func() (string, error) { return httpGet(h1Client(), h1URL, "HTTP/1.1") }},
+		{"http/1.1: 8 MiB POST echo", func() (string, error) { return httpPost(h1Client(), h1URL, 8<<20) }},
+		{"h2c: GET", func() (string, error) { return httpGet(h2cClient(), h2URL, "HTTP/2.0") }},
+		{"h2c: 8 MiB POST echo", func() (string, error) { return httpPost(h2cClient(), h2URL, 8<<20) }},
+		{"grpc: unary", func() (string, error) { return grpcUnary(grpcAddr) }},
+		{"grpc: bidi streaming", func() (string, error) { return grpcBidi(grpcAddr, 100) }},
+		{"shared QUIC connections", func() (string, error) {
+			if n := m.client.Pool().Len(); n != 1 {
+				return "", fmt.Errorf("client holds %d QUIC connections to its one peer, want 1", n)
+			}
+			return "1 mTLS QUIC connection carried all of it", nil
+		}},
+	}
+	failed := runChecks(stdout, checks)
 
 	fmt.Fprintln(stdout)
 	if failed > 0 {
@@ -212,8 +213,7 @@ func tcpTransfer(addr string, size int) (string, error) {
 	if sha256.Sum256(got) != sha256.Sum256(payload) {
 		return "", fmt.Errorf("echo differs: sent %d bytes, got %d", size, len(got))
 	}
-	mbps := float64(2*size*8) / time.Since(t0).Seconds() / 1e6
-	return fmt.Sprintf("%d bytes byte-identical, %.0f Mbit/s", size, mbps), nil
+	return fmt.Sprintf("%s byte-identical%s", byteSize(size), throughput(size, time.Since(t0))), nil
 }
 
 func tcpConcurrent(addr string, n, size int) (string, error) {
@@ -233,7 +233,7 @@ func tcpConcurrent(addr string, n, size int) (string, error) {
 	if err := <-errs; err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%d x %d bytes ok", n, size), nil
+	return fmt.Sprintf("%d x %s byte-identical", n, byteSize(size)), nil
 }
 
 func tcpHalfClose(addr string) (string, error) {
@@ -257,4 +257,68 @@ func tcpHalfClose(addr string) (string, error) {
 		return "", fmt.Errorf("got %q after closing our write side, want \"ping\"", got)
 	}
 	return "reply read after client closed its write side", nil
+}
+
+// demoCheck is one line of the demo's report.
+type demoCheck struct {
+	name string
+	run  func() (detail string, err error)
+}
+
+// runChecks runs the checks in order, printing each result as soon as it
+// is known, in aligned columns: status, name, time, detail (last, as it
+// has no bounded width). It returns how many failed.
+func runChecks(w io.Writer, checks []demoCheck) (failed int) {
+	nameWidth := 0
+	for _, c := range checks {
+		nameWidth = max(nameWidth, len(c.name))
+	}
+	for _, c := range checks {
+		t0 := time.Now()
+		detail, err := c.run()
+		status := "ok"
+		if err != nil {
+			failed++
+			status, detail = "FAIL", err.Error()
+		}
+		fmt.Fprintf(w, "  %-4s  %-*s  %7s  %s\n", status, nameWidth, c.name, elapsed(time.Since(t0)), detail)
+	}
+	return failed
+}
+
+// elapsed formats a check's duration in at most 7 ASCII characters.
+func elapsed(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return "<1ms"
+	case d < 10*time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	default:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	}
+}
+
+// minTimedBytes is the smallest transfer whose duration says something
+// about throughput; below it, connection set-up and scheduling dominate.
+const minTimedBytes = 1 << 20
+
+// throughput is ", N Mbit/s each way" for a transfer of size bytes each
+// way, or "" for one too small to time.
+func throughput(size int, d time.Duration) string {
+	if size < minTimedBytes || d <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %.0f Mbit/s each way", float64(size)*8/d.Seconds()/1e6)
+}
+
+// byteSize formats n as KiB or MiB when it is a whole number of them.
+func byteSize(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	default:
+		return fmt.Sprintf("%d bytes", n)
+	}
 }

@@ -76,7 +76,7 @@ func httpPost(c *http.Client, url string, size int) (string, error) {
 	if n != int64(size) || !bytes.Equal(h.Sum(nil), sha256Sum(payload)) {
 		return "", fmt.Errorf("echoed %d of %d bytes or content differs", n, size)
 	}
-	return fmt.Sprintf("%d bytes byte-identical, %.0f Mbit/s", size, float64(2*size*8)/time.Since(t0).Seconds()/1e6), nil
+	return fmt.Sprintf("%s byte-identical%s", byteSize(size), throughput(size, time.Since(t0))), nil
 }
 
 func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }

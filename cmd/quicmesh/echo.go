@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,17 +9,22 @@ import (
 	"syscall"
 
 	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/internal/cli"
 )
 
-// runEcho serves one of the bundled echo apps, the targets of the demo and
-// the benchmark scenarios.
+// runEcho serves one of the bundled echo apps, the targets of the demo,
+// the README's example and the benchmark scenarios.
 func runEcho(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("quicmesh echo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	proto := fs.String("proto", "http1", "http1, h2c, grpc or tcp")
-	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	c := cli.New("quicmesh echo", `Usage: quicmesh echo [--proto http1|h2c|grpc|tcp] [--listen ADDR]
+
+Serves a bundled echo app until SIGINT or SIGTERM. HTTP: GET answers
+"ok" (or ?size=N bytes), POST echoes the body, and every response tells
+which caller identity the sidecar vouched for (Echo-Peer-Identity).
+`, stdout, stderr)
+	proto := c.Flags.String("proto", "http1", "http1, h2c, grpc or tcp")
+	listen := c.Flags.String("listen", "127.0.0.1:8080", "address to listen on")
+	if code, ok := c.Parse(args); !ok {
+		return code
 	}
 	start := map[string]func(string) (*echo.Server, error){
 		"http1": echo.ListenHTTP1,
@@ -29,16 +33,18 @@ func runEcho(args []string, stdout, stderr io.Writer) int {
 		"tcp":   echo.ListenTCP,
 	}[*proto]
 	if start == nil {
-		return fail(stderr, "echo: unknown --proto %q (want http1, h2c, grpc or tcp)", *proto)
+		return c.Fail("--proto: unknown protocol %q (want http1, h2c, grpc or tcp)", *proto)
 	}
+	// Signals are caught before the listener exists, so a SIGTERM right
+	// after start-up still closes it cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	srv, err := start(*listen)
 	if err != nil {
-		return fail(stderr, "echo: %v", err)
+		return c.Fail("--listen %s: %v", *listen, err)
 	}
 	defer srv.Close()
 	fmt.Fprintf(stdout, "echo %s listening on %s\n", *proto, srv.Addr())
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
-	return 0
+	return cli.ExitOK
 }

@@ -1,11 +1,18 @@
 // Command quicmesh is the quicmesh sidecar, its certificate authority
 // tooling, an all-in-one demo and the load generator.
+//
+// Every command follows internal/cli's contract: --help prints usage on
+// stdout (exit 0), a malformed command line is one line on stderr (exit 2),
+// a configuration error is one line naming the flag or key (exit 1).
 package main
 
 import (
-	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
+
+	"github.com/quicmesh/quicmesh/internal/cli"
 )
 
 const usage = `quicmesh — a service-mesh sidecar that carries app traffic over mutually authenticated QUIC
@@ -18,8 +25,17 @@ Usage:
   quicmesh bench [flags]          generate load and measure latency
   quicmesh echo [flags]           serve a bundled echo app (http1, h2c, grpc, tcp)
 
-Run 'quicmesh COMMAND -h' for a command's flags.
+Run 'quicmesh COMMAND --help' for a command's flags.
 `
+
+// commands is the dispatch table; its keys are the only valid commands.
+var commands = map[string]func(args []string, stdout, stderr io.Writer) int{
+	"proxy": runProxy,
+	"ca":    runCA,
+	"demo":  runDemo,
+	"bench": runBench,
+	"echo":  runEcho,
+}
 
 func main() {
 	// The sidecar reports the UDP buffer sizes it got in its own
@@ -32,32 +48,39 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	switch args[0] {
-	case "proxy":
-		return runProxy(args[1:], stdout, stderr)
-	case "ca":
-		return runCA(args[1:], stdout, stderr)
-	case "demo":
-		return runDemo(args[1:], stdout, stderr)
-	case "bench":
-		return runBench(args[1:], stdout, stderr)
-	case "echo":
-		return runEcho(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "quicmesh: unknown command %q\n\n%s", args[0], usage)
-		return 2
-	}
+	return dispatch(cli.New("quicmesh", usage, stdout, stderr), commands, args, stdout, stderr)
 }
 
-// fail prints one clear error line and returns the exit status for it.
-func fail(stderr io.Writer, format string, a ...any) int {
-	fmt.Fprintf(stderr, "quicmesh: "+format+"\n", a...)
-	return 1
+// dispatch runs the subcommand named by args[0], or answers help, or
+// reports a missing or unknown subcommand in one line.
+func dispatch(c *cli.Command, subs map[string]func([]string, io.Writer, io.Writer) int, args []string, stdout, stderr io.Writer) int {
+	names := make([]string, 0, len(subs))
+	for name := range subs {
+		names = append(names, name)
+	}
+	want := "want " + orList(names)
+	switch {
+	case len(args) == 0:
+		return c.UsageError("missing command (%s)", want)
+	case cli.IsHelp(args[0]):
+		c.Help()
+		return cli.ExitOK
+	case strings.HasPrefix(args[0], "-"):
+		return c.UsageError("unknown flag %s (%s)", args[0], want)
+	}
+	sub, ok := subs[args[0]]
+	if !ok {
+		return c.UsageError("unknown command %q (%s)", args[0], want)
+	}
+	return sub(args[1:], stdout, stderr)
+}
+
+// orList formats names, sorted, as "a, b or c".
+func orList(names []string) string {
+	names = append([]string(nil), names...)
+	slices.Sort(names)
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }

@@ -133,7 +133,7 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		cancel()
 		if err != nil {
 			p.log.Warn("http route failed", "service", service, "error", err)
-			res = bridge.WriteError(w, r, kind, p.who(), err.Error())
+			res = bridge.WriteError(w, r, kind, p.who(), f.reason(err))
 			return
 		}
 		peer = pc.Peer.String()
@@ -263,7 +263,7 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 	defer cancel()
 	pc, done, err := p.Connect(ctx, service)
 	if err != nil {
-		bridge.WriteError(w, r, connectErrorKind(ctx, err), p.who(), err.Error())
+		bridge.WriteError(w, r, connectErrorKind(ctx, err), p.who(), f.reason(err))
 		return
 	}
 	str, err := pc.OpenTunnel(ctx, target)
@@ -297,7 +297,19 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 			return
 		}
 	}
-	p.splice(conn, str, pc, done, service)
+	// Labelled by the tunnel target ("echo:80" for CONNECT echo:80), as
+	// the inbound sidecar labels the same tunnel.
+	p.splice(conn, str, pc, done, target)
+}
+
+// reason is the text of a proxy error for a request that found no
+// endpoint. On the HTTP proxy listener the service name is the request's
+// host, which an unknown service had better say.
+func (f *httpFront) reason(err error) string {
+	if f.service == "" && errors.Is(err, discovery.ErrUnknownService) {
+		return err.Error() + " (the HTTP proxy takes the service name from the request's host)"
+	}
+	return err.Error()
 }
 
 // connQueue is a net.Listener fed with connections that detection has

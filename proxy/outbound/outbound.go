@@ -107,6 +107,29 @@ func New(cfg Config) *Proxy {
 
 func (p *Proxy) who() string { return "outbound " + p.cfg.Name }
 
+// discoveryError says in one sentence why discovery gave no endpoints for
+// service. The resolvers' own wrapping repeats the name at every layer
+// ("resolving ...: resolve ...: resolve ..."); the sentinel stays
+// reachable for errors.Is.
+func discoveryError(service string, err error) error {
+	switch {
+	case errors.Is(err, discovery.ErrUnknownService):
+		return sentence{fmt.Sprintf("no service %q in discovery", service), err}
+	case errors.Is(err, discovery.ErrNoEndpoints):
+		return sentence{fmt.Sprintf("service %q has no endpoints", service), err}
+	}
+	return fmt.Errorf("outbound: discovering %q: %w", service, err)
+}
+
+// sentence is an error whose text replaces that of the error it wraps.
+type sentence struct {
+	text string
+	err  error
+}
+
+func (e sentence) Error() string { return e.text }
+func (e sentence) Unwrap() error { return e.err }
+
 // ErrNoRoute is wrapped when no endpoint of a service could be reached.
 var ErrNoRoute = errors.New("outbound: no reachable endpoint")
 
@@ -116,7 +139,7 @@ var ErrNoRoute = errors.New("outbound: no reachable endpoint")
 func (p *Proxy) Connect(ctx context.Context, service string) (*transport.PeerConn, func(ok bool), error) {
 	eps, err := p.cfg.Discovery.Endpoints(ctx, service)
 	if err != nil {
-		return nil, nil, fmt.Errorf("outbound: resolving %q: %w", service, err)
+		return nil, nil, discoveryError(service, err)
 	}
 	tried := make(map[string]bool, p.cfg.MaxAttempts)
 	var lastErr error

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Every command keeps internal/cli's contract: --help is usage on stdout
+// and exit 0; a malformed command line is one line on stderr and exit 2; a
+// configuration error is one line naming the flag or config key and exit
+// 1, with nothing logged before it.
+func TestCommandLineContract(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	disco := write("services.json", `{"services": {"echo": {"endpoints": [{"addr": "127.0.0.1:4143", "identity": "spiffe://test.local/echo"}]}}}`)
+	badDuration := write("bad-duration.json", `{"outbound": {"detect_timeout": "3x"}}`)
+	numericDuration := write("numeric-duration.json", `{"limits": {"idle_timeout": 30}}`)
+	unknownKey := write("unknown-key.json", `{"identity": {"crt": "x"}}`)
+	badBind := write("bad-bind.json", `{"outbound": {"binds": [{"listen": "127.0.0.1:0"}]}}`)
+
+	// Addresses another socket holds, for the "already in use" errors.
+	tcpTaken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpTaken.Close()
+	udpTaken, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpTaken.Close()
+	inUse, udpInUse := tcpTaken.Addr().String(), udpTaken.LocalAddr().String()
+	httpProxyTakenConfig := write("http-proxy-taken.json", `{"outbound": {"http_proxy": "`+inUse+`"}}`)
+
+	id := []string{"--cert", cert, "--key", key, "--bundle", bundle}
+	// A sidecar that would start: every listener on a free port.
+	proxy := func(extra ...string) []string {
+		args := append([]string{"proxy", "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0"}, id...)
+		return append(args, extra...)
+	}
+	const (
+		help   = 0
+		config = 1
+		usage  = 2
+	)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // on stdout for help, in the one stderr line otherwise
+	}{
+		{"quicmesh --help", []string{"--help"}, help, "quicmesh proxy [flags]"},
+		{"quicmesh -h", []string{"-h"}, help, "quicmesh proxy [flags]"},
+		{"quicmesh help", []string{"help"}, help, "quicmesh proxy [flags]"},
+		{"quicmesh", nil, usage, "quicmesh: missing command (want bench, ca, demo, echo or proxy); see 'quicmesh --help'"},
+		{"quicmesh unknown command", []string{"frob"}, usage, `quicmesh: unknown command "frob"`},
+		{"quicmesh unknown flag", []string{"--frob"}, usage, "quicmesh: unknown flag --frob"},
+
+		{"proxy --help", []string{"proxy", "--help"}, help, "-http-proxy string"},
+		{"proxy -h", []string{"proxy", "-h"}, help, "Usage: quicmesh proxy"},
+		{"proxy unknown flag", []string{"proxy", "--frob"}, usage, "quicmesh proxy: unknown flag --frob; see 'quicmesh proxy --help'"},
+		{"proxy missing value", []string{"proxy", "--cert"}, usage, "quicmesh proxy: flag needs a value: --cert"},
+		{"proxy unexpected argument", proxy("extra"), usage, `quicmesh proxy: unexpected argument "extra"`},
+		{"proxy bind without service", []string{"proxy", "--bind", "127.0.0.1:7011"}, config, `quicmesh proxy: --bind: invalid value "127.0.0.1:7011": want LISTEN_ADDR=SERVICE[,opaque]`},
+		{"proxy bind given twice", []string{"proxy", "--bind", "127.0.0.1:7011=a", "--bind", "127.0.0.1:7011=b"}, config, `--bind: invalid value "127.0.0.1:7011=b": "127.0.0.1:7011" given twice`},
+		{"proxy bad duration flag", []string{"proxy", "--grace", "3x"}, config, `quicmesh proxy: --grace: invalid value "3x": want a duration`},
+		{"proxy bad bool flag", []string{"proxy", "--admin-shutdown=maybe"}, config, `--admin-shutdown: invalid value "maybe"`},
+		{"proxy no cert", []string{"proxy", "--key", key, "--bundle", bundle}, config, "no workload certificate: set --cert (or identity.cert)"},
+		{"proxy missing cert file", []string{"proxy", "--cert", filepath.Join(dir, "nope.crt"), "--key", key, "--bundle", bundle}, config, "--cert, --key, --bundle: identity: reading certificate " + filepath.Join(dir, "nope.crt")},
+		{"proxy bad duration in config", proxy("--config", badDuration), config, `config ` + badDuration + `: "outbound.detect_timeout": invalid duration "3x"`},
+		{"proxy numeric duration in config", proxy("--config", numericDuration), config, `"limits.idle_timeout": invalid duration 30 (want a string such as "5s")`},
+		{"proxy unknown config key", proxy("--config", unknownKey), config, `unknown field "crt"`},
+		{"proxy config bind without service", proxy("--config", badBind), config, `config "outbound.binds[0]": needs both "listen" and "service"`},
+		{"proxy missing config file", proxy("--config", filepath.Join(dir, "missing.json")), config, "missing.json"},
+		{"proxy bad log level", proxy("--log-level", "loud"), config, `--log-level: unknown log level "loud"`},
+		{"proxy bad log format", proxy("--log-format", "xml"), config, `--log-format: unknown log format "xml"`},
+		{"proxy bad route", proxy("--route", "echo=ftp://x:1"), config, `--route echo=ftp://x:1: route "ftp://x:1": unknown app protocol "ftp"`},
+		{"proxy bad bind option", proxy("--discovery-file", disco, "--bind", "127.0.0.1:0=echo,fast"), config, `--bind 127.0.0.1:0=echo,fast: unknown option "fast"`},
+		{"proxy bind address without port", proxy("--discovery-file", disco, "--bind", "localhost=echo"), config, "--bind localhost=echo: not a HOST:PORT address"},
+		{"proxy unknown service", proxy("--discovery-file", disco, "--bind", "127.0.0.1:0=nosuch"), config, `--bind 127.0.0.1:0=nosuch: service "nosuch" is not in the discovery file ` + disco},
+		{"proxy bind without discovery", proxy("--bind", "127.0.0.1:0=echo"), config, `--bind 127.0.0.1:0=echo: service "echo" is unknown: there is no discovery file (--discovery-file)`},
+		{"proxy missing discovery file", proxy("--discovery-file", filepath.Join(dir, "missing.json")), config, "--discovery-file: "},
+		{"proxy http proxy port taken", proxy("--http-proxy", inUse), config, "quicmesh proxy: --http-proxy " + inUse + `: bind: address already in use (in use by another process: two sidecars on one host need different ports, or --http-proxy "" disables this listener)`},
+		{"proxy http proxy port taken (config)", append([]string{"proxy", "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config", httpProxyTakenConfig}, id...), config,
+			`quicmesh proxy: config "outbound.http_proxy" ` + inUse + ": bind: address already in use"},
+		{"proxy admin port taken", proxy("--admin", inUse), config, "quicmesh proxy: --admin " + inUse + ": bind: address already in use"},
+		{"proxy inbound port taken", proxy("--inbound", udpInUse), config, "quicmesh proxy: --inbound " + udpInUse + ": bind: address already in use"},
+		{"proxy bind port taken", proxy("--discovery-file", disco, "--bind", inUse+"=echo"), config, "quicmesh proxy: --bind " + inUse + "=echo: bind: address already in use"},
+
+		{"ca --help", []string{"ca", "--help"}, help, "quicmesh ca issue --id SPIFFE_ID"},
+		{"ca help", []string{"ca", "help"}, help, "quicmesh ca init"},
+		{"ca", []string{"ca"}, usage, "quicmesh ca: missing command (want init or issue)"},
+		{"ca unknown subcommand", []string{"ca", "frob"}, usage, `quicmesh ca: unknown command "frob" (want init or issue)`},
+		{"ca init --help", []string{"ca", "init", "--help"}, help, "-trust-domain string"},
+		{"ca init unknown flag", []string{"ca", "init", "--frob"}, usage, "quicmesh ca init: unknown flag --frob"},
+		{"ca init unexpected argument", []string{"ca", "init", "x"}, usage, `quicmesh ca init: unexpected argument "x"`},
+		{"ca init bad lifetime", []string{"ca", "init", "--lifetime", "3x"}, config, `quicmesh ca init: --lifetime: invalid value "3x"`},
+		{"ca init existing", []string{"ca", "init", "--dir", filepath.Join(dir, "ca")}, config, "quicmesh ca init: --dir " + filepath.Join(dir, "ca") + ": identity: refusing to overwrite existing"},
+		{"ca issue -h", []string{"ca", "issue", "-h"}, help, "-id string"},
+		{"ca issue missing value", []string{"ca", "issue", "--id"}, usage, "quicmesh ca issue: flag needs a value: --id"},
+		{"ca issue no id", []string{"ca", "issue", "--ca-dir", filepath.Join(dir, "ca")}, config, "quicmesh ca issue: --id is required"},
+		{"ca issue bad id", []string{"ca", "issue", "--ca-dir", filepath.Join(dir, "ca"), "--id", "http://x"}, config, "quicmesh ca issue: --id: "},
+		{"ca issue missing CA", []string{"ca", "issue", "--ca-dir", filepath.Join(dir, "nope"), "--id", "spiffe://test.local/a"}, config, "quicmesh ca issue: --ca-dir: "},
+
+		{"demo --help", []string{"demo", "--help"}, help, "Usage: quicmesh demo"},
+		{"demo unknown flag", []string{"demo", "--frob"}, usage, "quicmesh demo: unknown flag --frob"},
+		{"demo unexpected argument", []string{"demo", "now"}, usage, `quicmesh demo: unexpected argument "now"`},
+
+		{"echo --help", []string{"echo", "--help"}, help, "-proto string"},
+		{"echo unknown flag", []string{"echo", "--frob"}, usage, "quicmesh echo: unknown flag --frob"},
+		{"echo unexpected argument", []string{"echo", "x"}, usage, `quicmesh echo: unexpected argument "x"`},
+		{"echo bad proto", []string{"echo", "--proto", "ftp"}, config, `quicmesh echo: --proto: unknown protocol "ftp"`},
+		{"echo port taken", []string{"echo", "--listen", inUse}, config, "quicmesh echo: --listen " + inUse + ": "},
+
+		{"bench --help", []string{"bench", "--help"}, help, "usage: quicmesh bench"},
+		{"bench unknown flag", []string{"bench", "--frob"}, usage, "quicmesh bench: unknown flag --frob"},
+		{"bench unexpected argument", []string{"bench", "--proto", "tcp", "--target", "x:1", "y"}, usage, `quicmesh bench: unexpected argument "y"`},
+		{"bench no proto", []string{"bench"}, config, "quicmesh bench: --proto is required"},
+		{"bench bad rate", []string{"bench", "--proto", "tcp", "--target", "x:1", "--rate", "fast"}, config, `quicmesh bench: --rate: invalid value "fast"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCmd(tt.args...)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, stdout, stderr)
+			}
+			if tt.code == help {
+				if stderr != "" || !strings.Contains(stdout, tt.want) {
+					t.Fatalf("help: stdout %q, stderr %q; want usage on stdout containing %q", stdout, stderr, tt.want)
+				}
+				return
+			}
+			if stdout != "" {
+				t.Errorf("stdout %q, want nothing", stdout)
+			}
+			if strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") || !strings.Contains(stderr, tt.want) {
+				t.Fatalf("stderr %q\nwant exactly one line containing %q", stderr, tt.want)
+			}
+		})
+	}
+}
