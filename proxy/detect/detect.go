@@ -271,21 +271,35 @@ const h1VersionPrefix = "HTTP/1."
 // were split into reads: once it decides at byte i, feeding more bytes cannot
 // change the answer.
 type classifier struct {
+	prefaceTracker
+	h1    int // h1* state
+	h1Len int // length of the current request-line element
+}
+
+// prefaceTracker follows the input against the HTTP/2 preface.
+type prefaceTracker struct {
 	pos    int  // bytes consumed so far
 	h2Dead bool // input diverged from the HTTP/2 preface
-	h1     int  // h1* state
-	h1Len  int  // length of the current request-line element
+}
+
+// stepPreface consumes one byte (the caller advances pos) and reports
+// whether it completed the preface.
+func (p *prefaceTracker) stepPreface(ch byte) bool {
+	if p.h2Dead {
+		return false
+	}
+	if ch != preface[p.pos] {
+		p.h2Dead = true
+		return false
+	}
+	return p.pos == len(preface)-1
 }
 
 // feed consumes b and reports the decision, if one was reached.
 func (c *classifier) feed(b []byte) (Protocol, bool) {
 	for _, ch := range b {
-		if !c.h2Dead {
-			if ch != preface[c.pos] {
-				c.h2Dead = true
-			} else if c.pos == len(preface)-1 {
-				return HTTP2, true
-			}
+		if c.stepPreface(ch) {
+			return HTTP2, true
 		}
 		if c.h1 != h1Dead && c.stepH1(ch) {
 			return HTTP1, true

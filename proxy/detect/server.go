@@ -79,9 +79,8 @@ const (
 // serverClassifier is DetectServer's incremental recogniser; like
 // classifier, its decision is a pure function of the bytes.
 type serverClassifier struct {
-	pos    int
-	h2Dead bool
-	st     int
+	prefaceTracker
+	st int
 	// verdict of the HTTP/1 side, held back while the bytes are still a
 	// prefix of the HTTP/2 preface ("PRI " is request-line shaped).
 	verdict Protocol
@@ -90,12 +89,8 @@ type serverClassifier struct {
 
 func (c *serverClassifier) feed(b []byte) (Protocol, bool) {
 	for _, ch := range b {
-		if !c.h2Dead {
-			if ch != preface[c.pos] {
-				c.h2Dead = true
-			} else if c.pos == len(preface)-1 {
-				return HTTP2, true
-			}
+		if c.stepPreface(ch) {
+			return HTTP2, true
 		}
 		if !c.decided {
 			c.verdict, c.decided = c.step(ch)

@@ -150,17 +150,7 @@ func FuzzDetectServer(f *testing.F) {
 		f.Add([]byte(s), []byte{byte(i), 1, 0, 3})
 	}
 	f.Fuzz(func(t *testing.T, data, chunking []byte) {
-		const bigLimit = 256
-		if len(data) > bigLimit+64 {
-			data = data[:bigLimit+64]
-		}
-		if len(chunking) > 64 {
-			chunking = chunking[:64]
-		}
-		chunks := make([]int, len(chunking))
-		for i, c := range chunking {
-			chunks[i] = int(c % 17)
-		}
+		data, chunking, chunks := shapeFuzzInput(data, chunking)
 		for _, maxBytes := range []int{bigLimit, 1 + int(len(chunking)%40)} {
 			want := serverReference(data, maxBytes)
 			for _, ch := range [][]int{nil, {1}, chunks} {
