@@ -142,6 +142,7 @@ func (a *recordingApp) checkClean(t *testing.T, path string) {
 // recording app on three kinds of route, plus a raw TCP echo app.
 type secMesh struct {
 	app        *recordingApp
+	server     *sidecar.Sidecar
 	binds      map[string]string
 	proxyAddr  string
 	clientReg  *prometheus.Registry
@@ -184,6 +185,7 @@ func newSecMesh(t *testing.T, headerTimeout time.Duration) *secMesh {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { server.Close() })
+	m.server = server
 	eps := map[string][]discovery.Endpoint{}
 	var binds []sidecar.Bind
 	for _, svc := range secServices {
@@ -596,5 +598,31 @@ func TestNoUserAgentAdded(t *testing.T) {
 		if v, ok := got[0].header["User-Agent"]; (p.want == "" && ok) || (p.want != "" && (len(v) != 1 || v[0] != p.want)) {
 			t.Errorf("%s: app saw User-Agent %q, want %q", p.path, v, p.want)
 		}
+	}
+}
+
+// Draining the far sidecar closes a keep-alive HTTP connection that a
+// tunnel carries once it is idle, instead of holding the drain for the
+// whole grace period.
+func TestDrainClosesIdleHTTPInTunnels(t *testing.T) {
+	m := newSecMesh(t, 10*time.Second)
+	c := tunnelVectors[0].open(t, m, "web", "GET /before-drain HTTP/1.1\r\nHost: web\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("status %d, close %v: want a kept-alive 200", resp.StatusCode, resp.Close)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.server.Shutdown(ctx); err != nil {
+		t.Fatalf("drain: %v (the idle tunnel connection held it)", err)
+	}
+	if rest, err := io.ReadAll(br); len(rest) != 0 || err != nil {
+		t.Fatalf("after the drain: %q, %v; want the connection closed", rest, err)
 	}
 }
