@@ -26,6 +26,21 @@ type SpliceResult struct {
 }
 
 type closeWriter interface{ CloseWrite() error }
+
+// Stream is the mesh side of a splice: a *quic.Stream, or a wrapper whose
+// reads must go through bytes already buffered in front of the stream (an
+// HTTP server's reader after a protocol switch).
+type Stream interface {
+	io.Reader
+	io.Writer
+	// Close ends the send direction (FIN).
+	Close() error
+	CancelRead(quic.StreamErrorCode)
+	CancelWrite(quic.StreamErrorCode)
+}
+
+var _ Stream = (*quic.Stream)(nil)
+
 type lingerer interface{ SetLinger(sec int) error }
 
 // Splice copies bytes both ways between an app's TCP connection and a
@@ -36,7 +51,7 @@ type lingerer interface{ SetLinger(sec int) error }
 // CloseWrite on the socket. An abort on either side aborts the other: a
 // TCP reset or error cancels the stream with CodeReset, and a stream
 // reset makes conn close with RST (SO_LINGER 0).
-func Splice(conn net.Conn, str *quic.Stream) SpliceResult {
+func Splice(conn net.Conn, str Stream) SpliceResult {
 	var res SpliceResult
 	var once sync.Once
 	abort := func(err error, resetTCP bool) {
@@ -63,7 +78,7 @@ func Splice(conn net.Conn, str *quic.Stream) SpliceResult {
 	return res
 }
 
-func copyTCPToStream(conn net.Conn, str *quic.Stream, abort func(error, bool)) int64 {
+func copyTCPToStream(conn net.Conn, str Stream, abort func(error, bool)) int64 {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -93,7 +108,7 @@ func copyTCPToStream(conn net.Conn, str *quic.Stream, abort func(error, bool)) i
 	}
 }
 
-func copyStreamToTCP(str *quic.Stream, conn net.Conn, abort func(error, bool)) int64 {
+func copyStreamToTCP(str Stream, conn net.Conn, abort func(error, bool)) int64 {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp

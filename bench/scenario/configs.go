@@ -201,6 +201,12 @@ func QuicmeshInboundArgs(id, inbound string, apps map[string]string) []string {
 		"--inbound", inbound, "--admin", "", "--http-proxy", "", "--grace", "1s", "--log-level", "error"}
 	for _, kind := range []string{"http1", "grpc", "tcp"} {
 		if addr, ok := apps[kind]; ok {
+			if kind == "tcp" {
+				// Declared opaque: on a bare route the inbound side
+				// detects, and the echo payload ("xxx...", then a wait
+				// for the echo) is an unfinished first word to it.
+				addr = "tcp://" + addr
+			}
 			a = append(a, "--route", QuicmeshService(kind)+"="+addr)
 		}
 	}

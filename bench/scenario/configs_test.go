@@ -111,7 +111,7 @@ func TestDiscoveryJSON(t *testing.T) {
 func TestQuicmeshArgs(t *testing.T) {
 	in := strings.Join(QuicmeshInboundArgs("/q/b/echo", "127.0.0.1:4143", map[string]string{"grpc": "127.0.0.1:9001", "tcp": "127.0.0.1:9002"}), " ")
 	mustContain(t, "inbound args", in, "proxy --cert /q/b/echo.crt --key /q/b/echo.key --bundle /q/b/bundle.crt",
-		"--inbound 127.0.0.1:4143", "--admin  --http-proxy ", "--route echo-grpc=127.0.0.1:9001", "--route echo-tcp=127.0.0.1:9002")
+		"--inbound 127.0.0.1:4143", "--admin  --http-proxy ", "--route echo-grpc=127.0.0.1:9001", "--route echo-tcp=tcp://127.0.0.1:9002")
 	out := strings.Join(QuicmeshOutboundArgs("/q/a/client", "127.0.0.1:4144", "/s.json", map[string]string{"http1": "127.0.0.1:7000", "tcp": "127.0.0.1:7002"}), " ")
 	mustContain(t, "outbound args", out, "--cert /q/a/client.crt", "--bundle /q/a/bundle.crt", "--discovery-file /s.json",
 		"--bind 127.0.0.1:7000=echo-http1 ", "--bind 127.0.0.1:7002=echo-tcp,opaque")

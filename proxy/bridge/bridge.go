@@ -179,6 +179,7 @@ func PrepareOutgoing(ctx context.Context, r *http.Request, scheme, host string) 
 	}
 	httpx.RemoveHopByHop(out.Header)
 	httpx.StripMeshHeaders(out.Header)
+	httpx.KeepUserAgentAbsent(out.Header)
 	// 100-continue was answered by the server that received the request;
 	// the next hop gets the body right away.
 	out.Header.Del("Expect")

@@ -139,9 +139,35 @@ var bufPool = sync.Pool{New: func() any {
 // connection still replays whatever was read, but callers normally just
 // close it.
 func Detect(conn net.Conn, cfg Config) (Protocol, net.Conn, error) {
+	proto, out, _, err := run(conn, cfg, &classifier{})
+	return proto, out, err
+}
+
+// feeder is an incremental classifier: feed consumes bytes and reports a
+// decision once the bytes seen so far determine one.
+type feeder interface {
+	feed(b []byte) (Protocol, bool)
+}
+
+// ending says why run stopped reading.
+type ending int
+
+const (
+	endDecided ending = iota // the feeder decided
+	endEOF                   // the client closed its side first
+	endTimeout               // Config.Timeout passed first
+	endFull                  // Config.MaxBytes were read first
+	endFailed                // a read failed otherwise
+)
+
+// run reads from conn into a buffer of at most cfg.MaxBytes until f
+// decides or the connection ends, times out or fails, and returns the
+// decision (Opaque if none), a connection replaying the bytes read, and
+// why it stopped.
+func run(conn net.Conn, cfg Config, f feeder) (Protocol, net.Conn, ending, error) {
 	timeout, maxBytes := cfg.withDefaults()
 	if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return Opaque, conn, fmt.Errorf("detect: setting read deadline: %w", err)
+		return Opaque, conn, endFailed, fmt.Errorf("detect: setting read deadline: %w", err)
 	}
 
 	var buf []byte
@@ -154,8 +180,8 @@ func Detect(conn net.Conn, cfg Config) (Protocol, net.Conn, error) {
 	}
 
 	var (
-		cl      classifier
 		proto   = Opaque
+		end     = endFull
 		n       int
 		readErr error
 		empty   int
@@ -164,10 +190,10 @@ func Detect(conn net.Conn, cfg Config) (Protocol, net.Conn, error) {
 		m, err := conn.Read(buf[n:])
 		if m > 0 {
 			empty = 0
-			p, decided := cl.feed(buf[n : n+m])
+			p, decided := f.feed(buf[n : n+m])
 			n += m
 			if decided {
-				proto = p
+				proto, end = p, endDecided
 				if errors.Is(err, io.EOF) {
 					readErr = err // remember it for the replay
 				}
@@ -192,9 +218,14 @@ func Detect(conn net.Conn, cfg Config) (Protocol, net.Conn, error) {
 	case readErr == nil:
 	case errors.Is(readErr, io.EOF):
 		pendingEOF = true
+		if end != endDecided {
+			end = endEOF
+		}
 	case isTimeout(readErr):
-		// Silence until the deadline: Opaque with whatever arrived.
+		// Silence until the deadline: the caller decides what that means.
+		end = endTimeout
 	default:
+		end = endFailed
 		retErr = fmt.Errorf("detect: reading from client: %w", readErr)
 	}
 	if err := conn.SetReadDeadline(time.Time{}); err != nil && retErr == nil {
@@ -208,7 +239,7 @@ func Detect(conn net.Conn, cfg Config) (Protocol, net.Conn, error) {
 	if pooled != nil {
 		bufPool.Put(pooled)
 	}
-	return proto, out, retErr
+	return proto, out, end, retErr
 }
 
 func isTimeout(err error) bool {
@@ -240,21 +271,35 @@ const h1VersionPrefix = "HTTP/1."
 // were split into reads: once it decides at byte i, feeding more bytes cannot
 // change the answer.
 type classifier struct {
+	prefaceTracker
+	h1    int // h1* state
+	h1Len int // length of the current request-line element
+}
+
+// prefaceTracker follows the input against the HTTP/2 preface.
+type prefaceTracker struct {
 	pos    int  // bytes consumed so far
 	h2Dead bool // input diverged from the HTTP/2 preface
-	h1     int  // h1* state
-	h1Len  int  // length of the current request-line element
+}
+
+// stepPreface consumes one byte (the caller advances pos) and reports
+// whether it completed the preface.
+func (p *prefaceTracker) stepPreface(ch byte) bool {
+	if p.h2Dead {
+		return false
+	}
+	if ch != preface[p.pos] {
+		p.h2Dead = true
+		return false
+	}
+	return p.pos == len(preface)-1
 }
 
 // feed consumes b and reports the decision, if one was reached.
 func (c *classifier) feed(b []byte) (Protocol, bool) {
 	for _, ch := range b {
-		if !c.h2Dead {
-			if ch != preface[c.pos] {
-				c.h2Dead = true
-			} else if c.pos == len(preface)-1 {
-				return HTTP2, true
-			}
+		if c.stepPreface(ch) {
+			return HTTP2, true
 		}
 		if c.h1 != h1Dead && c.stepH1(ch) {
 			return HTTP1, true

@@ -44,6 +44,28 @@ func reference(data []byte, maxBytes int) Protocol {
 	return HTTP1
 }
 
+// bigLimit is the larger MaxBytes the fuzz targets try; the smaller one is
+// 1..40 bytes, so the cut-off is exercised by short inputs too.
+const bigLimit = 256
+
+// shapeFuzzInput caps a fuzz input and turns chunking into read sizes (0
+// means one empty read). Anything past MaxBytes is only replayed, never
+// classified; capping the size keeps one-byte-chunk runs (and
+// minimisation) fast.
+func shapeFuzzInput(data, chunking []byte) ([]byte, []byte, []int) {
+	if len(data) > bigLimit+64 {
+		data = data[:bigLimit+64]
+	}
+	if len(chunking) > 64 {
+		chunking = chunking[:64]
+	}
+	chunks := make([]int, len(chunking))
+	for i, c := range chunking {
+		chunks[i] = int(c % 17)
+	}
+	return data, chunking, chunks
+}
+
 func FuzzDetect(f *testing.F) {
 	seeds := []string{
 		"",
@@ -63,21 +85,9 @@ func FuzzDetect(f *testing.F) {
 		f.Add([]byte(s), []byte{byte(i), 1, 0, 3})
 	}
 	f.Fuzz(func(t *testing.T, data, chunking []byte) {
-		// Anything past MaxBytes is only replayed, never classified; cap
-		// the size so one-byte-chunk runs (and minimisation) stay fast.
 		// The 4096-byte default limit itself is covered by
-		// TestDetectMaxBytes; here the limits are 256 and 1..40 bytes.
-		const bigLimit = 256
-		if len(data) > bigLimit+64 {
-			data = data[:bigLimit+64]
-		}
-		if len(chunking) > 64 {
-			chunking = chunking[:64]
-		}
-		chunks := make([]int, len(chunking))
-		for i, c := range chunking {
-			chunks[i] = int(c % 17) // 0 means one empty read
-		}
+		// TestDetectMaxBytes.
+		data, chunking, chunks := shapeFuzzInput(data, chunking)
 		// A small limit as well as the default one, so the MaxBytes
 		// cut-off is exercised by short inputs too.
 		for _, maxBytes := range []int{bigLimit, 1 + int(len(chunking)%40)} {

@@ -289,3 +289,23 @@ func WriteTrailers(w http.ResponseWriter, trailers http.Header) {
 		h[http.TrailerPrefix+http.CanonicalHeaderKey(k)] = append([]string(nil), vv...)
 	}
 }
+
+// UpgradeType returns the protocol an HTTP/1.1 request asks to switch to:
+// the Upgrade field's value when Connection lists "upgrade", else "".
+func UpgradeType(h http.Header) string {
+	up := h.Get("Upgrade")
+	if up == "" || !connectionTokens(h.Values("Connection")).contains("upgrade") {
+		return ""
+	}
+	return up
+}
+
+// KeepUserAgentAbsent makes an outgoing request without a User-Agent go
+// out without one: Go's HTTP/1, HTTP/2 and HTTP/3 clients otherwise add
+// their own ("Go-http-client/1.1"), and a proxy must not invent fields the
+// client did not send. A User-Agent already present is left alone.
+func KeepUserAgentAbsent(h http.Header) {
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""}
+	}
+}

@@ -48,11 +48,14 @@ type appHTTP struct {
 	s   *Server
 	h1  *http.Transport
 	h2c *http2.Transport
+	// h1RT and h2cRT are what requests are sent with: h1 and h2c, or
+	// stand-ins in tests.
+	h1RT, h2cRT http.RoundTripper
 }
 
 func newAppHTTP(s *Server) *appHTTP {
 	dialer := &net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
-	return &appHTTP{
+	a := &appHTTP{
 		s: s,
 		h1: &http.Transport{
 			Proxy:               nil,
@@ -76,6 +79,8 @@ func newAppHTTP(s *Server) *appHTTP {
 			StrictMaxConcurrentStreams: false,
 		},
 	}
+	a.h1RT, a.h2cRT = a.h1, a.h2c
+	return a
 }
 
 func (a *appHTTP) close() {
@@ -86,8 +91,23 @@ func (a *appHTTP) close() {
 func (a *appHTTP) who() string { return "inbound " + a.s.cfg.Name }
 
 func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	service := r.Header.Get(bridge.HeaderService)
-	origProto := r.Header.Get(bridge.HeaderOrigProto)
+	var target, origProto string
+	tun := tunnelFrom(r.Context())
+	if tun != nil {
+		// Parsed from a tunnel's bytes: every header is the far app's
+		// own, so the route is the tunnel's and the protocol the one the
+		// bytes spoke.
+		target, origProto = tun.info.target, "h1"
+		if r.ProtoMajor == 2 {
+			origProto = "h2"
+		}
+	} else {
+		target = r.Header.Get(bridge.HeaderService)
+		origProto = r.Header.Get(bridge.HeaderOrigProto)
+		if target == "" {
+			target = r.Host
+		}
+	}
 	// Whatever a peer sent in our namespace is dropped; only what we
 	// verified ourselves is added below.
 	httpx.StripMeshHeaders(r.Header)
@@ -100,18 +120,19 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer a.s.inflight.Add(-1)
 
-	target := service
-	if target == "" {
-		target = r.Host
-	}
 	start := time.Now()
 	m := a.s.cfg.Metrics
 	m.RequestStarted(telemetry.Inbound, target)
 	var res bridge.Result
 	peerID, _ := PeerIDFrom(r.Context())
-	defer func() {
-		m.ResponseDone(telemetry.Inbound, peerID.String(), target, bridge.Proto(r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(start))
-	}()
+	recorded := false
+	record := func(res bridge.Result) {
+		if !recorded {
+			recorded = true
+			m.ResponseDone(telemetry.Inbound, peerID.String(), target, bridge.Proto(r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(start))
+		}
+	}
+	defer func() { record(res) }()
 	value, ok := a.s.cfg.Routes.Lookup(target)
 	if !ok {
 		res = bridge.WriteError(w, r, bridge.Unavailable, a.who(), fmt.Sprintf("no local app serves %q", target))
@@ -122,9 +143,13 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		res = bridge.WriteError(w, r, bridge.BadGateway, a.who(), fmt.Sprintf("route for %q does not accept HTTP", target))
 		return
 	}
-	var rt http.RoundTripper = a.h1
+	if r.Method == http.MethodConnect || httpx.UpgradeType(r.Header) != "" {
+		res = a.switchProtocols(w, r, switchRequest{tun: tun, proto: proto, addr: addr, target: target, peer: peerID, switched: record})
+		return
+	}
+	rt := a.h1RT
 	if proto == ProtoH2C || (proto == ProtoAuto && (origProto == "h2" || bridge.IsGRPC(r))) {
-		rt = a.h2c
+		rt = a.h2cRT
 	}
 
 	ctx := r.Context()

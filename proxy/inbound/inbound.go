@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -55,8 +56,15 @@ type Config struct {
 	// ConnectTimeout bounds connecting to the local app. Default 2s.
 	ConnectTimeout time.Duration
 	// HeaderTimeout bounds how long a peer may take to send the first
-	// bytes of a stream. Default 10s.
+	// bytes of a stream, and, on a tunnel to an HTTP route, the request
+	// line (detection) and each request header. Default 10s.
 	HeaderTimeout time.Duration
+	// IdleTimeout closes HTTP keep-alive connections carried by a tunnel
+	// that have been idle this long. Default 90s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds the request header of HTTP carried by a
+	// tunnel (431 above it). Default 64 KiB, as for HTTP/3 requests.
+	MaxHeaderBytes int
 }
 
 // Server accepts connections from peer sidecars.
@@ -66,6 +74,8 @@ type Server struct {
 	h3   *http3.Server
 	app  *appHTTP
 	dial net.Dialer
+	// tunnels serves the HTTP that peers send in tunnels to HTTP routes.
+	tunnels *tunnelHTTP
 
 	inflight atomic.Int64
 
@@ -90,6 +100,12 @@ func New(cfg Config) *Server {
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = 10000
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = 64 << 10
+	}
 	if cfg.Name == "" {
 		cfg.Name = "quicmesh"
 	}
@@ -102,7 +118,7 @@ func New(cfg Config) *Server {
 	s.app = newAppHTTP(s)
 	s.h3 = &http3.Server{
 		Handler:        s.app,
-		MaxHeaderBytes: 64 << 10,
+		MaxHeaderBytes: cfg.MaxHeaderBytes,
 		Logger:         cfg.Logger,
 		// The verified peer identity travels with every request.
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
@@ -112,6 +128,7 @@ func New(cfg Config) *Server {
 			return ctx
 		},
 	}
+	s.tunnels = newTunnelHTTP(cfg, s.app, cfg.Logger)
 	return s
 }
 
@@ -211,68 +228,70 @@ func (s *Server) serveConn(pc *peerConn) {
 		go func() {
 			defer streams.Done()
 			defer pc.active.Add(-1)
-			s.serveStream(str, raw, peer, log)
+			s.serveStream(pc, str, log)
 		}()
 	}
 }
 
-// serveStream tells a tunnel from an HTTP/3 request by its first bytes:
-// HTTP/3 requests start with a HEADERS frame (type 0x01), tunnels with
-// tunnel.FrameType.
-func (s *Server) serveStream(str *quic.Stream, raw *http3.RawServerConn, peer identity.ID, log *slog.Logger) {
+// serveStream tells a tunnel from an HTTP/3 request by its first bytes
+// and hands it on.
+func (s *Server) serveStream(pc *peerConn, str *quic.Stream, log *slog.Logger) {
 	str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	var first [4]byte
-	if _, err := str.Peek(first[:1]); err != nil {
+	kind, hdr, err := readStreamStart(str)
+	str.SetReadDeadline(time.Time{})
+	switch {
+	case err != nil:
+		level := slog.LevelDebug // the peer gave up, or sent nothing in time
+		if errors.Is(err, tunnel.ErrMalformed) {
+			level = slog.LevelWarn
+		}
+		log.Log(context.Background(), level, "bad stream start", "error", err)
 		str.CancelRead(transport.CodeBadHeader)
 		str.CancelWrite(transport.CodeBadHeader)
-		return
+	case kind == streamHTTP3:
+		pc.raw.HandleRequestStream(str)
+	default:
+		s.serveTunnel(pc, str, hdr, log)
+	}
+}
+
+// streamKind is what a peer's bidirectional stream carries.
+type streamKind int
+
+const (
+	streamHTTP3  streamKind = iota // an HTTP/3 request
+	streamTunnel                   // a tunnel: header, then the far app's bytes
+)
+
+// peekReader is what readStreamStart needs of a *quic.Stream.
+type peekReader interface {
+	io.Reader
+	Peek([]byte) (int, error)
+}
+
+// readStreamStart classifies a stream by its first varint: HTTP/3 request
+// streams start with a HEADERS frame (type 0x01), tunnels with
+// tunnel.FrameType. For an HTTP/3 request nothing is consumed; for a
+// tunnel, exactly its header.
+func readStreamStart(str peekReader) (streamKind, tunnel.Header, error) {
+	var first [8]byte // the longest varint
+	if _, err := str.Peek(first[:1]); err != nil {
+		return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
 	}
 	n := tunnel.PrefixLen(first[0])
 	if n > 1 {
 		if _, err := str.Peek(first[:n]); err != nil {
-			str.CancelRead(transport.CodeBadHeader)
-			str.CancelWrite(transport.CodeBadHeader)
-			return
+			return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
 		}
 	}
 	if !tunnel.IsTunnel(first[:n]) {
-		str.SetReadDeadline(time.Time{})
-		raw.HandleRequestStream(str)
-		return
+		return streamHTTP3, tunnel.Header{}, nil
 	}
 	hdr, err := tunnel.Read(str)
-	str.SetReadDeadline(time.Time{})
 	if err != nil {
-		log.Warn("bad tunnel header", "error", err)
-		str.CancelRead(transport.CodeBadHeader)
-		str.CancelWrite(transport.CodeBadHeader)
-		return
+		return 0, tunnel.Header{}, fmt.Errorf("inbound: bad tunnel header: %w", err)
 	}
-	s.serveTunnel(str, hdr, peer, log)
-}
-
-func (s *Server) serveTunnel(str *quic.Stream, hdr tunnel.Header, peer identity.ID, log *slog.Logger) {
-	value, ok := s.cfg.Routes.Lookup(hdr.Target)
-	_, addr, err := ParseAppAddr(value)
-	if !ok || err != nil {
-		log.Warn("tunnel for unknown target", "target", hdr.Target)
-		str.CancelRead(transport.CodeUnknownTarget)
-		str.CancelWrite(transport.CodeUnknownTarget)
-		return
-	}
-	ctx, cancel := context.WithTimeout(str.Context(), s.cfg.ConnectTimeout)
-	app, err := s.dial.DialContext(ctx, "tcp", addr)
-	cancel()
-	if err != nil {
-		log.Warn("connecting to app failed", "target", hdr.Target, "app", addr, "error", err)
-		str.CancelRead(transport.CodeConnectFailed)
-		str.CancelWrite(transport.CodeConnectFailed)
-		return
-	}
-	closed := s.cfg.Metrics.TCPOpen(telemetry.Inbound, peer.String(), hdr.Target)
-	res := transport.Splice(app, str)
-	closed(res.Received, res.Sent, transport.ErrClass(res.Err))
-	log.Debug("tunnel closed", "target", hdr.Target, "app", addr, "to_app", res.Received, "from_app", res.Sent, "error", res.Err)
+	return streamTunnel, hdr, nil
 }
 
 // Close closes every peer connection at once. For a graceful drain use
@@ -285,6 +304,9 @@ func (s *Server) Close() error {
 		c.CloseWithError(transport.ConnCodeShutdown, "shutting down")
 	}
 	s.mu.Unlock()
+	// HTTP served from tunnels ends with its streams; closing the server
+	// also ends connections only it still holds.
+	s.tunnels.close()
 	s.wg.Wait()
 	s.app.close()
 	return nil
@@ -310,6 +332,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 
 	var wg sync.WaitGroup
+	s.tunnels.drain(ctx)
 	for _, pc := range conns {
 		wg.Add(1)
 		go func() {

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -29,14 +27,14 @@ type httpFront struct {
 	p       *Proxy
 	service string
 	h1      *http.Server
-	h1conns *connQueue
+	h1conns *httpx.ConnListener
 	h2      *http2.Server
 	h1done  chan struct{}
 	handler http.Handler
 }
 
 func (p *Proxy) newHTTPFront(service string) *httpFront {
-	f := &httpFront{p: p, service: service, h1conns: newConnQueue(), h1done: make(chan struct{})}
+	f := &httpFront{p: p, service: service, h1conns: httpx.NewConnListener(), h1done: make(chan struct{})}
 	// Guard refuses malformed and smuggling-prone requests before the
 	// handler sees them; on HTTP/1 it needs the raw-byte inspector that
 	// serve wraps around each connection.
@@ -74,7 +72,7 @@ func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
 	case detect.HTTP2:
 		f.h2.ServeConn(conn, &http2.ServeConnOpts{Handler: f.handler, BaseConfig: f.h1})
 	default:
-		f.h1conns.push(httpx.InspectConn(conn))
+		f.h1conns.Push(httpx.InspectConn(conn))
 	}
 }
 
@@ -215,17 +213,7 @@ func (f *httpFront) route(r *http.Request) (service, authority string, err error
 }
 
 func isUpgrade(r *http.Request) bool {
-	if r.ProtoMajor != 1 || r.Header.Get("Upgrade") == "" {
-		return false
-	}
-	for _, v := range r.Header.Values("Connection") {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
+	return r.ProtoMajor == 1 && httpx.UpgradeType(r.Header) != ""
 }
 
 // connect serves an HTTP CONNECT by tunnelling the hijacked connection as
@@ -249,6 +237,7 @@ func (f *httpFront) upgrade(w http.ResponseWriter, r *http.Request, service stri
 	f.tunnel(w, r, service, service, func(conn net.Conn, bw *bufio.ReadWriter, str io.Writer) error {
 		out := r.Clone(r.Context())
 		httpx.StripMeshHeaders(out.Header)
+		httpx.KeepUserAgentAbsent(out.Header)
 		out.RequestURI = ""
 		return out.Write(str)
 	})
@@ -311,44 +300,3 @@ func (f *httpFront) reason(err error) string {
 	}
 	return err.Error()
 }
-
-// connQueue is a net.Listener fed with connections that detection has
-// already classified as HTTP/1, so one http.Server serves them all.
-type connQueue struct {
-	ch     chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newConnQueue() *connQueue {
-	return &connQueue{ch: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (q *connQueue) push(c net.Conn) {
-	select {
-	case q.ch <- c:
-	case <-q.closed:
-		c.Close()
-	}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.closed) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return queueAddr{} }
-
-type queueAddr struct{}
-
-func (queueAddr) Network() string { return "detected" }
-func (queueAddr) String() string  { return "detected" }

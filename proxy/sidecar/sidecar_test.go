@@ -80,7 +80,10 @@ func startServer(t *testing.T, ca *identity.CA, id, addr string, app *echoApp) *
 		Identity:    identitytest.Provider(t, ca, id),
 		Resolver:    static.NewFromMap(nil),
 		InboundAddr: addr,
-		Routes:      inbound.Routes{"echo": app.ln.Addr().String()},
+		// The echo app is not HTTP: declared opaque, as server-speaks-first
+		// and other non-HTTP apps must be (a bare route is detected, and
+		// a client that sends "x" and waits looks like slow HTTP).
+		Routes: inbound.Routes{"echo": "tcp://" + app.ln.Addr().String()},
 	})
 	if err != nil {
 		t.Fatalf("starting server sidecar: %v", err)
