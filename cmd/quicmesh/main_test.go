@@ -99,18 +99,6 @@ func TestProxyLifecycle(t *testing.T) {
 	}
 }
 
-func TestDemo(t *testing.T) {
-	code, out, errs := runCmd("demo")
-	if code != 0 {
-		t.Fatalf("demo failed (%d):\n%s\n%s", code, out, errs)
-	}
-	for _, want := range []string{"tcp: 16 MiB each way", "grpc: bidi streaming", "demo passed"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q", want)
-		}
-	}
-}
-
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"identity":{"cert":"a","key":"b","bundle":"c"},"inbound":{"listen":"0.0.0.0:4143","routes":{"echo":"h2c://127.0.0.1:7000"}},"outbound":{"binds":[{"listen":"127.0.0.1:7001","service":"echo","opaque":true}],"http_proxy":"","detect_timeout":"1s"},"limits":{"idle_timeout":"60s"}}`))
 	f.Add([]byte(`{"limits":{"keep_alive":"-1s"}}`))
