@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,18 +28,7 @@ func TestCommandLineContract(t *testing.T) {
 	unknownKey := write("unknown-key.json", `{"identity": {"crt": "x"}}`)
 	badBind := write("bad-bind.json", `{"outbound": {"binds": [{"listen": "127.0.0.1:0"}]}}`)
 
-	// Addresses another socket holds, for the "already in use" errors.
-	tcpTaken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcpTaken.Close()
-	udpTaken, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpTaken.Close()
-	inUse, udpInUse := tcpTaken.Addr().String(), udpTaken.LocalAddr().String()
+	inUse, udpInUse := takenAddrs(t)
 	httpProxyTakenConfig := write("http-proxy-taken.json", `{"outbound": {"http_proxy": "`+inUse+`"}}`)
 
 	id := []string{"--cert", cert, "--key", key, "--bundle", bundle}
