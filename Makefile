@@ -1,6 +1,8 @@
 # quicmesh — the two set-up commands are `make demo` and `make test`.
 GO      ?= go
 BIN     := bin/quicmesh
+# demo, echo apps and load generator: kept out of the sidecar binary.
+DEVBIN  := bin/quicmesh-dev
 PKGS    := ./...
 # Each fuzz target runs briefly in `make test`; run longer by hand with
 # `make fuzz FUZZTIME=5m`.
@@ -12,9 +14,10 @@ all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/quicmesh
+	$(GO) build -o $(DEVBIN) ./cmd/quicmesh-dev
 
 demo: build
-	./$(BIN) demo
+	./$(DEVBIN) demo
 
 test: vet unit fuzz-smoke
 

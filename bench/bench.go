@@ -1,8 +1,8 @@
-// Package bench is quicmesh's load generator ("quicmesh bench").
+// Package bench is quicmesh's load generator ("quicmesh-dev bench").
 //
 // It drives HTTP/1.1, h2c, gRPC (unary and bidi-stream round trips) and raw
 // TCP (echo round trips and bulk transfer) against a target, usually one of
-// the servers in bench/echo, either behind quicmesh sidecars or directly.
+// the servers in internal/echo, either behind quicmesh sidecars or directly.
 //
 // Two load models are supported. Open loop (Rate > 0) sends at a constant
 // rate with uniform pacing: request i is scheduled at start + i/Rate, and a

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -9,7 +10,7 @@ import (
 	"github.com/quicmesh/quicmesh/internal/cli"
 )
 
-const usageText = `usage: quicmesh bench --proto PROTO --target TARGET [flags]
+const usageText = `usage: %s --proto PROTO --target TARGET [flags]
 
 Load generator for quicmesh. PROTO is one of:
   http1        HTTP/1.1 requests (GET, or POST of --payload bytes)   TARGET http://host:port/path
@@ -24,16 +25,16 @@ is measured from each request's intended send time (coordinated omission
 corrected). --rate 0 runs a closed loop of --concurrency workers.
 `
 
-// Main runs "quicmesh bench" with args (not including the program and
-// subcommand names), writing results to stdout and diagnostics to stderr.
+// Main runs the load generator as the command name (as typed, e.g.
+// "quicmesh-dev bench") with args (not including that name), writing results to stdout and diagnostics to stderr.
 // It returns the process exit code: 0 when the run completed (even if
 // requests failed: see the errors in the result) or for --help, 1 for a
 // bad or missing setting or when the run could not be carried out, 2 for a
 // malformed command line (see internal/cli). A live progress line is written to
 // stderr if it is a terminal. SIGINT ends the run early; the partial
 // result is still reported.
-func Main(args []string, stdout, stderr io.Writer) int {
-	c := cli.New("quicmesh bench", usageText, stdout, stderr)
+func Main(name string, args []string, stdout, stderr io.Writer) int {
+	c := cli.New(name, fmt.Sprintf(usageText, name), stdout, stderr)
 	fs := c.Flags
 	var (
 		cfg        Config

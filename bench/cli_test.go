@@ -12,7 +12,7 @@ import (
 
 func runMain(args ...string) (code int, stdout, stderr string) {
 	var o, e bytes.Buffer
-	code = Main(args, &o, &e)
+	code = Main("quicmesh-dev bench", args, &o, &e)
 	return code, o.String(), e.String()
 }
 
@@ -49,14 +49,14 @@ func TestMainBadFlags(t *testing.T) {
 		if out != "" {
 			t.Errorf("%v: stdout %q", tc.args, out)
 		}
-		if !strings.HasPrefix(errOut, "quicmesh bench: ") || strings.Count(errOut, "\n") != 1 ||
+		if !strings.HasPrefix(errOut, "quicmesh-dev bench: ") || strings.Count(errOut, "\n") != 1 ||
 			!strings.Contains(errOut, tc.want) {
 			t.Errorf("%v: stderr %q, want one line containing %q", tc.args, errOut, tc.want)
 		}
 	}
 	for _, help := range []string{"-h", "--help", "-help"} {
 		code, out, errOut := runMain(help)
-		if code != 0 || errOut != "" || !strings.Contains(out, "usage: quicmesh bench") || !strings.Contains(out, "-connections") {
+		if code != 0 || errOut != "" || !strings.Contains(out, "usage: quicmesh-dev bench") || !strings.Contains(out, "-connections") {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q", help, code, out, errOut)
 		}
 	}

@@ -8,10 +8,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/internal/echo"
 )
 
-// grpcTarget drives the bench/echo gRPC service over Connections client
+// grpcTarget drives the internal/echo gRPC service over Connections client
 // connections shared round-robin by the workers: "grpc" makes unary Echo
 // calls, "grpc-stream" keeps one Bidi stream per worker and counts each
 // message round trip as a request.

@@ -4,7 +4,7 @@
 # On a fresh Debian machine it installs what the scenarios need (haproxy,
 # stunnel4, iproute2, iptables, openssl with apt-get; Caddy 2.11 and fortio
 # with go install, Caddy cached in $(go env GOPATH)/bin), builds
-# bin/quicmesh and the scenario runner (bench/scenario/cmd/scenarios), runs
+# bin/quicmesh, bin/quicmesh-dev and the scenario runner (bench/scenario/cmd/scenarios), runs
 # every scenario within a time budget, rewrites the generated section of
 # docs/benchmarks.md and writes bench/out/report.html.
 #
@@ -122,8 +122,9 @@ if [[ $QUICK == 0 ]]; then
 	fi
 fi
 
-log "building bin/quicmesh and the scenario runner"
+log "building bin/quicmesh, bin/quicmesh-dev and the scenario runner"
 $GO build -o bin/quicmesh ./cmd/quicmesh
+$GO build -o bin/quicmesh-dev ./cmd/quicmesh-dev
 $GO build -o "$OUT/scenarios" ./bench/scenario/cmd/scenarios
 
 if [[ -n $CADDY_PID ]]; then
@@ -153,7 +154,7 @@ elapsed=$(($(date +%s) - T0))
 budget=$((TOTAL_BUDGET - elapsed - 30))
 ((budget > 60)) || budget=60
 
-args=(--bin bin/quicmesh --out "$OUT" --budget "${budget}s" --lossy="$lossy" "${caddy_arg[@]}" "${fortio_arg[@]}")
+args=(--bin bin/quicmesh --dev-bin bin/quicmesh-dev --out "$OUT" --budget "${budget}s" --lossy="$lossy" "${caddy_arg[@]}" "${fortio_arg[@]}")
 if [[ $QUICK == 1 ]]; then
 	args+=(--command "bash bench/run.sh --quick")
 elif [[ $PARTIAL == 1 ]]; then

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/internal/echo"
 )
 
 // waitGoroutines fails t unless the goroutine count returns to base.

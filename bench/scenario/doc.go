@@ -2,10 +2,10 @@
 // ("make bench") and renders their report.
 //
 // The runner (cmd/scenarios, started by bench/run.sh) starts real
-// processes: the bundled echo apps ("quicmesh echo"), pairs of quicmesh
+// processes: the bundled echo apps ("quicmesh-dev echo"), pairs of quicmesh
 // sidecars ("quicmesh proxy") and peer sidecar pairs (Caddy HTTP/3,
 // haproxy HTTP/2, stunnel TLS), and drives every load with the load
-// generator ("quicmesh bench --json FILE --pid NAME=PID"), so each run's
+// generator ("quicmesh-dev bench --json FILE --pid NAME=PID"), so each run's
 // result carries the CPU time and peak RSS of the proxy processes. Targets
 // are interleaved round by round within one run, and the report gives
 // medians over rounds and ratios to the direct (no proxy) target.

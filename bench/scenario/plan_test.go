@@ -46,7 +46,7 @@ func TestBenchArgs(t *testing.T) {
 		var stderr strings.Builder
 		// A configuration error (exit 1) names the flag at fault; a run
 		// that could not reach the target does not.
-		if code := bench.Main(args, &strings.Builder{}, &stderr); code == 2 || (code == 1 && strings.Contains(stderr.String(), ": --")) {
+		if code := bench.Main("quicmesh-dev bench", args, &strings.Builder{}, &stderr); code == 2 || (code == 1 && strings.Contains(stderr.String(), ": --")) {
 			t.Errorf("%s: quicmesh bench rejects %q: %s", l.ID, args, stderr.String())
 		}
 	}

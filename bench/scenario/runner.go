@@ -23,8 +23,11 @@ import (
 
 // Options configures Execute.
 type Options struct {
-	// Bin is the quicmesh binary (apps, sidecars, load generator).
+	// Bin is the quicmesh binary (sidecars, CA).
 	Bin string
+	// DevBin is the quicmesh-dev binary (echo apps, load generator);
+	// empty means quicmesh-dev next to Bin, where "make build" puts it.
+	DevBin string
 	// OutDir receives the raw results (runs/), logs and configs (work/).
 	OutDir string
 	// Peer binaries; an empty path means the peer is not available and
@@ -65,6 +68,9 @@ type Runner struct {
 func Execute(ctx context.Context, opt Options) (*Results, error) {
 	if opt.Log == nil {
 		opt.Log = io.Discard
+	}
+	if opt.DevBin == "" {
+		opt.DevBin = filepath.Join(filepath.Dir(opt.Bin), "quicmesh-dev")
 	}
 	r := &Runner{opt: opt, started: time.Now(), nsPort: 20000}
 	r.res = &Results{
@@ -263,7 +269,7 @@ func (r *Runner) startApps(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		p, err := r.start("app-"+kind, "", nil, r.opt.Bin, "echo", "--proto", kind, "--listen", addr)
+		p, err := r.start("app-"+kind, "", nil, r.opt.DevBin, "echo", "--proto", kind, "--listen", addr)
 		if err != nil {
 			return err
 		}
@@ -524,7 +530,7 @@ func (r *Runner) probe(ctx context.Context, l Load, lt *liveTarget) error {
 				return fmt.Errorf("%s exited: %s", p.name, p.tail(600))
 			}
 		}
-		argv := []string{r.opt.Bin, "bench", "--proto", proto, "--target", l.TargetURL(lt.front),
+		argv := []string{r.opt.DevBin, "bench", "--proto", proto, "--target", l.TargetURL(lt.front),
 			"--concurrency", "1", "--duration", "300ms", "--timeout", "3s", "--json", "-", "--quiet", "--no-progress"}
 		if lt.ns != "" {
 			argv = append([]string{"ip", "netns", "exec", lt.ns}, argv...)
@@ -590,7 +596,7 @@ func (r *Runner) runBench(ctx context.Context, l Load, cond string, lt *liveTarg
 		name = fmt.Sprintf("%s-%s-%s-r%d", l.ID, slug(cond), lt.name, round)
 	}
 	jsonPath := filepath.Join(r.opt.OutDir, "runs", name+".json")
-	argv := append([]string{r.opt.Bin, "bench"}, l.BenchArgs(lt.front, jsonPath, lt.sample)...)
+	argv := append([]string{r.opt.DevBin, "bench"}, l.BenchArgs(lt.front, jsonPath, lt.sample)...)
 	if lt.ns != "" {
 		argv = append([]string{"ip", "netns", "exec", lt.ns}, argv...)
 	}
@@ -761,7 +767,7 @@ func (r *Runner) lossyPhases(ctx context.Context, loads []Load) {
 	defer func() { r.stopProcs(appProcs) }()
 	for _, kind := range []string{"grpc", "tcp"} {
 		addr, _ := r.alloc(veth.NSB, "127.0.0.1")
-		p, err := r.start("lossy-app-"+kind, veth.NSB, nil, r.opt.Bin, "echo", "--proto", kind, "--listen", addr)
+		p, err := r.start("lossy-app-"+kind, veth.NSB, nil, r.opt.DevBin, "echo", "--proto", kind, "--listen", addr)
 		if err != nil {
 			r.note("Lossy-link scenarios skipped: %v", err)
 			return

@@ -84,8 +84,9 @@ func TestFreePortAndProc(t *testing.T) {
 }
 
 // TestQuickRun runs the runner's quick plan (direct and quicmesh, 1 s per
-// load) against a built binary. It needs the binary, so it runs only when
-// QUICMESH_SCENARIO_BIN names one:
+// load) against the built binaries. It needs them, so it runs only when
+// QUICMESH_SCENARIO_BIN names quicmesh (quicmesh-dev is taken from the same
+// directory):
 //
 //	make build && QUICMESH_SCENARIO_BIN=$PWD/bin/quicmesh go test -run QuickRun ./bench/scenario
 func TestQuickRun(t *testing.T) {

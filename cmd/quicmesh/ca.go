@@ -20,10 +20,10 @@ A minimal certificate authority for quicmesh workloads. Run
 `
 
 func runCA(args []string, stdout, stderr io.Writer) int {
-	return dispatch(cli.New("quicmesh ca", caUsage, stdout, stderr), map[string]func([]string, io.Writer, io.Writer) int{
+	return cli.New("quicmesh ca", caUsage, stdout, stderr).Dispatch(map[string]cli.Subcommand{
 		"init":  runCAInit,
 		"issue": runCAIssue,
-	}, args, stdout, stderr)
+	}, args)
 }
 
 func runCAInit(args []string, stdout, stderr io.Writer) int {

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/quicmesh/quicmesh/internal/cli/clitest"
 )
 
 // Every command keeps internal/cli's contract: --help is usage on stdout
@@ -28,18 +28,7 @@ func TestCommandLineContract(t *testing.T) {
 	unknownKey := write("unknown-key.json", `{"identity": {"crt": "x"}}`)
 	badBind := write("bad-bind.json", `{"outbound": {"binds": [{"listen": "127.0.0.1:0"}]}}`)
 
-	// Addresses another socket holds, for the "already in use" errors.
-	tcpTaken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcpTaken.Close()
-	udpTaken, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpTaken.Close()
-	inUse, udpInUse := tcpTaken.Addr().String(), udpTaken.LocalAddr().String()
+	inUse, udpInUse := takenAddrs(t)
 	httpProxyTakenConfig := write("http-proxy-taken.json", `{"outbound": {"http_proxy": "`+inUse+`"}}`)
 
 	id := []string{"--cert", cert, "--key", key, "--bundle", bundle}
@@ -62,7 +51,8 @@ func TestCommandLineContract(t *testing.T) {
 		{"quicmesh --help", []string{"--help"}, help, "quicmesh proxy [flags]"},
 		{"quicmesh -h", []string{"-h"}, help, "quicmesh proxy [flags]"},
 		{"quicmesh help", []string{"help"}, help, "quicmesh proxy [flags]"},
-		{"quicmesh", nil, usage, "quicmesh: missing command (want bench, ca, demo, echo or proxy); see 'quicmesh --help'"},
+		{"quicmesh", nil, usage, "quicmesh: missing command (want ca or proxy); see 'quicmesh --help'"},
+		{"quicmesh moved command", []string{"demo"}, usage, `quicmesh: "demo" is a quicmesh-dev command: run 'quicmesh-dev demo'`},
 		{"quicmesh unknown command", []string{"frob"}, usage, `quicmesh: unknown command "frob"`},
 		{"quicmesh unknown flag", []string{"--frob"}, usage, "quicmesh: unknown flag --frob"},
 
@@ -111,41 +101,8 @@ func TestCommandLineContract(t *testing.T) {
 		{"ca issue no id", []string{"ca", "issue", "--ca-dir", filepath.Join(dir, "ca")}, config, "quicmesh ca issue: --id is required"},
 		{"ca issue bad id", []string{"ca", "issue", "--ca-dir", filepath.Join(dir, "ca"), "--id", "http://x"}, config, "quicmesh ca issue: --id: "},
 		{"ca issue missing CA", []string{"ca", "issue", "--ca-dir", filepath.Join(dir, "nope"), "--id", "spiffe://test.local/a"}, config, "quicmesh ca issue: --ca-dir: "},
-
-		{"demo --help", []string{"demo", "--help"}, help, "Usage: quicmesh demo"},
-		{"demo unknown flag", []string{"demo", "--frob"}, usage, "quicmesh demo: unknown flag --frob"},
-		{"demo unexpected argument", []string{"demo", "now"}, usage, `quicmesh demo: unexpected argument "now"`},
-
-		{"echo --help", []string{"echo", "--help"}, help, "-proto string"},
-		{"echo unknown flag", []string{"echo", "--frob"}, usage, "quicmesh echo: unknown flag --frob"},
-		{"echo unexpected argument", []string{"echo", "x"}, usage, `quicmesh echo: unexpected argument "x"`},
-		{"echo bad proto", []string{"echo", "--proto", "ftp"}, config, `quicmesh echo: --proto: unknown protocol "ftp"`},
-		{"echo port taken", []string{"echo", "--listen", inUse}, config, "quicmesh echo: --listen " + inUse + ": "},
-
-		{"bench --help", []string{"bench", "--help"}, help, "usage: quicmesh bench"},
-		{"bench unknown flag", []string{"bench", "--frob"}, usage, "quicmesh bench: unknown flag --frob"},
-		{"bench unexpected argument", []string{"bench", "--proto", "tcp", "--target", "x:1", "y"}, usage, `quicmesh bench: unexpected argument "y"`},
-		{"bench no proto", []string{"bench"}, config, "quicmesh bench: --proto is required"},
-		{"bench bad rate", []string{"bench", "--proto", "tcp", "--target", "x:1", "--rate", "fast"}, config, `quicmesh bench: --rate: invalid value "fast"`},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, stdout, stderr := runCmd(tt.args...)
-			if code != tt.code {
-				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, stdout, stderr)
-			}
-			if tt.code == help {
-				if stderr != "" || !strings.Contains(stdout, tt.want) {
-					t.Fatalf("help: stdout %q, stderr %q; want usage on stdout containing %q", stdout, stderr, tt.want)
-				}
-				return
-			}
-			if stdout != "" {
-				t.Errorf("stdout %q, want nothing", stdout)
-			}
-			if strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") || !strings.Contains(stderr, tt.want) {
-				t.Fatalf("stderr %q\nwant exactly one line containing %q", stderr, tt.want)
-			}
-		})
+		clitest.Check(t, run, tt.name, tt.args, tt.code, tt.want)
 	}
 }

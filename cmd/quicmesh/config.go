@@ -193,26 +193,16 @@ func (f *mapFlag) Set(v string) error {
 	return nil
 }
 
-// errLogFormat marks an unknown log format, as opposed to an unknown level.
-var errLogFormat = errors.New("unknown log format")
-
-// newLogger builds the structured logger from level and format names.
-func newLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar, error) {
+// newLogger builds the structured logger; the returned LevelVar changes
+// its level while it runs (the admin server's /log-level).
+func newLogger(w io.Writer, level slog.Level, json bool) (*slog.Logger, *slog.LevelVar) {
 	lv := new(slog.LevelVar)
-	if level != "" {
-		if err := lv.UnmarshalText([]byte(level)); err != nil {
-			return nil, nil, fmt.Errorf("unknown log level %q: want debug, info, warn or error", level)
-		}
-	}
+	lv.Set(level)
 	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
-	default:
-		return nil, nil, fmt.Errorf("%w %q: want text or json", errLogFormat, format)
+	if json {
+		return slog.New(slog.NewJSONHandler(w, opts)), lv
 	}
+	return slog.New(slog.NewTextHandler(w, opts)), lv
 }
 
 // setFlags reports which flags were given on the command line, so they

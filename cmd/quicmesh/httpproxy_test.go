@@ -12,10 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"

@@ -1,5 +1,7 @@
-// Command quicmesh is the quicmesh sidecar, its certificate authority
-// tooling, an all-in-one demo and the load generator.
+// Command quicmesh is the quicmesh sidecar and its certificate authority
+// tooling. The demo, the echo apps and the load generator are in
+// quicmesh-dev, so that the binary deployed next to every app links only
+// what it runs (docs/design.md, "Binaries").
 //
 // Every command follows internal/cli's contract: --help prints usage on
 // stdout (exit 0), a malformed command line is one line on stderr (exit 2),
@@ -9,8 +11,6 @@ package main
 import (
 	"io"
 	"os"
-	"slices"
-	"strings"
 
 	"github.com/quicmesh/quicmesh/internal/cli"
 )
@@ -21,21 +21,20 @@ Usage:
   quicmesh proxy [flags]          run a sidecar (see docs/operations.md)
   quicmesh ca init [flags]        create a certificate authority
   quicmesh ca issue --id ID ...   issue a workload certificate
-  quicmesh demo                   run a whole mesh on loopback and check it works
-  quicmesh bench [flags]          generate load and measure latency
-  quicmesh echo [flags]           serve a bundled echo app (http1, h2c, grpc, tcp)
 
-Run 'quicmesh COMMAND --help' for a command's flags.
+Run 'quicmesh COMMAND --help' for a command's flags. The demo, the echo
+apps and the load generator are 'quicmesh-dev demo|echo|bench'.
 `
 
 // commands is the dispatch table; its keys are the only valid commands.
-var commands = map[string]func(args []string, stdout, stderr io.Writer) int{
+var commands = map[string]cli.Subcommand{
 	"proxy": runProxy,
 	"ca":    runCA,
-	"demo":  runDemo,
-	"bench": runBench,
-	"echo":  runEcho,
 }
+
+// movedToDev are the commands quicmesh-dev runs, for a pointer to it
+// instead of a bare "unknown command".
+var movedToDev = map[string]bool{"demo": true, "echo": true, "bench": true}
 
 func main() {
 	// The sidecar reports the UDP buffer sizes it got in its own
@@ -48,39 +47,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	return dispatch(cli.New("quicmesh", usage, stdout, stderr), commands, args, stdout, stderr)
-}
-
-// dispatch runs the subcommand named by args[0], or answers help, or
-// reports a missing or unknown subcommand in one line.
-func dispatch(c *cli.Command, subs map[string]func([]string, io.Writer, io.Writer) int, args []string, stdout, stderr io.Writer) int {
-	names := make([]string, 0, len(subs))
-	for name := range subs {
-		names = append(names, name)
+	c := cli.New("quicmesh", usage, stdout, stderr)
+	if len(args) > 0 && movedToDev[args[0]] {
+		return c.UsageError("%q is a quicmesh-dev command: run 'quicmesh-dev %s'", args[0], args[0])
 	}
-	want := "want " + orList(names)
-	switch {
-	case len(args) == 0:
-		return c.UsageError("missing command (%s)", want)
-	case cli.IsHelp(args[0]):
-		c.Help()
-		return cli.ExitOK
-	case strings.HasPrefix(args[0], "-"):
-		return c.UsageError("unknown flag %s (%s)", args[0], want)
-	}
-	sub, ok := subs[args[0]]
-	if !ok {
-		return c.UsageError("unknown command %q (%s)", args[0], want)
-	}
-	return sub(args[1:], stdout, stderr)
-}
-
-// orList formats names, sorted, as "a, b or c".
-func orList(names []string) string {
-	names = append([]string(nil), names...)
-	slices.Sort(names)
-	if len(names) < 2 {
-		return strings.Join(names, "")
-	}
-	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+	return c.Dispatch(commands, args)
 }

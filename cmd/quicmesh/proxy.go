@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,12 +22,8 @@ import (
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/cli"
-	"github.com/quicmesh/quicmesh/proxy/detect"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
 )
 
 // Default ports: the same numbers Linkerd uses, so operators find them where they expect.
@@ -58,10 +53,12 @@ service, and the HTTP proxy listener (--http-proxy) routes each request by
 its URL host. Every flag and config key: docs/operations.md.
 `
 
-func runProxy(args []string, stdout, stderr io.Writer) int {
+// newProxyCommand defines quicmesh proxy's flags; parsing args into the
+// returned proxyFlags is the caller's.
+func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	c := cli.New("quicmesh proxy", proxyUsage, stdout, stderr)
 	fs := c.Flags
-	f := proxyFlags{
+	f := &proxyFlags{
 		routes: mapFlag{want: "SERVICE=APP_ADDR"},
 		binds:  mapFlag{want: "LISTEN_ADDR=SERVICE[,opaque]"},
 	}
@@ -83,15 +80,31 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.qlogDir, "qlog-dir", "", "write a qlog trace per QUIC connection into this directory (debugging; costly)")
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
+	return c, f
+}
+
+func runProxy(args []string, stdout, stderr io.Writer) int {
+	c, f := newProxyCommand(stdout, stderr)
 	if code, ok := c.Parse(args); !ok {
 		return code
+	}
+	fc := &fileConfig{}
+	if f.config != "" {
+		var err error
+		if fc, err = loadConfigFile(f.config); err != nil {
+			return c.Fail("%v", err)
+		}
+	}
+	opts, err := mergeProxyOptions(fc, f, setFlags(c.Flags))
+	if err != nil {
+		return c.Fail("%v", err)
 	}
 
 	// Nothing is logged until everything is validated, bound and running:
 	// a sidecar that fails to start prints its one error line and nothing
 	// else, in particular no "started".
 	logs := newStartupLog(stderr)
-	cfg, closeAll, err := buildProxyConfig(fs, &f, logs)
+	cfg, closeAll, err := openProxy(opts, logs)
 	if err != nil {
 		return c.Fail("%v", err)
 	}
@@ -107,22 +120,22 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	// The admin server is bound first, answering /ready with 503, so that
 	// a taken admin port fails the start-up before anything is served.
 	var admin *adminServer
-	if cfg.admin != "" {
-		admin, err = startAdminWith(cfg.admin, adminOptions{
+	if opts.adminAddr != "" {
+		admin, err = startAdminWith(opts.adminAddr, adminOptions{
 			Registry:      reg,
 			LogLevel:      cfg.logLevel,
-			AllowShutdown: f.allowShutdown,
+			AllowShutdown: opts.allowShutdown,
 			Shutdown:      stop,
 			Logger:        log,
 		})
 		if err != nil {
-			return c.Fail("%v", cfg.names.explainStartError(err))
+			return c.Fail("%v", opts.names.explainStartError(err))
 		}
 		defer admin.Close()
 	}
 	sc, err := sidecar.Start(cfg.sidecar)
 	if err != nil {
-		return c.Fail("%v", cfg.names.explainStartError(err))
+		return c.Fail("%v", opts.names.explainStartError(err))
 	}
 	defer sc.Close()
 
@@ -132,15 +145,15 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if admin != nil {
 		admin.SetReady(true)
 	}
-	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", cfg.admin)
+	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", opts.adminAddr)
 
 	<-ctx.Done()
 	stop()
 	if admin != nil {
 		admin.SetReady(false)
 	}
-	log.Info("shutting down", "grace", f.grace.String())
-	gctx, cancel := context.WithTimeout(context.Background(), f.grace)
+	log.Info("shutting down", "grace", opts.grace.String())
+	gctx, cancel := context.WithTimeout(context.Background(), opts.grace)
 	defer cancel()
 	if err := sc.Shutdown(gctx); err != nil {
 		log.Warn("shutdown", "error", err)
@@ -149,245 +162,96 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	return cli.ExitOK
 }
 
+// proxyConfig is what openProxy opened and assembled.
 type proxyConfig struct {
 	sidecar  sidecar.Config
-	admin    string
 	logLevel *slog.LevelVar
-	names    settingNames
 }
 
-// buildProxyConfig merges file and flags, validates every setting and
-// constructs the concrete identity provider and resolver. Every error is
-// one line naming the flag or config key at fault.
-func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (_ *proxyConfig, _ func(), err error) {
-	var closers []func()
-	closeAll := func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
+// openProxy opens what the options name — the workload identity files and
+// the discovery file — checks what only they can tell (the certificate's
+// SPIFFE ID, the services the binds name) and assembles the sidecar's
+// configuration. On success the caller must call closeAll once the
+// sidecar is done; on error everything opened so far is already closed.
+// Every error is one line naming the flag or config key at fault.
+func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(), err error) {
+	var opened []io.Closer
+	closeOpened := func() {
+		for i := len(opened) - 1; i >= 0; i-- {
+			opened[i].Close()
 		}
 	}
 	defer func() {
 		if err != nil {
-			closeAll()
+			closeOpened()
 		}
 	}()
-	fc := &fileConfig{}
-	if f.config != "" {
-		if fc, err = loadConfigFile(f.config); err != nil {
-			return nil, nil, err
-		}
-	}
-	set := setFlags(fs)
-	pick := func(flagName, flagVal, fileVal string) string {
-		if set[flagName] || fileVal == "" {
-			return flagVal
-		}
-		return fileVal
-	}
-	// name is how an error refers to a setting: the flag, unless the
-	// value came from the config file.
-	name := func(flagName, key string, fromFile bool) string {
-		if set[flagName] || !fromFile {
-			return "--" + flagName
-		}
-		return fmt.Sprintf("config %q", key)
-	}
+	logger, level := newLogger(logOut, o.logLevel, o.logJSON)
 
-	logger, level, err := newLogger(logOut, pick("log-level", f.logLevel, fc.Log.Level), pick("log-format", f.logFormat, fc.Log.Format))
+	prov, err := identity.NewFileProvider(o.cert, o.key, o.bundle, identity.FileOptions{Logger: logger})
 	if err != nil {
-		if errors.Is(err, errLogFormat) {
-			return nil, nil, fmt.Errorf("%s: %w", name("log-format", "log.format", fc.Log.Format != ""), err)
-		}
-		return nil, nil, fmt.Errorf("%s: %w", name("log-level", "log.level", fc.Log.Level != ""), err)
+		return nil, nil, fmt.Errorf("%s: %w", o.names.identity, err)
 	}
-
-	cert, key, bundle := pick("cert", f.cert, fc.Identity.Cert), pick("key", f.key, fc.Identity.Key), pick("bundle", f.bundle, fc.Identity.Bundle)
-	switch {
-	case cert == "":
-		return nil, nil, errors.New("no workload certificate: set --cert (or identity.cert); quicmesh never runs without mTLS")
-	case key == "":
-		return nil, nil, errors.New("no private key: set --key (or identity.key)")
-	case bundle == "":
-		return nil, nil, errors.New("no trust bundle: set --bundle (or identity.bundle)")
-	}
-	prov, err := identity.NewFileProvider(cert, key, bundle, identity.FileOptions{Logger: logger})
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s, %s, %s: %w", name("cert", "identity.cert", fc.Identity.Cert != ""),
-			name("key", "identity.key", fc.Identity.Key != ""), name("bundle", "identity.bundle", fc.Identity.Bundle != ""), err)
-	}
-	closers = append(closers, func() { prov.Close() })
+	opened = append(opened, prov)
 	localID, err := identity.LocalID(prov)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", name("cert", "identity.cert", fc.Identity.Cert != ""), err)
+		return nil, nil, fmt.Errorf("%s: %w", o.names.cert, err)
 	}
-	td := pick("trust-domain", f.trustDomain, fc.Identity.TrustDomain)
+	td := o.trustDomain
 	if td == "" {
 		td = localID.TrustDomain
 	}
 
-	routes := inbound.Routes{}
-	for svc, addr := range fc.Inbound.Routes {
-		if _, _, err := inbound.ParseAppAddr(addr); err != nil {
-			return nil, nil, fmt.Errorf("config %q: %w", "inbound.routes."+svc, err)
-		}
-		routes[svc] = addr
-	}
-	for _, svc := range f.routes.order {
-		addr := f.routes.m[svc]
-		if _, _, err := inbound.ParseAppAddr(addr); err != nil {
-			return nil, nil, fmt.Errorf("--route %s=%s: %w", svc, addr, err)
-		}
-		routes[svc] = addr
-	}
-
-	names := settingNames{
-		inbound:   name("inbound", "inbound.listen", fc.Inbound.Listen != ""),
-		admin:     name("admin", "admin.listen", fc.Admin.Listen != ""),
-		httpProxy: name("http-proxy", "outbound.http_proxy", fc.Outbound.HTTPProxy != nil),
-	}
-	var binds []sidecar.Bind
-	for i, b := range fc.Outbound.Binds {
-		setting := fmt.Sprintf("config %q", fmt.Sprintf("outbound.binds[%d]", i))
-		if b.Listen == "" || b.Service == "" {
-			return nil, nil, fmt.Errorf("%s: needs both \"listen\" and \"service\"", setting)
-		}
-		binds = append(binds, sidecar.Bind{Listen: b.Listen, Service: b.Service, Opaque: b.Opaque})
-		names.binds = append(names.binds, setting)
-	}
-	for _, listen := range f.binds.order {
-		svc, opt, _ := strings.Cut(f.binds.m[listen], ",")
-		setting := "--bind " + listen + "=" + f.binds.m[listen]
-		if svc == "" {
-			return nil, nil, fmt.Errorf("%s: no service name (want LISTEN_ADDR=SERVICE[,opaque])", setting)
-		}
-		if opt != "" && opt != "opaque" {
-			return nil, nil, fmt.Errorf("%s: unknown option %q (want opaque)", setting, opt)
-		}
-		binds = append(binds, sidecar.Bind{Listen: listen, Service: svc, Opaque: opt == "opaque"})
-		names.binds = append(names.binds, setting)
-	}
-
-	inboundAddr := pick("inbound", f.inbound, fc.Inbound.Listen)
-	adminAddr := pick("admin", f.admin, fc.Admin.Listen)
-	httpProxy := f.httpProxy
-	if !set["http-proxy"] && fc.Outbound.HTTPProxy != nil {
-		httpProxy = *fc.Outbound.HTTPProxy
-	}
-	// Each listening address, as the operator wrote it: its flag or key
-	// and the address.
-	names.listeners = []listenSetting{
-		{names.inbound + " " + inboundAddr, inboundAddr},
-		{names.admin + " " + adminAddr, adminAddr},
-		{names.httpProxy + " " + httpProxy, httpProxy},
-	}
-	for i, b := range binds {
-		names.listeners = append(names.listeners, listenSetting{names.binds[i], b.Listen})
-	}
-	for i, l := range names.listeners {
-		if l.addr == "" && i > 0 {
-			continue // the admin server or HTTP proxy, disabled
-		}
-		if _, _, err := net.SplitHostPort(l.addr); err != nil {
-			return nil, nil, fmt.Errorf("%s: not a HOST:PORT address", l.setting)
-		}
-	}
-
-	var res discovery.Resolver
-	discoFile := pick("discovery-file", f.discoveryFile, fc.Discovery.Static)
-	discoName := name("discovery-file", "discovery.static", fc.Discovery.Static != "")
-	if discoFile != "" {
-		sr, err := static.New(discoFile, static.Options{Logger: logger})
+	var res discovery.Resolver = static.NewFromMap(nil)
+	if o.discoveryFile != "" {
+		sr, err := static.New(o.discoveryFile, static.Options{Logger: logger})
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", discoName, err)
+			return nil, nil, fmt.Errorf("%s: %w", o.names.discovery, err)
 		}
-		closers = append(closers, func() { sr.Close() })
+		opened = append(opened, sr)
 		res = sr
-	} else {
-		res = static.NewFromMap(nil)
 	}
-	// A bind for a service discovery has never heard of is a typo, not
-	// something to discover at the first connection.
-	for i, b := range binds {
-		w, err := res.Resolve(context.Background(), b.Service)
-		switch {
-		case errors.Is(err, discovery.ErrUnknownService) && discoFile == "":
-			return nil, nil, fmt.Errorf("%s: service %q is unknown: there is no discovery file (--discovery-file)", names.binds[i], b.Service)
-		case errors.Is(err, discovery.ErrUnknownService):
-			return nil, nil, fmt.Errorf("%s: service %q is not in the discovery file %s", names.binds[i], b.Service, discoFile)
-		case err != nil:
-			return nil, nil, fmt.Errorf("%s: %w", names.binds[i], err)
-		}
-		w.Close()
+	if err := checkBindServices(res, o); err != nil {
+		return nil, nil, err
 	}
 
-	limits := transport.Limits{
-		MaxIncomingStreams:      fc.Limits.MaxStreamsPerPeer,
-		StreamReceiveWindow:     fc.Limits.StreamWindowBytes,
-		ConnectionReceiveWindow: fc.Limits.ConnWindowBytes,
-		HandshakeTimeout:        fc.Limits.HandshakeTimeout.Duration,
-		IdleTimeout:             fc.Limits.IdleTimeout.Duration,
-		KeepAlive:               fc.Limits.KeepAlive.Duration,
-	}
-	detectTimeout := f.detectTimeout
-	if !set["detect-timeout"] && fc.Outbound.DetectTimeout.Duration > 0 {
-		detectTimeout = fc.Outbound.DetectTimeout.Duration
-	}
-	connectTimeout := f.connectTimeout
-	if !set["connect-timeout"] && fc.Limits.ConnectTimeout.Duration > 0 {
-		connectTimeout = fc.Limits.ConnectTimeout.Duration
-	}
-	for _, d := range []struct {
-		flag string
-		v    time.Duration
-	}{{"detect-timeout", detectTimeout}, {"connect-timeout", connectTimeout}, {"grace", f.grace}} {
-		if d.v < 0 {
-			return nil, nil, fmt.Errorf("--%s %s: must not be negative", d.flag, d.v)
-		}
-	}
-	cfg := &proxyConfig{
+	return &proxyConfig{
 		sidecar: sidecar.Config{
 			Identity:      prov,
 			Resolver:      res,
 			Authorize:     identity.AuthorizeTrustDomain(td),
-			InboundAddr:   inboundAddr,
-			Routes:        routes,
-			Binds:         binds,
-			HTTPProxyAddr: httpProxy,
-			QlogDir:       pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir),
-			Outbound: outbound.Config{
-				ConnectTimeout: connectTimeout,
-				Detect:         detect.Config{Timeout: detectTimeout},
-				MaxInFlight:    fc.Outbound.MaxInFlight,
-				HeaderTimeout:  fc.Limits.HeaderTimeout.Duration,
-				IdleTimeout:    fc.Limits.AppIdleTimeout.Duration,
-				MaxHeaderBytes: fc.Limits.MaxHeaderBytes,
-			},
-			Inbound: inbound.Config{
-				ConnectTimeout: fc.Limits.AppConnectTimeout.Duration,
-				HeaderTimeout:  fc.Limits.HeaderTimeout.Duration,
-				MaxInFlight:    fc.Limits.InboundMaxInFlight,
-			},
-			Limits: limits,
-			Logger: logger.With("id", localID.String()),
+			InboundAddr:   o.inboundAddr,
+			Routes:        o.routes,
+			Binds:         o.binds,
+			HTTPProxyAddr: o.httpProxyAddr,
+			QlogDir:       o.qlogDir,
+			Outbound:      o.outbound,
+			Inbound:       o.inbound,
+			Limits:        o.limits,
+			Logger:        logger.With("id", localID.String()),
 		},
-		admin:    adminAddr,
 		logLevel: level,
-		names:    names,
+	}, closeOpened, nil
+}
+
+// checkBindServices fails for a bind naming a service discovery has never
+// heard of: that is a typo, not something to discover at the first
+// connection.
+func checkBindServices(res discovery.Resolver, o proxyOptions) error {
+	for i, b := range o.binds {
+		w, err := res.Resolve(context.Background(), b.Service)
+		switch {
+		case errors.Is(err, discovery.ErrUnknownService) && o.discoveryFile == "":
+			return fmt.Errorf("%s: service %q is unknown: there is no discovery file (--discovery-file)", o.names.binds[i], b.Service)
+		case errors.Is(err, discovery.ErrUnknownService):
+			return fmt.Errorf("%s: service %q is not in the discovery file %s", o.names.binds[i], b.Service, o.discoveryFile)
+		case err != nil:
+			return fmt.Errorf("%s: %w", o.names.binds[i], err)
+		}
+		w.Close()
 	}
-	return cfg, closeAll, nil
+	return nil
 }
-
-// settingNames records how the operator spelled each listening address
-// (a flag or a config key), so a bind failure at start-up names it.
-type settingNames struct {
-	inbound, admin, httpProxy string
-	binds                     []string // parallel to sidecar.Config.Binds
-	listeners                 []listenSetting
-}
-
-// listenSetting is a listening address and how an error names it, e.g.
-// "--http-proxy 127.0.0.1:4140" or "--bind 127.0.0.1:7001=echo".
-type listenSetting struct{ setting, addr string }
 
 // explainStartError turns a listener that could not be bound into one
 // line naming its setting; other errors are returned as they are.

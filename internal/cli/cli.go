@@ -18,6 +18,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -103,6 +105,40 @@ func (c *Command) UsageError(format string, a ...any) int {
 func (c *Command) Fail(format string, a ...any) int {
 	fmt.Fprintf(c.stderr, "%s: %s\n", c.Name, oneLine(fmt.Sprintf(format, a...)))
 	return ExitFail
+}
+
+// Subcommand runs one subcommand with its arguments (not including its
+// name) and returns the exit status.
+type Subcommand func(args []string, stdout, stderr io.Writer) int
+
+// Dispatch runs the subcommand named by args[0] with the rest of args, or
+// prints help, or reports a missing or unknown subcommand in one line
+// listing the valid ones.
+func (c *Command) Dispatch(subs map[string]Subcommand, args []string) int {
+	want := "want " + orList(slices.Collect(maps.Keys(subs)))
+	switch {
+	case len(args) == 0:
+		return c.UsageError("missing command (%s)", want)
+	case IsHelp(args[0]):
+		c.Help()
+		return ExitOK
+	case strings.HasPrefix(args[0], "-"):
+		return c.UsageError("unknown flag %s (%s)", args[0], want)
+	}
+	sub, ok := subs[args[0]]
+	if !ok {
+		return c.UsageError("unknown command %q (%s)", args[0], want)
+	}
+	return sub(args[1:], c.stdout, c.stderr)
+}
+
+// orList formats names, sorted, as "a, b or c".
+func orList(names []string) string {
+	slices.Sort(names)
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 // IsHelp reports whether arg asks for help; commands that dispatch to

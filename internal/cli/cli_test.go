@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +101,69 @@ func TestFailIsOneLine(t *testing.T) {
 	}
 	if got := errb.String(); got != "t: bad:; line two\n" {
 		t.Errorf("stderr %q", got)
+	}
+}
+
+func TestDispatch(t *testing.T) {
+	subs := func(ran *[]string) map[string]Subcommand {
+		sub := func(name string) Subcommand {
+			return func(args []string, stdout, stderr io.Writer) int {
+				*ran = append(*ran, name+" "+strings.Join(args, " "))
+				fmt.Fprint(stdout, "ran "+name)
+				return 7
+			}
+		}
+		return map[string]Subcommand{"init": sub("init"), "issue": sub("issue"), "abort": sub("abort")}
+	}
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantRan    string // the subcommand and its arguments; "" means none ran
+		wantStdout string // substring; "" means stdout must be empty
+		wantStderr string // substring of the single line; "" means stderr must be empty
+	}{
+		{"runs the named subcommand with the rest", []string{"issue", "--id", "x"}, 7, "issue --id x", "ran issue", ""},
+		{"subcommand without arguments", []string{"init"}, 7, "init ", "ran init", ""},
+		{"missing", nil, ExitUsage, "", "", "t: missing command (want abort, init or issue); see 't --help'"},
+		{"help", []string{"help"}, ExitOK, "", "Usage: t COMMAND", ""},
+		{"--help", []string{"--help"}, ExitOK, "", "Usage: t COMMAND", ""},
+		{"flag before the command", []string{"--id", "x"}, ExitUsage, "", "", "t: unknown flag --id (want abort, init or issue)"},
+		{"unknown", []string{"frob", "x"}, ExitUsage, "", "", `t: unknown command "frob" (want abort, init or issue)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			var ran []string
+			code := New("t", "Usage: t COMMAND\n", &out, &errb).Dispatch(subs(&ran), tt.args)
+			if code != tt.wantCode {
+				t.Errorf("code %d, want %d", code, tt.wantCode)
+			}
+			if got := strings.Join(ran, "|"); got != tt.wantRan {
+				t.Errorf("ran %q, want %q", got, tt.wantRan)
+			}
+			if (tt.wantStdout == "") != (out.Len() == 0) || !strings.Contains(out.String(), tt.wantStdout) {
+				t.Errorf("stdout %q, want %q", out.String(), tt.wantStdout)
+			}
+			if tt.wantStderr == "" && errb.Len() != 0 || tt.wantStderr != "" && (strings.Count(errb.String(), "\n") != 1 || !strings.Contains(errb.String(), tt.wantStderr)) {
+				t.Errorf("stderr %q, want one line containing %q", errb.String(), tt.wantStderr)
+			}
+		})
+	}
+}
+
+func TestOrList(t *testing.T) {
+	for _, tt := range []struct {
+		in   []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"a"}, "a"},
+		{[]string{"b", "a"}, "a or b"},
+		{[]string{"c", "a", "b"}, "a, b or c"},
+	} {
+		if got := orList(tt.in); got != tt.want {
+			t.Errorf("orList(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

@@ -11,9 +11,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )

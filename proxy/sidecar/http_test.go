@@ -26,10 +26,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )

@@ -39,7 +39,8 @@ func run() int {
 		notes      listFlag
 	)
 	fs := flag.NewFlagSet("scenarios", flag.ContinueOnError)
-	fs.StringVar(&opt.Bin, "bin", "bin/quicmesh", "quicmesh binary")
+	fs.StringVar(&opt.Bin, "bin", "bin/quicmesh", "quicmesh binary (sidecars, CA)")
+	fs.StringVar(&opt.DevBin, "dev-bin", "bin/quicmesh-dev", "quicmesh-dev binary (echo apps, load generator)")
 	fs.StringVar(&opt.OutDir, "out", "bench/out", "output directory")
 	fs.StringVar(&doc, "doc", "", "Markdown file whose generated section to rewrite (e.g. docs/benchmarks.md)")
 	fs.BoolVar(&quick, "quick", false, "smoke run: direct and quicmesh only, 1 s per load, one round")

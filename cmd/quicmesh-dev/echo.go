@@ -8,14 +8,14 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/internal/cli"
+	"github.com/quicmesh/quicmesh/internal/echo"
 )
 
 // runEcho serves one of the bundled echo apps, the targets of the demo,
 // the README's example and the benchmark scenarios.
 func runEcho(args []string, stdout, stderr io.Writer) int {
-	c := cli.New("quicmesh echo", `Usage: quicmesh echo [--proto http1|h2c|grpc|tcp] [--listen ADDR]
+	c := cli.New("quicmesh-dev echo", `Usage: quicmesh-dev echo [--proto http1|h2c|grpc|tcp] [--listen ADDR]
 
 Serves a bundled echo app until SIGINT or SIGTERM. HTTP: GET answers
 "ok" (or ?size=N bytes), POST echoes the body, and every response tells

@@ -9,5 +9,5 @@ import (
 // runBench is the bundled load generator; see bench/SCHEMA.md for its
 // JSON output.
 func runBench(args []string, stdout, stderr io.Writer) int {
-	return bench.Main(args, stdout, stderr)
+	return bench.Main("quicmesh-dev bench", args, stdout, stderr)
 }

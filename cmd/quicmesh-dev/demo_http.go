@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
+	"github.com/quicmesh/quicmesh/internal/echo"
 )
 
 func h1Client() *http.Client {

@@ -1,5 +1,6 @@
 // Package echo provides small echo servers used as targets by the quicmesh
-// load generator (package bench), the demo and the end-to-end tests.
+// load generator (package bench), the demo, "quicmesh-dev echo" and the
+// end-to-end tests. Nothing here runs in the sidecar binary.
 //
 // Four servers are provided, all with the same handle type:
 //

@@ -57,11 +57,11 @@ const (
 const MaxStreamCount = 1 << 20
 
 // Codec is the raw-bytes gRPC codec: messages are []byte (or *[]byte) sent
-// as they are. It is registered with grpc's codec registry under
-// [CodecName] when this package is imported.
+// as they are. It is never put in grpc's global codec registry (importing
+// this package changes nothing elsewhere in the process): the echo server
+// selects it with grpc.ForceServerCodecV2 and the client helpers with
+// grpc.ForceCodecV2, which also sends content-subtype [CodecName].
 var Codec encoding.CodecV2 = rawCodec{}
-
-func init() { encoding.RegisterCodecV2(rawCodec{}) }
 
 type rawCodec struct{}
 
@@ -86,22 +86,21 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// service is the handler type the ServiceDesc requires.
+// service is the handler type the serviceDesc requires.
 type service interface{ echoService() }
 
 type echoImpl struct{}
 
 func (echoImpl) echoService() {}
 
-// ServiceDesc describes the echo service without generated stubs. Register
-// it on your own server with [RegisterGRPC].
+// serviceDesc describes the echo service without generated stubs.
 //
 // Control messages: a request message starting with "status:CODE" or
 // "status:CODE:message" (CODE a number or a name such as UNAVAILABLE)
 // makes the call fail with that status; one starting with "sleep:DURATION"
 // (up to an optional newline, Go duration syntax) is answered after that
 // delay, or fails with the context's status if the deadline comes first.
-var ServiceDesc = grpc.ServiceDesc{
+var serviceDesc = grpc.ServiceDesc{
 	ServiceName: ServiceName,
 	HandlerType: (*service)(nil),
 	Methods: []grpc.MethodDesc{{
@@ -113,14 +112,8 @@ var ServiceDesc = grpc.ServiceDesc{
 		{StreamName: "Collect", Handler: handleCollect, ClientStreams: true},
 		{StreamName: "Bidi", Handler: handleBidi, ServerStreams: true, ClientStreams: true},
 	},
-	Metadata: "quicmesh/bench/echo (hand-written, raw bytes)",
+	Metadata: "quicmesh/internal/echo (hand-written, raw bytes)",
 }
-
-// RegisterGRPC registers the echo service on s. The server must be able to
-// decode the raw codec: either clients send content-subtype quicmesh-raw
-// (this package registers it globally), or s was built with
-// grpc.ForceServerCodecV2([Codec]).
-func RegisterGRPC(s grpc.ServiceRegistrar) { s.RegisterService(&ServiceDesc, echoImpl{}) }
 
 // StartGRPC serves the echo service on ln. The server forces [Codec], so it
 // also answers clients that send plain application/grpc (their message
@@ -128,7 +121,7 @@ func RegisterGRPC(s grpc.ServiceRegistrar) { s.RegisterService(&ServiceDesc, ech
 func StartGRPC(ln net.Listener, opts ...grpc.ServerOption) *Server {
 	opts = append([]grpc.ServerOption{grpc.ForceServerCodecV2(Codec), grpc.WaitForHandlers(true)}, opts...)
 	s := grpc.NewServer(opts...)
-	RegisterGRPC(s)
+	s.RegisterService(&serviceDesc, echoImpl{})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -353,7 +346,7 @@ func EchoUnary(ctx context.Context, conn grpc.ClientConnInterface, payload []byt
 // payload and returns them.
 func StreamN(ctx context.Context, conn grpc.ClientConnInterface, payload []byte, n int, opts ...grpc.CallOption) ([][]byte, error) {
 	ctx = metadata.AppendToOutgoingContext(ctx, MDCount, strconv.Itoa(n))
-	cs, err := conn.NewStream(ctx, &ServiceDesc.Streams[0], MethodStream, callOpts(opts)...)
+	cs, err := conn.NewStream(ctx, &serviceDesc.Streams[0], MethodStream, callOpts(opts)...)
 	if err != nil {
 		return nil, err
 	}
@@ -379,7 +372,7 @@ func StreamN(ctx context.Context, conn grpc.ClientConnInterface, payload []byte,
 // Collect calls the client-streaming Collect method with msgs and returns
 // the server's single response (their concatenation).
 func Collect(ctx context.Context, conn grpc.ClientConnInterface, msgs [][]byte, opts ...grpc.CallOption) ([]byte, error) {
-	cs, err := conn.NewStream(ctx, &ServiceDesc.Streams[1], MethodCollect, callOpts(opts)...)
+	cs, err := conn.NewStream(ctx, &serviceDesc.Streams[1], MethodCollect, callOpts(opts)...)
 	if err != nil {
 		return nil, err
 	}
@@ -410,7 +403,7 @@ type BidiStream struct {
 // Bidi opens a Bidi call. Cancel ctx, or CloseSend and Recv until an error,
 // to end it.
 func Bidi(ctx context.Context, conn grpc.ClientConnInterface, opts ...grpc.CallOption) (*BidiStream, error) {
-	cs, err := conn.NewStream(ctx, &ServiceDesc.Streams[2], MethodBidi, callOpts(opts)...)
+	cs, err := conn.NewStream(ctx, &serviceDesc.Streams[2], MethodBidi, callOpts(opts)...)
 	if err != nil {
 		return nil, err
 	}

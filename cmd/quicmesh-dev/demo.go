@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -12,11 +13,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/quicmesh/quicmesh/bench/echo"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/cli"
+	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
@@ -43,7 +44,7 @@ func (m *demoMesh) Close() {
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
-	c := cli.New("quicmesh demo", `Usage: quicmesh demo [-v]
+	c := cli.New("quicmesh-dev demo", `Usage: quicmesh-dev demo [-v]
 
 Runs a whole mesh on loopback — its own CA, two sidecars, echo apps for
 TCP, HTTP/1.1, h2c and gRPC — checks that traffic of every kind crosses
@@ -54,14 +55,14 @@ it intact, and exits 0 if every check passed.
 		return code
 	}
 	fail := func(format string, a ...any) int { return c.Fail(format, a...) }
-	logLevel := "error"
+	logLevel := slog.LevelError
 	if *verbose {
-		logLevel = "debug"
+		logLevel = slog.LevelDebug
 	}
-	logger, _, _ := newLogger(stderr, logLevel, "text")
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 
 	start := time.Now()
-	fmt.Fprintln(stdout, "quicmesh demo: a whole mesh on loopback with its own CA")
+	fmt.Fprintln(stdout, "quicmesh-dev demo: a whole mesh on loopback with its own CA")
 	ca, err := identity.NewCA(demoTrustDomain, time.Hour)
 	if err != nil {
 		return fail("creating CA: %v", err)

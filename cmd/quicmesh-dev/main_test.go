@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/quicmesh/quicmesh/internal/cli/clitest"
+)
+
+func TestDemo(t *testing.T) {
+	var out, errs bytes.Buffer
+	if code := run([]string{"demo"}, &out, &errs); code != 0 {
+		t.Fatalf("demo failed (%d):\n%s\n%s", code, &out, &errs)
+	}
+	for _, want := range []string{"tcp: 16 MiB each way", "grpc: bidi streaming", "demo passed"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+}
+
+// quicmesh-dev keeps internal/cli's contract, like quicmesh (see
+// cmd/quicmesh's TestCommandLineContract).
+func TestCommandLineContract(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	inUse := taken.Addr().String()
+	const (
+		help   = 0
+		config = 1
+		usage  = 2
+	)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // on stdout for help, in the one stderr line otherwise
+	}{
+		{"quicmesh-dev --help", []string{"--help"}, help, "quicmesh-dev bench [flags]"},
+		{"quicmesh-dev", nil, usage, "quicmesh-dev: missing command (want bench, demo or echo); see 'quicmesh-dev --help'"},
+		{"quicmesh-dev unknown command", []string{"proxy"}, usage, `quicmesh-dev: unknown command "proxy"`},
+		{"quicmesh-dev unknown flag", []string{"--frob"}, usage, "quicmesh-dev: unknown flag --frob"},
+
+		{"demo --help", []string{"demo", "--help"}, help, "Usage: quicmesh-dev demo"},
+		{"demo unknown flag", []string{"demo", "--frob"}, usage, "quicmesh-dev demo: unknown flag --frob"},
+		{"demo unexpected argument", []string{"demo", "now"}, usage, `quicmesh-dev demo: unexpected argument "now"`},
+
+		{"echo --help", []string{"echo", "--help"}, help, "-proto string"},
+		{"echo unknown flag", []string{"echo", "--frob"}, usage, "quicmesh-dev echo: unknown flag --frob"},
+		{"echo unexpected argument", []string{"echo", "x"}, usage, `quicmesh-dev echo: unexpected argument "x"`},
+		{"echo bad proto", []string{"echo", "--proto", "ftp"}, config, `quicmesh-dev echo: --proto: unknown protocol "ftp"`},
+		{"echo port taken", []string{"echo", "--listen", inUse}, config, "quicmesh-dev echo: --listen " + inUse + ": "},
+
+		{"bench --help", []string{"bench", "--help"}, help, "usage: quicmesh-dev bench"},
+		{"bench unknown flag", []string{"bench", "--frob"}, usage, "quicmesh-dev bench: unknown flag --frob"},
+		{"bench unexpected argument", []string{"bench", "--proto", "tcp", "--target", "x:1", "y"}, usage, `quicmesh-dev bench: unexpected argument "y"`},
+		{"bench no proto", []string{"bench"}, config, "quicmesh-dev bench: --proto is required"},
+		{"bench bad rate", []string{"bench", "--proto", "tcp", "--target", "x:1", "--rate", "fast"}, config, `quicmesh-dev bench: --rate: invalid value "fast"`},
+	}
+	for _, tt := range tests {
+		clitest.Check(t, run, tt.name, tt.args, tt.code, tt.want)
+	}
+}

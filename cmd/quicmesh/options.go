@@ -1,0 +1,286 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// proxyOptions is a sidecar's whole configuration after merging the
+// config file, the flags and the defaults, every value validated. Making
+// one opens nothing (no file, socket or goroutine); openProxy turns it
+// into the running dependencies. What can only be checked against opened
+// things — the certificate's files and identity, the discovery file, the
+// services the binds name — is checked there.
+type proxyOptions struct {
+	logLevel slog.Level
+	logJSON  bool
+
+	cert, key, bundle string
+	// trustDomain is the trust domain whose peers are accepted; empty
+	// means the workload certificate's own.
+	trustDomain   string
+	discoveryFile string // empty: no discovery, so no bind can resolve
+
+	inboundAddr   string
+	adminAddr     string // empty: no admin server
+	httpProxyAddr string // empty: no HTTP proxy listener
+	routes        inbound.Routes
+	binds         []sidecar.Bind
+
+	qlogDir  string
+	limits   transport.Limits
+	outbound outbound.Config
+	inbound  inbound.Config
+
+	grace         time.Duration
+	allowShutdown bool
+
+	names settingNames
+}
+
+// settingNames records how the operator spelled each setting (a flag or a
+// config key), so an error found after merging names it the same way.
+type settingNames struct {
+	identity  string // the certificate, key and bundle together
+	cert      string
+	discovery string
+	binds     []string // parallel to proxyOptions.binds
+	// listeners are the listening addresses, for bind failures at start-up.
+	listeners []listenSetting
+}
+
+// listenSetting is a listening address and how an error names it, e.g.
+// "--http-proxy 127.0.0.1:4140" or "--bind 127.0.0.1:7001=echo".
+type listenSetting struct{ setting, addr string }
+
+// merger merges one setting at a time: a flag given on the command line
+// wins over the config file, which wins over the flag's default.
+type merger struct {
+	fc  *fileConfig
+	f   *proxyFlags
+	set map[string]bool // flags given on the command line
+}
+
+// pick returns the flag's value if it was given or the file has none,
+// else the file's.
+func (m merger) pick(flagName, flagVal, fileVal string) string {
+	if m.set[flagName] || fileVal == "" {
+		return flagVal
+	}
+	return fileVal
+}
+
+// name is how an error refers to a setting: the flag, unless the value
+// came from the config file.
+func (m merger) name(flagName, key string, fromFile bool) string {
+	if m.set[flagName] || !fromFile {
+		return "--" + flagName
+	}
+	return fmt.Sprintf("config %q", key)
+}
+
+// duration is the flag's value if it was given or the file has none (0),
+// else the file's.
+func (m merger) duration(flagName string, flagVal, fileVal time.Duration) time.Duration {
+	if m.set[flagName] || fileVal <= 0 {
+		return flagVal
+	}
+	return fileVal
+}
+
+// mergeProxyOptions merges the config file fc (empty if there is none),
+// the parsed flags f and their defaults into one validated proxyOptions.
+// set holds the flags given on the command line. Every error is one line
+// naming the flag or config key at fault. It opens nothing.
+func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (proxyOptions, error) {
+	m := merger{fc: fc, f: f, set: set}
+	var o proxyOptions
+	var err error
+	if o.logLevel, o.logJSON, err = m.log(); err != nil {
+		return proxyOptions{}, err
+	}
+	if err := m.identity(&o); err != nil {
+		return proxyOptions{}, err
+	}
+	if o.routes, err = m.routes(); err != nil {
+		return proxyOptions{}, err
+	}
+	if o.binds, o.names.binds, err = m.binds(); err != nil {
+		return proxyOptions{}, err
+	}
+	if err := m.listeners(&o); err != nil {
+		return proxyOptions{}, err
+	}
+	if err := m.limits(&o); err != nil {
+		return proxyOptions{}, err
+	}
+	o.discoveryFile = m.pick("discovery-file", f.discoveryFile, fc.Discovery.Static)
+	o.names.discovery = m.name("discovery-file", "discovery.static", fc.Discovery.Static != "")
+	o.qlogDir = m.pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir)
+	o.allowShutdown = f.allowShutdown
+	return o, nil
+}
+
+func (m merger) log() (level slog.Level, json bool, err error) {
+	levelName := m.pick("log-level", m.f.logLevel, m.fc.Log.Level)
+	if levelName != "" {
+		if err := level.UnmarshalText([]byte(levelName)); err != nil {
+			return 0, false, fmt.Errorf("%s: unknown log level %q: want debug, info, warn or error",
+				m.name("log-level", "log.level", m.fc.Log.Level != ""), levelName)
+		}
+	}
+	switch format := m.pick("log-format", m.f.logFormat, m.fc.Log.Format); format {
+	case "", "text":
+		return level, false, nil
+	case "json":
+		return level, true, nil
+	default:
+		return 0, false, fmt.Errorf("%s: unknown log format %q: want text or json",
+			m.name("log-format", "log.format", m.fc.Log.Format != ""), format)
+	}
+}
+
+func (m merger) identity(o *proxyOptions) error {
+	id := &m.fc.Identity
+	o.cert, o.key, o.bundle = m.pick("cert", m.f.cert, id.Cert), m.pick("key", m.f.key, id.Key), m.pick("bundle", m.f.bundle, id.Bundle)
+	switch {
+	case o.cert == "":
+		return errors.New("no workload certificate: set --cert (or identity.cert); quicmesh never runs without mTLS")
+	case o.key == "":
+		return errors.New("no private key: set --key (or identity.key)")
+	case o.bundle == "":
+		return errors.New("no trust bundle: set --bundle (or identity.bundle)")
+	}
+	o.trustDomain = m.pick("trust-domain", m.f.trustDomain, id.TrustDomain)
+	o.names.cert = m.name("cert", "identity.cert", id.Cert != "")
+	o.names.identity = strings.Join([]string{o.names.cert,
+		m.name("key", "identity.key", id.Key != ""), m.name("bundle", "identity.bundle", id.Bundle != "")}, ", ")
+	return nil
+}
+
+// routes are the file's routes, then the flags' (a flag overrides the
+// file's route for the same service).
+func (m merger) routes() (inbound.Routes, error) {
+	routes := inbound.Routes{}
+	for svc, addr := range m.fc.Inbound.Routes {
+		if _, _, err := inbound.ParseAppAddr(addr); err != nil {
+			return nil, fmt.Errorf("config %q: %w", "inbound.routes."+svc, err)
+		}
+		routes[svc] = addr
+	}
+	for _, svc := range m.f.routes.order {
+		addr := m.f.routes.m[svc]
+		if _, _, err := inbound.ParseAppAddr(addr); err != nil {
+			return nil, fmt.Errorf("--route %s=%s: %w", svc, addr, err)
+		}
+		routes[svc] = addr
+	}
+	return routes, nil
+}
+
+// binds are the file's binds, then the flags'; names[i] is how bind i was
+// written.
+func (m merger) binds() (binds []sidecar.Bind, names []string, err error) {
+	for i, b := range m.fc.Outbound.Binds {
+		setting := fmt.Sprintf("config %q", fmt.Sprintf("outbound.binds[%d]", i))
+		if b.Listen == "" || b.Service == "" {
+			return nil, nil, fmt.Errorf("%s: needs both \"listen\" and \"service\"", setting)
+		}
+		binds = append(binds, sidecar.Bind{Listen: b.Listen, Service: b.Service, Opaque: b.Opaque})
+		names = append(names, setting)
+	}
+	for _, listen := range m.f.binds.order {
+		svc, opt, _ := strings.Cut(m.f.binds.m[listen], ",")
+		setting := "--bind " + listen + "=" + m.f.binds.m[listen]
+		if svc == "" {
+			return nil, nil, fmt.Errorf("%s: no service name (want LISTEN_ADDR=SERVICE[,opaque])", setting)
+		}
+		if opt != "" && opt != "opaque" {
+			return nil, nil, fmt.Errorf("%s: unknown option %q (want opaque)", setting, opt)
+		}
+		binds = append(binds, sidecar.Bind{Listen: listen, Service: svc, Opaque: opt == "opaque"})
+		names = append(names, setting)
+	}
+	return binds, names, nil
+}
+
+// listeners picks the listening addresses and checks that each is a
+// HOST:PORT; the admin server and the HTTP proxy may be disabled ("").
+func (m merger) listeners(o *proxyOptions) error {
+	o.inboundAddr = m.pick("inbound", m.f.inbound, m.fc.Inbound.Listen)
+	o.adminAddr = m.pick("admin", m.f.admin, m.fc.Admin.Listen)
+	o.httpProxyAddr = m.f.httpProxy
+	if !m.set["http-proxy"] && m.fc.Outbound.HTTPProxy != nil {
+		o.httpProxyAddr = *m.fc.Outbound.HTTPProxy // "" in the file disables it
+	}
+	inboundName := m.name("inbound", "inbound.listen", m.fc.Inbound.Listen != "")
+	adminName := m.name("admin", "admin.listen", m.fc.Admin.Listen != "")
+	httpProxyName := m.name("http-proxy", "outbound.http_proxy", m.fc.Outbound.HTTPProxy != nil)
+	o.names.listeners = []listenSetting{
+		{inboundName + " " + o.inboundAddr, o.inboundAddr},
+		{adminName + " " + o.adminAddr, o.adminAddr},
+		{httpProxyName + " " + o.httpProxyAddr, o.httpProxyAddr},
+	}
+	for i, b := range o.binds {
+		o.names.listeners = append(o.names.listeners, listenSetting{o.names.binds[i], b.Listen})
+	}
+	for i, l := range o.names.listeners {
+		if l.addr == "" && (i == 1 || i == 2) {
+			continue // the admin server or HTTP proxy, disabled
+		}
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			return fmt.Errorf("%s: not a HOST:PORT address", l.setting)
+		}
+	}
+	return nil
+}
+
+// limits gathers the timeouts and resource bounds. The config file's
+// durations were checked (non-negative) when it was parsed; the flags'
+// are checked here.
+func (m merger) limits(o *proxyOptions) error {
+	lim := &m.fc.Limits
+	detectTimeout := m.duration("detect-timeout", m.f.detectTimeout, m.fc.Outbound.DetectTimeout.Duration)
+	connectTimeout := m.duration("connect-timeout", m.f.connectTimeout, lim.ConnectTimeout.Duration)
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"detect-timeout", detectTimeout}, {"connect-timeout", connectTimeout}, {"grace", m.f.grace}} {
+		if d.v < 0 {
+			return fmt.Errorf("--%s %s: must not be negative", d.flag, d.v)
+		}
+	}
+	o.grace = m.f.grace
+	o.limits = transport.Limits{
+		MaxIncomingStreams:      lim.MaxStreamsPerPeer,
+		StreamReceiveWindow:     lim.StreamWindowBytes,
+		ConnectionReceiveWindow: lim.ConnWindowBytes,
+		HandshakeTimeout:        lim.HandshakeTimeout.Duration,
+		IdleTimeout:             lim.IdleTimeout.Duration,
+		KeepAlive:               lim.KeepAlive.Duration,
+	}
+	o.outbound = outbound.Config{
+		ConnectTimeout: connectTimeout,
+		Detect:         detect.Config{Timeout: detectTimeout},
+		MaxInFlight:    m.fc.Outbound.MaxInFlight,
+		HeaderTimeout:  lim.HeaderTimeout.Duration,
+		IdleTimeout:    lim.AppIdleTimeout.Duration,
+		MaxHeaderBytes: lim.MaxHeaderBytes,
+	}
+	o.inbound = inbound.Config{
+		ConnectTimeout: lim.AppConnectTimeout.Duration,
+		HeaderTimeout:  lim.HeaderTimeout.Duration,
+		MaxInFlight:    lim.InboundMaxInFlight,
+	}
+	return nil
+}

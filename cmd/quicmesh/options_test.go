@@ -1,0 +1,192 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// mergeOptionsFrom parses args with quicmesh proxy's flag set and the
+// config file text (none if empty), then merges them.
+func mergeOptionsFrom(t *testing.T, file string, args []string) (proxyOptions, error) {
+	t.Helper()
+	c, f := newProxyCommand(io.Discard, io.Discard)
+	if code, ok := c.Parse(args); !ok {
+		t.Fatalf("flags %q do not parse (exit %d)", args, code)
+	}
+	fc := &fileConfig{}
+	if file != "" {
+		var err error
+		if fc, err = parseConfig([]byte(file), "test.json"); err != nil {
+			t.Fatalf("config does not parse: %v", err)
+		}
+	}
+	return mergeProxyOptions(fc, f, setFlags(c.Flags))
+}
+
+// The merge of file, flags and defaults: which source wins, what each
+// error names, and that the result is complete (the whole value is
+// compared, names included).
+func TestMergeProxyOptions(t *testing.T) {
+	id := []string{"--cert", "w.crt", "--key", "w.key", "--bundle", "b.crt"}
+	// defaults is what id alone gives: every documented default.
+	defaults := func() proxyOptions {
+		return proxyOptions{
+			logLevel: slog.LevelInfo,
+			cert:     "w.crt", key: "w.key", bundle: "b.crt",
+			inboundAddr: "0.0.0.0:4143", adminAddr: "127.0.0.1:4191", httpProxyAddr: "127.0.0.1:4140",
+			routes:   inbound.Routes{},
+			outbound: outbound.Config{Detect: detect.Config{Timeout: time.Second}},
+			grace:    30 * time.Second,
+			names: settingNames{
+				identity: "--cert, --key, --bundle", cert: "--cert", discovery: "--discovery-file",
+				listeners: []listenSetting{
+					{"--inbound 0.0.0.0:4143", "0.0.0.0:4143"},
+					{"--admin 127.0.0.1:4191", "127.0.0.1:4191"},
+					{"--http-proxy 127.0.0.1:4140", "127.0.0.1:4140"},
+				},
+			},
+		}
+	}
+	tests := []struct {
+		name    string
+		file    string
+		args    []string
+		want    func(o *proxyOptions) // changes to defaults(); nil when an error is wanted
+		wantErr string                // the whole error
+	}{
+		{name: "defaults", args: id, want: func(*proxyOptions) {}},
+		{
+			name: "identity from the file",
+			file: `{"identity": {"cert": "f.crt", "key": "f.key", "bundle": "fb.crt", "trust_domain": "other.org"}}`,
+			want: func(o *proxyOptions) {
+				o.cert, o.key, o.bundle, o.trustDomain = "f.crt", "f.key", "fb.crt", "other.org"
+				o.names.identity = `config "identity.cert", config "identity.key", config "identity.bundle"`
+				o.names.cert = `config "identity.cert"`
+			},
+		},
+		{
+			name: "a flag beats the file",
+			file: `{"identity": {"cert": "f.crt"}, "inbound": {"listen": "10.0.0.1:4143"}, "log": {"level": "warn"}}`,
+			args: append([]string{"--inbound", "127.0.0.1:5143", "--log-level", "debug", "--log-format", "json"}, id...),
+			want: func(o *proxyOptions) {
+				o.logLevel, o.logJSON = slog.LevelDebug, true
+				o.inboundAddr = "127.0.0.1:5143"
+				o.names.listeners[0] = listenSetting{"--inbound 127.0.0.1:5143", "127.0.0.1:5143"}
+			},
+		},
+		{
+			name: "the file beats a default",
+			file: `{"inbound": {"listen": "10.0.0.1:4143"}, "admin": {"listen": ""}, "outbound": {"http_proxy": "", "detect_timeout": "250ms"}, "limits": {"connect_timeout": "2s"}}`,
+			args: id,
+			want: func(o *proxyOptions) {
+				o.inboundAddr, o.httpProxyAddr = "10.0.0.1:4143", ""
+				o.outbound.Detect.Timeout, o.outbound.ConnectTimeout = 250*time.Millisecond, 2*time.Second
+				o.names.listeners[0] = listenSetting{`config "inbound.listen" 10.0.0.1:4143`, "10.0.0.1:4143"}
+				// An empty admin.listen is "not set": the default stays.
+				o.names.listeners[2] = listenSetting{`config "outbound.http_proxy" `, ""}
+			},
+		},
+		{
+			name: "disabled admin server and HTTP proxy by flag",
+			args: append([]string{"--admin", "", "--http-proxy", ""}, id...),
+			want: func(o *proxyOptions) {
+				o.adminAddr, o.httpProxyAddr = "", ""
+				o.names.listeners[1] = listenSetting{"--admin ", ""}
+				o.names.listeners[2] = listenSetting{"--http-proxy ", ""}
+			},
+		},
+		{
+			name: "routes: the file's, a flag overriding one",
+			file: `{"inbound": {"routes": {"web": "127.0.0.1:8080", "grpc": "h2c://127.0.0.1:9090"}}}`,
+			args: append([]string{"--route", "web=127.0.0.1:8081", "--route", "db=tcp://127.0.0.1:5432"}, id...),
+			want: func(o *proxyOptions) {
+				o.routes = inbound.Routes{"web": "127.0.0.1:8081", "grpc": "h2c://127.0.0.1:9090", "db": "tcp://127.0.0.1:5432"}
+			},
+		},
+		{
+			name: "binds: the file's first, then the flags', each named as written",
+			file: `{"outbound": {"binds": [{"listen": "127.0.0.1:7001", "service": "db", "opaque": true}]}, "discovery": {"static": "s.json"}}`,
+			args: append([]string{"--bind", "127.0.0.1:7002=web", "--bind", "127.0.0.1:7003=cache,opaque"}, id...),
+			want: func(o *proxyOptions) {
+				o.discoveryFile, o.names.discovery = "s.json", `config "discovery.static"`
+				o.binds = []sidecar.Bind{
+					{Listen: "127.0.0.1:7001", Service: "db", Opaque: true},
+					{Listen: "127.0.0.1:7002", Service: "web"},
+					{Listen: "127.0.0.1:7003", Service: "cache", Opaque: true},
+				}
+				o.names.binds = []string{`config "outbound.binds[0]"`, "--bind 127.0.0.1:7002=web", "--bind 127.0.0.1:7003=cache,opaque"}
+				o.names.listeners = append(o.names.listeners,
+					listenSetting{`config "outbound.binds[0]"`, "127.0.0.1:7001"},
+					listenSetting{"--bind 127.0.0.1:7002=web", "127.0.0.1:7002"},
+					listenSetting{"--bind 127.0.0.1:7003=cache,opaque", "127.0.0.1:7003"})
+			},
+		},
+		{
+			name: "limits and the rest",
+			file: `{"limits": {"max_streams_per_peer": 50, "stream_window_bytes": 1024, "conn_window_bytes": 4096, "handshake_timeout": "3s", "idle_timeout": "1m", "keep_alive": "10s",
+				"app_connect_timeout": "1s", "header_timeout": "5s", "app_idle_timeout": "2m", "max_header_bytes": 8192, "inbound_max_in_flight": 7},
+				"outbound": {"max_in_flight": 9}, "debug": {"qlog_dir": "/tmp/q"}}`,
+			args: append([]string{"--grace", "5s", "--admin-shutdown", "--connect-timeout", "4s"}, id...),
+			want: func(o *proxyOptions) {
+				o.limits = transport.Limits{MaxIncomingStreams: 50, StreamReceiveWindow: 1024, ConnectionReceiveWindow: 4096,
+					HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute, KeepAlive: 10 * time.Second}
+				o.outbound = outbound.Config{ConnectTimeout: 4 * time.Second, Detect: detect.Config{Timeout: time.Second},
+					MaxInFlight: 9, HeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 8192}
+				o.inbound = inbound.Config{ConnectTimeout: time.Second, HeaderTimeout: 5 * time.Second, MaxInFlight: 7}
+				o.qlogDir, o.grace, o.allowShutdown = "/tmp/q", 5*time.Second, true
+			},
+		},
+
+		{name: "no cert", args: []string{"--key", "k", "--bundle", "b"}, wantErr: "no workload certificate: set --cert (or identity.cert); quicmesh never runs without mTLS"},
+		{name: "no key", args: []string{"--cert", "c", "--bundle", "b"}, wantErr: "no private key: set --key (or identity.key)"},
+		{name: "no bundle", file: `{"identity": {"cert": "c", "key": "k"}}`, wantErr: "no trust bundle: set --bundle (or identity.bundle)"},
+		{name: "bad log level flag", args: append([]string{"--log-level", "loud"}, id...), wantErr: `--log-level: unknown log level "loud": want debug, info, warn or error`},
+		{name: "bad log level in the file", file: `{"log": {"level": "loud"}}`, args: id, wantErr: `config "log.level": unknown log level "loud": want debug, info, warn or error`},
+		{name: "bad log format in the file", file: `{"log": {"format": "xml"}}`, args: id, wantErr: `config "log.format": unknown log format "xml": want text or json`},
+		{name: "bad route flag", args: append([]string{"--route", "echo=ftp://x:1"}, id...), wantErr: `--route echo=ftp://x:1: route "ftp://x:1": unknown app protocol "ftp" (want http, h2c or tcp)`},
+		{name: "bad route in the file", file: `{"inbound": {"routes": {"echo": "ftp://x:1"}}}`, args: id, wantErr: `config "inbound.routes.echo": route "ftp://x:1": unknown app protocol "ftp" (want http, h2c or tcp)`},
+		{name: "bind without service in the file", file: `{"outbound": {"binds": [{"listen": "127.0.0.1:1"}]}}`, args: id, wantErr: `config "outbound.binds[0]": needs both "listen" and "service"`},
+		{name: "bind with an empty service", args: append([]string{"--bind", "127.0.0.1:1=,opaque"}, id...), wantErr: "--bind 127.0.0.1:1=,opaque: no service name (want LISTEN_ADDR=SERVICE[,opaque])"},
+		{name: "bind with an unknown option", args: append([]string{"--bind", "127.0.0.1:0=echo,fast"}, id...), wantErr: `--bind 127.0.0.1:0=echo,fast: unknown option "fast" (want opaque)`},
+		{name: "bind address without port", args: append([]string{"--bind", "localhost=echo"}, id...), wantErr: "--bind localhost=echo: not a HOST:PORT address"},
+		{name: "inbound address without port in the file", file: `{"inbound": {"listen": "10.0.0.1"}}`, args: id, wantErr: `config "inbound.listen" 10.0.0.1: not a HOST:PORT address`},
+		{name: "empty inbound address", args: append([]string{"--inbound", ""}, id...), wantErr: "--inbound : not a HOST:PORT address"},
+		{name: "admin address without port", args: append([]string{"--admin", "localhost"}, id...), wantErr: "--admin localhost: not a HOST:PORT address"},
+		{name: "HTTP proxy address without port in the file", file: `{"outbound": {"http_proxy": "localhost"}}`, args: id, wantErr: `config "outbound.http_proxy" localhost: not a HOST:PORT address`},
+		{name: "negative grace", args: append([]string{"--grace", "-1s"}, id...), wantErr: "--grace -1s: must not be negative"},
+		{name: "negative detect timeout", args: append([]string{"--detect-timeout", "-5ms"}, id...), wantErr: "--detect-timeout -5ms: must not be negative"},
+		{name: "negative connect timeout", args: append([]string{"--connect-timeout", "-1m"}, id...), wantErr: "--connect-timeout -1m0s: must not be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := mergeOptionsFrom(t, tt.file, tt.args)
+			if tt.want == nil {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error %q is more than one line", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			want := defaults()
+			tt.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("options differ\n got: %+v\nwant: %+v", got, want)
+			}
+		})
+	}
+}
