@@ -7,7 +7,6 @@ package transport
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -67,6 +66,18 @@ type Limits struct {
 	// alive well within it.
 	IdleTimeout time.Duration
 	KeepAlive   time.Duration
+
+	// MaxHandshakes caps inbound handshakes in progress (connections a
+	// client has started and Accept has not yet returned); beyond it new
+	// attempts are refused with CONNECTION_REFUSED. Default
+	// DefaultMaxHandshakes (256): each costs tens of KiB and three or four
+	// goroutines for up to HandshakeTimeout.
+	MaxHandshakes int
+	// RetryThreshold: once this many inbound handshakes are in progress,
+	// a client must first prove its source address with a QUIC Retry (one
+	// extra round trip) before the listener keeps any state for it.
+	// Default DefaultRetryThreshold (16); negative: Retry every time.
+	RetryThreshold int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -87,6 +98,15 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.KeepAlive == 0 {
 		l.KeepAlive = 15 * time.Second
+	}
+	if l.MaxHandshakes <= 0 {
+		l.MaxHandshakes = DefaultMaxHandshakes
+	}
+	switch {
+	case l.RetryThreshold == 0:
+		l.RetryThreshold = DefaultRetryThreshold
+	case l.RetryThreshold < 0:
+		l.RetryThreshold = 0
 	}
 	return l
 }
@@ -135,6 +155,7 @@ type Endpoint struct {
 	quicConf  *quic.Config
 	logger    *slog.Logger
 	listening bool
+	gate      *handshakeGate
 }
 
 // Listen binds addr (UDP) and starts accepting mesh connections on it.
@@ -152,22 +173,17 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 		}
 		authz = identity.AuthorizeTrustDomain(id.TrustDomain)
 	}
-	tlsConf := identity.ServerConfig(cfg.Identity, authz, []string{ALPN})
-	if verify := tlsConf.VerifyConnection; verify != nil && cfg.Metrics != nil {
-		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
-			err := verify(cs)
-			if err != nil {
-				cfg.Metrics.HandshakeFailed(telemetry.Inbound, identity.ReasonOf(err))
-			}
-			return err
-		}
-	}
+	gate := newHandshakeGate(e.limits, cfg.Metrics, e.logger)
+	e.tr.VerifySourceAddress = gate.verifySourceAddress
+	e.tr.ConnContext = gate.connContext
+	tlsConf := gate.serverTLSConfig(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}))
 	ln, err := e.tr.Listen(tlsConf, e.quicConf)
 	if err != nil {
 		e.Close()
 		return nil, fmt.Errorf("transport: listening on %s: %w", addr, err)
 	}
 	e.ln = ln
+	e.gate = gate
 	e.listening = true
 	return e, nil
 }
@@ -223,7 +239,12 @@ func (e *Endpoint) Accept(ctx context.Context) (*quic.Conn, error) {
 	if e.ln == nil {
 		return nil, errors.New("transport: endpoint is not listening")
 	}
-	return e.ln.Accept(ctx)
+	conn, err := e.ln.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.gate.accepted(conn)
+	return conn, nil
 }
 
 // Dial opens a new connection to a peer that must present identity want.
