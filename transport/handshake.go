@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -45,6 +46,9 @@ const (
 // the peer's when its close message names the reason), else one of the
 // Reason* values above, else identity.ReasonOther.
 func HandshakeReason(err error) string {
+	if de, ok := errors.AsType[*DialError](err); ok && de.Reason != "" {
+		return de.Reason
+	}
 	if reason := identity.ReasonOf(err); reason != identity.ReasonOther {
 		return reason
 	}
@@ -90,13 +94,13 @@ type handshakeGate struct {
 	refusals     *telemetry.LogLimiter
 }
 
-func newHandshakeGate(l Limits, m *telemetry.Metrics, logger *slog.Logger) *handshakeGate {
+func newHandshakeGate(l Limits, m *telemetry.Metrics, logger *slog.Logger, now func() time.Time) *handshakeGate {
 	return &handshakeGate{
 		max:      int64(l.MaxHandshakes),
 		retryAt:  int64(l.RetryThreshold),
 		metrics:  m,
 		logger:   logger,
-		refusals: telemetry.NewLogLimiter(0, 0, nil),
+		refusals: telemetry.NewLogLimiter(0, 0, now),
 	}
 }
 

@@ -186,9 +186,18 @@ func ErrClass(err error) string {
 const h3RequestRejected = 0x10b
 
 // Refused reports whether err says the peer did not process a request at
-// all (it was closing, or rejected the stream), so that sending it again
-// elsewhere is safe.
+// all, so that sending it again (on a fresh connection, or elsewhere) is
+// safe: it was closing, it rejected the stream, the stream could not even
+// be opened (ErrStreamNotOpened), or the connection turned out dead: a
+// stateless reset means the peer has no state for it, typically because
+// it restarted. (A request already in flight when a peer crashed may have
+// been processed before the crash; callers retry only body-less requests,
+// once.)
 func Refused(err error) bool {
+	var sr *quic.StatelessResetError
+	if errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened) {
+		return true
+	}
 	var ae *quic.ApplicationError
 	if errors.As(err, &ae) && !ae.Remote {
 		return false

@@ -7,12 +7,14 @@ package transport
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -137,6 +139,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// Metrics records handshake failures; nil records nothing.
 	Metrics *telemetry.Metrics
+	// Now is the clock for dial back-off and for rate-limiting refusal
+	// and dial-failure logs; nil is time.Now. Tests inject a fake one.
+	Now func() time.Time
 	// QlogDir, if set, receives one qlog trace file per QUIC connection.
 	QlogDir string
 	// PacketConn, if set, is used instead of binding the address given to
@@ -173,7 +178,7 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 		}
 		authz = identity.AuthorizeTrustDomain(id.TrustDomain)
 	}
-	gate := newHandshakeGate(e.limits, cfg.Metrics, e.logger)
+	gate := newHandshakeGate(e.limits, e.cfg.Metrics, e.logger, e.cfg.Now)
 	e.tr.VerifySourceAddress = gate.verifySourceAddress
 	e.tr.ConnContext = gate.connContext
 	tlsConf := gate.serverTLSConfig(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}))
@@ -198,6 +203,9 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	udp := cfg.PacketConn
 	if udp == nil {
@@ -256,12 +264,55 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, want identity.ID) (*qu
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.limits.HandshakeTimeout)
 	defer cancel()
-	conn, err := e.tr.Dial(ctx, udpAddr, identity.ClientConfig(e.cfg.Identity, want, []string{ALPN}), e.quicConf)
+	tlsConf := identity.ClientConfig(e.cfg.Identity, want, []string{ALPN})
+	var presented atomic.Pointer[string] // who the server claimed to be, if we refused it
+	verify := tlsConf.VerifyConnection
+	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if err != nil {
+			id := identity.PresentedID(cs.PeerCertificates)
+			presented.Store(&id)
+		}
+		return err
+	}
+	conn, err := e.tr.Dial(ctx, udpAddr, tlsConf, e.quicConf)
 	if err != nil {
-		return nil, fmt.Errorf("transport: dialing %s (%s): %w", addr, want, err)
+		de := &DialError{Addr: addr, Want: want, Reason: HandshakeReason(err), Err: err}
+		if id := presented.Load(); id != nil {
+			de.Presented = *id
+		}
+		return nil, de
 	}
 	return conn, nil
 }
+
+// A DialError is a failed dial to a peer: the handshake failed, was
+// refused by either side, timed out, or the peer closed the connection
+// instead of accepting it.
+type DialError struct {
+	Addr string
+	Want identity.ID
+	// Reason is HandshakeReason of the failure.
+	Reason string
+	// Presented is the (unverified) identity the server presented when we
+	// refused its certificate.
+	Presented string
+	Err       error
+}
+
+func (e *DialError) Error() string {
+	msg := fmt.Sprintf("transport: dialing %s (%s) failed (%s)", e.Addr, e.Want, e.Reason)
+	var te *quic.TransportError
+	switch {
+	case e.Presented != "":
+		msg += ": we refused the server's certificate, which claims " + e.Presented
+	case errors.As(e.Err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
+		msg += ": the server refused our certificate"
+	}
+	return msg + ": " + e.Err.Error()
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
 
 // StopListening refuses new inbound connections; established ones and
 // outbound dials are unaffected. Used when draining.

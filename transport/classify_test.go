@@ -1,0 +1,62 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+func TestRefused(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"peer shutting down", &quic.ApplicationError{Remote: true, ErrorCode: transport.ConnCodeShutdown}, true},
+		{"we shut down", &quic.ApplicationError{Remote: false, ErrorCode: transport.ConnCodeShutdown}, false},
+		{"H3_REQUEST_REJECTED", &quic.StreamError{ErrorCode: 0x10b, Remote: true}, true},
+		{"stream reset by the app", &quic.StreamError{ErrorCode: transport.CodeReset, Remote: true}, false},
+		{"stateless reset (peer restarted)", fmt.Errorf("http3: parsing frame failed: %w", &quic.StatelessResetError{}), true},
+		{"tunnel stream never opened", fmt.Errorf("transport: opening stream: %w", transport.ErrStreamNotOpened), true},
+		{"idle timeout: may have been processed", &quic.IdleTimeoutError{}, false},
+		{"other", errors.New("boom"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := transport.Refused(tt.err); got != tt.want {
+				t.Fatalf("Refused(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestHandshakeReason(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"our identity check", &identity.VerifyError{Reason: identity.ReasonWrongID, Err: errors.New("x")}, identity.ReasonWrongID},
+		{"dial error carries its reason", &transport.DialError{Reason: transport.ReasonNotAccepted, Err: errors.New("x")}, transport.ReasonNotAccepted},
+		{"peer sent a TLS alert", &quic.TransportError{Remote: true, ErrorCode: 0x12a}, transport.ReasonPeerRefused},
+		{"our own TLS alert", &quic.TransportError{Remote: false, ErrorCode: 0x12a}, identity.ReasonOther},
+		{"listener refused: too many handshakes", &quic.TransportError{Remote: true, ErrorCode: quic.ConnectionRefused}, transport.ReasonOverloaded},
+		{"handshake timeout", &quic.HandshakeTimeoutError{}, transport.ReasonTimeout},
+		{"dial deadline", fmt.Errorf("dial: %w", context.DeadlineExceeded), transport.ReasonTimeout},
+		{"other", errors.New("boom"), identity.ReasonOther},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := transport.HandshakeReason(tt.err); got != tt.want {
+				t.Fatalf("HandshakeReason(%v) = %q, want %q", tt.err, got, tt.want)
+			}
+		})
+	}
+}
