@@ -14,24 +14,27 @@ import (
 
 func TestRefused(t *testing.T) {
 	tests := []struct {
-		name string
-		err  error
-		want bool
+		name          string
+		err           error
+		refused, dead bool
 	}{
-		{"nil", nil, false},
-		{"peer shutting down", &quic.ApplicationError{Remote: true, ErrorCode: transport.ConnCodeShutdown}, true},
-		{"we shut down", &quic.ApplicationError{Remote: false, ErrorCode: transport.ConnCodeShutdown}, false},
-		{"H3_REQUEST_REJECTED", &quic.StreamError{ErrorCode: 0x10b, Remote: true}, true},
-		{"stream reset by the app", &quic.StreamError{ErrorCode: transport.CodeReset, Remote: true}, false},
-		{"stateless reset (peer restarted)", fmt.Errorf("http3: parsing frame failed: %w", &quic.StatelessResetError{}), true},
-		{"tunnel stream never opened", fmt.Errorf("transport: opening stream: %w", transport.ErrStreamNotOpened), true},
-		{"idle timeout: may have been processed", &quic.IdleTimeoutError{}, false},
-		{"other", errors.New("boom"), false},
+		{"nil", nil, false, false},
+		{"peer shutting down", &quic.ApplicationError{Remote: true, ErrorCode: transport.ConnCodeShutdown}, true, false},
+		{"we shut down", &quic.ApplicationError{Remote: false, ErrorCode: transport.ConnCodeShutdown}, false, false},
+		{"H3_REQUEST_REJECTED", &quic.StreamError{ErrorCode: 0x10b, Remote: true}, true, false},
+		{"stream reset by the app", &quic.StreamError{ErrorCode: transport.CodeReset, Remote: true}, false, false},
+		{"stateless reset (peer restarted)", fmt.Errorf("http3: parsing frame failed: %w", &quic.StatelessResetError{}), true, true},
+		{"tunnel stream never opened", fmt.Errorf("transport: opening stream: %w", transport.ErrStreamNotOpened), true, true},
+		{"idle timeout: may have been processed", &quic.IdleTimeoutError{}, false, false},
+		{"other", errors.New("boom"), false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := transport.Refused(tt.err); got != tt.want {
-				t.Fatalf("Refused(%v) = %v, want %v", tt.err, got, tt.want)
+			if got := transport.Refused(tt.err); got != tt.refused {
+				t.Fatalf("Refused(%v) = %v, want %v", tt.err, got, tt.refused)
+			}
+			if got := transport.ConnectionDead(tt.err); got != tt.dead {
+				t.Fatalf("ConnectionDead(%v) = %v, want %v", tt.err, got, tt.dead)
 			}
 		})
 	}

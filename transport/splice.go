@@ -194,8 +194,7 @@ const h3RequestRejected = 0x10b
 // been processed before the crash; callers retry only body-less requests,
 // once.)
 func Refused(err error) bool {
-	var sr *quic.StatelessResetError
-	if errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened) {
+	if ConnectionDead(err) {
 		return true
 	}
 	var ae *quic.ApplicationError
@@ -207,4 +206,15 @@ func Refused(err error) bool {
 	}
 	var se *quic.StreamError
 	return errors.As(err, &se) && (se.ErrorCode == h3RequestRejected || se.ErrorCode == CodeShuttingDown)
+}
+
+// ConnectionDead reports whether err shows that the connection it came
+// from is gone for good (a stateless reset, or a stream that could not be
+// opened because the connection had closed), even if the connection's
+// context has not ended yet: the HTTP/3 layer can report a stateless reset
+// a moment before the QUIC connection is torn down. Such a connection must
+// not be handed out again.
+func ConnectionDead(err error) bool {
+	var sr *quic.StatelessResetError
+	return errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened)
 }

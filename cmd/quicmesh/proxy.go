@@ -248,6 +248,8 @@ func buildProxyConfig(fs *flag.FlagSet, f *proxyFlags, logOut io.Writer) (*proxy
 		HandshakeTimeout:        fc.Limits.HandshakeTimeout.Duration,
 		IdleTimeout:             fc.Limits.IdleTimeout.Duration,
 		KeepAlive:               fc.Limits.KeepAlive.Duration,
+		MaxHandshakes:           fc.Limits.MaxHandshakes,
+		RetryThreshold:          fc.Limits.RetryThreshold,
 	}
 	httpProxy := f.httpProxy
 	if !set["http-proxy"] && fc.Outbound.HTTPProxy != nil {

@@ -149,7 +149,7 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			return
 		}
-		if !pc.Alive() {
+		if !pc.Alive() || transport.ConnectionDead(err) {
 			// A broken connection, not a per-request failure: redial next time.
 			p.cfg.Pool.Forget(pc)
 		}
