@@ -159,13 +159,26 @@ func (b *initialBuilder) packet() []byte {
 	return pkt
 }
 
-// flood sends Initials to target from sources UDP sockets on 127.0.0.1 at
-// about rate packets per second until ctx ends.
+// buildInitials builds n Initials of one kind, each with its own
+// destination connection ID, ahead of a flood: building them costs key
+// derivation and encryption per packet, which would otherwise load the
+// machine while latency is measured.
+func buildInitials(t testing.TB, kind floodKind, n int) [][]byte {
+	b := newInitialBuilder(t, kind)
+	pkts := make([][]byte, n)
+	for i := range pkts {
+		pkts[i] = b.packet()
+	}
+	return pkts
+}
+
+// flood sends pkts round-robin to target from sources UDP sockets on
+// 127.0.0.1 at about rate packets per second until ctx ends.
 //
-// While Control is set, every packet is built the same way but cut to
-// 1,100 bytes, below the 1,200 a server requires of an Initial, so the
-// server drops it before keeping any state: the same generator, socket and
-// packet-processing load as the attack, for a baseline under equal load.
+// While Control is set, packets are cut to 1,100 bytes, below the 1,200 a
+// server requires of an Initial, so the server drops them before keeping
+// any state: the same sending, socket and packet-processing load as the
+// attack, for a baseline under equal load.
 type flood struct {
 	Control atomic.Bool
 	sent    atomic.Int64 // attack packets, not control ones
@@ -173,9 +186,8 @@ type flood struct {
 	wg      sync.WaitGroup
 }
 
-func startFlood(ctx context.Context, t testing.TB, target *net.UDPAddr, kind floodKind, rate, sources int) *flood {
+func startFlood(ctx context.Context, t testing.TB, target *net.UDPAddr, pkts [][]byte, rate, sources int) *flood {
 	t.Helper()
-	b := newInitialBuilder(t, kind)
 	conns := make([]*net.UDPConn, sources)
 	for i := range conns {
 		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -202,9 +214,8 @@ func startFlood(ctx context.Context, t testing.TB, target *net.UDPAddr, kind flo
 				case now := <-tick.C:
 					due := int(now.Sub(start).Seconds() * float64(rate) / senders)
 					for ; sent < due; sent++ {
-						c := conns[next%len(conns)]
+						c, pkt := conns[next%len(conns)], pkts[next%len(pkts)]
 						next += senders
-						pkt := b.packet()
 						if f.Control.Load() {
 							pkt = pkt[:1100]
 						} else {

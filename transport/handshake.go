@@ -20,7 +20,7 @@ import (
 // them.
 const (
 	DefaultMaxHandshakes  = 256
-	DefaultRetryThreshold = 16
+	DefaultRetryThreshold = 0 // Retry every new client
 )
 
 // Reasons a handshake fails besides the identity.Reason* ones; all are
@@ -82,8 +82,9 @@ var (
 // The gate counts those connections from creation (quic.Transport's
 // ConnContext) until Accept hands them over or they die, and
 //   - asks quic-go to validate the source address with a Retry
-//     (VerifySourceAddress) once retryAt are in progress, so a spoofer,
-//     who never sees the Retry, creates no state at all;
+//     (VerifySourceAddress) once retryAt are in progress (by default
+//     always), so a spoofer, who never sees the Retry, makes the listener
+//     keep no state and do no TLS work at all;
 //   - refuses new connections (CONNECTION_REFUSED) beyond max, so even
 //     peers with real addresses cannot hold more than max.
 type handshakeGate struct {

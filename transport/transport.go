@@ -75,10 +75,13 @@ type Limits struct {
 	// DefaultMaxHandshakes (256): each costs tens of KiB and three or four
 	// goroutines for up to HandshakeTimeout.
 	MaxHandshakes int
-	// RetryThreshold: once this many inbound handshakes are in progress,
-	// a client must first prove its source address with a QUIC Retry (one
-	// extra round trip) before the listener keeps any state for it.
-	// Default DefaultRetryThreshold (16); negative: Retry every time.
+	// RetryThreshold: a client must first prove its source address with
+	// a QUIC Retry (one extra round trip) before the listener keeps any
+	// state for it or does any TLS work, once this many inbound
+	// handshakes are in progress. Default 0: always (docs/security.md has
+	// the measurements); a positive value saves legitimate clients the
+	// round trip while fewer are in progress, at the price of letting a
+	// spoofer start that many handshakes.
 	RetryThreshold int
 }
 
@@ -104,12 +107,7 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxHandshakes <= 0 {
 		l.MaxHandshakes = DefaultMaxHandshakes
 	}
-	switch {
-	case l.RetryThreshold == 0:
-		l.RetryThreshold = DefaultRetryThreshold
-	case l.RetryThreshold < 0:
-		l.RetryThreshold = 0
-	}
+	l.RetryThreshold = max(l.RetryThreshold, DefaultRetryThreshold)
 	return l
 }
 
