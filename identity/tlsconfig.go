@@ -15,19 +15,20 @@ import (
 //   - The certificate comes from p.Certificate() on every handshake, so
 //     rotation needs no restart. If p has no identity the handshake fails
 //     (fail closed) with a *VerifyError of ReasonNoIdentity.
-//   - A client certificate is required (tls.RequireAnyClientCert) and
-//     verified in VerifyConnection, which also runs for resumed sessions:
-//     the chain must verify against p.Roots() at the current time for
-//     client authentication, the leaf must carry exactly one SPIFFE ID, and
-//     authz must accept that ID.
+//   - A client certificate is required and verified in VerifyConnection,
+//     which also runs for resumed sessions: the chain must verify against
+//     p.Roots() at the current time for client authentication, the leaf
+//     must carry exactly one SPIFFE ID, and authz must accept that ID.
+//     crypto/tls is asked only to request one (tls.RequestClientCert; it
+//     still checks the CertificateVerify signature of any certificate
+//     sent), so that a client sending none reaches VerifyConnection too and
+//     is refused there, where it can be counted and logged, with
+//     ReasonNoCertificate. The handshake fails closed either way.
 //   - A nil authz accepts any ID in the local trust domain, that of
 //     p's current certificate. It does not mean "accept everything".
 //
 // Refusals are *VerifyError values (so errors.Is(err, ErrUnauthorized)
-// holds) returned from the server's handshake. One exception: a client
-// that sends no certificate at all is rejected by crypto/tls itself before
-// our callback runs, with the error "tls: client didn't provide a
-// certificate"; ReasonOf maps that to ReasonNoCertificate.
+// holds) returned from the server's handshake.
 //
 // A QUIC listener does not return failed handshakes from Accept. To count
 // server-side refusals, wrap the callback:
@@ -48,7 +49,9 @@ func ServerConfig(p Provider, authz Authorizer, nextProtos []string) *tls.Config
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: slices.Clone(nextProtos),
-		ClientAuth: tls.RequireAnyClientCert,
+		// Not weaker than RequireAnyClientCert: VerifyConnection refuses a
+		// handshake without a certificate (verifyPeer, ReasonNoCertificate).
+		ClientAuth: tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return localCertificate(p)
 		},
@@ -116,6 +119,21 @@ func PeerID(cs tls.ConnectionState) (ID, error) {
 		return ID{}, &VerifyError{Reason: ReasonBadID, Err: err}
 	}
 	return id, nil
+}
+
+// PresentedID returns, for logs, the SPIFFE ID a peer's leaf certificate
+// claims, WITHOUT verifying anything: "" when there is no leaf or it names
+// no single valid SPIFFE ID. Use it only to say who a refused peer claimed
+// to be; PeerID is the verified identity of an accepted one.
+func PresentedID(certs []*x509.Certificate) string {
+	if len(certs) == 0 {
+		return ""
+	}
+	id, err := idOfCert(certs[0])
+	if err != nil {
+		return ""
+	}
+	return id.String()
 }
 
 // ReasonOf classifies a handshake error for metrics: the Reason of a

@@ -220,7 +220,7 @@ func TestConfigFields(t *testing.T) {
 			t.Errorf("%s has static Certificates", name)
 		}
 	}
-	if s.ClientAuth != tls.RequireAnyClientCert || s.GetCertificate == nil {
+	if s.ClientAuth != tls.RequestClientCert || s.GetCertificate == nil {
 		t.Errorf("server: ClientAuth %v, GetCertificate set %v", s.ClientAuth, s.GetCertificate != nil)
 	}
 	if c.ServerName != "other.org" || !c.InsecureSkipVerify || c.GetClientCertificate == nil {
@@ -384,5 +384,39 @@ func TestServerErrorMessageNamesReason(t *testing.T) {
 	res := handshake(t, ServerConfig(server, nil, nil), ClientConfig(client, serverID, nil))
 	if res.serverErr == nil || !strings.Contains(res.serverErr.Error(), "peer refused (untrusted)") {
 		t.Fatalf("server error = %v", res.serverErr)
+	}
+}
+
+func TestPresentedID(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	leaf := func(c *tls.Certificate) []*x509.Certificate {
+		cert, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []*x509.Certificate{cert}
+	}
+	tests := []struct {
+		name  string
+		certs []*x509.Certificate
+		want  string
+	}{
+		{"no certificate", nil, ""},
+		{"workload certificate", leaf(issue(t, ca, clientID)), clientID.String()},
+		{"two URI SANs", leaf(mint(t, ca, func(c *x509.Certificate) {
+			c.URIs = []*url.URL{clientID.URL(), serverID.URL()}
+		})), ""},
+		{"not a SPIFFE URI", leaf(mint(t, ca, func(c *x509.Certificate) {
+			c.URIs = []*url.URL{{Scheme: "https", Host: "example.org"}}
+		})), ""},
+		// Unverified: a stranger's claim is reported as claimed.
+		{"untrusted issuer", leaf(issue(t, newTestCA(t, "evil.org"), MustParseID("spiffe://evil.org/admin"))), "spiffe://evil.org/admin"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := PresentedID(tt.certs); got != tt.want {
+				t.Fatalf("PresentedID = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

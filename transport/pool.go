@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,11 @@ import (
 // ErrPeerUnavailable is wrapped when a peer cannot be reached: the dial
 // failed just now, or failed recently and is in back-off.
 var ErrPeerUnavailable = errors.New("transport: peer unavailable")
+
+// ErrStreamNotOpened is wrapped when a tunnel stream could not be opened
+// because its connection had closed: nothing reached the peer, so the
+// open may be retried on a fresh connection (see Refused).
+var ErrStreamNotOpened = errors.New("transport: stream not opened: connection closed")
 
 // ErrPoolClosed is returned after Pool.Close.
 var ErrPoolClosed = errors.New("transport: pool closed")
@@ -59,6 +65,10 @@ func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*quic.Stream
 	}
 	str, err := pc.Conn.OpenStreamSync(ctx)
 	if err != nil {
+		if ctx.Err() == nil {
+			// Nothing was sent: the connection is gone.
+			err = fmt.Errorf("%w: %w", ErrStreamNotOpened, err)
+		}
 		return nil, fmt.Errorf("transport: opening stream to %s: %w", pc.Addr, err)
 	}
 	if _, err := str.Write(hdr); err != nil {
@@ -97,6 +107,8 @@ type Pool struct {
 	cancel  context.CancelFunc
 	dialsWG sync.WaitGroup
 	now     func() time.Time
+	// logs rate-limits dial-failure lines per peer and reason.
+	logs *telemetry.LogLimiter
 }
 
 // NewPool creates a pool that dials through ep.
@@ -110,7 +122,8 @@ func NewPool(ep *Endpoint) *Pool {
 		peers:  make(map[peerKey]*peerState),
 		ctx:    ctx,
 		cancel: cancel,
-		now:    time.Now,
+		now:    ep.cfg.Now,
+		logs:   telemetry.NewLogLimiter(0, 0, ep.cfg.Now),
 	}
 }
 
@@ -176,31 +189,36 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 // up does not fail the others waiting on the same dial.
 func (p *Pool) dial(key peerKey, st *peerState) {
 	defer p.dialsWG.Done()
-	conn, err := p.ep.Dial(p.ctx, key.addr, key.id)
+	pc, err := p.connect(key)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer func() { close(st.dialing); st.dialing = nil }()
 	if err != nil {
-		if reason := identity.ReasonOf(err); reason != "" && reason != identity.ReasonOther {
-			p.ep.cfg.Metrics.HandshakeFailed(telemetry.Outbound, reason)
+		if p.closed {
+			st.lastErr = ErrPoolClosed
+			return
 		}
+		reason := HandshakeReason(err)
+		p.ep.cfg.Metrics.HandshakeFailed(telemetry.Outbound, reason)
 		st.failures++
 		st.lastErr = err
 		st.failedAt = p.now()
-		p.ep.logger.Warn("peer dial failed", "peer", key.addr, "identity", key.id.String(), "failures", st.failures, "error", err)
+		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err}
+		if de, ok := errors.AsType[*DialError](err); ok && de.Presented != "" {
+			args = append(args, "presented_identity", de.Presented)
+		}
+		p.logs.Log(p.ep.logger, slog.LevelWarn, key.addr+"|"+reason, "peer dial failed", args...)
 		return
 	}
 	if p.closed {
-		conn.CloseWithError(ConnCodePoolClosed, "pool closed")
+		pc.Conn.CloseWithError(ConnCodePoolClosed, "pool closed")
 		st.lastErr = ErrPoolClosed
 		return
 	}
 	st.failures = 0
 	st.lastErr = nil
-	raw := p.h3.NewRawClientConn(conn)
-	pc := &PeerConn{Conn: conn, HTTP: raw.ClientConn, Addr: key.addr, Peer: key.id}
 	st.conn = pc
-	go p.acceptUni(pc, raw)
+	conn := pc.Conn
 	// A connection is only as good as the certificate it was
 	// authenticated with: retire it when the peer's certificate expires.
 	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
@@ -208,6 +226,46 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 		context.AfterFunc(conn.Context(), func() { retire.Stop() })
 	}
 	p.ep.logger.Debug("peer connected", "peer", key.addr, "identity", key.id.String())
+}
+
+// connect dials the peer and waits until the peer has accepted the
+// connection. With TLS 1.3 the client's handshake completes before the
+// server has verified the client's certificate, so a finished dial does
+// not mean the server will not close the connection right away (bad
+// certificate, draining). The server's HTTP/3 SETTINGS are the cheapest
+// proof that it did not: the inbound side sends them only after its own
+// handshake completed and it took the connection into service, in the
+// same flight as HANDSHAKE_DONE (which quic-go does not expose), so
+// waiting costs no extra round trip on a healthy connection. The wait is
+// bounded by the handshake timeout; a refusal is a failed dial.
+func (p *Pool) connect(key peerKey) (*PeerConn, error) {
+	conn, err := p.ep.Dial(p.ctx, key.addr, key.id)
+	if err != nil {
+		return nil, err
+	}
+	raw := p.h3.NewRawClientConn(conn)
+	pc := &PeerConn{Conn: conn, HTTP: raw.ClientConn, Addr: key.addr, Peer: key.id}
+	go p.acceptUni(pc, raw)
+	timer := time.NewTimer(p.ep.limits.HandshakeTimeout)
+	defer timer.Stop()
+	var cause error
+	select {
+	case <-raw.ReceivedSettings():
+		return pc, nil
+	case <-conn.Context().Done():
+		cause = context.Cause(conn.Context())
+	case <-timer.C:
+		cause = fmt.Errorf("no HTTP/3 SETTINGS within the handshake timeout (%v)", p.ep.limits.HandshakeTimeout)
+		conn.CloseWithError(ConnCodeShutdown, "not accepted in time")
+	case <-p.ctx.Done():
+		conn.CloseWithError(ConnCodePoolClosed, "pool closed")
+		return nil, ErrPoolClosed
+	}
+	reason := HandshakeReason(cause)
+	if reason == identity.ReasonOther {
+		reason = ReasonNotAccepted
+	}
+	return nil, &DialError{Addr: key.addr, Want: key.id, Reason: reason, Err: fmt.Errorf("%w: %w", errNotAccepted, cause)}
 }
 
 // acceptUni runs the connection's unidirectional stream loop: HTTP/3

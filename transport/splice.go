@@ -201,9 +201,17 @@ func ErrClass(err error) string {
 const h3RequestRejected = 0x10b
 
 // Refused reports whether err says the peer did not process a request at
-// all (it was closing, or rejected the stream), so that sending it again
-// elsewhere is safe.
+// all, so that sending it again (on a fresh connection, or elsewhere) is
+// safe: it was closing, it rejected the stream, the stream could not even
+// be opened (ErrStreamNotOpened), or the connection turned out dead: a
+// stateless reset means the peer has no state for it, typically because
+// it restarted. (A request already in flight when a peer crashed may have
+// been processed before the crash; callers retry only body-less requests,
+// once.)
 func Refused(err error) bool {
+	if ConnectionDead(err) {
+		return true
+	}
 	var ae *quic.ApplicationError
 	if errors.As(err, &ae) && !ae.Remote {
 		return false
@@ -213,4 +221,15 @@ func Refused(err error) bool {
 	}
 	var se *quic.StreamError
 	return errors.As(err, &se) && (se.ErrorCode == h3RequestRejected || se.ErrorCode == CodeShuttingDown)
+}
+
+// ConnectionDead reports whether err shows that the connection it came
+// from is gone for good (a stateless reset, or a stream that could not be
+// opened because the connection had closed), even if the connection's
+// context has not ended yet: the HTTP/3 layer can report a stateless reset
+// a moment before the QUIC connection is torn down. Such a connection must
+// not be handed out again.
+func ConnectionDead(err error) bool {
+	var sr *quic.StatelessResetError
+	return errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened)
 }

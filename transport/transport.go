@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -67,6 +68,21 @@ type Limits struct {
 	// alive well within it.
 	IdleTimeout time.Duration
 	KeepAlive   time.Duration
+
+	// MaxHandshakes caps inbound handshakes in progress (connections a
+	// client has started and Accept has not yet returned); beyond it new
+	// attempts are refused with CONNECTION_REFUSED. Default
+	// DefaultMaxHandshakes (256): each costs tens of KiB and three or four
+	// goroutines for up to HandshakeTimeout.
+	MaxHandshakes int
+	// RetryThreshold: a client must first prove its source address with
+	// a QUIC Retry (one extra round trip) before the listener keeps any
+	// state for it or does any TLS work, once this many inbound
+	// handshakes are in progress. Default 0: always (docs/security.md has
+	// the measurements); a positive value saves legitimate clients the
+	// round trip while fewer are in progress, at the price of letting a
+	// spoofer start that many handshakes.
+	RetryThreshold int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -88,6 +104,10 @@ func (l Limits) withDefaults() Limits {
 	if l.KeepAlive == 0 {
 		l.KeepAlive = 15 * time.Second
 	}
+	if l.MaxHandshakes <= 0 {
+		l.MaxHandshakes = DefaultMaxHandshakes
+	}
+	l.RetryThreshold = max(l.RetryThreshold, DefaultRetryThreshold)
 	return l
 }
 
@@ -117,6 +137,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// Metrics records handshake failures; nil records nothing.
 	Metrics *telemetry.Metrics
+	// Now is the clock for dial back-off and for rate-limiting refusal
+	// and dial-failure logs; nil is time.Now. Tests inject a fake one.
+	Now func() time.Time
 	// QlogDir, if set, receives one qlog trace file per QUIC connection.
 	QlogDir string
 	// PacketConn, if set, is used instead of binding the address given to
@@ -135,6 +158,7 @@ type Endpoint struct {
 	quicConf  *quic.Config
 	logger    *slog.Logger
 	listening bool
+	gate      *handshakeGate
 }
 
 // Listen binds addr (UDP) and starts accepting mesh connections on it.
@@ -152,22 +176,17 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 		}
 		authz = identity.AuthorizeTrustDomain(id.TrustDomain)
 	}
-	tlsConf := identity.ServerConfig(cfg.Identity, authz, []string{ALPN})
-	if verify := tlsConf.VerifyConnection; verify != nil && cfg.Metrics != nil {
-		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
-			err := verify(cs)
-			if err != nil {
-				cfg.Metrics.HandshakeFailed(telemetry.Inbound, identity.ReasonOf(err))
-			}
-			return err
-		}
-	}
+	gate := newHandshakeGate(e.limits, e.cfg.Metrics, e.logger, e.cfg.Now)
+	e.tr.VerifySourceAddress = gate.verifySourceAddress
+	e.tr.ConnContext = gate.connContext
+	tlsConf := gate.serverTLSConfig(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}))
 	ln, err := e.tr.Listen(tlsConf, e.quicConf)
 	if err != nil {
 		e.Close()
 		return nil, fmt.Errorf("transport: listening on %s: %w", addr, err)
 	}
 	e.ln = ln
+	e.gate = gate
 	e.listening = true
 	return e, nil
 }
@@ -182,6 +201,9 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	udp := cfg.PacketConn
 	if udp == nil {
@@ -223,7 +245,12 @@ func (e *Endpoint) Accept(ctx context.Context) (*quic.Conn, error) {
 	if e.ln == nil {
 		return nil, errors.New("transport: endpoint is not listening")
 	}
-	return e.ln.Accept(ctx)
+	conn, err := e.ln.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.gate.accepted(conn)
+	return conn, nil
 }
 
 // Dial opens a new connection to a peer that must present identity want.
@@ -235,12 +262,55 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, want identity.ID) (*qu
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.limits.HandshakeTimeout)
 	defer cancel()
-	conn, err := e.tr.Dial(ctx, udpAddr, identity.ClientConfig(e.cfg.Identity, want, []string{ALPN}), e.quicConf)
+	tlsConf := identity.ClientConfig(e.cfg.Identity, want, []string{ALPN})
+	var presented atomic.Pointer[string] // who the server claimed to be, if we refused it
+	verify := tlsConf.VerifyConnection
+	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if err != nil {
+			id := identity.PresentedID(cs.PeerCertificates)
+			presented.Store(&id)
+		}
+		return err
+	}
+	conn, err := e.tr.Dial(ctx, udpAddr, tlsConf, e.quicConf)
 	if err != nil {
-		return nil, fmt.Errorf("transport: dialing %s (%s): %w", addr, want, err)
+		de := &DialError{Addr: addr, Want: want, Reason: HandshakeReason(err), Err: err}
+		if id := presented.Load(); id != nil {
+			de.Presented = *id
+		}
+		return nil, de
 	}
 	return conn, nil
 }
+
+// A DialError is a failed dial to a peer: the handshake failed, was
+// refused by either side, timed out, or the peer closed the connection
+// instead of accepting it.
+type DialError struct {
+	Addr string
+	Want identity.ID
+	// Reason is HandshakeReason of the failure.
+	Reason string
+	// Presented is the (unverified) identity the server presented when we
+	// refused its certificate.
+	Presented string
+	Err       error
+}
+
+func (e *DialError) Error() string {
+	msg := fmt.Sprintf("transport: dialing %s (%s) failed (%s)", e.Addr, e.Want, e.Reason)
+	var te *quic.TransportError
+	switch {
+	case e.Presented != "":
+		msg += ": we refused the server's certificate, which claims " + e.Presented
+	case errors.As(e.Err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
+		msg += ": the server refused our certificate"
+	}
+	return msg + ": " + e.Err.Error()
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
 
 // StopListening refuses new inbound connections; established ones and
 // outbound dials are unaffected. Used when draining.

@@ -63,6 +63,8 @@ type fileConfig struct {
 		AppIdleTimeout     duration `json:"app_idle_timeout"`
 		MaxHeaderBytes     int      `json:"max_header_bytes"`
 		InboundMaxInFlight int      `json:"inbound_max_in_flight"`
+		MaxHandshakes      int      `json:"max_handshakes"`
+		RetryThreshold     int      `json:"retry_threshold"`
 	} `json:"limits"`
 }
 

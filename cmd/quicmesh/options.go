@@ -268,6 +268,8 @@ func (m merger) limits(o *proxyOptions) error {
 		HandshakeTimeout:        lim.HandshakeTimeout.Duration,
 		IdleTimeout:             lim.IdleTimeout.Duration,
 		KeepAlive:               lim.KeepAlive.Duration,
+		MaxHandshakes:           lim.MaxHandshakes,
+		RetryThreshold:          lim.RetryThreshold,
 	}
 	o.outbound = outbound.Config{
 		ConnectTimeout: connectTimeout,

@@ -151,6 +151,12 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("inbound: accepting: %w", err)
 		}
+		// Decide before HTTP/3 sends its SETTINGS: to the dialling pool
+		// they mean "accepted".
+		if !s.accepting() {
+			conn.CloseWithError(transport.ConnCodeShutdown, "shutting down")
+			return nil
+		}
 		raw, err := s.h3.NewRawServerConn(conn)
 		if err != nil {
 			s.log.Warn("http3 setup failed", "peer", conn.RemoteAddr().String(), "error", err)
@@ -173,6 +179,12 @@ type peerConn struct {
 	raw    *http3.RawServerConn
 	peer   identity.ID
 	active atomic.Int64 // streams being served
+}
+
+func (s *Server) accepting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.closed && !s.draining
 }
 
 func (s *Server) track(conn *quic.Conn, raw *http3.RawServerConn) (*peerConn, bool) {

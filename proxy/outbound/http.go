@@ -122,15 +122,17 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	// A request without a body that a draining or closing peer refused
-	// before processing it is retried once on another endpoint.
+	// A request without a body that the peer did not process (it was
+	// draining or closing, or the pooled connection turned out dead, e.g.
+	// a stateless reset after the peer restarted) is retried once, on a
+	// fresh connection or another endpoint.
 	for attempt := 0; ; attempt++ {
 		connectCtx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		pc, done, err := p.Connect(connectCtx, service)
 		kind := connectErrorKind(connectCtx, err)
 		cancel()
 		if err != nil {
-			p.log.Warn("http route failed", "service", service, "error", err)
+			p.logFailure("http route failed", service, err)
 			res = bridge.WriteError(w, r, kind, p.who(), f.reason(err))
 			return
 		}
@@ -145,19 +147,19 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			return
 		}
-		if !pc.Alive() {
+		if !pc.Alive() || transport.ConnectionDead(err) {
 			// A broken connection, not a per-request failure: redial next time.
 			p.cfg.Pool.Forget(pc)
 		}
 		if attempt == 0 && bodyless(r) && transport.Refused(err) && ctx.Err() == nil {
-			p.log.Debug("retrying request refused by a closing peer", "service", service, "peer", pc.Addr, "error", err)
+			p.log.Debug("retrying request the peer did not process (closing, or a dead connection)", "service", service, "peer", pc.Addr, "error", err)
 			continue
 		}
 		kind = bridge.Classify(err)
 		if ctx.Err() == context.DeadlineExceeded {
 			kind = bridge.Timeout
 		}
-		p.log.Warn("http forward failed", "service", service, "peer", pc.Addr, "error", err)
+		p.logFailure("http forward failed", service, err, "peer", pc.Addr)
 		res = bridge.WriteError(w, r, kind, p.who(), "forwarding to "+pc.Peer.String()+": "+err.Error())
 		return
 	}
@@ -255,9 +257,8 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 		bridge.WriteError(w, r, connectErrorKind(ctx, err), p.who(), f.reason(err))
 		return
 	}
-	str, err := pc.OpenTunnel(ctx, target)
+	pc, done, str, err := p.openTunnel(ctx, service, target, pc, done)
 	if err != nil {
-		done(false)
 		bridge.WriteError(w, r, bridge.BadGateway, p.who(), err.Error())
 		return
 	}

@@ -74,6 +74,10 @@ type Proxy struct {
 	fronts  []*httpFront
 	closing bool
 	wg      sync.WaitGroup
+
+	// failureLogs rate-limits per-request failure lines (a partition
+	// fails every request) per service and reason.
+	failureLogs *telemetry.LogLimiter
 }
 
 // New returns an outbound proxy.
@@ -102,7 +106,7 @@ func New(cfg Config) *Proxy {
 	if cfg.Name == "" {
 		cfg.Name = "quicmesh"
 	}
-	return &Proxy{cfg: cfg, balancer: balance.New(), log: cfg.Logger, conns: make(map[net.Conn]struct{})}
+	return &Proxy{cfg: cfg, balancer: balance.New(), log: cfg.Logger, conns: make(map[net.Conn]struct{}), failureLogs: telemetry.NewLogLimiter(0, 0, nil)}
 }
 
 func (p *Proxy) who() string { return "outbound " + p.cfg.Name }
@@ -255,20 +259,58 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 	pc, done, err := p.Connect(ctx, service)
 	if err != nil {
 		cancel()
-		p.log.Warn("tcp forward failed", "service", service, "client", conn.RemoteAddr().String(), "error", err)
+		p.logFailure("tcp forward failed", service, err, "client", conn.RemoteAddr().String())
 		transport.Reset(conn)
 		return
 	}
-	str, err := pc.OpenTunnel(ctx, target)
+	pc, done, str, err := p.openTunnel(ctx, service, target, pc, done)
 	cancel()
 	if err != nil {
-		done(false)
-		p.cfg.Pool.Forget(pc)
-		p.log.Warn("opening tunnel failed", "service", service, "peer", pc.Addr, "error", err)
+		p.logFailure("opening tunnel failed", service, err, "peer", pc.Addr)
 		transport.Reset(conn)
 		return
 	}
 	p.splice(conn, str, pc, done, service)
+}
+
+// openTunnel opens a tunnel stream to target on pc (from Connect, with its
+// done). If the pooled connection turned out dead (transport.Refused:
+// the stream could not be opened, or a stateless reset), nothing was sent,
+// so it redials once and opens the stream on the fresh connection. On
+// error done has been called and the returned connection is the one that
+// failed.
+func (p *Proxy) openTunnel(ctx context.Context, service, target string, pc *transport.PeerConn, done func(bool)) (*transport.PeerConn, func(bool), *quic.Stream, error) {
+	for attempt := 0; ; attempt++ {
+		str, err := pc.OpenTunnel(ctx, target)
+		if err == nil {
+			return pc, done, str, nil
+		}
+		done(false)
+		p.cfg.Pool.Forget(pc)
+		if attempt > 0 || !transport.Refused(err) || ctx.Err() != nil {
+			return pc, nil, nil, err
+		}
+		p.log.Debug("retrying tunnel open on a fresh connection", "service", service, "peer", pc.Addr, "error", err)
+		next, nextDone, cerr := p.Connect(ctx, service)
+		if cerr != nil {
+			return pc, nil, nil, fmt.Errorf("%w (redialling: %w)", err, cerr)
+		}
+		pc, done = next, nextDone
+	}
+}
+
+// logFailure logs a request or tunnel that failed, at most once per
+// service and reason per interval: during a partition every request
+// fails the same way.
+func (p *Proxy) logFailure(msg, service string, err error, args ...any) {
+	reason := transport.HandshakeReason(err)
+	if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
+		reason = "no_endpoints"
+	} else if errors.Is(err, transport.ErrPeerUnavailable) && reason == identity.ReasonOther {
+		reason = "peer_unavailable"
+	}
+	args = append([]any{"service", service, "reason", reason}, args...)
+	p.failureLogs.Log(p.log, slog.LevelWarn, msg+"|"+service+"|"+reason, msg, append(args, "error", err)...)
 }
 
 // splice runs an opened tunnel to completion with its bookkeeping: the

@@ -8,7 +8,7 @@
 // # Metrics
 //
 // Every name starts with "quicmesh_"; every metric but the certificate
-// expiry carries direction ("inbound" or "outbound"):
+// expiry and the two inbound handshake admission metrics carries direction ("inbound" or "outbound"):
 //
 //	quicmesh_request_total{direction,service}                                  counter
 //	quicmesh_response_total{direction,peer,service,proto,status_code,grpc_status,classification} counter
@@ -19,6 +19,8 @@
 //	quicmesh_tcp_read_bytes_total{direction,peer,service}                       counter
 //	quicmesh_tcp_write_bytes_total{direction,peer,service}                      counter
 //	quicmesh_handshake_failures_total{direction,reason}                         counter
+//	quicmesh_handshakes_in_progress                                             gauge (inbound)
+//	quicmesh_handshake_retries_total                                            counter (inbound)
 //	quicmesh_identity_cert_expiry_timestamp_seconds                             gauge
 //	quicmesh_load_shed_total{direction,reason}                                  counter
 //	quicmesh_quic_connections_open{direction}                                   gauge (scrape time)
@@ -129,6 +131,7 @@ type Metrics struct {
 	certExpiry   prometheus.Gauge
 	loadShed     *prometheus.CounterVec
 	quic         *quicCollector
+	admission    handshakeAdmission
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
@@ -205,6 +208,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenConns, m.tcpRead, m.tcpWrite,
 		m.handshakes, m.certExpiry, m.loadShed, m.quic)
+	m.admission = newHandshakeAdmission(reg)
 	return m
 }
 
@@ -389,7 +393,8 @@ func (e *tcpEntry) closeSlow(raw string) *closeEntry {
 
 // HandshakeFailed counts one failed mTLS/identity handshake; reason is
 // one of the identity.Reason* strings ("untrusted", "expired",
-// "wrong_id", "no_certificate", "bad_id", "other", ...).
+// "wrong_id", "no_certificate", "bad_id", "other", ...) or a transport
+// one ("overloaded", "peer_refused", "timeout", "not_accepted").
 func (m *Metrics) HandshakeFailed(dir Direction, reason string) {
 	if m == nil {
 		return

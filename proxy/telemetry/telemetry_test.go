@@ -71,6 +71,8 @@ func TestNewRegistersEverything(t *testing.T) {
 	})
 	want := []string{
 		"quicmesh_handshake_failures_total",
+		"quicmesh_handshake_retries_total",
+		"quicmesh_handshakes_in_progress",
 		"quicmesh_identity_cert_expiry_timestamp_seconds",
 		"quicmesh_load_shed_total",
 		"quicmesh_quic_connections_open",
