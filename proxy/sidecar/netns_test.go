@@ -225,7 +225,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 		var got []byte
 		c, err := net.Dial("tcp", m.binds["echo"])
 		if err == nil {
-			got, err = roundTrip(c.(*net.TCPConn), []byte("back"))
+			got, err = roundTrip(t, c.(*net.TCPConn), []byte("back"))
 			c.Close()
 		}
 		if err == nil && string(got) == "back" {
@@ -289,7 +289,7 @@ func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
 	rand.NewChaCha8([32]byte{16}).Read(payload)
 	start := time.Now()
 	c := m.dial(t, "echo")
-	got, err := roundTrip(c, payload)
+	got, err := roundTrip(t, c, payload)
 	c.Close()
 	if err != nil {
 		t.Fatalf("16 MiB echo: %v after %d bytes", err, len(got))

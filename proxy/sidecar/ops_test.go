@@ -137,7 +137,7 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := roundTrip(conn.(*net.TCPConn), []byte("0123456789")); err != nil {
+	if _, err := roundTrip(t, conn.(*net.TCPConn), []byte("0123456789")); err != nil {
 		t.Fatal(err)
 	}
 	conn.Close()
@@ -266,7 +266,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 						fail(err)
 						continue
 					}
-					got, err := roundTrip(c.(*net.TCPConn), []byte("tunnel"))
+					got, err := roundTrip(t, c.(*net.TCPConn), []byte("tunnel"))
 					c.Close()
 					if err != nil || string(got) != "tunnel" {
 						fail(fmt.Errorf("tunnel: %q %v", got, err))

@@ -1,0 +1,46 @@
+package sidecar_test
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// Load (other packages' tests, other jobs on the machine, the race
+// detector) can slow any step down by a large factor, so no hang guard in
+// these tests is a fixed wall-clock figure: a step that waits on the
+// network waits until the test binary's own deadline (go test -timeout)
+// is near, and only then fails with its own message instead of the
+// runtime's panic. Timing assertions take their bounds from the
+// configuration under test instead.
+
+// hangGuard is the deadline for "this should not hang" waits: shortly
+// before the test binary's -timeout, or ten minutes away without one.
+func hangGuard(t *testing.T) time.Time {
+	dl, ok := t.Deadline()
+	if !ok {
+		return time.Now().Add(10 * time.Minute)
+	}
+	// Leave room for cleanups and the failure report.
+	return dl.Add(-min(time.Until(dl)/10, 30*time.Second))
+}
+
+// hangCtx is canceled at hangGuard(t) or when the test ends.
+func hangCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithDeadline(t.Context(), hangGuard(t))
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond until it holds, failing the test (naming what it
+// waited for) at hangGuard(t).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := hangGuard(t)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
