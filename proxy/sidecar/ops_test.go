@@ -348,15 +348,32 @@ func vmRSS(t *testing.T) int64 {
 }
 
 // Abusive clients are refused with the documented errors while normal
-// traffic keeps flowing, and memory stays bounded.
+// traffic keeps flowing, and memory stays bounded. The app holds every
+// request until the test has seen the excess shed, so exactly the limit
+// is admitted however slowly the machine runs.
 func TestLimitsUnderAbuse(t *testing.T) {
 	checkLeaks(t)
 	ca := identitytest.NewCA(t, "test.local")
-	web := echo.StartHTTP1(listen(t))
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("hold") != "" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		echo.Handler().ServeHTTP(w, r)
+	})}
+	webln := listen(t)
+	go web.Serve(webln)
 	t.Cleanup(func() { web.Close() })
 	server, err := sidecar.Start(sidecar.Config{
 		Identity: identitytest.Provider(t, ca, echoID), Resolver: staticMap(t, nil), InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{"web": "http://" + web.Addr().String()},
+		Routes: inbound.Routes{"web": "http://" + webln.Addr().String()},
 		// Few QUIC streams per peer: excess requests wait for credit
 		// instead of piling up on the server.
 		Limits: transport.Limits{MaxIncomingStreams: 64},
@@ -366,13 +383,20 @@ func TestLimitsUnderAbuse(t *testing.T) {
 	}
 	defer server.Close()
 	reg := prometheus.NewRegistry()
+	const maxInFlight, requests = 100, 400
 	client, err := sidecar.Start(sidecar.Config{
 		Identity:    identitytest.Provider(t, ca, clientID),
 		Resolver:    staticMap(t, map[string][]discovery.Endpoint{"web": {{Addr: server.InboundAddr().String(), Identity: echoID}}}),
 		InboundAddr: "127.0.0.1:0",
 		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}},
-		Outbound:    outbound.Config{MaxInFlight: 100},
-		Metrics:     telemetry.New(reg),
+		Outbound: outbound.Config{
+			MaxInFlight: maxInFlight,
+			// The admitted requests beyond the server's 64 streams wait for
+			// stream credit until the app is released; that wait is bounded
+			// by ConnectTimeout, which this test is not about.
+			ConnectTimeout: time.Until(hangGuard(t)),
+		},
+		Metrics: telemetry.New(reg),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -387,17 +411,17 @@ func TestLimitsUnderAbuse(t *testing.T) {
 
 	var wg sync.WaitGroup
 	var shed, served, bigRefused atomic.Int64
-	// 400 slow requests against a limit of 100 in flight.
-	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 400}
+	// 400 held requests against a limit of 100 in flight.
+	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: requests}
 	defer tr.CloseIdleConnections()
-	slow := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	for range 400 {
+	slow := &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
+	for range requests {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := slow.Get(base + "/?sleep=300ms")
+			resp, err := slow.Get(base + "/?hold=1")
 			if err != nil {
-				t.Errorf("slow request: %v", err)
+				t.Errorf("held request: %v", err)
 				return
 			}
 			io.Copy(io.Discard, resp.Body)
@@ -408,7 +432,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			case resp.StatusCode == 503 && strings.Contains(resp.Header.Get("Quicmesh-Proxy-Error"), "overloaded"):
 				shed.Add(1)
 			default:
-				t.Errorf("slow request: status %d %q", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
+				t.Errorf("held request: status %d %q", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
 			}
 		}()
 	}
@@ -424,7 +448,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.SetDeadline(hangGuard(t))
 			go fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: web\r\nX-Big: %s\r\n\r\n", big)
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err == nil && resp.StatusCode == 431 {
@@ -432,9 +456,13 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			}
 		}()
 	}
+	eventually(t, fmt.Sprintf("%d of %d held requests to be shed", requests-maxInFlight, requests), func() bool {
+		return shed.Load() >= requests-maxInFlight
+	})
+	unblock()
 	wg.Wait()
-	if shed.Load() == 0 || served.Load() < 100 {
-		t.Fatalf("served %d, shed %d of 400: want the limit of 100 in flight enforced and the rest served", served.Load(), shed.Load())
+	if shed.Load() != requests-maxInFlight || served.Load() != maxInFlight {
+		t.Fatalf("served %d, shed %d of %d: want exactly the limit of %d in flight served and the rest shed", served.Load(), shed.Load(), requests, maxInFlight)
 	}
 	if bigRefused.Load() != 20 {
 		t.Fatalf("%d of 20 oversize-header requests got 431", bigRefused.Load())
