@@ -177,7 +177,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	start := time.Now()
 	c := m.dial(t, "echo")
 	c.Write([]byte("secret"))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(hangGuard(t))
 	n, err := c.Read(make([]byte, 16))
 	c.Close()
 	failedAfter := time.Since(start)
@@ -190,9 +190,11 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	}
 	// Expect about 2 s: "secret" is not HTTP, so protocol detection waits
 	// its 1 s timeout for more bytes, then the dial gives up after the 1 s
-	// handshake timeout.
-	if failedAfter > 4*time.Second {
-		t.Fatalf("TCP client got %v after %v; want it within a few seconds (1s handshake timeout)", err, failedAfter)
+	// handshake timeout. Without that timeout the client would wait for
+	// the 60 s QUIC idle timeout or forever; the bound sits between the
+	// two so that load, which stretches the 2 s, cannot reach it.
+	if failedAfter > failFastBound {
+		t.Fatalf("TCP client got %v after %v; want it well before the idle timeout (1s handshake timeout)", err, failedAfter)
 	}
 	t.Logf("UDP blocked: TCP client got %q after %v", err, failedAfter.Round(time.Millisecond))
 
@@ -207,7 +209,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	} else {
 		t.Logf("UDP blocked: HTTP client got %v after %v", err, time.Since(start).Round(time.Millisecond))
 	}
-	if time.Since(start) > 4*time.Second {
+	if time.Since(start) > failFastBound {
 		t.Fatalf("HTTP client waited %v with UDP blocked", time.Since(start))
 	}
 	if a, h := m.tcpApp.accepted.Load(), m.webHits.Load(); a != 0 || h != 0 {
@@ -231,7 +233,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 		if err == nil && string(got) == "back" {
 			break
 		}
-		if time.Since(start) > 8*time.Second {
+		if time.Now().After(hangGuard(t)) {
 			t.Fatalf("no recovery %v after unblocking: %q %v", time.Since(start), got, err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -259,7 +261,7 @@ func TestNetnsLoss(t *testing.T) {
 			if err := m.link.SetLoss(pct); err != nil {
 				t.Fatal(err)
 			}
-			m.lossWorkload(t, 40*time.Second)
+			m.lossWorkload(t)
 			conns, sent, lost, rtt := m.quicStats()
 			t.Logf("client QUIC: %d connection(s), %d packets sent, %d declared lost (%.2f%%), smoothed RTT %v",
 				conns, sent, lost, 100*float64(lost)/float64(max(sent, 1)), rtt)
@@ -279,8 +281,10 @@ func TestNetnsLoss(t *testing.T) {
 }
 
 // lossWorkload runs the bulk, HTTP and gRPC checks; each must finish with
-// zero failures and all of them within limit.
-func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
+// zero failures. How long it takes is logged, not asserted: load stretches
+// it (a 40 s bound failed on a loaded machine), and what loss costs in
+// time is measured by make bench's lossy scenarios.
+func (m *nsMesh) lossWorkload(t *testing.T) {
 	t.Helper()
 	begin := time.Now()
 
@@ -352,7 +356,7 @@ func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
 	// 50 concurrent gRPC bidi streams, 20 interleaved round trips each.
 	start = time.Now()
 	cc := grpcConn(t, m.binds["grpc"])
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	ctx, cancel := context.WithDeadline(context.Background(), hangGuard(t))
 	defer cancel()
 	const streams, msgs = 50, 20
 	errs := make(chan error, streams)
@@ -396,9 +400,7 @@ func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
 	}
 	t.Logf("%d concurrent gRPC bidi streams × %d round trips: all OK in %v", streams, msgs, time.Since(start).Round(time.Millisecond))
 
-	if total := time.Since(begin); total > limit {
-		t.Fatalf("workload took %v, want under %v", total, limit)
-	}
+	t.Logf("whole workload: %v", time.Since(begin).Round(time.Millisecond))
 }
 
 func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
@@ -427,8 +429,17 @@ func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
 	cold := get() // handshake + request
 	const n = 20
 	var lat []time.Duration
-	for range n {
+	_, sentBefore, _, _ := m.quicStats()
+	for i := range n {
 		lat = append(lat, get())
+		// Every warm request rides the first connection: one pooled
+		// connection whose packet count only grows (a replacement would
+		// start again from a handful of packets).
+		conns, sent, _, _ := m.quicStats()
+		if conns != 1 || sent < sentBefore {
+			t.Fatalf("after warm request %d: %d pooled connections, %d packets sent (%d before): not one pooled connection", i, conns, sent, sentBefore)
+		}
+		sentBefore = sent
 	}
 	slices.Sort(lat)
 	conns, _, _, qrtt := m.quicStats()
@@ -437,9 +448,10 @@ func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
 	if lat[0] < rtt {
 		t.Fatalf("fastest warm request took %v, less than one %v round trip: the link delay is not in the path", lat[0], rtt)
 	}
-	if lat[n-1] >= 4*rtt {
-		t.Fatalf("slowest warm request took %v, ≥ 4 round trips (%v): not one pooled connection", lat[n-1], 4*rtt)
-	}
+	// Only lower bounds on latency: load can add to any figure but cannot
+	// take the emulated delay away. (An upper bound on the slowest request,
+	// 4 round trips, failed on a loaded machine; that requests reuse the
+	// pooled connection is checked on the connection itself above.)
 	if cold < 2*rtt {
 		t.Fatalf("first request took %v: a new QUIC connection needs at least 2 round trips (%v)", cold, 2*rtt)
 	}

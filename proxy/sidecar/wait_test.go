@@ -44,3 +44,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// failFastBound separates a client that fails because of the 1 s
+// handshake timeout the test meshes configure (about 2 s with protocol
+// detection) from one that hangs until the 60 s QUIC idle timeout: half
+// the idle timeout, far from both, so load cannot push one onto the other.
+const failFastBound = 30 * time.Second
