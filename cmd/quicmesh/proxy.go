@@ -111,7 +111,11 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		defer admin.Close()
 		admin.SetReady(true)
 	}
-	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", cfg.admin)
+	adminAddr := "" // the bound address: --admin 127.0.0.1:0 is useful too
+	if admin != nil {
+		adminAddr = admin.Addr().String()
+	}
+	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", adminAddr)
 
 	<-ctx.Done()
 	stop()
