@@ -31,6 +31,7 @@ import (
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
 
@@ -104,6 +105,7 @@ func newHTTPMesh(t *testing.T) *httpMesh {
 		InboundAddr:   "127.0.0.1:0",
 		Binds:         binds,
 		HTTPProxyAddr: "127.0.0.1:0",
+		Outbound:      outbound.Config{Detect: clientsSpeakFirst(t)},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -111,6 +111,7 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 		Resolver:    staticMap(t, map[string][]discovery.Endpoint{"web": ep, "tcp": ep}),
 		InboundAddr: "127.0.0.1:0",
 		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "tcp", Opaque: true}},
+		Outbound:    outbound.Config{Detect: clientsSpeakFirst(t)},
 		Metrics:     telemetry.New(clientReg),
 	})
 	if err != nil {
@@ -243,6 +244,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 		Identity: identitytest.Provider(t, ca, clientID), Resolver: staticMap(t, map[string][]discovery.Endpoint{"web": eps, "tcp": eps}),
 		InboundAddr: "127.0.0.1:0",
 		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "tcp", Opaque: true}},
+		Outbound:    outbound.Config{Detect: clientsSpeakFirst(t)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -395,6 +397,9 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			// stream credit until the app is released; that wait is bounded
 			// by ConnectTimeout, which this test is not about.
 			ConnectTimeout: time.Until(hangGuard(t)),
+			// A request tunnelled as opaque TCP would bypass the limit and
+			// be held forever (seen under load).
+			Detect: clientsSpeakFirst(t),
 		},
 		Metrics: telemetry.New(reg),
 	})

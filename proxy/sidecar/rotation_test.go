@@ -12,6 +12,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
 
@@ -45,6 +46,7 @@ func TestShortLivedCertificatesRotateWithoutFailures(t *testing.T) {
 		Identity: provider(clientID), InboundAddr: "127.0.0.1:0",
 		Resolver: staticMap(t, map[string][]discovery.Endpoint{"web": {{Addr: addr, Identity: echoID}}}),
 		Binds:    []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}},
+		Outbound: outbound.Config{Detect: clientsSpeakFirst(t)},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/quicmesh/quicmesh/proxy/detect"
 )
 
 // Load (other packages' tests, other jobs on the machine, the race
@@ -50,3 +52,14 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // detection) from one that hangs until the 60 s QUIC idle timeout: half
 // the idle timeout, far from both, so load cannot push one onto the other.
 const failFastBound = 30 * time.Second
+
+// clientsSpeakFirst is the protocol detection for outbound listeners whose
+// every client sends first (HTTP, gRPC, WebSocket): wait for the first
+// bytes until the hang guard. With the 1 s default, a client goroutine
+// starved for a second between connecting and writing (seen at load 14
+// on 2 cores) gets its HTTP connection tunnelled as opaque TCP, by design
+// for server-speaks-first protocols, and so bypasses the HTTP handling
+// (limits, identity header, metrics) these tests assert on.
+func clientsSpeakFirst(t *testing.T) detect.Config {
+	return detect.Config{Timeout: time.Until(hangGuard(t))}
+}
