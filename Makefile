@@ -14,7 +14,7 @@ FUZZTIME ?= 10000x
 # Hang guard per target: a hung target fails with its stacks.
 FUZZTIMEOUT ?= 10m
 
-.PHONY: all build test unit fuzz-smoke fuzz demo bench lint vet clean
+.PHONY: all build test unit fuzz-smoke fuzz stress-test demo bench lint vet clean
 
 all: build
 
@@ -43,6 +43,25 @@ fuzz-smoke fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -timeout $(FUZZTIMEOUT) $$dir > "$$log" 2>&1 || { cat "$$log"; exit 1; }; \
 		done; \
 	done
+
+# make test's unit tests and fuzz smoke STRESS_RUNS times in a row, with the
+# race detector and no test cache, while STRESS_HOGS busy loops keep every
+# core busy; stops at the first failure. The hogs are killed when the
+# recipe's shell exits (trap), and each also stops by itself once that
+# shell is gone (even if it was killed). See docs/testing.md.
+STRESS_RUNS ?= 5
+STRESS_HOGS ?= $(shell nproc 2>/dev/null || echo 2)
+stress-test: vet
+	@set -e; hogs=; trap 'kill $$hogs 2>/dev/null || true' EXIT INT TERM; \
+	for i in $$(seq $(STRESS_HOGS)); do sh -c 'while kill -0 $$PPID 2>/dev/null; do :; done' & hogs="$$hogs $$!"; done; \
+	echo "stress-test: $(STRESS_HOGS) CPU hogs running (pids$$hogs)"; \
+	for r in $$(seq $(STRESS_RUNS)); do \
+		start=$$(date +%s); \
+		echo "stress-test: run $$r of $(STRESS_RUNS)"; \
+		$(MAKE) --no-print-directory unit fuzz-smoke || { echo "stress-test: run $$r of $(STRESS_RUNS) FAILED"; exit 1; }; \
+		echo "stress-test: run $$r passed in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	echo "stress-test: $(STRESS_RUNS) runs in a row passed under load"
 
 lint: vet
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
