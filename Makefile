@@ -30,8 +30,11 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
 
+# Extra go test flags, e.g. UNITFLAGS='-skip TestName' (used by hand with
+# stress-test to set aside a failure that is known and owned elsewhere).
+UNITFLAGS ?=
 unit:
-	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+	$(GO) test -race -count=1 -timeout 12m $(UNITFLAGS) $(PKGS)
 
 # Every fuzz target in the tree (seed corpus first, then FUZZTIME).
 fuzz-smoke fuzz:
