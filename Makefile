@@ -55,7 +55,7 @@ fuzz-smoke fuzz:
 STRESS_RUNS ?= 5
 STRESS_HOGS ?= $(shell nproc 2>/dev/null || echo 2)
 stress-test: vet
-	@set -e; hogs=; trap 'kill $$hogs 2>/dev/null || true' EXIT INT TERM; \
+	@set -e; hogs=; trap 'kill $$hogs 2>/dev/null || true' EXIT; trap 'exit 130' INT TERM; \
 	for i in $$(seq $(STRESS_HOGS)); do sh -c 'while kill -0 $$PPID 2>/dev/null; do :; done' & hogs="$$hogs $$!"; done; \
 	echo "stress-test: $(STRESS_HOGS) CPU hogs running (pids$$hogs)"; \
 	for r in $$(seq $(STRESS_RUNS)); do \
