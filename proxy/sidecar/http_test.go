@@ -427,7 +427,10 @@ func TestConcurrentRequestsShareOneQUICConnection(t *testing.T) {
 	tr := &http.Transport{MaxConnsPerHost: 200, MaxIdleConnsPerHost: 200}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
-	const n = 1000
+	// 200 app connections race to an empty pool, and each carries two
+	// requests (keep-alive); the 1,000 it used to send added 5-15 s under
+	// load and no assertion.
+	const n = 400
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var firstErr atomic.Value
