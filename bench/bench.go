@@ -285,10 +285,12 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	e.end = e.warmEnd.Add(cfg.Duration)
 	e.sched = Schedule{Start: e.start, Rate: cfg.Rate}
 	e.reqCtx = ctx
-	if cfg.Rate == 0 {
+	if cfg.Rate == 0 && cfg.Clock == SystemClock {
 		// Closed loop: requests in flight at the end are cut off. The
-		// deadline is on the real clock; with a fake clock the run is over
-		// long before it.
+		// deadline is on the real clock, so only a run on the real clock
+		// gets one; a simulated clock's run ends by its own time (the
+		// check in closedLoop). A real-time deadline there cut a starved
+		// simulation short: 71,437 of 90,000 requests at load 19.
 		var cancel context.CancelFunc
 		e.reqCtx, cancel = context.WithTimeout(ctx, e.end.Sub(e.clock.Now()))
 		defer cancel()

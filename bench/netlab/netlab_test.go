@@ -25,9 +25,7 @@ import (
 
 func newLab(t *testing.T) *netlab.Lab {
 	t.Helper()
-	if err := netlab.Available(); err != nil {
-		t.Skip(err)
-	}
+	needLab(t, netlab.Available)
 	l, err := netlab.New("qmt")
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +36,19 @@ func newLab(t *testing.T) *netlab.Lab {
 		}
 	})
 	return l
+}
+
+// needLab skips t when check says a lab cannot be built here, or fails it
+// when QUICMESH_REQUIRE_NETNS is set: where the tools are installed (CI as
+// root) a skip would hide these tests.
+func needLab(t *testing.T, check func() error) {
+	t.Helper()
+	if err := check(); err != nil {
+		if os.Getenv("QUICMESH_REQUIRE_NETNS") != "" {
+			t.Fatalf("%v (and QUICMESH_REQUIRE_NETNS is set)", err)
+		}
+		t.Skip(err)
+	}
 }
 
 // listenUDP binds a UDP socket to addr:0 inside namespace ns.
@@ -416,9 +427,7 @@ func TestNetnsBlockUDP(t *testing.T) {
 
 func TestNetnsDelayAddsToRoundTrip(t *testing.T) {
 	l := newLab(t)
-	if err := netlab.TUNAvailable(); err != nil {
-		t.Skip(err)
-	}
+	needLab(t, netlab.TUNAvailable)
 	veth, err := l.Pair("va", "vb", "10.77.6.0/24")
 	if err != nil {
 		t.Fatal(err)
@@ -456,9 +465,7 @@ func TestNetnsDelayAddsToRoundTrip(t *testing.T) {
 
 func TestNetnsEmulatorLossOrderAndQueueBound(t *testing.T) {
 	l := newLab(t)
-	if err := netlab.TUNAvailable(); err != nil {
-		t.Skip(err)
-	}
+	needLab(t, netlab.TUNAvailable)
 	k, err := l.DelayPair("a", "b", "10.77.8.0/24", time.Millisecond, 30)
 	if err != nil {
 		t.Fatal(err)
@@ -512,9 +519,7 @@ func TestNetnsEmulatorLossOrderAndQueueBound(t *testing.T) {
 }
 
 func TestNetnsCloseRemovesEverything(t *testing.T) {
-	if err := netlab.Available(); err != nil {
-		t.Skip(err)
-	}
+	needLab(t, netlab.Available)
 	// A namespace left by a lab whose process is gone is swept by New.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {

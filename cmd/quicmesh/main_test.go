@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -51,13 +53,23 @@ func takenAddrs(t *testing.T) (tcp, udp string) {
 	return tcpTaken.Addr().String(), udpTaken.LocalAddr().String()
 }
 
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+// lockedBuffer is a bytes.Buffer that a running sidecar may write while
+// the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // A real sidecar process's lifecycle, in-process: ready on /ready, metrics
@@ -65,29 +77,49 @@ func freePort(t *testing.T) string {
 func TestProxyLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
-	admin := freePort(t)
 	done := make(chan int, 1)
-	var errb bytes.Buffer
+	var errb lockedBuffer
+	// The admin server binds port 0 and the test learns the address from
+	// the "ready" log line: a port picked free beforehand can be taken by
+	// another process before the sidecar binds it.
 	go func() {
 		done <- run([]string{"proxy", "--cert", cert, "--key", key, "--bundle", bundle,
-			"--inbound", "127.0.0.1:0", "--admin", admin, "--http-proxy", "127.0.0.1:0",
+			"--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0",
 			"--admin-shutdown", "--grace", "2s", "--log-format", "json"}, io.Discard, &errb)
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + admin + "/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
+	deadline, ok := t.Deadline()
+	if !ok {
+		deadline = time.Now().Add(10 * time.Minute)
+	}
+	deadline = deadline.Add(-30 * time.Second)
+	var admin string
+	for admin == "" {
+		for _, line := range strings.Split(errb.String(), "\n") {
+			var rec struct{ Msg, Admin string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "ready" {
+				admin = rec.Admin
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never ready: %v\n%s", err, errb.String())
+		select {
+		case code := <-done:
+			t.Fatalf("proxy exited with %d before it was ready\n%s", code, errb.String())
+		default:
+		}
+		if admin == "" && time.Now().After(deadline) {
+			t.Fatalf("never logged ready\n%s", errb.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	resp, err := http.Get("http://" + admin + "/metrics")
+	// Ready is logged once /ready answers 200.
+	resp, err := http.Get("http://" + admin + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("/ready: status %d after the ready log line", resp.StatusCode)
+	}
+	resp, err = http.Get("http://" + admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +140,7 @@ func TestProxyLifecycle(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d after graceful shutdown\n%s", code, errb.String())
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Until(deadline)):
 		t.Fatal("proxy did not exit after POST /shutdown")
 	}
 	if !strings.Contains(errb.String(), `"msg":"stopped"`) {

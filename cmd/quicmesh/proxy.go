@@ -76,7 +76,7 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.Var(&f.binds, "bind", "LISTEN_ADDR=SERVICE[,opaque] outbound listener for a service (repeatable); opaque skips protocol detection")
 	fs.StringVar(&f.httpProxy, "http-proxy", defaultHTTP, "outbound HTTP proxy listener (absolute-form URIs and CONNECT; the URL host is the service name); empty disables. Two sidecars on one host need different ports")
 	fs.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "how long to wait for an app's first bytes before treating it as opaque TCP")
-	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, how long in-flight requests and tunnels may take to finish")
+	fs.DurationVar(&f.grace, "grace", sidecar.DefaultGrace, "on SIGTERM, how long in-flight requests and tunnels may take to finish")
 	fs.StringVar(&f.qlogDir, "qlog-dir", "", "write a qlog trace per QUIC connection into this directory (debugging; costly)")
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
@@ -145,7 +145,11 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if admin != nil {
 		admin.SetReady(true)
 	}
-	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", opts.adminAddr)
+	adminAddr := "" // the bound address: --admin 127.0.0.1:0 is useful too
+	if admin != nil {
+		adminAddr = admin.Addr().String()
+	}
+	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", adminAddr)
 
 	<-ctx.Done()
 	stop()

@@ -222,6 +222,17 @@ const (
 	Timeout
 )
 
+// DeadlinePassed reports whether ctx's deadline, if it has one, has been
+// reached, even if ctx is not canceled yet: a failure caused by that
+// deadline (the app or the peer enforcing the same grpc-timeout, and
+// resetting the stream) can arrive before the local timer has fired,
+// which on a loaded machine it did, turning DEADLINE_EXCEEDED into
+// UNAVAILABLE.
+func DeadlinePassed(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
 // Classify maps an error from a forward attempt to an ErrorKind.
 func Classify(err error) ErrorKind {
 	switch {

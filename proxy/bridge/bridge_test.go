@@ -119,3 +119,35 @@ func TestPrepareOutgoingStripsAndKeeps(t *testing.T) {
 	}
 	_ = http.NoBody
 }
+
+func TestDeadlinePassed(t *testing.T) {
+	now := time.Now()
+	expired, cancel := context.WithDeadline(context.Background(), now.Add(-time.Second))
+	defer cancel()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		want bool
+	}{
+		{"no deadline", context.Background(), false},
+		{"deadline ahead", deadlineOnly{now.Add(time.Hour)}, false},
+		// What context.WithDeadline cannot show: the deadline has been
+		// reached but the timer that cancels the context has not run.
+		{"deadline reached, not yet canceled", deadlineOnly{now.Add(-time.Millisecond)}, true},
+		{"deadline exceeded and canceled", expired, true},
+	}
+	for _, tt := range tests {
+		if got := DeadlinePassed(tt.ctx); got != tt.want {
+			t.Errorf("%s: DeadlinePassed = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// deadlineOnly has a deadline but is never canceled, like a context whose
+// timer has not run yet.
+type deadlineOnly struct{ dl time.Time }
+
+func (d deadlineOnly) Deadline() (time.Time, bool) { return d.dl, true }
+func (deadlineOnly) Done() <-chan struct{}         { return nil }
+func (deadlineOnly) Err() error                    { return nil }
+func (deadlineOnly) Value(any) any                 { return nil }

@@ -165,7 +165,7 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	res, err = bridge.Forward(w, out, rt, bridge.Options{StripResponseMesh: true})
 	if err != nil {
 		kind := bridge.Classify(err)
-		if ctx.Err() == context.DeadlineExceeded {
+		if bridge.DeadlinePassed(ctx) {
 			kind = bridge.Timeout
 		}
 		a.s.log.Warn("forwarding to app failed", "target", target, "app", addr, "error", err)

@@ -156,7 +156,7 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		kind = bridge.Classify(err)
-		if ctx.Err() == context.DeadlineExceeded {
+		if bridge.DeadlinePassed(ctx) {
 			kind = bridge.Timeout
 		}
 		p.logFailure("http forward failed", service, err, "peer", pc.Addr)

@@ -23,6 +23,10 @@ func TestRoute(t *testing.T) {
 		{"", "GET", "http://api:9000/x", "ignored", "api", "api:9000", false},
 		{"", "CONNECT", "db:5432", "db:5432", "db", "db:5432", false},
 		{"", "GET", "/x", "bare", "bare", "bare", false},
+		// A listener bound to a service needs no authority to route.
+		{"web", "GET", "/x", "", "web", "", false},
+		// The proxy listener routes by authority: without one it must refuse.
+		{"", "GET", "/x", "", "", "", true},
 	}
 	for _, tt := range tests {
 		f := &httpFront{service: tt.bound}
@@ -30,13 +34,11 @@ func TestRoute(t *testing.T) {
 		r.Host = tt.host
 		svc, auth, err := f.route(r)
 		if (err != nil) != tt.bad || svc != tt.service || auth != tt.authority {
-			t.Errorf("route(%s %s Host %s, bound %q) = %q, %q, %v; want %q, %q", tt.method, tt.target, tt.host, tt.bound, svc, auth, err, tt.service, tt.authority)
+			t.Errorf("route(%s %s Host %q, bound %q) = %q, %q, %v; want %q, %q, error %v", tt.method, tt.target, tt.host, tt.bound, svc, auth, err, tt.service, tt.authority, tt.bad)
 		}
-	}
-	r := httptest.NewRequest("GET", "/", nil)
-	r.Host = ""
-	if _, _, err := (&httpFront{}).route(r); err == nil {
-		t.Error("request without authority routed on the proxy listener")
+		if tt.bad && (err == nil || !strings.Contains(err.Error(), "no authority")) {
+			t.Errorf("route(%s %s Host %q, bound %q): error %v, want one saying there is no authority", tt.method, tt.target, tt.host, tt.bound, err)
+		}
 	}
 }
 

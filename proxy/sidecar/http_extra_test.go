@@ -12,6 +12,7 @@ import (
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
 
@@ -44,6 +45,7 @@ func TestInformationalResponsesAndRequestTrailers(t *testing.T) {
 		Identity: identitytest.Provider(t, ca, clientID), InboundAddr: "127.0.0.1:0",
 		Resolver: staticMap(t, map[string][]discovery.Endpoint{"hints": {{Addr: server.InboundAddr().String(), Identity: echoID}}}),
 		Binds:    []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "hints"}},
+		Outbound: outbound.Config{Detect: clientsSpeakFirst(t)},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -4,13 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
@@ -31,6 +31,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
 
@@ -104,6 +105,7 @@ func newHTTPMesh(t *testing.T) *httpMesh {
 		InboundAddr:   "127.0.0.1:0",
 		Binds:         binds,
 		HTTPProxyAddr: "127.0.0.1:0",
+		Outbound:      outbound.Config{Detect: clientsSpeakFirst(t)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +131,7 @@ func listen(t *testing.T) net.Listener {
 func h1Client(t *testing.T) *http.Client {
 	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	return &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
 }
 
 func h2cClient(t *testing.T) *http.Client {
@@ -137,7 +139,7 @@ func h2cClient(t *testing.T) *http.Client {
 		return (&net.Dialer{}).DialContext(ctx, n, a)
 	}}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	return &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
 }
 
 func grpcConn(t *testing.T, addr string) *grpc.ClientConn {
@@ -180,18 +182,54 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 		}
 	})
 
-	t.Run("64 MiB POST streams both ways byte-identical", func(t *testing.T) {
-		payload := make([]byte, 64<<20)
+	t.Run("POST streams both ways byte-identical", func(t *testing.T) {
+		// Lock-step first: each chunk must come back through both sidecars
+		// before the next is sent, which only a path that streams the body
+		// in both directions (never buffering it whole) can do. 2 MiB is
+		// four times the initial QUIC stream window, so window updates are
+		// needed each way. Then a bulk tail a little larger than the default
+		// 8 MiB maximum stream window, written while the echo is read: the
+		// sender must wait for window updates even once the window has
+		// grown to its maximum. (It was 64 MiB in one go: no more assertion,
+		// but 17 s under the race detector on a loaded machine.)
+		const chunk, lockstep, bulk = 64 << 10, 2 << 20, 8<<20 + 12345
+		payload := make([]byte, lockstep+bulk)
 		rand.NewChaCha8([32]byte{7}).Read(payload)
-		resp, err := c.Post(base+"/", "application/octet-stream", bytes.NewReader(payload))
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequestWithContext(hangCtx(t), "POST", base+"/", pr)
+		req.Header.Set("Content-Type", "application/octet-stream")
+		go pw.Write(payload[:chunk]) // Do returns once the echo starts
+		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, resp.Body)
-		if err != nil || n != int64(len(payload)) || !bytes.Equal(h.Sum(nil), sha256Of(payload)) {
-			t.Fatalf("echoed %d bytes (%v), content equal=%v", n, err, bytes.Equal(h.Sum(nil), sha256Of(payload)))
+		got := make([]byte, 0, len(payload))
+		buf := make([]byte, chunk)
+		for off := 0; off < lockstep; off += chunk {
+			if off > 0 {
+				if _, err := pw.Write(payload[off : off+chunk]); err != nil {
+					t.Fatalf("writing chunk at %d: %v", off, err)
+				}
+			}
+			if _, err := io.ReadFull(resp.Body, buf); err != nil {
+				t.Fatalf("chunk at %d did not come back before the next was sent: %v", off, err)
+			}
+			got = append(got, buf...)
+		}
+		werr := make(chan error, 1)
+		go func() {
+			_, err := pw.Write(payload[lockstep:])
+			pw.CloseWithError(err)
+			werr <- err
+		}()
+		rest, err := io.ReadAll(resp.Body)
+		got = append(got, rest...)
+		if err != nil || len(got) != len(payload) || !bytes.Equal(got, payload) {
+			t.Fatalf("echoed %d of %d bytes (%v), content equal=%v", len(got), len(payload), err, bytes.Equal(got, payload))
+		}
+		if err := <-werr; err != nil {
+			t.Fatalf("writing the bulk tail: %v", err)
 		}
 	})
 
@@ -219,11 +257,14 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 	})
 
 	t.Run("Expect 100-continue", func(t *testing.T) {
-		tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
+		// The client waits for the 100 Continue as long as the test may
+		// run, so the body is sent early only if the mesh relayed it.
+		tr := &http.Transport{ExpectContinueTimeout: time.Until(hangGuard(t))}
 		defer tr.CloseIdleConnections()
-		req, _ := http.NewRequest("POST", base+"/", strings.NewReader("after continue"))
+		var got100 atomic.Bool
+		ctx := httptrace.WithClientTrace(hangCtx(t), &httptrace.ClientTrace{Got100Continue: func() { got100.Store(true) }})
+		req, _ := http.NewRequestWithContext(ctx, "POST", base+"/", strings.NewReader("after continue"))
 		req.Header.Set("Expect", "100-continue")
-		start := time.Now()
 		resp, err := (&http.Client{Transport: tr}).Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -233,8 +274,8 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 		if string(body) != "after continue" {
 			t.Fatalf("body %q", body)
 		}
-		if time.Since(start) > 4*time.Second {
-			t.Fatal("client waited for the expect-continue timeout: no 100 Continue")
+		if !got100.Load() {
+			t.Fatal("the client never got a 100 Continue")
 		}
 	})
 
@@ -261,8 +302,6 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 		}
 	})
 }
-
-func sha256Of(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
 func TestH2CThroughMesh(t *testing.T) {
 	m := newHTTPMesh(t)
@@ -298,8 +337,7 @@ func TestH2CThroughMesh(t *testing.T) {
 func TestGRPCThroughMesh(t *testing.T) {
 	m := newHTTPMesh(t)
 	cc := grpcConn(t, m.binds["grpc"])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := hangCtx(t)
 
 	t.Run("unary with metadata", func(t *testing.T) {
 		var hdr, trl metadata.MD
@@ -388,8 +426,11 @@ func TestConcurrentRequestsShareOneQUICConnection(t *testing.T) {
 	m := newHTTPMesh(t)
 	tr := &http.Transport{MaxConnsPerHost: 200, MaxIdleConnsPerHost: 200}
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 60 * time.Second}
-	const n = 1000
+	c := &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
+	// 200 app connections race to an empty pool, and each carries two
+	// requests (keep-alive); the 1,000 it used to send added 5-15 s under
+	// load and no assertion.
+	const n = 400
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -447,7 +488,7 @@ func TestMalformedRequestsRejected(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.SetDeadline(hangGuard(t))
 			go io.WriteString(c, tt.raw)
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
@@ -471,7 +512,7 @@ func TestMalformedRequestsRejected(t *testing.T) {
 
 func TestProxyErrors(t *testing.T) {
 	m := newHTTPMesh(t)
-	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(m.proxyURL)}, Timeout: 30 * time.Second}
+	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(m.proxyURL)}, Timeout: time.Until(hangGuard(t))}
 	defer proxied.CloseIdleConnections()
 
 	t.Run("unknown service is 503 naming the proxy", func(t *testing.T) {
@@ -493,7 +534,7 @@ func TestProxyErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cc.Close()
-		_, err = echo.EchoUnary(context.Background(), cc, []byte("x"))
+		_, err = echo.EchoUnary(hangCtx(t), cc, []byte("x"))
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("got %v, want Unavailable", err)
 		}
@@ -515,7 +556,7 @@ func TestProxyErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.SetDeadline(hangGuard(t))
 		fmt.Fprintf(c, "CONNECT tcp:7000 HTTP/1.1\r\nHost: tcp:7000\r\n\r\n")
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
@@ -552,7 +593,7 @@ func TestWebSocketThroughMesh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	raw.SetDeadline(hangGuard(t))
 	ws, err := websocket.NewClient(cfg, raw)
 	if err != nil {
 		t.Fatalf("websocket handshake through the mesh: %v", err)

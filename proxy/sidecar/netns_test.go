@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -50,9 +51,7 @@ var nsServices = []string{"echo", "web", "grpc"}
 // sidecars. Everything is torn down by t.Cleanup, the lab last.
 func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) *nsMesh {
 	t.Helper()
-	if err := netlab.Available(); err != nil {
-		t.Skip(err)
-	}
+	needLab(t, netlab.Available)
 	checkLeaks(t)
 	lab, err := netlab.New("qm")
 	if err != nil {
@@ -122,6 +121,19 @@ func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) 
 	return m
 }
 
+// needLab skips t when check says a netlab lab cannot be built here, or
+// fails it when QUICMESH_REQUIRE_NETNS is set: where the tools are
+// installed (CI as root) a skip would hide these tests.
+func needLab(t *testing.T, check func() error) {
+	t.Helper()
+	if err := check(); err != nil {
+		if os.Getenv("QUICMESH_REQUIRE_NETNS") != "" {
+			t.Fatalf("%v (and QUICMESH_REQUIRE_NETNS is set)", err)
+		}
+		t.Skip(err)
+	}
+}
+
 // udpIn binds a UDP socket inside namespace ns.
 func udpIn(t *testing.T, lab *netlab.Lab, ns string, addr netip.AddrPort) *net.UDPConn {
 	t.Helper()
@@ -165,7 +177,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	start := time.Now()
 	c := m.dial(t, "echo")
 	c.Write([]byte("secret"))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(hangGuard(t))
 	n, err := c.Read(make([]byte, 16))
 	c.Close()
 	failedAfter := time.Since(start)
@@ -178,9 +190,11 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	}
 	// Expect about 2 s: "secret" is not HTTP, so protocol detection waits
 	// its 1 s timeout for more bytes, then the dial gives up after the 1 s
-	// handshake timeout.
-	if failedAfter > 4*time.Second {
-		t.Fatalf("TCP client got %v after %v; want it within a few seconds (1s handshake timeout)", err, failedAfter)
+	// handshake timeout. Without that timeout the client would wait for
+	// the 60 s QUIC idle timeout or forever; the bound sits between the
+	// two so that load, which stretches the 2 s, cannot reach it.
+	if failedAfter > failFastBound {
+		t.Fatalf("TCP client got %v after %v; want it well before the idle timeout (1s handshake timeout)", err, failedAfter)
 	}
 	t.Logf("UDP blocked: TCP client got %q after %v", err, failedAfter.Round(time.Millisecond))
 
@@ -195,7 +209,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	} else {
 		t.Logf("UDP blocked: HTTP client got %v after %v", err, time.Since(start).Round(time.Millisecond))
 	}
-	if time.Since(start) > 4*time.Second {
+	if time.Since(start) > failFastBound {
 		t.Fatalf("HTTP client waited %v with UDP blocked", time.Since(start))
 	}
 	if a, h := m.tcpApp.accepted.Load(), m.webHits.Load(); a != 0 || h != 0 {
@@ -213,13 +227,13 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 		var got []byte
 		c, err := net.Dial("tcp", m.binds["echo"])
 		if err == nil {
-			got, err = roundTrip(c.(*net.TCPConn), []byte("back"))
+			got, err = roundTrip(t, c.(*net.TCPConn), []byte("back"))
 			c.Close()
 		}
 		if err == nil && string(got) == "back" {
 			break
 		}
-		if time.Since(start) > 8*time.Second {
+		if time.Now().After(hangGuard(t)) {
 			t.Fatalf("no recovery %v after unblocking: %q %v", time.Since(start), got, err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -237,6 +251,9 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 }
 
 func TestNetnsLoss(t *testing.T) {
+	// Checked here, not only in the subtests: a parent whose subtests all
+	// skip reports PASS.
+	needLab(t, netlab.Available)
 	for i, pct := range []float64{2, 0.5} {
 		t.Run(fmt.Sprintf("%v%%", pct), func(t *testing.T) {
 			subnet := fmt.Sprintf("10.77.%d.0/24", 21+i)
@@ -244,7 +261,7 @@ func TestNetnsLoss(t *testing.T) {
 			if err := m.link.SetLoss(pct); err != nil {
 				t.Fatal(err)
 			}
-			m.lossWorkload(t, 40*time.Second)
+			m.lossWorkload(t)
 			conns, sent, lost, rtt := m.quicStats()
 			t.Logf("client QUIC: %d connection(s), %d packets sent, %d declared lost (%.2f%%), smoothed RTT %v",
 				conns, sent, lost, 100*float64(lost)/float64(max(sent, 1)), rtt)
@@ -264,8 +281,10 @@ func TestNetnsLoss(t *testing.T) {
 }
 
 // lossWorkload runs the bulk, HTTP and gRPC checks; each must finish with
-// zero failures and all of them within limit.
-func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
+// zero failures. How long it takes is logged, not asserted: load stretches
+// it (a 40 s bound failed on a loaded machine), and what loss costs in
+// time is measured by make bench's lossy scenarios.
+func (m *nsMesh) lossWorkload(t *testing.T) {
 	t.Helper()
 	begin := time.Now()
 
@@ -274,7 +293,7 @@ func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
 	rand.NewChaCha8([32]byte{16}).Read(payload)
 	start := time.Now()
 	c := m.dial(t, "echo")
-	got, err := roundTrip(c, payload)
+	got, err := roundTrip(t, c, payload)
 	c.Close()
 	if err != nil {
 		t.Fatalf("16 MiB echo: %v after %d bytes", err, len(got))
@@ -337,7 +356,7 @@ func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
 	// 50 concurrent gRPC bidi streams, 20 interleaved round trips each.
 	start = time.Now()
 	cc := grpcConn(t, m.binds["grpc"])
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	ctx, cancel := context.WithDeadline(context.Background(), hangGuard(t))
 	defer cancel()
 	const streams, msgs = 50, 20
 	errs := make(chan error, streams)
@@ -381,15 +400,11 @@ func (m *nsMesh) lossWorkload(t *testing.T, limit time.Duration) {
 	}
 	t.Logf("%d concurrent gRPC bidi streams × %d round trips: all OK in %v", streams, msgs, time.Since(start).Round(time.Millisecond))
 
-	if total := time.Since(begin); total > limit {
-		t.Fatalf("workload took %v, want under %v", total, limit)
-	}
+	t.Logf("whole workload: %v", time.Since(begin).Round(time.Millisecond))
 }
 
 func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
-	if err := netlab.TUNAvailable(); err != nil {
-		t.Skip(err)
-	}
+	needLab(t, netlab.TUNAvailable)
 	const oneWay = 20 * time.Millisecond
 	const rtt = 2 * oneWay
 	m := newNetnsMesh(t, func(l *netlab.Lab) (*netlab.Link, error) {
@@ -414,8 +429,17 @@ func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
 	cold := get() // handshake + request
 	const n = 20
 	var lat []time.Duration
-	for range n {
+	_, sentBefore, _, _ := m.quicStats()
+	for i := range n {
 		lat = append(lat, get())
+		// Every warm request rides the first connection: one pooled
+		// connection whose packet count only grows (a replacement would
+		// start again from a handful of packets).
+		conns, sent, _, _ := m.quicStats()
+		if conns != 1 || sent < sentBefore {
+			t.Fatalf("after warm request %d: %d pooled connections, %d packets sent (%d before): not one pooled connection", i, conns, sent, sentBefore)
+		}
+		sentBefore = sent
 	}
 	slices.Sort(lat)
 	conns, _, _, qrtt := m.quicStats()
@@ -424,9 +448,10 @@ func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
 	if lat[0] < rtt {
 		t.Fatalf("fastest warm request took %v, less than one %v round trip: the link delay is not in the path", lat[0], rtt)
 	}
-	if lat[n-1] >= 4*rtt {
-		t.Fatalf("slowest warm request took %v, ≥ 4 round trips (%v): not one pooled connection", lat[n-1], 4*rtt)
-	}
+	// Only lower bounds on latency: load can add to any figure but cannot
+	// take the emulated delay away. (An upper bound on the slowest request,
+	// 4 round trips, failed on a loaded machine; that requests reuse the
+	// pooled connection is checked on the connection itself above.)
 	if cold < 2*rtt {
 		t.Fatalf("first request took %v: a new QUIC connection needs at least 2 round trips (%v)", cold, 2*rtt)
 	}

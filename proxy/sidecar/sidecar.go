@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
@@ -234,6 +235,10 @@ func (s *Sidecar) watchCertExpiry(ctx context.Context) {
 		}
 	}
 }
+
+// DefaultGrace is how long a draining sidecar lets in-flight requests and
+// tunnels finish unless configured otherwise (quicmesh proxy --grace).
+const DefaultGrace = 30 * time.Second
 
 // Shutdown drains the sidecar: it stops accepting app connections and
 // peer connections, tells connected peers to go away so they send new

@@ -485,7 +485,7 @@ func TestOpaqueRouteStaysRaw(t *testing.T) {
 	rand.NewChaCha8([32]byte{64}).Read(random)
 	for _, payload := range [][]byte{{0x16}, random} {
 		t.Run(fmt.Sprintf("%d bytes", len(payload)), func(t *testing.T) {
-			got, err := roundTrip(dialT(t, m.binds["raw"]), payload)
+			got, err := roundTrip(t, dialT(t, m.binds["raw"]), payload)
 			if err != nil || !bytes.Equal(got, payload) {
 				t.Fatalf("echoed %d bytes (%v), want %d identical", len(got), err, len(payload))
 			}
@@ -497,7 +497,7 @@ func TestOpaqueRouteStaysRaw(t *testing.T) {
 		c := dialT(t, m.binds["raw"])
 		c.Write(payload[:1])
 		m.waitTunnels(t, "raw", before+1)
-		got, err := roundTrip(c, payload[1:])
+		got, err := roundTrip(t, c, payload[1:])
 		if err != nil || !bytes.Equal(got, payload) { // the echo of the first byte included
 			t.Fatalf("echoed %q (%v), want %q", got, err, payload)
 		}
