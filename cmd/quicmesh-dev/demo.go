@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -44,15 +45,19 @@ func (m *demoMesh) Close() {
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
-	c := cli.New("quicmesh-dev demo", `Usage: quicmesh-dev demo [-v]
+	c := cli.New("quicmesh-dev demo", `Usage: quicmesh-dev demo [-v] [--timeout D]
 
 Runs a whole mesh on loopback — its own CA, two sidecars, echo apps for
 TCP, HTTP/1.1, h2c and gRPC — checks that traffic of every kind crosses
 it intact, and exits 0 if every check passed.
 `, stdout, stderr)
 	verbose := c.Flags.Bool("v", false, "log sidecar activity to stderr")
+	timeout := c.Flags.Duration("timeout", time.Minute, "how long each check may take before it fails")
 	if code, ok := c.Parse(args); !ok {
 		return code
+	}
+	if *timeout <= 0 {
+		return c.Fail("--timeout %s: must be positive", *timeout)
 	}
 	fail := func(format string, a ...any) int { return c.Fail(format, a...) }
 	logLevel := slog.LevelError
@@ -156,24 +161,24 @@ it intact, and exits 0 if every check passed.
 	h2URL := "http://" + m.client.BindAddr(2).String()
 	grpcAddr := m.client.BindAddr(3).String()
 	checks := []demoCheck{
-		{"tcp: 1 KiB echo", func() (string, error) { return tcpTransfer(bind, 1<<10) }},
-		{"tcp: 16 MiB each way", func() (string, error) { return tcpTransfer(bind, 16<<20) }},
-		{"tcp: 50 concurrent connections", func() (string, error) { return tcpConcurrent(bind, 50, 64<<10) }},
-		{"tcp: half-close", func() (string, error) { return tcpHalfClose(bind) }},
-		{"http/1.1: GET", func() (string, error) { return httpGet(h1Client(), h1URL, "HTTP/1.1") }},
-		{"http/1.1: 8 MiB POST echo", func() (string, error) { return httpPost(h1Client(), h1URL, 8<<20) }},
-		{"h2c: GET", func() (string, error) { return httpGet(h2cClient(), h2URL, "HTTP/2.0") }},
-		{"h2c: 8 MiB POST echo", func() (string, error) { return httpPost(h2cClient(), h2URL, 8<<20) }},
-		{"grpc: unary", func() (string, error) { return grpcUnary(grpcAddr) }},
-		{"grpc: bidi streaming", func() (string, error) { return grpcBidi(grpcAddr, 100) }},
-		{"shared QUIC connections", func() (string, error) {
+		{"tcp: 1 KiB echo", func(ctx context.Context) (string, error) { return tcpTransfer(ctx, bind, 1<<10) }},
+		{"tcp: 16 MiB each way", func(ctx context.Context) (string, error) { return tcpTransfer(ctx, bind, 16<<20) }},
+		{"tcp: 50 concurrent connections", func(ctx context.Context) (string, error) { return tcpConcurrent(ctx, bind, 50, 64<<10) }},
+		{"tcp: half-close", func(ctx context.Context) (string, error) { return tcpHalfClose(ctx, bind) }},
+		{"http/1.1: GET", func(ctx context.Context) (string, error) { return httpGet(ctx, h1Client(), h1URL, "HTTP/1.1") }},
+		{"http/1.1: 8 MiB POST echo", func(ctx context.Context) (string, error) { return httpPost(ctx, h1Client(), h1URL, 8<<20) }},
+		{"h2c: GET", func(ctx context.Context) (string, error) { return httpGet(ctx, h2cClient(), h2URL, "HTTP/2.0") }},
+		{"h2c: 8 MiB POST echo", func(ctx context.Context) (string, error) { return httpPost(ctx, h2cClient(), h2URL, 8<<20) }},
+		{"grpc: unary", func(ctx context.Context) (string, error) { return grpcUnary(ctx, grpcAddr) }},
+		{"grpc: bidi streaming", func(ctx context.Context) (string, error) { return grpcBidi(ctx, grpcAddr, 100) }},
+		{"shared QUIC connections", func(context.Context) (string, error) {
 			if n := m.client.Pool().Len(); n != 1 {
 				return "", fmt.Errorf("client holds %d QUIC connections to its one peer, want 1", n)
 			}
 			return "1 mTLS QUIC connection carried all of it", nil
 		}},
 	}
-	failed := runChecks(stdout, checks)
+	failed := runChecks(stdout, checks, *timeout)
 
 	fmt.Fprintln(stdout)
 	if failed > 0 {
@@ -186,13 +191,12 @@ it intact, and exits 0 if every check passed.
 
 // tcpTransfer sends size random bytes through the mesh to the echo app and
 // checks that the same bytes come back.
-func tcpTransfer(addr string, size int) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func tcpTransfer(ctx context.Context, addr string, size int) (string, error) {
+	c, err := dialCheck(ctx, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
 	payload := make([]byte, size)
 	rand.NewChaCha8([32]byte{1}).Read(payload)
 	t0 := time.Now()
@@ -217,14 +221,14 @@ func tcpTransfer(addr string, size int) (string, error) {
 	return fmt.Sprintf("%s byte-identical%s", byteSize(size), throughput(size, time.Since(t0))), nil
 }
 
-func tcpConcurrent(addr string, n, size int) (string, error) {
+func tcpConcurrent(ctx context.Context, addr string, n, size int) (string, error) {
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := tcpTransfer(addr, size); err != nil {
+			if _, err := tcpTransfer(ctx, addr, size); err != nil {
 				errs <- err
 			}
 		}()
@@ -237,13 +241,12 @@ func tcpConcurrent(addr string, n, size int) (string, error) {
 	return fmt.Sprintf("%d x %s byte-identical", n, byteSize(size)), nil
 }
 
-func tcpHalfClose(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func tcpHalfClose(ctx context.Context, addr string) (string, error) {
+	c, err := dialCheck(ctx, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Write([]byte("ping")); err != nil {
 		return "", err
 	}
@@ -260,23 +263,38 @@ func tcpHalfClose(addr string) (string, error) {
 	return "reply read after client closed its write side", nil
 }
 
+// dialCheck connects to addr for a check; the connection's deadline is
+// the check's.
+func dialCheck(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	return c, nil
+}
+
 // demoCheck is one line of the demo's report.
 type demoCheck struct {
 	name string
-	run  func() (detail string, err error)
+	run  func(ctx context.Context) (detail string, err error)
 }
 
-// runChecks runs the checks in order, printing each result as soon as it
-// is known, in aligned columns: status, name, time, detail (last, as it
-// has no bounded width). It returns how many failed.
-func runChecks(w io.Writer, checks []demoCheck) (failed int) {
+// runChecks runs the checks in order, each within timeout, printing each
+// result as soon as it is known, in aligned columns: status, name, time,
+// detail (last, as it has no bounded width). It returns how many failed.
+func runChecks(w io.Writer, checks []demoCheck, timeout time.Duration) (failed int) {
 	nameWidth := 0
 	for _, c := range checks {
 		nameWidth = max(nameWidth, len(c.name))
 	}
 	for _, c := range checks {
 		t0 := time.Now()
-		detail, err := c.run()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		detail, err := c.run(ctx)
+		cancel()
 		status := "ok"
 		if err != nil {
 			failed++

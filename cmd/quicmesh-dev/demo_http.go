@@ -21,11 +21,11 @@ import (
 )
 
 func h1Client() *http.Client {
-	return &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 30 * time.Second}
+	return &http.Client{Transport: &http.Transport{DisableCompression: true}}
 }
 
 func h2cClient() *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http2.Transport{
+	return &http.Client{Transport: &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, network, addr)
@@ -35,9 +35,13 @@ func h2cClient() *http.Client {
 
 // httpGet checks a GET round trip and which protocol the app spoke and
 // which caller identity it was told.
-func httpGet(c *http.Client, url, wantAppProto string) (string, error) {
+func httpGet(ctx context.Context, c *http.Client, url, wantAppProto string) (string, error) {
 	defer c.CloseIdleConnections()
-	resp, err := c.Get(url + "/?size=1024")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/?size=1024", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -58,12 +62,17 @@ func httpGet(c *http.Client, url, wantAppProto string) (string, error) {
 	return fmt.Sprintf("200, app spoke %s, caller verified", resp.Header.Get("Echo-Proto")), nil
 }
 
-func httpPost(c *http.Client, url string, size int) (string, error) {
+func httpPost(ctx context.Context, c *http.Client, url string, size int) (string, error) {
 	defer c.CloseIdleConnections()
 	payload := make([]byte, size)
 	rand.NewChaCha8([32]byte{2}).Read(payload)
 	t0 := time.Now()
-	resp, err := c.Post(url+"/", "application/octet-stream", bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/", bytes.NewReader(payload))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -81,14 +90,12 @@ func httpPost(c *http.Client, url string, size int) (string, error) {
 
 func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
-func grpcUnary(addr string) (string, error) {
+func grpcUnary(ctx context.Context, addr string) (string, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return "", err
 	}
 	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var hdr metadata.MD
 	const n = 100
 	t0 := time.Now()
@@ -108,14 +115,12 @@ func grpcUnary(addr string) (string, error) {
 	return fmt.Sprintf("%d calls, mean %s", n, (time.Since(t0) / n).Round(time.Microsecond)), nil
 }
 
-func grpcBidi(addr string, n int) (string, error) {
+func grpcBidi(ctx context.Context, addr string, n int) (string, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return "", err
 	}
 	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	b, err := echo.Bidi(ctx, cc)
 	if err != nil {
 		return "", err

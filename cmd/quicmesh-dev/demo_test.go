@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -14,10 +15,12 @@ import (
 func TestDemoChecksAligned(t *testing.T) {
 	var out bytes.Buffer
 	failed := runChecks(&out, []demoCheck{
-		{"short", func() (string, error) { return "a detail longer than any column width the table had before", nil }},
-		{"a much longer check name", func() (string, error) { return "mean 574µs", nil }},
-		{"fails", func() (string, error) { return "", errors.New("boom") }},
-	})
+		{"short", func(context.Context) (string, error) {
+			return "a detail longer than any column width the table had before", nil
+		}},
+		{"a much longer check name", func(context.Context) (string, error) { return "mean 574µs", nil }},
+		{"fails", func(context.Context) (string, error) { return "", errors.New("boom") }},
+	}, time.Minute)
 	if failed != 1 {
 		t.Errorf("failed = %d, want 1", failed)
 	}
@@ -60,5 +63,20 @@ func TestThroughputOnlyForTimedTransfers(t *testing.T) {
 		if got := byteSize(n); got != want {
 			t.Errorf("byteSize(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// Each check runs under the demo's --timeout: one that would hang fails
+// when it runs out.
+func TestDemoCheckTimeout(t *testing.T) {
+	var out bytes.Buffer
+	failed := runChecks(&out, []demoCheck{
+		{"hangs", func(ctx context.Context) (string, error) {
+			<-ctx.Done()
+			return "", ctx.Err()
+		}},
+	}, 10*time.Millisecond)
+	if failed != 1 || !strings.Contains(out.String(), "context deadline exceeded") {
+		t.Fatalf("failed = %d, output %q; want the check to fail at its deadline", failed, out.String())
 	}
 }

@@ -5,13 +5,20 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/quicmesh/quicmesh/internal/cli/clitest"
 )
 
 func TestDemo(t *testing.T) {
 	var out, errs bytes.Buffer
-	if code := run([]string{"demo"}, &out, &errs); code != 0 {
+	// Each check may take what is left of the test's own deadline: under
+	// the race detector on a loaded machine the 8 MiB echoes take minutes.
+	args := []string{"demo"}
+	if d, ok := t.Deadline(); ok {
+		args = append(args, "--timeout", time.Until(d).Round(time.Second).String())
+	}
+	if code := run(args, &out, &errs); code != 0 {
 		t.Fatalf("demo failed (%d):\n%s\n%s", code, &out, &errs)
 	}
 	for _, want := range []string{"tcp: 16 MiB each way", "grpc: bidi streaming", "demo passed"} {
