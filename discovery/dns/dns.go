@@ -238,6 +238,10 @@ type Resolver struct {
 	refused  *prometheus.CounterVec
 	stale    prometheus.GaugeFunc
 	nStale   atomic.Int64
+
+	// refreshed, if set (by tests, before the first Resolve), is called
+	// after every refresh of a watch with its outcome.
+	refreshed func(service string, err error)
 }
 
 var (
@@ -730,6 +734,7 @@ func (w *watch) run(first result) {
 				r.logger.Warn("dns discovery: refresh failed; keeping the last endpoint set",
 					"service", w.service, "endpoints", len(last), "err", err)
 			}
+			w.refreshDone(err)
 			timer.Reset(r.retryAfter(failures))
 			continue
 		}
@@ -753,7 +758,15 @@ func (w *watch) run(first result) {
 			last = res.eps
 			w.push(res.eps)
 		}
+		w.refreshDone(nil)
 		timer.Reset(r.refreshAfter(res.ttl))
+	}
+}
+
+// refreshDone reports a finished refresh to the test hook.
+func (w *watch) refreshDone(err error) {
+	if w.r.refreshed != nil {
+		w.r.refreshed(w.service, err)
 	}
 }
 
