@@ -27,7 +27,8 @@
 // none. The more specific record wins. The character-strings of one TXT
 // record are concatenated (a long ID may be split across strings); TXT
 // records not starting with "spiffe=" are ignored. A declaring record
-// that is malformed, or two that disagree, make the identity unknown.
+// that is malformed, or two that disagree, make the identity unknown (a
+// bad record at the target is not replaced by the service's).
 // An endpoint whose identity is unknown is not served — an identity is
 // never guessed — and is counted in
 // quicmesh_discovery_dns_refused_records_total{reason} and logged when
