@@ -1,9 +1,12 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/miekg/dns"
 
 	"github.com/quicmesh/quicmesh/internal/cli/clitest"
 )
@@ -29,6 +32,7 @@ func TestCommandLineContract(t *testing.T) {
 	badBind := write("bad-bind.json", `{"outbound": {"binds": [{"listen": "127.0.0.1:0"}]}}`)
 
 	inUse, udpInUse := takenAddrs(t)
+	nxdomain := nxdomainServer(t)
 	httpProxyTakenConfig := write("http-proxy-taken.json", `{"outbound": {"http_proxy": "`+inUse+`"}}`)
 
 	id := []string{"--cert", cert, "--key", key, "--bundle", bundle}
@@ -79,6 +83,10 @@ func TestCommandLineContract(t *testing.T) {
 		{"proxy bind address without port", proxy("--discovery-file", disco, "--bind", "localhost=echo"), config, "--bind localhost=echo: not a HOST:PORT address"},
 		{"proxy unknown service", proxy("--discovery-file", disco, "--bind", "127.0.0.1:0=nosuch"), config, `--bind 127.0.0.1:0=nosuch: service "nosuch" is not in the discovery file ` + disco},
 		{"proxy bind without discovery", proxy("--bind", "127.0.0.1:0=echo"), config, `--bind 127.0.0.1:0=echo: service "echo" is unknown: there is no discovery file (--discovery-file)`},
+		{"proxy static and DNS discovery", proxy("--discovery-file", disco, "--discovery-dns-zone", "mesh.test"), config, "--discovery-file and --discovery-dns-zone: choose one discovery, a static file or DNS"},
+		{"proxy bad DNS server", proxy("--discovery-dns-zone", "mesh.test", "--discovery-dns-server", "ns.example"), config, `--discovery-dns-server: dns: nameserver "ns.example": want IP or IP:PORT`},
+		{"proxy unknown service in DNS", proxy("--discovery-dns-zone", "mesh.test", "--discovery-dns-server", nxdomain, "--bind", "127.0.0.1:0=nosuch"), config,
+			`--bind 127.0.0.1:0=nosuch: dns: resolve "nosuch": no SRV records at _quicmesh._udp.nosuch.mesh.test.: discovery: unknown service`},
 		{"proxy missing discovery file", proxy("--discovery-file", filepath.Join(dir, "missing.json")), config, "--discovery-file: "},
 		{"proxy http proxy port taken", proxy("--http-proxy", inUse), config, "quicmesh proxy: --http-proxy " + inUse + `: bind: address already in use (in use by another process: two sidecars on one host need different ports, or --http-proxy "" disables this listener)`},
 		{"proxy http proxy port taken (config)", append([]string{"proxy", "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config", httpProxyTakenConfig}, id...), config,
@@ -105,4 +113,25 @@ func TestCommandLineContract(t *testing.T) {
 	for _, tt := range tests {
 		clitest.Check(t, run, tt.name, tt.args, tt.code, tt.want)
 	}
+}
+
+// nxdomainServer is a DNS server on loopback (UDP) that knows no name.
+func nxdomainServer(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, NotifyStartedFunc: func() { close(started) },
+		Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetRcode(req, dns.RcodeNameError)
+			w.WriteMsg(m)
+		})}
+	done := make(chan struct{})
+	go func() { srv.ActivateAndServe(); close(done) }()
+	<-started
+	t.Cleanup(func() { srv.Shutdown(); <-done })
+	return pc.LocalAddr().String()
 }

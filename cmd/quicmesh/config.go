@@ -39,6 +39,13 @@ type fileConfig struct {
 	} `json:"outbound"`
 	Discovery struct {
 		Static string `json:"static"`
+		DNS    struct {
+			Zone    string   `json:"zone"`
+			Servers []string `json:"servers"`
+			MinTTL  duration `json:"min_ttl"`
+			MaxTTL  duration `json:"max_ttl"`
+			Timeout duration `json:"timeout"`
+		} `json:"dns"`
 	} `json:"discovery"`
 	Admin struct {
 		Listen string `json:"listen"`

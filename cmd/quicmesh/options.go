@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
+	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/proxy/detect"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
@@ -29,7 +31,10 @@ type proxyOptions struct {
 	// trustDomain is the trust domain whose peers are accepted; empty
 	// means the workload certificate's own.
 	trustDomain   string
-	discoveryFile string // empty: no discovery, so no bind can resolve
+	discoveryFile string // empty: no discovery file
+	// dns is DNS discovery, validated, defaults filled in except the
+	// nameservers; a zero Zone means it is not used.
+	dns dnsdisc.Options
 
 	inboundAddr   string
 	adminAddr     string // empty: no admin server
@@ -124,11 +129,51 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 	if err := m.limits(&o); err != nil {
 		return proxyOptions{}, err
 	}
-	o.discoveryFile = m.pick("discovery-file", f.discoveryFile, fc.Discovery.Static)
-	o.names.discovery = m.name("discovery-file", "discovery.static", fc.Discovery.Static != "")
+	if err := m.discovery(&o); err != nil {
+		return proxyOptions{}, err
+	}
 	o.qlogDir = m.pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir)
 	o.allowShutdown = f.allowShutdown
 	return o, nil
+}
+
+// discovery picks the discovery: a static file, DNS, or none (then no
+// bind can resolve).
+func (m merger) discovery(o *proxyOptions) error {
+	d := &m.fc.Discovery.DNS
+	o.discoveryFile = m.pick("discovery-file", m.f.discoveryFile, m.fc.Discovery.Static)
+	o.names.discovery = m.name("discovery-file", "discovery.static", m.fc.Discovery.Static != "")
+	zone := m.pick("discovery-dns-zone", m.f.dnsZone, d.Zone)
+	servers := d.Servers
+	serversName := m.name("discovery-dns-server", "discovery.dns.servers", d.Servers != nil)
+	if m.set["discovery-dns-server"] {
+		servers = strings.Split(m.f.dnsServers, ",")
+	}
+	if zone == "" {
+		if len(servers) > 0 {
+			return fmt.Errorf("%s: nameservers without a zone: set --discovery-dns-zone (or discovery.dns.zone)", serversName)
+		}
+		return nil
+	}
+	zoneName := m.name("discovery-dns-zone", "discovery.dns.zone", d.Zone != "")
+	if o.discoveryFile != "" {
+		return fmt.Errorf("%s and %s: choose one discovery, a static file or DNS", o.names.discovery, zoneName)
+	}
+	o.names.discovery = zoneName
+	// Validate piece by piece, so that an error names its setting.
+	o.dns = dnsdisc.Options{Zone: zone}
+	if err := o.dns.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", zoneName, err)
+	}
+	o.dns = dnsdisc.Options{Zone: zone, Nameservers: slices.Clone(servers)}
+	if err := o.dns.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", serversName, err)
+	}
+	o.dns = dnsdisc.Options{Zone: zone, Nameservers: o.dns.Nameservers, MinTTL: d.MinTTL.Duration, MaxTTL: d.MaxTTL.Duration, Timeout: d.Timeout.Duration}
+	if err := o.dns.Validate(); err != nil {
+		return fmt.Errorf(`config "discovery.dns": %w`, err)
+	}
+	return nil
 }
 
 func (m merger) log() (level slog.Level, json bool, err error) {

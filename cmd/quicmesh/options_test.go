@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/proxy/detect"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
@@ -132,6 +133,35 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		},
 		{
+			name: "DNS discovery from the file",
+			file: `{"discovery": {"dns": {"zone": "Mesh.Example.", "servers": ["10.0.0.53", "[::1]:5353"], "min_ttl": "2s", "max_ttl": "1m", "timeout": "500ms"}}}`,
+			args: id,
+			want: func(o *proxyOptions) {
+				o.dns = dnsdisc.Options{Zone: "mesh.example", Nameservers: []string{"10.0.0.53:53", "[::1]:5353"},
+					MinTTL: 2 * time.Second, MaxTTL: time.Minute, Timeout: 500 * time.Millisecond, MaxEndpoints: dnsdisc.DefaultMaxEndpoints}
+				o.names.discovery = `config "discovery.dns.zone"`
+			},
+		},
+		{
+			name: "DNS discovery by flag: the flags beat the file's servers; defaults",
+			file: `{"discovery": {"dns": {"servers": ["10.0.0.53"]}}}`,
+			args: append([]string{"--discovery-dns-zone", "mesh.test", "--discovery-dns-server", "127.0.0.1:5353,127.0.0.2"}, id...),
+			want: func(o *proxyOptions) {
+				o.dns = dnsdisc.Options{Zone: "mesh.test", Nameservers: []string{"127.0.0.1:5353", "127.0.0.2:53"},
+					MinTTL: dnsdisc.DefaultMinTTL, MaxTTL: dnsdisc.DefaultMaxTTL, Timeout: dnsdisc.DefaultTimeout, MaxEndpoints: dnsdisc.DefaultMaxEndpoints}
+				o.names.discovery = "--discovery-dns-zone"
+			},
+		},
+		{
+			name: "DNS discovery with the nameservers of resolv.conf",
+			args: append([]string{"--discovery-dns-zone", "mesh.test"}, id...),
+			want: func(o *proxyOptions) {
+				o.dns = dnsdisc.Options{Zone: "mesh.test",
+					MinTTL: dnsdisc.DefaultMinTTL, MaxTTL: dnsdisc.DefaultMaxTTL, Timeout: dnsdisc.DefaultTimeout, MaxEndpoints: dnsdisc.DefaultMaxEndpoints}
+				o.names.discovery = "--discovery-dns-zone"
+			},
+		},
+		{
 			name: "limits and the rest",
 			file: `{"limits": {"max_streams_per_peer": 50, "stream_window_bytes": 1024, "conn_window_bytes": 4096, "handshake_timeout": "3s", "idle_timeout": "1m", "keep_alive": "10s",
 				"app_connect_timeout": "1s", "header_timeout": "5s", "app_idle_timeout": "2m", "max_header_bytes": 8192, "inbound_max_in_flight": 7},
@@ -163,6 +193,15 @@ func TestMergeProxyOptions(t *testing.T) {
 		{name: "empty inbound address", args: append([]string{"--inbound", ""}, id...), wantErr: "--inbound : not a HOST:PORT address"},
 		{name: "admin address without port", args: append([]string{"--admin", "localhost"}, id...), wantErr: "--admin localhost: not a HOST:PORT address"},
 		{name: "HTTP proxy address without port in the file", file: `{"outbound": {"http_proxy": "localhost"}}`, args: id, wantErr: `config "outbound.http_proxy" localhost: not a HOST:PORT address`},
+		{name: "static and DNS discovery", file: `{"discovery": {"static": "s.json"}}`, args: append([]string{"--discovery-dns-zone", "mesh.test"}, id...),
+			wantErr: `config "discovery.static" and --discovery-dns-zone: choose one discovery, a static file or DNS`},
+		{name: "bad DNS zone", args: append([]string{"--discovery-dns-zone", "mesh..test"}, id...), wantErr: `--discovery-dns-zone: dns: zone "mesh..test": empty or over-long label`},
+		{name: "DNS server by host name in the file", file: `{"discovery": {"dns": {"zone": "mesh.test", "servers": ["ns.example"]}}}`, args: id,
+			wantErr: `config "discovery.dns.servers": dns: nameserver "ns.example": want IP or IP:PORT`},
+		{name: "DNS server without a zone", args: append([]string{"--discovery-dns-server", "127.0.0.1"}, id...),
+			wantErr: "--discovery-dns-server: nameservers without a zone: set --discovery-dns-zone (or discovery.dns.zone)"},
+		{name: "DNS min TTL above max TTL", file: `{"discovery": {"dns": {"zone": "mesh.test", "min_ttl": "1m", "max_ttl": "1s"}}}`, args: id,
+			wantErr: `config "discovery.dns": dns: min TTL 1m0s is above max TTL 1s`},
 		{name: "negative grace", args: append([]string{"--grace", "-1s"}, id...), wantErr: "--grace -1s: must not be negative"},
 		{name: "negative detect timeout", args: append([]string{"--detect-timeout", "-5ms"}, id...), wantErr: "--detect-timeout -5ms: must not be negative"},
 		{name: "negative connect timeout", args: append([]string{"--connect-timeout", "-1m"}, id...), wantErr: "--connect-timeout -1m0s: must not be negative"},

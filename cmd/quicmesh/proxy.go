@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/quicmesh/quicmesh/discovery"
+	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/cli"
@@ -36,6 +37,7 @@ const (
 type proxyFlags struct {
 	config, cert, key, bundle, trustDomain string
 	inbound, admin, discoveryFile          string
+	dnsZone, dnsServers                    string
 	httpProxy                              string
 	detectTimeout                          time.Duration
 	logLevel, logFormat                    string
@@ -70,6 +72,8 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.StringVar(&f.inbound, "inbound", defaultInbound, "UDP address for mesh traffic (inbound and outbound QUIC)")
 	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin HTTP address (/live, /ready, /metrics, /debug/pprof/, /log-level, /shutdown); empty disables")
 	fs.StringVar(&f.discoveryFile, "discovery-file", "", "static discovery file (JSON), reloaded on change")
+	fs.StringVar(&f.dnsZone, "discovery-dns-zone", "", "discover service S through DNS: SRV and TXT records at _quicmesh._udp.S.ZONE")
+	fs.StringVar(&f.dnsServers, "discovery-dns-server", "", "nameservers for --discovery-dns-zone, IP[:PORT] comma-separated (default: /etc/resolv.conf's)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.Var(&f.routes, "route", "SERVICE=APP_ADDR served by this sidecar's app (repeatable)")
@@ -113,6 +117,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(cfg.collectors...)
 	cfg.sidecar.Metrics = telemetry.New(reg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -170,6 +175,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 type proxyConfig struct {
 	sidecar  sidecar.Config
 	logLevel *slog.LevelVar
+	// collectors are the metrics of what was opened (DNS discovery's).
+	collectors []prometheus.Collector
 }
 
 // openProxy opens what the options name — the workload identity files and
@@ -207,15 +214,27 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 	}
 
 	var res discovery.Resolver = static.NewFromMap(nil)
-	if o.discoveryFile != "" {
+	var metrics []prometheus.Collector
+	switch {
+	case o.discoveryFile != "":
 		sr, err := static.New(o.discoveryFile, static.Options{Logger: logger})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", o.names.discovery, err)
 		}
 		opened = append(opened, sr)
 		res = sr
+	case o.dns.Zone != "":
+		opts := o.dns
+		opts.Logger = logger
+		dr, err := dnsdisc.New(opts)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", o.names.discovery, err)
+		}
+		opened = append(opened, dr)
+		res = dr
+		metrics = append(metrics, dr)
 	}
-	if err := checkBindServices(res, o); err != nil {
+	if err := checkBindServices(res, o, logger); err != nil {
 		return nil, nil, err
 	}
 
@@ -234,17 +253,26 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 			Limits:        o.limits,
 			Logger:        logger.With("id", localID.String()),
 		},
-		logLevel: level,
+		logLevel:   level,
+		collectors: metrics,
 	}, closeOpened, nil
 }
 
 // checkBindServices fails for a bind naming a service discovery has never
 // heard of: that is a typo, not something to discover at the first
-// connection.
-func checkBindServices(res discovery.Resolver, o proxyOptions) error {
+// connection. DNS that cannot answer now is not a reason to refuse to
+// start: the bind's connections wait for it like any later outage.
+func checkBindServices(res discovery.Resolver, o proxyOptions, logger *slog.Logger) error {
 	for i, b := range o.binds {
-		w, err := res.Resolve(context.Background(), b.Service)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*max(o.dns.Timeout, time.Second))
+		w, err := res.Resolve(ctx, b.Service)
+		cancel()
 		switch {
+		case errors.Is(err, discovery.ErrUnknownService) && o.dns.Zone != "":
+			return fmt.Errorf("%s: %w", o.names.binds[i], err)
+		case err != nil && o.dns.Zone != "":
+			logger.Warn("DNS discovery cannot check a bind's service now", "bind", o.names.binds[i], "err", err)
+			continue
 		case errors.Is(err, discovery.ErrUnknownService) && o.discoveryFile == "":
 			return fmt.Errorf("%s: service %q is unknown: there is no discovery file (--discovery-file)", o.names.binds[i], b.Service)
 		case errors.Is(err, discovery.ErrUnknownService):
