@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/quicmesh/quicmesh/proxy/bridge"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
@@ -42,16 +40,23 @@ func ParseAppAddr(v string) (proto, addr string, err error) {
 }
 
 // appHTTP forwards HTTP/3 requests from peer sidecars to the local app,
-// keeping pooled connections to it: keep-alive for HTTP/1.1, one
-// multiplexed connection for h2c.
+// keeping pooled connections to it: keep-alive for HTTP/1.1, multiplexed
+// connections with bounded receive windows for h2c.
 type appHTTP struct {
 	s   *Server
 	h1  *http.Transport
-	h2c *http2.Transport
+	h2c *h2cPool
 }
 
 func newAppHTTP(s *Server) *appHTTP {
 	dialer := &net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	streamWindow, streamsPerConn := s.cfg.AppStreamWindow, s.cfg.AppStreamsPerConn
+	if streamWindow <= 0 {
+		streamWindow = DefaultAppStreamWindow
+	}
+	if streamsPerConn <= 0 {
+		streamsPerConn = DefaultAppStreamsPerConn
+	}
 	return &appHTTP{
 		s: s,
 		h1: &http.Transport{
@@ -65,22 +70,13 @@ func newAppHTTP(s *Server) *appHTTP {
 			TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
 			MaxResponseHeaderBytes: 64 << 10,
 		},
-		h2c: &http2.Transport{
-			AllowHTTP:          true,
-			DisableCompression: true,
-			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				return dialer.DialContext(ctx, network, addr)
-			},
-			ReadIdleTimeout:            30 * time.Second,
-			MaxHeaderListSize:          64 << 10,
-			StrictMaxConcurrentStreams: false,
-		},
+		h2c: newH2CPool(dialer.DialContext, streamWindow, streamsPerConn),
 	}
 }
 
 func (a *appHTTP) close() {
 	a.h1.CloseIdleConnections()
-	a.h2c.CloseIdleConnections()
+	a.h2c.close()
 }
 
 func (a *appHTTP) who() string { return "inbound " + a.s.cfg.Name }

@@ -57,6 +57,14 @@ type Config struct {
 	// HeaderTimeout bounds how long a peer may take to send the first
 	// bytes of a stream. Default 10s.
 	HeaderTimeout time.Duration
+	// AppStreamWindow is the HTTP/2 receive window per request to an h2c
+	// app: the most response data held for one request whose client
+	// stopped reading (default DefaultAppStreamWindow, 64 KiB).
+	// AppStreamsPerConn requests share one app connection (default
+	// DefaultAppStreamsPerConn, 100); a connection's window is their
+	// product, so stalled streams never block the others on it.
+	AppStreamWindow   int
+	AppStreamsPerConn int
 }
 
 // Server accepts connections from peer sidecars.

@@ -68,8 +68,33 @@ func (p *Proxy) newHTTPFront(service string) *httpFront {
 	return f
 }
 
+// appSendBuffer caps the kernel send buffer of app connections served
+// over HTTP. Linux grows a socket's send buffer up to
+// net.ipv4.tcp_wmem[2] (4 MiB by default) even towards a client that
+// never reads, so each such client would make the kernel hold megabytes
+// for us, and make the mesh carry them before back-pressure reaches the
+// peer. The app is local: a small buffer still covers the path's
+// bandwidth-delay product many times over.
+const appSendBuffer = 256 << 10
+
+// capSendBuffer sets the send buffer of the socket under c's wrappers.
+func capSendBuffer(c net.Conn, n int) {
+	for {
+		switch v := c.(type) {
+		case interface{ SetWriteBuffer(int) error }:
+			v.SetWriteBuffer(n)
+			return
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return
+		}
+	}
+}
+
 // serve takes over a detected connection.
 func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
+	capSendBuffer(conn, appSendBuffer)
 	switch proto {
 	case detect.HTTP2:
 		f.h2.ServeConn(conn, &http2.ServeConnOpts{Handler: f.handler, BaseConfig: f.h1})
