@@ -151,32 +151,27 @@ func dialH2Raw(t *testing.T, addr string) *h2Raw {
 	h.bw.WriteString(http2.ClientPreface)
 	// Default windows (64 KiB per stream and per connection) that are
 	// never replenished.
-	if err := h.fr.WriteSettings(); err != nil {
+	h.fr.WriteSettings()
+	if err := h.flush(); err != nil {
 		t.Fatal(err)
 	}
-	h.flush(t)
 	return h
 }
 
 // get queues a GET for path on a new stream and returns the stream ID.
-func (h *h2Raw) get(t *testing.T, authority, path string) uint32 {
+// Errors are the connection's; flush reports them.
+func (h *h2Raw) get(authority, path string) uint32 {
 	h.hbuf.Reset()
 	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", path}} {
 		h.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	id := h.next
 	h.next += 2
-	if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.hbuf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-		t.Fatal(err)
-	}
+	h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.hbuf.Bytes(), EndStream: true, EndHeaders: true})
 	return id
 }
 
-func (h *h2Raw) flush(t *testing.T) {
-	if err := h.bw.Flush(); err != nil {
-		t.Fatal(err)
-	}
-}
+func (h *h2Raw) flush() error { return h.bw.Flush() }
 
 // heapWatch samples the heap (objects, live or not) without stopping the
 // world and records the peak. It cancels ctx as soon as the heap passes
@@ -307,13 +302,14 @@ func waitHits(ctx context.Context, t *testing.T, m *flowMesh, path string, n int
 	}
 }
 
-// waitStalled waits until the client sidecar's connection to the server
-// sidecar has carried less than 64 KiB in quiet: the attack's responses
-// have filled every buffer and window they may fill and the mesh carries
-// nothing more for them. Until then the attacking sockets' kernel buffers
-// absorb data, which is load like any download, not the starvation
-// tested here.
-func waitStalled(ctx context.Context, t *testing.T, m *flowMesh, quiet time.Duration) {
+// waitQuiet waits until the client sidecar's connection to the server
+// sidecar has carried less than 64 KiB in quiet: nothing more is under
+// way for the attack. For stalled readers that means their responses
+// have filled every buffer and window they may fill (until then the
+// attacking sockets' kernel buffers absorb data, which is load like any
+// download, not the starvation tested here); after a reset flood, that
+// every request it started has ended.
+func waitQuiet(ctx context.Context, t *testing.T, m *flowMesh, quiet time.Duration) {
 	t.Helper()
 	pc, err := m.client.Pool().Get(ctx, m.server.InboundAddr().String(), identity.MustParseID(echoID))
 	if err != nil {
@@ -324,7 +320,7 @@ func waitStalled(ctx context.Context, t *testing.T, m *flowMesh, quiet time.Dura
 	for time.Since(since) < quiet {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the attack's responses never stalled: %v", context.Cause(ctx))
+			t.Fatalf("the mesh never went quiet: %v", context.Cause(ctx))
 		case <-time.After(quiet / 10):
 		}
 		if n := received(); n-last > 64<<10 {
@@ -414,7 +410,7 @@ func stallTest(t *testing.T, attack func(m *flowMesh) int) {
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	waitHits(wctx, t, m, "/stall", stalled)
-	waitStalled(wctx, t, m, 500*time.Millisecond)
+	waitQuiet(wctx, t, m, 500*time.Millisecond)
 	under, control2 := p.sample(ctx, t, probeSamples)
 	assertFlowHeld(t, m, stalled, heapBefore, w, idle, under, control2)
 }
@@ -427,9 +423,11 @@ func TestStalledH2ReaderIsolated(t *testing.T) {
 		streams := stallScale(1000)
 		atk := dialH2Raw(t, m.h2Bind)
 		for range streams {
-			atk.get(t, "h2", "/stall?size=10485760")
+			atk.get("h2", "/stall?size=10485760")
 		}
-		atk.flush(t)
+		if err := atk.flush(); err != nil {
+			t.Fatal(err)
+		}
 		return streams
 	})
 }
