@@ -109,17 +109,17 @@ func (l Limits) withDefaults() Limits {
 }
 
 func (l Limits) quicConfig() *quic.Config {
+	// The connection window is the whole budget from the start: a window
+	// that must first be auto-tuned upwards (which needs reads) could be
+	// used up by a couple of stalled streams before it ever grew.
 	return &quic.Config{
-		HandshakeIdleTimeout:       l.HandshakeTimeout,
-		MaxIdleTimeout:             l.IdleTimeout,
-		KeepAlivePeriod:            l.KeepAlive,
-		MaxIncomingStreams:         l.MaxIncomingStreams,
-		MaxIncomingUniStreams:      16, // HTTP/3 control and QPACK streams only
-		InitialStreamReceiveWindow: l.InitialStreamReceiveWindow,
-		MaxStreamReceiveWindow:     l.StreamReceiveWindow,
-		// The whole budget from the start: a window that must first be
-		// auto-tuned upwards (which needs reads) could be used up by a
-		// couple of stalled streams before it ever grew.
+		HandshakeIdleTimeout:           l.HandshakeTimeout,
+		MaxIdleTimeout:                 l.IdleTimeout,
+		KeepAlivePeriod:                l.KeepAlive,
+		MaxIncomingStreams:             l.MaxIncomingStreams,
+		MaxIncomingUniStreams:          16, // HTTP/3 control and QPACK streams only
+		InitialStreamReceiveWindow:     l.InitialStreamReceiveWindow,
+		MaxStreamReceiveWindow:         l.StreamReceiveWindow,
 		InitialConnectionReceiveWindow: l.ConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     l.ConnectionReceiveWindow,
 	}

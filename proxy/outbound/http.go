@@ -83,11 +83,6 @@ const (
 	appUploadConnWindow = 16 * appUploadWindow
 )
 
-// statusClientClosed is recorded in metrics for requests the client
-// abandoned before they were forwarded (nginx's 499); the client never
-// sees it.
-const statusClientClosed = 499
-
 // settleWait bounds how long a handler waits for the HTTP/2 server to
 // process frames that arrived with its request (see h2guard.Settle);
 // the server normally needs microseconds.
@@ -147,11 +142,11 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := f.p
 	if g := h2guard.FromContext(r.Context()); g != nil {
 		g.Settle(r.Context(), settleWait)
-	}
-	if r.Context().Err() != nil {
-		// Reset by the client before we started (Rapid Reset): no work
-		// upstream for a stream no one will read.
-		return
+		if r.Context().Err() != nil {
+			// The client reset the stream before we started (Rapid
+			// Reset): no work upstream for a stream no one will read.
+			return
+		}
 	}
 	if n := p.inflight.Add(1); p.cfg.MaxInFlight > 0 && n > int64(p.cfg.MaxInFlight) {
 		p.inflight.Add(-1)
@@ -206,7 +201,7 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// The client reset the stream or went away while we
 			// connected: start nothing upstream.
 			done(true)
-			res = bridge.Result{Status: statusClientClosed}
+			res = bridge.WriteError(w, r, bridge.BadGateway, p.who(), "the client cancelled the request before it was forwarded")
 			return
 		}
 		peer = pc.Peer.String()
