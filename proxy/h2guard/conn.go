@@ -58,7 +58,6 @@ type Conn struct {
 	// that the counters shared with Settle are under mu.
 	rbuf    []byte
 	pending []byte // read ahead, not yet handed to the server
-	rerr    error  // error of the underlying read, after pending
 	in      splitter
 	handed  splitter // what the server has been given
 	resets  int      // in the batch being parsed
@@ -78,14 +77,14 @@ type Conn struct {
 	serverReset int
 	provokedAt  atomic.Int64 // unix nanoseconds of the last provoked reset
 
-	abusive   atomic.Bool
-	once      sync.Once
-	lingering sync.WaitGroup
+	abusive atomic.Bool
+	once    sync.Once
 }
 
 // Wrap guards c, which an http2.Server is about to serve. onAbuse, if
 // not nil, is called once if the connection is closed for abuse.
 func Wrap(c net.Conn, lim Limit, onAbuse func()) *Conn {
+	lim = lim.withDefaults()
 	return &Conn{
 		Conn:    c,
 		onAbuse: onAbuse,
@@ -93,7 +92,7 @@ func Wrap(c net.Conn, lim Limit, onAbuse func()) *Conn {
 		in:      newSplitter(true),
 		handed:  newSplitter(true),
 		out:     newSplitter(false),
-		bucket:  bucket{lim: lim.withDefaults(), tokens: lim.withDefaults().Burst, last: time.Now()},
+		bucket:  bucket{lim: lim, tokens: lim.Burst, last: time.Now()},
 	}
 }
 
@@ -120,11 +119,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	c.mu.Unlock()
 
 	if len(c.pending) == 0 {
-		if c.rerr != nil {
-			return 0, c.rerr
-		}
+		// An error that comes with data is dropped: the connection
+		// reports it again on the next read, after the data.
 		n, err := c.Conn.Read(c.rbuf)
-		c.rerr = err
 		if n == 0 {
 			return 0, err
 		}
@@ -245,9 +242,7 @@ func (c *Conn) lingeringClose() {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
-	c.lingering.Add(1)
 	go func() {
-		defer c.lingering.Done()
 		c.Conn.SetReadDeadline(time.Now().Add(lingerTime))
 		io.Copy(io.Discard, io.LimitReader(c.Conn, 1<<20))
 		c.Conn.Close()

@@ -225,7 +225,7 @@ func liveHeap() uint64 {
 	return ms.HeapAlloc
 }
 
-// prober is the well-behaved client: its own connections (one h2c, one
+// prober is the well-behaved client: its own connections (h2c and
 // HTTP/1.1) to the attacked mesh and to a control mesh that no one
 // attacks, sequential requests for a body small enough to be one window,
 // every byte read.
@@ -243,45 +243,60 @@ func newProber(t *testing.T, attacked, control *flowMesh) *prober {
 // few scheduler hiccups on a busy machine.
 const probeSamples = 400
 
-// sample makes n requests through each mesh, interleaved (attacked h2c,
-// control h2c, attacked HTTP/1.1, control HTTP/1.1, ...) so both see the
-// same machine load, and returns their latencies. It fails on the first
-// error: a request that times out under attack is the starvation this
-// file is about.
+// sample makes n pairs of requests, one through each mesh, the two of a
+// pair sent at the same moment (alternating h2c and HTTP/1.1), so that a
+// stall of the whole process or machine (a GC pause, another job's
+// burst) slows both alike, and returns their latencies. It fails on the
+// first error: a request that times out under attack is the starvation
+// this file is about.
 func (p *prober) sample(ctx context.Context, t *testing.T, n int) (attacked, control []time.Duration) {
 	t.Helper()
-	for i := range 2 * n {
-		m := p.attacked
-		if i%2 == 1 {
-			m = p.control
+	meshes := [2]*flowMesh{p.attacked, p.control}
+	for i := range n {
+		var lat [2]time.Duration
+		var errs [2]error
+		var wg sync.WaitGroup
+		for j, m := range meshes {
+			c, url := p.h2, "http://"+m.h2Bind+"/probe?size=16384"
+			if i%2 == 1 {
+				c, url = p.h1, "http://"+m.webBind+"/probe?size=16384"
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lat[j], errs[j] = probe(ctx, c, url)
+				if errs[j] != nil {
+					errs[j] = fmt.Errorf("well-behaved request %d (%s) failed after %v: %w (%v)", i, url, lat[j].Round(time.Millisecond), errs[j], context.Cause(ctx))
+				}
+			}()
 		}
-		c, url := p.h2, "http://"+m.h2Bind+"/probe?size=16384"
-		if i%4 >= 2 {
-			c, url = p.h1, "http://"+m.webBind+"/probe?size=16384"
-		}
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		req, _ := http.NewRequestWithContext(rctx, "GET", url, nil)
-		start := time.Now()
-		resp, err := c.Do(req)
-		if err == nil {
-			var n int64
-			n, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err == nil && (resp.StatusCode != 200 || n != 16384) {
-				err = fmt.Errorf("status %d, %d bytes", resp.StatusCode, n)
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
 			}
 		}
-		cancel()
-		if err != nil {
-			t.Fatalf("well-behaved request %d (%s) failed after %v: %v (%v)", i, url, time.Since(start).Round(time.Millisecond), err, context.Cause(ctx))
-		}
-		if m == p.attacked {
-			attacked = append(attacked, time.Since(start))
-		} else {
-			control = append(control, time.Since(start))
-		}
+		attacked, control = append(attacked, lat[0]), append(control, lat[1])
 	}
 	return attacked, control
+}
+
+// probe GETs url, reads the whole body and returns how long that took.
+func probe(ctx context.Context, c *http.Client, url string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return time.Since(start), err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && (resp.StatusCode != 200 || n != 16384) {
+		err = fmt.Errorf("status %d, %d bytes", resp.StatusCode, n)
+	}
+	return time.Since(start), err
 }
 
 func p99(d []time.Duration) time.Duration {
@@ -366,9 +381,10 @@ func stallScale(full int) int {
 // (plus what the process held before the attack), and the well-behaved
 // client's p99 through the attacked mesh stays within 2x of its baseline.
 // The baseline is the larger of its p99 just before the attack and the
-// p99 through the control mesh, measured interleaved with it during the
-// attack: on a machine shared with other work the load of the moment
-// moves p99 by more than 2x, and the control sees the same load.
+// p99 through the control mesh, each of whose requests was sent together
+// with one through the attacked mesh: on a machine shared with other work
+// the load of the moment moves p99 by more than 2x, and the control sees
+// the same load.
 func assertFlowHeld(t *testing.T, m *flowMesh, stalled int, heapBefore uint64, w *heapWatch, idle, under, control []time.Duration) {
 	t.Helper()
 	perReq, parts := flowBudget(m)
