@@ -165,6 +165,14 @@ func (c *Conn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.serverReset = 0
 	c.out.feed(p[:n], c.countOutgoing)
+	if c.abusive.Load() {
+		// An abort waits for the end of the server's frame: its
+		// buffered writer cuts frames across writes.
+		if c.out.atBoundary() {
+			c.finishLocked(true)
+		}
+		return n, err
+	}
 	if c.serverReset > 0 {
 		c.mu.Lock()
 		dry := c.bucket.spend(time.Now(), c.serverReset, 0)
@@ -194,7 +202,7 @@ func (c *Conn) countOutgoing(f Frame) {
 	}
 }
 
-// abort closes the connection with GOAWAY ENHANCE_YOUR_CALM, once.
+// abort closes the connection with GOAWAY ENHANCE_YOUR_CALM.
 func (c *Conn) abort() {
 	c.Conn.SetWriteDeadline(time.Now().Add(goAwayTimeout))
 	c.wmu.Lock()
@@ -202,16 +210,34 @@ func (c *Conn) abort() {
 	c.abortLocked()
 }
 
+// abortLocked marks the connection abusive (Read fails from now on and
+// Close is left to us) and sends the GOAWAY and closes at once if the
+// server's output is between two frames. Otherwise the server is in the
+// middle of writing a frame, which its next write completes: Write
+// finishes the abort then, or a timer does without the GOAWAY.
 func (c *Conn) abortLocked() {
+	if c.abusive.Swap(true) {
+		return
+	}
+	if c.onAbuse != nil {
+		c.onAbuse()
+	}
+	if c.out.atBoundary() {
+		c.finishLocked(true)
+		return
+	}
+	time.AfterFunc(goAwayTimeout, func() {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		c.finishLocked(c.out.atBoundary())
+	})
+}
+
+// finishLocked sends the GOAWAY if asked and closes, once.
+func (c *Conn) finishLocked(goAway bool) {
 	c.once.Do(func() {
-		c.abusive.Store(true)
-		if c.onAbuse != nil {
-			c.onAbuse()
-		}
 		c.Conn.SetWriteDeadline(time.Now().Add(goAwayTimeout))
-		// Only between two of the server's frames; otherwise the client
-		// just sees the connection close.
-		if c.out.atBoundary() {
+		if goAway {
 			// The newest stream the client opened: nothing later was
 			// processed.
 			c.Conn.Write(goAwayFrame(c.newest.Load(), codeEnhanceYourCal))
