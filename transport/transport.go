@@ -54,11 +54,23 @@ type Limits struct {
 	MaxIncomingStreams int64
 	// StreamReceiveWindow is the per-stream flow-control ceiling. Default
 	// 8 MiB: a bulk tunnel needs one bandwidth-delay product (about 2.5 MB
-	// at 2 Gbit/s and 10 ms) to run at line rate.
+	// at 2 Gbit/s and 10 ms) to run at line rate. Streams start at
+	// InitialStreamReceiveWindow and grow towards it only while their
+	// reader keeps up (quic-go's auto-tuning).
 	StreamReceiveWindow uint64
+	// InitialStreamReceiveWindow is what a stream may hold before its
+	// reader has shown it keeps up, so what a stalled stream holds. A
+	// peer's streams return connection credit only when read: to keep
+	// stalled streams from using up the connection window that every
+	// other stream of the peer shares, the default is
+	// ConnectionReceiveWindow / (2 × MaxIncomingStreams) — every stream
+	// the peer may open can stall and half the window still flows —
+	// clamped to [4 KiB, 512 KiB] (4 KiB with the defaults).
+	InitialStreamReceiveWindow uint64
 	// ConnectionReceiveWindow bounds what all streams of one peer may have
-	// in flight towards us together: the per-peer memory budget. Default
-	// 32 MiB.
+	// in flight towards us together: the per-peer memory budget for
+	// QUIC receive buffers. Default 32 MiB, granted from the start (it
+	// costs memory only when data waits unread).
 	ConnectionReceiveWindow uint64
 	// HandshakeTimeout bounds a dial (default 3s); a peer that is down is
 	// reported within this time.
@@ -95,6 +107,11 @@ func (l Limits) withDefaults() Limits {
 	if l.ConnectionReceiveWindow == 0 {
 		l.ConnectionReceiveWindow = 32 << 20
 	}
+	if l.InitialStreamReceiveWindow == 0 {
+		streams := uint64(max(l.MaxIncomingStreams, 1))
+		l.InitialStreamReceiveWindow = min(max(l.ConnectionReceiveWindow/(2*streams), 4<<10), 512<<10)
+	}
+	l.InitialStreamReceiveWindow = min(l.InitialStreamReceiveWindow, l.StreamReceiveWindow)
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = 3 * time.Second
 	}
@@ -112,16 +129,18 @@ func (l Limits) withDefaults() Limits {
 }
 
 func (l Limits) quicConfig() *quic.Config {
-	initial := min(l.StreamReceiveWindow, 512<<10)
+	// The connection window is the whole budget from the start: a window
+	// that must first be auto-tuned upwards (which needs reads) could be
+	// used up by a couple of stalled streams before it ever grew.
 	return &quic.Config{
 		HandshakeIdleTimeout:           l.HandshakeTimeout,
 		MaxIdleTimeout:                 l.IdleTimeout,
 		KeepAlivePeriod:                l.KeepAlive,
 		MaxIncomingStreams:             l.MaxIncomingStreams,
 		MaxIncomingUniStreams:          16, // HTTP/3 control and QPACK streams only
-		InitialStreamReceiveWindow:     initial,
+		InitialStreamReceiveWindow:     l.InitialStreamReceiveWindow,
 		MaxStreamReceiveWindow:         l.StreamReceiveWindow,
-		InitialConnectionReceiveWindow: min(l.ConnectionReceiveWindow, 2*initial),
+		InitialConnectionReceiveWindow: l.ConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     l.ConnectionReceiveWindow,
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/quicmesh/quicmesh/proxy/bridge"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
@@ -42,12 +40,12 @@ func ParseAppAddr(v string) (proto, addr string, err error) {
 }
 
 // appHTTP forwards HTTP/3 requests from peer sidecars to the local app,
-// keeping pooled connections to it: keep-alive for HTTP/1.1, one
-// multiplexed connection for h2c.
+// keeping pooled connections to it: keep-alive for HTTP/1.1, multiplexed
+// connections with bounded receive windows for h2c.
 type appHTTP struct {
 	s   *Server
 	h1  *http.Transport
-	h2c *http2.Transport
+	h2c *h2cPool
 	// h1RT and h2cRT are what requests are sent with: h1 and h2c, or
 	// stand-ins in tests.
 	h1RT, h2cRT http.RoundTripper
@@ -55,6 +53,13 @@ type appHTTP struct {
 
 func newAppHTTP(s *Server) *appHTTP {
 	dialer := &net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	streamWindow, streamsPerConn := s.cfg.AppStreamWindow, s.cfg.AppStreamsPerConn
+	if streamWindow <= 0 {
+		streamWindow = DefaultAppStreamWindow
+	}
+	if streamsPerConn <= 0 {
+		streamsPerConn = DefaultAppStreamsPerConn
+	}
 	a := &appHTTP{
 		s: s,
 		h1: &http.Transport{
@@ -68,16 +73,7 @@ func newAppHTTP(s *Server) *appHTTP {
 			TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
 			MaxResponseHeaderBytes: 64 << 10,
 		},
-		h2c: &http2.Transport{
-			AllowHTTP:          true,
-			DisableCompression: true,
-			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				return dialer.DialContext(ctx, network, addr)
-			},
-			ReadIdleTimeout:            30 * time.Second,
-			MaxHeaderListSize:          64 << 10,
-			StrictMaxConcurrentStreams: false,
-		},
+		h2c: newH2CPool(dialer.DialContext, streamWindow, streamsPerConn),
 	}
 	a.h1RT, a.h2cRT = a.h1, a.h2c
 	return a
@@ -85,7 +81,7 @@ func newAppHTTP(s *Server) *appHTTP {
 
 func (a *appHTTP) close() {
 	a.h1.CloseIdleConnections()
-	a.h2c.CloseIdleConnections()
+	a.h2c.close()
 }
 
 func (a *appHTTP) who() string { return "inbound " + a.s.cfg.Name }

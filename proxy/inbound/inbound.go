@@ -65,6 +65,14 @@ type Config struct {
 	// MaxHeaderBytes bounds the request header of HTTP carried by a
 	// tunnel (431 above it). Default 64 KiB, as for HTTP/3 requests.
 	MaxHeaderBytes int
+	// AppStreamWindow is the HTTP/2 receive window per request to an h2c
+	// app: the most response data held for one request whose client
+	// stopped reading (default DefaultAppStreamWindow, 64 KiB).
+	// AppStreamsPerConn requests share one app connection (default
+	// DefaultAppStreamsPerConn, 100); a connection's window is their
+	// product, so stalled streams never block the others on it.
+	AppStreamWindow   int
+	AppStreamsPerConn int
 }
 
 // Server accepts connections from peer sidecars.

@@ -15,6 +15,7 @@ import (
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/proxy/bridge"
 	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/proxy/h2guard"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
@@ -51,6 +52,14 @@ func (p *Proxy) newHTTPFront(service string) *httpFront {
 		IdleTimeout:          p.cfg.IdleTimeout,
 		MaxReadFrameSize:     1 << 20,
 		MaxConcurrentStreams: 1000,
+		// Request bodies the far side is not reading yet: at most
+		// appUploadWindow per stream and appUploadConnWindow per client
+		// connection are buffered here. The connection window is a
+		// multiple of the stream window, so a few stalled uploads do
+		// not stop the client's other streams (x/net's default is 1 MiB
+		// for both: one stalled upload stopped them all).
+		MaxUploadBufferPerStream:     appUploadWindow,
+		MaxUploadBufferPerConnection: appUploadConnWindow,
 		// x/net/http2 bounds header lists by the base server's
 		// MaxHeaderBytes.
 	}
@@ -66,11 +75,55 @@ func (p *Proxy) newHTTPFront(service string) *httpFront {
 	return f
 }
 
+// Request-body windows of the app-facing HTTP/2 server.
+const (
+	appUploadWindow     = 256 << 10
+	appUploadConnWindow = 16 * appUploadWindow
+)
+
+// settleWait bounds how long a handler waits for the HTTP/2 server to
+// process frames that arrived with its request (see h2guard.Settle);
+// the server normally needs microseconds.
+const settleWait = 50 * time.Millisecond
+
+// appSendBuffer caps the kernel send buffer of app connections served
+// over HTTP. Linux grows a socket's send buffer up to
+// net.ipv4.tcp_wmem[2] (4 MiB by default) even towards a client that
+// never reads, so each such client would make the kernel hold megabytes
+// for us, and make the mesh carry them before back-pressure reaches the
+// peer. The app is local: a small buffer still covers the path's
+// bandwidth-delay product many times over.
+const appSendBuffer = 256 << 10
+
+// capSendBuffer sets the send buffer of the socket under c's wrappers.
+func capSendBuffer(c net.Conn, n int) {
+	for {
+		switch v := c.(type) {
+		case interface{ SetWriteBuffer(int) error }:
+			v.SetWriteBuffer(n)
+			return
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return
+		}
+	}
+}
+
 // serve takes over a detected connection.
 func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
+	capSendBuffer(conn, appSendBuffer)
 	switch proto {
 	case detect.HTTP2:
-		f.h2.ServeConn(conn, &http2.ServeConnOpts{Handler: f.handler, BaseConfig: f.h1})
+		// x/net's server stops a flood of resets only when handlers
+		// pile up; the guard closes connections that reset streams (or
+		// make the server reset them) at an abusive rate, and lets
+		// handlers see a reset that arrived with their request.
+		g := h2guard.Wrap(conn, h2guard.Limit{}, func() {
+			f.p.cfg.Metrics.LoadShed(telemetry.Outbound, "h2_reset_flood")
+			f.p.log.Debug("closing HTTP/2 connection: stream resets at an abusive rate", "remote", conn.RemoteAddr().String())
+		})
+		f.h2.ServeConn(g, &http2.ServeConnOpts{Context: h2guard.NewContext(context.Background(), g), Handler: f.handler, BaseConfig: f.h1})
 	default:
 		f.h1conns.Push(httpx.InspectConn(conn))
 	}
@@ -85,6 +138,14 @@ func (f *httpFront) close() {
 // map failures to statuses. httpx.Guard has validated the request.
 func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := f.p
+	if g := h2guard.FromContext(r.Context()); g != nil {
+		g.Settle(r.Context(), settleWait)
+		if r.Context().Err() != nil {
+			// The client reset the stream before we started (Rapid
+			// Reset): no work upstream for a stream no one will read.
+			return
+		}
+	}
 	if n := p.inflight.Add(1); p.cfg.MaxInFlight > 0 && n > int64(p.cfg.MaxInFlight) {
 		p.inflight.Add(-1)
 		p.cfg.Metrics.LoadShed(telemetry.Outbound, "max_in_flight")
@@ -134,6 +195,13 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			p.logFailure("http route failed", service, err)
 			res = bridge.WriteError(w, r, kind, p.who(), f.reason(err))
+			return
+		}
+		if r.Context().Err() != nil {
+			// The client reset the stream or went away while we
+			// connected: start nothing upstream.
+			done(true)
+			res = bridge.WriteError(w, r, bridge.BadGateway, p.who(), "the client cancelled the request before it was forwarded")
 			return
 		}
 		peer = pc.Peer.String()

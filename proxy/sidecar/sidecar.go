@@ -220,6 +220,9 @@ func (s *Sidecar) HTTPProxyAddr() net.Addr {
 // Pool exposes the peer pool (for tests and metrics).
 func (s *Sidecar) Pool() *transport.Pool { return s.pool }
 
+// Limits returns the effective QUIC limits (defaults filled in).
+func (s *Sidecar) Limits() transport.Limits { return s.endpoint.Limits() }
+
 // watchCertExpiry keeps the certificate expiry gauge current across
 // rotations.
 func (s *Sidecar) watchCertExpiry(ctx context.Context) {
