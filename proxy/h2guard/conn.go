@@ -358,3 +358,21 @@ func FromContext(ctx context.Context) *Conn {
 	c, _ := ctx.Value(ctxKey{}).(*Conn)
 	return c
 }
+
+// SettleWait bounds how long a handler waits in StreamReset for the
+// HTTP/2 server to process frames that arrived with its request; the
+// server normally needs microseconds.
+const SettleWait = 50 * time.Millisecond
+
+// StreamReset settles the request's connection (see Settle) and reports
+// whether the request's stream was reset meanwhile, so the handler must
+// not start work upstream for it. Requests not served through a guard
+// (HTTP/1, HTTP/3) are settled already.
+func StreamReset(ctx context.Context) bool {
+	c := FromContext(ctx)
+	if c == nil {
+		return false
+	}
+	c.Settle(ctx, SettleWait)
+	return ctx.Err() != nil
+}

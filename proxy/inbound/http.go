@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/proxy/bridge"
+	"github.com/quicmesh/quicmesh/proxy/h2guard"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
 )
@@ -87,6 +88,11 @@ func (a *appHTTP) close() {
 func (a *appHTTP) who() string { return "inbound " + a.s.cfg.Name }
 
 func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h2guard.StreamReset(r.Context()) {
+		// HTTP/2 carried by a tunnel, reset by the peer before we
+		// started: no work for the app (Rapid Reset from a peer).
+		return
+	}
 	var target, origProto string
 	tun := tunnelFrom(r.Context())
 	if tun != nil {

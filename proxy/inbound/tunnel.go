@@ -14,6 +14,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/proxy/h2guard"
 	"github.com/quicmesh/quicmesh/proxy/httpx"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
@@ -148,10 +149,17 @@ type tunnelHTTP struct {
 	// close, and a drain must still serve tunnels a peer opened before
 	// it read our GOAWAY.
 	h2drain *http.Server
+	// onResetFlood runs when a connection is closed for resetting
+	// streams at an abusive rate.
+	onResetFlood func()
 }
 
 func newTunnelHTTP(cfg Config, handler http.Handler, log *slog.Logger) *tunnelHTTP {
 	t := &tunnelHTTP{conns: httpx.NewConnListener(), served: make(chan struct{}), h2drain: &http.Server{}}
+	t.onResetFlood = func() {
+		cfg.Metrics.LoadShed(telemetry.Inbound, "h2_reset_flood")
+		log.Debug("closing HTTP/2 connection in a tunnel: stream resets at an abusive rate")
+	}
 	guarded := httpx.Guard(handler)
 	t.h1 = &http.Server{
 		Handler: guarded,
@@ -186,12 +194,19 @@ func newTunnelHTTP(cfg Config, handler http.Handler, log *slog.Logger) *tunnelHT
 func (t *tunnelHTTP) serve(sc *streamConn, c net.Conn, proto detect.Protocol) {
 	switch proto {
 	case detect.HTTP2:
-		t.h2.ServeConn(c, &http2.ServeConnOpts{
-			Context:    withTunnel(context.Background(), sc),
+		// A peer sidecar is not trusted to be well-behaved: the same
+		// reset-flood guard as on the app-facing listeners.
+		g := h2guard.Wrap(c, h2guard.Limit{}, t.onResetFlood)
+		t.h2.ServeConn(g, &http2.ServeConnOpts{
+			Context:    h2guard.NewContext(withTunnel(context.Background(), sc), g),
 			Handler:    t.h1.Handler,
 			BaseConfig: t.h1,
 		})
-		sc.Close()
+		// Through the guard: after an abusive burst it closes by itself
+		// once the peer has had time to read its GOAWAY (closing the
+		// stream at once would stop the peer's sending and so reset the
+		// far client's socket, GOAWAY unread).
+		g.Close()
 	default:
 		if t.conns.Push(httpx.InspectConn(c)) {
 			<-sc.done

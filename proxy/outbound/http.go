@@ -81,11 +81,6 @@ const (
 	appUploadConnWindow = 16 * appUploadWindow
 )
 
-// settleWait bounds how long a handler waits for the HTTP/2 server to
-// process frames that arrived with its request (see h2guard.Settle);
-// the server normally needs microseconds.
-const settleWait = 50 * time.Millisecond
-
 // appSendBuffer caps the kernel send buffer of app connections served
 // over HTTP. Linux grows a socket's send buffer up to
 // net.ipv4.tcp_wmem[2] (4 MiB by default) even towards a client that
@@ -138,13 +133,10 @@ func (f *httpFront) close() {
 // map failures to statuses. httpx.Guard has validated the request.
 func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := f.p
-	if g := h2guard.FromContext(r.Context()); g != nil {
-		g.Settle(r.Context(), settleWait)
-		if r.Context().Err() != nil {
-			// The client reset the stream before we started (Rapid
-			// Reset): no work upstream for a stream no one will read.
-			return
-		}
+	if h2guard.StreamReset(r.Context()) {
+		// The client reset the stream before we started (Rapid Reset):
+		// no work upstream for a stream no one will read.
+		return
 	}
 	if n := p.inflight.Add(1); p.cfg.MaxInFlight > 0 && n > int64(p.cfg.MaxInFlight) {
 		p.inflight.Add(-1)

@@ -34,7 +34,10 @@ import (
 type flowMesh struct {
 	server, client  *sidecar.Sidecar
 	h2Bind, webBind string
-	hits            *pathCounter
+	// webTunnelBind reaches "web" through an opaque tunnel: its HTTP is
+	// parsed only by the inbound sidecar.
+	webTunnelBind string
+	hits          *pathCounter
 }
 
 // pathCounter counts requests per URL path, and response bytes the apps
@@ -113,7 +116,7 @@ func newFlowMesh(t *testing.T, cfg sidecar.Config) *flowMesh {
 	ccfg.Identity = identitytest.Provider(t, ca, clientID)
 	ccfg.Resolver = staticMap(t, map[string][]discovery.Endpoint{"h2": ep, "web": ep})
 	ccfg.InboundAddr = "127.0.0.1:0"
-	ccfg.Binds = []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "h2"}, {Listen: "127.0.0.1:0", Service: "web"}}
+	ccfg.Binds = []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "h2"}, {Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "web", Opaque: true}}
 	ccfg.Logger = testLogger(t)
 	client, err := sidecar.Start(ccfg)
 	if err != nil {
@@ -121,7 +124,7 @@ func newFlowMesh(t *testing.T, cfg sidecar.Config) *flowMesh {
 	}
 	t.Cleanup(func() { client.Close() })
 	m.server, m.client = server, client
-	m.h2Bind, m.webBind = client.BindAddr(0).String(), client.BindAddr(1).String()
+	m.h2Bind, m.webBind, m.webTunnelBind = client.BindAddr(0).String(), client.BindAddr(1).String(), client.BindAddr(2).String()
 	return m
 }
 
