@@ -46,7 +46,7 @@ import (
 //	}
 func ServerConfig(p Provider, authz Authorizer, nextProtos []string) *tls.Config {
 	if authz == nil {
-		authz = localTrustDomain(p)
+		authz = AuthorizeLocalTrustDomain(p)
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -196,15 +196,19 @@ func localCertificate(p Provider) (*tls.Certificate, error) {
 	return cert, nil
 }
 
-// localTrustDomain is the Authorizer used when ServerConfig gets nil: any
-// peer in the trust domain of our current certificate.
-func localTrustDomain(p Provider) Authorizer {
+// AuthorizeLocalTrustDomain accepts any peer in the trust domain of p's
+// current certificate, looked up at each handshake (a Workload API
+// provider learns it only with its first SVID), and any peer in the
+// trust domains also lists. It is what ServerConfig uses for a nil
+// Authorizer, with no others.
+func AuthorizeLocalTrustDomain(p Provider, also ...string) Authorizer {
+	also = slices.Clone(also)
 	return func(peer ID) error {
 		local, err := LocalID(p)
 		if err != nil {
 			return &VerifyError{Reason: ReasonNoIdentity, Err: err}
 		}
-		return AuthorizeTrustDomain(local.TrustDomain)(peer)
+		return AuthorizeTrustDomains(append([]string{local.TrustDomain}, also...)...)(peer)
 	}
 }
 
