@@ -84,8 +84,10 @@ type fakeProvider struct {
 	roots *x509.CertPool
 }
 
+// Bundle returns roots for every trust domain, so a fakeProvider holding a
+// certificate without a SPIFFE ID can still verify its peer.
 func (f fakeProvider) Certificate() (*tls.Certificate, error) { return f.cert, nil }
-func (f fakeProvider) Roots() (*x509.CertPool, error)         { return f.roots, nil }
+func (f fakeProvider) Bundle(string) (*x509.CertPool, error)  { return f.roots, nil }
 func (f fakeProvider) Changed() <-chan struct{}               { return nil }
 
 type handshakeResult struct {

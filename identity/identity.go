@@ -9,8 +9,11 @@
 //   - CA (ca.go): a small built-in certificate authority that mints
 //     ECDSA P-256 workload certificates for one trust domain.
 //   - Providers: StaticProvider (in memory, rotated with Set), CAProvider
-//     (issues and renews its own certificate from an in-process CA) and
-//     FileProvider (PEM files on disk, reloaded when they change).
+//     (issues and renews its own certificate from an in-process CA),
+//     FileProvider (PEM files on disk, reloaded when they change) and
+//     identity/spiffe's Workload API provider (SVIDs from a SPIRE agent).
+//     Each holds one trust bundle per trust domain: the local one and any
+//     federated ones (Provider.Bundle).
 //   - ServerConfig, ClientConfig (tlsconfig.go): TLS 1.3-only configs that
 //     authenticate peers by SPIFFE ID rather than host name, fail closed,
 //     and report refusals as *VerifyError with a bounded Reason.
@@ -22,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -120,18 +124,52 @@ func IDFromCert(cert *x509.Certificate) (ID, error) {
 	return id, nil
 }
 
+// ErrNoBundle is wrapped by Provider.Bundle's error when the provider
+// holds no trust bundle for the trust domain asked about. A peer of such a
+// trust domain is untrusted (ReasonUntrusted).
+var ErrNoBundle = errors.New("identity: no trust bundle for trust domain")
+
 // Provider supplies the local workload's identity. Implementations must be
-// safe for concurrent use; Certificate and Roots are called on every TLS
+// safe for concurrent use; Certificate and Bundle are called on every TLS
 // handshake so rotation takes effect without a restart.
 type Provider interface {
 	// Certificate returns the current workload certificate chain and key.
 	Certificate() (*tls.Certificate, error)
-	// Roots returns the current trust bundle.
-	Roots() (*x509.CertPool, error)
+	// Bundle returns the current trust bundle of trust domain td: the
+	// X.509 authorities allowed to issue identities of td, and only of td.
+	// For the local trust domain (that of the current certificate) it is
+	// the local bundle, and a missing one is an error wrapping
+	// ErrNoIdentity; for any other trust domain it is a federated bundle,
+	// and a trust domain without one is an error wrapping ErrNoBundle.
+	Bundle(td string) (*x509.CertPool, error)
 	// Changed returns a channel that is closed the next time the
-	// certificate or the roots change. Each change closes the channel
+	// certificate or any bundle changes. Each change closes the channel
 	// handed out before it, so any number of watchers can wait on it.
 	Changed() <-chan struct{}
+}
+
+// Bundles maps trust domain names to their trust bundles: the federated
+// bundles a provider holds besides its local one.
+type Bundles map[string]*x509.CertPool
+
+// LocalBundle returns p's bundle for its own trust domain, that of its
+// current certificate.
+func LocalBundle(p Provider) (*x509.CertPool, error) {
+	id, err := LocalID(p)
+	if err != nil {
+		return nil, err
+	}
+	return p.Bundle(id.TrustDomain)
+}
+
+// CheckTrustDomain reports whether td is a valid trust domain name, as in
+// the host part of a SPIFFE ID.
+func CheckTrustDomain(td string) error {
+	id, err := ParseID("spiffe://" + td)
+	if err != nil || id.Path != "" {
+		return fmt.Errorf("identity: %q is not a trust domain name (lower-case letters, digits, '-', '.', '_')", td)
+	}
+	return nil
 }
 
 // LocalID returns the SPIFFE ID of the provider's current certificate.
@@ -193,10 +231,17 @@ func AuthorizeID(want ID) Authorizer {
 }
 
 // AuthorizeTrustDomain accepts any identity in one trust domain.
-func AuthorizeTrustDomain(td string) Authorizer {
+func AuthorizeTrustDomain(td string) Authorizer { return AuthorizeTrustDomains(td) }
+
+// AuthorizeTrustDomains accepts any identity in one of the listed trust
+// domains, e.g. the local one and federated ones whose workloads may call
+// us. Peers of every trust domain are verified against that trust
+// domain's own bundle before an Authorizer is asked.
+func AuthorizeTrustDomains(tds ...string) Authorizer {
+	tds = slices.Clone(tds)
 	return func(peer ID) error {
-		if peer.TrustDomain != td {
-			return &VerifyError{Reason: ReasonWrongID, Err: fmt.Errorf("peer %s is not in trust domain %q", peer, td)}
+		if !slices.Contains(tds, peer.TrustDomain) {
+			return &VerifyError{Reason: ReasonWrongID, Err: fmt.Errorf("peer %s is not in an accepted trust domain %q", peer, tds)}
 		}
 		return nil
 	}

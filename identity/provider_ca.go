@@ -16,6 +16,9 @@ type CAProviderOptions struct {
 	Lifetime time.Duration
 	// Logger receives renewal failures; nil discards them.
 	Logger *slog.Logger
+	// Federated are the bundles of other trust domains whose peers may be
+	// verified (e.g. another CA's Pool()); nil federates none.
+	Federated Bundles
 }
 
 // minRenewWait bounds how often a CAProvider re-issues, whatever the
@@ -42,7 +45,7 @@ type CAProvider struct {
 var _ Provider = (*CAProvider)(nil)
 
 // NewCAProvider issues a certificate for id from ca and starts renewing
-// it in the background. The trust bundle is ca's root.
+// it in the background. The local trust bundle is ca's root.
 func NewCAProvider(ca *CA, id ID, opts CAProviderOptions) (*CAProvider, error) {
 	if ca == nil {
 		return nil, errors.New("identity: NewCAProvider: nil CA")
@@ -70,6 +73,9 @@ func NewCAProvider(ca *CA, id ID, opts CAProviderOptions) (*CAProvider, error) {
 		roots:    roots,
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
+	}
+	if opts.Federated != nil {
+		p.sp.SetFederated(opts.Federated)
 	}
 	go p.run(cert.Leaf)
 	return p, nil
@@ -126,8 +132,9 @@ func (p *CAProvider) Renew() error {
 // Certificate returns the current certificate.
 func (p *CAProvider) Certificate() (*tls.Certificate, error) { return p.sp.Certificate() }
 
-// Roots returns the CA's root as the trust bundle.
-func (p *CAProvider) Roots() (*x509.CertPool, error) { return p.sp.Roots() }
+// Bundle returns the CA's root for the CA's trust domain and the
+// configured federated bundles for others.
+func (p *CAProvider) Bundle(td string) (*x509.CertPool, error) { return p.sp.Bundle(td) }
 
 // Changed returns a channel closed at the next renewal.
 func (p *CAProvider) Changed() <-chan struct{} { return p.sp.Changed() }

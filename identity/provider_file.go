@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/quicmesh/quicmesh/internal/filewatch"
@@ -23,10 +25,17 @@ type FileOptions struct {
 	PollInterval time.Duration
 	// Logger receives reload successes and failures; nil discards them.
 	Logger *slog.Logger
+	// FederatedBundles maps other trust domains to PEM bundle files,
+	// watched and reloaded like the others. A peer of such a trust domain
+	// is verified against its file only; one of a trust domain not listed
+	// here (and not the local one) is untrusted.
+	FederatedBundles map[string]string
 }
 
 // FileProvider is a Provider backed by three PEM files: the workload
-// certificate chain (leaf first), its private key, and the trust bundle.
+// certificate chain (leaf first), its private key, and the trust bundle of
+// the certificate's own trust domain; plus one bundle file per federated
+// trust domain (FileOptions.FederatedBundles).
 // It reloads them when they change and, if a reload fails (say a
 // half-written file, or a key that does not yet match the new
 // certificate), keeps serving the last good material and retries.
@@ -36,6 +45,7 @@ type FileOptions struct {
 // change is loaded and closes Changed, so touching a file is harmless.
 type FileProvider struct {
 	certPath, keyPath, bundlePath string
+	fedTDs, fedPaths              []string // parallel, sorted by trust domain
 	logger                        *slog.Logger
 	sp                            *StaticProvider
 	files                         *filewatch.Watcher
@@ -47,7 +57,8 @@ var _ Provider = (*FileProvider)(nil)
 // bundle, all required, and starts polling them for changes. It fails
 // with an error naming the file if one is missing, unreadable or invalid,
 // if the key does not match the certificate, or if the certificate does
-// not carry exactly one SPIFFE ID.
+// not carry exactly one SPIFFE ID; also if a federated trust domain is not
+// a valid name or is the certificate's own.
 func NewFileProvider(certPath, keyPath, bundlePath string, opts FileOptions) (*FileProvider, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -61,8 +72,15 @@ func NewFileProvider(certPath, keyPath, bundlePath string, opts FileOptions) (*F
 		bundlePath: bundlePath,
 		logger:     opts.Logger.With("cert", certPath, "key", keyPath, "bundle", bundlePath),
 	}
+	for _, td := range slices.Sorted(maps.Keys(opts.FederatedBundles)) {
+		if err := CheckTrustDomain(td); err != nil {
+			return nil, fmt.Errorf("identity: federated bundle %s: %w", opts.FederatedBundles[td], err)
+		}
+		p.fedTDs = append(p.fedTDs, td)
+		p.fedPaths = append(p.fedPaths, opts.FederatedBundles[td])
+	}
 	files, err := filewatch.New(filewatch.Options{
-		Paths:    []string{certPath, keyPath, bundlePath},
+		Paths:    append([]string{certPath, keyPath, bundlePath}, p.fedPaths...),
 		Interval: opts.PollInterval,
 		Load:     p.install,
 		Failed: func(err error) {
@@ -82,7 +100,12 @@ func (p *FileProvider) describe(err error) error {
 	if !ok {
 		return err
 	}
-	role := [...]string{"certificate", "private key", "trust bundle"}[re.Index]
+	var role string
+	if re.Index < 3 {
+		role = [...]string{"certificate", "private key", "trust bundle"}[re.Index]
+	} else {
+		role = fmt.Sprintf("federated bundle of %q", p.fedTDs[re.Index-3])
+	}
 	return fmt.Errorf("identity: reading %s %s: %w", role, re.Path, re.Err)
 }
 
@@ -96,12 +119,17 @@ func (p *FileProvider) install(files [][]byte) error {
 	if err != nil {
 		return err
 	}
+	fed, err := p.parseFederated(cert.Leaf, files[3:])
+	if err != nil {
+		return err
+	}
 	p.warnIfExpired(cert.Leaf)
 	if p.sp == nil { // the first load, from NewFileProvider
 		p.sp = NewStaticProvider(cert, roots)
+		p.sp.SetFederated(fed)
 		return nil
 	}
-	p.sp.Set(cert, roots)
+	p.sp.setAll(cert, roots, fed)
 	id, _ := idOfCert(cert.Leaf)
 	p.logger.Info("identity: reloaded identity files", "id", id.String(), "not_after", cert.Leaf.NotAfter)
 	return nil
@@ -132,13 +160,9 @@ func (p *FileProvider) parse(certPEM, keyPEM, bundlePEM []byte) (*tls.Certificat
 	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
 		return nil, nil, fmt.Errorf("identity: private key %s does not match certificate %s", p.keyPath, p.certPath)
 	}
-	bundle, err := parseCertsPEM(bundlePEM)
+	roots, err := parsePoolPEM(bundlePEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("identity: parsing trust bundle %s: %w", p.bundlePath, err)
-	}
-	roots := x509.NewCertPool()
-	for _, c := range bundle {
-		roots.AddCert(c)
 	}
 	cert := &tls.Certificate{PrivateKey: key, Leaf: leaf}
 	for _, c := range chain {
@@ -147,11 +171,42 @@ func (p *FileProvider) parse(certPEM, keyPEM, bundlePEM []byte) (*tls.Certificat
 	return cert, roots, nil
 }
 
+// parseFederated parses the federated bundle files, in fedTDs order.
+func (p *FileProvider) parseFederated(leaf *x509.Certificate, files [][]byte) (Bundles, error) {
+	local, _ := idOfCert(leaf) // checked by parse
+	fed := Bundles{}
+	for i, td := range p.fedTDs {
+		if td == local.TrustDomain {
+			return nil, fmt.Errorf("identity: federated bundle %s is for %q, the local trust domain of certificate %s: use the trust bundle for it", p.fedPaths[i], td, p.certPath)
+		}
+		pool, err := parsePoolPEM(files[i])
+		if err != nil {
+			return nil, fmt.Errorf("identity: parsing federated bundle of %q %s: %w", td, p.fedPaths[i], err)
+		}
+		fed[td] = pool
+	}
+	return fed, nil
+}
+
+// parsePoolPEM parses a PEM bundle of one or more CA certificates.
+func parsePoolPEM(b []byte) (*x509.CertPool, error) {
+	certs, err := parseCertsPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, nil
+}
+
 // Certificate returns the last successfully loaded certificate.
 func (p *FileProvider) Certificate() (*tls.Certificate, error) { return p.sp.Certificate() }
 
-// Roots returns the last successfully loaded trust bundle.
-func (p *FileProvider) Roots() (*x509.CertPool, error) { return p.sp.Roots() }
+// Bundle returns the last successfully loaded bundle of trust domain td:
+// the trust bundle for the certificate's own, a federated one for others.
+func (p *FileProvider) Bundle(td string) (*x509.CertPool, error) { return p.sp.Bundle(td) }
 
 // Changed returns a channel closed by the next successful reload that
 // changed the material.

@@ -115,7 +115,7 @@ func TestFileProviderFormats(t *testing.T) {
 	if len(got.Certificate) != 2 {
 		t.Fatalf("chain length %d, want 2", len(got.Certificate))
 	}
-	roots, _ := p.Roots()
+	roots, _ := p.Bundle("example.org")
 	if !roots.Equal(pools(ca, other)) {
 		t.Fatal("bundle with two roots not loaded as both")
 	}
@@ -429,4 +429,74 @@ func TestFileProviderNoPolling(t *testing.T) {
 	}
 	p.Close()
 	checkNoGoroutineLeak(t, baseline)
+}
+
+// TestFileProviderFederatedBundles: each federated bundle file verifies
+// peers of its own trust domain only, reloads like the other files, and
+// the configuration mistakes are refused naming the file.
+func TestFileProviderFederatedBundles(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	other := newTestCA(t, "other.org")
+	third := newTestCA(t, "third.org")
+	dir := t.TempDir()
+	f := filesIn(dir)
+	writeIdentity(t, f, ca, serverID)
+	otherBundle := filepath.Join(dir, "other.pem")
+	writeFile(t, otherBundle, other.BundlePEM())
+
+	errTests := []struct {
+		name string
+		fed  map[string]string
+		want string
+	}{
+		{"local trust domain", map[string]string{"example.org": otherBundle}, `is for "example.org", the local trust domain`},
+		{"invalid trust domain", map[string]string{"Other.Org": otherBundle}, "not a trust domain name"},
+		{"trust domain with a path", map[string]string{"other.org/x": otherBundle}, "not a trust domain name"},
+		{"missing file", map[string]string{"other.org": filepath.Join(dir, "nope.pem")}, `federated bundle of "other.org"`},
+		{"not PEM", map[string]string{"other.org": f.key}, `parsing federated bundle of "other.org"`},
+	}
+	for _, tt := range errTests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewFileProvider(f.cert, f.key, f.bundle, FileOptions{PollInterval: -1, FederatedBundles: tt.fed})
+			if err == nil {
+				p.Close()
+				t.Fatal("NewFileProvider succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+
+	p, err := NewFileProvider(f.cert, f.key, f.bundle, FileOptions{PollInterval: -1, FederatedBundles: map[string]string{"other.org": otherBundle}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Bundle("third.org"); !errors.Is(err, ErrNoBundle) {
+		t.Fatalf("Bundle(third.org) = %v, want ErrNoBundle", err)
+	}
+	otherClientID := MustParseID("spiffe://other.org/client")
+	otherClient := federated(issue(t, other, otherClientID), other, Bundles{"example.org": ca.Pool()})
+	authz := AuthorizeTrustDomains("example.org", "other.org")
+	res := handshake(t, ServerConfig(p, authz, nil), ClientConfig(otherClient, serverID, nil))
+	if res.serverErr != nil || res.clientErr != nil {
+		t.Fatalf("federated peer: %v / %v", res.serverErr, res.clientErr)
+	}
+	if got, _ := PeerID(res.serverState); got != otherClientID {
+		t.Fatalf("PeerID = %v, want %v", got, otherClientID)
+	}
+
+	// The federated file now names another CA: other.org's old CA is no
+	// longer trusted, and the reload is a change.
+	changed := p.Changed()
+	writeFile(t, otherBundle, third.BundlePEM())
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, changed, "Changed after a federated bundle changed")
+	res = handshake(t, ServerConfig(p, authz, nil), ClientConfig(otherClient, serverID, nil))
+	if ReasonOf(res.serverErr) != ReasonUntrusted {
+		t.Fatalf("after the federated bundle changed: server error %v, want %s", res.serverErr, ReasonUntrusted)
+	}
 }

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"runtime"
 	"sync"
@@ -24,8 +25,9 @@ func TestStaticProvider(t *testing.T) {
 	}{
 		{name: "complete", cert: cert, wantID: serverID, wantLeafSet: true},
 		{name: "leaf filled in", cert: &tls.Certificate{Certificate: cert.Certificate, PrivateKey: cert.PrivateKey}, wantID: serverID, wantLeafSet: true},
-		{name: "nil cert", cert: nil, certErr: true},
-		{name: "empty cert", cert: &tls.Certificate{}, certErr: true},
+		// Without a certificate the local trust domain is unknown.
+		{name: "nil cert", cert: nil, certErr: true, rootsErr: true},
+		{name: "empty cert", cert: &tls.Certificate{}, certErr: true, rootsErr: true},
 		{name: "cert without key", cert: &tls.Certificate{Certificate: cert.Certificate}, certErr: true},
 		{name: "nil roots", cert: cert, rootsNil: true, rootsErr: true, wantID: serverID, wantLeafSet: true},
 	}
@@ -52,8 +54,8 @@ func TestStaticProvider(t *testing.T) {
 			if !tt.certErr && p.ID() != tt.wantID {
 				t.Fatalf("ID() = %v, want %v", p.ID(), tt.wantID)
 			}
-			if _, err := p.Roots(); tt.rootsErr != errors.Is(err, ErrNoIdentity) {
-				t.Fatalf("Roots() error = %v, want ErrNoIdentity: %v", err, tt.rootsErr)
+			if _, err := p.Bundle("example.org"); tt.rootsErr != errors.Is(err, ErrNoIdentity) {
+				t.Fatalf("Bundle(local) error = %v, want ErrNoIdentity: %v", err, tt.rootsErr)
 			}
 		})
 	}
@@ -123,7 +125,7 @@ func TestStaticProviderConcurrent(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				p.Roots()
+				p.Bundle("example.org")
 				p.Changed()
 				p.ID()
 			}
@@ -256,5 +258,37 @@ func TestCAProviderCappedByCA(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // half of the remaining lifetime
 	if isClosed(ch) {
 		t.Fatal("re-issued although the CA caps the lifetime")
+	}
+}
+
+func TestCAProviderFederated(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	other := newTestCA(t, "other.org")
+	p, err := NewCAProvider(ca, serverID, CAProviderOptions{Federated: Bundles{"other.org": other.Pool()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	tests := []struct {
+		td      string
+		want    *x509.CertPool
+		wantErr error
+	}{
+		{"example.org", ca.Pool(), nil},
+		{"other.org", other.Pool(), nil},
+		{"third.org", nil, ErrNoBundle},
+	}
+	for _, tt := range tests {
+		got, err := p.Bundle(tt.td)
+		if !errors.Is(err, tt.wantErr) || (tt.want != nil && !got.Equal(tt.want)) {
+			t.Errorf("Bundle(%q) = %v, %v; want the %s bundle, error %v", tt.td, got, err, tt.td, tt.wantErr)
+		}
+	}
+	// Renewal keeps the federated bundles.
+	if err := p.Renew(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.Bundle("other.org"); err != nil || !got.Equal(other.Pool()) {
+		t.Fatalf("after Renew: Bundle(other.org) = %v, %v", got, err)
 	}
 }

@@ -16,9 +16,11 @@ import (
 //     rotation needs no restart. If p has no identity the handshake fails
 //     (fail closed) with a *VerifyError of ReasonNoIdentity.
 //   - A client certificate is required and verified in VerifyConnection,
-//     which also runs for resumed sessions: the chain must verify against
-//     p.Roots() at the current time for client authentication, the leaf
-//     must carry exactly one SPIFFE ID, and authz must accept that ID.
+//     which also runs for resumed sessions: the leaf must carry exactly one
+//     SPIFFE ID, the chain must verify at the current time for client
+//     authentication against p.Bundle of that ID's trust domain (a CA of
+//     one trust domain never vouches for another's identities), and authz
+//     must accept the ID.
 //     crypto/tls is asked only to request one (tls.RequestClientCert; it
 //     still checks the CertificateVerify signature of any certificate
 //     sent), so that a client sending none reaches VerifyConnection too and
@@ -44,7 +46,7 @@ import (
 //	}
 func ServerConfig(p Provider, authz Authorizer, nextProtos []string) *tls.Config {
 	if authz == nil {
-		authz = localTrustDomain(p)
+		authz = AuthorizeLocalTrustDomain(p)
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -67,8 +69,9 @@ func ServerConfig(p Provider, authz Authorizer, nextProtos []string) *tls.Config
 //
 // The server is authenticated by SPIFFE ID, not host name: the standard
 // host name verification is disabled (InsecureSkipVerify) and replaced by
-// VerifyConnection, which verifies the chain against p.Roots() at the
-// current time for server authentication and requires the peer's ID to
+// VerifyConnection, which verifies the chain against p.Bundle of the peer's
+// trust domain at the current time for server authentication (a server of
+// a federated trust domain needs its bundle) and requires the peer's ID to
 // equal expect (ReasonWrongID otherwise), with the same leaf and trust
 // domain checks as ServerConfig. A zero expect refuses every server.
 // ServerName (sent as SNI only) is expect's trust domain. No session cache
@@ -193,20 +196,25 @@ func localCertificate(p Provider) (*tls.Certificate, error) {
 	return cert, nil
 }
 
-// localTrustDomain is the Authorizer used when ServerConfig gets nil: any
-// peer in the trust domain of our current certificate.
-func localTrustDomain(p Provider) Authorizer {
+// AuthorizeLocalTrustDomain accepts any peer in the trust domain of p's
+// current certificate, looked up at each handshake (a Workload API
+// provider learns it only with its first SVID), and any peer in the
+// trust domains also lists. It is what ServerConfig uses for a nil
+// Authorizer, with no others.
+func AuthorizeLocalTrustDomain(p Provider, also ...string) Authorizer {
+	also = slices.Clone(also)
 	return func(peer ID) error {
 		local, err := LocalID(p)
 		if err != nil {
 			return &VerifyError{Reason: ReasonNoIdentity, Err: err}
 		}
-		return AuthorizeTrustDomain(local.TrustDomain)(peer)
+		return AuthorizeTrustDomains(append([]string{local.TrustDomain}, also...)...)(peer)
 	}
 }
 
-// verifyPeer verifies a peer's chain against p's roots and returns its
-// SPIFFE ID after authz accepted it. Every error is a *VerifyError.
+// verifyPeer verifies a peer's chain against the bundle of the trust
+// domain its leaf claims, and only that bundle, and returns its SPIFFE ID
+// after authz accepted it. Every error is a *VerifyError.
 func verifyPeer(p Provider, certs []*x509.Certificate, usage x509.ExtKeyUsage, authz Authorizer) (ID, error) {
 	if len(certs) == 0 {
 		return ID{}, &VerifyError{Reason: ReasonNoCertificate, Err: errors.New("peer presented no certificate")}
@@ -214,15 +222,24 @@ func verifyPeer(p Provider, certs []*x509.Certificate, usage x509.ExtKeyUsage, a
 	if p == nil {
 		return ID{}, &VerifyError{Reason: ReasonNoIdentity, Err: fmt.Errorf("identity: nil provider: %w", ErrNoIdentity)}
 	}
-	roots, err := p.Roots()
+	leaf := certs[0]
+	// The claimed ID only selects the bundle; nothing is trusted before
+	// the chain verifies against it.
+	id, err := idOfCert(leaf)
+	if err != nil {
+		return ID{}, &VerifyError{Reason: ReasonBadID, Err: err}
+	}
+	roots, err := p.Bundle(id.TrustDomain)
 	if err == nil && roots == nil {
 		// A nil pool would make x509 fall back to the system roots.
-		err = fmt.Errorf("identity: provider returned a nil trust bundle: %w", ErrNoIdentity)
+		err = fmt.Errorf("identity: provider returned a nil trust bundle for %q: %w", id.TrustDomain, ErrNoIdentity)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrNoIdentity):
 		return ID{}, &VerifyError{Reason: ReasonNoIdentity, Err: err}
+	case err != nil:
+		return ID{}, &VerifyError{Reason: ReasonUntrusted, Err: fmt.Errorf("peer %s: %w", id, err)}
 	}
-	leaf := certs[0]
 	opts := x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: x509.NewCertPool(),
@@ -238,10 +255,6 @@ func verifyPeer(p Provider, certs []*x509.Certificate, usage x509.ExtKeyUsage, a
 	}
 	if leaf.IsCA {
 		return ID{}, &VerifyError{Reason: ReasonBadID, Err: errors.New("peer's leaf is a CA certificate, not a workload certificate")}
-	}
-	id, err := idOfCert(leaf)
-	if err != nil {
-		return ID{}, &VerifyError{Reason: ReasonBadID, Err: err}
 	}
 	if !chainsMatchTrustDomain(chains, id.TrustDomain) {
 		return ID{}, &VerifyError{Reason: ReasonUntrusted, Err: fmt.Errorf("peer %s is signed by a CA of another trust domain", id)}
@@ -284,7 +297,8 @@ func classifyChainError(leaf *x509.Certificate, opts x509.VerifyOptions, err err
 // peer's trust domain: every CA certificate in it that names a SPIFFE
 // trust domain (as our CA's root does) must name td. CAs without a SPIFFE
 // URI SAN constrain nothing. This stops a CA of one trust domain that sits
-// in a shared bundle from minting identities of another.
+// in a bundle (say a federated bundle file that wrongly holds another
+// trust domain's CA too) from minting identities of another.
 func chainsMatchTrustDomain(chains [][]*x509.Certificate, td string) bool {
 	for _, chain := range chains {
 		ok := true

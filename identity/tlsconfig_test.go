@@ -33,6 +33,8 @@ func TestHandshake(t *testing.T) {
 		return c
 	}
 	plainErr := errors.New("policy says no")
+	otherServerID := MustParseID("spiffe://other.org/server")
+	otherClient := federated(issue(t, caOther, MustParseID("spiffe://other.org/client")), caOther, Bundles{"example.org": caA.Pool()})
 
 	tests := []struct {
 		name    string
@@ -49,18 +51,51 @@ func TestHandshake(t *testing.T) {
 		{name: "ok, nil authz", server: serverP, client: clientP, expect: serverID, wantOK: true},
 		{name: "ok, AuthorizeID", server: serverP, authz: AuthorizeID(clientID), client: clientP, expect: serverID, wantOK: true},
 		{name: "ok, AuthorizeTrustDomain", server: serverP, authz: AuthorizeTrustDomain("example.org"), client: clientP, expect: serverID, wantOK: true},
-		{name: "ok, cross-domain peer allowed by authz",
-			server: NewStaticProvider(issue(t, caA, serverID), pools(caA, caOther)), authz: AuthorizeTrustDomain("other.org"),
-			client: NewStaticProvider(issue(t, caOther, MustParseID("spiffe://other.org/client")), caA.Pool()), expect: serverID, wantOK: true},
+		{name: "ok, federated peer allowed by authz",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"other.org": caOther.Pool()}), authz: AuthorizeTrustDomains("example.org", "other.org"),
+			client: otherClient, expect: serverID, wantOK: true},
+		{name: "ok, server of a federated trust domain",
+			server: federated(issue(t, caOther, otherServerID), caOther, Bundles{"example.org": caA.Pool()}), authz: AuthorizeTrustDomains("other.org", "example.org"),
+			client: federated(issue(t, caA, clientID), caA, Bundles{"other.org": caOther.Pool()}), expect: otherServerID, wantOK: true},
 
 		{name: "authz refuses ID", server: serverP, authz: AuthorizeID(MustParseID("spiffe://example.org/someone-else")),
 			client: clientP, expect: serverID, side: "server", reason: ReasonWrongID},
 		{name: "authz plain error", server: serverP, authz: func(ID) error { return plainErr },
 			client: clientP, expect: serverID, side: "server", reason: ReasonWrongID, wantErr: plainErr},
-		{name: "nil authz refuses other trust domain",
-			server: NewStaticProvider(issue(t, caA, serverID), pools(caA, caOther)),
-			client: NewStaticProvider(issue(t, caOther, MustParseID("spiffe://other.org/client")), caA.Pool()),
-			expect: serverID, side: "server", reason: ReasonWrongID},
+		{name: "nil authz refuses a federated trust domain",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"other.org": caOther.Pool()}),
+			client: otherClient, expect: serverID, side: "server", reason: ReasonWrongID},
+		{name: "authz refuses a federated trust domain it does not list",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"other.org": caOther.Pool()}), authz: AuthorizeTrustDomains("example.org", "third.org"),
+			client: otherClient, expect: serverID, side: "server", reason: ReasonWrongID},
+		{name: "peer of a trust domain without a bundle is untrusted, whatever authz says",
+			server: serverP, authz: AuthorizeTrustDomains("example.org", "other.org"),
+			client: otherClient, expect: serverID, side: "server", reason: ReasonUntrusted},
+		{name: "local CA in a shared bundle does not vouch for another trust domain",
+			server: NewStaticProvider(issue(t, caA, serverID), pools(caA, caOther)), authz: AuthorizeTrustDomains("example.org", "other.org"),
+			client: otherClient, expect: serverID, side: "server", reason: ReasonUntrusted},
+		{name: "federated CA cannot mint local identities",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"other.org": caOther.Pool()}), authz: AuthorizeTrustDomains("example.org", "other.org"),
+			client: fakeProvider{cert: mint(t, caOther, func(c *x509.Certificate) { c.URIs = []*url.URL{clientID.URL()} }), roots: caA.Pool()},
+			expect: serverID, side: "server", reason: ReasonUntrusted},
+		{name: "local CA cannot mint identities of a federated trust domain",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"other.org": caOther.Pool()}), authz: AuthorizeTrustDomains("example.org", "other.org"),
+			client: fakeProvider{cert: mint(t, caA, func(c *x509.Certificate) {
+				c.URIs = []*url.URL{{Scheme: "spiffe", Host: "other.org", Path: "/evil"}}
+			}), roots: caA.Pool()},
+			expect: serverID, side: "server", reason: ReasonUntrusted},
+		{name: "federated bundle that wrongly holds the local CA cannot mint for its trust domain",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"other.org": pools(caOther, caA)}), authz: AuthorizeTrustDomains("example.org", "other.org"),
+			client: fakeProvider{cert: mint(t, caA, func(c *x509.Certificate) {
+				c.URIs = []*url.URL{{Scheme: "spiffe", Host: "other.org", Path: "/evil"}}
+			}), roots: caA.Pool()},
+			expect: serverID, side: "server", reason: ReasonUntrusted},
+		{name: "a federated entry for the local trust domain does not replace the local bundle",
+			server: federated(issue(t, caA, serverID), caA, Bundles{"example.org": caB.Pool()}),
+			client: NewStaticProvider(issue(t, caB, clientID), caA.Pool()), expect: serverID, side: "server", reason: ReasonUntrusted},
+		{name: "server of a trust domain the client has no bundle for",
+			server: federated(issue(t, caOther, otherServerID), caOther, Bundles{"example.org": caA.Pool()}),
+			client: clientP, expect: otherServerID, side: "client", reason: ReasonUntrusted},
 		{name: "client cert from another CA", server: serverP,
 			client: NewStaticProvider(issue(t, caB, clientID), caA.Pool()), expect: serverID, side: "server", reason: ReasonUntrusted},
 		{name: "expired client cert", server: serverP,
@@ -71,17 +106,17 @@ func TestHandshake(t *testing.T) {
 		{name: "expired client cert from another CA is untrusted", server: serverP,
 			client: NewStaticProvider(expired(caB, clientID), caA.Pool()), expect: serverID, side: "server", reason: ReasonUntrusted},
 		{name: "client cert without SPIFFE ID", server: serverP,
-			client: NewStaticProvider(mint(t, caA, func(c *x509.Certificate) { c.URIs = nil }), caA.Pool()),
+			client: fakeProvider{cert: mint(t, caA, func(c *x509.Certificate) { c.URIs = nil }), roots: caA.Pool()},
 			expect: serverID, side: "server", reason: ReasonBadID},
 		{name: "client cert with two URI SANs", server: serverP,
-			client: NewStaticProvider(mint(t, caA, func(c *x509.Certificate) {
+			client: fakeProvider{cert: mint(t, caA, func(c *x509.Certificate) {
 				c.URIs = append(c.URIs, &url.URL{Scheme: "spiffe", Host: "example.org", Path: "/two"})
-			}), caA.Pool()),
+			}), roots: caA.Pool()},
 			expect: serverID, side: "server", reason: ReasonBadID},
 		{name: "client cert with a non-canonical ID", server: serverP,
-			client: NewStaticProvider(mint(t, caA, func(c *x509.Certificate) {
+			client: fakeProvider{cert: mint(t, caA, func(c *x509.Certificate) {
 				c.URIs = []*url.URL{{Scheme: "spiffe", Host: "example.org", Path: "/a/../b"}}
-			}), caA.Pool()),
+			}), roots: caA.Pool()},
 			expect: serverID, side: "server", reason: ReasonBadID},
 		{name: "client cert for server auth only", server: serverP,
 			client: NewStaticProvider(mint(t, caA, func(c *x509.Certificate) {
@@ -93,9 +128,9 @@ func TestHandshake(t *testing.T) {
 			expect: serverID, side: "server", reason: ReasonBadID},
 		{name: "CA mints an ID of another trust domain", server: NewStaticProvider(issue(t, caA, serverID), caA.Pool()),
 			authz: AuthorizeTrustDomain("other.org"),
-			client: NewStaticProvider(mint(t, caA, func(c *x509.Certificate) {
+			client: fakeProvider{cert: mint(t, caA, func(c *x509.Certificate) {
 				c.URIs = []*url.URL{{Scheme: "spiffe", Host: "other.org", Path: "/evil"}}
-			}), caA.Pool()),
+			}), roots: caA.Pool()},
 			expect: serverID, side: "server", reason: ReasonUntrusted},
 		{name: "client sends no certificate", server: serverP, client: clientP, expect: serverID,
 			ccfg: func(c *tls.Config) {
@@ -419,4 +454,12 @@ func TestPresentedID(t *testing.T) {
 			}
 		})
 	}
+}
+
+// federated is a StaticProvider with cert, ca's root as the local bundle
+// and the federated bundles fed.
+func federated(cert *tls.Certificate, ca *CA, fed Bundles) *StaticProvider {
+	p := NewStaticProvider(cert, ca.Pool())
+	p.SetFederated(fed)
+	return p
 }

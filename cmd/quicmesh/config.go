@@ -18,10 +18,15 @@ import (
 // in docs/operations.md; flags override the file.
 type fileConfig struct {
 	Identity struct {
-		Cert        string `json:"cert"`
-		Key         string `json:"key"`
-		Bundle      string `json:"bundle"`
-		TrustDomain string `json:"trust_domain"` // peers we accept; default: our own
+		Cert             string            `json:"cert"`
+		Key              string            `json:"key"`
+		Bundle           string            `json:"bundle"`
+		FederatedBundles map[string]string `json:"federated_bundles"` // trust domain -> PEM file
+		SpiffeSocket     string            `json:"spiffe_socket"`     // Workload API instead of files
+		TrustDomain      string            `json:"trust_domain"`      // peers we accept; default: our own
+		// AcceptTrustDomains are federated trust domains whose peers we
+		// accept besides TrustDomain's.
+		AcceptTrustDomains []string `json:"accept_trust_domains"`
 	} `json:"identity"`
 	Inbound struct {
 		Listen string            `json:"listen"`
@@ -199,6 +204,18 @@ func (f *mapFlag) Set(v string) error {
 	}
 	f.m[k] = val
 	f.order = append(f.order, k)
+	return nil
+}
+
+// listFlag is a repeatable flag collecting its values in order.
+type listFlag []string
+
+func (f *listFlag) String() string { return strings.Join(*f, ",") }
+func (f *listFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("empty value")
+	}
+	*f = append(*f, v)
 	return nil
 }
 

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
 	"time"
 
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/spiffe"
 	"github.com/quicmesh/quicmesh/proxy/detect"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
@@ -27,11 +30,18 @@ type proxyOptions struct {
 	logLevel slog.Level
 	logJSON  bool
 
+	// The identity comes either from files (cert, key, bundle and the
+	// federated bundles) or from the SPIFFE Workload API (spiffeSocket
+	// set); never both.
 	cert, key, bundle string
+	federatedBundles  map[string]string // trust domain -> PEM file
+	spiffeSocket      string
 	// trustDomain is the trust domain whose peers are accepted; empty
-	// means the workload certificate's own.
-	trustDomain   string
-	discoveryFile string // empty: no discovery file
+	// means the workload certificate's own. acceptTrustDomains are
+	// accepted too (federated trust domains).
+	trustDomain        string
+	acceptTrustDomains []string
+	discoveryFile      string // empty: no discovery file
 	// dns is DNS discovery, validated, defaults filled in except the
 	// nameservers; a zero Zone means it is not used.
 	dns dnsdisc.Options
@@ -56,7 +66,7 @@ type proxyOptions struct {
 // settingNames records how the operator spelled each setting (a flag or a
 // config key), so an error found after merging names it the same way.
 type settingNames struct {
-	identity  string // the certificate, key and bundle together
+	identity  string // the certificate, key and bundle together, or the Workload API socket
 	cert      string
 	discovery string
 	binds     []string // parallel to proxyOptions.binds
@@ -195,10 +205,45 @@ func (m merger) log() (level slog.Level, json bool, err error) {
 	}
 }
 
+// identity picks the identity source. The command line wins over the
+// config file, which wins over the SPIFFE_ENDPOINT_SOCKET environment
+// variable: the first of them that names a source (--spiffe-socket, or
+// any of --cert, --key, --bundle, --federated-bundle; then the same keys
+// in the file's "identity") decides, and naming both sources in one of
+// them is an error. The environment is used only when neither names one.
+// The files' settings themselves still merge setting by setting.
 func (m merger) identity(o *proxyOptions) error {
 	id := &m.fc.Identity
+	flagFiles := m.set["cert"] || m.set["key"] || m.set["bundle"] || m.set["federated-bundle"]
+	fileFiles := id.Cert != "" || id.Key != "" || id.Bundle != "" || len(id.FederatedBundles) > 0
+	switch {
+	case m.set["spiffe-socket"] && flagFiles:
+		return errors.New("--spiffe-socket and --cert/--key/--bundle/--federated-bundle name two identity sources: use one")
+	case m.set["spiffe-socket"]:
+		o.spiffeSocket, o.names.identity = m.f.spiffeSocket, "--spiffe-socket"
+	case flagFiles:
+	case id.SpiffeSocket != "" && fileFiles:
+		return errors.New(`config "identity.spiffe_socket" and "identity.cert"/"key"/"bundle"/"federated_bundles" name two identity sources: use one`)
+	case id.SpiffeSocket != "":
+		o.spiffeSocket, o.names.identity = id.SpiffeSocket, `config "identity.spiffe_socket"`
+	case !fileFiles && m.f.spiffeSocketEnv != "":
+		o.spiffeSocket, o.names.identity = m.f.spiffeSocketEnv, spiffe.SocketEnv
+	}
+	if err := m.trustDomains(o); err != nil {
+		return err
+	}
+	if o.spiffeSocket != "" {
+		if err := spiffe.CheckAddress(o.spiffeSocket); err != nil {
+			return fmt.Errorf("%s: %w", o.names.identity, err)
+		}
+		o.names.cert = o.names.identity
+		return nil
+	}
+
 	o.cert, o.key, o.bundle = m.pick("cert", m.f.cert, id.Cert), m.pick("key", m.f.key, id.Key), m.pick("bundle", m.f.bundle, id.Bundle)
 	switch {
+	case o.cert == "" && o.key == "" && o.bundle == "":
+		return errors.New("no workload identity: set --cert, --key and --bundle (or identity.cert, .key, .bundle), or --spiffe-socket (identity.spiffe_socket, " + spiffe.SocketEnv + "); quicmesh never runs without mTLS")
 	case o.cert == "":
 		return errors.New("no workload certificate: set --cert (or identity.cert); quicmesh never runs without mTLS")
 	case o.key == "":
@@ -206,10 +251,46 @@ func (m merger) identity(o *proxyOptions) error {
 	case o.bundle == "":
 		return errors.New("no trust bundle: set --bundle (or identity.bundle)")
 	}
-	o.trustDomain = m.pick("trust-domain", m.f.trustDomain, id.TrustDomain)
+	fedName := `config "identity.federated_bundles"`
+	if m.set["federated-bundle"] {
+		o.federatedBundles, fedName = m.f.federatedBundles.m, "--federated-bundle"
+	} else if len(id.FederatedBundles) > 0 {
+		o.federatedBundles = id.FederatedBundles
+	}
+	for _, td := range slices.Sorted(maps.Keys(o.federatedBundles)) {
+		if err := identity.CheckTrustDomain(td); err != nil {
+			return fmt.Errorf("%s %s=%s: %w", fedName, td, o.federatedBundles[td], err)
+		}
+	}
 	o.names.cert = m.name("cert", "identity.cert", id.Cert != "")
 	o.names.identity = strings.Join([]string{o.names.cert,
 		m.name("key", "identity.key", id.Key != ""), m.name("bundle", "identity.bundle", id.Bundle != "")}, ", ")
+	if o.federatedBundles != nil {
+		o.names.identity += ", " + fedName
+	}
+	return nil
+}
+
+// trustDomains picks the trust domains whose peers are accepted: a flag
+// replaces the file's value.
+func (m merger) trustDomains(o *proxyOptions) error {
+	id := &m.fc.Identity
+	o.trustDomain = m.pick("trust-domain", m.f.trustDomain, id.TrustDomain)
+	if o.trustDomain != "" {
+		if err := identity.CheckTrustDomain(o.trustDomain); err != nil {
+			return fmt.Errorf("%s: %w", m.name("trust-domain", "identity.trust_domain", id.TrustDomain != ""), err)
+		}
+	}
+	name := "--accept-trust-domain"
+	o.acceptTrustDomains = slices.Clone(m.f.acceptTrustDomains)
+	if !m.set["accept-trust-domain"] && len(id.AcceptTrustDomains) > 0 {
+		o.acceptTrustDomains, name = slices.Clone(id.AcceptTrustDomains), `config "identity.accept_trust_domains"`
+	}
+	for _, td := range o.acceptTrustDomains {
+		if err := identity.CheckTrustDomain(td); err != nil {
+			return fmt.Errorf("%s %s: %w", name, td, err)
+		}
+	}
 	return nil
 }
 

@@ -17,13 +17,15 @@ import (
 )
 
 // mergeOptionsFrom parses args with quicmesh proxy's flag set and the
-// config file text (none if empty), then merges them.
-func mergeOptionsFrom(t *testing.T, file string, args []string) (proxyOptions, error) {
+// config file text (none if empty), then merges them, with env as
+// $SPIFFE_ENDPOINT_SOCKET.
+func mergeOptionsFrom(t *testing.T, file string, args []string, env string) (proxyOptions, error) {
 	t.Helper()
 	c, f := newProxyCommand(io.Discard, io.Discard)
 	if code, ok := c.Parse(args); !ok {
 		t.Fatalf("flags %q do not parse (exit %d)", args, code)
 	}
+	f.spiffeSocketEnv = env
 	fc := &fileConfig{}
 	if file != "" {
 		var err error
@@ -58,10 +60,21 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		}
 	}
+	const sock = "unix:///run/spire/agent.sock"
+	// spiffeFrom is defaults() with the identity from the Workload API at
+	// addr, named setting.
+	spiffeFrom := func(setting, addr string) func(o *proxyOptions) {
+		return func(o *proxyOptions) {
+			o.cert, o.key, o.bundle = "", "", ""
+			o.spiffeSocket = addr
+			o.names.identity, o.names.cert = setting, setting
+		}
+	}
 	tests := []struct {
 		name    string
 		file    string
 		args    []string
+		env     string                // $SPIFFE_ENDPOINT_SOCKET
 		want    func(o *proxyOptions) // changes to defaults(); nil when an error is wanted
 		wantErr string                // the whole error
 	}{
@@ -177,6 +190,60 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		},
 
+		// Identity sources: the command line, then the file, then the
+		// environment; the first that names one decides.
+		{name: "Workload API by flag", args: []string{"--spiffe-socket", sock}, env: "unix:///env.sock", want: spiffeFrom("--spiffe-socket", sock)},
+		{name: "Workload API from the file", file: `{"identity": {"spiffe_socket": "` + sock + `"}}`, env: "unix:///env.sock",
+			want: spiffeFrom(`config "identity.spiffe_socket"`, sock)},
+		{name: "Workload API from the environment", env: sock, want: spiffeFrom("SPIFFE_ENDPOINT_SOCKET", sock)},
+		{name: "files by flag beat the environment", args: id, env: sock, want: func(*proxyOptions) {}},
+		{name: "files in the file beat the environment", file: `{"identity": {"cert": "w.crt", "key": "w.key", "bundle": "b.crt"}}`, env: sock,
+			want: func(o *proxyOptions) {
+				o.names.identity = `config "identity.cert", config "identity.key", config "identity.bundle"`
+				o.names.cert = `config "identity.cert"`
+			}},
+		{name: "--spiffe-socket beats files in the file", file: `{"identity": {"cert": "f.crt", "key": "f.key", "bundle": "fb.crt"}}`,
+			args: []string{"--spiffe-socket", sock}, want: spiffeFrom("--spiffe-socket", sock)},
+		{name: "files by flag beat the file's socket", file: `{"identity": {"spiffe_socket": "` + sock + `"}}`, args: id, want: func(*proxyOptions) {}},
+		{name: "federated bundles and accepted trust domains by flag",
+			file: `{"identity": {"federated_bundles": {"file.org": "file.pem"}, "accept_trust_domains": ["file.org"]}}`,
+			args: append([]string{"--federated-bundle", "other.org=o.pem", "--federated-bundle", "third.org=t.pem", "--accept-trust-domain", "other.org", "--trust-domain", "example.org"}, id...),
+			want: func(o *proxyOptions) {
+				o.federatedBundles = map[string]string{"other.org": "o.pem", "third.org": "t.pem"}
+				o.acceptTrustDomains = []string{"other.org"}
+				o.trustDomain = "example.org"
+				o.names.identity += ", --federated-bundle"
+			}},
+		{name: "federated bundles and accepted trust domains from the file",
+			file: `{"identity": {"federated_bundles": {"other.org": "o.pem"}, "accept_trust_domains": ["other.org", "third.org"]}}`, args: id,
+			want: func(o *proxyOptions) {
+				o.federatedBundles = map[string]string{"other.org": "o.pem"}
+				o.acceptTrustDomains = []string{"other.org", "third.org"}
+				o.names.identity += `, config "identity.federated_bundles"`
+			}},
+		{name: "accepted trust domains with the Workload API", args: []string{"--spiffe-socket", sock, "--accept-trust-domain", "other.org"},
+			want: func(o *proxyOptions) {
+				spiffeFrom("--spiffe-socket", sock)(o)
+				o.acceptTrustDomains = []string{"other.org"}
+			}},
+		{name: "both sources by flag", args: append([]string{"--spiffe-socket", sock}, id...),
+			wantErr: "--spiffe-socket and --cert/--key/--bundle/--federated-bundle name two identity sources: use one"},
+		{name: "federated bundle flag with the Workload API", args: []string{"--spiffe-socket", sock, "--federated-bundle", "other.org=o.pem"},
+			wantErr: "--spiffe-socket and --cert/--key/--bundle/--federated-bundle name two identity sources: use one"},
+		{name: "both sources in the file", file: `{"identity": {"spiffe_socket": "` + sock + `", "bundle": "b.crt"}}`,
+			wantErr: `config "identity.spiffe_socket" and "identity.cert"/"key"/"bundle"/"federated_bundles" name two identity sources: use one`},
+		{name: "no identity at all",
+			wantErr: "no workload identity: set --cert, --key and --bundle (or identity.cert, .key, .bundle), or --spiffe-socket (identity.spiffe_socket, SPIFFE_ENDPOINT_SOCKET); quicmesh never runs without mTLS"},
+		{name: "socket without a scheme", args: []string{"--spiffe-socket", "/run/agent.sock"},
+			wantErr: `--spiffe-socket: spiffe: Workload API address "/run/agent.sock": workload endpoint socket URI must have a "tcp" or "unix" scheme`},
+		{name: "bad socket in the environment", env: "agent.sock",
+			wantErr: `SPIFFE_ENDPOINT_SOCKET: spiffe: Workload API address "agent.sock": workload endpoint socket URI must have a "tcp" or "unix" scheme`},
+		{name: "bad federated trust domain", args: append([]string{"--federated-bundle", "Other.org=o.pem"}, id...),
+			wantErr: `--federated-bundle Other.org=o.pem: identity: "Other.org" is not a trust domain name (lower-case letters, digits, '-', '.', '_')`},
+		{name: "bad accepted trust domain in the file", file: `{"identity": {"accept_trust_domains": ["spiffe://x"]}}`, args: id,
+			wantErr: `config "identity.accept_trust_domains" spiffe://x: identity: "spiffe://x" is not a trust domain name (lower-case letters, digits, '-', '.', '_')`},
+		{name: "bad trust domain flag", args: append([]string{"--trust-domain", "a/b"}, id...),
+			wantErr: `--trust-domain: identity: "a/b" is not a trust domain name (lower-case letters, digits, '-', '.', '_')`},
 		{name: "no cert", args: []string{"--key", "k", "--bundle", "b"}, wantErr: "no workload certificate: set --cert (or identity.cert); quicmesh never runs without mTLS"},
 		{name: "no key", args: []string{"--cert", "c", "--bundle", "b"}, wantErr: "no private key: set --key (or identity.key)"},
 		{name: "no bundle", file: `{"identity": {"cert": "c", "key": "k"}}`, wantErr: "no trust bundle: set --bundle (or identity.bundle)"},
@@ -208,7 +275,7 @@ func TestMergeProxyOptions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := mergeOptionsFrom(t, tt.file, tt.args)
+			got, err := mergeOptionsFrom(t, tt.file, tt.args, tt.env)
 			if tt.want == nil {
 				if err == nil || err.Error() != tt.wantErr {
 					t.Fatalf("error %v, want %q", err, tt.wantErr)

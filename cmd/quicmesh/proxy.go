@@ -22,6 +22,7 @@ import (
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/spiffe"
 	"github.com/quicmesh/quicmesh/internal/cli"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/proxy/telemetry"
@@ -45,9 +46,17 @@ type proxyFlags struct {
 	connectTimeout, grace                  time.Duration
 	allowShutdown                          bool
 	qlogDir                                string
+
+	spiffeSocket       string
+	federatedBundles   mapFlag
+	acceptTrustDomains listFlag
+	// spiffeSocketEnv is $SPIFFE_ENDPOINT_SOCKET, read by runProxy so
+	// that merging stays a pure function of its inputs.
+	spiffeSocketEnv string
 }
 
 const proxyUsage = `Usage: quicmesh proxy --cert FILE --key FILE --bundle FILE [flags]
+       quicmesh proxy --spiffe-socket unix:///PATH [flags]
 
 Runs a sidecar: --route SERVICE=APP_ADDR serves a local app to the mesh,
 --bind LISTEN_ADDR=SERVICE gives the local app a listener for a mesh
@@ -63,12 +72,17 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	f := &proxyFlags{
 		routes: mapFlag{want: "SERVICE=APP_ADDR"},
 		binds:  mapFlag{want: "LISTEN_ADDR=SERVICE[,opaque]"},
+
+		federatedBundles: mapFlag{want: "TRUST_DOMAIN=FILE"},
 	}
 	fs.StringVar(&f.config, "config", "", "JSON config file (flags override it)")
 	fs.StringVar(&f.cert, "cert", "", "workload certificate (PEM, SPIFFE ID in the URI SAN)")
 	fs.StringVar(&f.key, "key", "", "workload private key (PEM)")
 	fs.StringVar(&f.bundle, "bundle", "", "trust bundle: CA certificates (PEM)")
+	fs.Var(&f.federatedBundles, "federated-bundle", "TRUST_DOMAIN=FILE: trust bundle (PEM) of a federated trust domain (repeatable; with --cert/--key/--bundle)")
+	fs.StringVar(&f.spiffeSocket, "spiffe-socket", "", "SPIFFE Workload API address (unix:///PATH) for the SVID and bundles, instead of --cert/--key/--bundle (default: $"+spiffe.SocketEnv+" when no identity is configured)")
 	fs.StringVar(&f.trustDomain, "trust-domain", "", "accept peers from this trust domain (default: our own)")
+	fs.Var(&f.acceptTrustDomains, "accept-trust-domain", "also accept peers from this federated trust domain (repeatable; its bundle must be federated)")
 	fs.StringVar(&f.inbound, "inbound", defaultInbound, "UDP address for mesh traffic (inbound and outbound QUIC)")
 	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin HTTP address (/live, /ready, /metrics, /debug/pprof/, /log-level, /shutdown); empty disables")
 	fs.StringVar(&f.discoveryFile, "discovery-file", "", "static discovery file (JSON), reloaded on change")
@@ -99,6 +113,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 			return c.Fail("%v", err)
 		}
 	}
+	f.spiffeSocketEnv = os.Getenv(spiffe.SocketEnv)
 	opts, err := mergeProxyOptions(fc, f, setFlags(c.Flags))
 	if err != nil {
 		return c.Fail("%v", err)
@@ -138,6 +153,25 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		}
 		defer admin.Close()
 	}
+	// Fail closed: with the Workload API the SVID may take a while, or
+	// never come (a workload the agent does not know). Until it does,
+	// nothing is bound and /ready says 503.
+	select {
+	case <-cfg.identityReady:
+	default:
+		logs.release()
+		log.Info("waiting for the first X.509-SVID from the SPIFFE Workload API; not ready until then", "socket", opts.spiffeSocket)
+		select {
+		case <-cfg.identityReady:
+		case <-ctx.Done():
+			log.Info("stopped before an identity arrived")
+			return cli.ExitOK
+		}
+	}
+	if err := cfg.identityArrived(); err != nil {
+		return c.Fail("%v", err)
+	}
+	log = cfg.sidecar.Logger
 	sc, err := sidecar.Start(cfg.sidecar)
 	if err != nil {
 		return c.Fail("%v", opts.names.explainStartError(err))
@@ -177,6 +211,27 @@ type proxyConfig struct {
 	logLevel *slog.LevelVar
 	// collectors are the metrics of what was opened (DNS discovery's).
 	collectors []prometheus.Collector
+	// identityReady is closed once the provider has a certificate: at
+	// once for files, at the first SVID for the Workload API. Then
+	// identityArrived completes the configuration.
+	identityReady <-chan struct{}
+	names         settingNames
+	named         bool // identityArrived has run
+}
+
+// identityArrived names the sidecar's logs after its identity, once the
+// provider has one. Calls after the first do nothing.
+func (c *proxyConfig) identityArrived() error {
+	if c.named {
+		return nil
+	}
+	localID, err := identity.LocalID(c.sidecar.Identity)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.names.cert, err)
+	}
+	c.sidecar.Logger = c.sidecar.Logger.With("id", localID.String())
+	c.named = true
+	return nil
 }
 
 // openProxy opens what the options name — the workload identity files and
@@ -199,18 +254,14 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 	}()
 	logger, level := newLogger(logOut, o.logLevel, o.logJSON)
 
-	prov, err := identity.NewFileProvider(o.cert, o.key, o.bundle, identity.FileOptions{Logger: logger})
+	prov, ready, closer, err := openIdentity(o, logger)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", o.names.identity, err)
 	}
-	opened = append(opened, prov)
-	localID, err := identity.LocalID(prov)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", o.names.cert, err)
-	}
-	td := o.trustDomain
-	if td == "" {
-		td = localID.TrustDomain
+	opened = append(opened, closer)
+	authz := identity.AuthorizeLocalTrustDomain(prov, o.acceptTrustDomains...)
+	if o.trustDomain != "" {
+		authz = identity.AuthorizeTrustDomains(append([]string{o.trustDomain}, o.acceptTrustDomains...)...)
 	}
 
 	var res discovery.Resolver = static.NewFromMap(nil)
@@ -238,11 +289,11 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 		return nil, nil, err
 	}
 
-	return &proxyConfig{
+	cfg := &proxyConfig{
 		sidecar: sidecar.Config{
 			Identity:      prov,
 			Resolver:      res,
-			Authorize:     identity.AuthorizeTrustDomain(td),
+			Authorize:     authz,
 			InboundAddr:   o.inboundAddr,
 			Routes:        o.routes,
 			Binds:         o.binds,
@@ -251,11 +302,41 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 			Outbound:      o.outbound,
 			Inbound:       o.inbound,
 			Limits:        o.limits,
-			Logger:        logger.With("id", localID.String()),
+			Logger:        logger,
 		},
-		logLevel:   level,
-		collectors: metrics,
-	}, closeOpened, nil
+		logLevel:      level,
+		identityReady: ready,
+		names:         o.names,
+		collectors:    metrics,
+	}
+	select {
+	case <-ready:
+		// A certificate without a usable SPIFFE ID fails now, naming it.
+		if err := cfg.identityArrived(); err != nil {
+			return nil, nil, err
+		}
+	default:
+	}
+	return cfg, closeOpened, nil
+}
+
+// openIdentity opens the identity source the options name. ready is
+// closed once the provider has a certificate.
+func openIdentity(o proxyOptions, logger *slog.Logger) (_ identity.Provider, ready <-chan struct{}, _ io.Closer, _ error) {
+	if o.spiffeSocket != "" {
+		p, err := spiffe.New(o.spiffeSocket, spiffe.Options{Logger: logger})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return p, p.Ready(), p, nil
+	}
+	p, err := identity.NewFileProvider(o.cert, o.key, o.bundle, identity.FileOptions{Logger: logger, FederatedBundles: o.federatedBundles})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	loaded := make(chan struct{})
+	close(loaded)
+	return p, loaded, p, nil
 }
 
 // checkBindServices fails for a bind naming a service discovery has never

@@ -19,7 +19,7 @@ func TestHelpers(t *testing.T) {
 		t.Fatalf("LocalID = %v, %v", id, err)
 	}
 	cert, _ := p.Certificate()
-	roots, err := p.Roots()
+	roots, err := identity.LocalBundle(p)
 	if err != nil {
 		t.Fatal(err)
 	}
