@@ -377,10 +377,6 @@ func stallScale(full int) int {
 
 // assertFlowHeld checks the two properties a stalled reader must not
 // break: the live heap stays within the configured per-request budget
-// (plus what the mesh held before the attack), and the well-behaved
-// client's p99 stays within 2x of the baseline measured just before.
-// assertFlowHeld checks the two properties a stalled reader must not
-// break: the live heap stays within the configured per-request budget
 // (plus what the process held before the attack), and the well-behaved
 // client's p99 through the attacked mesh stays within 2x of its baseline.
 // The baseline is the larger of its p99 just before the attack and the

@@ -415,7 +415,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 	heapBefore := ms0.HeapAlloc
 
 	var wg sync.WaitGroup
-	var shed, served, bigRefused atomic.Int64
+	var shed, served, failed, bigRefused atomic.Int64
 	// 400 held requests against a limit of 100 in flight.
 	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: requests}
 	defer tr.CloseIdleConnections()
@@ -426,6 +426,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			defer wg.Done()
 			resp, err := slow.Get(base + "/?hold=1")
 			if err != nil {
+				failed.Add(1)
 				t.Errorf("held request: %v", err)
 				return
 			}
@@ -437,6 +438,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			case resp.StatusCode == 503 && strings.Contains(resp.Header.Get("Quicmesh-Proxy-Error"), "overloaded"):
 				shed.Add(1)
 			default:
+				failed.Add(1)
 				t.Errorf("held request: status %d %q", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
 			}
 		}()
@@ -461,9 +463,16 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			}
 		}()
 	}
+	// A request that failed instead of being shed or held means the
+	// wait below can never end: stop at once with what went wrong.
 	eventually(t, fmt.Sprintf("%d of %d held requests to be shed", requests-maxInFlight, requests), func() bool {
-		return shed.Load() >= requests-maxInFlight
+		return shed.Load()+failed.Load() >= requests-maxInFlight
 	})
+	if n := failed.Load(); n > 0 {
+		unblock()
+		wg.Wait()
+		t.Fatalf("%d held requests failed instead of being served or shed (errors above); served %d, shed %d", n, served.Load(), shed.Load())
+	}
 	unblock()
 	wg.Wait()
 	if shed.Load() != requests-maxInFlight || served.Load() != maxInFlight {
