@@ -360,14 +360,7 @@ func (r *Resolver) Resolve(ctx context.Context, service string) (discovery.Watch
 	r.countRefusals(res.refused)
 
 	wctx, wcancel := context.WithCancel(r.ctx)
-	w := &watch{
-		r:       r,
-		service: service,
-		ctx:     wctx,
-		cancel:  wcancel,
-		notify:  make(chan struct{}, 1),
-		done:    make(chan struct{}),
-	}
+	w := &watch{Latest: discovery.NewLatest(), r: r, service: service, ctx: wctx, cancel: wcancel}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -377,7 +370,7 @@ func (r *Resolver) Resolve(ctx context.Context, service string) (discovery.Watch
 	r.watches[w] = struct{}{}
 	r.wg.Add(1)
 	r.mu.Unlock()
-	w.push(res.eps)
+	w.Push(res.eps)
 	r.logRefusals(service, res.refused, "")
 	go w.run(res)
 	return w, nil
@@ -683,17 +676,11 @@ func (r *Resolver) lookupTargets(ctx context.Context, group []*dns.SRV) (map[str
 // watch is one Resolve call's view of a service. It holds at most one
 // pending update: the latest full set.
 type watch struct {
-	r       *Resolver
-	service string
-	ctx     context.Context // cancelled by Close
-	cancel  context.CancelFunc
-	notify  chan struct{} // capacity 1: "pending may be set"
-	done    chan struct{} // closed by shut
-
-	mu         sync.Mutex
-	pending    []discovery.Endpoint
-	hasPending bool
-	closed     bool
+	*discovery.Latest // the newest endpoint set, for Next
+	r                 *Resolver
+	service           string
+	ctx               context.Context // cancelled by Close
+	cancel            context.CancelFunc
 }
 
 // run re-resolves the service on TTL until the watch is closed. first is
@@ -757,7 +744,7 @@ func (w *watch) run(first result) {
 			r.logger.Info("dns discovery: endpoints changed", "service", w.service,
 				"endpoints", len(res.eps), "was", len(last))
 			last = res.eps
-			w.push(res.eps)
+			w.Push(res.eps)
 		}
 		w.refreshDone(nil)
 		timer.Reset(r.refreshAfter(res.ttl))
@@ -789,47 +776,6 @@ func failureKey(err error) string {
 	return err.Error()
 }
 
-// push replaces the pending update with eps. Never blocks.
-func (w *watch) push(eps []discovery.Endpoint) {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return
-	}
-	w.pending, w.hasPending = eps, true
-	w.mu.Unlock()
-	select {
-	case w.notify <- struct{}{}:
-	default:
-	}
-}
-
-// Next returns the latest endpoint set as a Reset; the first call returns
-// the set Resolve found. Sets superseded before Next was called are
-// skipped.
-func (w *watch) Next(ctx context.Context) (discovery.Update, error) {
-	for {
-		w.mu.Lock()
-		if w.closed {
-			w.mu.Unlock()
-			return discovery.Update{}, discovery.ErrClosed
-		}
-		if w.hasPending {
-			eps := w.pending
-			w.pending, w.hasPending = nil, false
-			w.mu.Unlock()
-			return discovery.Update{Kind: discovery.Reset, Endpoints: slices.Clone(eps)}, nil
-		}
-		w.mu.Unlock()
-		select {
-		case <-w.notify:
-		case <-w.done:
-		case <-ctx.Done():
-			return discovery.Update{}, ctx.Err()
-		}
-	}
-}
-
 // Close ends the watch and its refreshes; Next then returns
 // discovery.ErrClosed. It is safe to call more than once.
 func (w *watch) Close() error {
@@ -842,11 +788,5 @@ func (w *watch) Close() error {
 
 func (w *watch) shut() {
 	w.cancel()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.closed {
-		w.closed = true
-		w.pending = nil
-		close(w.done)
-	}
+	w.Shut()
 }

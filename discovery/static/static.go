@@ -122,7 +122,7 @@ func New(path string, opts Options) (*Resolver, error) {
 	if r.interval <= 0 {
 		r.interval = DefaultPollInterval
 	}
-	first := true
+	first, failing := true, false
 	files, err := filewatch.New(filewatch.Options{
 		Paths:    []string{path},
 		Interval: r.interval,
@@ -138,15 +138,26 @@ func New(path string, opts Options) (*Resolver, error) {
 				r.logger.Info("static discovery: loaded endpoints file", "path", path, "services", len(data))
 				return nil
 			}
+			// Logged before the watches hear of the new data, so whoever
+			// sees the update also finds the log line.
+			if failing {
+				failing = false
+				r.logger.Info("static discovery: endpoints file is valid again", "path", path)
+			}
 			r.logger.Info("static discovery: reloaded endpoints file", "path", path, "services", len(data))
 			r.apply(data)
 			return nil
 		},
 		Failed: func(err error) {
+			failing = true
 			r.logger.Warn("static discovery: reload failed; keeping last good data", "path", path, "err", fileError(err))
 		},
+		// The file went back to the data in force: nothing to load.
 		Recovered: func() {
-			r.logger.Info("static discovery: endpoints file is valid again", "path", path)
+			if failing {
+				failing = false
+				r.logger.Info("static discovery: endpoints file is valid again", "path", path)
+			}
 		},
 	})
 	if err != nil {
@@ -217,13 +228,8 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (discovery.Watch, e
 	if !ok {
 		return nil, fmt.Errorf("static: resolve %q: %w", name, discovery.ErrUnknownService)
 	}
-	w := &watch{
-		r:      r,
-		name:   name,
-		notify: make(chan struct{}, 1),
-		done:   make(chan struct{}),
-	}
-	w.push(eps)
+	w := &watch{Latest: discovery.NewLatest(), r: r, name: name}
+	w.Push(eps)
 	ws := r.watches[name]
 	if ws == nil {
 		ws = make(map[*watch]struct{})
@@ -247,7 +253,7 @@ func (r *Resolver) Close() error {
 		r.mu.Unlock()
 		for _, ws := range all {
 			for w := range ws {
-				w.shut()
+				w.Shut()
 			}
 		}
 	})
@@ -270,7 +276,7 @@ func (r *Resolver) apply(data map[string][]discovery.Endpoint) {
 			continue
 		}
 		for w := range ws {
-			w.push(eps)
+			w.Push(eps)
 		}
 	}
 }
@@ -280,7 +286,7 @@ func (r *Resolver) apply(data map[string][]discovery.Endpoint) {
 func normalize(m map[string][]discovery.Endpoint) map[string][]discovery.Endpoint {
 	out := make(map[string][]discovery.Endpoint, len(m))
 	for name, eps := range m {
-		c := cloneEndpoints(eps)
+		c := discovery.CloneEndpoints(eps)
 		for i := range c {
 			if c[i].Weight == 0 {
 				c[i].Weight = 1
@@ -294,19 +300,6 @@ func normalize(m map[string][]discovery.Endpoint) map[string][]discovery.Endpoin
 	return out
 }
 
-// cloneEndpoints deep-copies eps (including metadata maps); the result is
-// never nil.
-func cloneEndpoints(eps []discovery.Endpoint) []discovery.Endpoint {
-	out := make([]discovery.Endpoint, len(eps))
-	copy(out, eps)
-	for i := range out {
-		if out[i].Metadata != nil {
-			out[i].Metadata = maps.Clone(out[i].Metadata)
-		}
-	}
-	return out
-}
-
 func equalSets(a, b []discovery.Endpoint) bool {
 	return slices.EqualFunc(a, b, func(x, y discovery.Endpoint) bool {
 		return x.Addr == y.Addr && x.Identity == y.Identity && x.Weight == y.Weight &&
@@ -314,58 +307,12 @@ func equalSets(a, b []discovery.Endpoint) bool {
 	})
 }
 
-// watch is one Resolve call's view of a service. It holds at most one
-// pending update: the latest full set.
+// watch is one Resolve call's view of a service: its mailbox holds the
+// latest full set.
 type watch struct {
-	r      *Resolver
-	name   string
-	notify chan struct{} // capacity 1: "pending may be set"
-	done   chan struct{} // closed by shut
-
-	mu         sync.Mutex
-	pending    []discovery.Endpoint // shared with the Resolver; copied on delivery
-	hasPending bool
-	closed     bool
-}
-
-// push replaces the pending update with eps. Never blocks.
-func (w *watch) push(eps []discovery.Endpoint) {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return
-	}
-	w.pending, w.hasPending = eps, true
-	w.mu.Unlock()
-	select {
-	case w.notify <- struct{}{}:
-	default:
-	}
-}
-
-// Next returns the latest state of the service as a Reset. Intermediate
-// states that were superseded before Next was called are skipped.
-func (w *watch) Next(ctx context.Context) (discovery.Update, error) {
-	for {
-		w.mu.Lock()
-		if w.closed {
-			w.mu.Unlock()
-			return discovery.Update{}, discovery.ErrClosed
-		}
-		if w.hasPending {
-			eps := w.pending
-			w.pending, w.hasPending = nil, false
-			w.mu.Unlock()
-			return discovery.Update{Kind: discovery.Reset, Endpoints: cloneEndpoints(eps)}, nil
-		}
-		w.mu.Unlock()
-		select {
-		case <-w.notify:
-		case <-w.done:
-		case <-ctx.Done():
-			return discovery.Update{}, ctx.Err()
-		}
-	}
+	*discovery.Latest
+	r    *Resolver
+	name string
 }
 
 // Close ends the watch; Next then returns discovery.ErrClosed. It is safe
@@ -379,16 +326,6 @@ func (w *watch) Close() error {
 		}
 	}
 	w.r.mu.Unlock()
-	w.shut()
+	w.Shut()
 	return nil
-}
-
-func (w *watch) shut() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.closed {
-		w.closed = true
-		w.pending = nil
-		close(w.done)
-	}
 }
