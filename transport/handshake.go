@@ -12,7 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 )
 
 // Handshake admission defaults; see Limits.MaxHandshakes and

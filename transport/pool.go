@@ -13,7 +13,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 

@@ -17,7 +17,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

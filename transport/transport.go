@@ -20,7 +20,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 )
 
 // ALPN is the application protocol sidecars negotiate. It is not "h3": a

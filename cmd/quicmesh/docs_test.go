@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

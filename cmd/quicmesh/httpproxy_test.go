@@ -16,9 +16,9 @@ import (
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/echo"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
 )
 
 // proxyMesh is a client sidecar with an HTTP proxy listener and a server

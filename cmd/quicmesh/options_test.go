@@ -9,7 +9,7 @@ import (
 	"time"
 
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
-	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"

@@ -24,8 +24,8 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/spiffe"
 	"github.com/quicmesh/quicmesh/internal/cli"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
 )
 
 // Default ports: the same numbers Linkerd uses, so operators find them where they expect.

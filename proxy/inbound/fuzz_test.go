@@ -14,8 +14,8 @@ import (
 	"github.com/quic-go/quic-go/quicvarint"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/proxy/detect"
-	"github.com/quicmesh/quicmesh/proxy/httpx"
+	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 

@@ -9,10 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/quicmesh/quicmesh/proxy/bridge"
-	"github.com/quicmesh/quicmesh/proxy/h2guard"
-	"github.com/quicmesh/quicmesh/proxy/httpx"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/bridge"
+	"github.com/quicmesh/quicmesh/internal/h2guard"
+	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 )
 
 // App protocols a route can name with a scheme prefix on its address.

@@ -13,10 +13,10 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/proxy/detect"
-	"github.com/quicmesh/quicmesh/proxy/h2guard"
-	"github.com/quicmesh/quicmesh/proxy/httpx"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/h2guard"
+	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )

@@ -13,11 +13,11 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/proxy/bridge"
-	"github.com/quicmesh/quicmesh/proxy/detect"
-	"github.com/quicmesh/quicmesh/proxy/h2guard"
-	"github.com/quicmesh/quicmesh/proxy/httpx"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/bridge"
+	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/h2guard"
+	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

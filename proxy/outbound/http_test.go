@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/proxy/bridge"
+	"github.com/quicmesh/quicmesh/internal/bridge"
 )
 
 func TestRoute(t *testing.T) {

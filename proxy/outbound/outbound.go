@@ -18,9 +18,9 @@ import (
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/proxy/balance"
-	"github.com/quicmesh/quicmesh/proxy/detect"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/balance"
+	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

@@ -25,10 +25,10 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

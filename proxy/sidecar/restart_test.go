@@ -14,9 +14,9 @@ import (
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

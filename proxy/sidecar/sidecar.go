@@ -17,9 +17,9 @@ import (
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
 	"github.com/quicmesh/quicmesh/transport"
 )
 

@@ -21,12 +21,12 @@ import (
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
 )
 
 // The attacks of issue 8 (item 1): an app smuggling HTTP to the far app

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quicmesh/quicmesh/proxy/detect"
+	"github.com/quicmesh/quicmesh/internal/detect"
 )
 
 // Load (other packages' tests, other jobs on the machine, the race

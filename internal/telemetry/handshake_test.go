@@ -3,7 +3,7 @@ package telemetry_test
 import (
 	"testing"
 
-	"github.com/quicmesh/quicmesh/proxy/telemetry"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
 )
 
 func TestHandshakeAdmission(t *testing.T) {

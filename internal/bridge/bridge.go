@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quicmesh/quicmesh/proxy/httpx"
+	"github.com/quicmesh/quicmesh/internal/httpx"
 )
 
 // Mesh-internal request headers set by the outbound sidecar for the
