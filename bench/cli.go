@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/quicmesh/quicmesh/bench/internal/procfs"
 	"github.com/quicmesh/quicmesh/internal/cli"
 )
 
@@ -83,7 +84,7 @@ func Main(name string, args []string, stdout, stderr io.Writer) int {
 		return fail("%v", err)
 	}
 	for _, p := range cfg.Procs {
-		if _, _, _, err := readProc("/proc", p.PID); err != nil {
+		if _, err := procfs.ReadUsage("/proc", p.PID); err != nil {
 			return fail("--pid %s=%d: cannot read process: %v", p.Name, p.PID, err)
 		}
 	}

@@ -1,21 +1,15 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-)
 
-// ClockTicksPerSecond is the unit of utime and stime in /proc/PID/stat
-// (USER_HZ, CLK_TCK), 100 on Linux.
-const ClockTicksPerSecond = 100
+	"github.com/quicmesh/quicmesh/bench/internal/procfs"
+)
 
 // Proc names a process to sample.
 type Proc struct {
@@ -127,7 +121,7 @@ func (s *ProcSampler) Start() error {
 func (s *ProcSampler) Sample() error {
 	var first error
 	for i, p := range s.procs {
-		ticks, rss, hwm, err := readProc(s.Root, p.PID)
+		u, err := procfs.ReadUsage(s.Root, p.PID)
 		s.mu.Lock()
 		st := &s.state[i]
 		if err != nil {
@@ -141,11 +135,11 @@ func (s *ProcSampler) Sample() error {
 			continue
 		}
 		if !st.haveFirst {
-			st.firstTicks, st.haveFirst = ticks, true
+			st.firstTicks, st.haveFirst = u.Ticks, true
 		}
-		st.lastTicks = ticks
-		st.peakRSSKiB = max(st.peakRSSKiB, rss)
-		st.hwmKiB = hwm
+		st.lastTicks = u.Ticks
+		st.peakRSSKiB = max(st.peakRSSKiB, u.RSSKiB)
+		st.hwmKiB = u.HWMKiB
 		st.samples++
 		s.mu.Unlock()
 	}
@@ -173,7 +167,7 @@ func (s *ProcSampler) Stop(requests int64) []ProcStats {
 		st := s.state[i]
 		ps := ProcStats{Name: p.Name, PID: p.PID, Samples: st.samples}
 		if st.haveFirst {
-			ps.CPUSeconds = float64(st.lastTicks-st.firstTicks) / ClockTicksPerSecond
+			ps.CPUSeconds = float64(st.lastTicks-st.firstTicks) / procfs.ClockTicksPerSecond
 			ps.PeakRSSMiB = round3(float64(st.peakRSSKiB) / 1024)
 			ps.HWMRSSMiB = round3(float64(st.hwmKiB) / 1024)
 			if requests > 0 {
@@ -189,69 +183,4 @@ func (s *ProcSampler) Stop(requests int64) []ProcStats {
 		out[i] = ps
 	}
 	return out
-}
-
-// readProc returns utime+stime in clock ticks, VmRSS and VmHWM in KiB.
-func readProc(root string, pid int) (ticks, rssKiB, hwmKiB uint64, err error) {
-	dir := filepath.Join(root, strconv.Itoa(pid))
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	ticks, err = parseStatTicks(stat)
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("%s/stat: %w", dir, err)
-	}
-	status, err := os.ReadFile(filepath.Join(dir, "status"))
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	rssKiB, hwmKiB = parseStatusMem(status)
-	return ticks, rssKiB, hwmKiB, nil
-}
-
-// parseStatTicks extracts utime+stime (fields 14 and 15) from the content
-// of /proc/PID/stat. The command name (field 2) is in parentheses and may
-// contain spaces and parentheses, so fields are counted after the last ')'.
-func parseStatTicks(b []byte) (uint64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat: no ')'")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state), so field n is f[n-3].
-	if len(f) < 13 {
-		return 0, errors.New("malformed stat: too few fields")
-	}
-	u, err1 := strconv.ParseUint(f[14-3], 10, 64)
-	s, err2 := strconv.ParseUint(f[15-3], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, errors.New("malformed stat: utime/stime")
-	}
-	return u + s, nil
-}
-
-// parseStatusMem extracts VmRSS and VmHWM (kB) from /proc/PID/status; a
-// missing line (kernel threads, zombies) reads as 0.
-func parseStatusMem(b []byte) (rss, hwm uint64) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := sc.Text()
-		var dst *uint64
-		switch {
-		case strings.HasPrefix(line, "VmRSS:"):
-			dst = &rss
-		case strings.HasPrefix(line, "VmHWM:"):
-			dst = &hwm
-		default:
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) >= 2 {
-			if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
-				*dst = v
-			}
-		}
-	}
-	return rss, hwm
 }

@@ -7,25 +7,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
-)
 
-func TestParseStat(t *testing.T) {
-	// The command name may contain spaces and parentheses.
-	stat := "1234 (evil) name (x)) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 8 0 12345 1000000 500 18446744073709551615\n"
-	ticks, err := parseStatTicks([]byte(stat))
-	if err != nil || ticks != 325 {
-		t.Fatalf("ticks = %d, %v; want 325", ticks, err)
-	}
-	for _, bad := range []string{"", "1 (x S 1", "1 (x) S 1 2 3", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 u s"} {
-		if _, err := parseStatTicks([]byte(bad)); err == nil {
-			t.Errorf("%q parsed", bad)
-		}
-	}
-	status := "Name:\tx\nVmPeak:\t 9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1536 kB\nThreads:\t3\n"
-	if rss, hwm := parseStatusMem([]byte(status)); rss != 1536 || hwm != 2048 {
-		t.Errorf("rss %d hwm %d", rss, hwm)
-	}
-}
+	"github.com/quicmesh/quicmesh/bench/internal/procfs"
+)
 
 func writeFakeProc(t *testing.T, root string, pid int, utime, stime, rssKiB, hwmKiB uint64) {
 	t.Helper()
@@ -80,7 +64,7 @@ func TestProcSamplerSelf(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Burn CPU until the kernel has charged at least 5 ticks (or give up).
-	t0, _, _, err := readProc("/proc", os.Getpid())
+	u0, err := procfs.ReadUsage("/proc", os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +73,7 @@ func TestProcSamplerSelf(t *testing.T) {
 		for range 100_000 {
 			x++
 		}
-		if t1, _, _, _ := readProc("/proc", os.Getpid()); t1 >= t0+5 {
+		if u1, _ := procfs.ReadUsage("/proc", os.Getpid()); u1.Ticks >= u0.Ticks+5 {
 			break
 		}
 	}

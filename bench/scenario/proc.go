@@ -2,15 +2,18 @@ package scenario
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 )
+
+// Process management: every process the runner starts goes through a
+// supervisor, which stops them all, newest first, when the run ends.
 
 // proc is a process the runner started and must stop.
 type proc struct {
@@ -20,6 +23,45 @@ type proc struct {
 	err  error
 	log  string
 }
+
+// supervisor starts processes with their output in logDir/NAME.log and
+// keeps track of those still to stop. Not safe for concurrent use: the
+// runner starts and stops processes from one goroutine.
+type supervisor struct {
+	logDir string
+	live   []*proc
+}
+
+// start starts argv as name (in network namespace ns if not empty).
+func (s *supervisor) start(name, ns string, env []string, argv ...string) (*proc, error) {
+	p, err := startProc(name, ns, filepath.Join(s.logDir, name+".log"), env, argv...)
+	if err != nil {
+		return nil, err
+	}
+	s.live = append(s.live, p)
+	return p, nil
+}
+
+// stop stops ps, the last one first (outbound sidecars before the inbound
+// ones they talk to), and forgets every process that has exited.
+func (s *supervisor) stop(ps []*proc) {
+	for i := len(ps) - 1; i >= 0; i-- {
+		ps[i].stop(stopGrace)
+	}
+	keep := s.live[:0]
+	for _, p := range s.live {
+		if p.alive() {
+			keep = append(keep, p)
+		}
+	}
+	s.live = keep
+}
+
+// stopAll stops every process still running.
+func (s *supervisor) stopAll() { s.stop(s.live) }
+
+// stopGrace is how long a process has to exit after SIGTERM.
+const stopGrace = 3 * time.Second
 
 // startProc starts argv (inside network namespace ns if not empty) with its
 // output in logPath. The process gets its own process group and dies with
@@ -114,34 +156,6 @@ func waitTCP(ctx context.Context, addr string, p *proc, timeout time.Duration) e
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// freePort returns a port on 127.0.0.1 that is free for both TCP and UDP
-// right now.
-func freePort() (int, error) {
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port for TCP and UDP")
-}
-
-func freeAddr() (string, error) {
-	p, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("127.0.0.1:%d", p), nil
 }
 
 // shellQuote renders argv as a shell command line.
