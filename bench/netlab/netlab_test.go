@@ -38,6 +38,17 @@ func newLab(t *testing.T) *netlab.Lab {
 	return l
 }
 
+// newPairLab is a new lab with one veth link "a"-"b" on subnet.
+func newPairLab(t *testing.T, subnet string) (*netlab.Lab, *netlab.Link) {
+	t.Helper()
+	l := newLab(t)
+	k, err := l.Pair("a", "b", subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, k
+}
+
 // needLab skips t when check says a lab cannot be built here, or fails it
 // when QUICMESH_REQUIRE_NETNS is set: where the tools are installed (CI as
 // root) a skip would hide these tests.
@@ -191,11 +202,7 @@ func (k *counter) send(t *testing.T, from *net.UDPConn, to netip.AddrPort, tag b
 }
 
 func TestNetnsPairUDPEchoAcrossNamespaces(t *testing.T) {
-	l := newLab(t)
-	k, err := l.Pair("a", "b", "10.77.1.0/24")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, k := newPairLab(t, "10.77.1.0/24")
 	if k.AddrA != netip.MustParseAddr("10.77.1.1") || k.AddrB != netip.MustParseAddr("10.77.1.2") {
 		t.Fatalf("addresses %v %v", k.AddrA, k.AddrB)
 	}
@@ -258,11 +265,7 @@ func nsInode(t *testing.T) string {
 }
 
 func TestNetnsDoSwitchesOnlyItsOwnThread(t *testing.T) {
-	l := newLab(t)
-	k, err := l.Pair("a", "b", "10.77.3.0/24")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, k := newPairLab(t, "10.77.3.0/24")
 	runtime.LockOSThread()
 	root := nsInode(t)
 	runtime.UnlockOSThread()
@@ -313,11 +316,7 @@ func TestNetnsDoSwitchesOnlyItsOwnThread(t *testing.T) {
 }
 
 func TestNetnsLossDropsAMeasurableFraction(t *testing.T) {
-	l := newLab(t)
-	k, err := l.Pair("a", "b", "10.77.4.0/24")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, k := newPairLab(t, "10.77.4.0/24")
 	rx := listenUDP(t, l, k.NSB, k.AddrB)
 	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
 	tx := listenUDP(t, l, k.NSA, k.AddrA)
@@ -364,11 +363,7 @@ func TestNetnsLossDropsAMeasurableFraction(t *testing.T) {
 }
 
 func TestNetnsBlockUDP(t *testing.T) {
-	l := newLab(t)
-	k, err := l.Pair("a", "b", "10.77.5.0/24")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, k := newPairLab(t, "10.77.5.0/24")
 	echo := udpEcho(t, l, k.NSB, k.AddrB)
 	c := listenUDP(t, l, k.NSA, k.AddrA)
 	rx := listenUDP(t, l, k.NSB, k.AddrB)

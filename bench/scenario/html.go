@@ -98,7 +98,7 @@ func writeHTMLTable(b *bytes.Buffer, t table) {
 	b.WriteString("<table><thead><tr>")
 	for i, h := range t.Head {
 		cls := ""
-		if i >= t.Left {
+		if t.right(i) {
 			cls = ` class="r"`
 		}
 		fmt.Fprintf(b, "<th%s>%s</th>", cls, html.EscapeString(h))
@@ -106,13 +106,9 @@ func writeHTMLTable(b *bytes.Buffer, t table) {
 	b.WriteString("</tr></thead><tbody>\n")
 	for _, r := range t.Rows {
 		b.WriteString("<tr>")
-		for i := range t.Head {
-			v := ""
-			if i < len(r) {
-				v = r[i]
-			}
+		for i, v := range t.cells(r) {
 			cls := ""
-			if i >= t.Left {
+			if t.right(i) {
 				cls = "r"
 			}
 			switch v {

@@ -52,20 +52,16 @@ func writeMDTable(b *strings.Builder, t table) {
 	}
 	b.WriteString("\n|")
 	for i := range t.Head {
-		if i < t.Left {
-			b.WriteString("---|")
-		} else {
+		if t.right(i) {
 			b.WriteString("---:|")
+		} else {
+			b.WriteString("---|")
 		}
 	}
 	b.WriteString("\n")
 	for _, r := range t.Rows {
 		b.WriteString("|")
-		for i := range t.Head {
-			v := ""
-			if i < len(r) {
-				v = r[i]
-			}
+		for _, v := range t.cells(r) {
 			b.WriteString(" " + cell(v) + " |")
 		}
 		b.WriteString("\n")

@@ -92,7 +92,9 @@ func caddyKind(accessLog string) pairKind {
 		HTTPOnly: "Caddy's reverse proxy carries HTTP only",
 		Env:      workDir.caddyEnv,
 		Sides: confPair("Caddyfile-%s-%s", in, CaddyOutbound,
-			func(bin, conf string) []string { return []string{bin, "run", "--config", conf, "--adapter", "caddyfile"} }),
+			func(bin, conf string) []string {
+				return []string{bin, "run", "--config", conf, "--adapter", "caddyfile"}
+			}),
 	}
 }
 

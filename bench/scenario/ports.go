@@ -57,4 +57,3 @@ func freeAddr() (string, error) {
 	}
 	return fmt.Sprintf("127.0.0.1:%d", p), nil
 }
-

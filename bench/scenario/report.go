@@ -2,8 +2,9 @@ package scenario
 
 import (
 	"fmt"
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,17 @@ type table struct {
 	Rows  [][]string
 	Notes []string // lines under the table
 }
+
+// cells returns row with exactly the table's columns (short rows are
+// padded with empty cells).
+func (t table) cells(row []string) []string {
+	out := make([]string, len(t.Head))
+	copy(out, row)
+	return out
+}
+
+// right reports whether column i is right-aligned.
+func (t table) right(i int) bool { return i >= t.Left }
 
 type series struct {
 	Name   string
@@ -138,13 +150,8 @@ func machineNote(m Machine) string {
 		fmt.Fprintf(&b, ", quicmesh %s", m.Commit)
 	}
 	if len(m.Versions) > 0 {
-		keys := make([]string, 0, len(m.Versions))
-		for k := range m.Versions {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
 		var vs []string
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(m.Versions)) {
 			vs = append(vs, k+" "+ShortVersion(m.Versions[k]))
 		}
 		fmt.Fprintf(&b, "; peers: %s", strings.Join(vs, "; "))
@@ -199,13 +206,8 @@ func failedCell(s Summary) string {
 	if s.Errors == 0 {
 		return "0"
 	}
-	keys := make([]string, 0, len(s.ErrorKinds))
-	for k := range s.ErrorKinds {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var parts []string
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(s.ErrorKinds)) {
 		parts = append(parts, fmt.Sprintf("%s %d", k, s.ErrorKinds[k]))
 	}
 	return fmt.Sprintf("%d (%s)", s.Errors, strings.Join(parts, ", "))
@@ -242,12 +244,17 @@ func errorRow(s Summary, ncols int, lead ...string) []string {
 	return row
 }
 
+// loadSection starts the section of load l and returns the targets it
+// has runs of (none: the load was not run, and has no section).
+func loadSection(l Load, sums []Summary) (section, []string) {
+	return section{ID: l.ID, Title: l.Title}, targetsOf(sums, l.ID)
+}
+
 func loopbackSection(res *Results, l Load, sums []Summary) section {
-	targets := targetsOf(sums, l.ID)
+	sec, targets := loadSection(l, sums)
 	if len(targets) == 0 {
 		return section{}
 	}
-	sec := section{ID: l.ID, Title: l.Title}
 	sec.Paras = append(sec.Paras, fmt.Sprintf("`%s`: %s.", l.Proto, l.Describe()))
 	d, haveDirect := Find(sums, l.ID, "", Direct)
 	haveDirect = haveDirect && d.OK > 0
@@ -311,11 +318,10 @@ func loopbackSection(res *Results, l Load, sums []Summary) section {
 }
 
 func lossySection(res *Results, l Load, sums []Summary) section {
-	targets := targetsOf(sums, l.ID)
+	sec, targets := loadSection(l, sums)
 	if len(targets) == 0 {
 		return section{}
 	}
-	sec := section{ID: l.ID, Title: l.Title}
 	sec.Paras = append(sec.Paras,
 		fmt.Sprintf("`%s`: %s, per-request timeout %s.", l.Proto, l.Describe(), l.Timeout),
 		"Two network namespaces joined by a veth pair: the load generator and the outbound sidecar in one, the inbound sidecar and the echo app in the other. "+

@@ -2,9 +2,12 @@ package scenario
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -83,42 +86,99 @@ func TestFreePortAndProc(t *testing.T) {
 	}
 }
 
-// TestQuickRun runs the runner's quick plan (direct and quicmesh, 1 s per
-// load) against the built binaries. It needs them, so it runs only when
-// QUICMESH_SCENARIO_BIN names quicmesh (quicmesh-dev is taken from the same
-// directory):
-//
-//	make build && QUICMESH_SCENARIO_BIN=$PWD/bin/quicmesh go test -run QuickRun ./bench/scenario
-func TestQuickRun(t *testing.T) {
-	bin := os.Getenv("QUICMESH_SCENARIO_BIN")
-	if bin == "" {
-		t.Skip("set QUICMESH_SCENARIO_BIN to a quicmesh binary to run the runner's smoke test")
-	}
-	if testing.Short() {
-		t.Skip("short")
-	}
-	out := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	res, err := Execute(ctx, Options{Bin: bin, OutDir: out, Plan: QuickPlan(), Command: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sums := Summarize(res.Runs)
-	for _, l := range QuickPlan().Loads {
-		for _, tg := range l.Targets {
-			s, ok := Find(sums, l.ID, "", tg)
-			if !ok || s.OK != 1 || s.Requests == 0 {
-				t.Errorf("%s %s: %+v", l.ID, tg, s)
-			}
-			if tg == Quicmesh && (len(s.RSS) != 2 || math_isNaN(s.CPUPerReq)) {
-				t.Errorf("%s: sidecars not sampled: %+v", l.ID, s)
-			}
+func TestRunNameAndNS(t *testing.T) {
+	l := Load{ID: "lossy-tcp"}
+	for _, tc := range []struct{ cond, target, want string }{
+		{"", Quicmesh, "lossy-tcp-quicmesh-r2"},
+		{"10 ms delay + 2% loss", Stunnel, "lossy-tcp-10-ms-delay-2pct-loss-stunnel-r2"},
+	} {
+		if got := runName(l, tc.cond, tc.target, 2); got != tc.want {
+			t.Errorf("runName(%q, %s) = %s, want %s", tc.cond, tc.target, got, tc.want)
 		}
 	}
-	if _, err := RenderHTML(res); err != nil {
-		t.Fatal(err)
+	if got := inNS("", []string{"a", "b"}); !reflect.DeepEqual(got, []string{"a", "b"}) {
+		t.Errorf("host namespace: %q", got)
+	}
+	if got := inNS("qmb.client", []string{"a"}); !reflect.DeepEqual(got, []string{"ip", "netns", "exec", "qmb.client", "a"}) {
+		t.Errorf("namespace: %q", got)
 	}
 }
 
-func math_isNaN(x float64) bool { return x != x }
+func TestPortAlloc(t *testing.T) {
+	a := newPortAlloc()
+	for _, tc := range []struct{ ns, host, want string }{
+		{"lab.client", "10.77.90.1", "10.77.90.1:20001"},
+		{"lab.server", "127.0.0.1", "127.0.0.1:20002"},
+		{"lab.client", "127.0.0.1", "127.0.0.1:20003"},
+	} {
+		if got, err := a.addr(tc.ns, tc.host); err != nil || got != tc.want {
+			t.Errorf("addr(%s, %s) = %s, %v; want %s", tc.ns, tc.host, got, err, tc.want)
+		}
+	}
+	host, err := a.addr("", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", host) // free on the host: it can be bound
+	if err != nil {
+		t.Fatalf("%s: %v", host, err)
+	}
+	ln.Close()
+}
+
+func TestRecorder(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		plan  Plan
+		quick bool
+	}{
+		{"quick", QuickPlan(), true},
+		{"default", DefaultPlan(), false},
+		{"empty", Plan{Rounds: 1}, false},
+	} {
+		var log strings.Builder
+		rec := newRecorder(Options{Plan: tc.plan, Command: "c", Notes: []string{"given"}, Log: &log}, time.Now())
+		if rec.res.Quick != tc.quick || rec.res.Schema != ResultsSchema || rec.res.Command != "c" || len(rec.res.Loads) != len(tc.plan.Loads) {
+			t.Errorf("%s: %+v", tc.name, rec.res)
+		}
+		rec.note("a  note\n  on two lines: %d", 7)
+		if !reflect.DeepEqual(rec.res.Notes, []string{"given", "a note on two lines: 7"}) || !strings.Contains(log.String(), "note: a note on two lines: 7\n") {
+			t.Errorf("%s: notes %q, log %q", tc.name, rec.res.Notes, log.String())
+		}
+	}
+	// Without a log, nothing is written anywhere.
+	newRecorder(Options{}, time.Now()).logf("dropped")
+}
+
+func TestSupervisor(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	sup := &supervisor{logDir: t.TempDir()}
+	defer sup.stopAll()
+	var ps []*proc
+	for _, name := range []string{"one", "two", "three"} {
+		p, err := sup.start(name, "", nil, sleep, "30")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	if _, err := sup.start("missing", "", nil, filepath.Join(sup.logDir, "no-such-binary")); err == nil {
+		t.Error("started a missing binary")
+	}
+	sup.stop(ps[1:2])
+	if len(sup.live) != 2 || sup.live[0] != ps[0] || sup.live[1] != ps[2] || ps[1].alive() {
+		t.Fatalf("after stopping two: live %+v", sup.live)
+	}
+	sup.stopAll()
+	if len(sup.live) != 0 || ps[0].alive() || ps[2].alive() {
+		t.Fatalf("after stopAll: live %+v", sup.live)
+	}
+	for _, name := range []string{"one", "two", "three"} {
+		if _, err := os.Stat(filepath.Join(sup.logDir, name+".log")); err != nil {
+			t.Error(err)
+		}
+	}
+}
