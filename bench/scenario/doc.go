@@ -16,4 +16,10 @@
 // medians and ratios, the goals check, and the Markdown and HTML reports.
 // All raw results of a run are kept in one JSON file (Results), so the
 // report can be rendered again from it without measuring anything.
+//
+// Adding a scenario is one Load in DefaultPlan (plan.go). Adding a peer
+// proxy is a target name (model.go), its configuration files (configs.go),
+// its binary in Options (and a flag in cmd/scenarios) and one pairKind
+// (pairs.go); the runner starts, probes, measures and stops it like the
+// others (see Runner for its parts).
 package scenario
