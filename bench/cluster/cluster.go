@@ -23,6 +23,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -171,6 +172,13 @@ func Up(cfg Config) (_ *Cluster, err error) {
 		}
 	}
 	return c, nil
+}
+
+// SweepStale removes what clusters whose process died without Close left:
+// their namespaces, the processes in them, hosts files and directories.
+func SweepStale() {
+	netlab.SweepStale()
+	sweepStaleDirs()
 }
 
 var staleDirRE = regexp.MustCompile(`^[a-z][a-z0-9]*\.([0-9]+)$`)
@@ -352,6 +360,38 @@ func (c *Cluster) Start(p *Pod, uid uint32, label, name string, args ...string) 
 	}()
 	c.procs = append(c.procs, proc)
 	return proc, nil
+}
+
+// WaitListening waits until something in pod p accepts TCP connections
+// on addr, for at most timeout. A process just started has no other way
+// to say it is ready; proc, when not nil, is the one expected to listen,
+// and its exit ends the wait early with its log.
+func (c *Cluster) WaitListening(p *Pod, addr string, proc *Process, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	var exited <-chan struct{}
+	if proc != nil {
+		exited = proc.Done()
+	}
+	for {
+		err := c.Do(p, func() error {
+			conn, err := net.DialTimeout("tcp", addr, timeout)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("cluster: pod %s: %s exited before listening on %s (%v): %s", p.Name, proc.Label, addr, proc.Err(), proc.LogTail(1024))
+		case <-deadline.C:
+			return fmt.Errorf("cluster: pod %s: nothing listens on %s after %v: %w", p.Name, addr, timeout, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Processes lists what Start started, in order.

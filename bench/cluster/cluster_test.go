@@ -4,7 +4,6 @@ package cluster_test
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -217,30 +216,10 @@ func start(t *testing.T, c *cluster.Cluster, p *cluster.Pod, uid uint32, label, 
 	return proc
 }
 
-// waitListening waits until something in pod p accepts TCP on addr (a
-// process just started has no other way to say so).
 func waitListening(t *testing.T, c *cluster.Cluster, p *cluster.Pod, addr string, proc *cluster.Process) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
-	defer cancel()
-	for {
-		err := c.Do(p, func() error {
-			conn, err := net.Dial("tcp", addr)
-			if err == nil {
-				conn.Close()
-			}
-			return err
-		})
-		if err == nil {
-			return
-		}
-		select {
-		case <-proc.Done():
-			t.Fatalf("%s exited before listening: %v\n%s", proc.Label, proc.Err(), proc.LogTail(2048))
-		case <-ctx.Done():
-			t.Fatalf("nothing listens on %s in pod %s: %v", addr, p.Name, err)
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := c.WaitListening(p, addr, proc, ioTimeout); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -132,7 +132,7 @@ func New(prefix string) (*Lab, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	sweepStale()
+	SweepStale()
 	return &Lab{id: prefix + hex.EncodeToString(b[:]), pid: os.Getpid(), nsSet: map[string]bool{}}, nil
 }
 
@@ -245,9 +245,10 @@ func runIn(stdin string, name string, args ...string) error {
 	return nil
 }
 
-// sweepStale deletes namespaces named by a lab whose process is gone
-// (killed before it could run Close).
-func sweepStale() {
+// SweepStale deletes the namespaces named by a lab whose process is gone
+// (killed before it could run Close), with the processes in them and
+// their /etc/netns files. New calls it.
+func SweepStale() {
 	ents, err := os.ReadDir(netnsDir)
 	if err != nil {
 		return
