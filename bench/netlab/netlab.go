@@ -270,29 +270,9 @@ func SweepStale() {
 	}
 }
 
-// killIn kills (SIGKILL) every process inside namespace ns, which would
-// otherwise keep it alive, unnamed, after it is deleted; it returns how
-// many it signalled.
-func killIn(ns string) (int, error) {
-	out, err := exec.Command("ip", "netns", "pids", ns).Output()
-	if err != nil {
-		return 0, fmt.Errorf("netlab: ip netns pids %s: %w", ns, err)
-	}
-	n := 0
-	for _, f := range strings.Fields(string(out)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil || pid <= 1 || pid == os.Getpid() {
-			continue
-		}
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
-			n++
-		}
-	}
-	return n, nil
-}
-
 // KillAll kills (SIGKILL) every process inside the lab's namespaces,
-// whoever started it, and returns how many it signalled. Close does not,
+// whoever started it, waits until they have exited, and returns how many
+// it killed. Close does not,
 // so that a caller stops its own processes gracefully first.
 func (l *Lab) KillAll() (int, error) {
 	var errs []error

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/bench/cluster"
+	"github.com/quicmesh/quicmesh/bench/netlab"
 	"github.com/quicmesh/quicmesh/internal/cli"
 	"github.com/quicmesh/quicmesh/internal/intercept"
 )
@@ -346,6 +347,18 @@ error.
 	}
 	// Whatever a killed lab process left; a no-op after a clean exit.
 	cluster.SweepStale()
+	// An app another process's sweep killed may not have exited yet, or
+	// it may have left its namespace: wait for (or kill) every app of
+	// this lab still running from its directory.
+	var left []int
+	for _, p := range s.Processes {
+		if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid) + "/cmdline"); err == nil && alive(p.Pid) && bytes.Contains(cmdline, []byte(s.Dir)) {
+			left = append(left, p.Pid)
+		}
+	}
+	if _, err := netlab.KillWait(left...); err != nil {
+		return c.Fail("stopping the lab's apps: %v", err)
+	}
 	if err := os.Remove(statePath(*name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return c.Fail("%v", err)
 	}
