@@ -3,6 +3,7 @@ module github.com/quicmesh/quicmesh
 go 1.26.8
 
 require (
+	github.com/coreos/go-iptables v0.8.0
 	github.com/miekg/dns v1.1.73
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3

@@ -14,6 +14,12 @@
 // addresses, and only traffic between those namespaces crosses it: the
 // namespaces have no route anywhere else.
 //
+// [Lab.Bridge] makes a namespace holding a Linux bridge, and
+// [Bridge.Attach] plugs further namespaces into it (a veth each, the next
+// address of the subnet, a default route via the bridge): the switch of a
+// small cluster (bench/cluster). [Lab.SetHosts] gives a namespace its own
+// /etc/hosts for the processes `ip netns exec` starts there.
+//
 // Code runs "inside" a namespace in two ways:
 //
 //   - [Lab.Do] runs a function on an OS thread switched into the namespace
@@ -58,10 +64,13 @@
 // bytes). Nothing is created in the root namespace: interfaces and
 // iptables rules live inside the lab's namespaces and die with them.
 // [Lab.Close] stops the emulators (closing a TUN file descriptor deletes
-// its device), deletes the namespaces and is idempotent; tests call it
-// from t.Cleanup. A process killed before Close (a test timeout) leaves
-// its namespaces behind; [New] deletes those whose owning process (the
-// pid in the name) no longer exists.
+// its device), deletes the namespaces and their /etc/netns files and is
+// idempotent; tests call it from t.Cleanup. [Lab.KillAll] kills whatever
+// still runs in the lab's namespaces (which would keep one alive, unnamed,
+// after Close). A process killed before Close (a test timeout) leaves its
+// namespaces behind; [New] deletes those whose owning process (the pid in
+// the name) no longer exists, with the processes in them and their
+// /etc/netns files.
 //
 // Everything needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), iproute2 and
 // iptables; [Available] says why the lab cannot work here, for t.Skip.
@@ -123,7 +132,7 @@ func New(prefix string) (*Lab, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	sweepStale()
+	SweepStale()
 	return &Lab{id: prefix + hex.EncodeToString(b[:]), pid: os.Getpid(), nsSet: map[string]bool{}}, nil
 }
 
@@ -203,6 +212,9 @@ func (l *Lab) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		if err := removeEtc(nss[i]); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -233,9 +245,10 @@ func runIn(stdin string, name string, args ...string) error {
 	return nil
 }
 
-// sweepStale deletes namespaces named by a lab whose process is gone
-// (killed before it could run Close).
-func sweepStale() {
+// SweepStale deletes the namespaces named by a lab whose process is gone
+// (killed before it could run Close), with the processes in them and
+// their /etc/netns files. New calls it.
+func SweepStale() {
 	ents, err := os.ReadDir(netnsDir)
 	if err != nil {
 		return
@@ -250,9 +263,26 @@ func sweepStale() {
 			continue
 		}
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			killIn(e.Name())
 			run("ip", "netns", "delete", e.Name())
+			removeEtc(e.Name())
 		}
 	}
+}
+
+// KillAll kills (SIGKILL) every process inside the lab's namespaces,
+// whoever started it, waits until they have exited, and returns how many
+// it killed. Close does not,
+// so that a caller stops its own processes gracefully first.
+func (l *Lab) KillAll() (int, error) {
+	var errs []error
+	total := 0
+	for _, ns := range l.Namespaces() {
+		n, err := killIn(ns)
+		total += n
+		errs = append(errs, err)
+	}
+	return total, errors.Join(errs...)
 }
 
 // hosts returns the first two host addresses of an IPv4 subnet such as

@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -174,4 +176,75 @@ func openTUN(name string) (*os.File, error) {
 // reports over a link. Call it inside [Lab.Do]. Best effort.
 func disableIPv6(ifname string) {
 	os.WriteFile("/proc/sys/net/ipv6/conf/"+ifname+"/disable_ipv6", []byte("1"), 0)
+}
+
+// killWait bounds how long killIn waits for killed processes to exit.
+const killWait = time.Minute
+
+// killIn kills (SIGKILL) every process inside namespace ns, which would
+// otherwise keep it alive, unnamed, after it is deleted, and waits until
+// they have exited (a pidfd turns readable then; zombies count as
+// exited). It returns how many it killed.
+func killIn(ns string) (int, error) {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return 0, fmt.Errorf("netlab: ip netns pids %s: %w", ns, err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
+			pids = append(pids, pid)
+		}
+	}
+	n, err := KillWait(pids...)
+	if err != nil {
+		return n, fmt.Errorf("netlab: processes in %s: %w", ns, err)
+	}
+	return n, nil
+}
+
+// KillWait kills (SIGKILL) the processes pids and waits until they have
+// exited (a pidfd turns readable then; zombies count as exited), for at
+// most a minute. It returns how many it killed; pids already gone are
+// skipped.
+func KillWait(pids ...int) (int, error) {
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for _, pid := range pids {
+		// The pidfd first: it names this process even if the pid is
+		// reused after it dies.
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue // already gone
+		}
+		if unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) != nil {
+			unix.Close(fd)
+			continue
+		}
+		fds = append(fds, fd)
+	}
+	deadline := time.Now().Add(killWait)
+	for _, fd := range fds {
+		for {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return len(fds), fmt.Errorf("still running %v after SIGKILL", killWait)
+			}
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				return len(fds), fmt.Errorf("waiting for a killed process: %w", err)
+			}
+			if n > 0 {
+				break
+			}
+		}
+	}
+	return len(fds), nil
 }

@@ -23,3 +23,8 @@ func (l *Lab) Do(ns string, fn func() error) error { return errNotLinux }
 func openTUN(name string) (*os.File, error) { return nil, errNotLinux }
 
 func disableIPv6(ifname string) {}
+
+func killIn(ns string) (int, error) { return 0, errNotLinux }
+
+// KillWait needs Linux pidfds.
+func KillWait(pids ...int) (int, error) { return 0, errNotLinux }

@@ -21,6 +21,7 @@ Usage:
   quicmesh-dev demo               run a whole mesh on loopback and check it works
   quicmesh-dev echo [flags]       serve a bundled echo app (http1, h2c, grpc, tcp)
   quicmesh-dev bench [flags]      generate load and measure latency
+  quicmesh-dev lab up|status|down a cluster of pods in network namespaces (root)
 
 Run 'quicmesh-dev COMMAND --help' for a command's flags.
 `
@@ -30,6 +31,7 @@ var commands = map[string]cli.Subcommand{
 	"demo":  runDemo,
 	"echo":  runEcho,
 	"bench": runBench,
+	"lab":   runLab,
 }
 
 func main() {

@@ -49,7 +49,7 @@ func TestCommandLineContract(t *testing.T) {
 		want string // on stdout for help, in the one stderr line otherwise
 	}{
 		{"quicmesh-dev --help", []string{"--help"}, help, "quicmesh-dev bench [flags]"},
-		{"quicmesh-dev", nil, usage, "quicmesh-dev: missing command (want bench, demo or echo); see 'quicmesh-dev --help'"},
+		{"quicmesh-dev", nil, usage, "quicmesh-dev: missing command (want bench, demo, echo or lab); see 'quicmesh-dev --help'"},
 		{"quicmesh-dev unknown command", []string{"proxy"}, usage, `quicmesh-dev: unknown command "proxy"`},
 		{"quicmesh-dev unknown flag", []string{"--frob"}, usage, "quicmesh-dev: unknown flag --frob"},
 
@@ -68,6 +68,20 @@ func TestCommandLineContract(t *testing.T) {
 		{"bench unexpected argument", []string{"bench", "--proto", "tcp", "--target", "x:1", "y"}, usage, `quicmesh-dev bench: unexpected argument "y"`},
 		{"bench no proto", []string{"bench"}, config, "quicmesh-dev bench: --proto is required"},
 		{"bench bad rate", []string{"bench", "--proto", "tcp", "--target", "x:1", "--rate", "fast"}, config, `quicmesh-dev bench: --rate: invalid value "fast"`},
+
+		{"lab --help", []string{"lab", "--help"}, help, "quicmesh-dev lab up [flags]"},
+		{"lab", []string{"lab"}, usage, "quicmesh-dev lab: missing command (want down, status or up)"},
+		{"lab unknown command", []string{"lab", "frob"}, usage, `quicmesh-dev lab: unknown command "frob"`},
+		{"lab up --help", []string{"lab", "up", "--help"}, help, "-intercept"},
+		{"lab up unknown flag", []string{"lab", "up", "--frob"}, usage, "quicmesh-dev lab up: unknown flag --frob"},
+		{"lab up bad name", []string{"lab", "up", "--name", "Lab 1"}, config, `quicmesh-dev lab up: --name "Lab 1": want a lower-case name`},
+		{"lab up too many pods", []string{"lab", "up", "--pods", "27"}, config, `quicmesh-dev lab up: --pods "27": want 1 to 26 pods`},
+		{"lab up bad pod name", []string{"lab", "up", "--pods", "a,B"}, config, `--pods "a,B": pod name "B"`},
+		{"lab up same uids", []string{"lab", "up", "--app-uid", "7", "--proxy-uid", "7"}, config, "--app-uid 7, --proxy-uid 7: want two different UIDs"},
+		{"lab up bad subnet", []string{"lab", "up", "--subnet", "10.0.0.0"}, config, "quicmesh-dev lab up: --subnet: "},
+		{"lab status unexpected argument", []string{"lab", "status", "x"}, usage, `quicmesh-dev lab status: unexpected argument "x"`},
+		{"lab status not up", []string{"lab", "status", "--name", "never-up"}, config, `quicmesh-dev lab status: lab "never-up" is not up`},
+		{"lab down --help", []string{"lab", "down", "--help"}, help, "-timeout duration"},
 	}
 	for _, tt := range tests {
 		clitest.Check(t, run, tt.name, tt.args, tt.code, tt.want)

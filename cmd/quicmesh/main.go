@@ -19,6 +19,7 @@ const usage = `quicmesh — a service-mesh sidecar that carries app traffic over
 
 Usage:
   quicmesh proxy [flags]          run a sidecar (see docs/operations.md)
+  quicmesh init --proxy-uid UID   redirect a pod's TCP through its sidecar (iptables; root)
   quicmesh ca init [flags]        create a certificate authority
   quicmesh ca issue --id ID ...   issue a workload certificate
 
@@ -30,6 +31,7 @@ apps and the load generator are 'quicmesh-dev demo|echo|bench'.
 var commands = map[string]cli.Subcommand{
 	"proxy": runProxy,
 	"ca":    runCA,
+	"init":  runInit,
 }
 
 // movedToDev are the commands quicmesh-dev runs, for a pointer to it
