@@ -16,6 +16,7 @@ import (
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
@@ -120,7 +121,7 @@ func TestSidecarsThroughNSD(t *testing.T) {
 	a := startBackend(t, ca, "a", idEcho)
 	b := startBackend(t, ca, "b", idEcho)
 	ns := startNSD(t, a.records("a", 1, idEcho))
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	r, err := New(Options{Zone: "mesh.test", Nameservers: []string{ns.addr}, MinTTL: ttl / 2, MaxTTL: ttl, Timeout: 500 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
@@ -183,7 +184,7 @@ func TestSidecarsThroughNSD(t *testing.T) {
 			failed++
 		}
 	}
-	if n := logs.count("refresh failed"); n != 1 {
+	if n := logs.Count("refresh failed"); n != 1 {
 		t.Errorf("%d failure log lines for one outage, want 1:\n%s", n, logs)
 	}
 }
