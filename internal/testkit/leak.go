@@ -72,6 +72,16 @@ func (b Baseline) Check(t testing.TB) {
 	}
 }
 
+// Started returns the goroutines started since b was taken that are
+// running now, grouped by stack, without waiting ("" if none).
+func (b Baseline) Started() string {
+	gs := newGoroutines(b.ids)
+	if len(gs) == 0 {
+		return ""
+	}
+	return groupStacks(gs)
+}
+
 // Main runs the tests of a package and then fails the run if goroutines
 // they started are still running; use it as the whole of TestMain:
 //
