@@ -88,6 +88,8 @@ type Spec struct {
 	// unless Identity is set.
 	ID       string
 	Identity identity.Provider
+	// Resolver is its discovery (default: the mesh's resolver).
+	Resolver discovery.Resolver
 	// Addr is the UDP address for mesh traffic (default 127.0.0.1:0);
 	// PacketConn, if set, is the bound socket to use instead.
 	Addr       string
@@ -194,6 +196,9 @@ func (m *Mesh) config(spec Spec) (sidecar.Config, []string) {
 	}
 	if cfg.Identity == nil {
 		cfg.Identity = identitytest.Provider(m.t, m.CA, spec.ID)
+	}
+	if spec.Resolver != nil {
+		cfg.Resolver = spec.Resolver
 	}
 	if cfg.InboundAddr == "" {
 		cfg.InboundAddr = "127.0.0.1:0"
