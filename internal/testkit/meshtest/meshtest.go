@@ -13,7 +13,6 @@
 package meshtest
 
 import (
-	"context"
 	"log/slog"
 	"net"
 	"net/url"
@@ -143,22 +142,12 @@ type Sidecar struct {
 // when the test ends.
 func (m *Mesh) Start(name string, spec Spec) *Sidecar {
 	m.t.Helper()
-	s, err := m.TryStart(name, spec)
-	if err != nil {
-		m.t.Fatalf("starting sidecar %q: %v", name, err)
-	}
-	return s
-}
-
-// TryStart is Start returning the error instead of failing the test.
-func (m *Mesh) TryStart(name string, spec Spec) (*Sidecar, error) {
-	m.t.Helper()
 	cfg, binds := m.config(spec)
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = telemetry.New(reg)
 	sc, err := sidecar.Start(cfg)
 	if err != nil {
-		return nil, err
+		m.t.Fatalf("starting sidecar %q: %v", name, err)
 	}
 	m.t.Cleanup(func() { sc.Close() })
 	s := &Sidecar{Sidecar: sc, Name: name, ID: spec.ID, Metrics: reg, binds: map[string]string{}}
@@ -180,7 +169,7 @@ func (m *Mesh) TryStart(name string, spec Spec) (*Sidecar, error) {
 	}
 	m.publishLocked()
 	m.mu.Unlock()
-	return s, nil
+	return s
 }
 
 // config is the one place that turns a Spec into the sidecar's
@@ -202,9 +191,6 @@ func (m *Mesh) config(spec Spec) (sidecar.Config, []string) {
 	}
 	if cfg.InboundAddr == "" {
 		cfg.InboundAddr = "127.0.0.1:0"
-	}
-	if cfg.PacketConn != nil {
-		cfg.InboundAddr = cfg.PacketConn.LocalAddr().String()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = testkit.DebugLogger()
@@ -302,12 +288,4 @@ func (s *Sidecar) ProxyURL() *url.URL {
 // Endpoint is where discovery finds this sidecar, as its own identity.
 func (s *Sidecar) Endpoint() discovery.Endpoint {
 	return discovery.Endpoint{Addr: s.InboundAddr().String(), Identity: s.ID}
-}
-
-// Drain is Shutdown with the production grace period
-// (sidecar.DefaultGrace).
-func (s *Sidecar) Drain() error {
-	ctx, cancel := context.WithTimeout(context.Background(), sidecar.DefaultGrace)
-	defer cancel()
-	return s.Shutdown(ctx)
 }
