@@ -8,10 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/quicmesh/quicmesh/internal/echo"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
@@ -121,11 +119,7 @@ func BenchmarkGRPCUnary(b *testing.B) {
 	m := newBenchMesh(b)
 	for _, tc := range []struct{ name, addr string }{{"direct", m.direct.grpc}, {"mesh", m.grpc}} {
 		b.Run(tc.name, func(b *testing.B) {
-			cc, err := grpc.NewClient(tc.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer cc.Close()
+			cc := testkit.GRPCConn(b, tc.addr)
 			payload := []byte(strings.Repeat("x", 128))
 			b.SetParallelism(8)
 			b.RunParallel(func(pb *testing.PB) {

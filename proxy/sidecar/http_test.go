@@ -20,7 +20,6 @@ import (
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -449,15 +448,10 @@ func TestProxyErrors(t *testing.T) {
 		}
 	})
 	t.Run("service without endpoints is UNAVAILABLE for gRPC", func(t *testing.T) {
-		cc, err := grpc.NewClient("passthrough:///empty", grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "tcp", m.proxyURL.Host)
-			}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		_, err = echo.EchoUnary(testkit.HangCtx(t), cc, []byte("x"))
+		cc := testkit.GRPCConn(t, "passthrough:///empty", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", m.proxyURL.Host)
+		}))
+		_, err := echo.EchoUnary(testkit.HangCtx(t), cc, []byte("x"))
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("got %v, want Unavailable", err)
 		}

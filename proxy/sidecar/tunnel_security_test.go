@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
@@ -532,10 +532,7 @@ func TestNoUserAgentAdded(t *testing.T) {
 		}
 	})
 	t.Run("h2c", func(t *testing.T) {
-		tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, n, a)
-		}}
-		defer tr.CloseIdleConnections()
+		tr := testkit.H2CClient(t).Transport // RoundTrip: no client defaults
 		for _, ua := range []string{"", "grpc-go/1.70"} {
 			path := "/no-ua/h2c"
 			if ua != "" {
