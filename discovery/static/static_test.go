@@ -247,7 +247,7 @@ func TestBadReloadKeepsLastGood(t *testing.T) {
 	}
 	for _, bad := range bads {
 		writeFile(t, path, bad.content)
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := testkit.HangGuard(t)
 		for !strings.Contains(logs.String(), bad.logged) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: no warning containing %q logged:\n%s", bad.name, bad.logged, logs)

@@ -60,7 +60,7 @@ func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 // a handler returns, which can be just after the client saw the response.
 func waitMetric(t *testing.T, reg *prometheus.Registry, series string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := testkit.HangGuard(t)
 	var got map[string]float64
 	for time.Now().Before(deadline) {
 		got = scrape(t, reg)

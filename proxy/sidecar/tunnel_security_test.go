@@ -191,7 +191,7 @@ func (m *secMesh) tunnels(t *testing.T, service string) float64 {
 // service: the event that proves its detection gave up on HTTP.
 func (m *secMesh) waitTunnels(t *testing.T, service string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := testkit.HangGuard(t)
 	for m.tunnels(t, service) < want {
 		if time.Now().After(deadline) {
 			t.Fatalf("client sidecar opened %v tunnels for %s, want %v", m.tunnels(t, service), service, want)
