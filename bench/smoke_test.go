@@ -4,26 +4,12 @@ import (
 	"context"
 	"math"
 	"net"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/quicmesh/quicmesh/internal/echo"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
-
-// waitGoroutines fails t unless the goroutine count returns to base.
-func waitGoroutines(t *testing.T, base int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > base {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("goroutine leak: %d > %d\n%s", runtime.NumGoroutine(), base, buf)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func startEcho(t *testing.T, kind string) *echo.Server {
 	t.Helper()
@@ -85,7 +71,7 @@ var smokeCases = []struct {
 }
 
 func TestSmoke(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := testkit.TakeBaseline()
 	for _, tc := range smokeCases {
 		model := "closed"
 		if tc.rate > 0 {
@@ -127,13 +113,13 @@ func TestSmoke(t *testing.T) {
 				tc.proto, model, r.Requests, r.RPS, r.LatencyUS.P50, r.LatencyUS.P99, r.BytesPerSecond)
 		})
 	}
-	waitGoroutines(t, base)
+	base.Check(t)
 }
 
 // TestTargetDown runs every protocol against a closed port: the run must
 // end on time with the failures counted by kind.
 func TestTargetDown(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := testkit.TakeBaseline()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -172,5 +158,5 @@ func TestTargetDown(t *testing.T) {
 			}
 		}
 	}
-	waitGoroutines(t, base)
+	base.Check(t)
 }

@@ -6,29 +6,18 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const id = "spiffe://demo.local/ns/default/sa/echo"
 
 func endpoint(addr string) discovery.Endpoint {
 	return discovery.Endpoint{Addr: addr, Identity: id, Weight: 1}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func lookup(c *discovery.Cache, name string) ([]discovery.Endpoint, error) {
@@ -57,7 +46,7 @@ func hasAddrs(c *discovery.Cache, name string, addrs ...string) func() bool {
 // ErrNoEndpoints, an unknown one ErrUnknownService, and closing both
 // leaves no goroutines behind.
 func TestCacheOverStaticResolver(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := testkit.TakeBaseline()
 	path := filepath.Join(t.TempDir(), "endpoints.json")
 	write := func(s string) {
 		t.Helper()
@@ -86,8 +75,8 @@ func TestCacheOverStaticResolver(t *testing.T) {
 
 	write(`{"services": {"echo": {"endpoints": [{"addr": "127.0.0.1:4143", "identity": "` + id + `"},
 		{"addr": "127.0.0.1:4144", "identity": "` + id + `"}]}}}`)
-	waitFor(t, "reloaded echo", hasAddrs(c, "echo", "127.0.0.1:4143", "127.0.0.1:4144"))
-	waitFor(t, "web removed", func() bool {
+	testkit.Eventually(t, "reloaded echo", hasAddrs(c, "echo", "127.0.0.1:4143", "127.0.0.1:4144"))
+	testkit.Eventually(t, "web removed", func() bool {
 		_, err := lookup(c, "web")
 		return errors.Is(err, discovery.ErrNoEndpoints)
 	})
@@ -101,7 +90,7 @@ func TestCacheOverStaticResolver(t *testing.T) {
 	if _, err := lookup(c, "echo"); !errors.Is(err, discovery.ErrClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
-	waitFor(t, "goroutines to return to baseline", func() bool { return runtime.NumGoroutine() <= base })
+	base.Check(t)
 }
 
 // TestCacheOverSet: updates made with Set reach the Cache, including a
@@ -114,18 +103,18 @@ func TestCacheOverSet(t *testing.T) {
 	c := discovery.NewCache(r, slog.New(slog.DiscardHandler))
 	defer c.Close()
 
-	waitFor(t, "echo", hasAddrs(c, "echo", "a:1"))
+	testkit.Eventually(t, "echo", hasAddrs(c, "echo", "a:1"))
 	if _, err := lookup(c, "web"); !errors.Is(err, discovery.ErrUnknownService) {
 		t.Fatalf("web: %v", err)
 	}
 	r.Set(map[string][]discovery.Endpoint{"echo": {endpoint("b:2")}, "web": {endpoint("w:1")}})
-	waitFor(t, "echo updated", hasAddrs(c, "echo", "b:2"))
+	testkit.Eventually(t, "echo updated", hasAddrs(c, "echo", "b:2"))
 	// Within the rate limit the old error is returned...
 	if _, err := lookup(c, "web"); !errors.Is(err, discovery.ErrUnknownService) {
 		t.Fatalf("web right after Set: %v", err)
 	}
 	// ...and once it has passed, the new service is found.
-	waitFor(t, "web found", hasAddrs(c, "web", "w:1"))
+	testkit.Eventually(t, "web found", hasAddrs(c, "web", "w:1"))
 }
 
 // TestCacheStaticResolverClosed: a resolver closed under the Cache ends its
@@ -136,12 +125,12 @@ func TestCacheStaticResolverClosed(t *testing.T) {
 	r := static.NewFromMap(map[string][]discovery.Endpoint{"echo": {endpoint("a:1")}})
 	c := discovery.NewCache(r, slog.New(slog.DiscardHandler))
 	defer c.Close()
-	waitFor(t, "echo", hasAddrs(c, "echo", "a:1"))
+	testkit.Eventually(t, "echo", hasAddrs(c, "echo", "a:1"))
 	r.Close()
 	if !hasAddrs(c, "echo", "a:1")() {
 		t.Fatal("last set not served right after the resolver closed")
 	}
-	waitFor(t, "ErrClosed from the closed resolver", func() bool {
+	testkit.Eventually(t, "ErrClosed from the closed resolver", func() bool {
 		_, err := lookup(c, "echo")
 		return errors.Is(err, discovery.ErrClosed)
 	})

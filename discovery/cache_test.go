@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const testID = "spiffe://demo.local/ns/default/sa/echo"
@@ -198,18 +199,6 @@ func mustGet(t *testing.T, c *Cache, name string, want ...string) []Endpoint {
 	return got
 }
 
-// eventually retries cond for up to 2s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // eventuallyGet polls Endpoints until it returns want.
 func eventuallyGet(t *testing.T, c *Cache, name string, want ...string) {
 	t.Helper()
@@ -218,7 +207,7 @@ func eventuallyGet(t *testing.T, c *Cache, name string, want ...string) {
 	}
 	var got []Endpoint
 	var err error
-	eventually(t, fmt.Sprintf("Endpoints(%q) = %v", name, want), func() bool {
+	testkit.Eventually(t, fmt.Sprintf("Endpoints(%q) = %v", name, want), func() bool {
 		got, err = get(t, c, name)
 		return err == nil && reflect.DeepEqual(addrsOf(got), want)
 	})
@@ -318,7 +307,7 @@ func TestCacheNoEndpoints(t *testing.T) {
 	go get(t, c, "echo")
 	w := f.nextWatch(t)
 	w.send(Reset)
-	eventually(t, "ErrNoEndpoints", func() bool {
+	testkit.Eventually(t, "ErrNoEndpoints", func() bool {
 		_, err := get(t, c, "echo")
 		return errors.Is(err, ErrNoEndpoints)
 	})
@@ -331,7 +320,7 @@ func TestCacheNoEndpoints(t *testing.T) {
 	w.send(Add, ep("a:1"))
 	eventuallyGet(t, c, "echo", "a:1")
 	w.send(Remove, ep("a:1"))
-	eventually(t, "ErrNoEndpoints after Remove", func() bool {
+	testkit.Eventually(t, "ErrNoEndpoints after Remove", func() bool {
 		_, err := get(t, c, "echo")
 		return errors.Is(err, ErrNoEndpoints)
 	})
@@ -428,7 +417,7 @@ func TestCacheWatchErrorReResolves(t *testing.T) {
 	// Make re-resolving fail for a while: the last set is still served.
 	f.setFail(errors.New("control plane down"))
 	w1.fail(errors.New("stream broken"))
-	eventually(t, "re-resolve attempts", func() bool { return f.callCount("echo") >= 3 })
+	testkit.Eventually(t, "re-resolve attempts", func() bool { return f.callCount("echo") >= 3 })
 	mustGet(t, c, "echo", "a:1")
 	if !w1.isClosed() {
 		t.Error("failed watch was not closed")
@@ -474,7 +463,7 @@ func TestCacheServiceDisappearsOnReResolve(t *testing.T) {
 
 	f.setKnown("echo", false)
 	w.fail(errors.New("stream broken"))
-	eventually(t, "ErrUnknownService", func() bool {
+	testkit.Eventually(t, "ErrUnknownService", func() bool {
 		_, err := get(t, c, "echo")
 		return errors.Is(err, ErrUnknownService)
 	})
@@ -492,7 +481,7 @@ func TestCacheWatchClosedByResolver(t *testing.T) {
 	eventuallyGet(t, c, "echo", "a:1")
 
 	w1.Close() // as a resolver shutting down would
-	eventually(t, "watch goroutine to stop", func() bool {
+	testkit.Eventually(t, "watch goroutine to stop", func() bool {
 		e := (*c.entries.Load())["echo"]
 		e.mu.Lock()
 		defer e.mu.Unlock()
@@ -517,7 +506,7 @@ func TestCacheWatchClosedByResolver(t *testing.T) {
 }
 
 func TestCacheClose(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := testkit.TakeBaseline()
 	f := newFake("echo", "web", "idle")
 	c := NewCache(f, slog.New(slog.DiscardHandler))
 	c.retryInterval, c.minBackoff, c.maxBackoff = time.Millisecond, time.Millisecond, time.Millisecond
@@ -544,7 +533,7 @@ func TestCacheClose(t *testing.T) {
 		_, err := c.Endpoints(context.Background(), "slow")
 		waiter <- err
 	}()
-	eventually(t, "the slow watch", func() bool { return f.callCount("slow") == 1 })
+	testkit.Eventually(t, "the slow watch", func() bool { return f.callCount("slow") == 1 })
 
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -568,14 +557,7 @@ func TestCacheClose(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > base {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines after Close, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	base.Check(t)
 }
 
 func TestApplyUpdate(t *testing.T) {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -150,25 +149,6 @@ func handshake(t *testing.T, scfg, ccfg *tls.Config) handshakeResult {
 	tc.Close()
 	wg.Wait()
 	return res
-}
-
-// checkNoGoroutineLeak fails the test if the goroutine count does not
-// return to baseline within two seconds.
-func checkNoGoroutineLeak(t *testing.T, baseline int) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= baseline {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("goroutine leak: %d goroutines, baseline %d\n%s", n, baseline, buf)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func isClosed(ch <-chan struct{}) bool {

@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -11,9 +10,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 type identityFiles struct{ cert, key, bundle string }
@@ -44,24 +44,6 @@ func writeIdentity(t *testing.T, f identityFiles, ca *CA, id ID) {
 	writeFile(t, f.cert, certPEM)
 	writeFile(t, f.key, keyPEM)
 	writeFile(t, f.bundle, ca.BundlePEM())
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestFileProviderLoad(t *testing.T) {
@@ -182,7 +164,7 @@ func TestFileProviderErrors(t *testing.T) {
 		{name: "bad DER in bundle", cert: good.cert, key: good.key, bundle: path("bad.pem", append(ca.BundlePEM(), badDER...)),
 			wantErr: []string{"identity: parsing trust bundle " + filepath.Join(dir, "bad.pem"), "PEM block 2"}},
 	}
-	baseline := runtime.NumGoroutine()
+	baseline := testkit.TakeBaseline()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := NewFileProvider(tt.cert, tt.key, tt.bundle, FileOptions{})
@@ -204,20 +186,20 @@ func TestFileProviderErrors(t *testing.T) {
 			}
 		})
 	}
-	checkNoGoroutineLeak(t, baseline)
+	baseline.Check(t)
 }
 
 // TestFileProviderRotation: rewriting the files (non-atomically) is picked
 // up by the poller, closes Changed, and the next handshake serves the new
 // identity without touching the server config.
 func TestFileProviderRotation(t *testing.T) {
-	baseline := runtime.NumGoroutine()
+	baseline := testkit.TakeBaseline()
 	caA := newTestCA(t, "example.org")
 	caB := newTestCA(t, "example.org")
 	newServerID := MustParseID("spiffe://example.org/server-v2")
 	f := filesIn(t.TempDir())
 	writeIdentity(t, f, caA, serverID)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	p, err := NewFileProvider(f.cert, f.key, f.bundle, FileOptions{
 		PollInterval: 10 * time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -236,10 +218,7 @@ func TestFileProviderRotation(t *testing.T) {
 	waitClosed(t, ch, "FileProvider to notice the rewrite")
 	// Changed may close once more if the poller caught the cert and key
 	// in between writes; wait until the new identity is served.
-	deadline := time.Now().Add(5 * time.Second)
-	for p.ID() != newServerID && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, "the new identity to be served", func() bool { return p.ID() == newServerID })
 	if p.ID() != newServerID {
 		t.Fatalf("ID() = %v after rotation", p.ID())
 	}
@@ -255,7 +234,7 @@ func TestFileProviderRotation(t *testing.T) {
 	}
 	p.Close()
 	p.Close()
-	checkNoGoroutineLeak(t, baseline)
+	baseline.Check(t)
 }
 
 // TestFileProviderBadReload: a broken rewrite keeps the last good material,
@@ -264,7 +243,7 @@ func TestFileProviderBadReload(t *testing.T) {
 	ca := newTestCA(t, "example.org")
 	f := filesIn(t.TempDir())
 	writeIdentity(t, f, ca, serverID)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	p, err := NewFileProvider(f.cert, f.key, f.bundle, FileOptions{
 		PollInterval: 5 * time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(logs, nil)),
@@ -394,17 +373,15 @@ func TestFileProviderSameStatDifferentContent(t *testing.T) {
 		}
 	}
 	waitClosed(t, ch, "detection of a same-stat rewrite")
-	deadline := time.Now().Add(5 * time.Second)
-	for p.ID() != clientID && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, "the rewritten identity to be served", func() bool { return p.ID() == clientID })
 	if p.ID() != clientID {
 		t.Fatalf("ID() = %v", p.ID())
 	}
 }
 
 func TestFileProviderNoPolling(t *testing.T) {
-	baseline := runtime.NumGoroutine()
+	baseline := testkit.TakeBaseline()
+	count := runtime.NumGoroutine()
 	ca := newTestCA(t, "example.org")
 	f := filesIn(t.TempDir())
 	writeIdentity(t, f, ca, serverID)
@@ -412,8 +389,8 @@ func TestFileProviderNoPolling(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := runtime.NumGoroutine(); n > baseline {
-		t.Fatalf("PollInterval < 0 started %d goroutine(s)", n-baseline)
+	if n := runtime.NumGoroutine(); n > count {
+		t.Fatalf("PollInterval < 0 started %d goroutine(s)", n-count)
 	}
 	ch := p.Changed()
 	writeIdentity(t, f, ca, clientID)
@@ -428,7 +405,7 @@ func TestFileProviderNoPolling(t *testing.T) {
 		t.Fatalf("Reload did not load the change: ID %v", p.ID())
 	}
 	p.Close()
-	checkNoGoroutineLeak(t, baseline)
+	baseline.Check(t)
 }
 
 // TestFileProviderFederatedBundles: each federated bundle file verifies

@@ -4,10 +4,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 func TestStaticProvider(t *testing.T) {
@@ -140,7 +141,7 @@ func TestStaticProviderConcurrent(t *testing.T) {
 
 func TestCAProvider(t *testing.T) {
 	ca := newTestCA(t, "example.org")
-	baseline := runtime.NumGoroutine()
+	baseline := testkit.TakeBaseline()
 
 	p, err := NewCAProvider(ca, serverID, CAProviderOptions{Lifetime: 300 * time.Millisecond})
 	if err != nil {
@@ -204,7 +205,7 @@ func TestCAProvider(t *testing.T) {
 		t.Fatal(err)
 	}
 	cp.Close()
-	checkNoGoroutineLeak(t, baseline)
+	baseline.Check(t)
 
 	// No renewal after Close.
 	ch = p.Changed()
@@ -226,7 +227,7 @@ func TestCAProviderErrors(t *testing.T) {
 		{"other trust domain", ca, MustParseID("spiffe://other.org/x"), CAProviderOptions{}},
 		{"negative lifetime", ca, serverID, CAProviderOptions{Lifetime: -1}},
 	}
-	baseline := runtime.NumGoroutine()
+	baseline := testkit.TakeBaseline()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if p, err := NewCAProvider(tt.ca, tt.id, tt.opts); err == nil {
@@ -235,7 +236,7 @@ func TestCAProviderErrors(t *testing.T) {
 			}
 		})
 	}
-	checkNoGoroutineLeak(t, baseline)
+	baseline.Check(t)
 }
 
 // TestCAProviderCappedByCA: when the CA's expiry caps the leaf, the provider

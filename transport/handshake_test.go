@@ -18,6 +18,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -177,7 +178,7 @@ func TestInitialFloodBoundsState(t *testing.T) {
 }
 
 func testInitialFlood(t *testing.T, kind floodKind) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	srv, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, serverID)})
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -22,21 +22,6 @@ const (
 	serverID = "spiffe://t.local/server"
 	clientID = "spiffe://t.local/client"
 )
-
-func leakCheck(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
 
 // server accepts connections and counts them until the test ends.
 type server struct {
@@ -101,7 +86,7 @@ func newPool(t *testing.T, ca *identity.CA, limits transport.Limits) *transport.
 }
 
 func TestPoolCoalescesConcurrentDials(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	srv := startServer(t, ca, "127.0.0.1:0")
 	p := newPool(t, ca, transport.Limits{})
@@ -135,7 +120,7 @@ func TestPoolCoalescesConcurrentDials(t *testing.T) {
 }
 
 func TestPoolBackoffAndRecovery(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	// Reserve a UDP port with nobody serving QUIC on it.
 	hole, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -186,7 +171,7 @@ func TestPoolBackoffAndRecovery(t *testing.T) {
 }
 
 func TestPoolHonoursGoAway(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	srv := startServer(t, ca, "127.0.0.1:0")
 	p := newPool(t, ca, transport.Limits{})
@@ -217,7 +202,7 @@ func TestPoolHonoursGoAway(t *testing.T) {
 }
 
 func TestTunnelHeaderRoutedAndResetMapped(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	srv := startServer(t, ca, "127.0.0.1:0")
 	p := newPool(t, ca, transport.Limits{})
@@ -247,7 +232,7 @@ func TestTunnelHeaderRoutedAndResetMapped(t *testing.T) {
 // same address with the same identity resets them with a stateless reset:
 // the pool notices within a round trip, not after the idle timeout.
 func TestCrashedPeerDetectedByStatelessReset(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	prov := identitytest.Provider(t, ca, serverID)
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

@@ -1,10 +1,10 @@
 package transport_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -18,6 +18,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -41,48 +42,13 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// logBuffer collects slog text lines from any goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// lines returns the logged lines whose message is msg.
-func (b *logBuffer) lines(msg string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []string
-	for l := range strings.SplitSeq(b.buf.String(), "\n") {
-		if strings.Contains(l, `msg="`+msg+`"`) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
 // waitLines waits until n lines with msg were logged (the server logs from
 // its own goroutines, after the client already saw the refusal) and
 // returns them.
-func (b *logBuffer) waitLines(t *testing.T, msg string, n int) []string {
+func waitLines(t *testing.T, logs *testkit.LogBuffer, msg string, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := b.lines(msg)
-		if len(got) >= n || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, fmt.Sprintf("%d %q log lines", n, msg), func() bool { return len(logs.Lines(msg)) >= n })
+	return logs.Lines(msg)
 }
 
 func assertFields(t *testing.T, line string, fields ...string) {
@@ -120,15 +86,15 @@ func handshakeFailures(t *testing.T, reg *prometheus.Registry, dir, reason strin
 // side is one sidecar's endpoint with its own logs, metrics and clock.
 type side struct {
 	ep    *transport.Endpoint
-	logs  *logBuffer
+	logs  *testkit.LogBuffer
 	reg   *prometheus.Registry
 	clock *fakeClock
 }
 
 func newSide(t *testing.T, listen bool, prov identity.Provider, limits transport.Limits) *side {
 	t.Helper()
-	s := &side{logs: &logBuffer{}, reg: prometheus.NewRegistry(), clock: newFakeClock()}
-	cfg := transport.Config{Identity: prov, Logger: s.logs.logger(), Metrics: telemetry.New(s.reg), Now: s.clock.Now, Limits: limits}
+	s := &side{logs: &testkit.LogBuffer{}, reg: prometheus.NewRegistry(), clock: newFakeClock()}
+	cfg := transport.Config{Identity: prov, Logger: s.logs.Logger(slog.LevelWarn), Metrics: telemetry.New(s.reg), Now: s.clock.Now, Limits: limits}
 	var err error
 	if listen {
 		s.ep, err = transport.Listen("127.0.0.1:0", cfg)
@@ -197,7 +163,7 @@ func TestRefusedHandshakeIsAFailedDialAndLoggedOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			leakCheck(t)
+			testkit.CheckLeaks(t)
 			srv := newSide(t, true, identitytest.Provider(t, goodCA, tt.serverID), transport.Limits{})
 			cli := newSide(t, false, tt.client(t), transport.Limits{})
 			pool := transport.NewPool(cli.ep)
@@ -220,8 +186,8 @@ func TestRefusedHandshakeIsAFailedDialAndLoggedOnce(t *testing.T) {
 				t.Fatal("no back-off after a refused dial")
 			}
 
-			clientLines := cli.logs.waitLines(t, "peer dial failed", 1)
-			serverLines := srv.logs.waitLines(t, "inbound handshake refused", 1)
+			clientLines := waitLines(t, cli.logs, "peer dial failed", 1)
+			serverLines := waitLines(t, srv.logs, "inbound handshake refused", 1)
 			if len(clientLines) != 1 || len(serverLines) != 1 {
 				t.Fatalf("logged %d client and %d server lines, want one each:\n%s\n%s", len(clientLines), len(serverLines), clientLines, serverLines)
 			}
@@ -257,7 +223,7 @@ func TestRefusedHandshakeIsAFailedDialAndLoggedOnce(t *testing.T) {
 			}
 			waitCount(cli.reg, "outbound", tt.clientReason, 1+again)
 			waitCount(srv.reg, "inbound", tt.serverReason, 1+again)
-			if n, m := len(cli.logs.lines("peer dial failed")), len(srv.logs.lines("inbound handshake refused")); n != 1 || m != 1 {
+			if n, m := len(cli.logs.Lines("peer dial failed")), len(srv.logs.Lines("inbound handshake refused")); n != 1 || m != 1 {
 				t.Fatalf("repeated refusals logged %d client and %d server lines, want 1 each", n, m)
 			}
 
@@ -266,8 +232,8 @@ func TestRefusedHandshakeIsAFailedDialAndLoggedOnce(t *testing.T) {
 			cli.clock.Advance(10 * time.Second)
 			srv.clock.Advance(10 * time.Second)
 			pool.Get(context.Background(), addr, want)
-			clientLines = cli.logs.waitLines(t, "peer dial failed", 2)
-			serverLines = srv.logs.waitLines(t, "inbound handshake refused", 2)
+			clientLines = waitLines(t, cli.logs, "peer dial failed", 2)
+			serverLines = waitLines(t, srv.logs, "inbound handshake refused", 2)
 			if len(clientLines) != 2 || len(serverLines) != 2 {
 				t.Fatalf("after the interval: %d client and %d server lines, want 2 each", len(clientLines), len(serverLines))
 			}
@@ -281,7 +247,7 @@ func TestRefusedHandshakeIsAFailedDialAndLoggedOnce(t *testing.T) {
 // as no_certificate (crypto/tls used to reject it before our callback, so
 // it was counted nowhere).
 func TestClientWithoutCertificateRefusedAndCounted(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	srv := newSide(t, true, identitytest.Provider(t, ca, serverID), transport.Limits{})
 	tlsConf := &tls.Config{NextProtos: []string{transport.ALPN}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
@@ -297,7 +263,7 @@ func TestClientWithoutCertificateRefusedAndCounted(t *testing.T) {
 			t.Fatal("a client without a certificate was not refused")
 		}
 	}
-	lines := srv.logs.waitLines(t, "inbound handshake refused", 1)
+	lines := waitLines(t, srv.logs, "inbound handshake refused", 1)
 	if len(lines) != 1 {
 		t.Fatalf("logged %d lines, want 1: %q", len(lines), lines)
 	}
@@ -311,7 +277,7 @@ func TestClientWithoutCertificateRefusedAndCounted(t *testing.T) {
 // (CONNECTION_REFUSED), which the dialling side reports as "overloaded";
 // once the stalled handshake finishes, dials succeed again.
 func TestHandshakesInProgressAreCapped(t *testing.T) {
-	leakCheck(t)
+	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
 	srv := newSide(t, true, identitytest.Provider(t, ca, serverID), transport.Limits{MaxHandshakes: 1})
 	addr := srv.ep.Addr().String()
@@ -348,7 +314,7 @@ func TestHandshakesInProgressAreCapped(t *testing.T) {
 	if de, ok := errors.AsType[*transport.DialError](err); !ok || de.Reason != transport.ReasonOverloaded {
 		t.Fatalf("dial beyond the cap: %v; want a DialError with reason %q", err, transport.ReasonOverloaded)
 	}
-	lines := srv.logs.waitLines(t, "inbound handshake refused", 1)
+	lines := waitLines(t, srv.logs, "inbound handshake refused", 1)
 	if len(lines) != 1 {
 		t.Fatalf("logged %q, want one line", lines)
 	}

@@ -21,9 +21,9 @@ import (
 
 	"github.com/quicmesh/quicmesh/bench/cluster"
 	"github.com/quicmesh/quicmesh/bench/netlab"
-	"github.com/quicmesh/quicmesh/bench/netlab/netlabtest"
 	"github.com/quicmesh/quicmesh/internal/intercept"
 	"github.com/quicmesh/quicmesh/internal/origdst"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const (
@@ -96,9 +96,9 @@ func helper(args []string) int {
 // it fails), then checks that nothing is left.
 func up(t *testing.T, cfg cluster.Config) (*cluster.Cluster, string) {
 	t.Helper()
-	netlabtest.Need(t, netlab.Available)
+	testkit.NeedNetns(t, netlab.Available)
 	for _, c := range []string{"setpriv", "ip6tables"} {
-		netlabtest.Need(t, func() error { _, err := exec.LookPath(c); return err })
+		testkit.NeedNetns(t, func() error { _, err := exec.LookPath(c); return err })
 	}
 	before := hostState(t)
 	c, err := cluster.Up(cfg)
@@ -337,7 +337,7 @@ func TestInterceptPerPod(t *testing.T) {
 // A failure part-way through Up leaves nothing: here the subnet has room
 // for one pod of two.
 func TestUpFailureTearsDown(t *testing.T) {
-	netlabtest.Need(t, netlab.Available)
+	testkit.NeedNetns(t, netlab.Available)
 	before, _ := filepath.Glob("/var/run/netns/qcf*")
 	_, err := cluster.Up(cluster.Config{Prefix: "qcf", Pods: []string{"a", "b"}, Subnet: "10.88.3.0/30"})
 	if err == nil || !strings.Contains(err.Error(), "no address left") {

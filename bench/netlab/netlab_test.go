@@ -21,11 +21,12 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/bench/netlab"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 func newLab(t *testing.T) *netlab.Lab {
 	t.Helper()
-	needLab(t, netlab.Available)
+	testkit.NeedNetns(t, netlab.Available)
 	l, err := netlab.New("qmt")
 	if err != nil {
 		t.Fatal(err)
@@ -47,19 +48,6 @@ func newPairLab(t *testing.T, subnet string) (*netlab.Lab, *netlab.Link) {
 		t.Fatal(err)
 	}
 	return l, k
-}
-
-// needLab skips t when check says a lab cannot be built here, or fails it
-// when QUICMESH_REQUIRE_NETNS is set: where the tools are installed (CI as
-// root) a skip would hide these tests.
-func needLab(t *testing.T, check func() error) {
-	t.Helper()
-	if err := check(); err != nil {
-		if os.Getenv("QUICMESH_REQUIRE_NETNS") != "" {
-			t.Fatalf("%v (and QUICMESH_REQUIRE_NETNS is set)", err)
-		}
-		t.Skip(err)
-	}
 }
 
 // listenUDP binds a UDP socket to addr:0 inside namespace ns.
@@ -422,7 +410,7 @@ func TestNetnsBlockUDP(t *testing.T) {
 
 func TestNetnsDelayAddsToRoundTrip(t *testing.T) {
 	l := newLab(t)
-	needLab(t, netlab.TUNAvailable)
+	testkit.NeedNetns(t, netlab.TUNAvailable)
 	veth, err := l.Pair("va", "vb", "10.77.6.0/24")
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +448,7 @@ func TestNetnsDelayAddsToRoundTrip(t *testing.T) {
 
 func TestNetnsEmulatorLossOrderAndQueueBound(t *testing.T) {
 	l := newLab(t)
-	needLab(t, netlab.TUNAvailable)
+	testkit.NeedNetns(t, netlab.TUNAvailable)
 	k, err := l.DelayPair("a", "b", "10.77.8.0/24", time.Millisecond, 30)
 	if err != nil {
 		t.Fatal(err)
@@ -514,7 +502,7 @@ func TestNetnsEmulatorLossOrderAndQueueBound(t *testing.T) {
 }
 
 func TestNetnsCloseRemovesEverything(t *testing.T) {
-	needLab(t, netlab.Available)
+	testkit.NeedNetns(t, netlab.Available)
 	// A namespace left by a lab whose process is gone is swept by New.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
@@ -526,7 +514,7 @@ func TestNetnsCloseRemovesEverything(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("ip", "netns", "delete", stale).Run() })
 
-	goroutines := runtime.NumGoroutine()
+	goroutines := testkit.TakeBaseline()
 	l, err := netlab.New("qmc")
 	if err != nil {
 		t.Fatal(err)
@@ -590,13 +578,7 @@ func TestNetnsCloseRemovesEverything(t *testing.T) {
 	if err := k.SetLoss(1); err == nil {
 		t.Fatal("SetLoss on a closed lab succeeded")
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > goroutines {
-		t.Fatalf("%d goroutines before the lab, %d after Close: the emulator did not stop", goroutines, n)
-	}
+	goroutines.Check(t) // the emulator stopped
 }
 
 func netnsList(t *testing.T, name string) bool {

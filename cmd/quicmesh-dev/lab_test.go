@@ -18,15 +18,15 @@ import (
 
 	"github.com/quicmesh/quicmesh/bench/cluster"
 	"github.com/quicmesh/quicmesh/bench/netlab"
-	"github.com/quicmesh/quicmesh/bench/netlab/netlabtest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 // labUp starts `quicmesh-dev lab up` as a process and returns once it
 // says the lab is up, with the state it wrote.
 func labUp(t *testing.T, name string, args ...string) (*exec.Cmd, *labState, *exitWatch) {
 	t.Helper()
-	netlabtest.Need(t, netlab.Available)
-	netlabtest.Need(t, func() error { _, err := exec.LookPath("setpriv"); return err })
+	testkit.NeedNetns(t, netlab.Available)
+	testkit.NeedNetns(t, func() error { _, err := exec.LookPath("setpriv"); return err })
 	cmd := exec.Command(os.Args[0], append([]string{"lab", "up", "--name", name}, args...)...)
 	cmd.Env = append(os.Environ(), reexecEnv+"=1")
 	out, err := cmd.StdoutPipe()

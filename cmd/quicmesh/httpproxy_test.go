@@ -12,13 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
 // proxyMesh is a client sidecar with an HTTP proxy listener and a server
@@ -32,50 +27,19 @@ type proxyMesh struct {
 func newProxyMesh(t *testing.T) *proxyMesh {
 	t.Helper()
 	const clientID, serverID = "spiffe://test.local/ns/t/sa/client", "spiffe://test.local/ns/t/sa/echo"
-	ca, err := identity.NewCA("test.local", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mesh := meshtest.New(t)
 	provider := func(id string) identity.Provider {
-		p, err := identity.NewCAProvider(ca, identity.MustParseID(id), identity.CAProviderOptions{Lifetime: 10 * time.Minute})
+		p, err := identity.NewCAProvider(mesh.CA, identity.MustParseID(id), identity.CAProviderOptions{Lifetime: 10 * time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { p.Close() })
 		return p
 	}
-	app, err := echo.ListenHTTP1("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close() })
-	m := &proxyMesh{clientReg: prometheus.NewRegistry(), serverReg: prometheus.NewRegistry(), clientID: clientID}
-	server, err := sidecar.Start(sidecar.Config{
-		Identity:    provider(serverID),
-		Resolver:    static.NewFromMap(nil),
-		InboundAddr: "127.0.0.1:0",
-		Routes:      inbound.Routes{"echo": app.Addr().String()},
-		Metrics:     telemetry.New(m.serverReg),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	resolver := static.NewFromMap(map[string][]discovery.Endpoint{"echo": {{Addr: server.InboundAddr().String(), Identity: serverID}}})
-	t.Cleanup(func() { resolver.Close() })
-	client, err := sidecar.Start(sidecar.Config{
-		Identity:      provider(clientID),
-		Resolver:      resolver,
-		InboundAddr:   "127.0.0.1:0",
-		HTTPProxyAddr: "127.0.0.1:0",
-		Metrics:       telemetry.New(m.clientReg),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	m.proxyURL = &url.URL{Scheme: "http", Host: client.HTTPProxyAddr().String()}
-	return m
+	app := mesh.HTTPApp("echo", meshtest.H1, nil)
+	server := mesh.Start("server", meshtest.Spec{ID: serverID, Identity: provider(serverID), Routes: map[string]string{"echo": app.URL("")}})
+	client := mesh.Start("client", meshtest.Spec{ID: clientID, Identity: provider(clientID), HTTPProxy: true})
+	return &proxyMesh{proxyURL: client.ProxyURL(), clientReg: client.Metrics, serverReg: server.Metrics, clientID: clientID}
 }
 
 // The HTTP proxy listener routes by URL host, as docs/operations.md says;

@@ -10,9 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 // runCmd runs the quicmesh CLI in-process.
@@ -53,32 +54,13 @@ func takenAddrs(t *testing.T) (tcp, udp string) {
 	return tcpTaken.Addr().String(), udpTaken.LocalAddr().String()
 }
 
-// lockedBuffer is a bytes.Buffer that a running sidecar may write while
-// the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A real sidecar process's lifecycle, in-process: ready on /ready, metrics
 // on /metrics, graceful exit 0 on POST /shutdown.
 func TestProxyLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
 	done := make(chan int, 1)
-	var errb lockedBuffer
+	var errb testkit.LogBuffer
 	// The admin server binds port 0 and the test learns the address from
 	// the "ready" log line: a port picked free beforehand can be taken by
 	// another process before the sidecar binds it.
@@ -87,11 +69,7 @@ func TestProxyLifecycle(t *testing.T) {
 			"--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0",
 			"--admin-shutdown", "--grace", "2s", "--log-format", "json"}, io.Discard, &errb)
 	}()
-	deadline, ok := t.Deadline()
-	if !ok {
-		deadline = time.Now().Add(10 * time.Minute)
-	}
-	deadline = deadline.Add(-30 * time.Second)
+	deadline := testkit.HangGuard(t)
 	var admin string
 	for admin == "" {
 		for _, line := range strings.Split(errb.String(), "\n") {

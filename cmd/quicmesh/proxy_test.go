@@ -1,68 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
-
-// moduleGoroutines returns the stacks of this module's goroutines other
-// than the caller's, by goroutine header ("goroutine 7 [select]:" without
-// the state, so a goroutine changing state keeps its key).
-func moduleGoroutines() map[string]string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	out := map[string]string{}
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		header, _, _ := strings.Cut(g, "\n")
-		if strings.Contains(header, "[running]") || !strings.Contains(g, "github.com/quicmesh/quicmesh/") {
-			continue
-		}
-		id, _, _ := strings.Cut(header, " [")
-		out[id] = g
-	}
-	return out
-}
-
-// checkNoNewGoroutines fails t if goroutines of this module that were not
-// running before (see moduleGoroutines) are still there once they had
-// every chance to end, and prints them.
-func checkNoNewGoroutines(t *testing.T, before map[string]string) {
-	t.Helper()
-	// Close returns once each poller has signalled its end; the goroutine
-	// itself still has to return, which takes a scheduling round, more
-	// on a loaded machine. The bound only limits how long a leak takes
-	// to report.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var leaked []string
-		for id, stack := range moduleGoroutines() {
-			if _, ok := before[id]; !ok {
-				leaked = append(leaked, stack)
-			}
-		}
-		if len(leaked) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			slices.Sort(leaked)
-			t.Fatalf("%d goroutines left behind:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // A sidecar that fails to start closes everything it opened before the
 // failure: the identity files' poller, the discovery file's poller, the
@@ -95,19 +40,19 @@ func TestFailedStartLeavesNothingRunning(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := moduleGoroutines()
+			before := testkit.TakeBaseline()
 			code, stdout, stderr := runCmd(tt.args...)
 			if code != 1 || stdout != "" || !strings.Contains(stderr, tt.want) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want exit 1 and an error line containing %q", code, stdout, stderr, tt.want)
 			}
-			checkNoNewGoroutines(t, before)
+			before.Check(t)
 		})
 	}
 }
 
 // The check above can see a leak: a file poller that is never closed.
-func TestCheckNoNewGoroutinesSeesAPoller(t *testing.T) {
-	before := moduleGoroutines()
+func TestLeakCheckSeesAPoller(t *testing.T) {
+	before := testkit.TakeBaseline()
 	dir := t.TempDir()
 	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
 	c, f := newProxyCommand(nopWriter{}, nopWriter{})
@@ -122,18 +67,12 @@ func TestCheckNoNewGoroutinesSeesAPoller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	after := moduleGoroutines()
-	var started []string
-	for id, stack := range after {
-		if _, ok := before[id]; !ok {
-			started = append(started, stack)
-		}
-	}
+	started := before.Started()
 	closeAll()
-	if !strings.Contains(strings.Join(started, "\n"), "filewatch") {
-		t.Fatalf("an open identity provider shows no filewatch goroutine among the new ones:\n%s", fmt.Sprint(started))
+	if !strings.Contains(started, "filewatch") {
+		t.Fatalf("an open identity provider shows no filewatch goroutine among the new ones:\n%s", started)
 	}
-	checkNoNewGoroutines(t, before)
+	before.Check(t)
 }
 
 type nopWriter struct{}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -13,11 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/quicmesh/quicmesh/discovery/static"
-	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -27,35 +23,16 @@ const idImpostor = "spiffe://test.local/ns/default/sa/impostor"
 // sidecar serving the service "echo".
 type backend struct {
 	name    string
-	served  atomic.Int64
-	sidecar *sidecar.Sidecar
+	served  *atomic.Int64
+	sidecar *meshtest.Sidecar
 }
 
-func startBackend(t *testing.T, ca *identity.CA, name, id string) *backend {
-	t.Helper()
-	b := &backend{name: name}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		b.served.Add(1)
+func startBackend(m *meshtest.Mesh, name, id string) *backend {
+	app := m.HTTPApp(name, meshtest.H1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, name)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	b.sidecar, err = sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, id),
-		Resolver:    static.NewFromMap(nil),
-		InboundAddr: "127.0.0.1:0",
-		Routes:      inbound.Routes{"echo": ln.Addr().String()},
-		Logger:      slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("starting %s's sidecar: %v", name, err)
-	}
-	t.Cleanup(func() { b.sidecar.Close() })
-	return b
+	}))
+	s := m.Start("sidecar of "+name, meshtest.Spec{ID: id, Routes: map[string]string{"echo": app.URL("")}})
+	return &backend{name: name, served: &app.Hits, sidecar: s}
 }
 
 // records publishes b under target (a name in mesh.test) for service echo
@@ -72,31 +49,25 @@ func (b *backend) records(target string, weight int, id string) string {
 // "echo"; get sends one request on a new connection (so that each request
 // is balanced anew) and returns the backend's name.
 type dnsClient struct {
-	sidecar *sidecar.Sidecar
+	sidecar *meshtest.Sidecar
 	http    *http.Client
 }
 
-func startDNSClient(t *testing.T, ca *identity.CA, r *Resolver) *dnsClient {
+func startDNSClient(t *testing.T, m *meshtest.Mesh, r *Resolver) *dnsClient {
 	t.Helper()
-	s, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, "spiffe://test.local/ns/default/sa/client"),
-		Resolver:    r,
-		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "echo"}},
-		Limits:      transport.Limits{HandshakeTimeout: 2 * time.Second},
-		Logger:      slog.New(slog.DiscardHandler),
+	s := m.Start("client", meshtest.Spec{
+		ID:       "spiffe://test.local/ns/default/sa/client",
+		Resolver: r,
+		Binds:    []meshtest.Bind{{Service: "echo"}},
+		Limits:   transport.Limits{HandshakeTimeout: 2 * time.Second},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
 	tr := &http.Transport{DisableKeepAlives: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &dnsClient{sidecar: s, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 }
 
 func (c *dnsClient) get() (string, error) {
-	resp, err := c.http.Get("http://" + c.sidecar.BindAddr(0).String() + "/")
+	resp, err := c.http.Get("http://" + c.sidecar.Bind("echo") + "/")
 	if err != nil {
 		return "", err
 	}
@@ -116,11 +87,11 @@ func (c *dnsClient) get() (string, error) {
 // the last answer while traffic continues.
 func TestSidecarsThroughNSD(t *testing.T) {
 	const ttl = time.Second // the zone's TTLs
-	ca := identitytest.NewCA(t, "test.local")
-	a := startBackend(t, ca, "a", idEcho)
-	b := startBackend(t, ca, "b", idEcho)
+	m := meshtest.New(t)
+	a := startBackend(m, "a", idEcho)
+	b := startBackend(m, "b", idEcho)
 	ns := startNSD(t, a.records("a", 1, idEcho))
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	r, err := New(Options{Zone: "mesh.test", Nameservers: []string{ns.addr}, MinTTL: ttl / 2, MaxTTL: ttl, Timeout: 500 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
@@ -128,7 +99,7 @@ func TestSidecarsThroughNSD(t *testing.T) {
 	}
 	events := refreshEvents(r)
 	t.Cleanup(func() { r.Close() })
-	c := startDNSClient(t, ca, r)
+	c := startDNSClient(t, m, r)
 
 	for i := range 10 {
 		if got, err := c.get(); err != nil || got != "a" {
@@ -183,7 +154,7 @@ func TestSidecarsThroughNSD(t *testing.T) {
 			failed++
 		}
 	}
-	if n := logs.count("refresh failed"); n != 1 {
+	if n := logs.Count("refresh failed"); n != 1 {
 		t.Errorf("%d failure log lines for one outage, want 1:\n%s", n, logs)
 	}
 }
@@ -191,8 +162,8 @@ func TestSidecarsThroughNSD(t *testing.T) {
 // A record whose TXT declares an identity the peer cannot prove is
 // refused in the handshake: nothing reaches the impostor's app.
 func TestIdentityMismatchRefusedAtHandshake(t *testing.T) {
-	ca := identitytest.NewCA(t, "test.local")
-	impostor := startBackend(t, ca, "impostor-app", idImpostor)
+	m := meshtest.New(t)
+	impostor := startBackend(m, "impostor-app", idImpostor)
 	ns := startNSD(t, impostor.records("x", 1, idEcho)) // DNS says: expect echo
 	r, err := New(Options{Zone: "mesh.test", Nameservers: []string{ns.addr}, Timeout: 500 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler)})
@@ -201,7 +172,7 @@ func TestIdentityMismatchRefusedAtHandshake(t *testing.T) {
 	}
 	events := refreshEvents(r)
 	t.Cleanup(func() { r.Close() })
-	c := startDNSClient(t, ca, r)
+	c := startDNSClient(t, m, r)
 	for i := range 3 {
 		got, err := c.get()
 		if err == nil {

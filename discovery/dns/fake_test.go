@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"strings"
@@ -169,30 +168,6 @@ func (f *fakeServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 		}
 	}
 	w.WriteMsg(m)
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // refreshEvents delivers every refresh outcome of r's watches.

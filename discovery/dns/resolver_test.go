@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const (
@@ -21,9 +22,9 @@ const (
 	srvEcho = "_quicmesh._udp.echo.mesh.test."
 )
 
-func newTestResolver(t *testing.T, f *fakeServer, opts Options) (*Resolver, *logBuffer) {
+func newTestResolver(t *testing.T, f *fakeServer, opts Options) (*Resolver, *testkit.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	opts.Zone = "mesh.test"
 	opts.Nameservers = []string{f.addr}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -283,7 +284,7 @@ func TestResolve(t *testing.T) {
 					t.Errorf("refused{reason=%q} = %v, want %v", reason, n, tt.refused[reason])
 				}
 			}
-			if len(tt.refused) > 0 && logs.count("SRV record not served") == 0 {
+			if len(tt.refused) > 0 && logs.Count("SRV record not served") == 0 {
 				t.Errorf("no log line for the refused record:\n%s", logs)
 			}
 			for _, kind := range failKinds {
@@ -413,7 +414,7 @@ func TestFailureKeepsLastAnswer(t *testing.T) {
 			if n := testutil.ToFloat64(r.failures.WithLabelValues(tt.kind)); n < 3 {
 				t.Errorf("failures{reason=%q} = %v, want at least 3", tt.kind, n)
 			}
-			if n := logs.count("refresh failed"); n != 1 {
+			if n := logs.Count("refresh failed"); n != 1 {
 				t.Errorf("%d failure log lines for one distinct failure, want 1:\n%s", n, logs)
 			}
 			if n := testutil.ToFloat64(r.stale); n != 1 {
@@ -431,7 +432,7 @@ func TestFailureKeepsLastAnswer(t *testing.T) {
 			if want := []discovery.Endpoint{ep("127.0.0.3:4143", idEcho, 1)}; !reflect.DeepEqual(u.Endpoints, want) {
 				t.Fatalf("after recovery: %v, want %v", u.Endpoints, want)
 			}
-			if n := logs.count("refresh recovered"); n != 1 {
+			if n := logs.Count("refresh recovered"); n != 1 {
 				t.Errorf("%d recovery log lines, want 1", n)
 			}
 			if n := testutil.ToFloat64(r.stale); n != 0 {
@@ -458,7 +459,7 @@ func TestServiceRemovedAndBack(t *testing.T) {
 	if err != nil || u.Kind != discovery.Reset || len(u.Endpoints) != 0 {
 		t.Fatalf("after NXDOMAIN: %+v %v, want an empty reset", u, err)
 	}
-	if logs.count("no SRV records any more") != 1 {
+	if logs.Count("no SRV records any more") != 1 {
 		t.Errorf("the removal is not logged:\n%s", logs)
 	}
 	f.set(t, zone)

@@ -1,7 +1,6 @@
 package static
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,31 +14,14 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const poll = 20 * time.Millisecond
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func testLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+func testLogger(t *testing.T) (*slog.Logger, *testkit.LogBuffer) {
+	logs := &testkit.LogBuffer{}
+	return logs.Logger(slog.LevelDebug), logs
 }
 
 func ep(addr string) discovery.Endpoint {
@@ -71,7 +53,7 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-func newFileResolver(t *testing.T, content string) (*Resolver, string, *syncBuffer) {
+func newFileResolver(t *testing.T, content string) (*Resolver, string, *testkit.LogBuffer) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "endpoints.json")
 	writeFile(t, path, content)
@@ -265,7 +247,7 @@ func TestBadReloadKeepsLastGood(t *testing.T) {
 	}
 	for _, bad := range bads {
 		writeFile(t, path, bad.content)
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := testkit.HangGuard(t)
 		for !strings.Contains(logs.String(), bad.logged) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: no warning containing %q logged:\n%s", bad.name, bad.logged, logs)

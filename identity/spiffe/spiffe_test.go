@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 // fakeAgent serves the Workload API's FetchX509SVID on a unix socket and
@@ -107,7 +107,7 @@ func wait(t *testing.T, ch <-chan struct{}, what string) {
 // agent pushes (rotation, federated bundles coming and going) and keeps
 // the last SVID through stream errors.
 func TestProviderFollowsTheAgent(t *testing.T) {
-	baseline := runtime.NumGoroutine()
+	baseline := testkit.TakeBaseline()
 	ca, err := identity.NewCA("example.org", time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +216,7 @@ func TestProviderFollowsTheAgent(t *testing.T) {
 		t.Fatalf("after Close the last SVID is still served: %v", err)
 	}
 	stopAgent()
-	checkNoGoroutineLeak(t, baseline)
+	baseline.Check(t)
 }
 
 // parseForTest turns a response into what the client hands the watcher,
@@ -256,19 +256,5 @@ func TestCheckAddress(t *testing.T) {
 	}
 	if _, err := New("/no/scheme", Options{}); err == nil {
 		t.Fatal("New accepted an address without a scheme")
-	}
-}
-
-// checkNoGoroutineLeak waits for the goroutine count to return to the
-// baseline.
-func checkNoGoroutineLeak(t *testing.T, baseline int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > baseline {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("goroutine leak: %d > %d\n%s", runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

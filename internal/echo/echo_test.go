@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -16,51 +15,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
-// checkNoLeak fails the test if the goroutine count does not return to
-// base within a few seconds.
-func checkNoLeak(t *testing.T, base int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= base {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("goroutines: %d, want <= %d\n%s", n, base, buf)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-func h2cClient() *http.Client {
-	var p http.Protocols
-	p.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{Protocols: &p}}
-}
-
-func h1Client() *http.Client {
-	var p http.Protocols
-	p.SetHTTP1(true)
-	return &http.Client{Transport: &http.Transport{Protocols: &p}}
-}
-
 func TestTCPHalfClose(t *testing.T) {
-	base := runtime.NumGoroutine()
-	srv := StartTCP(listen(t))
+	base := testkit.TakeBaseline()
+	srv := StartTCP(testkit.Listen(t))
 	c, err := net.Dial("tcp", srv.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -105,22 +66,22 @@ func TestTCPHalfClose(t *testing.T) {
 	}
 	srv.Close()
 	srv.Close() // idempotent
-	checkNoLeak(t, base)
+	base.Check(t)
 }
 
 func TestHTTPGetHeadersTrailers(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := testkit.TakeBaseline()
 	for _, tc := range []struct {
 		name  string
 		start func(net.Listener) *Server
 		cl    *http.Client
 		proto string
 	}{
-		{"http1", StartHTTP1, h1Client(), "HTTP/1.1"},
-		{"h2c", StartH2C, h2cClient(), "HTTP/2.0"},
+		{"http1", StartHTTP1, testkit.H1Client(t), "HTTP/1.1"},
+		{"h2c", StartH2C, testkit.H2CClient(t), "HTTP/2.0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := tc.start(listen(t))
+			srv := tc.start(testkit.Listen(t))
 			defer srv.Close()
 			defer tc.cl.CloseIdleConnections()
 
@@ -174,13 +135,13 @@ func TestHTTPGetHeadersTrailers(t *testing.T) {
 			}
 		})
 	}
-	checkNoLeak(t, base)
+	base.Check(t)
 }
 
 func TestH2CRejectsHTTP1(t *testing.T) {
-	srv := StartH2C(listen(t))
+	srv := StartH2C(testkit.Listen(t))
 	defer srv.Close()
-	cl := h1Client()
+	cl := testkit.H1Client(t)
 	defer cl.CloseIdleConnections()
 	resp, err := cl.Get(srv.URL())
 	if err == nil {
@@ -195,17 +156,17 @@ func TestH2CRejectsHTTP1(t *testing.T) {
 // reads each chunk's echo before sending the next: this only completes if
 // the server streams, and the result must be byte-identical.
 func TestHTTPStreamingPostEcho(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := testkit.TakeBaseline()
 	for _, tc := range []struct {
 		name  string
 		start func(net.Listener) *Server
 		cl    *http.Client
 	}{
-		{"http1", StartHTTP1, h1Client()},
-		{"h2c", StartH2C, h2cClient()},
+		{"http1", StartHTTP1, testkit.H1Client(t)},
+		{"h2c", StartH2C, testkit.H2CClient(t)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := tc.start(listen(t))
+			srv := tc.start(testkit.Listen(t))
 			defer srv.Close()
 			defer tc.cl.CloseIdleConnections()
 
@@ -254,12 +215,12 @@ func TestHTTPStreamingPostEcho(t *testing.T) {
 			}
 		})
 	}
-	checkNoLeak(t, base)
+	base.Check(t)
 }
 
 func TestGRPC(t *testing.T) {
-	base := runtime.NumGoroutine()
-	srv := StartGRPC(listen(t))
+	base := testkit.TakeBaseline()
+	srv := StartGRPC(testkit.Listen(t))
 	conn, err := Dial(srv.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -369,5 +330,5 @@ func TestGRPC(t *testing.T) {
 
 	conn.Close()
 	srv.Close()
-	checkNoLeak(t, base)
+	base.Check(t)
 }

@@ -22,9 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/quicmesh/quicmesh/bench/netlab"
-	"github.com/quicmesh/quicmesh/bench/netlab/netlabtest"
 	"github.com/quicmesh/quicmesh/internal/intercept"
 	"github.com/quicmesh/quicmesh/internal/origdst"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const (
@@ -67,9 +67,9 @@ type pod struct {
 // peer.
 func newPod(t *testing.T) *pod {
 	t.Helper()
-	netlabtest.Need(t, netlab.Available)
+	testkit.NeedNetns(t, netlab.Available)
 	for _, c := range []string{"ip6tables", "iptables-save", "ip6tables-save"} {
-		netlabtest.Need(t, func() error { _, err := exec.LookPath(c); return err })
+		testkit.NeedNetns(t, func() error { _, err := exec.LookPath(c); return err })
 	}
 	lab, err := netlab.New("qi")
 	if err != nil {

@@ -20,19 +20,18 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
 
 // flowMesh is a client sidecar and a server sidecar in front of an h2c
 // echo app ("h2") and an HTTP/1.1 echo app ("web"). Both apps count the
 // requests that reach them, by path.
 type flowMesh struct {
-	server, client  *sidecar.Sidecar
+	server, client  *meshtest.Sidecar
 	h2Bind, webBind string
 	// webTunnelBind reaches "web" through an opaque tunnel: its HTTP is
 	// parsed only by the inbound sidecar.
@@ -74,57 +73,27 @@ func (c *pathCounter) get(path string) int {
 	return c.n[path]
 }
 
-func startCountingApp(t *testing.T, h2c bool, hits *pathCounter) net.Addr {
-	t.Helper()
-	ln := listen(t)
-	var p http.Protocols
-	if h2c {
-		p.SetUnencryptedHTTP2(true)
-	} else {
-		p.SetHTTP1(true)
-	}
+// countingApp is the echo app, counting requests by path and the bytes
+// it writes in hits.
+func countingApp(hits *pathCounter) http.Handler {
 	h := echo.Handler()
-	srv := &http.Server{Protocols: &p, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.add(r.URL.Path)
 		h.ServeHTTP(countingWriter{w, &hits.bytes}, r)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr()
+	})
 }
 
-func newFlowMesh(t *testing.T, cfg sidecar.Config) *flowMesh {
+func newFlowMesh(t *testing.T) *flowMesh {
 	t.Helper()
-	ca := identitytest.NewCA(t, "test.local")
+	mesh := meshtest.New(t)
 	m := &flowMesh{hits: &pathCounter{n: map[string]int{}}}
-	h2app := startCountingApp(t, true, m.hits)
-	webApp := startCountingApp(t, false, m.hits)
-
-	scfg := cfg
-	scfg.Identity = identitytest.Provider(t, ca, echoID)
-	scfg.Resolver = staticMap(t, nil)
-	scfg.InboundAddr = "127.0.0.1:0"
-	scfg.Routes = inbound.Routes{"h2": "h2c://" + h2app.String(), "web": "http://" + webApp.String()}
-	scfg.Logger = testLogger(t)
-	server, err := sidecar.Start(scfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	ep := []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
-	ccfg := cfg
-	ccfg.Identity = identitytest.Provider(t, ca, clientID)
-	ccfg.Resolver = staticMap(t, map[string][]discovery.Endpoint{"h2": ep, "web": ep})
-	ccfg.InboundAddr = "127.0.0.1:0"
-	ccfg.Binds = []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "h2"}, {Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "web", Opaque: true}}
-	ccfg.Logger = testLogger(t)
-	client, err := sidecar.Start(ccfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	m.server, m.client = server, client
-	m.h2Bind, m.webBind, m.webTunnelBind = client.BindAddr(0).String(), client.BindAddr(1).String(), client.BindAddr(2).String()
+	h2app := mesh.HTTPApp("h2", meshtest.H2C, countingApp(m.hits))
+	webApp := mesh.HTTPApp("web", meshtest.H1, countingApp(m.hits))
+	m.server = mesh.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"h2": h2app.URL("h2c"), "web": webApp.URL("http")}})
+	m.client = mesh.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{
+		{Service: "h2"}, {Service: "web"}, {Name: "web tunnel", Service: "web", Opaque: true},
+	}})
+	m.h2Bind, m.webBind, m.webTunnelBind = m.client.Bind("h2"), m.client.Bind("web"), m.client.Bind("web tunnel")
 	return m
 }
 
@@ -238,7 +207,7 @@ type prober struct {
 }
 
 func newProber(t *testing.T, attacked, control *flowMesh) *prober {
-	return &prober{attacked: attacked, control: control, h2: h2cClient(t), h1: h1Client(t)}
+	return &prober{attacked: attacked, control: control, h2: testkit.H2CClient(t), h1: testkit.H1Client(t)}
 }
 
 // probeSamples is how many requests per mesh the well-behaved client
@@ -408,9 +377,9 @@ func assertFlowHeld(t *testing.T, m *flowMesh, stalled int, heapBefore uint64, w
 // returns how many requests it stalled), the wait until it has stalled,
 // the probes under attack and the assertions.
 func stallTest(t *testing.T, attack func(m *flowMesh) int) {
-	checkLeaks(t)
-	m := newFlowMesh(t, sidecar.Config{})
-	control := newFlowMesh(t, sidecar.Config{})
+	testkit.CheckLeaks(t)
+	m := newFlowMesh(t)
+	control := newFlowMesh(t)
 	p := newProber(t, m, control)
 	p.sample(context.Background(), t, 20) // connections up, pools warm
 	idle, _ := p.sample(context.Background(), t, probeSamples)

@@ -8,14 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
 // benchMesh is a client and a server sidecar in front of apps that sink
@@ -27,67 +22,24 @@ type benchMesh struct {
 
 func newBenchMesh(b *testing.B) *benchMesh {
 	b.Helper()
-	ca := identitytest.NewCA(b, "test.local")
-	sink, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := sink.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				var ack [8]byte
-				for i := range ack {
-					ack[i] = byte(n >> (8 * i))
-				}
-				c.Write(ack[:])
-			}()
+	mesh := meshtest.New(b)
+	sink := mesh.TCPApp("sink", func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		var ack [8]byte
+		for i := range ack {
+			ack[i] = byte(n >> (8 * i))
 		}
-	}()
-	b.Cleanup(func() { sink.Close() })
-	web := echo.StartHTTP1(listenB(b))
-	b.Cleanup(func() { web.Close() })
-	g := echo.StartGRPC(listenB(b))
-	b.Cleanup(func() { g.Close() })
-
-	server, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(b, ca, echoID), Resolver: staticNew(nil), InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{"sink": "tcp://" + sink.Addr().String(), "web": "http://" + web.Addr().String(), "grpc": "h2c://" + g.Addr().String()},
+		c.Write(ack[:])
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { server.Close() })
-	ep := []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
-	client, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(b, ca, clientID), Resolver: staticNew(map[string][]discovery.Endpoint{"sink": ep, "web": ep, "grpc": ep}),
-		InboundAddr: "127.0.0.1:0",
-		Binds: []sidecar.Bind{
-			{Listen: "127.0.0.1:0", Service: "sink", Opaque: true},
-			{Listen: "127.0.0.1:0", Service: "web"},
-			{Listen: "127.0.0.1:0", Service: "grpc"},
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { client.Close() })
-	m := &benchMesh{tcp: client.BindAddr(0).String(), web: client.BindAddr(1).String(), grpc: client.BindAddr(2).String()}
-	m.direct.tcp, m.direct.web, m.direct.grpc = sink.Addr().String(), web.Addr().String(), g.Addr().String()
+	web := mesh.HTTPApp("web", meshtest.H1, nil)
+	g := mesh.GRPCApp("grpc")
+	mesh.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"sink": sink.URL("tcp"), "web": web.URL("http"), "grpc": g.URL("h2c")}})
+	client := mesh.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{
+		{Service: "sink", Opaque: true}, {Service: "web"}, {Service: "grpc"},
+	}})
+	m := &benchMesh{tcp: client.Bind("sink"), web: client.Bind("web"), grpc: client.Bind("grpc")}
+	m.direct.tcp, m.direct.web, m.direct.grpc = sink.Addr, web.Addr, g.Addr
 	return m
-}
-
-func listenB(b *testing.B) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	return ln
 }
 
 // sendBulk pushes size bytes one way through addr and waits for the
@@ -167,11 +119,7 @@ func BenchmarkGRPCUnary(b *testing.B) {
 	m := newBenchMesh(b)
 	for _, tc := range []struct{ name, addr string }{{"direct", m.direct.grpc}, {"mesh", m.grpc}} {
 		b.Run(tc.name, func(b *testing.B) {
-			cc, err := grpc.NewClient(tc.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer cc.Close()
+			cc := testkit.GRPCConn(b, tc.addr)
 			payload := []byte(strings.Repeat("x", 128))
 			b.SetParallelism(8)
 			b.RunParallel(func(pb *testing.PB) {

@@ -9,48 +9,24 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/outbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
 // An app that sends 103 Early Hints and reads request trailers: both must
 // cross the mesh.
 func TestInformationalResponsesAndRequestTrailers(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
-	ln := listen(t)
-	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	m := meshtest.New(t)
+	app := m.HTTPApp("hints", meshtest.H1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Link", "</style.css>; rel=preload")
 		w.WriteHeader(http.StatusEarlyHints)
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Del("Link")
 		w.Header().Set("Got-Trailer", r.Trailer.Get("Checksum"))
 		w.Write(body)
-	})}
-	go app.Serve(ln)
-	t.Cleanup(func() { app.Close() })
-
-	server, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(t, ca, echoID), Resolver: staticMap(t, nil), InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{"hints": "http://" + ln.Addr().String()},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	client, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(t, ca, clientID), InboundAddr: "127.0.0.1:0",
-		Resolver: staticMap(t, map[string][]discovery.Endpoint{"hints": {{Addr: server.InboundAddr().String(), Identity: echoID}}}),
-		Binds:    []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "hints"}},
-		Outbound: outbound.Config{Detect: clientsSpeakFirst(t)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
+	}))
+	m.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"hints": app.URL("http")}})
+	client := m.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "hints"}}, ClientsSpeakFirst: true})
 
 	var mu sync.Mutex
 	var early []string
@@ -60,11 +36,11 @@ func TestInformationalResponsesAndRequestTrailers(t *testing.T) {
 		early = append(early, h.Get("Link"))
 		return nil
 	}}
-	req, _ := http.NewRequest("POST", "http://"+client.BindAddr(0).String()+"/", io.NopCloser(strings.NewReader("payload")))
+	req, _ := http.NewRequest("POST", "http://"+client.Bind("hints")+"/", io.NopCloser(strings.NewReader("payload")))
 	req.ContentLength = -1 // chunked, so trailers can follow
 	req.Trailer = http.Header{"Checksum": {"abc123"}}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-	resp, err := h1Client(t).Do(req)
+	resp, err := testkit.H1Client(t).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

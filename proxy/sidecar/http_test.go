@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -18,27 +17,21 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/discovery/static"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/outbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
 // httpMesh runs real apps behind a server sidecar and a client sidecar
 // with one outbound listener per service plus the HTTP proxy listener.
 type httpMesh struct {
-	server, client *sidecar.Sidecar
+	server, client *meshtest.Sidecar
 	h1Hits         *atomic.Int64 // requests that reached the HTTP/1 app
 	binds          map[string]string
 	proxyURL       *url.URL
@@ -48,113 +41,42 @@ var meshServices = []string{"web", "h2", "grpc", "ws", "tcp", "down"}
 
 func newHTTPMesh(t *testing.T) *httpMesh {
 	t.Helper()
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
+	m := meshtest.New(t)
+	web := m.HTTPApp("web", meshtest.H1, nil)
+	h2app := m.HTTPApp("h2", meshtest.H2C, nil)
+	grpcApp := m.GRPCApp("grpc")
+	tcpApp := m.TCPApp("tcp", nil)
+	ws := m.HTTPApp("ws", meshtest.H1, websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
+	down := m.DownApp("down") // nothing listens there
 
-	hits := new(atomic.Int64)
-	h1ln := listen(t)
-	h1 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		echo.Handler().ServeHTTP(w, r)
-	})}
-	go h1.Serve(h1ln)
-	t.Cleanup(func() { h1.Close() })
-
-	h2app := echo.StartH2C(listen(t))
-	t.Cleanup(func() { h2app.Close() })
-	grpcApp := echo.StartGRPC(listen(t))
-	t.Cleanup(func() { grpcApp.Close() })
-	tcpApp := echo.StartTCP(listen(t))
-	t.Cleanup(func() { tcpApp.Close() })
-	wsln := listen(t)
-	ws := &http.Server{Handler: websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) })}
-	go ws.Serve(wsln)
-	t.Cleanup(func() { ws.Close() })
-
-	closed := listen(t)
-	closed.Close() // nothing listens here: the "down" app
-
-	server, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, echoID),
-		Resolver:    staticMap(t, nil),
-		InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{
-			"web":  "http://" + h1ln.Addr().String(),
-			"h2":   "h2c://" + h2app.Addr().String(),
-			"grpc": grpcApp.Addr().String(), // learned: gRPC goes h2c
-			"ws":   wsln.Addr().String(),
-			"tcp":  "tcp://" + tcpApp.Addr().String(),
-			"down": "http://" + closed.Addr().String(),
+	server := m.Start("server", meshtest.Spec{
+		ID: echoID,
+		Routes: map[string]string{
+			"web":  web.URL("http"),
+			"h2":   h2app.URL("h2c"),
+			"grpc": grpcApp.URL(""), // learned: gRPC goes h2c
+			"ws":   ws.URL(""),
+			"tcp":  tcpApp.URL("tcp"),
+			"down": down.URL("http"),
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-
-	eps := map[string][]discovery.Endpoint{}
-	var binds []sidecar.Bind
+	m.Resolve("empty")
+	var binds []meshtest.Bind
 	for _, svc := range meshServices {
-		eps[svc] = []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
-		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+		binds = append(binds, meshtest.Bind{Service: svc})
 	}
-	eps["empty"] = nil
-	client, err := sidecar.Start(sidecar.Config{
-		Identity:      identitytest.Provider(t, ca, clientID),
-		Resolver:      staticMap(t, eps),
-		InboundAddr:   "127.0.0.1:0",
-		Binds:         binds,
-		HTTPProxyAddr: "127.0.0.1:0",
-		Outbound:      outbound.Config{Detect: clientsSpeakFirst(t)},
-	})
-	if err != nil {
-		t.Fatal(err)
+	client := m.Start("client", meshtest.Spec{ID: clientID, Binds: binds, HTTPProxy: true, ClientsSpeakFirst: true})
+	hm := &httpMesh{server: server, client: client, h1Hits: &web.Hits, binds: map[string]string{}}
+	for _, svc := range meshServices {
+		hm.binds[svc] = client.Bind(svc)
 	}
-	t.Cleanup(func() { client.Close() })
-	m := &httpMesh{server: server, client: client, h1Hits: hits, binds: map[string]string{}}
-	for i, svc := range meshServices {
-		m.binds[svc] = client.BindAddr(i).String()
-	}
-	m.proxyURL = &url.URL{Scheme: "http", Host: client.HTTPProxyAddr().String()}
-	return m
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-func h1Client(t *testing.T) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
-}
-
-func h2cClient(t *testing.T) *http.Client {
-	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, n, a)
-	}}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
-}
-
-func grpcConn(t *testing.T, addr string) *grpc.ClientConn {
-	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
+	hm.proxyURL = client.ProxyURL()
+	return hm
 }
 
 func TestHTTP1ThroughMesh(t *testing.T) {
 	m := newHTTPMesh(t)
-	c := h1Client(t)
+	c := testkit.H1Client(t)
 	base := "http://" + m.binds["web"]
 
 	t.Run("GET keeps Host and gets verified identity", func(t *testing.T) {
@@ -196,7 +118,7 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 		payload := make([]byte, lockstep+bulk)
 		rand.NewChaCha8([32]byte{7}).Read(payload)
 		pr, pw := io.Pipe()
-		req, _ := http.NewRequestWithContext(hangCtx(t), "POST", base+"/", pr)
+		req, _ := http.NewRequestWithContext(testkit.HangCtx(t), "POST", base+"/", pr)
 		req.Header.Set("Content-Type", "application/octet-stream")
 		go pw.Write(payload[:chunk]) // Do returns once the echo starts
 		resp, err := c.Do(req)
@@ -259,10 +181,10 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 	t.Run("Expect 100-continue", func(t *testing.T) {
 		// The client waits for the 100 Continue as long as the test may
 		// run, so the body is sent early only if the mesh relayed it.
-		tr := &http.Transport{ExpectContinueTimeout: time.Until(hangGuard(t))}
+		tr := &http.Transport{ExpectContinueTimeout: time.Until(testkit.HangGuard(t))}
 		defer tr.CloseIdleConnections()
 		var got100 atomic.Bool
-		ctx := httptrace.WithClientTrace(hangCtx(t), &httptrace.ClientTrace{Got100Continue: func() { got100.Store(true) }})
+		ctx := httptrace.WithClientTrace(testkit.HangCtx(t), &httptrace.ClientTrace{Got100Continue: func() { got100.Store(true) }})
 		req, _ := http.NewRequestWithContext(ctx, "POST", base+"/", strings.NewReader("after continue"))
 		req.Header.Set("Expect", "100-continue")
 		resp, err := (&http.Client{Transport: tr}).Do(req)
@@ -305,7 +227,7 @@ func TestHTTP1ThroughMesh(t *testing.T) {
 
 func TestH2CThroughMesh(t *testing.T) {
 	m := newHTTPMesh(t)
-	c := h2cClient(t)
+	c := testkit.H2CClient(t)
 	payload := bytes.Repeat([]byte("h2c"), 100000)
 	resp, err := c.Post("http://"+m.binds["h2"]+"/?trailer=1", "text/plain", bytes.NewReader(payload))
 	if err != nil {
@@ -324,7 +246,7 @@ func TestH2CThroughMesh(t *testing.T) {
 	}
 	// HTTP/1 clients to an h2c-only app are upgraded to HTTP/3 and then
 	// spoken to as h2c.
-	resp, err = h1Client(t).Get("http://" + m.binds["h2"] + "/")
+	resp, err = testkit.H1Client(t).Get("http://" + m.binds["h2"] + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,8 +258,8 @@ func TestH2CThroughMesh(t *testing.T) {
 
 func TestGRPCThroughMesh(t *testing.T) {
 	m := newHTTPMesh(t)
-	cc := grpcConn(t, m.binds["grpc"])
-	ctx := hangCtx(t)
+	cc := testkit.GRPCConn(t, m.binds["grpc"])
+	ctx := testkit.HangCtx(t)
 
 	t.Run("unary with metadata", func(t *testing.T) {
 		var hdr, trl metadata.MD
@@ -426,7 +348,7 @@ func TestConcurrentRequestsShareOneQUICConnection(t *testing.T) {
 	m := newHTTPMesh(t)
 	tr := &http.Transport{MaxConnsPerHost: 200, MaxIdleConnsPerHost: 200}
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
+	c := &http.Client{Transport: tr, Timeout: time.Until(testkit.HangGuard(t))}
 	// 200 app connections race to an empty pool, and each carries two
 	// requests (keep-alive); the 1,000 it used to send added 5-15 s under
 	// load and no assertion.
@@ -488,7 +410,7 @@ func TestMalformedRequestsRejected(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			c.SetDeadline(hangGuard(t))
+			c.SetDeadline(testkit.HangGuard(t))
 			go io.WriteString(c, tt.raw)
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
@@ -512,7 +434,7 @@ func TestMalformedRequestsRejected(t *testing.T) {
 
 func TestProxyErrors(t *testing.T) {
 	m := newHTTPMesh(t)
-	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(m.proxyURL)}, Timeout: time.Until(hangGuard(t))}
+	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(m.proxyURL)}, Timeout: time.Until(testkit.HangGuard(t))}
 	defer proxied.CloseIdleConnections()
 
 	t.Run("unknown service is 503 naming the proxy", func(t *testing.T) {
@@ -526,15 +448,10 @@ func TestProxyErrors(t *testing.T) {
 		}
 	})
 	t.Run("service without endpoints is UNAVAILABLE for gRPC", func(t *testing.T) {
-		cc, err := grpc.NewClient("passthrough:///empty", grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "tcp", m.proxyURL.Host)
-			}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		_, err = echo.EchoUnary(hangCtx(t), cc, []byte("x"))
+		cc := testkit.GRPCConn(t, "passthrough:///empty", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", m.proxyURL.Host)
+		}))
+		_, err := echo.EchoUnary(testkit.HangCtx(t), cc, []byte("x"))
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("got %v, want Unavailable", err)
 		}
@@ -556,7 +473,7 @@ func TestProxyErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(hangGuard(t))
+		c.SetDeadline(testkit.HangGuard(t))
 		fmt.Fprintf(c, "CONNECT tcp:7000 HTTP/1.1\r\nHost: tcp:7000\r\n\r\n")
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
@@ -571,7 +488,7 @@ func TestProxyErrors(t *testing.T) {
 		}
 	})
 	t.Run("app down is 502 from the inbound side", func(t *testing.T) {
-		resp, err := h1Client(t).Get("http://" + m.binds["down"] + "/")
+		resp, err := testkit.H1Client(t).Get("http://" + m.binds["down"] + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -593,7 +510,7 @@ func TestWebSocketThroughMesh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	raw.SetDeadline(hangGuard(t))
+	raw.SetDeadline(testkit.HangGuard(t))
 	ws, err := websocket.NewClient(cfg, raw)
 	if err != nil {
 		t.Fatalf("websocket handshake through the mesh: %v", err)
@@ -609,12 +526,3 @@ func TestWebSocketThroughMesh(t *testing.T) {
 		}
 	}
 }
-
-// staticMap is a static resolver closed with the test.
-func staticMap(t *testing.T, eps map[string][]discovery.Endpoint) discovery.Resolver {
-	r := staticNew(eps)
-	t.Cleanup(func() { r.Close() })
-	return r
-}
-
-var staticNew = static.NewFromMap

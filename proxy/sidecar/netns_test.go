@@ -16,9 +16,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -27,11 +25,9 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/bench/netlab"
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -39,9 +35,9 @@ import (
 // sockets live at the two ends of a netlab link.
 type nsMesh struct {
 	link           *netlab.Link
-	tcpApp         *echoApp
+	tcpApp         *meshtest.App
 	webHits        *atomic.Int64
-	server, client *sidecar.Sidecar
+	server, client *meshtest.Sidecar
 	binds          map[string]string // service → client sidecar listener
 }
 
@@ -51,8 +47,8 @@ var nsServices = []string{"echo", "web", "grpc"}
 // sidecars. Everything is torn down by t.Cleanup, the lab last.
 func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) *nsMesh {
 	t.Helper()
-	needLab(t, netlab.Available)
-	checkLeaks(t)
+	testkit.NeedNetns(t, netlab.Available)
+	mesh := meshtest.New(t)
 	lab, err := netlab.New("qm")
 	if err != nil {
 		t.Fatal(err)
@@ -67,71 +63,38 @@ func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) 
 		t.Fatal(err)
 	}
 
-	ca := identitytest.NewCA(t, "test.local")
-	m := &nsMesh{link: link, tcpApp: startEcho(t), webHits: new(atomic.Int64), binds: map[string]string{}}
-	h1ln := listen(t)
-	h1 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		m.webHits.Add(1)
-		echo.Handler().ServeHTTP(w, r)
-	})}
-	go h1.Serve(h1ln)
-	t.Cleanup(func() { h1.Close() })
-	grpcApp := echo.StartGRPC(listen(t))
-	t.Cleanup(func() { grpcApp.Close() })
+	web := mesh.HTTPApp("web", meshtest.H1, nil)
+	m := &nsMesh{link: link, tcpApp: mesh.TCPApp("echo", nil), webHits: &web.Hits, binds: map[string]string{}}
+	grpcApp := mesh.GRPCApp("grpc")
 
 	serverAddr := netip.AddrPortFrom(link.AddrB, 4143)
-	m.server, err = sidecar.Start(sidecar.Config{
-		Identity:   identitytest.Provider(t, ca, echoID),
-		Resolver:   staticMap(t, nil),
+	m.server = mesh.Start("server", meshtest.Spec{
+		ID:         echoID,
 		PacketConn: udpIn(t, lab, link.NSB, serverAddr),
-		Routes: inbound.Routes{
-			"echo": "tcp://" + m.tcpApp.ln.Addr().String(),
-			"web":  "http://" + h1ln.Addr().String(),
-			"grpc": "h2c://" + grpcApp.Addr().String(),
+		Routes: map[string]string{
+			"echo": m.tcpApp.URL("tcp"),
+			"web":  web.URL("http"),
+			"grpc": grpcApp.URL("h2c"),
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.server.Close() })
 	if got := m.server.InboundAddr().AddrPort(); got != serverAddr {
 		t.Fatalf("server sidecar on %v, want %v", got, serverAddr)
 	}
 
-	eps := map[string][]discovery.Endpoint{}
-	var binds []sidecar.Bind
+	var binds []meshtest.Bind
 	for _, svc := range nsServices {
-		eps[svc] = []discovery.Endpoint{{Addr: serverAddr.String(), Identity: echoID}}
-		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+		binds = append(binds, meshtest.Bind{Service: svc})
 	}
-	m.client, err = sidecar.Start(sidecar.Config{
-		Identity:   identitytest.Provider(t, ca, clientID),
-		Resolver:   staticMap(t, eps),
+	m.client = mesh.Start("client", meshtest.Spec{
+		ID:         clientID,
 		PacketConn: udpIn(t, lab, link.NSA, netip.AddrPortFrom(link.AddrA, 0)),
 		Binds:      binds,
 		Limits:     transport.Limits{HandshakeTimeout: time.Second},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.client.Close() })
-	for i, svc := range nsServices {
-		m.binds[svc] = m.client.BindAddr(i).String()
+	for _, svc := range nsServices {
+		m.binds[svc] = m.client.Bind(svc)
 	}
 	return m
-}
-
-// needLab skips t when check says a netlab lab cannot be built here, or
-// fails it when QUICMESH_REQUIRE_NETNS is set: where the tools are
-// installed (CI as root) a skip would hide these tests.
-func needLab(t *testing.T, check func() error) {
-	t.Helper()
-	if err := check(); err != nil {
-		if os.Getenv("QUICMESH_REQUIRE_NETNS") != "" {
-			t.Fatalf("%v (and QUICMESH_REQUIRE_NETNS is set)", err)
-		}
-		t.Skip(err)
-	}
 }
 
 // udpIn binds a UDP socket inside namespace ns.
@@ -177,7 +140,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	start := time.Now()
 	c := m.dial(t, "echo")
 	c.Write([]byte("secret"))
-	c.SetReadDeadline(hangGuard(t))
+	c.SetReadDeadline(testkit.HangGuard(t))
 	n, err := c.Read(make([]byte, 16))
 	c.Close()
 	failedAfter := time.Since(start)
@@ -199,7 +162,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	t.Logf("UDP blocked: TCP client got %q after %v", err, failedAfter.Round(time.Millisecond))
 
 	start = time.Now()
-	resp, err := h1Client(t).Get("http://" + m.binds["web"] + "/")
+	resp, err := testkit.H1Client(t).Get("http://" + m.binds["web"] + "/")
 	if err == nil {
 		resp.Body.Close()
 		if resp.StatusCode < 500 {
@@ -212,7 +175,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 	if time.Since(start) > failFastBound {
 		t.Fatalf("HTTP client waited %v with UDP blocked", time.Since(start))
 	}
-	if a, h := m.tcpApp.accepted.Load(), m.webHits.Load(); a != 0 || h != 0 {
+	if a, h := m.tcpApp.Hits.Load(), m.webHits.Load(); a != 0 || h != 0 {
 		t.Fatalf("with UDP blocked the apps saw %d TCP connections and %d HTTP requests", a, h)
 	}
 	if m.client.Pool().Len() != 0 {
@@ -233,13 +196,13 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 		if err == nil && string(got) == "back" {
 			break
 		}
-		if time.Now().After(hangGuard(t)) {
+		if time.Now().After(testkit.HangGuard(t)) {
 			t.Fatalf("no recovery %v after unblocking: %q %v", time.Since(start), got, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("UDP unblocked: traffic recovered after %v", time.Since(start).Round(time.Millisecond))
-	resp, err = h1Client(t).Get("http://" + m.binds["web"] + "/?size=10")
+	resp, err = testkit.H1Client(t).Get("http://" + m.binds["web"] + "/?size=10")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +216,7 @@ func TestNetnsBlockedUDPFailsFastAndRecovers(t *testing.T) {
 func TestNetnsLoss(t *testing.T) {
 	// Checked here, not only in the subtests: a parent whose subtests all
 	// skip reports PASS.
-	needLab(t, netlab.Available)
+	testkit.NeedNetns(t, netlab.Available)
 	for i, pct := range []float64{2, 0.5} {
 		t.Run(fmt.Sprintf("%v%%", pct), func(t *testing.T) {
 			subnet := fmt.Sprintf("10.77.%d.0/24", 21+i)
@@ -306,7 +269,7 @@ func (m *nsMesh) lossWorkload(t *testing.T) {
 
 	// 200 HTTP/1.1 requests, 8 at a time, bodies of different sizes.
 	start = time.Now()
-	hc := h1Client(t)
+	hc := testkit.H1Client(t)
 	const nreq = 200
 	var failed atomic.Int64
 	var firstErr atomic.Value
@@ -355,8 +318,8 @@ func (m *nsMesh) lossWorkload(t *testing.T) {
 
 	// 50 concurrent gRPC bidi streams, 20 interleaved round trips each.
 	start = time.Now()
-	cc := grpcConn(t, m.binds["grpc"])
-	ctx, cancel := context.WithDeadline(context.Background(), hangGuard(t))
+	cc := testkit.GRPCConn(t, m.binds["grpc"])
+	ctx, cancel := context.WithDeadline(context.Background(), testkit.HangGuard(t))
 	defer cancel()
 	const streams, msgs = 50, 20
 	errs := make(chan error, streams)
@@ -404,13 +367,13 @@ func (m *nsMesh) lossWorkload(t *testing.T) {
 }
 
 func TestNetnsDelayOneRTTPerRequest(t *testing.T) {
-	needLab(t, netlab.TUNAvailable)
+	testkit.NeedNetns(t, netlab.TUNAvailable)
 	const oneWay = 20 * time.Millisecond
 	const rtt = 2 * oneWay
 	m := newNetnsMesh(t, func(l *netlab.Lab) (*netlab.Link, error) {
 		return l.DelayPair("a", "b", "10.77.23.0/24", oneWay, 0)
 	})
-	hc := h1Client(t)
+	hc := testkit.H1Client(t)
 	get := func() time.Duration {
 		t.Helper()
 		start := time.Now()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,13 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
 )
@@ -65,7 +60,7 @@ func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 // a handler returns, which can be just after the client saw the response.
 func waitMetric(t *testing.T, reg *prometheus.Registry, series string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := testkit.HangGuard(t)
 	var got map[string]float64
 	for time.Now().Before(deadline) {
 		got = scrape(t, reg)
@@ -85,43 +80,21 @@ func waitMetric(t *testing.T, reg *prometheus.Registry, series string, want floa
 }
 
 func TestMetricsAfterKnownTraffic(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
-	web := echo.StartHTTP1(listen(t))
-	t.Cleanup(func() { web.Close() })
-	tcpApp := echo.StartTCP(listen(t))
-	t.Cleanup(func() { tcpApp.Close() })
-
-	serverReg := prometheus.NewRegistry()
-	server, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, echoID),
-		Resolver:    staticMap(t, nil),
-		InboundAddr: "127.0.0.1:0",
-		Routes:      inbound.Routes{"web": "http://" + web.Addr().String(), "tcp": "tcp://" + tcpApp.Addr().String()},
-		Metrics:     telemetry.New(serverReg),
+	m := meshtest.New(t)
+	web := m.HTTPApp("web", meshtest.H1, nil)
+	tcpApp := m.TCPApp("tcp", nil)
+	server := m.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"web": web.URL("http"), "tcp": tcpApp.URL("tcp")}})
+	serverReg := server.Metrics
+	client := m.Start("client", meshtest.Spec{
+		ID:                clientID,
+		Binds:             []meshtest.Bind{{Service: "web"}, {Service: "tcp", Opaque: true}},
+		ClientsSpeakFirst: true,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	ep := []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
-	clientReg := prometheus.NewRegistry()
-	client, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, clientID),
-		Resolver:    staticMap(t, map[string][]discovery.Endpoint{"web": ep, "tcp": ep}),
-		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "tcp", Opaque: true}},
-		Outbound:    outbound.Config{Detect: clientsSpeakFirst(t)},
-		Metrics:     telemetry.New(clientReg),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
+	clientReg := client.Metrics
 
-	c := h1Client(t)
+	c := testkit.H1Client(t)
 	get := func(q string) {
-		resp, err := c.Get("http://" + client.BindAddr(0).String() + "/" + q)
+		resp, err := c.Get("http://" + client.Bind("web") + "/" + q)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +107,7 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 	for range 2 {
 		get("?status=503")
 	}
-	conn, err := net.Dial("tcp", client.BindAddr(1).String())
+	conn, err := net.Dial("tcp", client.Bind("tcp"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,31 +134,20 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 	waitMetric(t, serverReg, `quicmesh_tcp_close_total{`+in+`,error="none",peer="`+clientID+`",service="tcp"}`, 1)
 	waitMetric(t, serverReg, `quicmesh_quic_connections_open{`+in+`}`, 1)
 
-	cert, _ := identitytest.Provider(t, ca, echoID).Certificate()
-	_ = cert
 	if v := scrape(t, serverReg)["quicmesh_identity_cert_expiry_timestamp_seconds"]; v < float64(time.Now().Unix()) {
 		t.Fatalf("cert expiry gauge = %v, want a future timestamp", v)
 	}
 }
 
 func TestHandshakeFailureMetrics(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
-	app := startEcho(t)
-	server := startServer(t, ca, "spiffe://test.local/ns/default/sa/impostor", "127.0.0.1:0", app)
-	reg := prometheus.NewRegistry()
-	res := staticNew(map[string][]discovery.Endpoint{"echo": {{Addr: server.InboundAddr().String(), Identity: echoID}}})
-	defer res.Close()
-	client, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(t, ca, clientID), Resolver: res, InboundAddr: "127.0.0.1:0",
-		Binds: []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "echo", Opaque: true}}, Metrics: telemetry.New(reg),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	m := meshtest.New(t)
+	spec := serverSpec("spiffe://test.local/ns/default/sa/impostor", "127.0.0.1:0", m.TCPApp("echo", nil))
+	spec.AdvertiseID = echoID
+	m.Start("server", spec)
+	client := m.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "echo", Opaque: true}}})
+	reg := client.Metrics
 	// The refusal can be so fast that the reset beats Dial's return.
-	if c, err := net.Dial("tcp", client.BindAddr(0).String()); err == nil {
+	if c, err := net.Dial("tcp", client.Bind("echo")); err == nil {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		c.Read(make([]byte, 1))
 		c.Close()
@@ -201,55 +163,26 @@ func TestHandshakeFailureMetrics(t *testing.T) {
 // it is carrying traffic, and the next step waits until its restarted
 // successor carries traffic again.
 func TestRollingRestartLosesNothing(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
-	tcpApp := echo.StartTCP(listen(t))
-	t.Cleanup(func() { tcpApp.Close() })
-	// startB starts an inbound sidecar on addr in front of its own web app,
+	m := meshtest.New(t)
+	tcpApp := m.TCPApp("tcp", nil)
+	// startB starts inbound sidecar i on addr in front of its own web app,
 	// whose request count tells whether traffic reaches that sidecar.
-	startB := func(addr string) (*sidecar.Sidecar, *atomic.Int64) {
-		hits := new(atomic.Int64)
-		web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			hits.Add(1)
-			echo.Handler().ServeHTTP(w, r)
-		})}
-		webln := listen(t)
-		go web.Serve(webln)
-		t.Cleanup(func() { web.Close() })
-		s, err := sidecar.Start(sidecar.Config{
-			Identity: identitytest.Provider(t, ca, echoID), Resolver: staticMap(t, nil),
-			InboundAddr: addr, Logger: testLogger(t),
-			Routes: inbound.Routes{"web": "http://" + webln.Addr().String(), "tcp": "tcp://" + tcpApp.Addr().String()},
-		})
-		if err != nil {
-			t.Fatalf("starting inbound sidecar on %s: %v", addr, err)
-		}
-		return s, hits
+	startB := func(i int, addr string) (*meshtest.Sidecar, *atomic.Int64) {
+		web := m.HTTPApp(fmt.Sprint("web", i), meshtest.H1, nil)
+		s := m.Start(fmt.Sprint("server", i), meshtest.Spec{ID: echoID, Addr: addr,
+			Routes: map[string]string{"web": web.URL("http"), "tcp": tcpApp.URL("tcp")}})
+		return s, &web.Hits
 	}
-	var servers [2]*sidecar.Sidecar
+	var servers [2]*meshtest.Sidecar
 	var hits [2]*atomic.Int64
 	for i := range servers {
-		servers[i], hits[i] = startB("127.0.0.1:0")
+		servers[i], hits[i] = startB(i, "127.0.0.1:0")
 	}
-	defer func() {
-		for _, s := range servers {
-			s.Close()
-		}
-	}()
-	var eps []discovery.Endpoint
-	for _, s := range servers {
-		eps = append(eps, discovery.Endpoint{Addr: s.InboundAddr().String(), Identity: echoID})
-	}
-	client, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(t, ca, clientID), Resolver: staticMap(t, map[string][]discovery.Endpoint{"web": eps, "tcp": eps}),
-		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}, {Listen: "127.0.0.1:0", Service: "tcp", Opaque: true}},
-		Outbound:    outbound.Config{Detect: clientsSpeakFirst(t)},
+	client := m.Start("client", meshtest.Spec{
+		ID:                clientID,
+		Binds:             []meshtest.Bind{{Service: "web"}, {Service: "tcp", Opaque: true}},
+		ClientsSpeakFirst: true,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
 
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -259,7 +192,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 		failed.Add(1)
 		firstErr.CompareAndSwap(nil, err.Error())
 	}
-	httpc := h1Client(t)
+	httpc := testkit.H1Client(t)
 	for w := range 6 {
 		wg.Add(1)
 		go func() {
@@ -267,7 +200,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 			for i := 0; ctx.Err() == nil; i++ {
 				if w%2 == 0 {
 					body := fmt.Sprintf("w%d-%d", w, i)
-					resp, err := httpc.Post("http://"+client.BindAddr(0).String()+"/", "text/plain", strings.NewReader(body))
+					resp, err := httpc.Post("http://"+client.Bind("web")+"/", "text/plain", strings.NewReader(body))
 					if err != nil {
 						fail(err)
 						continue
@@ -279,7 +212,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 						continue
 					}
 				} else if w%3 == 0 {
-					c, err := net.Dial("tcp", client.BindAddr(1).String())
+					c, err := net.Dial("tcp", client.Bind("tcp"))
 					if err != nil {
 						fail(err)
 						continue
@@ -291,7 +224,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 						continue
 					}
 				} else {
-					resp, err := httpc.Get("http://" + client.BindAddr(0).String() + "/?size=100")
+					resp, err := httpc.Get("http://" + client.Bind("web") + "/?size=100")
 					if err != nil {
 						fail(err)
 						continue
@@ -312,7 +245,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 	// (re)started: traffic is flowing through it.
 	const carrying = 20
 	for i := range servers {
-		eventually(t, fmt.Sprintf("server %d to carry %d requests", i, carrying), func() bool { return hits[i].Load() >= carrying })
+		testkit.Eventually(t, fmt.Sprintf("server %d to carry %d requests", i, carrying), func() bool { return hits[i].Load() >= carrying })
 		addr := servers[i].InboundAddr().String()
 		gctx, cancel := context.WithTimeout(context.Background(), sidecar.DefaultGrace)
 		start := time.Now()
@@ -321,10 +254,10 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 		}
 		cancel()
 		t.Logf("server %d drained in %v (%d requests served)", i, time.Since(start).Round(time.Millisecond), hits[i].Load())
-		servers[i], hits[i] = startB(addr)
+		servers[i], hits[i] = startB(i, addr)
 	}
 	for i := range servers {
-		eventually(t, fmt.Sprintf("restarted server %d to carry %d requests", i, carrying), func() bool { return hits[i].Load() >= carrying })
+		testkit.Eventually(t, fmt.Sprintf("restarted server %d to carry %d requests", i, carrying), func() bool { return hits[i].Load() >= carrying })
 	}
 	stop()
 	wg.Wait()
@@ -354,13 +287,12 @@ func vmRSS(t *testing.T) int64 {
 // request until the test has seen the excess shed, so exactly the limit
 // is admitted however slowly the machine runs.
 func TestLimitsUnderAbuse(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
+	m := meshtest.New(t)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(unblock)
-	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	web := m.HTTPApp("web", meshtest.H1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("hold") != "" {
 			select {
 			case <-release:
@@ -369,45 +301,29 @@ func TestLimitsUnderAbuse(t *testing.T) {
 			}
 		}
 		echo.Handler().ServeHTTP(w, r)
-	})}
-	webln := listen(t)
-	go web.Serve(webln)
-	t.Cleanup(func() { web.Close() })
-	server, err := sidecar.Start(sidecar.Config{
-		Identity: identitytest.Provider(t, ca, echoID), Resolver: staticMap(t, nil), InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{"web": "http://" + webln.Addr().String()},
+	}))
+	m.Start("server", meshtest.Spec{
+		ID:     echoID,
+		Routes: map[string]string{"web": web.URL("http")},
 		// Few QUIC streams per peer: excess requests wait for credit
 		// instead of piling up on the server.
 		Limits: transport.Limits{MaxIncomingStreams: 64},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-	reg := prometheus.NewRegistry()
 	const maxInFlight, requests = 100, 400
-	client, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, clientID),
-		Resolver:    staticMap(t, map[string][]discovery.Endpoint{"web": {{Addr: server.InboundAddr().String(), Identity: echoID}}}),
-		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}},
-		Outbound: outbound.Config{
-			MaxInFlight: maxInFlight,
-			// The admitted requests beyond the server's 64 streams wait for
-			// stream credit until the app is released; that wait is bounded
-			// by ConnectTimeout, which this test is not about.
-			ConnectTimeout: time.Until(hangGuard(t)),
-			// A request tunnelled as opaque TCP would bypass the limit and
-			// be held forever (seen under load).
-			Detect: clientsSpeakFirst(t),
-		},
-		Metrics: telemetry.New(reg),
+	client := m.Start("client", meshtest.Spec{
+		ID:          clientID,
+		Binds:       []meshtest.Bind{{Service: "web"}},
+		MaxInFlight: maxInFlight,
+		// The admitted requests beyond the server's 64 streams wait for
+		// stream credit until the app is released; that wait is bounded
+		// by ConnectTimeout, which this test is not about.
+		ConnectTimeout: time.Until(testkit.HangGuard(t)),
+		// A request tunnelled as opaque TCP would bypass the limit and
+		// be held forever (seen under load).
+		ClientsSpeakFirst: true,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	base := "http://" + client.BindAddr(0).String()
+	reg := client.Metrics
+	base := "http://" + client.Bind("web")
 	rssBefore := vmRSS(t)
 	runtime.GC()
 	var ms0 runtime.MemStats
@@ -419,7 +335,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 	// 400 held requests against a limit of 100 in flight.
 	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: requests}
 	defer tr.CloseIdleConnections()
-	slow := &http.Client{Transport: tr, Timeout: time.Until(hangGuard(t))}
+	slow := &http.Client{Transport: tr, Timeout: time.Until(testkit.HangGuard(t))}
 	for range requests {
 		wg.Add(1)
 		go func() {
@@ -449,13 +365,13 @@ func TestLimitsUnderAbuse(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("tcp", client.BindAddr(0).String())
+			c, err := net.Dial("tcp", client.Bind("web"))
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			defer c.Close()
-			c.SetDeadline(hangGuard(t))
+			c.SetDeadline(testkit.HangGuard(t))
 			go fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: web\r\nX-Big: %s\r\n\r\n", big)
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err == nil && resp.StatusCode == 431 {
@@ -465,7 +381,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 	}
 	// A request that failed instead of being shed or held means the
 	// wait below can never end: stop at once with what went wrong.
-	eventually(t, fmt.Sprintf("%d of %d held requests to be shed", requests-maxInFlight, requests), func() bool {
+	testkit.Eventually(t, fmt.Sprintf("%d of %d held requests to be shed", requests-maxInFlight, requests), func() bool {
 		return shed.Load()+failed.Load() >= requests-maxInFlight
 	})
 	if n := failed.Load(); n > 0 {
@@ -482,7 +398,7 @@ func TestLimitsUnderAbuse(t *testing.T) {
 		t.Fatalf("%d of 20 oversize-header requests got 431", bigRefused.Load())
 	}
 	// Normal traffic still flows afterwards.
-	resp, err := h1Client(t).Get(base + "/")
+	resp, err := testkit.H1Client(t).Get(base + "/")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("after the abuse: %v %v", resp, err)
 	}
@@ -504,13 +420,4 @@ func TestLimitsUnderAbuse(t *testing.T) {
 	if ms.HeapAlloc > heapBefore+32<<20 {
 		t.Fatalf("live heap %d MiB after the abuse, %d MiB before", ms.HeapAlloc>>20, heapBefore>>20)
 	}
-}
-
-var _ = identity.MustParseID
-
-func testLogger(t *testing.T) *slog.Logger {
-	if os.Getenv("QUICMESH_TEST_LOG") == "" {
-		return nil
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
 
 // A client opens streams and has them reset at once, 10,000 a second:
@@ -32,8 +30,7 @@ func TestRapidResetClosesConnection(t *testing.T) {
 		{"server provoked resets through a tunnel", func(h *h2Raw, id uint32) { h.fr.WriteWindowUpdate(id, 0) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
-			m := newFlowMesh(t, sidecar.Config{})
+			m := newFlowMesh(t)
 			target := m.webBind
 			if tc.tunnel {
 				target = m.webTunnelBind

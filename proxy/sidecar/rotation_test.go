@@ -7,13 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/outbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
 // Certificates that live two seconds and rotate at half-life: traffic keeps
@@ -21,40 +17,22 @@ import (
 // the certificate it was authenticated with expires, so no connection
 // outlives its credentials.
 func TestShortLivedCertificatesRotateWithoutFailures(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
+	m := meshtest.New(t)
 	provider := func(id string) identity.Provider {
-		p, err := identity.NewCAProvider(ca, identity.MustParseID(id), identity.CAProviderOptions{Lifetime: 2 * time.Second})
+		p, err := identity.NewCAProvider(m.CA, identity.MustParseID(id), identity.CAProviderOptions{Lifetime: 2 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { p.Close() })
 		return p
 	}
-	web := echo.StartHTTP1(listen(t))
-	t.Cleanup(func() { web.Close() })
-	server, err := sidecar.Start(sidecar.Config{
-		Identity: provider(echoID), Resolver: staticMap(t, nil), InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{"web": "http://" + web.Addr().String()},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
+	web := m.HTTPApp("web", meshtest.H1, nil)
+	server := m.Start("server", meshtest.Spec{ID: echoID, Identity: provider(echoID), Routes: map[string]string{"web": web.URL("http")}})
 	addr := server.InboundAddr().String()
-	client, err := sidecar.Start(sidecar.Config{
-		Identity: provider(clientID), InboundAddr: "127.0.0.1:0",
-		Resolver: staticMap(t, map[string][]discovery.Endpoint{"web": {{Addr: addr, Identity: echoID}}}),
-		Binds:    []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "web"}},
-		Outbound: outbound.Config{Detect: clientsSpeakFirst(t)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
+	client := m.Start("client", meshtest.Spec{ID: clientID, Identity: provider(clientID), Binds: []meshtest.Bind{{Service: "web"}}, ClientsSpeakFirst: true})
 
-	c := h1Client(t)
-	url := "http://" + client.BindAddr(0).String() + "/"
+	c := testkit.H1Client(t)
+	url := "http://" + client.Bind("web") + "/"
 	first, err := client.Pool().Get(context.Background(), addr, identity.MustParseID(echoID))
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +41,7 @@ func TestShortLivedCertificatesRotateWithoutFailures(t *testing.T) {
 	// certificate's expiry and closed, and then some more on its
 	// successor: events, not a fixed 4 s that load could cut short.
 	var ok, failed atomic.Int64
-	deadline := hangGuard(t)
+	deadline := testkit.HangGuard(t)
 	after := 0
 	for after < 50 {
 		if time.Now().After(deadline) {

@@ -9,16 +9,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
 )
 
@@ -27,103 +24,50 @@ const (
 	echoID   = "spiffe://test.local/ns/default/sa/echo"
 )
 
-// echoApp is a TCP echo server that counts what reaches it, so tests can
-// prove that refused traffic never got to the app.
-type echoApp struct {
-	ln       net.Listener
-	accepted atomic.Int64
-	bytes    atomic.Int64
-	wg       sync.WaitGroup
-}
-
-func startEcho(t *testing.T) *echoApp {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &echoApp{ln: ln}
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			a.accepted.Add(1)
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				defer c.Close()
-				n, _ := io.Copy(c, c)
-				a.bytes.Add(n)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); a.wg.Wait() })
-	return a
-}
-
+// mesh is a TCP echo app ("echo", which counts the connections and bytes
+// that reach it, so tests can prove that refused traffic never got to
+// it), the server sidecar in front of it and the client sidecar next to
+// the test's client.
 type mesh struct {
-	ca     *identity.CA
-	app    *echoApp
-	server *sidecar.Sidecar // in front of the app
-	client *sidecar.Sidecar // next to the client
-	res    *static.Resolver
+	*meshtest.Mesh
+	app            *meshtest.App
+	server, client *meshtest.Sidecar
 }
 
-func startServer(t *testing.T, ca *identity.CA, id, addr string, app *echoApp) *sidecar.Sidecar {
-	t.Helper()
-	s, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, id),
-		Resolver:    static.NewFromMap(nil),
-		InboundAddr: addr,
+// serverSpec is the sidecar in front of the echo app, as id, on addr.
+func serverSpec(id, addr string, app *meshtest.App) meshtest.Spec {
+	return meshtest.Spec{
+		ID:   id,
+		Addr: addr,
 		// The echo app is not HTTP: declared opaque, as server-speaks-first
 		// and other non-HTTP apps must be (a bare route is detected, and
 		// a client that sends "x" and waits looks like slow HTTP).
-		Routes: inbound.Routes{"echo": "tcp://" + app.ln.Addr().String()},
-	})
-	if err != nil {
-		t.Fatalf("starting server sidecar: %v", err)
+		Routes: map[string]string{"echo": app.URL("tcp")},
 	}
-	t.Cleanup(func() { s.Close() })
-	return s
 }
 
-func startClient(t *testing.T, p identity.Provider, eps map[string][]discovery.Endpoint) (*sidecar.Sidecar, *static.Resolver) {
-	t.Helper()
-	res := static.NewFromMap(eps)
-	s, err := sidecar.Start(sidecar.Config{
-		Identity:    p,
-		Resolver:    res,
-		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "echo"}},
-		Limits:      transport.Limits{HandshakeTimeout: time.Second},
-	})
-	if err != nil {
-		t.Fatalf("starting client sidecar: %v", err)
+// clientSpec is the sidecar next to the client, with an outbound listener
+// for "echo" and a 1 s handshake timeout.
+func clientSpec(id string) meshtest.Spec {
+	return meshtest.Spec{
+		ID:     id,
+		Binds:  []meshtest.Bind{{Service: "echo"}},
+		Limits: transport.Limits{HandshakeTimeout: time.Second},
 	}
-	t.Cleanup(func() { s.Close(); res.Close() })
-	return s, res
 }
 
 func newMesh(t *testing.T) *mesh {
 	t.Helper()
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
-	m := &mesh{ca: ca, app: startEcho(t)}
-	m.server = startServer(t, ca, echoID, "127.0.0.1:0", m.app)
-	m.client, m.res = startClient(t, identitytest.Provider(t, ca, clientID), map[string][]discovery.Endpoint{
-		"echo": {{Addr: m.server.InboundAddr().String(), Identity: echoID}},
-	})
+	m := &mesh{Mesh: meshtest.New(t)}
+	m.app = m.TCPApp("echo", nil)
+	m.server = m.Start("server", serverSpec(echoID, "127.0.0.1:0", m.app))
+	m.client = m.Start("client", clientSpec(clientID))
 	return m
 }
 
 func (m *mesh) dial(t *testing.T) *net.TCPConn {
 	t.Helper()
-	c, err := net.Dial("tcp", m.client.BindAddr(0).String())
+	c, err := net.Dial("tcp", m.client.Bind("echo"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +84,7 @@ func roundTrip(t *testing.T, c *net.TCPConn, payload []byte) ([]byte, error) {
 		}
 		errc <- err
 	}()
-	c.SetReadDeadline(hangGuard(t))
+	c.SetReadDeadline(testkit.HangGuard(t))
 	got, err := io.ReadAll(c)
 	if werr := <-errc; err == nil {
 		err = werr
@@ -179,7 +123,7 @@ func TestConcurrentConnectionsShareOneQUICConnection(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("tcp", m.client.BindAddr(0).String())
+			c, err := net.Dial("tcp", m.client.Bind("echo"))
 			if err != nil {
 				errs <- err
 				return
@@ -204,7 +148,7 @@ func TestConcurrentConnectionsShareOneQUICConnection(t *testing.T) {
 	if got := m.client.Pool().Len(); got != 1 {
 		t.Fatalf("client pool holds %d QUIC connections, want 1", got)
 	}
-	if got := m.app.accepted.Load(); got != n {
+	if got := m.app.Hits.Load(); got != n {
 		t.Fatalf("app accepted %d connections, want %d", got, n)
 	}
 }
@@ -219,7 +163,7 @@ func TestHalfClose(t *testing.T) {
 	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(hangGuard(t))
+	c.SetReadDeadline(testkit.HangGuard(t))
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "ping" {
 		t.Fatalf("after half-close read %q, %v; want \"ping\"", got, err)
@@ -234,23 +178,22 @@ func TestResetPropagates(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 1)
-	c.SetReadDeadline(hangGuard(t))
+	c.SetReadDeadline(testkit.HangGuard(t))
 	if _, err := io.ReadFull(c, buf); err != nil {
 		t.Fatal(err)
 	}
 	c.SetLinger(0)
 	c.Close()
 	// The app's io.Copy ends (with an error) only if the reset travelled.
-	eventually(t, "the app connection to end after the client reset", func() bool { return m.app.bytes.Load() != 0 })
-	if m.app.bytes.Load() != 1 {
-		t.Fatalf("app connection did not end after client reset (bytes=%d)", m.app.bytes.Load())
+	testkit.Eventually(t, "the app connection to end after the client reset", func() bool { return m.app.Bytes.Load() != 0 })
+	if m.app.Bytes.Load() != 1 {
+		t.Fatalf("app connection did not end after client reset (bytes=%d)", m.app.Bytes.Load())
 	}
 }
 
 func TestFailClosed(t *testing.T) {
-	goodCA := identitytest.NewCA(t, "test.local")
-	otherCA := identitytest.NewCA(t, "test.local")
-	expired := func(t *testing.T) identity.Provider {
+	otherCA := identitytest.NewCA(t, meshtest.TrustDomain)
+	expired := func(t *testing.T, goodCA *identity.CA) identity.Provider {
 		cert, err := goodCA.IssueWithValidity(identity.MustParseID(clientID), time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
 		if err != nil {
 			t.Fatal(err)
@@ -259,29 +202,31 @@ func TestFailClosed(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
-		client     func(t *testing.T) identity.Provider
+		client     func(t *testing.T, goodCA *identity.CA) identity.Provider
 		expectedID string // what discovery says the server is
 		serverID   string // what the server really is
 	}{
-		{"client cert from another CA", func(t *testing.T) identity.Provider {
+		{"client cert from another CA", func(t *testing.T, goodCA *identity.CA) identity.Provider {
 			p := identitytest.Provider(t, otherCA, clientID)
 			p.Set(mustCert(t, p), goodCA.Pool()) // trusts the server, but the server does not trust it
 			return p
 		}, echoID, echoID},
 		{"expired client cert", expired, echoID, echoID},
-		{"server has the wrong SPIFFE ID", func(t *testing.T) identity.Provider {
+		{"server has the wrong SPIFFE ID", func(t *testing.T, goodCA *identity.CA) identity.Provider {
 			return identitytest.Provider(t, goodCA, clientID)
 		}, echoID, "spiffe://test.local/ns/default/sa/impostor"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
-			app := startEcho(t)
-			server := startServer(t, goodCA, tt.serverID, "127.0.0.1:0", app)
-			client, _ := startClient(t, tt.client(t), map[string][]discovery.Endpoint{
-				"echo": {{Addr: server.InboundAddr().String(), Identity: tt.expectedID}},
-			})
-			c, err := net.Dial("tcp", client.BindAddr(0).String())
+			m := meshtest.New(t) // its CA is the good one
+			app := m.TCPApp("echo", nil)
+			spec := serverSpec(tt.serverID, "127.0.0.1:0", app)
+			spec.AdvertiseID = tt.expectedID
+			m.Start("server", spec)
+			cspec := clientSpec(clientID)
+			cspec.Identity = tt.client(t, m.CA)
+			client := m.Start("client", cspec)
+			c, err := net.Dial("tcp", client.Bind("echo"))
 			n := 0
 			if err == nil { // else: reset before Dial returned, also a refusal
 				defer c.Close()
@@ -296,7 +241,7 @@ func TestFailClosed(t *testing.T) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				t.Fatal("client hung instead of getting an error")
 			}
-			if got := app.accepted.Load(); got != 0 {
+			if got := app.Hits.Load(); got != 0 {
 				t.Fatalf("app accepted %d connections; want none", got)
 			}
 			if client.Pool().Len() != 0 {
@@ -322,7 +267,7 @@ func TestPeerDownAndRecovery(t *testing.T) {
 	start := time.Now()
 	c := m.dial(t)
 	c.Write([]byte("hello"))
-	c.SetReadDeadline(hangGuard(t))
+	c.SetReadDeadline(testkit.HangGuard(t))
 	_, err := c.Read(make([]byte, 8))
 	c.Close()
 	if err == nil {
@@ -339,11 +284,11 @@ func TestPeerDownAndRecovery(t *testing.T) {
 	}
 
 	// Bring the peer back on the same address; traffic must recover.
-	m.server = startServer(t, m.ca, echoID, addr, m.app)
-	deadline := hangGuard(t)
+	m.server = m.Start("server", serverSpec(echoID, addr, m.app))
+	deadline := testkit.HangGuard(t)
 	for {
 		var got []byte
-		c, err := net.Dial("tcp", m.client.BindAddr(0).String())
+		c, err := net.Dial("tcp", m.client.Bind("echo"))
 		if err == nil {
 			got, err = roundTrip(t, c.(*net.TCPConn), []byte("back"))
 			c.Close()
@@ -359,34 +304,22 @@ func TestPeerDownAndRecovery(t *testing.T) {
 }
 
 func TestUnknownTargetIsReset(t *testing.T) {
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
-	app := startEcho(t)
-	server := startServer(t, ca, echoID, "127.0.0.1:0", app)
-	// The client thinks "echo" lives on the server, but the client binds
-	// a service the server has no route for.
-	res := static.NewFromMap(map[string][]discovery.Endpoint{
-		"other": {{Addr: server.InboundAddr().String(), Identity: echoID}},
-	})
-	client, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, clientID),
-		Resolver:    res,
-		InboundAddr: "127.0.0.1:0",
-		Binds:       []sidecar.Bind{{Listen: "127.0.0.1:0", Service: "other"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { client.Close(); res.Close() }()
-	if c, err := net.Dial("tcp", client.BindAddr(0).String()); err == nil { // else reset before Dial returned
+	m := meshtest.New(t)
+	app := m.TCPApp("echo", nil)
+	server := m.Start("server", serverSpec(echoID, "127.0.0.1:0", app))
+	// The client thinks "other" lives on the server, but the server has
+	// no route for it.
+	m.Resolve("other", server.Endpoint())
+	client := m.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "other"}}})
+	if c, err := net.Dial("tcp", client.Bind("other")); err == nil { // else reset before Dial returned
 		defer c.Close()
 		c.Write([]byte("x"))
-		c.SetReadDeadline(hangGuard(t))
+		c.SetReadDeadline(testkit.HangGuard(t))
 		if _, err := c.Read(make([]byte, 1)); err == nil {
 			t.Fatal("read succeeded for a target the server does not route")
 		}
 	}
-	if app.accepted.Load() != 0 {
+	if app.Hits.Load() != 0 {
 		t.Fatal("app reached for an unknown target")
 	}
 }

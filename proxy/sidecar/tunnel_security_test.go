@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,14 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
-	"github.com/quicmesh/quicmesh/discovery"
-	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/internal/detect"
-	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/proxy/inbound"
-	"github.com/quicmesh/quicmesh/proxy/outbound"
-	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 )
 
 // The attacks of issue 8 (item 1): an app smuggling HTTP to the far app
@@ -59,18 +52,12 @@ type recorded struct {
 type recordingApp struct {
 	mu   sync.Mutex
 	reqs []recorded
-	ln   net.Listener
+	addr string
 }
 
-func startRecordingApp(t *testing.T) *recordingApp {
-	t.Helper()
-	a := &recordingApp{ln: listen(t)}
-	srv := &http.Server{Handler: http.HandlerFunc(a.serve), Protocols: new(http.Protocols)}
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(a.ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
+func startRecordingApp(m *meshtest.Mesh) *recordingApp {
+	a := &recordingApp{}
+	a.addr = m.HTTPApp("recording", meshtest.H1H2C, http.HandlerFunc(a.serve)).Addr
 	return a
 }
 
@@ -142,7 +129,7 @@ func (a *recordingApp) checkClean(t *testing.T, path string) {
 // recording app on three kinds of route, plus a raw TCP echo app.
 type secMesh struct {
 	app        *recordingApp
-	server     *sidecar.Sidecar
+	server     *meshtest.Sidecar
 	binds      map[string]string
 	proxyAddr  string
 	clientReg  *prometheus.Registry
@@ -155,58 +142,34 @@ var secServices = []string{"web", "auto", "h2", "raw"}
 
 func newSecMesh(t *testing.T, headerTimeout time.Duration) *secMesh {
 	t.Helper()
-	checkLeaks(t)
-	ca := identitytest.NewCA(t, "test.local")
+	mesh := meshtest.New(t)
 	m := &secMesh{
-		app:        startRecordingApp(t),
+		app:        startRecordingApp(mesh),
 		binds:      map[string]string{},
-		clientReg:  prometheus.NewRegistry(),
-		serverReg:  prometheus.NewRegistry(),
 		detectWait: 200 * time.Millisecond,
 		headerWait: headerTimeout,
 	}
-	rawApp := echo.StartTCP(listen(t))
-	t.Cleanup(func() { rawApp.Close() })
-	appAddr := m.app.ln.Addr().String()
-	server, err := sidecar.Start(sidecar.Config{
-		Identity:    identitytest.Provider(t, ca, echoID),
-		Resolver:    staticMap(t, nil),
-		InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{
+	rawApp := mesh.TCPApp("raw", nil)
+	appAddr := m.app.addr
+	m.server = mesh.Start("server", meshtest.Spec{
+		ID: echoID,
+		Routes: map[string]string{
 			"web":  "http://" + appAddr,
 			"auto": appAddr,
 			"h2":   "h2c://" + appAddr,
-			"raw":  "tcp://" + rawApp.Addr().String(),
+			"raw":  rawApp.URL("tcp"),
 		},
-		Inbound: inbound.Config{HeaderTimeout: headerTimeout},
-		Metrics: telemetry.New(m.serverReg),
+		HeaderTimeout: headerTimeout,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
-	m.server = server
-	eps := map[string][]discovery.Endpoint{}
-	var binds []sidecar.Bind
+	m.serverReg = m.server.Metrics
+	var binds []meshtest.Bind
 	for _, svc := range secServices {
-		eps[svc] = []discovery.Endpoint{{Addr: server.InboundAddr().String(), Identity: echoID}}
-		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+		binds = append(binds, meshtest.Bind{Service: svc})
 	}
-	client, err := sidecar.Start(sidecar.Config{
-		Identity:      identitytest.Provider(t, ca, clientID),
-		Resolver:      staticMap(t, eps),
-		InboundAddr:   "127.0.0.1:0",
-		Binds:         binds,
-		HTTPProxyAddr: "127.0.0.1:0",
-		Outbound:      outbound.Config{Detect: detect.Config{Timeout: m.detectWait}},
-		Metrics:       telemetry.New(m.clientReg),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	for i, svc := range secServices {
-		m.binds[svc] = client.BindAddr(i).String()
+	client := mesh.Start("client", meshtest.Spec{ID: clientID, Binds: binds, HTTPProxy: true, DetectTimeout: m.detectWait})
+	m.clientReg = client.Metrics
+	for _, svc := range secServices {
+		m.binds[svc] = client.Bind(svc)
 	}
 	m.proxyAddr = client.HTTPProxyAddr().String()
 	return m
@@ -228,7 +191,7 @@ func (m *secMesh) tunnels(t *testing.T, service string) float64 {
 // service: the event that proves its detection gave up on HTTP.
 func (m *secMesh) waitTunnels(t *testing.T, service string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := testkit.HangGuard(t)
 	for m.tunnels(t, service) < want {
 		if time.Now().After(deadline) {
 			t.Fatalf("client sidecar opened %v tunnels for %s, want %v", m.tunnels(t, service), service, want)
@@ -569,10 +532,7 @@ func TestNoUserAgentAdded(t *testing.T) {
 		}
 	})
 	t.Run("h2c", func(t *testing.T) {
-		tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, n, a)
-		}}
-		defer tr.CloseIdleConnections()
+		tr := testkit.H2CClient(t).Transport // RoundTrip: no client defaults
 		for _, ua := range []string{"", "grpc-go/1.70"} {
 			path := "/no-ua/h2c"
 			if ua != "" {

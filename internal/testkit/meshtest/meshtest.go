@@ -1,0 +1,291 @@
+// Package meshtest builds meshes for end-to-end tests: sidecars with
+// identities from one test CA, apps behind them, and one discovery
+// resolver, each reachable by name, all closed by t.Cleanup.
+//
+//	m := meshtest.New(t)
+//	web := m.HTTPApp("web", meshtest.H1, nil) // the echo app
+//	m.Start("server", meshtest.Spec{ID: serverID, Routes: map[string]string{"web": web.URL("http")}})
+//	c := m.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "web"}}, ClientsSpeakFirst: true})
+//	resp, err := testkit.H1Client(t).Get("http://" + c.Bind("web") + "/")
+//
+// How a Spec becomes a running sidecar is known here and nowhere else in
+// the tests: when the sidecar's configuration changes, this file changes.
+package meshtest
+
+import (
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/discovery/static"
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// TrustDomain is the trust domain of every mesh's CA.
+const TrustDomain = "test.local"
+
+// Mesh is a set of named sidecars and apps sharing a CA and a resolver.
+type Mesh struct {
+	t  testing.TB
+	CA *identity.CA
+
+	mu       sync.Mutex
+	sidecars map[string]*Sidecar
+	apps     map[string]*App
+	served   map[string]advert               // by sidecar name: what its routes advertise
+	explicit map[string][]discovery.Endpoint // by service: set by Resolve, wins over served
+	res      *static.Resolver
+}
+
+// New is an empty mesh with its own CA. For a *testing.T it also arms
+// the goroutine-leak check (testkit.CheckLeaks), which runs after the
+// mesh is torn down.
+func New(t testing.TB) *Mesh {
+	t.Helper()
+	if _, ok := t.(*testing.T); ok {
+		testkit.CheckLeaks(t)
+	}
+	m := &Mesh{
+		t: t, CA: identitytest.NewCA(t, TrustDomain),
+		sidecars: map[string]*Sidecar{}, apps: map[string]*App{},
+		served: map[string]advert{}, explicit: map[string][]discovery.Endpoint{},
+		res: static.NewFromMap(nil),
+	}
+	t.Cleanup(func() { m.res.Close() })
+	return m
+}
+
+// Bind is one outbound listener of a sidecar.
+type Bind struct {
+	// Name is how the test finds the listener (Sidecar.Bind); default
+	// Service.
+	Name    string
+	Service string
+	// Opaque tunnels every connection as TCP, without protocol detection.
+	Opaque bool
+}
+
+// Spec describes one sidecar in test terms.
+type Spec struct {
+	// ID is the SPIFFE ID of the certificate the mesh CA issues it,
+	// unless Identity is set.
+	ID       string
+	Identity identity.Provider
+	// Resolver is its discovery (default: the mesh's resolver).
+	Resolver discovery.Resolver
+	// Addr is the UDP address for mesh traffic (default 127.0.0.1:0);
+	// PacketConn, if set, is the bound socket to use instead.
+	Addr       string
+	PacketConn *net.UDPConn
+
+	// Routes maps the services it serves to app addresses in the route
+	// syntax (tcp://, http://, h2c://, or bare to detect). Each service
+	// is advertised in the mesh's resolver at this sidecar, as ID (or
+	// AdvertiseID), unless the test called Resolve for it.
+	Routes      map[string]string
+	AdvertiseID string
+	// HeaderTimeout bounds how long the inbound side waits for a
+	// request's header (0: the default).
+	HeaderTimeout time.Duration
+
+	// Binds are its outbound listeners, HTTPProxy its HTTP proxy listener.
+	Binds     []Bind
+	HTTPProxy bool
+	// ClientsSpeakFirst makes protocol detection wait for the first bytes
+	// until the hang guard: for listeners whose every client sends first
+	// (HTTP, gRPC, WebSocket). With the 1 s default, a client goroutine
+	// starved for a second between connecting and writing (seen at load
+	// 14 on 2 cores) gets its HTTP connection tunnelled as opaque TCP, by
+	// design for server-speaks-first protocols, and so bypasses the HTTP
+	// handling (limits, identity header, metrics) tests assert on.
+	// DetectTimeout sets another detection timeout.
+	ClientsSpeakFirst bool
+	DetectTimeout     time.Duration
+	// MaxInFlight limits outbound requests in flight (0: the default);
+	// ConnectTimeout bounds the wait for a peer connection and stream.
+	MaxInFlight    int
+	ConnectTimeout time.Duration
+
+	Limits transport.Limits
+	// Logger receives the sidecar's logs (default testkit.DebugLogger).
+	Logger *slog.Logger
+}
+
+// Sidecar is a running sidecar of the mesh.
+type Sidecar struct {
+	*sidecar.Sidecar
+	Name string
+	ID   string
+	// Metrics is the sidecar's own Prometheus registry.
+	Metrics *prometheus.Registry
+	binds   map[string]string
+}
+
+// Start starts the sidecar called name, or a new one in place of a closed
+// one of that name (say on the same Addr, to restart it). It is closed
+// when the test ends.
+func (m *Mesh) Start(name string, spec Spec) *Sidecar {
+	m.t.Helper()
+	cfg, binds := m.config(spec)
+	reg := prometheus.NewRegistry()
+	cfg.Metrics = telemetry.New(reg)
+	sc, err := sidecar.Start(cfg)
+	if err != nil {
+		m.t.Fatalf("starting sidecar %q: %v", name, err)
+	}
+	m.t.Cleanup(func() { sc.Close() })
+	s := &Sidecar{Sidecar: sc, Name: name, ID: spec.ID, Metrics: reg, binds: map[string]string{}}
+	for i, b := range binds {
+		s.binds[b] = sc.BindAddr(i).String()
+	}
+	m.mu.Lock()
+	m.sidecars[name] = s
+	if len(spec.Routes) > 0 {
+		id := spec.ID
+		if spec.AdvertiseID != "" {
+			id = spec.AdvertiseID
+		}
+		a := advert{ep: discovery.Endpoint{Addr: sc.InboundAddr().String(), Identity: id}}
+		for svc := range spec.Routes {
+			a.services = append(a.services, svc)
+		}
+		m.served[name] = a
+	}
+	m.publishLocked()
+	m.mu.Unlock()
+	return s
+}
+
+// config is the one place that turns a Spec into the sidecar's
+// configuration; it also returns the bind names by listener position.
+func (m *Mesh) config(spec Spec) (sidecar.Config, []string) {
+	cfg := sidecar.Config{
+		Identity:    spec.Identity,
+		Resolver:    m.res,
+		InboundAddr: spec.Addr,
+		PacketConn:  spec.PacketConn,
+		Limits:      spec.Limits,
+		Logger:      spec.Logger,
+	}
+	if cfg.Identity == nil {
+		cfg.Identity = identitytest.Provider(m.t, m.CA, spec.ID)
+	}
+	if spec.Resolver != nil {
+		cfg.Resolver = spec.Resolver
+	}
+	if cfg.InboundAddr == "" {
+		cfg.InboundAddr = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testkit.DebugLogger()
+	}
+	if len(spec.Routes) > 0 {
+		cfg.Routes = inbound.Routes(spec.Routes)
+	}
+	cfg.Inbound = inbound.Config{HeaderTimeout: spec.HeaderTimeout}
+	cfg.Outbound = outbound.Config{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout}
+	switch {
+	case spec.DetectTimeout != 0:
+		cfg.Outbound.Detect = detect.Config{Timeout: spec.DetectTimeout}
+	case spec.ClientsSpeakFirst:
+		cfg.Outbound.Detect = detect.Config{Timeout: time.Until(testkit.HangGuard(m.t))}
+	}
+	var names []string
+	for _, b := range spec.Binds {
+		cfg.Binds = append(cfg.Binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: b.Service, Opaque: b.Opaque})
+		name := b.Name
+		if name == "" {
+			name = b.Service
+		}
+		names = append(names, name)
+	}
+	if spec.HTTPProxy {
+		cfg.HTTPProxyAddr = "127.0.0.1:0"
+	}
+	return cfg, names
+}
+
+// Resolve makes the mesh's resolver answer service with eps (none: a
+// known service without endpoints), whatever sidecars advertise for it.
+func (m *Mesh) Resolve(service string, eps ...discovery.Endpoint) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.explicit[service] = slices.Clone(eps)
+	if eps == nil {
+		m.explicit[service] = []discovery.Endpoint{}
+	}
+	m.publishLocked()
+}
+
+// publishLocked sets the resolver's view: what Resolve said, else every
+// sidecar advertising the service, in the order of their names.
+func (m *Mesh) publishLocked() {
+	all := map[string][]discovery.Endpoint{}
+	names := make([]string, 0, len(m.served))
+	for n := range m.served {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		a := m.served[n]
+		for _, svc := range a.services {
+			all[svc] = append(all[svc], a.ep)
+		}
+	}
+	for svc, eps := range m.explicit {
+		all[svc] = eps
+	}
+	m.res.Set(all)
+}
+
+// advert is a serving sidecar's entry in the resolver.
+type advert struct {
+	services []string
+	ep       discovery.Endpoint
+}
+
+// Sidecar is the sidecar started as name.
+func (m *Mesh) Sidecar(name string) *Sidecar {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.sidecars[name]
+	if !ok {
+		m.t.Fatalf("meshtest: no sidecar %q", name)
+	}
+	return s
+}
+
+// Bind is the address of the outbound listener called name.
+func (s *Sidecar) Bind(name string) string {
+	a, ok := s.binds[name]
+	if !ok {
+		panic("meshtest: sidecar " + s.Name + " has no bind " + name)
+	}
+	return a
+}
+
+// ProxyURL is the URL of the HTTP proxy listener, for http.ProxyURL.
+func (s *Sidecar) ProxyURL() *url.URL {
+	return &url.URL{Scheme: "http", Host: s.HTTPProxyAddr().String()}
+}
+
+// Endpoint is where discovery finds this sidecar, as its own identity.
+func (s *Sidecar) Endpoint() discovery.Endpoint {
+	return discovery.Endpoint{Addr: s.InboundAddr().String(), Identity: s.ID}
+}
