@@ -14,7 +14,7 @@ import (
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/echo"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/lograte"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
@@ -143,7 +143,7 @@ func TestPartitionFailuresLoggedOncePerInterval(t *testing.T) {
 	}
 	// However slow the machine, a working limiter logs at most one line
 	// per interval; an unlimited one logs a line per request.
-	allowed := 1 + int(time.Since(start)/telemetry.DefaultLogInterval)
+	allowed := 1 + int(time.Since(start)/lograte.DefaultLogInterval)
 	for _, msg := range []string{"http route failed", "peer dial failed"} {
 		if n := logs.count(msg); n < 1 || n > allowed {
 			t.Errorf("%d %q lines for %d failed requests, want 1 to %d", n, msg, requests, allowed)
