@@ -12,7 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/lograte"
 )
 
 // Handshake admission defaults; see Limits.MaxHandshakes and
@@ -90,18 +90,18 @@ var (
 type handshakeGate struct {
 	max, retryAt int64
 	inProgress   atomic.Int64
-	metrics      *telemetry.Metrics
+	observer     Observer
 	logger       *slog.Logger
-	refusals     *telemetry.LogLimiter
+	refusals     *lograte.Limiter
 }
 
-func newHandshakeGate(l Limits, m *telemetry.Metrics, logger *slog.Logger, now func() time.Time) *handshakeGate {
+func newHandshakeGate(l Limits, o Observer, logger *slog.Logger, now func() time.Time) *handshakeGate {
 	return &handshakeGate{
 		max:      int64(l.MaxHandshakes),
 		retryAt:  int64(l.RetryThreshold),
-		metrics:  m,
+		observer: o,
 		logger:   logger,
-		refusals: telemetry.NewLogLimiter(0, 0, now),
+		refusals: lograte.New(0, 0, now),
 	}
 }
 
@@ -125,7 +125,7 @@ type handshake struct {
 // for Initials without a valid token.
 func (g *handshakeGate) verifySourceAddress(net.Addr) bool {
 	if g.inProgress.Load() >= g.retryAt {
-		g.metrics.HandshakeRetried()
+		g.observer.HandshakeRetried()
 		return true
 	}
 	return false
@@ -139,7 +139,7 @@ func (g *handshakeGate) connContext(ctx context.Context, info *quic.ClientInfo) 
 		g.report(info.RemoteAddr.String(), ReasonOverloaded, "", errTooManyHandshakes)
 		return nil, errTooManyHandshakes
 	}
-	hs := &handshake{gate: g, remote: info.RemoteAddr.String(), endGauge: g.metrics.HandshakeStarted()}
+	hs := &handshake{gate: g, remote: info.RemoteAddr.String(), endGauge: g.observer.HandshakeStarted()}
 	ctx = context.WithValue(ctx, handshakeKey{}, hs)
 	// The context ends when the connection closes or its handshake fails.
 	context.AfterFunc(ctx, func() { hs.end(context.Cause(ctx)) })
@@ -190,7 +190,7 @@ func (hs *handshake) refused(cs tls.ConnectionState, err error) {
 // report counts a refused or failed inbound handshake and logs it, at
 // most once per peer and reason per interval.
 func (g *handshakeGate) report(remote, reason, presented string, err error) {
-	g.metrics.HandshakeFailed(telemetry.Inbound, reason)
+	g.observer.HandshakeFailed(false, reason)
 	if presented == "" {
 		presented = "none"
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,17 +14,19 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/lograte"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 // ErrPeerUnavailable is wrapped when a peer cannot be reached: the dial
 // failed just now, or failed recently and is in back-off.
-var ErrPeerUnavailable = errors.New("transport: peer unavailable")
+var ErrPeerUnavailable = meshcode.ErrPeerUnavailable
 
 // ErrStreamNotOpened is wrapped when a tunnel stream could not be opened
 // because its connection had closed: nothing reached the peer, so the
-// open may be retried on a fresh connection (see Refused).
+// open may be retried on a fresh connection (such errors are also marked
+// meshcode.ErrNotProcessed and meshcode.ErrConnDead).
 var ErrStreamNotOpened = errors.New("transport: stream not opened: connection closed")
 
 // ErrPoolClosed is returned after Pool.Close.
@@ -40,14 +43,37 @@ const (
 // PeerConn is a live connection to one peer proxy, shared by everyone who
 // sends to that peer.
 type PeerConn struct {
+	// Conn is the QUIC connection, for this package and its tests.
 	Conn *quic.Conn
-	// HTTP sends HTTP/3 requests on Conn.
-	HTTP *http3.ClientConn
-	Addr string
-	Peer identity.ID
+	h3   *http3.ClientConn // sends HTTP/3 requests on Conn
+	pool *Pool
+	addr string
+	peer identity.ID
 
 	active atomic.Int64 // requests and tunnels in flight, for metrics
 }
+
+// Addr is the peer's address as dialled.
+func (pc *PeerConn) Addr() string { return pc.addr }
+
+// Peer is the identity the peer proved.
+func (pc *PeerConn) Peer() identity.ID { return pc.peer }
+
+// RoundTrip sends an HTTP request to the peer as an HTTP/3 request.
+// Errors that prove the peer did not process the request are marked
+// meshcode.ErrNotProcessed; those that prove the connection dead,
+// meshcode.ErrConnDead.
+func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := pc.h3.RoundTrip(req)
+	if err != nil {
+		return nil, requestError(err)
+	}
+	return resp, nil
+}
+
+// Forget stops the pool from handing out the connection (a stream-level
+// failure showed it is broken): the next Get redials.
+func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // Begin counts one request or tunnel on the connection until the returned
 // function is called.
@@ -57,8 +83,17 @@ func (pc *PeerConn) Begin() (end func()) {
 }
 
 // OpenTunnel opens a stream on the connection and writes the tunnel
-// header for target. The caller owns the stream.
-func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*quic.Stream, error) {
+// header for target. The caller owns the stream. Errors are marked as
+// RoundTrip's are.
+func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, error) {
+	str, err := pc.openTunnel(ctx, target)
+	if err != nil {
+		return nil, requestError(err)
+	}
+	return &Stream{str: str}, nil
+}
+
+func (pc *PeerConn) openTunnel(ctx context.Context, target string) (*quic.Stream, error) {
 	hdr, err := tunnel.Header{Target: target}.AppendTo(make([]byte, 0, 64))
 	if err != nil {
 		return nil, err
@@ -69,12 +104,12 @@ func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*quic.Stream
 			// Nothing was sent: the connection is gone.
 			err = fmt.Errorf("%w: %w", ErrStreamNotOpened, err)
 		}
-		return nil, fmt.Errorf("transport: opening stream to %s: %w", pc.Addr, err)
+		return nil, fmt.Errorf("transport: opening stream to %s: %w", pc.addr, err)
 	}
 	if _, err := str.Write(hdr); err != nil {
 		str.CancelRead(CodeReset)
 		str.CancelWrite(CodeReset)
-		return nil, fmt.Errorf("transport: writing tunnel header to %s: %w", pc.Addr, err)
+		return nil, fmt.Errorf("transport: writing tunnel header to %s: %w", pc.addr, err)
 	}
 	return str, nil
 }
@@ -108,7 +143,7 @@ type Pool struct {
 	dialsWG sync.WaitGroup
 	now     func() time.Time
 	// logs rate-limits dial-failure lines per peer and reason.
-	logs *telemetry.LogLimiter
+	logs *lograte.Limiter
 }
 
 // NewPool creates a pool that dials through ep.
@@ -123,7 +158,7 @@ func NewPool(ep *Endpoint) *Pool {
 		ctx:    ctx,
 		cancel: cancel,
 		now:    ep.cfg.Now,
-		logs:   telemetry.NewLogLimiter(0, 0, ep.cfg.Now),
+		logs:   lograte.New(0, 0, ep.cfg.Now),
 	}
 }
 
@@ -199,7 +234,7 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 			return
 		}
 		reason := HandshakeReason(err)
-		p.ep.cfg.Metrics.HandshakeFailed(telemetry.Outbound, reason)
+		p.ep.cfg.Observer.HandshakeFailed(true, reason)
 		st.failures++
 		st.lastErr = err
 		st.failedAt = p.now()
@@ -244,7 +279,7 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 		return nil, err
 	}
 	raw := p.h3.NewRawClientConn(conn)
-	pc := &PeerConn{Conn: conn, HTTP: raw.ClientConn, Addr: key.addr, Peer: key.id}
+	pc := &PeerConn{Conn: conn, h3: raw.ClientConn, pool: p, addr: key.addr, peer: key.id}
 	go p.acceptUni(pc, raw)
 	timer := time.NewTimer(p.ep.limits.HandshakeTimeout)
 	defer timer.Stop()
@@ -301,10 +336,10 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 			}
 			switch msg {
 			case msgGoAway:
-				p.ep.logger.Info("peer is draining", "peer", pc.Addr, "identity", pc.Peer.String())
+				p.ep.logger.Info("peer is draining", "peer", pc.addr, "identity", pc.peer.String())
 				p.markDraining(pc)
 			case msgReconnect:
-				p.ep.logger.Debug("peer retires the connection", "peer", pc.Addr, "identity", pc.Peer.String())
+				p.ep.logger.Debug("peer retires the connection", "peer", pc.addr, "identity", pc.peer.String())
 				p.Forget(pc)
 			}
 		}()
@@ -317,7 +352,7 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 func (p *Pool) markDraining(pc *PeerConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := p.peers[peerKey{pc.Addr, pc.Peer}]
+	st := p.peers[peerKey{pc.addr, pc.peer}]
 	if st == nil || st.conn != pc {
 		return
 	}
@@ -332,9 +367,9 @@ var errDraining = errors.New("peer is draining")
 // retire stops handing out pc and closes it once its in-flight work is
 // done (or after maxRetireWait); the next Get dials a fresh connection.
 func (p *Pool) retire(pc *PeerConn) {
-	p.ep.logger.Info("retiring peer connection: peer certificate expired", "peer", pc.Addr, "identity", pc.Peer.String())
+	p.ep.logger.Info("retiring peer connection: peer certificate expired", "peer", pc.addr, "identity", pc.peer.String())
 	p.mu.Lock()
-	if st := p.peers[peerKey{pc.Addr, pc.Peer}]; st != nil && st.conn == pc {
+	if st := p.peers[peerKey{pc.addr, pc.peer}]; st != nil && st.conn == pc {
 		st.conn = nil
 	}
 	p.mu.Unlock()
@@ -350,17 +385,6 @@ func (p *Pool) retire(pc *PeerConn) {
 // maxRetireWait bounds how long a retired connection may finish work.
 const maxRetireWait = 30 * time.Second
 
-// Ready reports whether a usable connection to the peer exists right now
-// (no dial needed, not in back-off); the outbound proxy prefers such
-// endpoints so one slow dial does not delay requests other peers could
-// serve.
-func (p *Pool) Ready(addr string, want identity.ID) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn != nil && st.conn.Alive()
-}
-
 // Unavailable reports whether the peer is in back-off after a failed dial
 // or a drain notice.
 func (p *Pool) Unavailable(addr string, want identity.ID) bool {
@@ -375,8 +399,23 @@ func backoff(failures int) time.Duration {
 	return min(d, maxBackoff)
 }
 
-// QUICStats snapshots every pooled connection for the metrics collector.
-func (p *Pool) QUICStats() []telemetry.QUICConn {
+// ConnStats is a snapshot of one live QUIC connection, for metrics.
+type ConnStats struct {
+	Peer        identity.ID
+	RTT         time.Duration // smoothed RTT
+	PacketsLost uint64        // since the connection started
+	PacketsSent uint64        // since the connection started
+	StreamsOpen int
+}
+
+func connStats(peer identity.ID, conn *quic.Conn, streams int64) ConnStats {
+	st := conn.ConnectionStats()
+	return ConnStats{Peer: peer, RTT: st.SmoothedRTT, PacketsLost: st.PacketsLost, PacketsSent: st.PacketsSent, StreamsOpen: int(streams)}
+}
+
+// QUICStats snapshots every pooled connection; StreamsOpen counts the
+// requests and tunnels in flight (PeerConn.Begin).
+func (p *Pool) QUICStats() []ConnStats {
 	p.mu.Lock()
 	conns := make([]*PeerConn, 0, len(p.peers))
 	for _, st := range p.peers {
@@ -385,20 +424,11 @@ func (p *Pool) QUICStats() []telemetry.QUICConn {
 		}
 	}
 	p.mu.Unlock()
-	out := make([]telemetry.QUICConn, 0, len(conns))
+	out := make([]ConnStats, 0, len(conns))
 	for _, pc := range conns {
-		out = append(out, Snapshot(telemetry.Outbound, pc.Peer, pc.Conn, pc.active.Load()))
+		out = append(out, connStats(pc.peer, pc.Conn, pc.active.Load()))
 	}
 	return out
-}
-
-// Snapshot describes one QUIC connection for the metrics collector.
-func Snapshot(dir telemetry.Direction, peer identity.ID, conn *quic.Conn, streams int64) telemetry.QUICConn {
-	st := conn.ConnectionStats()
-	return telemetry.QUICConn{
-		Dir: dir, Peer: peer.String(), RTT: st.SmoothedRTT,
-		PacketsLost: st.PacketsLost, PacketsSent: st.PacketsSent, StreamsOpen: int(streams),
-	}
 }
 
 // Len reports how many live connections the pool holds.
@@ -419,7 +449,7 @@ func (p *Pool) Len() int {
 func (p *Pool) Forget(pc *PeerConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	key := peerKey{pc.Addr, pc.Peer}
+	key := peerKey{pc.addr, pc.peer}
 	if st := p.peers[key]; st != nil && st.conn == pc {
 		st.conn = nil
 		p.sweep()
@@ -455,7 +485,7 @@ func (p *Pool) Close() error {
 	}
 	p.mu.Unlock()
 	for _, pc := range conns {
-		pc.HTTP.CloseWithError(quic.ApplicationErrorCode(ConnCodePoolClosed), "pool closed")
+		pc.h3.CloseWithError(ConnCodePoolClosed, "pool closed")
 	}
 	p.dialsWG.Wait()
 	return nil

@@ -94,7 +94,7 @@ type side struct {
 func newSide(t *testing.T, listen bool, prov identity.Provider, limits transport.Limits) *side {
 	t.Helper()
 	s := &side{logs: &testkit.LogBuffer{}, reg: prometheus.NewRegistry(), clock: newFakeClock()}
-	cfg := transport.Config{Identity: prov, Logger: s.logs.Logger(slog.LevelWarn), Metrics: telemetry.New(s.reg), Now: s.clock.Now, Limits: limits}
+	cfg := transport.Config{Identity: prov, Logger: s.logs.Logger(slog.LevelWarn), Observer: telemetry.New(s.reg).Handshakes(), Now: s.clock.Now, Limits: limits}
 	var err error
 	if listen {
 		s.ep, err = transport.Listen("127.0.0.1:0", cfg)
@@ -179,7 +179,7 @@ func TestRefusedHandshakeIsAFailedDialAndLoggedOnce(t *testing.T) {
 			if !ok || de.Reason != tt.clientReason || !strings.Contains(err.Error(), "("+tt.clientReason+")") {
 				t.Fatalf("Get: %v; want a DialError naming reason %q", err, tt.clientReason)
 			}
-			if pool.Len() != 0 || pool.Ready(addr, want) {
+			if pool.Len() != 0 {
 				t.Fatal("a refused connection is pooled")
 			}
 			if !pool.Unavailable(addr, want) {

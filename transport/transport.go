@@ -1,7 +1,10 @@
 // Package transport carries sidecar-to-sidecar traffic over mutually
 // authenticated QUIC. One UDP socket (a quic.Transport) serves both the
 // inbound listener and every outbound dial; outbound connections live in a
-// Pool, one per peer, shared by all HTTP/3 requests and tunnel streams.
+// Pool, one per peer, shared by all HTTP/3 requests and tunnel streams;
+// a Server serves the connections peers open to us. The proxy sees it only
+// through the interfaces it declares (docs/design.md, "The transport
+// seam"); errors and codes cross the seam in transport/meshcode's terms.
 package transport
 
 import (
@@ -20,7 +23,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/identity"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // ALPN is the application protocol sidecars negotiate. It is not "h3": a
@@ -28,19 +31,22 @@ import (
 // that reached the port by accident must not be mistaken for a sidecar.
 const ALPN = "quicmesh/1"
 
-// Application error codes used on QUIC connections and streams. They are
-// part of the wire protocol between sidecars; docs/design.md lists them.
+// The mesh error codes as QUIC application error codes: a mesh code is
+// sent as the QUIC code of the same value (RESET_STREAM and STOP_SENDING
+// for streams, CONNECTION_CLOSE for connections), and a QUIC code read
+// off the wire is reported as the mesh code of the same value (see
+// meshError). docs/design.md lists them.
 const (
-	CodeNoError        quic.StreamErrorCode      = 0x0
-	CodeReset          quic.StreamErrorCode      = 0x51c1 // the TCP peer reset its connection
-	CodeUnknownTarget  quic.StreamErrorCode      = 0x51c2 // no local route for the tunnel target
-	CodeConnectFailed  quic.StreamErrorCode      = 0x51c3 // the local app refused or timed out
-	CodeBadHeader      quic.StreamErrorCode      = 0x51c4 // malformed tunnel header
-	CodeOverloaded     quic.StreamErrorCode      = 0x51c5 // the sidecar sheds load
-	CodeShuttingDown   quic.StreamErrorCode      = 0x51c6 // the sidecar is draining
-	ConnCodeShutdown   quic.ApplicationErrorCode = 0x51d0
-	ConnCodeIdentity   quic.ApplicationErrorCode = 0x51d1
-	ConnCodePoolClosed quic.ApplicationErrorCode = 0x51d2
+	CodeNoError        = quic.StreamErrorCode(meshcode.NoError)
+	CodeReset          = quic.StreamErrorCode(meshcode.Reset)
+	CodeUnknownTarget  = quic.StreamErrorCode(meshcode.UnknownTarget)
+	CodeConnectFailed  = quic.StreamErrorCode(meshcode.ConnectFailed)
+	CodeBadHeader      = quic.StreamErrorCode(meshcode.BadHeader)
+	CodeOverloaded     = quic.StreamErrorCode(meshcode.Overloaded)
+	CodeShuttingDown   = quic.StreamErrorCode(meshcode.ShuttingDown)
+	ConnCodeShutdown   = quic.ApplicationErrorCode(meshcode.ConnShutdown)
+	ConnCodeIdentity   = quic.ApplicationErrorCode(meshcode.ConnIdentity)
+	ConnCodePoolClosed = quic.ApplicationErrorCode(meshcode.ConnPoolClosed)
 )
 
 // Limits are the QUIC knobs we set deliberately; zero values take the
@@ -145,6 +151,26 @@ func (l Limits) quicConfig() *quic.Config {
 	}
 }
 
+// Observer receives the handshake events of an Endpoint. The sidecar
+// turns them into metrics; the transport does not know about metrics.
+type Observer interface {
+	// HandshakeStarted: an inbound handshake is in progress until end
+	// is called.
+	HandshakeStarted() (end func())
+	// HandshakeRetried: an inbound client was asked to prove its
+	// address with a QUIC Retry.
+	HandshakeRetried()
+	// HandshakeFailed: an inbound handshake (dial false) or one of our
+	// dials (dial true) failed, for reason (HandshakeReason).
+	HandshakeFailed(dial bool, reason string)
+}
+
+type noObserver struct{}
+
+func (noObserver) HandshakeStarted() func()     { return func() {} }
+func (noObserver) HandshakeRetried()            {}
+func (noObserver) HandshakeFailed(bool, string) {}
+
 // Config configures an Endpoint.
 type Config struct {
 	// Identity supplies our certificate and the trust roots. Required.
@@ -154,8 +180,8 @@ type Config struct {
 	Authorize identity.Authorizer
 	Limits    Limits
 	Logger    *slog.Logger
-	// Metrics records handshake failures; nil records nothing.
-	Metrics *telemetry.Metrics
+	// Observer is told about handshakes (for metrics); nil tells no one.
+	Observer Observer
 	// Now is the clock for dial back-off and for rate-limiting refusal
 	// and dial-failure logs; nil is time.Now. Tests inject a fake one.
 	Now func() time.Time
@@ -195,7 +221,7 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 		}
 		authz = identity.AuthorizeTrustDomain(id.TrustDomain)
 	}
-	gate := newHandshakeGate(e.limits, e.cfg.Metrics, e.logger, e.cfg.Now)
+	gate := newHandshakeGate(e.limits, e.cfg.Observer, e.logger, e.cfg.Now)
 	e.tr.VerifySourceAddress = gate.verifySourceAddress
 	e.tr.ConnContext = gate.connContext
 	tlsConf := gate.serverTLSConfig(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}))
@@ -223,6 +249,9 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	udp := cfg.PacketConn
 	if udp == nil {
@@ -259,7 +288,8 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 func (e *Endpoint) Addr() *net.UDPAddr { return e.udp.LocalAddr().(*net.UDPAddr) }
 
 // Accept returns the next inbound connection. Its peer has completed the
-// mTLS handshake and passed the Authorizer.
+// mTLS handshake and passed the Authorizer. Most callers want
+// Server.Accept, which also serves the connection's streams.
 func (e *Endpoint) Accept(ctx context.Context) (*quic.Conn, error) {
 	if e.ln == nil {
 		return nil, errors.New("transport: endpoint is not listening")
@@ -331,6 +361,10 @@ func (e *DialError) Error() string {
 
 func (e *DialError) Unwrap() error { return e.Err }
 
+// FailureReason is Reason: the bounded label failed dials are logged and
+// counted with, found by callers that know no transport.
+func (e *DialError) FailureReason() string { return e.Reason }
+
 // StopListening refuses new inbound connections; established ones and
 // outbound dials are unaffected. Used when draining.
 func (e *Endpoint) StopListening() error {
@@ -377,7 +411,7 @@ func statelessResetKey(p identity.Provider) *quic.StatelessResetKey {
 	return &key
 }
 
-// PeerID returns the verified identity of a connection's peer.
-func PeerID(conn *quic.Conn) (identity.ID, error) {
+// peerID returns the verified identity of a connection's peer.
+func peerID(conn *quic.Conn) (identity.ID, error) {
 	return identity.PeerID(conn.ConnectionState().TLS)
 }

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/quicmesh/quicmesh/internal/splice"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
 )
 
 // docTable returns the first column of the markdown table whose header
@@ -91,14 +91,14 @@ func funcReturnedStrings(t *testing.T, dir, name string) []string {
 }
 
 // The tunnel close labels documented in docs/operations.md are exactly
-// the ones transport.ErrClass can return ("" for a clean close, exported
+// the ones splice.ErrClass can return ("" for a clean close, exported
 // as "none").
 func TestDocumentedTunnelCloseErrors(t *testing.T) {
-	if transport.ErrClass(nil) != "" {
-		t.Fatalf("ErrClass(nil) = %q, want \"\" (exported as %q)", transport.ErrClass(nil), telemetry.None)
+	if splice.ErrClass(nil) != "" {
+		t.Fatalf("ErrClass(nil) = %q, want \"\" (exported as %q)", splice.ErrClass(nil), telemetry.None)
 	}
 	var code []string
-	for _, label := range funcReturnedStrings(t, filepath.Join("..", "..", "transport"), "ErrClass") {
+	for _, label := range funcReturnedStrings(t, filepath.Join("..", "..", "internal", "splice"), "ErrClass") {
 		if label == "" {
 			label = telemetry.None
 		}
@@ -109,7 +109,7 @@ func TestDocumentedTunnelCloseErrors(t *testing.T) {
 	code = slices.Compact(code)
 	sorted := slices.Sorted(slices.Values(documented))
 	if !slices.Equal(sorted, code) {
-		t.Fatalf("docs/operations.md documents tunnel close errors %v; transport.ErrClass returns %v", sorted, code)
+		t.Fatalf("docs/operations.md documents tunnel close errors %v; splice.ErrClass returns %v", sorted, code)
 	}
 	if len(sorted) != len(slices.Compact(slices.Clone(sorted))) {
 		t.Errorf("docs/operations.md lists a tunnel close error twice: %v", documented)

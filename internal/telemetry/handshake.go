@@ -41,3 +41,23 @@ func (m *Metrics) HandshakeRetried() {
 	}
 	m.admission.retries.Inc()
 }
+
+// Handshakes is m as the observer of a transport's handshakes (it
+// implements transport.Observer; nil m records nothing).
+func (m *Metrics) Handshakes() Handshakes { return Handshakes{m} }
+
+// Handshakes records a transport's handshake events in Metrics.
+type Handshakes struct{ m *Metrics }
+
+func (h Handshakes) HandshakeStarted() (end func()) { return h.m.HandshakeStarted() }
+func (h Handshakes) HandshakeRetried()              { h.m.HandshakeRetried() }
+
+// HandshakeFailed counts a failed handshake: one of our dials (dial) is
+// outbound, one a peer started inbound.
+func (h Handshakes) HandshakeFailed(dial bool, reason string) {
+	dir := Inbound
+	if dial {
+		dir = Outbound
+	}
+	h.m.HandshakeFailed(dir, reason)
+}

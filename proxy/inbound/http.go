@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/bridge"
 	"github.com/quicmesh/quicmesh/internal/h2guard"
 	"github.com/quicmesh/quicmesh/internal/httpx"
@@ -40,29 +41,44 @@ func ParseAppAddr(v string) (proto, addr string, err error) {
 	return proto, v, nil
 }
 
-// appHTTP forwards HTTP/3 requests from peer sidecars to the local app,
-// keeping pooled connections to it: keep-alive for HTTP/1.1, multiplexed
-// connections with bounded receive windows for h2c.
-type appHTTP struct {
-	s   *Server
-	h1  *http.Transport
-	h2c *h2cPool
-	// h1RT and h2cRT are what requests are sent with: h1 and h2c, or
-	// stand-ins in tests.
-	h1RT, h2cRT http.RoundTripper
+// Upstream is where the inbound side delivers a peer's traffic once
+// Routes has resolved its target to an address: the apps on this host
+// (LocalApps); for a gateway, another cluster's endpoints.
+type Upstream interface {
+	// Dial connects to addr for bytes that are not HTTP requests: a
+	// tunnel, or the protocol an app switched to.
+	Dial(ctx context.Context, addr string) (net.Conn, error)
+	// RoundTrip sends req to req.URL.Host: over HTTP/2 with prior
+	// knowledge if h2c, else over HTTP/1.1.
+	RoundTrip(req *http.Request, h2c bool) (*http.Response, error)
+	// Close drops idle connections; requests in flight fail. Server.Close
+	// calls it.
+	Close()
 }
 
-func newAppHTTP(s *Server) *appHTTP {
-	dialer := &net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
-	streamWindow, streamsPerConn := s.cfg.AppStreamWindow, s.cfg.AppStreamsPerConn
+// LocalApps is the Upstream of a sidecar: the apps on this host, with
+// pooled connections to them: keep-alive for HTTP/1.1, multiplexed
+// connections with bounded receive windows for h2c.
+type LocalApps struct {
+	dial net.Dialer // tunnels and switched protocols
+	h1   *http.Transport
+	h2c  *h2cPool
+}
+
+// NewLocalApps returns the local apps' upstream. connectTimeout bounds
+// connecting to an app; streamWindow and streamsPerConn size h2c
+// connections (Config.AppStreamWindow, Config.AppStreamsPerConn; zero or
+// less takes the defaults).
+func NewLocalApps(connectTimeout time.Duration, streamWindow, streamsPerConn int) *LocalApps {
+	dialer := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	if streamWindow <= 0 {
 		streamWindow = DefaultAppStreamWindow
 	}
 	if streamsPerConn <= 0 {
 		streamsPerConn = DefaultAppStreamsPerConn
 	}
-	a := &appHTTP{
-		s: s,
+	return &LocalApps{
+		dial: net.Dialer{Timeout: connectTimeout},
 		h1: &http.Transport{
 			Proxy:               nil,
 			DialContext:         dialer.DialContext,
@@ -76,25 +92,68 @@ func newAppHTTP(s *Server) *appHTTP {
 		},
 		h2c: newH2CPool(dialer.DialContext, streamWindow, streamsPerConn),
 	}
-	a.h1RT, a.h2cRT = a.h1, a.h2c
-	return a
 }
 
-func (a *appHTTP) close() {
-	a.h1.CloseIdleConnections()
-	a.h2c.close()
+func (l *LocalApps) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	return l.dial.DialContext(ctx, "tcp", addr)
 }
+
+func (l *LocalApps) RoundTrip(req *http.Request, h2c bool) (*http.Response, error) {
+	if h2c {
+		return l.h2c.RoundTrip(req)
+	}
+	return l.h1.RoundTrip(req)
+}
+
+func (l *LocalApps) Close() {
+	l.h1.CloseIdleConnections()
+	l.h2c.close()
+}
+
+// appHTTP forwards the HTTP requests of peer sidecars to the upstream.
+type appHTTP struct {
+	s *Server
+	// h1RT and h2cRT are what requests are sent with: the upstream's, or
+	// stand-ins in tests.
+	h1RT, h2cRT http.RoundTripper
+}
+
+func newAppHTTP(s *Server) *appHTTP {
+	up := s.cfg.Upstream
+	return &appHTTP{
+		s:     s,
+		h1RT:  roundTripper(func(r *http.Request) (*http.Response, error) { return up.RoundTrip(r, false) }),
+		h2cRT: roundTripper(func(r *http.Request) (*http.Response, error) { return up.RoundTrip(r, true) }),
+	}
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func (a *appHTTP) close() { a.s.cfg.Upstream.Close() }
 
 func (a *appHTTP) who() string { return "inbound " + a.s.cfg.Name }
 
+// ServeHTTP serves a request parsed from the bytes of a tunnel.
 func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var peer identity.ID
+	tun := tunnelFrom(r.Context())
+	if tun != nil {
+		peer = tun.info.peer
+	}
+	a.serve(w, r, peer, tun)
+}
+
+// serve forwards a request of the peer peerID: an HTTP request of its
+// connection (tun nil), or one parsed from the bytes of tunnel tun.
+func (a *appHTTP) serve(w http.ResponseWriter, r *http.Request, peerID identity.ID, tun *streamConn) {
 	if h2guard.StreamReset(r.Context()) {
 		// HTTP/2 carried by a tunnel, reset by the peer before we
 		// started: no work for the app (Rapid Reset from a peer).
 		return
 	}
 	var target, origProto string
-	tun := tunnelFrom(r.Context())
 	if tun != nil {
 		// Parsed from a tunnel's bytes: every header is the far app's
 		// own, so the route is the tunnel's and the protocol the one the
@@ -126,7 +185,6 @@ func (a *appHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := a.s.cfg.Metrics
 	m.RequestStarted(telemetry.Inbound, target)
 	var res bridge.Result
-	peerID, _ := PeerIDFrom(r.Context())
 	recorded := false
 	record := func(res bridge.Result) {
 		if !recorded {

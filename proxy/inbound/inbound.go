@@ -1,6 +1,7 @@
-// Package inbound is the mesh-facing side of a sidecar: it accepts mTLS
-// QUIC connections from peer sidecars, tells tunnel streams from HTTP/3
-// request streams by their first bytes, and hands each to the local app.
+// Package inbound is the mesh-facing side of a sidecar: it takes the
+// connections peer sidecars open to us (from a transport, through
+// Listener), serves their HTTP requests and tunnels, and delivers them
+// to an Upstream: the local app.
 package inbound
 
 import (
@@ -10,19 +11,72 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
-
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
-	"github.com/quicmesh/quicmesh/transport/tunnel"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
+
+// Listener hands out the connections peer sidecars open to us; a
+// transport implements it.
+type Listener interface {
+	// Accept returns the next connection; its peer has been
+	// authenticated and authorized. Once the listener is closed the error
+	// wraps net.ErrClosed.
+	Accept(ctx context.Context) (PeerConn, error)
+}
+
+// PeerConn is one connection a peer sidecar opened to us.
+type PeerConn interface {
+	// Peer is the identity the peer proved.
+	Peer() identity.ID
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	// Context ends when the connection closes.
+	Context() context.Context
+	// Expires is when the certificate the peer authenticated with
+	// expires; zero if none.
+	Expires() time.Time
+	// Serve takes the connection into service (to the dialling peer that
+	// means "accepted": a connection we will not serve is closed without
+	// it) and serves the peer's streams until the connection ends: HTTP
+	// requests with h, tunnels with tunnel. It returns when the
+	// connection has ended and every handler has returned.
+	Serve(h http.Handler, tunnel func(str TunnelStream, target string)) error
+	// ActiveStreams is how many of the peer's streams are being served.
+	ActiveStreams() int64
+	// GoAway tells the peer we are draining: no new streams here, new
+	// work to other endpoints. Reconnect asks it to move its new work to
+	// a fresh connection to us: only this one is retired.
+	GoAway(ctx context.Context) error
+	Reconnect(ctx context.Context) error
+	// Close closes the connection with code; streams in flight fail.
+	Close(code meshcode.ConnCode, reason string)
+}
+
+// TunnelStream is a tunnel a peer opened, its header already read: the
+// byte stream of the far app's TCP connection.
+type TunnelStream interface {
+	io.Reader
+	io.Writer
+	// CloseWrite ends our direction (FIN).
+	CloseWrite() error
+	// Close ends our direction and tells the peer to stop sending, as
+	// closing a TCP socket does.
+	Close() error
+	// Reset aborts both directions with code.
+	Reset(code meshcode.Code)
+	SetDeadline(time.Time) error
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	// Context ends when the stream is finished or its connection closes.
+	Context() context.Context
+}
 
 // Routes maps a tunnel target (service name, or name:port) to the local
 // app address that serves it.
@@ -43,7 +97,11 @@ func (r Routes) Lookup(target string) (string, bool) {
 
 // Config wires an inbound server.
 type Config struct {
-	Endpoint *transport.Endpoint
+	// Listener supplies the peer connections to serve. Required by Serve.
+	Listener Listener
+	// Upstream is where routed traffic goes; nil is LocalApps built from
+	// ConnectTimeout, AppStreamWindow and AppStreamsPerConn.
+	Upstream Upstream
 	Routes   Routes
 	Logger   *slog.Logger
 	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
@@ -77,25 +135,24 @@ type Config struct {
 
 // Server accepts connections from peer sidecars.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	h3   *http3.Server
-	app  *appHTTP
-	dial net.Dialer
+	cfg Config
+	log *slog.Logger
+	app *appHTTP
 	// tunnels serves the HTTP that peers send in tunnels to HTTP routes.
 	tunnels *tunnelHTTP
 
 	inflight atomic.Int64
 
 	mu       sync.Mutex
-	conns    map[*quic.Conn]*peerConn
+	conns    map[*peerConn]struct{}
 	closed   bool
 	draining bool
 	wg       sync.WaitGroup
 }
 
-// New returns an inbound server; call Serve to run it.
-func New(cfg Config) *Server {
+// WithDefaults returns c with every zero field that has a default set to
+// it.
+func (cfg Config) WithDefaults() Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -117,63 +174,40 @@ func New(cfg Config) *Server {
 	if cfg.Name == "" {
 		cfg.Name = "quicmesh"
 	}
+	return cfg
+}
+
+// New returns an inbound server; call Serve to run it.
+func New(cfg Config) *Server {
+	cfg = cfg.WithDefaults()
+	if cfg.Upstream == nil {
+		cfg.Upstream = NewLocalApps(cfg.ConnectTimeout, cfg.AppStreamWindow, cfg.AppStreamsPerConn)
+	}
 	s := &Server{
 		cfg:   cfg,
 		log:   cfg.Logger,
-		conns: make(map[*quic.Conn]*peerConn),
-		dial:  net.Dialer{Timeout: cfg.ConnectTimeout},
+		conns: make(map[*peerConn]struct{}),
 	}
 	s.app = newAppHTTP(s)
-	s.h3 = &http3.Server{
-		Handler:        s.app,
-		MaxHeaderBytes: cfg.MaxHeaderBytes,
-		Logger:         cfg.Logger,
-		// The verified peer identity travels with every request.
-		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
-			if id, err := transport.PeerID(c); err == nil {
-				ctx = context.WithValue(ctx, peerIDKey{}, id)
-			}
-			return ctx
-		},
-	}
 	s.tunnels = newTunnelHTTP(cfg, s.app, cfg.Logger)
 	return s
-}
-
-type peerIDKey struct{}
-
-// PeerIDFrom returns the verified identity of the peer sidecar that sent
-// an HTTP request served by this package.
-func PeerIDFrom(ctx context.Context) (identity.ID, bool) {
-	id, ok := ctx.Value(peerIDKey{}).(identity.ID)
-	return id, ok
 }
 
 // Serve accepts peer connections until ctx ends or Close is called.
 func (s *Server) Serve(ctx context.Context) error {
 	for {
-		conn, err := s.cfg.Endpoint.Accept(ctx)
+		conn, err := s.cfg.Listener.Accept(ctx)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("inbound: accepting: %w", err)
 		}
-		// Decide before HTTP/3 sends its SETTINGS: to the dialling pool
-		// they mean "accepted".
-		if !s.accepting() {
-			conn.CloseWithError(transport.ConnCodeShutdown, "shutting down")
-			return nil
-		}
-		raw, err := s.h3.NewRawServerConn(conn)
-		if err != nil {
-			s.log.Warn("http3 setup failed", "peer", conn.RemoteAddr().String(), "error", err)
-			conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
-			continue
-		}
-		pc, ok := s.track(conn, raw)
+		// Decided before Serve: its first message tells the dialling
+		// pool the connection was accepted.
+		pc, ok := s.track(conn)
 		if !ok {
-			conn.CloseWithError(transport.ConnCodeShutdown, "shutting down")
+			conn.Close(meshcode.ConnShutdown, "shutting down")
 			return nil
 		}
 		s.retireAtExpiry(pc)
@@ -183,145 +217,52 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // peerConn is one accepted connection from a peer sidecar.
 type peerConn struct {
-	conn   *quic.Conn
-	raw    *http3.RawServerConn
-	peer   identity.ID
-	active atomic.Int64 // streams being served
+	conn PeerConn
+	peer identity.ID
+	log  *slog.Logger // with the peer's address and identity
 }
 
-func (s *Server) accepting() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return !s.closed && !s.draining
-}
-
-func (s *Server) track(conn *quic.Conn, raw *http3.RawServerConn) (*peerConn, bool) {
+func (s *Server) track(conn PeerConn) (*peerConn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.draining {
 		return nil, false
 	}
-	peer, _ := transport.PeerID(conn)
-	pc := &peerConn{conn: conn, raw: raw, peer: peer}
-	s.conns[conn] = pc
+	peer := conn.Peer()
+	pc := &peerConn{conn: conn, peer: peer, log: s.log.With("peer", conn.RemoteAddr().String(), "identity", peer.String())}
+	s.conns[pc] = struct{}{}
 	s.wg.Add(1)
 	return pc, true
 }
 
 func (s *Server) serveConn(pc *peerConn) {
-	conn, raw := pc.conn, pc.raw
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, conn)
+		delete(s.conns, pc)
 		s.mu.Unlock()
 	}()
-	peer := pc.peer
-	log := s.log.With("peer", conn.RemoteAddr().String(), "identity", peer.String())
-	log.Debug("peer connected")
-
-	var streams sync.WaitGroup
-	defer streams.Wait()
-	streams.Add(1)
-	go func() {
-		defer streams.Done()
-		for {
-			str, err := conn.AcceptUniStream(conn.Context())
-			if err != nil {
-				return
-			}
-			streams.Add(1)
-			go func() {
-				defer streams.Done()
-				raw.HandleUnidirectionalStream(str)
-			}()
-		}
-	}()
-	for {
-		str, err := conn.AcceptStream(conn.Context())
-		if err != nil {
-			log.Debug("peer connection ended", "error", err)
-			return
-		}
-		streams.Add(1)
-		pc.active.Add(1)
-		go func() {
-			defer streams.Done()
-			defer pc.active.Add(-1)
-			s.serveStream(pc, str, log)
-		}()
-	}
+	pc.conn.Serve(peerHTTP{a: s.app, peer: pc.peer}, func(str TunnelStream, target string) {
+		s.serveTunnel(pc, str, target)
+	})
 }
 
-// serveStream tells a tunnel from an HTTP/3 request by its first bytes
-// and hands it on.
-func (s *Server) serveStream(pc *peerConn, str *quic.Stream, log *slog.Logger) {
-	str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	kind, hdr, err := readStreamStart(str)
-	str.SetReadDeadline(time.Time{})
-	switch {
-	case err != nil:
-		level := slog.LevelDebug // the peer gave up, or sent nothing in time
-		if errors.Is(err, tunnel.ErrMalformed) {
-			level = slog.LevelWarn
-		}
-		log.Log(context.Background(), level, "bad stream start", "error", err)
-		str.CancelRead(transport.CodeBadHeader)
-		str.CancelWrite(transport.CodeBadHeader)
-	case kind == streamHTTP3:
-		pc.raw.HandleRequestStream(str)
-	default:
-		s.serveTunnel(pc, str, hdr, log)
-	}
+// peerHTTP serves the HTTP requests of one peer connection: the peer's
+// verified identity travels with each.
+type peerHTTP struct {
+	a    *appHTTP
+	peer identity.ID
 }
 
-// streamKind is what a peer's bidirectional stream carries.
-type streamKind int
-
-const (
-	streamHTTP3  streamKind = iota // an HTTP/3 request
-	streamTunnel                   // a tunnel: header, then the far app's bytes
-)
-
-// peekReader is what readStreamStart needs of a *quic.Stream.
-type peekReader interface {
-	io.Reader
-	Peek([]byte) (int, error)
-}
-
-// readStreamStart classifies a stream by its first varint: HTTP/3 request
-// streams start with a HEADERS frame (type 0x01), tunnels with
-// tunnel.FrameType. For an HTTP/3 request nothing is consumed; for a
-// tunnel, exactly its header.
-func readStreamStart(str peekReader) (streamKind, tunnel.Header, error) {
-	var first [8]byte // the longest varint
-	if _, err := str.Peek(first[:1]); err != nil {
-		return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
-	}
-	n := tunnel.PrefixLen(first[0])
-	if n > 1 {
-		if _, err := str.Peek(first[:n]); err != nil {
-			return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
-		}
-	}
-	if !tunnel.IsTunnel(first[:n]) {
-		return streamHTTP3, tunnel.Header{}, nil
-	}
-	hdr, err := tunnel.Read(str)
-	if err != nil {
-		return 0, tunnel.Header{}, fmt.Errorf("inbound: bad tunnel header: %w", err)
-	}
-	return streamTunnel, hdr, nil
-}
+func (h peerHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.a.serve(w, r, h.peer, nil) }
 
 // Close closes every peer connection at once. For a graceful drain use
 // Shutdown.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	for c, pc := range s.conns {
-		pc.raw.CloseWithError(quic.ApplicationErrorCode(transport.ConnCodeShutdown), "shutting down")
-		c.CloseWithError(transport.ConnCodeShutdown, "shutting down")
+	for pc := range s.conns {
+		pc.conn.Close(meshcode.ConnShutdown, "shutting down")
 	}
 	s.mu.Unlock()
 	// HTTP served from tunnels ends with its streams; closing the server
@@ -346,7 +287,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
 	conns := make([]*peerConn, 0, len(s.conns))
-	for _, pc := range s.conns {
+	for pc := range s.conns {
 		conns = append(conns, pc)
 	}
 	s.mu.Unlock()
@@ -367,32 +308,32 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) drainConn(ctx context.Context, pc *peerConn) {
-	s.retireConn(ctx, pc, transport.SendGoAway, transport.ConnCodeShutdown)
+	s.retireConn(ctx, pc, pc.conn.GoAway, meshcode.ConnShutdown)
 }
 
 // retireConn tells the peer to stop opening streams on pc (with signal:
 // GOAWAY when we are going away, reconnect when only this connection is),
 // waits for its streams to finish and closes it.
-func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(context.Context, *quic.Conn) error, code quic.ApplicationErrorCode) {
+func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(context.Context) error, code meshcode.ConnCode) {
 	gctx, cancel := context.WithTimeout(ctx, time.Second)
-	if err := signal(gctx, pc.conn); err != nil {
+	if err := signal(gctx); err != nil {
 		s.log.Debug("sending goaway failed", "peer", pc.peer.String(), "error", err)
 	}
 	cancel()
-	s.log.Debug("goaway sent", "peer", pc.peer.String(), "streams", pc.active.Load())
+	s.log.Debug("goaway sent", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams())
 	t := time.NewTicker(25 * time.Millisecond)
 	defer t.Stop()
 	quietSince := time.Now()
 	for {
-		if pc.active.Load() > 0 {
+		if pc.conn.ActiveStreams() > 0 {
 			quietSince = time.Now()
 		} else if time.Since(quietSince) >= drainQuiet {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			s.log.Warn("grace period over, closing peer connection with work in flight", "peer", pc.peer.String(), "streams", pc.active.Load())
-			pc.conn.CloseWithError(transport.ConnCodeShutdown, "grace period over")
+			s.log.Warn("grace period over, closing peer connection with work in flight", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams())
+			pc.conn.Close(meshcode.ConnShutdown, "grace period over")
 			return
 		case <-pc.conn.Context().Done():
 			return
@@ -400,37 +341,22 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 		}
 	}
 	s.log.Debug("peer connection drained", "peer", pc.peer.String())
-	pc.raw.CloseWithError(code, "drained")
+	pc.conn.Close(code, "drained")
 }
 
 // retireAtExpiry drains a peer's connection when the certificate it
 // authenticated with expires: the peer must reconnect, and so present a
 // valid certificate, to keep talking to us.
 func (s *Server) retireAtExpiry(pc *peerConn) {
-	certs := pc.conn.ConnectionState().TLS.PeerCertificates
-	if len(certs) == 0 {
+	expires := pc.conn.Expires()
+	if expires.IsZero() {
 		return
 	}
-	t := time.AfterFunc(time.Until(certs[0].NotAfter), func() {
+	t := time.AfterFunc(time.Until(expires), func() {
 		s.log.Info("retiring peer connection: peer certificate expired", "peer", pc.peer.String())
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		s.retireConn(ctx, pc, transport.SendReconnect, transport.ConnCodeIdentity)
+		s.retireConn(ctx, pc, pc.conn.Reconnect, meshcode.ConnIdentity)
 	})
 	context.AfterFunc(pc.conn.Context(), func() { t.Stop() })
-}
-
-// QUICStats snapshots every accepted connection for the metrics collector.
-func (s *Server) QUICStats() []telemetry.QUICConn {
-	s.mu.Lock()
-	conns := make([]*peerConn, 0, len(s.conns))
-	for _, pc := range s.conns {
-		conns = append(conns, pc)
-	}
-	s.mu.Unlock()
-	out := make([]telemetry.QUICConn, 0, len(conns))
-	for _, pc := range conns {
-		out = append(out, transport.Snapshot(telemetry.Inbound, pc.peer, pc.conn, pc.active.Load()))
-	}
-	return out
 }

@@ -12,8 +12,9 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/bridge"
 	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/splice"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // switchRequest is a request that asks to leave HTTP: an Upgrade
@@ -41,7 +42,7 @@ type switchRequest struct {
 // client sent right behind its request (they sit in the server's buffer,
 // and it copies from the raw connection), has no CONNECT, and cannot carry
 // a half-close to the app; so the exchange is done here with
-// Request.Write, http.ReadResponse and transport.Splice.
+// Request.Write, http.ReadResponse and splice.Run.
 func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr switchRequest) bridge.Result {
 	if sr.tun == nil || r.ProtoMajor != 1 {
 		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "switching protocols needs HTTP/1.1 carried by a tunnel")
@@ -50,7 +51,7 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "the app speaks h2c only: it cannot switch an HTTP/1.1 connection")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.s.cfg.ConnectTimeout)
-	app, err := a.s.dial.DialContext(ctx, "tcp", sr.addr)
+	app, err := a.s.cfg.Upstream.Dial(ctx, sr.addr)
 	cancel()
 	if err != nil {
 		a.s.log.Warn("connecting to app failed", "target", sr.target, "app", sr.addr, "error", err)
@@ -122,7 +123,7 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 	if n := brw.Reader.Buffered(); n > 0 { // the client's, after its request
 		b, _ := brw.Reader.Peek(n)
 		if _, err := app.Write(b); err != nil {
-			sr.tun.abort(transport.CodeReset)
+			sr.tun.abort(meshcode.Reset)
 			return bridge.Result{Status: resp.StatusCode}
 		}
 	}
@@ -135,8 +136,8 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 		src = u.NetConn()
 	}
 	closed := a.s.cfg.Metrics.TCPOpen(telemetry.Inbound, sr.peer.String(), sr.target)
-	sres := transport.Splice(app, readThrough{r: src, Stream: sr.tun.str})
-	closed(sres.Received, sres.Sent, transport.ErrClass(sres.Err))
+	sres := splice.Run(app, readThrough{r: src, Stream: sr.tun.str})
+	closed(sres.Received, sres.Sent, splice.ErrClass(sres.Err))
 	return res
 }
 

@@ -9,16 +9,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/net/http2"
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/internal/h2guard"
 	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/splice"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
-	"github.com/quicmesh/quicmesh/transport/tunnel"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // Tunnels and HTTP routes.
@@ -42,9 +41,10 @@ type tunnelInfo struct {
 	target string // the tunnel header's target: the routing key
 }
 
-// tunnelStream is what streamConn needs of a *quic.Stream.
+// tunnelStream is what streamConn needs of a TunnelStream.
 type tunnelStream interface {
-	transport.Stream
+	splice.Stream
+	Close() error
 	SetDeadline(time.Time) error
 	SetReadDeadline(time.Time) error
 	SetWriteDeadline(time.Time) error
@@ -69,14 +69,13 @@ func (c *streamConn) Read(p []byte) (int, error)  { return c.str.Read(p) }
 func (c *streamConn) Write(p []byte) (int, error) { return c.str.Write(p) }
 
 // CloseWrite sends FIN; net/http uses it for a graceful close.
-func (c *streamConn) CloseWrite() error { return c.str.Close() }
+func (c *streamConn) CloseWrite() error { return c.str.CloseWrite() }
 
 // Close ends our side after what was written and stops the peer from
-// sending what nobody will read (STOP_SENDING), as closing a TCP socket
-// does; it is idempotent.
+// sending what nobody will read, as closing a TCP socket does; it is
+// idempotent.
 func (c *streamConn) Close() error {
 	c.once.Do(func() {
-		c.str.CancelRead(transport.CodeNoError)
 		c.str.Close()
 		close(c.done)
 	})
@@ -84,9 +83,8 @@ func (c *streamConn) Close() error {
 }
 
 // abort resets both directions.
-func (c *streamConn) abort(code quic.StreamErrorCode) {
-	c.str.CancelRead(code)
-	c.str.CancelWrite(code)
+func (c *streamConn) abort(code meshcode.Code) {
+	c.str.Reset(code)
 	c.Close()
 }
 
@@ -116,7 +114,6 @@ type tunnelKey struct{}
 
 // withTunnel marks ctx as serving requests parsed from sc's bytes.
 func withTunnel(ctx context.Context, sc *streamConn) context.Context {
-	ctx = context.WithValue(ctx, peerIDKey{}, sc.info.peer)
 	return context.WithValue(ctx, tunnelKey{}, sc)
 }
 
@@ -132,7 +129,7 @@ func tunnelFrom(ctx context.Context) *streamConn {
 // buffer); writes, FIN and resets go to the stream.
 type readThrough struct {
 	r io.Reader
-	transport.Stream
+	splice.Stream
 }
 
 func (s readThrough) Read(p []byte) (int, error) { return s.r.Read(p) }
@@ -231,30 +228,30 @@ func (t *tunnelHTTP) close() {
 // serveTunnel delivers a tunnel to the app its target routes to: raw for
 // a tcp:// route or bytes no HTTP parser would take, through tunnelHTTP
 // otherwise.
-func (s *Server) serveTunnel(pc *peerConn, str *quic.Stream, hdr tunnel.Header, log *slog.Logger) {
-	value, ok := s.cfg.Routes.Lookup(hdr.Target)
+func (s *Server) serveTunnel(pc *peerConn, str TunnelStream, target string) {
+	log := pc.log
+	value, ok := s.cfg.Routes.Lookup(target)
 	proto, addr, err := ParseAppAddr(value)
 	if !ok || err != nil {
-		log.Warn("tunnel for unknown target", "target", hdr.Target)
-		str.CancelRead(transport.CodeUnknownTarget)
-		str.CancelWrite(transport.CodeUnknownTarget)
+		log.Warn("tunnel for unknown target", "target", target)
+		str.Reset(meshcode.UnknownTarget)
 		return
 	}
 	if proto == ProtoTCP {
-		s.spliceToApp(str.Context(), str, hdr.Target, addr, pc.peer, log)
+		s.spliceToApp(str.Context(), str, target, addr, pc.peer, log)
 		return
 	}
-	sc := newStreamConn(str, pc.conn.LocalAddr(), pc.conn.RemoteAddr(), tunnelInfo{peer: pc.peer, target: hdr.Target})
+	sc := newStreamConn(str, pc.conn.LocalAddr(), pc.conn.RemoteAddr(), tunnelInfo{peer: pc.peer, target: target})
 	detected, c, err := detect.DetectServer(sc, detect.Config{Timeout: s.cfg.HeaderTimeout})
 	if err != nil {
 		// Silence, or a first word that never ends: a slow HTTP client
 		// as far as we can tell, and it has had the header timeout.
-		log.Debug("tunnel to an HTTP route sent no request in time", "target", hdr.Target, "error", err)
-		sc.abort(transport.CodeReset)
+		log.Debug("tunnel to an HTTP route sent no request in time", "target", target, "error", err)
+		sc.abort(meshcode.Reset)
 		return
 	}
 	if detected == detect.Opaque && proto == ProtoAuto {
-		s.spliceToApp(str.Context(), readThrough{r: c, Stream: str}, hdr.Target, addr, pc.peer, log)
+		s.spliceToApp(str.Context(), readThrough{r: c, Stream: str}, target, addr, pc.peer, log)
 		return
 	}
 	// HTTP, or bytes that are not HTTP sent to an app the route says
@@ -263,18 +260,17 @@ func (s *Server) serveTunnel(pc *peerConn, str *quic.Stream, hdr tunnel.Header, 
 }
 
 // spliceToApp connects to the app and splices the tunnel to it.
-func (s *Server) spliceToApp(ctx context.Context, str transport.Stream, target, addr string, peer identity.ID, log *slog.Logger) {
+func (s *Server) spliceToApp(ctx context.Context, str splice.Stream, target, addr string, peer identity.ID, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-	app, err := s.dial.DialContext(ctx, "tcp", addr)
+	app, err := s.cfg.Upstream.Dial(ctx, addr)
 	cancel()
 	if err != nil {
 		log.Warn("connecting to app failed", "target", target, "app", addr, "error", err)
-		str.CancelRead(transport.CodeConnectFailed)
-		str.CancelWrite(transport.CodeConnectFailed)
+		str.Reset(meshcode.ConnectFailed)
 		return
 	}
 	closed := s.cfg.Metrics.TCPOpen(telemetry.Inbound, peer.String(), target)
-	res := transport.Splice(app, str)
-	closed(res.Received, res.Sent, transport.ErrClass(res.Err))
+	res := splice.Run(app, str)
+	closed(res.Received, res.Sent, splice.ErrClass(res.Err))
 	log.Debug("tunnel closed", "target", target, "app", addr, "to_app", res.Received, "from_app", res.Sent, "error", res.Err)
 }

@@ -17,8 +17,9 @@ import (
 	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/internal/h2guard"
 	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/splice"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // httpFront serves the HTTP/1.1 and h2c connections that detection found
@@ -196,31 +197,31 @@ func (f *httpFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			res = bridge.WriteError(w, r, bridge.BadGateway, p.who(), "the client cancelled the request before it was forwarded")
 			return
 		}
-		peer = pc.Peer.String()
+		peer = pc.Peer().String()
 		end := pc.Begin()
 		out := bridge.PrepareOutgoing(ctx, r, "https", authority)
 		out.Header.Set(bridge.HeaderService, service)
 		out.Header.Set(bridge.HeaderOrigProto, origProto(r))
-		res, err = bridge.Forward(w, out, pc.HTTP, bridge.Options{})
+		res, err = bridge.Forward(w, out, pc, bridge.Options{})
 		end()
 		done(err == nil && res.Status < 500)
 		if err == nil {
 			return
 		}
-		if !pc.Alive() || transport.ConnectionDead(err) {
+		if !pc.Alive() || errors.Is(err, meshcode.ErrConnDead) {
 			// A broken connection, not a per-request failure: redial next time.
-			p.cfg.Pool.Forget(pc)
+			pc.Forget()
 		}
-		if attempt == 0 && bodyless(r) && transport.Refused(err) && ctx.Err() == nil {
-			p.log.Debug("retrying request the peer did not process (closing, or a dead connection)", "service", service, "peer", pc.Addr, "error", err)
+		if attempt == 0 && bodyless(r) && errors.Is(err, meshcode.ErrNotProcessed) && ctx.Err() == nil {
+			p.log.Debug("retrying request the peer did not process (closing, or a dead connection)", "service", service, "peer", pc.Addr(), "error", err)
 			continue
 		}
 		kind = bridge.Classify(err)
 		if bridge.DeadlinePassed(ctx) {
 			kind = bridge.Timeout
 		}
-		p.logFailure("http forward failed", service, err, "peer", pc.Addr)
-		res = bridge.WriteError(w, r, kind, p.who(), "forwarding to "+pc.Peer.String()+": "+err.Error())
+		p.logFailure("http forward failed", service, err, "peer", pc.Addr())
+		res = bridge.WriteError(w, r, kind, p.who(), "forwarding to "+pc.Peer().String()+": "+err.Error())
 		return
 	}
 }
@@ -325,16 +326,14 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 	conn, bw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		done(false)
-		str.CancelWrite(transport.CodeReset)
-		str.CancelRead(transport.CodeReset)
+		str.Reset(meshcode.Reset)
 		bridge.WriteError(w, r, bridge.BadGateway, p.who(), "cannot take over the connection: "+err.Error())
 		return
 	}
 	conn.SetDeadline(time.Time{})
 	if err := start(conn, bw, str); err != nil {
 		done(false)
-		str.CancelWrite(transport.CodeReset)
-		str.CancelRead(transport.CodeReset)
+		str.Reset(meshcode.Reset)
 		conn.Close()
 		return
 	}
@@ -342,8 +341,8 @@ func (f *httpFront) tunnel(w http.ResponseWriter, r *http.Request, service, targ
 		buffered, _ := bw.Reader.Peek(n)
 		if _, err := str.Write(buffered); err != nil {
 			done(false)
-			str.CancelRead(transport.CodeReset)
-			transport.Reset(conn)
+			str.Reset(meshcode.Reset)
+			splice.Reset(conn)
 			return
 		}
 	}

@@ -1,27 +1,29 @@
 // Package outbound is the application-facing side of a sidecar: it accepts
 // the local app's connections, finds the service's peers through
-// discovery, and carries the traffic to one of them over the shared QUIC
-// connection.
+// discovery, and carries the traffic to one of them over the connection
+// to that peer a transport (Peers) shares.
 package outbound
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/balance"
 	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/lograte"
+	"github.com/quicmesh/quicmesh/internal/splice"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
-	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // Endpoints is what the outbound proxy needs from discovery: the current
@@ -30,10 +32,57 @@ type Endpoints interface {
 	Endpoints(ctx context.Context, service string) ([]discovery.Endpoint, error)
 }
 
+// Peers hands out connections to peer sidecars; a transport's pool
+// implements it, keeping one connection per peer.
+type Peers interface {
+	// Get returns the connection to the peer at addr that must prove
+	// identity want, dialing it if needed. A peer that cannot be reached
+	// gives an error wrapping meshcode.ErrPeerUnavailable.
+	Get(ctx context.Context, addr string, want identity.ID) (PeerConn, error)
+	// Unavailable reports whether the peer is in back-off after a
+	// failed dial or a drain notice.
+	Unavailable(addr string, want identity.ID) bool
+}
+
+// PeerConn is a connection to a peer sidecar, shared by all the work sent
+// to that peer.
+type PeerConn interface {
+	// Addr is the peer's address; Peer the identity it proved.
+	Addr() string
+	Peer() identity.ID
+	// RoundTrip sends an HTTP request to the peer. Errors proving the
+	// peer did not process it are marked meshcode.ErrNotProcessed, those
+	// proving the connection dead meshcode.ErrConnDead.
+	RoundTrip(*http.Request) (*http.Response, error)
+	// OpenTunnel opens a tunnel stream to target; its errors are marked
+	// as RoundTrip's are.
+	OpenTunnel(ctx context.Context, target string) (TunnelStream, error)
+	// Alive reports whether the connection is still usable.
+	Alive() bool
+	// Begin counts a request or tunnel on the connection (for metrics)
+	// until end is called.
+	Begin() (end func())
+	// Forget stops the pool from handing out this connection: a failure
+	// showed it is broken, the next Get redials.
+	Forget()
+}
+
+// TunnelStream is an open tunnel to a peer's target: the app's byte
+// stream. Its errors are meshcode errors (a reset is a
+// *meshcode.StreamError).
+type TunnelStream interface {
+	io.Reader
+	io.Writer
+	// CloseWrite ends our direction (FIN).
+	CloseWrite() error
+	// Reset aborts both directions with code.
+	Reset(code meshcode.Code)
+}
+
 // Config wires an outbound proxy.
 type Config struct {
 	Discovery Endpoints
-	Pool      *transport.Pool
+	Peers     Peers
 	Logger    *slog.Logger
 	// ConnectTimeout bounds discovery, peer connection and stream opening
 	// for one app connection or request. Default 5s.
@@ -77,7 +126,7 @@ type Proxy struct {
 
 	// failureLogs rate-limits per-request failure lines (a partition
 	// fails every request) per service and reason.
-	failureLogs *telemetry.LogLimiter
+	failureLogs *lograte.Limiter
 }
 
 // New returns an outbound proxy.
@@ -106,7 +155,7 @@ func New(cfg Config) *Proxy {
 	if cfg.Name == "" {
 		cfg.Name = "quicmesh"
 	}
-	return &Proxy{cfg: cfg, balancer: balance.New(), log: cfg.Logger, conns: make(map[net.Conn]struct{}), failureLogs: telemetry.NewLogLimiter(0, 0, nil)}
+	return &Proxy{cfg: cfg, balancer: balance.New(), log: cfg.Logger, conns: make(map[net.Conn]struct{}), failureLogs: lograte.New(0, 0, nil)}
 }
 
 func (p *Proxy) who() string { return "outbound " + p.cfg.Name }
@@ -140,7 +189,7 @@ var ErrNoRoute = errors.New("outbound: no reachable endpoint")
 // Connect picks an endpoint of service and returns the shared connection
 // to it. Endpoints whose peer cannot be reached are skipped, up to
 // MaxAttempts. done must be called when the work on the connection ends.
-func (p *Proxy) Connect(ctx context.Context, service string) (*transport.PeerConn, func(ok bool), error) {
+func (p *Proxy) Connect(ctx context.Context, service string) (PeerConn, func(ok bool), error) {
 	eps, err := p.cfg.Discovery.Endpoints(ctx, service)
 	if err != nil {
 		return nil, nil, discoveryError(service, err)
@@ -166,7 +215,7 @@ func (p *Proxy) Connect(ctx context.Context, service string) (*transport.PeerCon
 			lastErr = fmt.Errorf("endpoint %s has an invalid identity: %w", ep.Addr, err)
 			continue
 		}
-		pc, err := p.cfg.Pool.Get(ctx, ep.Addr, id)
+		pc, err := p.cfg.Peers.Get(ctx, ep.Addr, id)
 		if err != nil {
 			done(false)
 			lastErr = err
@@ -229,7 +278,7 @@ func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
 	proto, dconn, err := detect.Detect(conn, p.cfg.Detect)
 	if err != nil {
 		p.log.Debug("protocol detection failed", "client", conn.RemoteAddr().String(), "error", err)
-		transport.Reset(conn)
+		splice.Reset(conn)
 		return
 	}
 	switch {
@@ -237,7 +286,7 @@ func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
 		front.serve(dconn, proto)
 	case service == "":
 		p.log.Warn("non-HTTP traffic on the HTTP proxy listener", "client", conn.RemoteAddr().String())
-		transport.Reset(conn)
+		splice.Reset(conn)
 	default:
 		p.ForwardTCP(dconn, service, service)
 	}
@@ -245,11 +294,8 @@ func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
 
 func (p *Proxy) unavailable(e discovery.Endpoint) bool {
 	id, err := identity.ParseID(e.Identity)
-	return err != nil || p.cfg.Pool.Unavailable(e.Addr, id)
+	return err != nil || p.cfg.Peers.Unavailable(e.Addr, id)
 }
-
-// ServeTCP tunnels every connection on ln to service without detection.
-func (p *Proxy) ServeTCP(ln net.Listener, service string) error { return p.Serve(ln, service, true) }
 
 // ForwardTCP tunnels one app connection to service, addressing target in
 // the tunnel header. Errors reset the app's connection: a client is never
@@ -260,37 +306,38 @@ func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
 	if err != nil {
 		cancel()
 		p.logFailure("tcp forward failed", service, err, "client", conn.RemoteAddr().String())
-		transport.Reset(conn)
+		splice.Reset(conn)
 		return
 	}
 	pc, done, str, err := p.openTunnel(ctx, service, target, pc, done)
 	cancel()
 	if err != nil {
-		p.logFailure("opening tunnel failed", service, err, "peer", pc.Addr)
-		transport.Reset(conn)
+		p.logFailure("opening tunnel failed", service, err, "peer", pc.Addr())
+		splice.Reset(conn)
 		return
 	}
 	p.splice(conn, str, pc, done, service)
 }
 
 // openTunnel opens a tunnel stream to target on pc (from Connect, with its
-// done). If the pooled connection turned out dead (transport.Refused:
-// the stream could not be opened, or a stateless reset), nothing was sent,
+// done). If the pooled connection turned out dead
+// (meshcode.ErrNotProcessed: the stream could not be opened, or the peer
+// lost its state, e.g. a QUIC stateless reset), nothing was sent,
 // so it redials once and opens the stream on the fresh connection. On
 // error done has been called and the returned connection is the one that
 // failed.
-func (p *Proxy) openTunnel(ctx context.Context, service, target string, pc *transport.PeerConn, done func(bool)) (*transport.PeerConn, func(bool), *quic.Stream, error) {
+func (p *Proxy) openTunnel(ctx context.Context, service, target string, pc PeerConn, done func(bool)) (PeerConn, func(bool), TunnelStream, error) {
 	for attempt := 0; ; attempt++ {
 		str, err := pc.OpenTunnel(ctx, target)
 		if err == nil {
 			return pc, done, str, nil
 		}
 		done(false)
-		p.cfg.Pool.Forget(pc)
-		if attempt > 0 || !transport.Refused(err) || ctx.Err() != nil {
+		pc.Forget()
+		if attempt > 0 || !errors.Is(err, meshcode.ErrNotProcessed) || ctx.Err() != nil {
 			return pc, nil, nil, err
 		}
-		p.log.Debug("retrying tunnel open on a fresh connection", "service", service, "peer", pc.Addr, "error", err)
+		p.log.Debug("retrying tunnel open on a fresh connection", "service", service, "peer", pc.Addr(), "error", err)
 		next, nextDone, cerr := p.Connect(ctx, service)
 		if cerr != nil {
 			return pc, nil, nil, fmt.Errorf("%w (redialling: %w)", err, cerr)
@@ -303,26 +350,46 @@ func (p *Proxy) openTunnel(ctx context.Context, service, target string, pc *tran
 // service and reason per interval: during a partition every request
 // fails the same way.
 func (p *Proxy) logFailure(msg, service string, err error, args ...any) {
-	reason := transport.HandshakeReason(err)
+	reason := failureReason(err)
 	if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
 		reason = "no_endpoints"
-	} else if errors.Is(err, transport.ErrPeerUnavailable) && reason == identity.ReasonOther {
+	} else if errors.Is(err, meshcode.ErrPeerUnavailable) && reason == identity.ReasonOther {
 		reason = "peer_unavailable"
 	}
 	args = append([]any{"service", service, "reason", reason}, args...)
 	p.failureLogs.Log(p.log, slog.LevelWarn, msg+"|"+service+"|"+reason, msg, append(args, "error", err)...)
 }
 
+// failureReason is the bounded reason a failed request or tunnel is logged
+// with: the one the transport gave a failed dial (a handshake reason), an
+// identity check's, "timeout" when our own time ran out, else
+// identity.ReasonOther.
+func failureReason(err error) string {
+	if r, ok := errors.AsType[interface {
+		error
+		FailureReason() string
+	}](err); ok && r.FailureReason() != "" {
+		return r.FailureReason()
+	}
+	if reason := identity.ReasonOf(err); reason != identity.ReasonOther {
+		return reason
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "timeout"
+	}
+	return identity.ReasonOther
+}
+
 // splice runs an opened tunnel to completion with its bookkeeping: the
 // peer connection's stream count, TCP metrics and the balancer's result.
-func (p *Proxy) splice(conn net.Conn, str *quic.Stream, pc *transport.PeerConn, done func(bool), service string) {
+func (p *Proxy) splice(conn net.Conn, str TunnelStream, pc PeerConn, done func(bool), service string) {
 	end := pc.Begin()
-	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer.String(), service)
-	res := transport.Splice(conn, str)
+	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer().String(), service)
+	res := splice.Run(conn, str)
 	end()
-	closed(res.Sent, res.Received, transport.ErrClass(res.Err))
+	closed(res.Sent, res.Received, splice.ErrClass(res.Err))
 	done(res.Err == nil)
-	p.log.Debug("tcp tunnel closed", "service", service, "peer", pc.Addr, "sent", res.Sent, "received", res.Received, "error", res.Err)
+	p.log.Debug("tcp tunnel closed", "service", service, "peer", pc.Addr(), "sent", res.Sent, "received", res.Received, "error", res.Err)
 }
 
 func (p *Proxy) track(c net.Conn) bool {
@@ -349,7 +416,7 @@ func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.closing = true
 	for c := range p.conns {
-		transport.Reset(c)
+		splice.Reset(c)
 	}
 	fronts := p.fronts
 	p.mu.Unlock()

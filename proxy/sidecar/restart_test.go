@@ -10,7 +10,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
-	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/lograte"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
@@ -100,7 +100,7 @@ func TestPartitionFailuresLoggedOncePerInterval(t *testing.T) {
 	}
 	// However slow the machine, a working limiter logs at most one line
 	// per interval; an unlimited one logs a line per request.
-	allowed := 1 + int(time.Since(start)/telemetry.DefaultLogInterval)
+	allowed := 1 + int(time.Since(start)/lograte.DefaultLogInterval)
 	for _, msg := range []string{"http route failed", "peer dial failed"} {
 		if n := len(logs.Lines(msg)); n < 1 || n > allowed {
 			t.Errorf("%d %q lines for %d failed requests, want 1 to %d", n, msg, requests, allowed)

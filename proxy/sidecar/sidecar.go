@@ -6,14 +6,14 @@ package sidecar
 
 import (
 	"context"
-
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
@@ -57,10 +57,11 @@ type Config struct {
 	// style: absolute-form URIs and CONNECT); empty disables it.
 	HTTPProxyAddr string
 	// Outbound tunes the outbound proxy (timeouts, detection, limits);
-	// Discovery, Pool and Logger are filled in by Start.
+	// Discovery, Peers and Logger are filled in by Start.
 	Outbound outbound.Config
 	// Inbound tunes the inbound server (app connect timeout, header
-	// timeout, limits); Endpoint, Routes and Logger are filled in by Start.
+	// timeout, limits); Listener, Routes and Logger are filled in by
+	// Start.
 	Inbound inbound.Config
 
 	Limits transport.Limits
@@ -75,6 +76,7 @@ type Sidecar struct {
 	log       *slog.Logger
 	endpoint  *transport.Endpoint
 	pool      *transport.Pool
+	server    *transport.Server
 	cache     *discovery.Cache
 	inbound   *inbound.Server
 	outbound  *outbound.Proxy
@@ -119,7 +121,7 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		Authorize:  cfg.Authorize,
 		Limits:     cfg.Limits,
 		Logger:     cfg.Logger,
-		Metrics:    cfg.Metrics,
+		Observer:   cfg.Metrics.Handshakes(),
 		PacketConn: cfg.PacketConn,
 		QlogDir:    cfg.QlogDir,
 	})
@@ -133,7 +135,7 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		name = id.String()
 	}
 	ocfg := cfg.Outbound
-	ocfg.Discovery, ocfg.Pool, ocfg.Logger, ocfg.Name, ocfg.Metrics = s.cache, s.pool, cfg.Logger.With("dir", "outbound"), name, cfg.Metrics
+	ocfg.Discovery, ocfg.Peers, ocfg.Logger, ocfg.Name, ocfg.Metrics = s.cache, quicPeers{s.pool}, cfg.Logger.With("dir", "outbound"), name, cfg.Metrics
 	s.outbound = outbound.New(ocfg)
 	for svc, v := range cfg.Routes {
 		if _, _, err := inbound.ParseAppAddr(v); err != nil {
@@ -141,10 +143,17 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		}
 	}
 	icfg := cfg.Inbound
-	icfg.Endpoint, icfg.Routes, icfg.Logger, icfg.Name, icfg.Metrics = s.endpoint, cfg.Routes, cfg.Logger.With("dir", "inbound"), name, cfg.Metrics
+	icfg.Routes, icfg.Logger, icfg.Name, icfg.Metrics = cfg.Routes, cfg.Logger.With("dir", "inbound"), name, cfg.Metrics
+	icfg = icfg.WithDefaults()
+	s.server = transport.NewServer(s.endpoint, transport.ServerConfig{
+		HeaderTimeout:  icfg.HeaderTimeout,
+		MaxHeaderBytes: icfg.MaxHeaderBytes,
+		Logger:         icfg.Logger,
+	})
+	icfg.Listener = quicListener{s.server}
 	s.inbound = inbound.New(icfg)
-	cfg.Metrics.AddQUICSource(s.pool.QUICStats)
-	cfg.Metrics.AddQUICSource(s.inbound.QUICStats)
+	cfg.Metrics.AddQUICSource(quicStats(telemetry.Outbound, s.pool.QUICStats))
+	cfg.Metrics.AddQUICSource(quicStats(telemetry.Inbound, s.server.QUICStats))
 
 	binds := cfg.Binds
 	if cfg.HTTPProxyAddr != "" {

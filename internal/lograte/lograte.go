@@ -1,4 +1,6 @@
-package telemetry
+// Package lograte rate-limits log lines about events that can repeat at the
+// rate of incoming traffic.
+package lograte
 
 import (
 	"context"
@@ -7,7 +9,7 @@ import (
 	"time"
 )
 
-// LogLimiter rate-limits log lines about events that can repeat at the
+// Limiter rate-limits log lines about events that can repeat at the
 // rate of incoming traffic (refused handshakes, failed dials, requests to
 // an unreachable peer): one line per key per interval, and the next line
 // for that key says how many were suppressed in between. Keys usually
@@ -17,7 +19,7 @@ import (
 // tracked: when the table is full, keys idle for a whole interval are
 // dropped (with any suppressed count they had not yet reported), and if
 // none is, the new key shares the bucket OverflowKey.
-type LogLimiter struct {
+type Limiter struct {
 	interval time.Duration
 	maxKeys  int
 	now      func() time.Time
@@ -26,7 +28,7 @@ type LogLimiter struct {
 	keys map[string]*logKey
 }
 
-// OverflowKey is the shared bucket for keys beyond a LogLimiter's capacity.
+// OverflowKey is the shared bucket for keys beyond a Limiter's capacity.
 const OverflowKey = "overflow"
 
 type logKey struct {
@@ -34,15 +36,15 @@ type logKey struct {
 	suppressed int
 }
 
-// Defaults for NewLogLimiter's zero arguments.
+// Defaults for New's zero arguments.
 const (
 	DefaultLogInterval = 10 * time.Second
 	DefaultLogKeys     = 1024
 )
 
-// NewLogLimiter returns a limiter; zero values take DefaultLogInterval and
+// New returns a limiter; zero values take DefaultLogInterval and
 // DefaultLogKeys, and a nil now takes time.Now.
-func NewLogLimiter(interval time.Duration, maxKeys int, now func() time.Time) *LogLimiter {
+func New(interval time.Duration, maxKeys int, now func() time.Time) *Limiter {
 	if interval <= 0 {
 		interval = DefaultLogInterval
 	}
@@ -52,12 +54,12 @@ func NewLogLimiter(interval time.Duration, maxKeys int, now func() time.Time) *L
 	if now == nil {
 		now = time.Now
 	}
-	return &LogLimiter{interval: interval, maxKeys: maxKeys, now: now, keys: make(map[string]*logKey)}
+	return &Limiter{interval: interval, maxKeys: maxKeys, now: now, keys: make(map[string]*logKey)}
 }
 
 // Allow reports whether a line for key may be logged now and, if so, how
 // many lines for it were suppressed since the last one let through.
-func (l *LogLimiter) Allow(key string) (ok bool, suppressed int) {
+func (l *Limiter) Allow(key string) (ok bool, suppressed int) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -85,7 +87,7 @@ func (l *LogLimiter) Allow(key string) (ok bool, suppressed int) {
 
 // prune drops keys that have been quiet for a whole interval. Called with
 // l.mu held.
-func (l *LogLimiter) prune(now time.Time) {
+func (l *Limiter) prune(now time.Time) {
 	for key, k := range l.keys {
 		if now.Sub(k.last) >= l.interval {
 			delete(l.keys, key)
@@ -96,7 +98,7 @@ func (l *LogLimiter) prune(now time.Time) {
 // Log writes msg at level through logger if Allow(key) lets it, adding
 // "suppressed" (lines dropped for key since the last one) when non-zero.
 // A nil limiter logs every line.
-func (l *LogLimiter) Log(logger *slog.Logger, level slog.Level, key, msg string, args ...any) {
+func (l *Limiter) Log(logger *slog.Logger, level slog.Level, key, msg string, args ...any) {
 	if l != nil {
 		ok, suppressed := l.Allow(key)
 		if !ok {

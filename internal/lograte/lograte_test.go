@@ -1,4 +1,4 @@
-package telemetry
+package lograte
 
 import (
 	"bytes"
@@ -62,7 +62,7 @@ func TestLogLimiterAllow(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := &fakeClock{t: time.Unix(1000, 0)}
-			l := NewLogLimiter(10*time.Second, tt.maxKeys, clock.now)
+			l := New(10*time.Second, tt.maxKeys, clock.now)
 			for i, s := range tt.steps {
 				clock.advance(s.advance)
 				ok, suppressed := l.Allow(s.key)
@@ -79,7 +79,7 @@ func TestLogLimiterAllow(t *testing.T) {
 
 func TestLogLimiterLogAddsSuppressedCount(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1000, 0)}
-	l := NewLogLimiter(10*time.Second, 0, clock.now)
+	l := New(10*time.Second, 0, clock.now)
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: dropTime}))
 	for range 5 {
@@ -93,7 +93,7 @@ func TestLogLimiterLogAddsSuppressedCount(t *testing.T) {
 	if got := buf.String(); got != want {
 		t.Fatalf("logged:\n%s\nwant:\n%s", got, want)
 	}
-	var nilLimiter *LogLimiter
+	var nilLimiter *Limiter
 	buf.Reset()
 	for i := range 3 {
 		nilLimiter.Log(logger, slog.LevelInfo, "k", fmt.Sprint(i))

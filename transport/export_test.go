@@ -1,0 +1,13 @@
+package transport
+
+import (
+	"errors"
+
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+// Refused and ConnectionDead say how requestError marks err, for the
+// table of classify_test.go.
+func Refused(err error) bool { return errors.Is(requestError(err), meshcode.ErrNotProcessed) }
+
+func ConnectionDead(err error) bool { return errors.Is(requestError(err), meshcode.ErrConnDead) }

@@ -1,0 +1,257 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
+)
+
+// ServerConfig says how a Server serves the streams of peer connections.
+type ServerConfig struct {
+	// HeaderTimeout bounds how long a peer may take to send the first
+	// bytes of a stream (the tunnel header, or the start of an HTTP/3
+	// request). Default 10s.
+	HeaderTimeout time.Duration
+	// MaxHeaderBytes bounds the header of an HTTP/3 request. Default
+	// 64 KiB.
+	MaxHeaderBytes int
+	Logger         *slog.Logger
+}
+
+// Server is the inbound side of an Endpoint: it hands out the connections
+// peers open, and serves each one's streams, telling tunnels from HTTP/3
+// requests by their first bytes.
+type Server struct {
+	ep  *Endpoint
+	cfg ServerConfig
+	log *slog.Logger
+
+	mu     sync.Mutex
+	served map[*ServerConn]struct{}
+}
+
+// NewServer serves the connections peers open to ep, which must be
+// listening.
+func NewServer(ep *Endpoint, cfg ServerConfig) *Server {
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = 64 << 10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{ep: ep, cfg: cfg, log: cfg.Logger, served: make(map[*ServerConn]struct{})}
+}
+
+// Accept returns the next connection a peer opened; its peer passed the
+// mTLS handshake and the Authorizer. Nothing has been sent on it yet:
+// Serve's first message (HTTP/3 SETTINGS) tells the dialling pool the
+// connection was accepted, so a connection that will not be served must
+// be closed without calling Serve. Once the listener is closed, the error
+// wraps net.ErrClosed.
+func (s *Server) Accept(ctx context.Context) (*ServerConn, error) {
+	conn, err := s.ep.Accept(ctx)
+	if err != nil {
+		if errors.Is(err, quic.ErrServerClosed) {
+			err = meshcode.Mark(err, net.ErrClosed)
+		}
+		return nil, err
+	}
+	peer, _ := peerID(conn)
+	return &ServerConn{srv: s, conn: conn, peer: peer}, nil
+}
+
+// QUICStats snapshots every connection being served; StreamsOpen counts
+// its streams being served.
+func (s *Server) QUICStats() []ConnStats {
+	s.mu.Lock()
+	conns := make([]*ServerConn, 0, len(s.served))
+	for c := range s.served {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	out := make([]ConnStats, 0, len(conns))
+	for _, c := range conns {
+		out = append(out, connStats(c.peer, c.conn, c.active.Load()))
+	}
+	return out
+}
+
+// ServerConn is one connection a peer sidecar opened to us.
+type ServerConn struct {
+	srv    *Server
+	conn   *quic.Conn
+	peer   identity.ID
+	active atomic.Int64 // streams being served
+}
+
+// Peer is the identity the peer proved.
+func (c *ServerConn) Peer() identity.ID { return c.peer }
+
+func (c *ServerConn) LocalAddr() net.Addr  { return c.conn.LocalAddr() }
+func (c *ServerConn) RemoteAddr() net.Addr { return c.conn.RemoteAddr() }
+
+// Context ends when the connection closes.
+func (c *ServerConn) Context() context.Context { return c.conn.Context() }
+
+// Expires is when the certificate the peer authenticated with expires;
+// zero if it presented none.
+func (c *ServerConn) Expires() time.Time {
+	certs := c.conn.ConnectionState().TLS.PeerCertificates
+	if len(certs) == 0 {
+		return time.Time{}
+	}
+	return certs[0].NotAfter
+}
+
+// ActiveStreams is how many of the peer's streams are being served.
+func (c *ServerConn) ActiveStreams() int64 { return c.active.Load() }
+
+// GoAway tells the peer we are draining: it opens no new streams on this
+// connection and sends new work to other endpoints.
+func (c *ServerConn) GoAway(ctx context.Context) error { return SendGoAway(ctx, c.conn) }
+
+// Reconnect asks the peer to open no new streams on this connection but
+// to dial a fresh one right away: only this connection is retired.
+func (c *ServerConn) Reconnect(ctx context.Context) error { return SendReconnect(ctx, c.conn) }
+
+// Close closes the connection with code; streams in flight fail.
+func (c *ServerConn) Close(code meshcode.ConnCode, reason string) {
+	c.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
+}
+
+// Serve takes the connection into service (its HTTP/3 SETTINGS tell the
+// peer it was accepted) and serves the streams the peer opens until the
+// connection ends: HTTP/3 requests with h, tunnels with tunnel, which owns
+// the stream it is given. It returns when the connection has ended and
+// every stream's handler has returned.
+func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target string)) error {
+	s := c.srv
+	h3 := &http3.Server{Handler: h, MaxHeaderBytes: s.cfg.MaxHeaderBytes, Logger: s.log}
+	raw, err := h3.NewRawServerConn(c.conn)
+	if err != nil {
+		s.log.Warn("http3 setup failed", "peer", c.conn.RemoteAddr().String(), "error", err)
+		c.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+		return fmt.Errorf("transport: serving %s: %w", c.conn.RemoteAddr(), err)
+	}
+	s.mu.Lock()
+	s.served[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.served, c)
+		s.mu.Unlock()
+	}()
+
+	conn := c.conn
+	log := s.log.With("peer", conn.RemoteAddr().String(), "identity", c.peer.String())
+	log.Debug("peer connected")
+	var streams sync.WaitGroup
+	defer streams.Wait()
+	streams.Add(1)
+	go func() {
+		defer streams.Done()
+		for {
+			str, err := conn.AcceptUniStream(conn.Context())
+			if err != nil {
+				return
+			}
+			streams.Add(1)
+			go func() {
+				defer streams.Done()
+				raw.HandleUnidirectionalStream(str)
+			}()
+		}
+	}()
+	for {
+		str, err := conn.AcceptStream(conn.Context())
+		if err != nil {
+			log.Debug("peer connection ended", "error", err)
+			return nil
+		}
+		streams.Add(1)
+		c.active.Add(1)
+		go func() {
+			defer streams.Done()
+			defer c.active.Add(-1)
+			c.serveStream(raw, str, tunnel, log)
+		}()
+	}
+}
+
+// serveStream tells a tunnel from an HTTP/3 request by its first bytes
+// and hands it on.
+func (c *ServerConn) serveStream(raw *http3.RawServerConn, str *quic.Stream, serveTunnel func(*Stream, string), log *slog.Logger) {
+	str.SetReadDeadline(time.Now().Add(c.srv.cfg.HeaderTimeout))
+	kind, hdr, err := readStreamStart(str)
+	str.SetReadDeadline(time.Time{})
+	switch {
+	case err != nil:
+		level := slog.LevelDebug // the peer gave up, or sent nothing in time
+		if errors.Is(err, tunnel.ErrMalformed) {
+			level = slog.LevelWarn
+		}
+		log.Log(context.Background(), level, "bad stream start", "error", err)
+		str.CancelRead(CodeBadHeader)
+		str.CancelWrite(CodeBadHeader)
+	case kind == streamHTTP3:
+		raw.HandleRequestStream(str)
+	default:
+		serveTunnel(&Stream{str: str}, hdr.Target)
+	}
+}
+
+// streamKind is what a peer's bidirectional stream carries.
+type streamKind int
+
+const (
+	streamHTTP3  streamKind = iota // an HTTP/3 request
+	streamTunnel                   // a tunnel: header, then the far app's bytes
+)
+
+// peekReader is what readStreamStart needs of a *quic.Stream.
+type peekReader interface {
+	io.Reader
+	Peek([]byte) (int, error)
+}
+
+// readStreamStart classifies a stream by its first varint: HTTP/3 request
+// streams start with a HEADERS frame (type 0x01), tunnels with
+// tunnel.FrameType. For an HTTP/3 request nothing is consumed; for a
+// tunnel, exactly its header.
+func readStreamStart(str peekReader) (streamKind, tunnel.Header, error) {
+	var first [8]byte // the longest varint
+	if _, err := str.Peek(first[:1]); err != nil {
+		return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
+	}
+	n := tunnel.PrefixLen(first[0])
+	if n > 1 {
+		if _, err := str.Peek(first[:n]); err != nil {
+			return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
+		}
+	}
+	if !tunnel.IsTunnel(first[:n]) {
+		return streamHTTP3, tunnel.Header{}, nil
+	}
+	hdr, err := tunnel.Read(str)
+	if err != nil {
+		return 0, tunnel.Header{}, fmt.Errorf("inbound: bad tunnel header: %w", err)
+	}
+	return streamTunnel, hdr, nil
+}

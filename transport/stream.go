@@ -1,0 +1,128 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+// Stream is a tunnel stream: the raw byte stream of one tunnelled TCP
+// connection, its header already written (outbound) or read (inbound).
+// Its errors are mesh errors (meshError): a reset is a
+// *meshcode.StreamError, whatever the QUIC error behind it.
+type Stream struct {
+	str *quic.Stream
+}
+
+func (s *Stream) Read(p []byte) (int, error) {
+	n, err := s.str.Read(p)
+	return n, meshError(err)
+}
+
+func (s *Stream) Write(p []byte) (int, error) {
+	n, err := s.str.Write(p)
+	return n, meshError(err)
+}
+
+// CloseWrite ends the send direction after what was written (FIN).
+func (s *Stream) CloseWrite() error { return meshError(s.str.Close()) }
+
+// Close ends our side as closing a TCP socket does: FIN after what was
+// written, and the peer is told to stop sending what nobody will read
+// (STOP_SENDING with meshcode.NoError).
+func (s *Stream) Close() error {
+	s.str.CancelRead(CodeNoError)
+	return meshError(s.str.Close())
+}
+
+// Reset aborts both directions with code.
+func (s *Stream) Reset(code meshcode.Code) {
+	s.str.CancelWrite(quic.StreamErrorCode(code))
+	s.str.CancelRead(quic.StreamErrorCode(code))
+}
+
+// Context ends when the stream is finished or its connection closes.
+func (s *Stream) Context() context.Context { return s.str.Context() }
+
+func (s *Stream) SetDeadline(t time.Time) error      { return s.str.SetDeadline(t) }
+func (s *Stream) SetReadDeadline(t time.Time) error  { return s.str.SetReadDeadline(t) }
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.str.SetWriteDeadline(t) }
+
+// meshError maps a QUIC error to the mesh's neutral terms, keeping its
+// text and the QUIC error in its chain: a stream reset becomes a
+// *meshcode.StreamError with the code of the same value, a connection
+// closed by an application is marked meshcode.ErrConnClosed and an idle
+// timeout meshcode.ErrIdleTimeout. io.EOF and nil are returned as they
+// are.
+func meshError(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if se, ok := errors.AsType[*quic.StreamError](err); ok {
+		return &meshcode.StreamError{Code: meshcode.Code(se.ErrorCode), Remote: se.Remote, Err: err}
+	}
+	if _, ok := errors.AsType[*quic.ApplicationError](err); ok {
+		return meshcode.Mark(err, meshcode.ErrConnClosed)
+	}
+	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
+		return meshcode.Mark(err, meshcode.ErrIdleTimeout)
+	}
+	return err
+}
+
+// requestError marks an error of an HTTP request or a tunnel open with
+// what the proxy's retry policy needs to know: meshcode.ErrNotProcessed
+// (refused) and meshcode.ErrConnDead (connectionDead).
+func requestError(err error) error {
+	var kinds []error
+	if refused(err) {
+		kinds = append(kinds, meshcode.ErrNotProcessed)
+	}
+	if connectionDead(err) {
+		kinds = append(kinds, meshcode.ErrConnDead)
+	}
+	return meshcode.Mark(err, kinds...)
+}
+
+// h3RequestRejected is HTTP/3's H3_REQUEST_REJECTED: the server did not
+// process the request.
+const h3RequestRejected = 0x10b
+
+// refused reports whether err says the peer did not process a request at
+// all, so that sending it again (on a fresh connection, or elsewhere) is
+// safe: it was closing, it rejected the stream, the stream could not even
+// be opened (ErrStreamNotOpened), or the connection turned out dead: a
+// stateless reset means the peer has no state for it, typically because
+// it restarted. (A request already in flight when a peer crashed may have
+// been processed before the crash; callers retry only body-less requests,
+// once.)
+func refused(err error) bool {
+	if connectionDead(err) {
+		return true
+	}
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && !ae.Remote {
+		return false
+	}
+	if errors.As(err, &ae) && (ae.ErrorCode == ConnCodeShutdown || ae.ErrorCode == 0x100 /* H3_NO_ERROR */) {
+		return true
+	}
+	var se *quic.StreamError
+	return errors.As(err, &se) && (se.ErrorCode == h3RequestRejected || se.ErrorCode == CodeShuttingDown)
+}
+
+// connectionDead reports whether err shows that the connection it came
+// from is gone for good (a stateless reset, or a stream that could not be
+// opened because the connection had closed), even if the connection's
+// context has not ended yet: the HTTP/3 layer can report a stateless reset
+// a moment before the QUIC connection is torn down. Such a connection must
+// not be handed out again.
+func connectionDead(err error) bool {
+	var sr *quic.StatelessResetError
+	return errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened)
+}

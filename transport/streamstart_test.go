@@ -1,0 +1,65 @@
+package transport
+
+import (
+	"bytes"
+	"io"
+	"testing"
+
+	"github.com/quic-go/quic-go/quicvarint"
+
+	"github.com/quicmesh/quicmesh/transport/tunnel"
+)
+
+// peekBuffer is a stream start held in memory.
+type peekBuffer struct{ r *bytes.Reader }
+
+func (p *peekBuffer) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+func (p *peekBuffer) Peek(b []byte) (int, error) {
+	pos, _ := p.r.Seek(0, io.SeekCurrent)
+	n, err := io.ReadFull(p.r, b)
+	p.r.Seek(pos, io.SeekStart)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func FuzzStreamStart(f *testing.F) {
+	valid, _ := tunnel.Header{Target: "web:8080"}.AppendTo(nil)
+	f.Add(valid)
+	f.Add(append(valid, "GET / HTTP/1.1\r\n"...))
+	f.Add([]byte{0x01, 0x02, 0x00, 0x00})                         // HTTP/3 HEADERS
+	f.Add([]byte{0xc0, 0, 0, 0, 0, 0, 0, 0x21})                   // 8-byte varint type
+	f.Add(quicvarint.Append(nil, tunnel.FrameType))               // type only
+	f.Add(append(quicvarint.Append(nil, tunnel.FrameType), 0xff)) // bad length
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := &peekBuffer{r: bytes.NewReader(data)}
+		kind, hdr, err := readStreamStart(p)
+		consumed := len(data) - p.r.Len()
+		if err != nil {
+			return
+		}
+		switch kind {
+		case streamHTTP3:
+			if consumed != 0 {
+				t.Fatalf("HTTP/3 stream: %d bytes consumed before the HTTP/3 server saw them", consumed)
+			}
+			n := tunnel.PrefixLen(data[0])
+			if len(data) >= n && tunnel.IsTunnel(data[:n]) {
+				t.Fatalf("a tunnel prefix %x was taken for HTTP/3", data[:n])
+			}
+		case streamTunnel:
+			// At most the type, a length and the bounded payload.
+			if consumed > 8+8+tunnel.MaxPayload {
+				t.Fatalf("tunnel header consumed %d bytes", consumed)
+			}
+			if _, err := hdr.AppendTo(nil); err != nil {
+				t.Fatalf("accepted a header that cannot be written back: %v (%+v)", err, hdr)
+			}
+		default:
+			t.Fatalf("unknown kind %d", kind)
+		}
+	})
+}
