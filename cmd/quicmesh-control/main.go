@@ -107,9 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 
 	srcCtx, stopSource := context.WithCancel(ctx)
 	defer stopSource()
-	syncCtx, cancelSync := context.WithTimeout(srcCtx, 2*time.Minute)
-	src, err := kube.StartSource(syncCtx, client, kube.SourceOptions{TrustDomain: ca.TrustDomain(), InboundPort: *inboundPort, Logger: logger})
-	cancelSync()
+	src, err := kube.StartSource(srcCtx, client, kube.SourceOptions{TrustDomain: ca.TrustDomain(), InboundPort: *inboundPort, Logger: logger})
 	if err != nil {
 		return c.Fail("watching the Kubernetes API: %v", err)
 	}

@@ -165,7 +165,7 @@ func (c *Cluster) start(bin string) error {
 		return err
 	}
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdPorts[0])
-	etcd, err := c.run(filepath.Join(bin, "etcd"), "etcd",
+	_, err = c.run(filepath.Join(bin, "etcd"), "etcd",
 		"--data-dir", filepath.Join(c.dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", "http://127.0.0.1:"+strconv.Itoa(etcdPorts[1]),
@@ -173,7 +173,6 @@ func (c *Cluster) start(bin string) error {
 	if err != nil {
 		return err
 	}
-	_ = etcd
 
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

@@ -143,6 +143,11 @@ func (w world) updateSlice(sl *discoveryv1.EndpointSlice) {
 // sidecar.
 func recv[T any](t *testing.T, next func() (T, error)) T {
 	t.Helper()
+	return recvWithin(t, next, time.Second)
+}
+
+func recvWithin[T any](t *testing.T, next func() (T, error), within time.Duration) T {
+	t.Helper()
 	type result struct {
 		v   T
 		err error
@@ -160,8 +165,8 @@ func recv[T any](t *testing.T, next func() (T, error)) T {
 		}
 		t.Logf("update after %v", time.Since(start).Round(time.Millisecond))
 		return r.v
-	case <-time.After(time.Second):
-		t.Fatal("no update within 1 s")
+	case <-time.After(within):
+		t.Fatalf("no update within %v", within)
 	}
 	panic("unreachable")
 }
@@ -174,6 +179,63 @@ func endpointPB(ns, sa, ip string, port int, ready bool, zone string) *controlpb
 		Zone:     zone,
 		Ports:    []*controlpb.Port{{Name: "http", Port: 8080, Protocol: "TCP"}},
 		Ready:    ready,
+	}
+}
+
+// mirror applies a Watch stream's updates the way a sidecar does.
+type mirror map[string]*controlpb.Endpoint
+
+func (m mirror) apply(t *testing.T, u *controlpb.EndpointUpdate) {
+	t.Helper()
+	switch u.Kind {
+	case controlpb.Kind_SNAPSHOT:
+		clear(m)
+		fallthrough
+	case controlpb.Kind_ADD:
+		for _, ep := range u.Endpoints {
+			m[control.EndpointKey(ep)] = ep
+		}
+	case controlpb.Kind_REMOVE:
+		for _, ep := range u.Endpoints {
+			delete(m, control.EndpointKey(ep))
+		}
+	default:
+		t.Fatalf("update of kind %v", u.Kind)
+	}
+}
+
+func (m mirror) equals(want []*controlpb.Endpoint) bool {
+	if len(m) != len(want) {
+		return false
+	}
+	for _, ep := range want {
+		if !proto.Equal(m[control.EndpointKey(ep)], ep) {
+			return false
+		}
+	}
+	return true
+}
+
+// follow applies the stream's updates until the mirror holds exactly
+// want, which must happen within a second of the change (the issue's
+// bound from an EndpointSlice change to the sidecar). Only the first
+// message of a stream may be a snapshot, unless the service is gone.
+// The informers of the three kinds see related changes in any order (a
+// pod may reach the cache after the slice naming it), so one change may
+// take more than one update.
+func follow(t *testing.T, stream controlpb.Discovery_WatchClient, m mirror, want ...*controlpb.Endpoint) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for !m.equals(want) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.Fatalf("after 1 s the stream says %v, want %v", m, want)
+		}
+		u := recvWithin(t, stream.Recv, left)
+		if u.Kind == controlpb.Kind_SNAPSHOT && len(want) > 0 {
+			t.Fatalf("a snapshot mid-stream: %v", u)
+		}
+		m.apply(t, u)
 	}
 }
 
@@ -224,24 +286,28 @@ func TestWatch(t *testing.T) {
 	e0 := endpointPB(w.ns, "echo", "127.0.0.10", 5000, true, "z1")
 	e1 := endpointPB(w.ns, "echo", "127.0.0.11", 5001, true, "z2")
 	e2 := endpointPB(w.ns, "echo-canary", "127.0.0.12", 5002, true, "")
-	wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_SNAPSHOT, e0)
+	m := mirror{}
+	first := recv(t, stream.Recv)
+	wantUpdate(t, first, controlpb.Kind_SNAPSHOT, e0)
+	m.apply(t, first)
 
 	t.Run("scale 1 to 3", func(t *testing.T) {
 		w.updateSlice(w.sliceObject("echo", "echo-1", 8080,
 			ep{"echo-0", "127.0.0.10", true, "z1"}, ep{"echo-1", "127.0.0.11", true, "z2"}, ep{"echo-2", "127.0.0.12", true, ""}))
-		wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_ADD, e1, e2)
+		follow(t, stream, m, e0, e1, e2)
 	})
+	notReady := proto.Clone(e1).(*controlpb.Endpoint)
+	notReady.Ready = false
 	t.Run("an endpoint turns not ready", func(t *testing.T) {
 		w.updateSlice(w.sliceObject("echo", "echo-1", 8080,
 			ep{"echo-0", "127.0.0.10", true, "z1"}, ep{"echo-1", "127.0.0.11", false, "z2"}, ep{"echo-2", "127.0.0.12", true, ""}))
-		notReady := proto.Clone(e1).(*controlpb.Endpoint)
-		notReady.Ready = false
-		wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_ADD, notReady)
+		follow(t, stream, m, e0, notReady, e2)
 	})
 	t.Run("one removed", func(t *testing.T) {
 		w.updateSlice(w.sliceObject("echo", "echo-1", 8080,
 			ep{"echo-0", "127.0.0.10", true, "z1"}, ep{"echo-2", "127.0.0.12", true, ""}))
 		wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_REMOVE, &controlpb.Endpoint{Address: e1.Address, Identity: e1.Identity})
+		m.apply(t, &controlpb.EndpointUpdate{Kind: controlpb.Kind_REMOVE, Endpoints: []*controlpb.Endpoint{e1}})
 	})
 	t.Run("a new watch starts with the whole set", func(t *testing.T) {
 		again, err := client.Watch(ctx, &controlpb.WatchRequest{Service: "echo." + w.ns})
@@ -252,13 +318,13 @@ func TestWatch(t *testing.T) {
 	})
 	t.Run("an endpoint whose pod is unknown is not served", func(t *testing.T) {
 		w.createSlice(w.sliceObject("echo", "echo-2", 8080, ep{"ghost", "127.0.0.13", true, ""}, ep{"echo-1", "127.0.0.11", true, "z2"}))
-		wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_ADD, e1)
+		follow(t, stream, m, e0, e1, e2)
 	})
 	t.Run("an endpoint whose pod is deleted is withdrawn", func(t *testing.T) {
 		if err := c.Admin.CoreV1().Pods(w.ns).Delete(context.Background(), "echo-1", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
 			t.Fatal(err)
 		}
-		wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_REMOVE, &controlpb.Endpoint{Address: e1.Address, Identity: e1.Identity})
+		follow(t, stream, m, e0, e2)
 	})
 	t.Run("service deleted", func(t *testing.T) {
 		if err := c.Admin.CoreV1().Services(w.ns).Delete(context.Background(), "echo", metav1.DeleteOptions{}); err != nil {

@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
@@ -52,6 +52,9 @@ type SourceOptions struct {
 	// InboundPort is the sidecar port when a pod has no
 	// AnnotationInboundPort; 0 means DefaultInboundPort.
 	InboundPort int
+	// SyncTimeout bounds the first listing of the three kinds; 0 means
+	// two minutes.
+	SyncTimeout time.Duration
 	Logger      *slog.Logger
 }
 
@@ -88,13 +91,16 @@ type serviceState struct {
 var _ control.Source = (*Source)(nil)
 
 // StartSource starts the informers and returns once their caches are in
-// sync (or ctx ends). Cancelling ctx stops the Source; Wait waits for it.
+// sync. Cancelling ctx stops the Source; Wait waits for it.
 func StartSource(ctx context.Context, client kubernetes.Interface, opts SourceOptions) (*Source, error) {
 	if err := identity.CheckTrustDomain(opts.TrustDomain); err != nil {
 		return nil, err
 	}
 	if opts.InboundPort == 0 {
 		opts.InboundPort = DefaultInboundPort
+	}
+	if opts.SyncTimeout == 0 {
+		opts.SyncTimeout = 2 * time.Minute
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -158,10 +164,12 @@ func StartSource(ctx context.Context, client kubernetes.Interface, opts SourceOp
 		}
 	}
 	factory.Start(ctx.Done())
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+	syncCtx, cancel := context.WithTimeout(ctx, opts.SyncTimeout)
+	defer cancel()
+	for typ, ok := range factory.WaitForCacheSync(syncCtx.Done()) {
 		if !ok {
 			factory.Shutdown()
-			return nil, fmt.Errorf("kube: the %v cache did not sync: %w", typ, errors.Join(ctx.Err(), errors.New("stopped")))
+			return nil, fmt.Errorf("kube: the %v cache did not sync within %v: %w", typ, opts.SyncTimeout, syncCtx.Err())
 		}
 	}
 	go s.run(ctx)
