@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -99,20 +98,27 @@ type sidecar struct {
 func newSidecar(t *testing.T, addr string, anchors *x509.CertPool, tokenFile string) *sidecar {
 	t.Helper()
 	controlID := identity.MustParseID("spiffe://" + td + "/ns/quicmesh/sa/quicmesh-control")
-	var prov *identitycp.Provider
-	conn, err := controlclient.Dial(addr, anchors, controlID, func() (*tls.Certificate, error) { return prov.Certificate() })
+	// Two connections: Certify needs no client certificate, and Discovery
+	// requires one, presented at the handshake, so its connection is
+	// made (lazily, at the first Watch) once the provider has one.
+	idConn, err := controlclient.Dial(addr, anchors, controlID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	prov, err = identitycp.Start(controlpb.NewIdentityClient(conn), identitycp.Options{TokenFile: tokenFile, RenewAt: 0.1, MaxBackoff: time.Second})
+	prov, err := identitycp.Start(controlpb.NewIdentityClient(idConn), identitycp.Options{TokenFile: tokenFile, RenewAt: 0.1, MaxBackoff: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache := discovery.NewCache(discoverycp.New(controlpb.NewDiscoveryClient(conn)), nil)
+	discConn, err := controlclient.Dial(addr, anchors, controlID, prov.Certificate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := discovery.NewCache(discoverycp.New(controlpb.NewDiscoveryClient(discConn)), nil)
 	t.Cleanup(func() {
 		cache.Close()
+		discConn.Close()
 		prov.Close()
-		conn.Close()
+		idConn.Close()
 	})
 	return &sidecar{prov: prov, cache: cache}
 }
@@ -164,7 +170,7 @@ func slice(ns string, ready ...bool) *discoveryv1.EndpointSlice {
 	}
 	for i, r := range ready {
 		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{fmt.Sprintf("127.0.0.%d", 10+i)},
+			Addresses:  []string{fmt.Sprintf("192.0.2.%d", 10+i)},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(r)},
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Name: fmt.Sprintf("echo-%d", i), Namespace: ns},
 		})
@@ -236,19 +242,19 @@ func TestControlPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	service := "echo." + ns
-	waitEndpoints(t, web, service, "127.0.0.10:4143")
+	waitEndpoints(t, web, service, "192.0.2.10:4143")
 	eps, _ := web.cache.Endpoints(ctx, service)
 	if eps[0].Identity != "spiffe://"+td+"/ns/"+ns+"/sa/echo" {
 		t.Fatalf("endpoint identity %q", eps[0].Identity)
 	}
 
 	update(slice(ns, true, true, true))
-	waitEndpoints(t, web, service, "127.0.0.10:4143", "127.0.0.11:4143", "127.0.0.12:4143")
+	waitEndpoints(t, web, service, "192.0.2.10:4143", "192.0.2.11:4143", "192.0.2.12:4143")
 	update(slice(ns, true, true, true, false))
 	// The fourth endpoint is not ready: never in the set. A change after
 	// it proves the not-ready one was seen and withheld.
 	update(slice(ns, true, false, true, false))
-	waitEndpoints(t, web, service, "127.0.0.10:4143", "127.0.0.12:4143")
+	waitEndpoints(t, web, service, "192.0.2.10:4143", "192.0.2.12:4143")
 
 	t.Run("renewal", func(t *testing.T) {
 		first, _ := web.prov.Certificate()
@@ -272,7 +278,7 @@ func TestControlPlane(t *testing.T) {
 		// what it had, the late one gets no certificate.
 		update(slice(ns, true, true, true))
 		time.Sleep(2 * time.Second)
-		waitEndpoints(t, web, service, "127.0.0.10:4143", "127.0.0.12:4143")
+		waitEndpoints(t, web, service, "192.0.2.10:4143", "192.0.2.12:4143")
 		if now, err := web.prov.Certificate(); err != nil || now.Leaf.NotAfter.Before(before.Leaf.NotAfter) {
 			t.Fatalf("the running sidecar lost its certificate: %v", err)
 		}

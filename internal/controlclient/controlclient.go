@@ -2,7 +2,9 @@
 // TLS 1.3 where the server must present the control plane's SPIFFE ID
 // under the operator's trust anchors, and the client presents its workload
 // certificate once it has one (Discovery requires it; Certify, which
-// obtains it, does not).
+// obtains it, does not). A client certificate is presented at the TLS
+// handshake only, so a sidecar uses two connections: one without, for
+// Certify, and one for Discovery, made after it is certified.
 package controlclient
 
 import (

@@ -278,34 +278,39 @@ func TestWatch(t *testing.T) {
 	for i, sa := range []string{"echo", "echo", "echo-canary"} {
 		w.pod(fmt.Sprintf("echo-%d", i), sa, 5000+i)
 	}
-	w.createSlice(w.sliceObject("echo", "echo-1", 8080, ep{"echo-0", "127.0.0.10", true, "z1"}))
+	w.createSlice(w.sliceObject("echo", "echo-1", 8080, ep{"echo-0", "192.0.2.10", true, "z1"}))
 	stream, err := client.Watch(ctx, &controlpb.WatchRequest{Service: "echo." + w.ns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e0 := endpointPB(w.ns, "echo", "127.0.0.10", 5000, true, "z1")
-	e1 := endpointPB(w.ns, "echo", "127.0.0.11", 5001, true, "z2")
-	e2 := endpointPB(w.ns, "echo-canary", "127.0.0.12", 5002, true, "")
+	e0 := endpointPB(w.ns, "echo", "192.0.2.10", 5000, true, "z1")
+	e1 := endpointPB(w.ns, "echo", "192.0.2.11", 5001, true, "z2")
+	e2 := endpointPB(w.ns, "echo-canary", "192.0.2.12", 5002, true, "")
 	m := mirror{}
-	first := recv(t, stream.Recv)
-	wantUpdate(t, first, controlpb.Kind_SNAPSHOT, e0)
-	m.apply(t, first)
+	// The snapshot is the control plane's current view, which may not yet
+	// hold what the test just created.
+	if first := recv(t, stream.Recv); first.Kind != controlpb.Kind_SNAPSHOT {
+		t.Fatalf("first update %v, want a snapshot", first)
+	} else {
+		m.apply(t, first)
+	}
+	follow(t, stream, m, e0)
 
 	t.Run("scale 1 to 3", func(t *testing.T) {
 		w.updateSlice(w.sliceObject("echo", "echo-1", 8080,
-			ep{"echo-0", "127.0.0.10", true, "z1"}, ep{"echo-1", "127.0.0.11", true, "z2"}, ep{"echo-2", "127.0.0.12", true, ""}))
+			ep{"echo-0", "192.0.2.10", true, "z1"}, ep{"echo-1", "192.0.2.11", true, "z2"}, ep{"echo-2", "192.0.2.12", true, ""}))
 		follow(t, stream, m, e0, e1, e2)
 	})
 	notReady := proto.Clone(e1).(*controlpb.Endpoint)
 	notReady.Ready = false
 	t.Run("an endpoint turns not ready", func(t *testing.T) {
 		w.updateSlice(w.sliceObject("echo", "echo-1", 8080,
-			ep{"echo-0", "127.0.0.10", true, "z1"}, ep{"echo-1", "127.0.0.11", false, "z2"}, ep{"echo-2", "127.0.0.12", true, ""}))
+			ep{"echo-0", "192.0.2.10", true, "z1"}, ep{"echo-1", "192.0.2.11", false, "z2"}, ep{"echo-2", "192.0.2.12", true, ""}))
 		follow(t, stream, m, e0, notReady, e2)
 	})
 	t.Run("one removed", func(t *testing.T) {
 		w.updateSlice(w.sliceObject("echo", "echo-1", 8080,
-			ep{"echo-0", "127.0.0.10", true, "z1"}, ep{"echo-2", "127.0.0.12", true, ""}))
+			ep{"echo-0", "192.0.2.10", true, "z1"}, ep{"echo-2", "192.0.2.12", true, ""}))
 		wantUpdate(t, recv(t, stream.Recv), controlpb.Kind_REMOVE, &controlpb.Endpoint{Address: e1.Address, Identity: e1.Identity})
 		m.apply(t, &controlpb.EndpointUpdate{Kind: controlpb.Kind_REMOVE, Endpoints: []*controlpb.Endpoint{e1}})
 	})
@@ -317,7 +322,7 @@ func TestWatch(t *testing.T) {
 		wantUpdate(t, recv(t, again.Recv), controlpb.Kind_SNAPSHOT, e0, e2)
 	})
 	t.Run("an endpoint whose pod is unknown is not served", func(t *testing.T) {
-		w.createSlice(w.sliceObject("echo", "echo-2", 8080, ep{"ghost", "127.0.0.13", true, ""}, ep{"echo-1", "127.0.0.11", true, "z2"}))
+		w.createSlice(w.sliceObject("echo", "echo-2", 8080, ep{"ghost", "192.0.2.13", true, ""}, ep{"echo-1", "192.0.2.11", true, "z2"}))
 		follow(t, stream, m, e0, e1, e2)
 	})
 	t.Run("an endpoint whose pod is deleted is withdrawn", func(t *testing.T) {
