@@ -16,13 +16,37 @@
 //	          "metadata": {"k": "v"}
 //	        }
 //	      ]
+//	    },
+//	    "orders.shop": {
+//	      "virtual_ips": ["10.96.0.10"],
+//	      "ports": [{"name": "http", "port": 80, "target_port": 8080}],
+//	      "endpoints": [
+//	        {
+//	          "addr": "10.1.0.5:4143",
+//	          "identity": "spiffe://cluster.local/ns/shop/sa/orders",
+//	          "pod_ip": "10.1.0.5",
+//	          "ports": [8080],
+//	          "ready": true
+//	        }
+//	      ]
 //	    }
 //	  }
 //	}
 //
 // The top-level object has one optional member, "services", mapping a
-// service name to an object with one optional member, "endpoints" (a
-// service with no or an empty "endpoints" exists but has no endpoints).
+// service name to an object with three optional members (a service with
+// no or an empty "endpoints" exists but has no endpoints):
+//
+//   - endpoints: the service's peers, described below.
+//   - virtual_ips: IP addresses (IPv4 or IPv6, no host names, no zone, not
+//     0.0.0.0 or ::) an app may dial to mean this service, as a cluster
+//     IP; the transparent outbound path maps them back to the service
+//     (discovery.Index). Requires ports.
+//   - ports: the service's ports, each an object with port (required,
+//     1-65535: the port on the virtual IPs), target_port (optional,
+//     0-65535, 0 or absent meaning port: the port on the endpoints' pods)
+//     and name (optional). No two with the same port or name.
+//
 // Each endpoint has:
 //
 //   - addr (required): the peer proxy's QUIC address as host:port; the
@@ -32,10 +56,25 @@
 //   - weight (optional): an integer in 0-4294967295; 0 or absent means 1.
 //   - zone (optional): a locality label.
 //   - metadata (optional): an object of string values, passed through.
+//   - pod_ip (optional): the workload's own IP (as virtual_ips), which the
+//     transparent path maps back to this endpoint when an app dials it.
+//   - ports (optional): the pod's ports reachable through the mesh, an
+//     array of integers in 1-65535; absent or empty means every port.
+//     Requires pod_ip.
+//   - ready (optional): false keeps the endpoint listed but gives it no
+//     balanced traffic; absent means true.
+//
+// A file without the cluster fields (virtual_ips, ports, pod_ip, ready)
+// means what it always meant.
 //
 // Service names are plain lower-case DNS-style names: dot-separated labels
-// of a-z, 0-9 and '-' (no port suffix, no upper case). Within a service no
-// two endpoints may share both addr and identity.
+// of a-z, 0-9 and '-' (no port suffix, no upper case); in a cluster,
+// name.namespace. Within a service no two endpoints may share both addr
+// and identity. An address must mean one thing: no virtual IP:port may
+// belong to two services, no pod IP to two different peers (another addr
+// or identity; the same peer may serve several services), and no IP may
+// be both a virtual IP and a pod IP. IPv4-mapped IPv6 addresses are read
+// as their IPv4 form.
 //
 // Decoding is strict: unknown fields, duplicate keys, values of the wrong
 // type, null in place of an object, array or string, and anything after
@@ -56,6 +95,12 @@
 // even if its time and size look unchanged (coarse file-system clocks can
 // hide a quick rewrite). An invalid or unreadable file during a reload is
 // logged as a warning and the last good data is kept.
+//
+// # The address catalog
+//
+// The Resolver is a discovery.Catalog: WatchCatalog yields every service
+// with its addresses, now and after every reload or Set, for a
+// discovery.Index (Index.Follow).
 //
 // # Watches
 //
