@@ -167,12 +167,12 @@ func (ix *Index) Set(svcs []Service) error {
 				switch prev := t.services[key]; {
 				case prev == nil:
 					t.services[key] = &Target{Kind: ServiceTarget, Service: s.Name, Port: p}
-				case prev.Kind == Ambiguous:
-				case prev.Service != s.Name:
+				case prev.Kind != Ambiguous && prev.Service != s.Name:
 					conflicts = append(conflicts, fmt.Sprintf("%s: virtual address of services %q and %q", key, prev.Service, s.Name))
 					t.services[key] = ambiguous
 				}
-				// The same service listing an address twice is no conflict.
+				// Otherwise already ambiguous, or the same service listing
+				// an address twice: nothing to add.
 			}
 		}
 		for _, ep := range s.Endpoints {
@@ -230,8 +230,9 @@ func (ix *Index) Set(svcs []Service) error {
 
 // Follow feeds the Index from c until ctx is done (it then returns nil)
 // or the catalog watch fails (it returns the error; ErrClosed when the
-// resolver was closed). Conflicts are logged as warnings with logger
-// (slog.Default() if nil) and the table is installed anyway.
+// resolver was closed). Conflicts are logged as a warning with logger
+// (slog.Default() if nil) when they change, and the table is installed
+// anyway.
 func (ix *Index) Follow(ctx context.Context, c Catalog, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.Default()
@@ -241,6 +242,7 @@ func (ix *Index) Follow(ctx context.Context, c Catalog, logger *slog.Logger) err
 		return fmt.Errorf("discovery: watch catalog: %w", err)
 	}
 	defer w.Close()
+	lastConflict := ""
 	for {
 		svcs, err := w.Next(ctx)
 		if err != nil {
@@ -249,8 +251,16 @@ func (ix *Index) Follow(ctx context.Context, c Catalog, logger *slog.Logger) err
 			}
 			return fmt.Errorf("discovery: catalog watch: %w", err)
 		}
+		conflict := ""
 		if err := ix.Set(svcs); err != nil {
-			logger.Warn("discovery: address index has conflicts", "err", err)
+			conflict = err.Error()
 		}
+		switch {
+		case conflict != "" && conflict != lastConflict:
+			logger.Warn("discovery: address index has conflicts", "err", conflict)
+		case conflict == "" && lastConflict != "":
+			logger.Info("discovery: address index conflicts resolved")
+		}
+		lastConflict = conflict
 	}
 }

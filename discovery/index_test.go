@@ -3,11 +3,14 @@ package discovery
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 const (
@@ -396,5 +399,47 @@ func BenchmarkIndexLookup(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// TestIndexFollowLogsConflictsOnce: a conflict is logged when it appears
+// or changes, not on every update, and its end once.
+func TestIndexFollowLogsConflictsOnce(t *testing.T) {
+	logs := &testkit.LogBuffer{}
+	cat := &fakeCatalog{started: make(chan struct{})}
+	ix := NewIndex()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- ix.Follow(ctx, cat, logs.Logger(slog.LevelInfo)) }()
+	<-cat.started
+	clash := func(extra string) []Service {
+		return []Service{
+			{Name: "a", VirtualIPs: []netip.Addr{ip("10.96.0.1")}, Ports: []ServicePort{{Port: 80}}},
+			{Name: "b", VirtualIPs: []netip.Addr{ip("10.96.0.1")}, Ports: []ServicePort{{Port: 80}}},
+			{Name: extra},
+		}
+	}
+	// Each push waits until the index has it, so none is coalesced away.
+	push := func(svcs []Service, cond func() bool) {
+		cat.watches[0].Push(svcs)
+		testkit.Eventually(t, "the index to take the update", cond)
+	}
+	ambiguous := func() bool { return ix.Lookup(ap("10.96.0.1:80")).Kind == Ambiguous }
+	push(clash("x"), ambiguous)
+	push([]Service{{Name: "a", VirtualIPs: []netip.Addr{ip("10.96.0.2")}, Ports: []ServicePort{{Port: 80}}}}, func() bool {
+		return ix.Lookup(ap("10.96.0.2:80")).Kind == ServiceTarget
+	})
+	push(clash("y"), ambiguous) // the same conflict again after it ended
+	push(append(clash("z"), Service{Name: "q", VirtualIPs: []netip.Addr{ip("10.96.0.3")}, Ports: []ServicePort{{Port: 1}}}),
+		func() bool { return ix.Lookup(ap("10.96.0.3:1")).Kind == ServiceTarget }) // unchanged conflict: not logged
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(logs.Lines("discovery: address index has conflicts")); n != 2 {
+		t.Errorf("conflict logged %d times, want 2:\n%s", n, logs)
+	}
+	if n := len(logs.Lines("discovery: address index conflicts resolved")); n != 1 {
+		t.Errorf("resolution logged %d times, want 1:\n%s", n, logs)
 	}
 }
