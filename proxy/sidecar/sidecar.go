@@ -132,6 +132,21 @@ func (l Listeners) specs() ([]listenerSpec, error) {
 	return specs, nil
 }
 
+// check finds what Start cannot work with, before anything is opened,
+// and returns the listeners to bind.
+func check(deps Deps, opts Options) ([]listenerSpec, error) {
+	if deps.Identity == nil {
+		return nil, errors.New("sidecar: no identity provider: refusing to start without mTLS")
+	}
+	if deps.Resolver == nil {
+		return nil, errors.New("sidecar: no discovery resolver")
+	}
+	if deps.PacketConn != nil && opts.InboundAddr != "" {
+		return nil, fmt.Errorf("sidecar: both a UDP socket and an inbound address (%s) given: use one", opts.InboundAddr)
+	}
+	return opts.Listeners.specs()
+}
+
 // boundListener is a bound app-facing listener.
 type boundListener struct {
 	listenerSpec
@@ -159,16 +174,7 @@ type Sidecar struct {
 // configuration failure is returned before anything is served; nothing
 // of deps is closed, by Start or by the sidecar.
 func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
-	if deps.Identity == nil {
-		return nil, errors.New("sidecar: no identity provider: refusing to start without mTLS")
-	}
-	if deps.Resolver == nil {
-		return nil, errors.New("sidecar: no discovery resolver")
-	}
-	if deps.PacketConn != nil && opts.InboundAddr != "" {
-		return nil, fmt.Errorf("sidecar: both a UDP socket and an inbound address (%s) given: use one", opts.InboundAddr)
-	}
-	specs, err := opts.Listeners.specs()
+	specs, err := check(deps, opts)
 	if err != nil {
 		return nil, err
 	}
