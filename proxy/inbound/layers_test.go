@@ -422,11 +422,20 @@ func TestHTTPChain(t *testing.T) {
 	}
 }
 
-// fakeTunnel is a tunnel stream over one end of a pipe (deadlines work);
-// it records resets.
+// fakeTunnel is a tunnel stream over the near end of a pipe (writes and
+// deadlines work; a pipe cannot half-close, so what the far side sends
+// before its FIN, if any, is in); it records resets.
 type fakeTunnel struct {
 	net.Conn
+	in     io.Reader
 	resets []meshcode.Code
+}
+
+func (f *fakeTunnel) Read(p []byte) (int, error) {
+	if f.in != nil {
+		return f.in.Read(p)
+	}
+	return f.Conn.Read(p)
 }
 
 func (f *fakeTunnel) CloseWrite() error        { return nil }
@@ -553,10 +562,7 @@ func TestDeliverTunnel(t *testing.T) {
 			defer far.Close()
 			str := &fakeTunnel{Conn: near}
 			if !tt.silent {
-				go func() {
-					far.Write([]byte(tt.send))
-					far.Close()
-				}()
+				str.in = strings.NewReader(tt.send)
 			}
 			go io.Copy(io.Discard, far)
 			d := deliverTunnel{up: NewLocalApps(time.Second, 0, 0), connectTimeout: time.Second, headerTimeout: 50 * time.Millisecond}
