@@ -24,8 +24,10 @@ import (
 	"github.com/quicmesh/quicmesh/transport"
 )
 
-// Deps are what a sidecar is given and uses without owning: Start never
-// closes them. Identity and Resolver are required.
+// Deps are what a sidecar is given and uses without owning: neither Start
+// nor Close closes them (an Upstream only drops its idle connections when
+// the sidecar closes, as its contract says). Identity and Resolver are
+// required.
 type Deps struct {
 	Identity identity.Provider
 	Resolver discovery.Resolver
