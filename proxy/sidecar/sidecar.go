@@ -26,8 +26,8 @@ import (
 
 // Deps are what a sidecar is given and uses without owning: neither Start
 // nor Close closes them (an Upstream only drops its idle connections when
-// the sidecar closes, as its contract says). Identity and Resolver are
-// required.
+// the sidecar closes, as its contract says), except PacketConn, which is
+// handed over. Identity and Resolver are required.
 type Deps struct {
 	Identity identity.Provider
 	Resolver discovery.Resolver
@@ -36,7 +36,8 @@ type Deps struct {
 	Authorize identity.Authorizer
 	// PacketConn, if set, is the already-bound UDP socket for mesh
 	// traffic, in place of Options.InboundAddr (setting both is an
-	// error).
+	// error). Start takes it over: the sidecar closes it, or Start does
+	// if it fails.
 	PacketConn *net.UDPConn
 	// Upstream is where the inbound side delivers routed traffic; nil is
 	// the apps on this host (inbound.LocalApps). A gateway plugs in
@@ -173,9 +174,16 @@ type Sidecar struct {
 }
 
 // Start binds every listener and starts serving. Any bind or
-// configuration failure is returned before anything is served; nothing
-// of deps is closed, by Start or by the sidecar.
+// configuration failure is returned before anything is served. What deps
+// holds stays the caller's (see Deps).
 func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
+	if deps.PacketConn != nil {
+		defer func() {
+			if err != nil {
+				deps.PacketConn.Close()
+			}
+		}()
+	}
 	specs, err := check(deps, opts)
 	if err != nil {
 		return nil, err
