@@ -2,7 +2,9 @@ package kube_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +23,8 @@ import (
 // the virtual IP:port is the service, each pod IP:port its endpoint
 // (not-ready included: an app that dials a pod chose it), and the
 // not-ready endpoint is not balanced to.
+var modelRuns atomic.Uint32
+
 func TestSidecarModel(t *testing.T) {
 	c := kubetest.Get(t)
 	w := world{t, c, c.Namespace(t)}
@@ -38,11 +42,16 @@ func TestSidecarModel(t *testing.T) {
 		}
 	})
 
+	// The objects of earlier runs (-count) stay in the API server (no
+	// namespace controller), and a pod IP claimed by two endpoints is
+	// ambiguous in the Index: each run takes its own pod IPs.
+	n := modelRuns.Add(1)
+	ip0, ip1 := fmt.Sprintf("100.64.%d.10", n%256), fmt.Sprintf("100.64.%d.11", n%256)
 	w.pod("api-0", "api", 4143)
 	w.pod("api-1", "api", 4143)
 	w.createSlice(w.sliceObject("api", "api-a", 8080,
-		ep{pod: "api-0", ip: "198.51.100.10", ready: true},
-		ep{pod: "api-1", ip: "198.51.100.11", ready: false}))
+		ep{pod: "api-0", ip: ip0, ready: true},
+		ep{pod: "api-1", ip: ip1, ready: false}))
 	svc, err := c.Admin.CoreV1().Services(w.ns).Create(context.Background(), &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: w.ns},
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
@@ -53,20 +62,20 @@ func TestSidecarModel(t *testing.T) {
 	name := "api." + w.ns
 	vip := netip.MustParseAddr(svc.Spec.ClusterIP)
 	id := "spiffe://" + trustDomain + "/ns/" + w.ns + "/sa/api"
-	ready := discovery.Endpoint{Addr: "198.51.100.10:4143", Identity: id, Weight: 1,
-		PodIP: netip.MustParseAddr("198.51.100.10"), Ports: []uint16{8080}}
+	ready := discovery.Endpoint{Addr: ip0 + ":4143", Identity: id, Weight: 1,
+		PodIP: netip.MustParseAddr(ip0), Ports: []uint16{8080}}
 	notReady := ready
-	notReady.Addr, notReady.PodIP, notReady.NotReady = "198.51.100.11:4143", netip.MustParseAddr("198.51.100.11"), true
+	notReady.Addr, notReady.PodIP, notReady.NotReady = ip1+":4143", netip.MustParseAddr(ip1), true
 
 	lookups := []struct {
 		dst  netip.AddrPort
 		want discovery.Target
 	}{
 		{netip.AddrPortFrom(vip, 80), discovery.Target{Kind: discovery.ServiceTarget, Service: name, Port: discovery.ServicePort{Name: "http", Port: 80, TargetPort: 8080}}},
-		{netip.MustParseAddrPort("198.51.100.10:8080"), discovery.Target{Kind: discovery.EndpointTarget, Service: name, Endpoint: ready}},
-		{netip.MustParseAddrPort("198.51.100.11:8080"), discovery.Target{Kind: discovery.EndpointTarget, Service: name, Endpoint: notReady}},
+		{netip.MustParseAddrPort(ip0 + ":8080"), discovery.Target{Kind: discovery.EndpointTarget, Service: name, Endpoint: ready}},
+		{netip.MustParseAddrPort(ip1 + ":8080"), discovery.Target{Kind: discovery.EndpointTarget, Service: name, Endpoint: notReady}},
 		{netip.AddrPortFrom(vip, 8080), discovery.Target{}},
-		{netip.MustParseAddrPort("198.51.100.10:9090"), discovery.Target{}},
+		{netip.MustParseAddrPort(ip0 + ":9090"), discovery.Target{}},
 	}
 	// The Index has no change notification; the bound from an
 	// API change to the sidecar is a second.
