@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -93,6 +94,30 @@ func (cp *controlPlane) stop() {
 type sidecar struct {
 	prov  *identitycp.Provider
 	cache *discovery.Cache
+	// resolveFailed receives when the cache fails to re-resolve a
+	// service whose watch ended: it is serving its last set with the
+	// control plane unreachable.
+	resolveFailed chan struct{}
+}
+
+// onMessage is a slog handler that signals when a record with its message
+// is logged.
+type onMessage struct {
+	msg string
+	ch  chan struct{}
+}
+
+func (h onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h onMessage) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h onMessage) WithGroup(string) slog.Handler            { return h }
+func (h onMessage) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 func newSidecar(t *testing.T, addr string, anchors *x509.CertPool, tokenFile string) *sidecar {
@@ -113,14 +138,16 @@ func newSidecar(t *testing.T, addr string, anchors *x509.CertPool, tokenFile str
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache := discovery.NewCache(discoverycp.New(controlpb.NewDiscoveryClient(discConn)), nil)
+	resolveFailed := make(chan struct{}, 1)
+	cache := discovery.NewCache(discoverycp.New(controlpb.NewDiscoveryClient(discConn)),
+		slog.New(onMessage{msg: "discovery: re-resolve failed; retrying", ch: resolveFailed}))
 	t.Cleanup(func() {
 		cache.Close()
 		discConn.Close()
 		prov.Close()
 		idConn.Close()
 	})
-	return &sidecar{prov: prov, cache: cache}
+	return &sidecar{prov: prov, cache: cache, resolveFailed: resolveFailed}
 }
 
 func waitReady(t *testing.T, p *identitycp.Provider, within time.Duration) {
@@ -275,10 +302,19 @@ func TestControlPlane(t *testing.T) {
 		cp.stop()
 		late := newSidecar(t, cp.addr, ca.Pool(), tokenFile("echo"))
 		// Meanwhile: the endpoint set changes, the running sidecar keeps
-		// what it had, the late one gets no certificate.
+		// what it had, the late one gets no certificate. The cache has
+		// seen the control plane go once a re-resolve has failed; from
+		// then on it serves its last set, which must still be the old
+		// one.
 		update(slice(ns, true, true, true))
-		time.Sleep(2 * time.Second)
-		waitEndpoints(t, web, service, "192.0.2.10:4143", "192.0.2.12:4143")
+		select {
+		case <-web.resolveFailed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the sidecar's cache did not notice the control plane was gone within 30 s")
+		}
+		if eps, err := web.cache.Endpoints(ctx, service); err != nil || fmt.Sprint(addrs(eps)) != "[192.0.2.10:4143 192.0.2.12:4143]" {
+			t.Fatalf("with the control plane down the sidecar serves %v (%v), want its last set", addrs(eps), err)
+		}
 		if now, err := web.prov.Certificate(); err != nil || now.Leaf.NotAfter.Before(before.Leaf.NotAfter) {
 			t.Fatalf("the running sidecar lost its certificate: %v", err)
 		}

@@ -1,19 +1,30 @@
-// Package controlplane is a discovery.Resolver over the quicmesh control
-// plane's Discovery.Watch stream. Each Resolve opens one stream, whose
-// first message is the complete set; later messages are changes.
-// Endpoints the control plane reports as not ready are withheld from the
-// set (and withdrawn when they turn not ready), so no traffic reaches them.
+// Package controlplane is a discovery.Resolver and discovery.Catalog over
+// the quicmesh control plane's Discovery service. Each Resolve opens one
+// Watch stream, whose first message is the complete set; later messages
+// are changes. Endpoints carry their pod IP, ports and readiness; the
+// control plane sends not-ready endpoints too, and they arrive NotReady,
+// which discovery.Cache.Endpoints withholds from balancing.
 //
-// When the stream fails, the watch returns the error and discovery.Cache
-// keeps serving the last set while it re-resolves with back-off; the new
-// stream starts with a complete set again, so nothing missed while the
-// control plane was away lingers.
+// When a Watch stream fails, the watch returns the error and
+// discovery.Cache keeps serving the last set while it re-resolves with
+// back-off; the new stream starts with a complete set again, so nothing
+// missed while the control plane was away lingers.
+//
+// WatchCatalog follows the WatchIndex stream (every service with its
+// virtual IPs, ports and endpoints) for discovery.Index.Follow. It
+// reconnects by itself with back-off and publishes nothing while the
+// control plane is away, so the Index keeps its last table; the first
+// list after a reconnect is a complete one again.
 package controlplane
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,20 +34,50 @@ import (
 	"github.com/quicmesh/quicmesh/internal/controlpb"
 )
 
-// Watcher is the one call the resolver needs of the control plane.
+// Watcher is what the resolver needs of the control plane (a
+// controlpb.DiscoveryClient).
 type Watcher interface {
 	Watch(ctx context.Context, in *controlpb.WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[controlpb.EndpointUpdate], error)
+	WatchIndex(ctx context.Context, in *controlpb.WatchIndexRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[controlpb.IndexUpdate], error)
+}
+
+// Options configures a Resolver; the zero value is the defaults.
+type Options struct {
+	// MinBackoff and MaxBackoff bound the wait between WatchIndex
+	// reconnections, doubled after each failure (with jitter) and reset
+	// once a stream delivers; 0 means 100 ms and 10 s.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives catalog stream failures; nil discards them.
+	Logger *slog.Logger
 }
 
 // Resolver resolves NAME.NAMESPACE service names through the control plane.
 type Resolver struct {
 	client Watcher
+	opts   Options
 }
 
-var _ discovery.Resolver = (*Resolver)(nil)
+var (
+	_ discovery.Resolver = (*Resolver)(nil)
+	_ discovery.Catalog  = (*Resolver)(nil)
+)
 
-// New returns a Resolver over client.
-func New(client Watcher) *Resolver { return &Resolver{client: client} }
+// New returns a Resolver over client with the default Options.
+func New(client Watcher) *Resolver { return NewWithOptions(client, Options{}) }
+
+// NewWithOptions returns a Resolver over client.
+func NewWithOptions(client Watcher, opts Options) *Resolver {
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff < opts.MinBackoff {
+		opts.MaxBackoff = max(10*time.Second, opts.MinBackoff)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Resolver{client: client, opts: opts}
+}
 
 // Resolve opens a stream for name and waits for its first message: an
 // unknown service is an error wrapping discovery.ErrUnknownService.
@@ -123,32 +164,81 @@ func (w *watch) Close() error {
 }
 
 // convert turns one stream message into discovery updates: a snapshot
-// becomes a Reset of its ready endpoints; an addition adds the ready ones
-// and removes those no longer ready; a removal removes.
+// becomes a Reset, an addition an Add (an endpoint turning not ready is
+// replaced by its NotReady form, which Cache.Endpoints withholds), a
+// removal a Remove of the keys. An unknown kind changes nothing.
 func convert(msg *controlpb.EndpointUpdate) []discovery.Update {
-	var ready, notReady []discovery.Endpoint
-	for _, ep := range msg.GetEndpoints() {
-		e := discovery.Endpoint{Addr: ep.GetAddress(), Identity: ep.GetIdentity(), Weight: max(ep.GetWeight(), 1), Zone: ep.GetZone()}
-		if ep.GetReady() || msg.GetKind() == controlpb.Kind_REMOVE {
-			ready = append(ready, e)
-		} else {
-			notReady = append(notReady, e)
-		}
-	}
+	var kind discovery.UpdateKind
 	switch msg.GetKind() {
 	case controlpb.Kind_SNAPSHOT:
-		return []discovery.Update{{Kind: discovery.Reset, Endpoints: ready}}
-	case controlpb.Kind_REMOVE:
-		return []discovery.Update{{Kind: discovery.Remove, Endpoints: ready}}
+		kind = discovery.Reset
 	case controlpb.Kind_ADD:
-		var out []discovery.Update
-		if len(notReady) > 0 {
-			out = append(out, discovery.Update{Kind: discovery.Remove, Endpoints: notReady})
+		kind = discovery.Add
+	case controlpb.Kind_REMOVE:
+		kind = discovery.Remove
+		eps := make([]discovery.Endpoint, 0, len(msg.GetEndpoints()))
+		for _, ep := range msg.GetEndpoints() {
+			eps = append(eps, discovery.Endpoint{Addr: ep.GetAddress(), Identity: ep.GetIdentity()})
 		}
-		if len(ready) > 0 {
-			out = append(out, discovery.Update{Kind: discovery.Add, Endpoints: ready})
-		}
-		return out
+		return []discovery.Update{{Kind: kind, Endpoints: eps}}
+	default:
+		return nil
 	}
-	return nil
+	var eps []discovery.Endpoint
+	for _, ep := range msg.GetEndpoints() {
+		eps = append(eps, endpoint(ep))
+	}
+	if kind == discovery.Add && len(eps) == 0 {
+		return nil
+	}
+	return []discovery.Update{{Kind: kind, Endpoints: eps}}
+}
+
+// endpoint converts one endpoint. A pod IP that does not parse is left
+// unknown (the Index then has no entry for it) and ports out of range
+// are dropped; ports are sorted and unique.
+func endpoint(ep *controlpb.Endpoint) discovery.Endpoint {
+	e := discovery.Endpoint{
+		Addr:     ep.GetAddress(),
+		Identity: ep.GetIdentity(),
+		Weight:   max(ep.GetWeight(), 1),
+		Zone:     ep.GetZone(),
+		NotReady: !ep.GetReady(),
+	}
+	if ip, err := netip.ParseAddr(ep.GetPodIp()); err == nil && ip.Zone() == "" {
+		e.PodIP = ip.Unmap()
+	}
+	for _, p := range ep.GetPorts() {
+		if p.GetPort() >= 1 && p.GetPort() <= 65535 {
+			e.Ports = append(e.Ports, uint16(p.GetPort()))
+		}
+	}
+	slices.Sort(e.Ports)
+	e.Ports = slices.Compact(e.Ports)
+	return e
+}
+
+// service converts one catalog entry. Only TCP ports are kept: the mesh
+// carries TCP, and a virtual IP:port that is UDP or SCTP must stay
+// unknown to the transparent path.
+func service(svc *controlpb.Service) discovery.Service {
+	out := discovery.Service{Name: svc.GetName(), Endpoints: []discovery.Endpoint{}}
+	for _, s := range svc.GetVirtualIps() {
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" {
+			out.VirtualIPs = append(out.VirtualIPs, ip.Unmap())
+		}
+	}
+	for _, p := range svc.GetPorts() {
+		if proto := p.GetProtocol(); proto != "" && proto != "TCP" {
+			continue
+		}
+		if p.GetPort() < 1 || p.GetPort() > 65535 || p.GetTargetPort() > 65535 {
+			continue
+		}
+		out.Ports = append(out.Ports, discovery.ServicePort{Name: p.GetName(), Port: uint16(p.GetPort()), TargetPort: uint16(p.GetTargetPort())})
+	}
+	for _, ep := range svc.GetEndpoints() {
+		out.Endpoints = append(out.Endpoints, endpoint(ep))
+	}
+	return out
 }

@@ -23,9 +23,10 @@ type EndpointSet struct {
 	Endpoints map[string]*controlpb.Endpoint
 }
 
-// Index maps a virtual address (host:port) to its entry. It is immutable
-// once a Source publishes it.
-type Index map[string]*controlpb.IndexEntry
+// Catalog is every service of the mesh, by NAME.NAMESPACE, with its
+// virtual IPs, ports and endpoints. It and its services are immutable once
+// a Source publishes them.
+type Catalog map[string]*controlpb.Service
 
 // EndpointKey identifies an endpoint within a set, as the sidecar's
 // discovery.Endpoint.Key does: address and identity.
@@ -38,9 +39,9 @@ type Source interface {
 	// Subscribe follows service, NAME.NAMESPACE, until the subscription
 	// is closed.
 	Subscribe(service string) Subscription
-	// Index returns the current address index and a channel closed when
-	// it changes.
-	Index() (Index, <-chan struct{})
+	// Catalog returns the current catalog and a channel closed when it
+	// changes.
+	Catalog() (Catalog, <-chan struct{})
 }
 
 // Subscription follows one service.
@@ -167,49 +168,58 @@ func endpointChanges(old, cur *EndpointSet) []*controlpb.EndpointUpdate {
 	return out
 }
 
-// WatchIndex streams the address index: a snapshot, then changes.
+// WatchIndex streams the catalog: a snapshot, then the services removed
+// and the services added or changed (each sent whole).
 func (s *DiscoveryServer) WatchIndex(_ *controlpb.WatchIndexRequest, stream controlpb.Discovery_WatchIndexServer) error {
 	ctx := stream.Context()
 	if err := s.authorize(ctx); err != nil {
 		return err
 	}
-	idx, changed := s.src.Index()
-	if err := stream.Send(&controlpb.IndexUpdate{Kind: controlpb.Kind_SNAPSHOT, Entries: sortedEntries(idx)}); err != nil {
+	cat, changed := s.src.Catalog()
+	if err := stream.Send(&controlpb.IndexUpdate{Kind: controlpb.Kind_SNAPSHOT, Services: sortedServices(cat)}); err != nil {
 		return err
 	}
-	sent := idx
+	sent := cat
 	for {
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-changed:
 		}
-		idx, changed = s.src.Index()
-		var removed, added []*controlpb.IndexEntry
-		for addr := range sent {
-			if _, ok := idx[addr]; !ok {
-				removed = append(removed, &controlpb.IndexEntry{Address: addr})
-			}
-		}
-		for addr, e := range idx {
-			if prev, ok := sent[addr]; !ok || !proto.Equal(prev, e) {
-				added = append(added, e)
-			}
-		}
-		if len(removed) > 0 {
-			slices.SortFunc(removed, func(a, b *controlpb.IndexEntry) int { return strings.Compare(a.Address, b.Address) })
-			if err := stream.Send(&controlpb.IndexUpdate{Kind: controlpb.Kind_REMOVE, Entries: removed}); err != nil {
+		cat, changed = s.src.Catalog()
+		for _, u := range catalogChanges(sent, cat) {
+			if err := stream.Send(u); err != nil {
 				return err
 			}
 		}
-		if len(added) > 0 {
-			slices.SortFunc(added, func(a, b *controlpb.IndexEntry) int { return strings.Compare(a.Address, b.Address) })
-			if err := stream.Send(&controlpb.IndexUpdate{Kind: controlpb.Kind_ADD, Entries: added}); err != nil {
-				return err
-			}
-		}
-		sent = idx
+		sent = cat
 	}
+}
+
+// catalogChanges returns the updates that turn old into cur: removals,
+// then additions and replacements.
+func catalogChanges(old, cur Catalog) []*controlpb.IndexUpdate {
+	removed, added := Catalog{}, Catalog{}
+	for name := range old {
+		if _, ok := cur[name]; !ok {
+			removed[name] = &controlpb.Service{Name: name}
+		}
+	}
+	for name, svc := range cur {
+		// Sources publish a new *Service only when it changed, but
+		// comparing values keeps this right for any Source.
+		if prev, ok := old[name]; !ok || (prev != svc && !proto.Equal(prev, svc)) {
+			added[name] = svc
+		}
+	}
+	var out []*controlpb.IndexUpdate
+	if len(removed) > 0 {
+		out = append(out, &controlpb.IndexUpdate{Kind: controlpb.Kind_REMOVE, Services: sortedServices(removed)})
+	}
+	if len(added) > 0 {
+		out = append(out, &controlpb.IndexUpdate{Kind: controlpb.Kind_ADD, Services: sortedServices(added)})
+	}
+	return out
 }
 
 func sortedValues(m map[string]*controlpb.Endpoint) []*controlpb.Endpoint {
@@ -225,11 +235,11 @@ func sortByKey(eps []*controlpb.Endpoint) []*controlpb.Endpoint {
 	return eps
 }
 
-func sortedEntries(idx Index) []*controlpb.IndexEntry {
-	out := make([]*controlpb.IndexEntry, 0, len(idx))
-	for _, e := range idx {
-		out = append(out, e)
+func sortedServices(cat Catalog) []*controlpb.Service {
+	out := make([]*controlpb.Service, 0, len(cat))
+	for _, svc := range cat {
+		out = append(out, svc)
 	}
-	slices.SortFunc(out, func(a, b *controlpb.IndexEntry) int { return strings.Compare(a.Address, b.Address) })
+	slices.SortFunc(out, func(a, b *controlpb.Service) int { return strings.Compare(a.GetName(), b.GetName()) })
 	return out
 }

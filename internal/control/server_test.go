@@ -42,8 +42,8 @@ func (oneService) Subscribe(service string) control.Subscription {
 	return fixedSub{set}
 }
 
-func (oneService) Index() (control.Index, <-chan struct{}) {
-	return control.Index{}, make(chan struct{})
+func (oneService) Catalog() (control.Catalog, <-chan struct{}) {
+	return control.Catalog{}, make(chan struct{})
 }
 
 type fixedSub struct{ set *control.EndpointSet }

@@ -190,11 +190,17 @@ type Endpoint struct {
 	Weight uint32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
 	// Topology zone, empty when unknown.
 	Zone string `protobuf:"bytes,4,opt,name=zone,proto3" json:"zone,omitempty"`
-	// The service ports the endpoint serves.
+	// The ports the endpoint's workload serves (an EndpointSlice's ports:
+	// the service ports resolved to the pod's port numbers). Empty means
+	// every port.
 	Ports []*Port `protobuf:"bytes,5,rep,name=ports,proto3" json:"ports,omitempty"`
-	// Whether the endpoint may receive traffic. A not-ready endpoint is
-	// sent so that clients know of it, never to be used.
-	Ready         bool `protobuf:"varint,6,opt,name=ready,proto3" json:"ready,omitempty"`
+	// Whether the endpoint may receive balanced traffic. A not-ready
+	// endpoint is sent so that clients know of it (and a pod dialled by its
+	// IP stays in the mesh), never to be balanced to.
+	Ready bool `protobuf:"varint,6,opt,name=ready,proto3" json:"ready,omitempty"`
+	// The workload's own IP (the pod IP), which apps dial directly; empty
+	// when unknown.
+	PodIp         string `protobuf:"bytes,7,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -269,6 +275,13 @@ func (x *Endpoint) GetReady() bool {
 		return x.Ready
 	}
 	return false
+}
+
+func (x *Endpoint) GetPodIp() string {
+	if x != nil {
+		return x.PodIp
+	}
+	return ""
 }
 
 type Port struct {
@@ -371,8 +384,8 @@ func (*WatchIndexRequest) Descriptor() ([]byte, []int) {
 type IndexUpdate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  Kind                   `protobuf:"varint,1,opt,name=kind,proto3,enum=quicmesh.control.v1.Kind" json:"kind,omitempty"`
-	// Keyed by address. REMOVE carries the keys only.
-	Entries       []*IndexEntry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Keyed by name. REMOVE carries the names only.
+	Services      []*Service `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -414,40 +427,41 @@ func (x *IndexUpdate) GetKind() Kind {
 	return Kind_KIND_UNSPECIFIED
 }
 
-func (x *IndexUpdate) GetEntries() []*IndexEntry {
+func (x *IndexUpdate) GetServices() []*Service {
 	if x != nil {
-		return x.Entries
+		return x.Services
 	}
 	return nil
 }
 
-// IndexEntry says that a virtual address belongs to a service.
-type IndexEntry struct {
+// Service is one service as the transparent path needs it.
+type Service struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The virtual IP and port, host:port.
-	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// NAME.NAMESPACE.
-	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
-	// The service port's name, empty if it has none.
-	PortName      string `protobuf:"bytes,3,opt,name=port_name,json=portName,proto3" json:"port_name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The virtual (cluster) IPs; none for a headless service.
+	VirtualIps []string       `protobuf:"bytes,2,rep,name=virtual_ips,json=virtualIps,proto3" json:"virtual_ips,omitempty"`
+	Ports      []*ServicePort `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	// Every endpoint, ready or not, as Watch sends them.
+	Endpoints     []*Endpoint `protobuf:"bytes,4,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *IndexEntry) Reset() {
-	*x = IndexEntry{}
+func (x *Service) Reset() {
+	*x = Service{}
 	mi := &file_discovery_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *IndexEntry) String() string {
+func (x *Service) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*IndexEntry) ProtoMessage() {}
+func (*Service) ProtoMessage() {}
 
-func (x *IndexEntry) ProtoReflect() protoreflect.Message {
+func (x *Service) ProtoReflect() protoreflect.Message {
 	mi := &file_discovery_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -459,28 +473,107 @@ func (x *IndexEntry) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use IndexEntry.ProtoReflect.Descriptor instead.
-func (*IndexEntry) Descriptor() ([]byte, []int) {
+// Deprecated: Use Service.ProtoReflect.Descriptor instead.
+func (*Service) Descriptor() ([]byte, []int) {
 	return file_discovery_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *IndexEntry) GetAddress() string {
+func (x *Service) GetName() string {
 	if x != nil {
-		return x.Address
+		return x.Name
 	}
 	return ""
 }
 
-func (x *IndexEntry) GetService() string {
+func (x *Service) GetVirtualIps() []string {
 	if x != nil {
-		return x.Service
+		return x.VirtualIps
+	}
+	return nil
+}
+
+func (x *Service) GetPorts() []*ServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Service) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+// ServicePort is one port of a service's virtual IPs.
+type ServicePort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The port apps dial on the virtual IPs.
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// The port on the endpoints it maps to; 0 when the same as port.
+	TargetPort uint32 `protobuf:"varint,3,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	// TCP, UDP or SCTP.
+	Protocol      string `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServicePort) Reset() {
+	*x = ServicePort{}
+	mi := &file_discovery_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServicePort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServicePort) ProtoMessage() {}
+
+func (x *ServicePort) ProtoReflect() protoreflect.Message {
+	mi := &file_discovery_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
+func (*ServicePort) Descriptor() ([]byte, []int) {
+	return file_discovery_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ServicePort) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
 
-func (x *IndexEntry) GetPortName() string {
+func (x *ServicePort) GetPort() uint32 {
 	if x != nil {
-		return x.PortName
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ServicePort) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *ServicePort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
 	}
 	return ""
 }
@@ -494,27 +587,35 @@ const file_discovery_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\"|\n" +
 	"\x0eEndpointUpdate\x12-\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x19.quicmesh.control.v1.KindR\x04kind\x12;\n" +
-	"\tendpoints\x18\x02 \x03(\v2\x1d.quicmesh.control.v1.EndpointR\tendpoints\"\xb3\x01\n" +
+	"\tendpoints\x18\x02 \x03(\v2\x1d.quicmesh.control.v1.EndpointR\tendpoints\"\xca\x01\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x16\n" +
 	"\x06weight\x18\x03 \x01(\rR\x06weight\x12\x12\n" +
 	"\x04zone\x18\x04 \x01(\tR\x04zone\x12/\n" +
 	"\x05ports\x18\x05 \x03(\v2\x19.quicmesh.control.v1.PortR\x05ports\x12\x14\n" +
-	"\x05ready\x18\x06 \x01(\bR\x05ready\"J\n" +
+	"\x05ready\x18\x06 \x01(\bR\x05ready\x12\x15\n" +
+	"\x06pod_ip\x18\a \x01(\tR\x05podIp\"J\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x13\n" +
-	"\x11WatchIndexRequest\"w\n" +
+	"\x11WatchIndexRequest\"\x85\x01\n" +
 	"\vIndexUpdate\x12-\n" +
-	"\x04kind\x18\x01 \x01(\x0e2\x19.quicmesh.control.v1.KindR\x04kind\x129\n" +
-	"\aentries\x18\x02 \x03(\v2\x1f.quicmesh.control.v1.IndexEntryR\aentries\"]\n" +
-	"\n" +
-	"IndexEntry\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
-	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1b\n" +
-	"\tport_name\x18\x03 \x01(\tR\bportName*?\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x19.quicmesh.control.v1.KindR\x04kind\x128\n" +
+	"\bservices\x18\x03 \x03(\v2\x1c.quicmesh.control.v1.ServiceR\bservicesJ\x04\b\x02\x10\x03R\aentries\"\xb3\x01\n" +
+	"\aService\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vvirtual_ips\x18\x02 \x03(\tR\n" +
+	"virtualIps\x126\n" +
+	"\x05ports\x18\x03 \x03(\v2 .quicmesh.control.v1.ServicePortR\x05ports\x12;\n" +
+	"\tendpoints\x18\x04 \x03(\v2\x1d.quicmesh.control.v1.EndpointR\tendpoints\"r\n" +
+	"\vServicePort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
+	"\vtarget_port\x18\x03 \x01(\rR\n" +
+	"targetPort\x12\x1a\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol*?\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bSNAPSHOT\x10\x01\x12\a\n" +
@@ -539,7 +640,7 @@ func file_discovery_proto_rawDescGZIP() []byte {
 }
 
 var file_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_discovery_proto_goTypes = []any{
 	(Kind)(0),                 // 0: quicmesh.control.v1.Kind
 	(*WatchRequest)(nil),      // 1: quicmesh.control.v1.WatchRequest
@@ -548,23 +649,26 @@ var file_discovery_proto_goTypes = []any{
 	(*Port)(nil),              // 4: quicmesh.control.v1.Port
 	(*WatchIndexRequest)(nil), // 5: quicmesh.control.v1.WatchIndexRequest
 	(*IndexUpdate)(nil),       // 6: quicmesh.control.v1.IndexUpdate
-	(*IndexEntry)(nil),        // 7: quicmesh.control.v1.IndexEntry
+	(*Service)(nil),           // 7: quicmesh.control.v1.Service
+	(*ServicePort)(nil),       // 8: quicmesh.control.v1.ServicePort
 }
 var file_discovery_proto_depIdxs = []int32{
 	0, // 0: quicmesh.control.v1.EndpointUpdate.kind:type_name -> quicmesh.control.v1.Kind
 	3, // 1: quicmesh.control.v1.EndpointUpdate.endpoints:type_name -> quicmesh.control.v1.Endpoint
 	4, // 2: quicmesh.control.v1.Endpoint.ports:type_name -> quicmesh.control.v1.Port
 	0, // 3: quicmesh.control.v1.IndexUpdate.kind:type_name -> quicmesh.control.v1.Kind
-	7, // 4: quicmesh.control.v1.IndexUpdate.entries:type_name -> quicmesh.control.v1.IndexEntry
-	1, // 5: quicmesh.control.v1.Discovery.Watch:input_type -> quicmesh.control.v1.WatchRequest
-	5, // 6: quicmesh.control.v1.Discovery.WatchIndex:input_type -> quicmesh.control.v1.WatchIndexRequest
-	2, // 7: quicmesh.control.v1.Discovery.Watch:output_type -> quicmesh.control.v1.EndpointUpdate
-	6, // 8: quicmesh.control.v1.Discovery.WatchIndex:output_type -> quicmesh.control.v1.IndexUpdate
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 4: quicmesh.control.v1.IndexUpdate.services:type_name -> quicmesh.control.v1.Service
+	8, // 5: quicmesh.control.v1.Service.ports:type_name -> quicmesh.control.v1.ServicePort
+	3, // 6: quicmesh.control.v1.Service.endpoints:type_name -> quicmesh.control.v1.Endpoint
+	1, // 7: quicmesh.control.v1.Discovery.Watch:input_type -> quicmesh.control.v1.WatchRequest
+	5, // 8: quicmesh.control.v1.Discovery.WatchIndex:input_type -> quicmesh.control.v1.WatchIndexRequest
+	2, // 9: quicmesh.control.v1.Discovery.Watch:output_type -> quicmesh.control.v1.EndpointUpdate
+	6, // 10: quicmesh.control.v1.Discovery.WatchIndex:output_type -> quicmesh.control.v1.IndexUpdate
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_discovery_proto_init() }
@@ -578,7 +682,7 @@ func file_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_discovery_proto_rawDesc), len(file_discovery_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

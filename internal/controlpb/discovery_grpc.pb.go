@@ -39,9 +39,11 @@ type DiscoveryClient interface {
 	// a client certificate of the mesh's trust domain (UNAUTHENTICATED
 	// otherwise).
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EndpointUpdate], error)
-	// WatchIndex streams the address -> service index of every service's
-	// virtual IPs and ports, for the transparent path: a SNAPSHOT, then ADD
-	// and REMOVE changes.
+	// WatchIndex streams every service of the mesh with its virtual IPs,
+	// ports and endpoints (pod IPs included), from which the transparent
+	// path builds its address -> service/endpoint index: a SNAPSHOT, then
+	// ADD (a service added or changed, sent whole) and REMOVE changes. A new
+	// WatchIndex starts with a SNAPSHOT again.
 	WatchIndex(ctx context.Context, in *WatchIndexRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[IndexUpdate], error)
 }
 
@@ -103,9 +105,11 @@ type DiscoveryServer interface {
 	// a client certificate of the mesh's trust domain (UNAUTHENTICATED
 	// otherwise).
 	Watch(*WatchRequest, grpc.ServerStreamingServer[EndpointUpdate]) error
-	// WatchIndex streams the address -> service index of every service's
-	// virtual IPs and ports, for the transparent path: a SNAPSHOT, then ADD
-	// and REMOVE changes.
+	// WatchIndex streams every service of the mesh with its virtual IPs,
+	// ports and endpoints (pod IPs included), from which the transparent
+	// path builds its address -> service/endpoint index: a SNAPSHOT, then
+	// ADD (a service added or changed, sent whole) and REMOVE changes. A new
+	// WatchIndex starts with a SNAPSHOT again.
 	WatchIndex(*WatchIndexRequest, grpc.ServerStreamingServer[IndexUpdate]) error
 	mustEmbedUnimplementedDiscoveryServer()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	"github.com/quicmesh/quicmesh/internal/control"
@@ -179,6 +181,7 @@ func endpointPB(ns, sa, ip string, port int, ready bool, zone string) *controlpb
 		Zone:     zone,
 		Ports:    []*controlpb.Port{{Name: "http", Port: 8080, Protocol: "TCP"}},
 		Ready:    ready,
+		PodIp:    ip,
 	}
 }
 
@@ -339,7 +342,9 @@ func TestWatch(t *testing.T) {
 	})
 }
 
-// TestWatchIndex: every service's cluster IPs and ports map to it.
+// TestWatchIndex: every service arrives whole in the catalog, with its
+// cluster IPs, ports (target ports resolved) and endpoints ready or not;
+// a deleted one is removed.
 func TestWatchIndex(t *testing.T) {
 	c := kubetest.Get(t)
 	w := world{t, c, c.Namespace(t)}
@@ -350,38 +355,58 @@ func TestWatchIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap := recv(t, stream.Recv)
-	if snap.Kind != controlpb.Kind_SNAPSHOT {
+	if snap := recv(t, stream.Recv); snap.Kind != controlpb.Kind_SNAPSHOT {
 		t.Fatalf("first update %v, want a snapshot", snap)
 	}
-	svc := w.service("web", 80, 8443)
-	ip := svc.Spec.ClusterIP
-	var added []*controlpb.IndexEntry
-	for len(added) < 2 {
+	name := "web." + w.ns
+	w.pod("web-0", "web", 4143)
+	w.pod("web-1", "web", 4143)
+	w.createSlice(w.sliceObject("web", "web-a", 8080, ep{pod: "web-0", ip: "192.0.2.10", ready: true}, ep{pod: "web-1", ip: "192.0.2.11"}))
+	svc, err := c.Admin.CoreV1().Services(w.ns).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: w.ns},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80, TargetPort: intstr.FromString("http")},
+			{Name: "admin", Port: 9000},
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &controlpb.Service{
+		Name:       name,
+		VirtualIps: svc.Spec.ClusterIPs,
+		Ports: []*controlpb.ServicePort{
+			{Name: "http", Port: 80, TargetPort: 8080, Protocol: "TCP"},
+			{Name: "admin", Port: 9000, TargetPort: 9000, Protocol: "TCP"},
+		},
+		Endpoints: []*controlpb.Endpoint{
+			endpointPB(w.ns, "web", "192.0.2.10", 4143, true, ""),
+			endpointPB(w.ns, "web", "192.0.2.11", 4143, false, ""),
+		},
+	}
+	// Other tests' services share the stream; the service's entry may
+	// also arrive before its endpoints' pods are all seen.
+	for got := (*controlpb.Service)(nil); !proto.Equal(got, want); {
 		u := recv(t, stream.Recv)
 		if u.Kind != controlpb.Kind_ADD {
 			t.Fatalf("update %v, want ADD", u)
 		}
-		for _, e := range u.Entries {
-			if e.Service == "web."+w.ns {
-				added = append(added, e)
+		for _, s := range u.Services {
+			if s.Name == name {
+				got = s
 			}
-		}
-	}
-	want := []*controlpb.IndexEntry{
-		{Address: net.JoinHostPort(ip, "80"), Service: "web." + w.ns, PortName: "p80"},
-		{Address: net.JoinHostPort(ip, "8443"), Service: "web." + w.ns, PortName: "p8443"},
-	}
-	for i := range want {
-		if !proto.Equal(added[i], want[i]) {
-			t.Fatalf("index entries %v, want %v", added, want)
 		}
 	}
 	if err := c.Admin.CoreV1().Services(w.ns).Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	u := recv(t, stream.Recv)
-	if u.Kind != controlpb.Kind_REMOVE || len(u.Entries) != 2 {
-		t.Fatalf("after deleting the service: %v, want REMOVE of its 2 addresses", u)
+	for {
+		u := recv(t, stream.Recv)
+		if u.Kind == controlpb.Kind_REMOVE && slices.ContainsFunc(u.Services, func(s *controlpb.Service) bool { return proto.Equal(s, &controlpb.Service{Name: name}) }) {
+			return
+		}
+		if u.Kind != controlpb.Kind_ADD {
+			t.Fatalf("after deleting the service: %v, want its REMOVE (by name only)", u)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -74,12 +76,15 @@ type Source struct {
 	kick chan struct{} // capacity 1: dirty work is pending
 	done chan struct{}
 
-	mu           sync.Mutex
-	watched      map[string]*serviceState // by NAME.NAMESPACE
-	dirty        map[string]bool
-	indexDirty   bool
-	index        control.Index
-	indexChanged chan struct{}
+	mu      sync.Mutex
+	watched map[string]*serviceState // by NAME.NAMESPACE
+	dirty   map[string]bool          // watched services to recompute
+	// The catalog holds every service. catalogDirty names the services
+	// whose entries to recompute; catalogAll (at start) means all.
+	catalogDirty   map[string]bool
+	catalogAll     bool
+	catalog        control.Catalog
+	catalogChanged chan struct{}
 }
 
 type serviceState struct {
@@ -109,16 +114,17 @@ func StartSource(ctx context.Context, client kubernetes.Interface, opts SourceOp
 	// object's size.
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
 	s := &Source{
-		opts:         opts,
-		logger:       opts.Logger,
-		factory:      factory,
-		kick:         make(chan struct{}, 1),
-		done:         make(chan struct{}),
-		watched:      make(map[string]*serviceState),
-		dirty:        make(map[string]bool),
-		indexDirty:   true,
-		index:        control.Index{},
-		indexChanged: make(chan struct{}),
+		opts:           opts,
+		logger:         opts.Logger,
+		factory:        factory,
+		kick:           make(chan struct{}, 1),
+		done:           make(chan struct{}),
+		watched:        make(map[string]*serviceState),
+		dirty:          make(map[string]bool),
+		catalogDirty:   make(map[string]bool),
+		catalogAll:     true,
+		catalog:        control.Catalog{},
+		catalogChanged: make(chan struct{}),
 	}
 	svcInf := factory.Core().V1().Services()
 	podInf := factory.Core().V1().Pods()
@@ -130,13 +136,13 @@ func StartSource(ctx context.Context, client kubernetes.Interface, opts SourceOp
 
 	onService := func(obj any) {
 		if svc, ok := unwrap(obj).(*corev1.Service); ok {
-			s.markDirty(svc.Name+"."+svc.Namespace, true)
+			s.markDirty(svc.Name + "." + svc.Namespace)
 		}
 	}
 	onSlice := func(obj any) {
 		if sl, ok := unwrap(obj).(*discoveryv1.EndpointSlice); ok {
 			if name := sl.Labels[discoveryv1.LabelServiceName]; name != "" {
-				s.markDirty(name+"."+sl.Namespace, false)
+				s.markDirty(name + "." + sl.Namespace)
 			}
 		}
 	}
@@ -223,14 +229,12 @@ func slicePodKeys(obj any) ([]string, error) {
 	return keys, nil
 }
 
-func (s *Source) markDirty(service string, index bool) {
+func (s *Source) markDirty(service string) {
 	s.mu.Lock()
 	if s.watched[service] != nil {
 		s.dirty[service] = true
 	}
-	if index {
-		s.indexDirty = true
-	}
+	s.catalogDirty[service] = true
 	s.mu.Unlock()
 	select {
 	case s.kick <- struct{}{}:
@@ -249,14 +253,7 @@ func (s *Source) run(ctx context.Context) {
 			}
 		}
 		clear(s.dirty)
-		if s.indexDirty {
-			s.indexDirty = false
-			if idx := s.computeIndex(); !indexEqual(idx, s.index) {
-				s.index = idx
-				close(s.indexChanged)
-				s.indexChanged = make(chan struct{})
-			}
-		}
+		s.updateCatalog()
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -314,11 +311,11 @@ func (sub *subscription) Close() {
 	}
 }
 
-// Index returns the current address index.
-func (s *Source) Index() (control.Index, <-chan struct{}) {
+// Catalog returns the current catalog of every service.
+func (s *Source) Catalog() (control.Catalog, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.index, s.indexChanged
+	return s.catalog, s.catalogChanged
 }
 
 // compute builds the endpoint set of service NAME.NAMESPACE from the
@@ -410,6 +407,7 @@ func (s *Source) endpoint(service string, sl *discoveryv1.EndpointSlice, ep disc
 		Identity: id.String(),
 		Weight:   weight,
 		Ports:    slices.Clone(ports),
+		PodIp:    ep.Addresses[0],
 		// Unset means ready (the EndpointSlice API's rule for consumers).
 		Ready: ep.Conditions.Ready == nil || *ep.Conditions.Ready,
 	}
@@ -437,26 +435,101 @@ func slicePorts(sl *discoveryv1.EndpointSlice) []*controlpb.Port {
 	return ports
 }
 
-// computeIndex maps every service's cluster IPs and ports to it.
-func (s *Source) computeIndex() control.Index {
-	idx := control.Index{}
-	svcs, err := s.services.List(labels.Everything())
-	if err != nil {
-		s.logger.Warn("kube: listing services from cache", "error", err)
-		return s.index
+// updateCatalog recomputes the catalog entries of the dirty services and
+// publishes a new catalog (a copy: published ones are immutable) if any
+// changed. Called with s.mu held.
+func (s *Source) updateCatalog() {
+	if !s.catalogAll && len(s.catalogDirty) == 0 {
+		return
 	}
-	for _, svc := range svcs {
-		for _, ip := range svc.Spec.ClusterIPs {
-			if ip == "" || ip == corev1.ClusterIPNone {
-				continue
-			}
-			for _, p := range svc.Spec.Ports {
-				addr := net.JoinHostPort(ip, strconv.Itoa(int(p.Port)))
-				idx[addr] = &controlpb.IndexEntry{Address: addr, Service: svc.Name + "." + svc.Namespace, PortName: p.Name}
+	names := s.catalogDirty
+	if s.catalogAll {
+		svcs, err := s.services.List(labels.Everything())
+		if err != nil {
+			s.logger.Warn("kube: listing services from cache", "error", err)
+			return
+		}
+		names = make(map[string]bool, len(svcs))
+		for _, svc := range svcs {
+			names[svc.Name+"."+svc.Namespace] = true
+		}
+	}
+	var next control.Catalog
+	for name := range names {
+		cur, ok := s.catalogService(name)
+		prev, had := s.catalog[name]
+		if ok == had && (!ok || proto.Equal(prev, cur)) {
+			continue
+		}
+		if next == nil {
+			next = maps.Clone(s.catalog)
+		}
+		if ok {
+			next[name] = cur
+		} else {
+			delete(next, name)
+		}
+	}
+	s.catalogAll = false
+	clear(s.catalogDirty)
+	if next != nil {
+		s.catalog = next
+		close(s.catalogChanged)
+		s.catalogChanged = make(chan struct{})
+	}
+}
+
+// catalogService builds the catalog entry of service NAME.NAMESPACE: its
+// cluster IPs, ports and every endpoint compute serves, ready or not.
+func (s *Source) catalogService(service string) (*controlpb.Service, bool) {
+	name, ns, _ := strings.Cut(service, ".")
+	svc, err := s.services.Services(ns).Get(name)
+	if err != nil {
+		if !apierrors.IsNotFound(err) {
+			s.logger.Warn("kube: reading service from cache", "service", service, "error", err)
+		}
+		return nil, false
+	}
+	out := &controlpb.Service{Name: service}
+	for _, ip := range svc.Spec.ClusterIPs {
+		if ip != "" && ip != corev1.ClusterIPNone {
+			out.VirtualIps = append(out.VirtualIps, ip)
+		}
+	}
+	set := s.compute(service)
+	for _, ep := range set.Endpoints {
+		out.Endpoints = append(out.Endpoints, ep)
+	}
+	slices.SortFunc(out.Endpoints, func(a, b *controlpb.Endpoint) int {
+		return strings.Compare(control.EndpointKey(a), control.EndpointKey(b))
+	})
+	for _, p := range svc.Spec.Ports {
+		sp := &controlpb.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: string(p.Protocol)}
+		if sp.Protocol == "" {
+			sp.Protocol = string(corev1.ProtocolTCP)
+		}
+		sp.TargetPort = targetPort(p, out.Endpoints)
+		out.Ports = append(out.Ports, sp)
+	}
+	return out, true
+}
+
+// targetPort is the port on the endpoints that service port p maps to:
+// its number, or for a named target port the number the EndpointSlices
+// resolved it to (slice ports carry the service port's name); 0 when
+// unknown, which consumers read as p's own port.
+func targetPort(p corev1.ServicePort, eps []*controlpb.Endpoint) uint32 {
+	if p.TargetPort.Type == intstr.Int {
+		return uint32(max(p.TargetPort.IntVal, 0))
+	}
+	for _, ep := range eps {
+		for _, q := range ep.GetPorts() {
+			if q.GetName() == p.Name {
+				return q.GetPort()
 			}
 		}
 	}
-	return idx
+	return 0
 }
 
 func setEqual(a, b *control.EndpointSet) bool {
@@ -465,18 +538,6 @@ func setEqual(a, b *control.EndpointSet) bool {
 	}
 	for k, ep := range a.Endpoints {
 		if other, ok := b.Endpoints[k]; !ok || !proto.Equal(ep, other) {
-			return false
-		}
-	}
-	return true
-}
-
-func indexEqual(a, b control.Index) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, e := range a {
-		if other, ok := b[k]; !ok || !proto.Equal(e, other) {
 			return false
 		}
 	}
