@@ -53,16 +53,16 @@ type proxyFlags struct {
 	allowShutdown                          bool
 	qlogDir                                string
 
-	spiffeSocket     string
-	federatedBundles mapFlag
-	// The control plane: its address, the trust anchors and SPIFFE ID
-	// it must present, and the ServiceAccount token that certifies us.
-	control, controlCA, controlID, controlToken string
-
+	spiffeSocket       string
+	federatedBundles   mapFlag
 	acceptTrustDomains listFlag
 	// spiffeSocketEnv is $SPIFFE_ENDPOINT_SOCKET, read by runProxy so
 	// that merging stays a pure function of its inputs.
 	spiffeSocketEnv string
+
+	// The control plane: its address, the trust anchors and SPIFFE ID
+	// it must present, and the ServiceAccount token that certifies us.
+	control, controlCA, controlID, controlToken string
 }
 
 const proxyUsage = `Usage: quicmesh proxy --cert FILE --key FILE --bundle FILE [flags]
