@@ -41,6 +41,14 @@ func TestCommandLineContract(t *testing.T) {
 		args := append([]string{"proxy", "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0"}, id...)
 		return append(args, extra...)
 	}
+	// A sidecar of the control plane (none listens at 127.0.0.1:1: it
+	// fails before it dials).
+	caFile, token := filepath.Join(dir, "ca", "ca.crt"), write("token", "t")
+	ctl := func(extra ...string) []string {
+		args := []string{"proxy", "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0",
+			"--control", "127.0.0.1:1", "--control-ca", caFile, "--control-token", token}
+		return append(args, extra...)
+	}
 	const (
 		help   = 0
 		config = 1
@@ -94,6 +102,20 @@ func TestCommandLineContract(t *testing.T) {
 		{"proxy admin port taken", proxy("--admin", inUse), config, "quicmesh proxy: --admin " + inUse + ": bind: address already in use"},
 		{"proxy inbound port taken", proxy("--inbound", udpInUse), config, "quicmesh proxy: --inbound " + udpInUse + ": bind: address already in use"},
 		{"proxy bind port taken", proxy("--discovery-file", disco, "--bind", inUse+"=echo"), config, "quicmesh proxy: --bind " + inUse + "=echo: bind: address already in use"},
+
+		{"proxy --help shows --control", []string{"proxy", "--help"}, help, "-control-ca string"},
+		{"proxy control without its CA", []string{"proxy", "--control", "127.0.0.1:1"}, config,
+			"quicmesh proxy: --control: no CA to verify the control plane with: set --control-ca (or control.ca), e.g. the mesh CA's ca.crt"},
+		{"proxy control and a certificate", proxy("--control", "127.0.0.1:1", "--control-ca", caFile), config, "quicmesh proxy: --control and --cert name two identity sources: use one"},
+		{"proxy control and a discovery file", ctl("--discovery-file", disco), config, "quicmesh proxy: --control and --discovery-file name two discoveries: use one"},
+		{"proxy control ID without control", proxy("--control-id", "spiffe://test.local/cp"), config, "quicmesh proxy: --control-id: only with --control (or control.address)"},
+		{"proxy control CA missing", ctl("--control-ca", filepath.Join(dir, "nope.crt")), config, "quicmesh proxy: --control-ca: open " + filepath.Join(dir, "nope.crt") + ": no such file or directory"},
+		{"proxy control CA not PEM", ctl("--control-ca", disco), config, "quicmesh proxy: --control-ca: " + disco + ": no PEM certificate"},
+		{"proxy control CA without trust domain", ctl("--control-ca", cert), config,
+			"quicmesh proxy: --control-ca: " + cert + " has no SPIFFE trust domain URI to derive the control plane's ID from: set --control-id (or control.id)"},
+		{"proxy control token missing", ctl("--control-token", filepath.Join(dir, "nope")), config,
+			"quicmesh proxy: --control-token: stat " + filepath.Join(dir, "nope") + ": no such file or directory"},
+		{"proxy control admin port taken", ctl("--admin", inUse), config, "quicmesh proxy: --admin " + inUse + ": bind: address already in use"},
 
 		{"init --help", []string{"init", "--help"}, help, "-skip-outbound-cidrs CIDRS"},
 		{"init unknown flag", []string{"init", "--frob"}, usage, "quicmesh init: unknown flag --frob; see 'quicmesh init --help'"},

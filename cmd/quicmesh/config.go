@@ -28,6 +28,14 @@ type fileConfig struct {
 		// accept besides TrustDomain's.
 		AcceptTrustDomains []string `json:"accept_trust_domains"`
 	} `json:"identity"`
+	// Control is the control plane (quicmesh-control): identity and
+	// discovery both come from it.
+	Control struct {
+		Address   string `json:"address"`
+		CA        string `json:"ca"`
+		ID        string `json:"id"`
+		TokenFile string `json:"token_file"`
+	} `json:"control"`
 	Inbound struct {
 		Listen string            `json:"listen"`
 		Routes map[string]string `json:"routes"`

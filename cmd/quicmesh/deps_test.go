@@ -9,9 +9,10 @@ import (
 
 // The sidecar binary links only what the sidecar runs: no load generator,
 // no echo apps (they live in quicmesh-dev), no control plane or client-go
-// (quicmesh-control), and gRPC only as the SPIFFE
-// Workload API client (go-spiffe's workloadapi, which the spiffe identity
-// provider needs): nothing else in the sidecar may import it.
+// (quicmesh-control), and gRPC only as a client of the SPIFFE Workload
+// API (go-spiffe's workloadapi, which the spiffe identity provider needs)
+// and of the control plane (--control): nothing else in the sidecar may
+// import it.
 // docs/design.md, "Binaries", has the size and memory this costs.
 func TestSidecarBinaryLinksNoDevTools(t *testing.T) {
 	goTool, err := exec.LookPath("go")
@@ -26,6 +27,13 @@ func TestSidecarBinaryLinksNoDevTools(t *testing.T) {
 	if len(lines) < 100 {
 		t.Fatalf("go list -deps listed %d packages; that is not the sidecar's dependency list:\n%s", len(lines), out)
 	}
+	// The control plane's client is linked (--control), so the check below
+	// sees what it pulls in.
+	if !slices.ContainsFunc(lines, func(l string) bool {
+		return strings.HasPrefix(l, "github.com/quicmesh/quicmesh/internal/controlclient ")
+	}) {
+		t.Fatal("quicmesh does not link internal/controlclient: --control is not wired, or the list is not the sidecar's")
+	}
 	within := func(pkg, tree string) bool { return pkg == tree || strings.HasPrefix(pkg, tree+"/") }
 	forbidden := []string{
 		"github.com/quicmesh/quicmesh/bench",
@@ -37,9 +45,12 @@ func TestSidecarBinaryLinksNoDevTools(t *testing.T) {
 		"k8s.io/apimachinery",
 	}
 	// Who may import gRPC: gRPC itself, the Workload API client and the
-	// provider on it (for status codes).
+	// provider on it (for status codes), and the control plane's client
+	// side: its generated stubs, the dialer, the provider and the resolver.
 	grpcImporters := []string{"google.golang.org/grpc", "github.com/spiffe/go-spiffe/v2/workloadapi", "github.com/spiffe/go-spiffe/v2/proto",
-		"github.com/quicmesh/quicmesh/identity/spiffe"}
+		"github.com/quicmesh/quicmesh/identity/spiffe",
+		"github.com/quicmesh/quicmesh/internal/controlpb", "github.com/quicmesh/quicmesh/internal/controlclient",
+		"github.com/quicmesh/quicmesh/identity/controlplane", "github.com/quicmesh/quicmesh/discovery/controlplane"}
 	for _, line := range lines {
 		pkg, imports, _ := strings.Cut(line, " ")
 		for _, f := range forbidden {

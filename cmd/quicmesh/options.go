@@ -42,6 +42,9 @@ type proxyOptions struct {
 	trustDomain        string
 	acceptTrustDomains []string
 	discoveryFile      string // empty: no discovery file
+	// control, when its addr is set, is both the identity and the
+	// discovery; then no other identity source or discovery is set.
+	control controlOptions
 	// dns is DNS discovery, validated, defaults filled in except the
 	// nameservers; a zero Zone means it is not used.
 	dns dnsdisc.Options
@@ -57,13 +60,26 @@ type proxyOptions struct {
 	names settingNames
 }
 
+// controlOptions locate the control plane, say how to trust it and how
+// to prove who we are to it.
+type controlOptions struct {
+	addr string // HOST:PORT; empty: no control plane
+	ca   string // PEM trust anchors the control plane's certificate must chain to
+	// id is the control plane's SPIFFE ID; zero: the default ID in the
+	// trust domain of ca's certificate, which only openProxy can read.
+	id        identity.ID
+	tokenFile string
+}
+
 // settingNames records how the operator spelled each setting (a flag or a
 // config key), so an error found after merging names it the same way.
 type settingNames struct {
-	identity  string // the certificate, key and bundle together, or the Workload API socket
-	cert      string
-	discovery string
-	binds     []string // parallel to proxyOptions.binds
+	identity     string // the certificate, key and bundle together, or the Workload API socket
+	cert         string
+	discovery    string
+	controlCA    string
+	controlToken string
+	binds        []string // parallel to proxyOptions.binds
 	// listeners are the listening addresses, for bind failures at start-up.
 	listeners []listenSetting
 }
@@ -118,6 +134,9 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 	if o.logLevel, o.logJSON, err = m.log(); err != nil {
 		return proxyOptions{}, err
 	}
+	if err := m.control(&o); err != nil {
+		return proxyOptions{}, err
+	}
 	if err := m.identity(&o); err != nil {
 		return proxyOptions{}, err
 	}
@@ -144,6 +163,9 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 // discovery picks the discovery: a static file, DNS, or none (then no
 // bind can resolve).
 func (m merger) discovery(o *proxyOptions) error {
+	if o.control.addr != "" {
+		return nil // control checked that no other discovery is named
+	}
 	d := &m.fc.Discovery.DNS
 	o.discoveryFile = m.pick("discovery-file", m.f.discoveryFile, m.fc.Discovery.Static)
 	o.names.discovery = m.name("discovery-file", "discovery.static", m.fc.Discovery.Static != "")
@@ -180,6 +202,80 @@ func (m merger) discovery(o *proxyOptions) error {
 	return nil
 }
 
+// control picks the control plane. It is the identity and the discovery
+// at once, so naming it with another identity source or discovery, in
+// the flags or the file, is an error naming both; settings of a control
+// plane that is not used are too. SPIFFE_ENDPOINT_SOCKET, a default for
+// when no identity is configured, is ignored.
+func (m merger) control(o *proxyOptions) error {
+	c := &m.fc.Control
+	addr := m.pick("control", m.f.control, c.Address)
+	addrName := m.name("control", "control.address", c.Address != "")
+	caName := m.name("control-ca", "control.ca", c.CA != "")
+	idName := m.name("control-id", "control.id", c.ID != "")
+	tokenName := m.name("control-token", "control.token_file", c.TokenFile != "")
+	ca, id := m.pick("control-ca", m.f.controlCA, c.CA), m.pick("control-id", m.f.controlID, c.ID)
+	if addr == "" {
+		for _, s := range []struct {
+			given bool
+			name  string
+		}{{ca != "", caName}, {id != "", idName}, {m.set["control-token"] || c.TokenFile != "", tokenName}} {
+			if s.given {
+				return fmt.Errorf("%s: only with --control (or control.address)", s.name)
+			}
+		}
+		return nil
+	}
+	fi, fd := &m.fc.Identity, &m.fc.Discovery
+	type setting struct {
+		given bool
+		name  string
+	}
+	for _, s := range []setting{
+		{m.set["cert"], "--cert"}, {m.set["key"], "--key"}, {m.set["bundle"], "--bundle"},
+		{m.set["federated-bundle"], "--federated-bundle"}, {m.set["spiffe-socket"], "--spiffe-socket"},
+		{fi.Cert != "", `config "identity.cert"`}, {fi.Key != "", `config "identity.key"`}, {fi.Bundle != "", `config "identity.bundle"`},
+		{len(fi.FederatedBundles) > 0, `config "identity.federated_bundles"`}, {fi.SpiffeSocket != "", `config "identity.spiffe_socket"`},
+	} {
+		if s.given {
+			return fmt.Errorf("%s and %s name two identity sources: use one", addrName, s.name)
+		}
+	}
+	for _, s := range []setting{
+		{m.set["discovery-file"], "--discovery-file"}, {m.set["discovery-dns-zone"], "--discovery-dns-zone"},
+		{m.set["discovery-dns-server"], "--discovery-dns-server"},
+		{fd.Static != "", `config "discovery.static"`}, {fd.DNS.Zone != "", `config "discovery.dns.zone"`},
+		{fd.DNS.Servers != nil, `config "discovery.dns.servers"`},
+	} {
+		if s.given {
+			return fmt.Errorf("%s and %s name two discoveries: use one", addrName, s.name)
+		}
+	}
+	if m.set["accept-trust-domain"] || len(fi.AcceptTrustDomains) > 0 {
+		name := m.name("accept-trust-domain", "identity.accept_trust_domains", len(fi.AcceptTrustDomains) > 0)
+		return fmt.Errorf("%s with %s: the control plane sends no federated trust bundles, so only its own trust domain can be verified", name, addrName)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s %s: not a HOST:PORT address", addrName, addr)
+	}
+	if ca == "" {
+		return fmt.Errorf("%s: no CA to verify the control plane with: set --control-ca (or control.ca), e.g. the mesh CA's ca.crt", addrName)
+	}
+	o.control = controlOptions{addr: addr, ca: ca, tokenFile: m.pick("control-token", m.f.controlToken, c.TokenFile)}
+	if o.control.tokenFile == "" {
+		return fmt.Errorf("%s: empty: certification needs the ServiceAccount token file", tokenName)
+	}
+	if id != "" {
+		var err error
+		if o.control.id, err = identity.ParseID(id); err != nil {
+			return fmt.Errorf("%s: %w", idName, err)
+		}
+	}
+	o.names.identity, o.names.cert, o.names.discovery = addrName, addrName, addrName
+	o.names.controlCA, o.names.controlToken = caName, tokenName
+	return nil
+}
+
 func (m merger) log() (level slog.Level, json bool, err error) {
 	levelName := m.pick("log-level", m.f.logLevel, m.fc.Log.Level)
 	if levelName != "" {
@@ -207,6 +303,9 @@ func (m merger) log() (level slog.Level, json bool, err error) {
 // them is an error. The environment is used only when neither names one.
 // The files' settings themselves still merge setting by setting.
 func (m merger) identity(o *proxyOptions) error {
+	if o.control.addr != "" {
+		return m.trustDomains(o) // control checked that no other source is named
+	}
 	id := &m.fc.Identity
 	flagFiles := m.set["cert"] || m.set["key"] || m.set["bundle"] || m.set["federated-bundle"]
 	fileFiles := id.Cert != "" || id.Key != "" || id.Bundle != "" || len(id.FederatedBundles) > 0

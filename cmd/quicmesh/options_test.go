@@ -9,6 +9,7 @@ import (
 	"time"
 
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
+	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
@@ -74,6 +75,18 @@ func TestMergeProxyOptions(t *testing.T) {
 			o.names.identity, o.names.cert = setting, setting
 		}
 	}
+	const ctl = "control.quicmesh:4180"
+	// controlFrom is defaults() with the identity and the discovery from
+	// the control plane at addr, named setting, trusted with the CA in ca.
+	controlFrom := func(setting, caSetting, tokenSetting string, c controlOptions) func(o *proxyOptions) {
+		return func(o *proxyOptions) {
+			o.cert, o.key, o.bundle = "", "", ""
+			o.control = c
+			o.names.identity, o.names.cert, o.names.discovery = setting, setting, setting
+			o.names.controlCA, o.names.controlToken = caSetting, tokenSetting
+		}
+	}
+	ctlArgs := []string{"--control", ctl, "--control-ca", "ca.crt"}
 	tests := []struct {
 		name    string
 		file    string
@@ -230,6 +243,49 @@ func TestMergeProxyOptions(t *testing.T) {
 				spiffeFrom("--spiffe-socket", sock)(o)
 				o.acceptTrustDomains = []string{"other.org"}
 			}},
+		// The control plane: identity and discovery at once.
+		{name: "control plane by flag, defaults", args: ctlArgs, env: sock,
+			want: controlFrom("--control", "--control-ca", "--control-token",
+				controlOptions{addr: ctl, ca: "ca.crt", tokenFile: "/var/run/secrets/quicmesh/token"})},
+		{name: "control plane from the file",
+			file: `{"control": {"address": "` + ctl + `", "ca": "f.crt", "id": "spiffe://mesh.test/ns/q/sa/cp", "token_file": "/t"}, "identity": {"trust_domain": "mesh.test"}}`,
+			want: func(o *proxyOptions) {
+				controlFrom(`config "control.address"`, `config "control.ca"`, `config "control.token_file"`,
+					controlOptions{addr: ctl, ca: "f.crt", id: identity.MustParseID("spiffe://mesh.test/ns/q/sa/cp"), tokenFile: "/t"})(o)
+				o.trustDomain = "mesh.test"
+			}},
+		{name: "control plane: flags beat the file",
+			file: `{"control": {"address": "10.0.0.1:1", "ca": "f.crt", "id": "spiffe://mesh.test/ns/q/sa/cp", "token_file": "/t"}}`,
+			args: append([]string{"--control-id", "spiffe://other.test/cp", "--control-token", "/flag/token"}, ctlArgs...),
+			want: controlFrom("--control", "--control-ca", "--control-token",
+				controlOptions{addr: ctl, ca: "ca.crt", id: identity.MustParseID("spiffe://other.test/cp"), tokenFile: "/flag/token"})},
+		{name: "control plane without its CA", args: []string{"--control", ctl},
+			wantErr: "--control: no CA to verify the control plane with: set --control-ca (or control.ca), e.g. the mesh CA's ca.crt"},
+		{name: "control plane address without port", file: `{"control": {"address": "control.quicmesh", "ca": "ca.crt"}}`,
+			wantErr: `config "control.address" control.quicmesh: not a HOST:PORT address`},
+		{name: "bad control plane ID", args: append([]string{"--control-id", "quicmesh-control"}, ctlArgs...),
+			wantErr: `--control-id: identity: "quicmesh-control" is not a SPIFFE ID: scheme must be spiffe://`},
+		{name: "empty token file", args: append([]string{"--control-token", ""}, ctlArgs...),
+			wantErr: "--control-token: empty: certification needs the ServiceAccount token file"},
+		{name: "control CA without a control plane", args: append([]string{"--control-ca", "ca.crt"}, id...),
+			wantErr: "--control-ca: only with --control (or control.address)"},
+		{name: "control token in the file without a control plane", file: `{"control": {"token_file": "/t"}}`, args: id,
+			wantErr: `config "control.token_file": only with --control (or control.address)`},
+		{name: "control plane and a certificate", args: append(ctlArgs, "--cert", "w.crt"),
+			wantErr: "--control and --cert name two identity sources: use one"},
+		{name: "control plane and the Workload API in the file", file: `{"identity": {"spiffe_socket": "` + sock + `"}}`, args: ctlArgs,
+			wantErr: `--control and config "identity.spiffe_socket" name two identity sources: use one`},
+		{name: "control plane in the file and a bundle by flag", file: `{"control": {"address": "` + ctl + `", "ca": "ca.crt"}}`, args: []string{"--bundle", "b.crt"},
+			wantErr: `config "control.address" and --bundle name two identity sources: use one`},
+		{name: "control plane and a discovery file", args: append(ctlArgs, "--discovery-file", "s.json"),
+			wantErr: "--control and --discovery-file name two discoveries: use one"},
+		{name: "control plane and DNS discovery in the file", file: `{"discovery": {"dns": {"zone": "mesh.test"}}}`, args: ctlArgs,
+			wantErr: `--control and config "discovery.dns.zone" name two discoveries: use one`},
+		{name: "control plane and DNS servers", args: append(ctlArgs, "--discovery-dns-server", "127.0.0.1"),
+			wantErr: "--control and --discovery-dns-server name two discoveries: use one"},
+		{name: "control plane and a federated trust domain", args: append(ctlArgs, "--accept-trust-domain", "other.org"),
+			wantErr: "--accept-trust-domain with --control: the control plane sends no federated trust bundles, so only its own trust domain can be verified"},
+
 		{name: "both sources by flag", args: append([]string{"--spiffe-socket", sock}, id...),
 			wantErr: "--spiffe-socket and --cert/--key/--bundle/--federated-bundle name two identity sources: use one"},
 		{name: "federated bundle flag with the Workload API", args: []string{"--spiffe-socket", sock, "--federated-bundle", "other.org=o.pem"},

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -19,11 +21,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/quicmesh/quicmesh/discovery"
+	discoverycp "github.com/quicmesh/quicmesh/discovery/controlplane"
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/discovery/static"
 	"github.com/quicmesh/quicmesh/identity"
+	identitycp "github.com/quicmesh/quicmesh/identity/controlplane"
 	"github.com/quicmesh/quicmesh/identity/spiffe"
 	"github.com/quicmesh/quicmesh/internal/cli"
+	"github.com/quicmesh/quicmesh/internal/controlclient"
+	"github.com/quicmesh/quicmesh/internal/controlpb"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 )
@@ -53,10 +59,15 @@ type proxyFlags struct {
 	// spiffeSocketEnv is $SPIFFE_ENDPOINT_SOCKET, read by runProxy so
 	// that merging stays a pure function of its inputs.
 	spiffeSocketEnv string
+
+	// The control plane: its address, the trust anchors and SPIFFE ID
+	// it must present, and the ServiceAccount token that certifies us.
+	control, controlCA, controlID, controlToken string
 }
 
 const proxyUsage = `Usage: quicmesh proxy --cert FILE --key FILE --bundle FILE [flags]
        quicmesh proxy --spiffe-socket unix:///PATH [flags]
+       quicmesh proxy --control HOST:PORT --control-ca FILE [flags]
 
 Runs a sidecar: --route SERVICE=APP_ADDR serves a local app to the mesh,
 --bind LISTEN_ADDR=SERVICE gives the local app a listener for a mesh
@@ -81,6 +92,10 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.StringVar(&f.bundle, "bundle", "", "trust bundle: CA certificates (PEM)")
 	fs.Var(&f.federatedBundles, "federated-bundle", "TRUST_DOMAIN=FILE: trust bundle (PEM) of a federated trust domain (repeatable; with --cert/--key/--bundle)")
 	fs.StringVar(&f.spiffeSocket, "spiffe-socket", "", "SPIFFE Workload API address (unix:///PATH) for the SVID and bundles, instead of --cert/--key/--bundle (default: $"+spiffe.SocketEnv+" when no identity is configured)")
+	fs.StringVar(&f.control, "control", "", "control plane (quicmesh-control) HOST:PORT: the certificate and the discovery come from it, instead of --cert/--key/--bundle, --spiffe-socket, --discovery-file and --discovery-dns-zone")
+	fs.StringVar(&f.controlCA, "control-ca", "", "with --control: CA certificates (PEM) the control plane's certificate must chain to, e.g. the mesh CA's ca.crt (required)")
+	fs.StringVar(&f.controlID, "control-id", "", "with --control: the control plane's SPIFFE ID (default spiffe://TRUST_DOMAIN/ns/quicmesh/sa/quicmesh-control, the trust domain of --control-ca's certificate)")
+	fs.StringVar(&f.controlToken, "control-token", identitycp.DefaultTokenFile, "with --control: the projected ServiceAccount token (audience quicmesh-control), re-read at each certification")
 	fs.StringVar(&f.trustDomain, "trust-domain", "", "accept peers from this trust domain (default: our own)")
 	fs.Var(&f.acceptTrustDomains, "accept-trust-domain", "also accept peers from this federated trust domain (repeatable; its bundle must be federated)")
 	fs.StringVar(&f.inbound, "inbound", defaultInbound, "UDP address for mesh traffic (inbound and outbound QUIC)")
@@ -153,14 +168,23 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		}
 		defer admin.Close()
 	}
+	adminAddr := "" // the bound address: --admin 127.0.0.1:0 is useful too
+	if admin != nil {
+		adminAddr = admin.Addr().String()
+	}
 	// Fail closed: with the Workload API the SVID may take a while, or
-	// never come (a workload the agent does not know). Until it does,
-	// nothing is bound and /ready says 503.
+	// never come (a workload the agent does not know); the control plane
+	// may be away or refuse the token. Until it comes, nothing is bound
+	// and /ready says 503.
 	select {
 	case <-cfg.identityReady:
 	default:
 		logs.release()
-		log.Info("waiting for the first X.509-SVID from the SPIFFE Workload API; not ready until then", "socket", opts.spiffeSocket)
+		if opts.control.addr != "" {
+			log.Info("waiting for the first certificate from the control plane; not ready until then", "control", opts.control.addr, "admin", adminAddr)
+		} else {
+			log.Info("waiting for the first X.509-SVID from the SPIFFE Workload API; not ready until then", "socket", opts.spiffeSocket, "admin", adminAddr)
+		}
 		select {
 		case <-cfg.identityReady:
 		case <-ctx.Done():
@@ -184,11 +208,11 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if admin != nil {
 		admin.SetReady(true)
 	}
-	adminAddr := "" // the bound address: --admin 127.0.0.1:0 is useful too
-	if admin != nil {
-		adminAddr = admin.Addr().String()
+	httpProxyAddr := "" // the bound address, as for the admin server
+	if a := sc.HTTPProxyAddr(); a != nil {
+		httpProxyAddr = a.String()
 	}
-	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", adminAddr)
+	log.Info("ready", "inbound", sc.InboundAddr().String(), "admin", adminAddr, "http_proxy", httpProxyAddr)
 
 	<-ctx.Done()
 	stop()
@@ -257,17 +281,30 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 	}()
 	logger, level := newLogger(logOut, o.logLevel, o.logJSON)
 
-	prov, ready, closer, err := openIdentity(o, logger)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", o.names.identity, err)
+	var (
+		prov  identity.Provider
+		ready <-chan struct{}
+		res   discovery.Resolver = static.NewFromMap(nil)
+	)
+	if o.control.addr != "" {
+		cp, err := openControl(o.control, o.names, logger)
+		if err != nil {
+			return nil, nil, err
+		}
+		opened = append(opened, cp)
+		prov, ready, res = cp.provider, cp.provider.Ready(), cp.resolver
+	} else {
+		var closer io.Closer
+		if prov, ready, closer, err = openIdentity(o, logger); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", o.names.identity, err)
+		}
+		opened = append(opened, closer)
 	}
-	opened = append(opened, closer)
 	authz := identity.AuthorizeLocalTrustDomain(prov, o.acceptTrustDomains...)
 	if o.trustDomain != "" {
 		authz = identity.AuthorizeTrustDomains(append([]string{o.trustDomain}, o.acceptTrustDomains...)...)
 	}
 
-	var res discovery.Resolver = static.NewFromMap(nil)
 	var metrics []prometheus.Collector
 	switch {
 	case o.discoveryFile != "":
@@ -335,11 +372,115 @@ func openIdentity(o proxyOptions, logger *slog.Logger) (_ identity.Provider, rea
 	return p, loaded, p, nil
 }
 
+// controlPlane is the control plane's identity provider and resolver
+// and the two connections under them: Certify's, which presents no
+// client certificate, and Discovery's, which presents the workload
+// certificate. A client certificate is sent at the handshake only, so
+// Discovery's connection must not be made before the first certificate:
+// it is made lazily, at the first Watch, and the sidecar (the only
+// caller) starts once certified.
+type controlPlane struct {
+	provider               *identitycp.Provider
+	resolver               *discoverycp.Resolver
+	certifyConn, watchConn io.Closer
+}
+
+// openControl connects to the control plane and starts certifying. It
+// checks what it can before that: the CA file and the token file.
+func openControl(o controlOptions, names settingNames, logger *slog.Logger) (*controlPlane, error) {
+	anchors, td, err := loadAnchors(o.ca)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", names.controlCA, err)
+	}
+	id := o.id
+	if id.IsZero() {
+		if td == "" {
+			return nil, fmt.Errorf("%s: %s has no SPIFFE trust domain URI to derive the control plane's ID from: set --control-id (or control.id)", names.controlCA, o.ca)
+		}
+		id = identity.ID{TrustDomain: td, Path: controlPlanePath}
+	}
+	// A token that is not there at start is a mistake in the pod spec,
+	// not something to wait for: the kubelet mounts it before starting
+	// the container.
+	if _, err := os.Stat(o.tokenFile); err != nil {
+		return nil, fmt.Errorf("%s: %w", names.controlToken, err)
+	}
+	certifyConn, err := controlclient.Dial(o.addr, anchors, id, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", names.identity, err)
+	}
+	prov, err := identitycp.Start(controlpb.NewIdentityClient(certifyConn), identitycp.Options{TokenFile: o.tokenFile, Logger: logger})
+	if err != nil {
+		certifyConn.Close()
+		return nil, fmt.Errorf("%s: %w", names.identity, err)
+	}
+	watchConn, err := controlclient.Dial(o.addr, anchors, id, prov.Certificate)
+	if err != nil {
+		prov.Close()
+		certifyConn.Close()
+		return nil, fmt.Errorf("%s: %w", names.identity, err)
+	}
+	logger.Info("certifying with the control plane", "control", o.addr, "control_id", id.String(), "token", o.tokenFile)
+	return &controlPlane{provider: prov, resolver: discoverycp.New(controlpb.NewDiscoveryClient(watchConn)),
+		certifyConn: certifyConn, watchConn: watchConn}, nil
+}
+
+// controlPlanePath is the default control plane's SPIFFE ID path, as
+// quicmesh-control's --id default.
+const controlPlanePath = "/ns/quicmesh/sa/quicmesh-control"
+
+// Close stops renewing and closes both connections.
+func (c *controlPlane) Close() error {
+	c.watchConn.Close()
+	c.provider.Close()
+	return c.certifyConn.Close()
+}
+
+// loadAnchors reads PEM CA certificates and returns them with the trust
+// domain of the first one's SPIFFE URI SAN ("" if it has none).
+func loadAnchors(path string) (*x509.CertPool, string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", err
+	}
+	pool := x509.NewCertPool()
+	n, td := 0, ""
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %w", path, err)
+		}
+		pool.AddCert(c)
+		if n++; td == "" && len(c.URIs) == 1 {
+			if id, err := identity.ParseID(c.URIs[0].String()); err == nil && id.Path == "" {
+				td = id.TrustDomain
+			}
+		}
+	}
+	if n == 0 {
+		return nil, "", fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return pool, td, nil
+}
+
 // checkBindServices fails for a bind naming a service discovery has never
 // heard of: that is a typo, not something to discover at the first
 // connection. DNS that cannot answer now is not a reason to refuse to
 // start: the bind's connections wait for it like any later outage.
 func checkBindServices(res discovery.Resolver, o proxyOptions, logger *slog.Logger) error {
+	if o.control.addr != "" {
+		// The control plane answers only certified sidecars, and a
+		// Service may be created after the pods that call it: a bind's
+		// connections fail until its service exists.
+		return nil
+	}
 	for i, b := range o.sidecar.Listeners.Binds {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*max(o.dns.Timeout, time.Second))
 		w, err := res.Resolve(ctx, b.Service)

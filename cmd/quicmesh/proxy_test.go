@@ -25,11 +25,20 @@ func TestFailedStartLeavesNothingRunning(t *testing.T) {
 		return append([]string{"proxy", "--cert", cert, "--key", key, "--bundle", bundle, "--discovery-file", disco,
 			"--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0"}, extra...)
 	}
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A control plane's provider and connections are open when the admin
+	// port turns out to be taken.
+	ctl := []string{"proxy", "--control", "127.0.0.1:1", "--control-ca", filepath.Join(dir, "ca", "ca.crt"), "--control-token", token,
+		"--inbound", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0", "--admin", inUse}
 	tests := []struct {
 		name string
 		args []string
 		want string // in the error line
 	}{
+		{"admin port taken (control plane connected)", ctl, "--admin " + inUse + ": bind: address already in use"},
 		{"bad bind option (before anything is opened)", proxy("--bind", "127.0.0.1:0=echo,fast"), `unknown option "fast"`},
 		{"bad certificate (while opening identity)", proxy("--cert", bundle), "--cert, --key, --bundle: "},
 		{"unknown bind service (identity and discovery open)", proxy("--bind", "127.0.0.1:0=nosuch"), `service "nosuch" is not in the discovery file`},
