@@ -362,6 +362,9 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 		// failed dial.
 		var ae *quic.ApplicationError
 		var it *quic.IdleTimeoutError
+		// quic-go fails the stream accept before it cancels the
+		// connection's context with the reason.
+		<-pc.Conn.Context().Done()
 		switch err := context.Cause(pc.Conn.Context()); {
 		case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == ConnCodeShutdown:
 			p.markDraining(pc)
