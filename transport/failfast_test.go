@@ -167,7 +167,7 @@ func TestUnresponsivePeerDeclaredDead(t *testing.T) {
 			// fail at once instead of waiting for the connect timeout.
 			start := time.Now()
 			_, err := p.Get(context.Background(), relay.Addr(), identity.MustParseID(serverID))
-			if !errors.Is(err, transport.ErrPeerUnavailable) || time.Since(start) > limits.ConnectTimeout/2 {
+			if !errors.Is(err, transport.ErrPeerUnavailable) || time.Since(start) > limits.DialTimeout/2 {
 				t.Fatalf("Get after the peer died: %v after %v; want ErrPeerUnavailable at once", err, time.Since(start))
 			}
 
@@ -257,8 +257,8 @@ func TestKilledPeerFailsFastAndIsRedialled(t *testing.T) {
 					if !errors.Is(err, transport.ErrPeerUnavailable) {
 						t.Fatalf("Get %d of a dead peer: %v", i, err)
 					}
-					if d := time.Since(start); d > limits.ConnectTimeout+limits.ConnectTimeout/2 {
-						t.Fatalf("Get %d of a dead peer took %v; connect timeout %v", i, d, limits.ConnectTimeout)
+					if d := time.Since(start); d > limits.DialTimeout+limits.DialTimeout/2 {
+						t.Fatalf("Get %d of a dead peer took %v; connect timeout %v", i, d, limits.DialTimeout)
 					}
 				}
 				restart()
@@ -296,7 +296,7 @@ func TestDrainingPeerRefusesNewConnections(t *testing.T) {
 	addr := srv.ep.Addr().String()
 	// A long connect timeout: a drain that ignored the handshake would
 	// keep the dial waiting for all of it.
-	limits := transport.Limits{ConnectTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second}
+	limits := transport.Limits{DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second}
 	established := newPool(t, ca, limits)
 	pc := get(t, established, addr)
 
@@ -311,8 +311,8 @@ func TestDrainingPeerRefusesNewConnections(t *testing.T) {
 	if !errors.Is(err, transport.ErrPeerUnavailable) || transport.HandshakeReason(err) != transport.ReasonRefused {
 		t.Fatalf("dial to a draining peer: %v (reason %q); want ErrPeerUnavailable, reason %q", err, transport.HandshakeReason(err), transport.ReasonRefused)
 	}
-	if took > limits.ConnectTimeout/5 {
-		t.Fatalf("the refusal took %v; connect timeout %v", took, limits.ConnectTimeout)
+	if took > limits.DialTimeout/5 {
+		t.Fatalf("the refusal took %v; connect timeout %v", took, limits.DialTimeout)
 	}
 	t.Logf("dial refused after %v", took)
 	if f := <-failed; f.Reason != transport.ReasonRefused {

@@ -46,17 +46,17 @@ func TestFailureDetectionDefaults(t *testing.T) {
 	if quiet := l.IdleTimeout + l.KeepAlive; quiet > 1500*time.Millisecond {
 		t.Errorf("a silent peer is declared dead after up to %v (idle %v + keep-alive %v); want about 1 s", quiet, l.IdleTimeout, l.KeepAlive)
 	}
-	if l.ConnectTimeout > time.Second || l.ConnectTimeout > l.HandshakeTimeout {
-		t.Errorf("connect timeout %v (handshake timeout %v); want at most 1 s", l.ConnectTimeout, l.HandshakeTimeout)
+	if l.DialTimeout > time.Second || l.DialTimeout > l.HandshakeTimeout {
+		t.Errorf("connect timeout %v (handshake timeout %v); want at most 1 s", l.DialTimeout, l.HandshakeTimeout)
 	}
 	if l.KeepAlive > l.IdleTimeout/3 {
 		t.Errorf("keep-alive %v leaves fewer than three PINGs per idle timeout %v", l.KeepAlive, l.IdleTimeout)
 	}
 	qc := l.quicConfig()
-	if qc.HandshakeIdleTimeout != l.ConnectTimeout || qc.MaxIdleTimeout != l.IdleTimeout || qc.KeepAlivePeriod != l.KeepAlive {
+	if qc.HandshakeIdleTimeout != l.DialTimeout || qc.MaxIdleTimeout != l.IdleTimeout || qc.KeepAlivePeriod != l.KeepAlive {
 		t.Errorf("quic config %v/%v/%v does not carry the limits", qc.HandshakeIdleTimeout, qc.MaxIdleTimeout, qc.KeepAlivePeriod)
 	}
-	if got := (Limits{ConnectTimeout: 5 * time.Second, HandshakeTimeout: 2 * time.Second}).withDefaults().ConnectTimeout; got != 2*time.Second {
+	if got := (Limits{DialTimeout: 5 * time.Second, HandshakeTimeout: 2 * time.Second}).withDefaults().DialTimeout; got != 2*time.Second {
 		t.Errorf("connect timeout above the handshake timeout kept: %v", got)
 	}
 }

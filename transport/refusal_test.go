@@ -283,7 +283,7 @@ func TestHandshakesInProgressAreCapped(t *testing.T) {
 	// The stalled client sends nothing while it stalls: a connect
 	// timeout longer than any scheduling delay keeps the listener from
 	// giving up on it before the test is done.
-	srv := newSide(t, true, identitytest.Provider(t, ca, serverID), transport.Limits{MaxHandshakes: 1, ConnectTimeout: 10 * time.Second, HandshakeTimeout: 10 * time.Second})
+	srv := newSide(t, true, identitytest.Provider(t, ca, serverID), transport.Limits{MaxHandshakes: 1, DialTimeout: 10 * time.Second, HandshakeTimeout: 10 * time.Second})
 	addr := srv.ep.Addr().String()
 
 	// A client that stalls in the middle of its handshake, after its

@@ -79,14 +79,18 @@ type Limits struct {
 	// QUIC receive buffers. Default 32 MiB, granted from the start (it
 	// costs memory only when data waits unread).
 	ConnectionReceiveWindow uint64
-	// ConnectTimeout is how long a dial waits for any answer from the
+	// DialTimeout is how long a dial waits for any answer from the
 	// peer (QUIC's handshake idle timeout): a peer that is down, frozen
 	// or partitioned away fails the dial within it. Default 1s (Linkerd's
 	// connect timeout): a live peer answers an Initial within a round
 	// trip, and the client retransmits it at its probe timeout (about
 	// 300 ms before an RTT is known) several times within the second.
-	// Never above HandshakeTimeout.
-	ConnectTimeout time.Duration
+	// Never above HandshakeTimeout. It bounds inbound handshakes the
+	// same way: the listener drops one whose client went silent for
+	// this long (and any after twice this long, quic-go's handshake
+	// limit). The outbound proxy's connect timeout (discovery, dial and
+	// stream open together) is a different, longer bound.
+	DialTimeout time.Duration
 	// HandshakeTimeout bounds a whole dial, including waiting for the
 	// peer to take the connection into service (default 3s): a peer
 	// that answers, slowly, but does not finish is reported within it.
@@ -94,10 +98,11 @@ type Limits struct {
 	// IdleTimeout is how long a connection may go without a packet from
 	// the peer before it is declared dead and closed (default 1s): with
 	// KeepAlive, a live peer is never silent that long, so this is the
-	// failure detection time of a peer that stops answering — quiet
-	// connection or not (docs/design.md, "Failure detection"). The
-	// lower of both sides' values applies; quic-go never goes below
-	// three probe timeouts.
+	// failure detection time of a peer that stops answering (measured
+	// from the last packet received, or on a quiet connection from the
+	// keep-alive PING: up to IdleTimeout + KeepAlive; docs/design.md,
+	// "Failure detection"). The lower of both sides' values applies;
+	// quic-go never goes below three probe timeouts.
 	IdleTimeout time.Duration
 	// KeepAlive: a side that has received nothing for this long sends a
 	// PING (default IdleTimeout/4, 250 ms), so a quiet connection to a
@@ -125,7 +130,7 @@ type Limits struct {
 // Failure detection defaults; see Limits and docs/design.md, "Failure
 // detection", for the measurements behind them.
 const (
-	DefaultConnectTimeout   = time.Second
+	DefaultDialTimeout      = time.Second
 	DefaultHandshakeTimeout = 3 * time.Second
 	DefaultIdleTimeout      = time.Second
 )
@@ -148,10 +153,10 @@ func (l Limits) withDefaults() Limits {
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	if l.ConnectTimeout == 0 {
-		l.ConnectTimeout = DefaultConnectTimeout
+	if l.DialTimeout == 0 {
+		l.DialTimeout = DefaultDialTimeout
 	}
-	l.ConnectTimeout = min(l.ConnectTimeout, l.HandshakeTimeout)
+	l.DialTimeout = min(l.DialTimeout, l.HandshakeTimeout)
 	if l.IdleTimeout == 0 {
 		l.IdleTimeout = DefaultIdleTimeout
 	}
@@ -170,7 +175,7 @@ func (l Limits) quicConfig() *quic.Config {
 	// that must first be auto-tuned upwards (which needs reads) could be
 	// used up by a couple of stalled streams before it ever grew.
 	return &quic.Config{
-		HandshakeIdleTimeout:           l.ConnectTimeout,
+		HandshakeIdleTimeout:           l.DialTimeout,
 		MaxIdleTimeout:                 l.IdleTimeout,
 		KeepAlivePeriod:                l.KeepAlive,
 		MaxIncomingStreams:             l.MaxIncomingStreams,
