@@ -148,6 +148,12 @@ type peerState struct {
 	lastErr  error
 	failedAt time.Time
 	failures int
+	// answering: the last failure was the peer's own answer (it refused
+	// the handshake, or announced a drain), so a probe costs one round
+	// trip: Get probes during the back-off instead of failing, which
+	// Unavailable still reports so the balancer prefers other endpoints.
+	// It finds a peer that restarted as soon as one is needed.
+	answering bool
 }
 
 // Pool keeps one connection per (peer address, expected identity) and
@@ -216,7 +222,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return pc, nil
 		}
 		st.conn = nil
-		if st.failures > 0 {
+		if st.failures > 0 && !st.answering {
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
@@ -285,6 +291,7 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 		st.failures++
 		st.lastErr = err
 		st.failedAt = p.now()
+		st.answering = reason == ReasonRefused
 		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err}
 		if de, ok := errors.AsType[*DialError](err); ok && de.Presented != "" {
 			args = append(args, "presented_identity", de.Presented)
@@ -420,6 +427,7 @@ func (p *Pool) markDraining(pc *PeerConn) {
 	st.failures = max(st.failures, 1)
 	st.failedAt = p.now()
 	st.lastErr = errDraining
+	st.answering = true
 }
 
 var errDraining = errors.New("peer is draining")
@@ -444,6 +452,7 @@ func (p *Pool) markFailed(pc *PeerConn, err error) bool {
 	st.failures++
 	st.failedAt = p.now()
 	st.lastErr = err
+	st.answering = false
 	return true
 }
 
