@@ -23,7 +23,7 @@ func httpStatus(c *http.Client, url string) (int, error) {
 
 // A server sidecar whose UDP traffic is dropped (a partition, or a frozen
 // process) costs the client's requests about the idle timeout, not a
-// minute: the first request fails with a 5xx within twice the idle
+// minute: the first request fails with a 5xx within about the idle
 // timeout, the following ones at once while the peer is in back-off, and
 // traffic resumes shortly after the peer answers again.
 func TestPartitionedPeerFailsFast(t *testing.T) {
@@ -49,7 +49,10 @@ func TestPartitionedPeerFailsFast(t *testing.T) {
 		if err != nil || code < 500 {
 			t.Fatalf("request %d during the partition: %d, %v; want a 5xx", i, code, err)
 		}
-		if took > 2*limits.IdleTimeout {
+		// The idle timeout, plus room for quic-go's floor of three
+		// probe timeouts, which -race under load inflates (once seen
+		// at 2.04 s through the user-space relay); a minute before.
+		if took > 3*limits.IdleTimeout {
 			t.Fatalf("request %d during the partition failed after %v; idle timeout %v", i, took, limits.IdleTimeout)
 		}
 	}
