@@ -25,7 +25,7 @@ func TestRefused(t *testing.T) {
 		{"stream reset by the app", &quic.StreamError{ErrorCode: transport.CodeReset, Remote: true}, false, false},
 		{"stateless reset (peer restarted)", fmt.Errorf("http3: parsing frame failed: %w", &quic.StatelessResetError{}), true, true},
 		{"tunnel stream never opened", fmt.Errorf("transport: opening stream: %w", transport.ErrStreamNotOpened), true, true},
-		{"idle timeout: may have been processed", &quic.IdleTimeoutError{}, false, false},
+		{"idle timeout: the peer stopped answering, may have processed it", &quic.IdleTimeoutError{}, false, true},
 		{"other", errors.New("boom"), false, false},
 	}
 	for _, tt := range tests {
@@ -50,7 +50,7 @@ func TestHandshakeReason(t *testing.T) {
 		{"dial error carries its reason", &transport.DialError{Reason: transport.ReasonNotAccepted, Err: errors.New("x")}, transport.ReasonNotAccepted},
 		{"peer sent a TLS alert", &quic.TransportError{Remote: true, ErrorCode: 0x12a}, transport.ReasonPeerRefused},
 		{"our own TLS alert", &quic.TransportError{Remote: false, ErrorCode: 0x12a}, identity.ReasonOther},
-		{"listener refused: too many handshakes", &quic.TransportError{Remote: true, ErrorCode: quic.ConnectionRefused}, transport.ReasonOverloaded},
+		{"listener refused: overloaded or draining", &quic.TransportError{Remote: true, ErrorCode: quic.ConnectionRefused}, transport.ReasonRefused},
 		{"handshake timeout", &quic.HandshakeTimeoutError{}, transport.ReasonTimeout},
 		{"dial deadline", fmt.Errorf("dial: %w", context.DeadlineExceeded), transport.ReasonTimeout},
 		{"other", errors.New("boom"), identity.ReasonOther},

@@ -29,6 +29,13 @@ const (
 	// ReasonOverloaded: the listener refused the attempt because
 	// MaxHandshakes were already in progress (CONNECTION_REFUSED).
 	ReasonOverloaded = "overloaded"
+	// ReasonDraining: the listener refused the attempt because it is
+	// draining (CONNECTION_REFUSED; see Endpoint.StopListening).
+	ReasonDraining = "draining"
+	// ReasonRefused: a dial the peer's listener refused
+	// (CONNECTION_REFUSED): it is overloaded or draining, which the wire
+	// does not tell apart; either way, try another endpoint.
+	ReasonRefused = "refused"
 	// ReasonPeerRefused: the other side aborted the handshake, usually
 	// because it did not accept our certificate.
 	ReasonPeerRefused = "peer_refused"
@@ -60,7 +67,7 @@ func HandshakeReason(err error) string {
 	case errors.As(err, &ht), errors.Is(err, context.DeadlineExceeded):
 		return ReasonTimeout
 	case errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused:
-		return ReasonOverloaded
+		return ReasonRefused
 	case errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
 		return ReasonPeerRefused
 	}
@@ -69,6 +76,7 @@ func HandshakeReason(err error) string {
 
 var (
 	errTooManyHandshakes = errors.New("transport: too many handshakes in progress")
+	errListenerDraining  = errors.New("transport: draining, refusing new connections")
 	errNotAccepted       = errors.New("the server did not accept the connection")
 )
 
@@ -86,10 +94,14 @@ var (
 //     always), so a spoofer, who never sees the Retry, makes the listener
 //     keep no state and do no TLS work at all;
 //   - refuses new connections (CONNECTION_REFUSED) beyond max, so even
-//     peers with real addresses cannot hold more than max.
+//     peers with real addresses cannot hold more than max;
+//   - once draining, refuses every new connection (CONNECTION_REFUSED,
+//     without a Retry first), so a dialling peer learns within one round
+//     trip to go elsewhere instead of waiting for its connect timeout.
 type handshakeGate struct {
 	max, retryAt int64
 	inProgress   atomic.Int64
+	draining     atomic.Bool
 	observer     Observer
 	logger       *slog.Logger
 	refusals     *lograte.Limiter
@@ -124,6 +136,12 @@ type handshake struct {
 // verifySourceAddress is quic.Transport.VerifySourceAddress: it is called
 // for Initials without a valid token.
 func (g *handshakeGate) verifySourceAddress(net.Addr) bool {
+	if g.draining.Load() {
+		// Refuse at once: a Retry would cost the peer a round trip for
+		// nothing. A spoofer gains nothing either: the refusal is one
+		// packet smaller than the Initial, and no state is kept.
+		return false
+	}
 	if g.inProgress.Load() >= g.retryAt {
 		g.observer.HandshakeRetried()
 		return true
@@ -134,6 +152,11 @@ func (g *handshakeGate) verifySourceAddress(net.Addr) bool {
 // connContext is quic.Transport.ConnContext: it admits or refuses a new
 // connection before quic-go starts its handshake.
 func (g *handshakeGate) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	if g.draining.Load() {
+		// Counted, not logged: the sidecar logs that it is draining.
+		g.observer.HandshakeFailed(false, ReasonDraining)
+		return nil, errListenerDraining
+	}
 	if g.inProgress.Add(1) > g.max {
 		g.inProgress.Add(-1)
 		g.report(info.RemoteAddr.String(), ReasonOverloaded, "", errTooManyHandshakes)

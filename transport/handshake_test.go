@@ -180,13 +180,20 @@ func TestInitialFloodBoundsState(t *testing.T) {
 func testInitialFlood(t *testing.T, kind floodKind) {
 	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
-	srv, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, serverID)})
+	// What is measured is the state the flood makes the listener hold
+	// and the latency legitimate traffic sees. Under -race on a loaded
+	// machine the flood can starve the server's packet loop for over a
+	// second, which the default failure detection (1 s) rightly calls a
+	// dead peer (a stateless reset then ended the legitimate connection
+	// in 1 of 3 loaded runs); longer timeouts keep that out of this test.
+	limits := transport.Limits{IdleTimeout: 5 * time.Second, DialTimeout: transport.DefaultHandshakeTimeout}
+	srv, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, serverID), Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}
 	echoServer(t, srv)
 	newClient := func() *transport.Endpoint {
-		ep, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, clientID)})
+		ep, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, clientID), Limits: limits})
 		if err != nil {
 			t.Fatal(err)
 		}

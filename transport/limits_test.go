@@ -1,6 +1,9 @@
 package transport
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // Stalled streams hold their initial window and return no connection
 // credit, so the initial window is sized for every stream a peer may
@@ -29,5 +32,31 @@ func TestInitialStreamWindow(t *testing.T) {
 				t.Fatalf("quic config: initial stream %d, initial connection %d", qc.InitialStreamReceiveWindow, qc.InitialConnectionReceiveWindow)
 			}
 		})
+	}
+}
+
+// The defaults are the failure detection the mesh promises (issue 11,
+// docs/design.md "Failure detection"): a peer that stops answering is
+// declared dead within about a second on a quiet connection (idle
+// timeout plus one keep-alive interval, since the idle timer restarts
+// at the PING), a dial to a peer that does not answer fails within a
+// second, and the keep-alive leaves room for several lost PINGs.
+func TestFailureDetectionDefaults(t *testing.T) {
+	l := Limits{}.withDefaults()
+	if quiet := l.IdleTimeout + l.KeepAlive; quiet > 1500*time.Millisecond {
+		t.Errorf("a silent peer is declared dead after up to %v (idle %v + keep-alive %v); want about 1 s", quiet, l.IdleTimeout, l.KeepAlive)
+	}
+	if l.DialTimeout > time.Second || l.DialTimeout > l.HandshakeTimeout {
+		t.Errorf("connect timeout %v (handshake timeout %v); want at most 1 s", l.DialTimeout, l.HandshakeTimeout)
+	}
+	if l.KeepAlive > l.IdleTimeout/3 {
+		t.Errorf("keep-alive %v leaves fewer than three PINGs per idle timeout %v", l.KeepAlive, l.IdleTimeout)
+	}
+	qc := l.quicConfig()
+	if qc.HandshakeIdleTimeout != l.DialTimeout || qc.MaxIdleTimeout != l.IdleTimeout || qc.KeepAlivePeriod != l.KeepAlive {
+		t.Errorf("quic config %v/%v/%v does not carry the limits", qc.HandshakeIdleTimeout, qc.MaxIdleTimeout, qc.KeepAlivePeriod)
+	}
+	if got := (Limits{DialTimeout: 5 * time.Second, HandshakeTimeout: 2 * time.Second}).withDefaults().DialTimeout; got != 2*time.Second {
+		t.Errorf("connect timeout above the handshake timeout kept: %v", got)
 	}
 }

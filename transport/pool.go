@@ -32,13 +32,33 @@ var ErrStreamNotOpened = errors.New("transport: stream not opened: connection cl
 // ErrPoolClosed is returned after Pool.Close.
 var ErrPoolClosed = errors.New("transport: pool closed")
 
-// Back-off after a failed dial: new requests to that peer fail at once
-// (so clients see an error quickly instead of each waiting for a
-// handshake timeout) until the back-off expires and one dial retries.
+// Back-off after a failed dial, or a connection whose peer stopped
+// answering: new requests to that peer fail at once (so clients see an
+// error quickly instead of each waiting for a connect timeout) until the
+// back-off expires and one dial probes the peer; requests arriving while
+// that probe is in flight fail at once too. The ceiling bounds how long a
+// peer that came back waits for the next probe: traffic resumes within
+// about maxBackoff of its return.
 const (
 	minBackoff = 100 * time.Millisecond
-	maxBackoff = 2 * time.Second
+	maxBackoff = 500 * time.Millisecond
 )
+
+// ReasonUnresponsive is the PeerFailure reason of a pooled connection
+// whose peer stopped answering (Limits.IdleTimeout passed without a
+// packet from it, keep-alive PINGs included).
+const ReasonUnresponsive = "unresponsive"
+
+// A PeerFailure is the pool finding a peer unreachable, reported to the
+// function given to Pool.OnPeerFailure: what failure accrual needs.
+type PeerFailure struct {
+	Addr string
+	Peer identity.ID
+	// Reason is bounded: HandshakeReason of a failed dial, or
+	// ReasonUnresponsive.
+	Reason string
+	Err    error
+}
 
 // PeerConn is a live connection to one peer proxy, shared by everyone who
 // sends to that peer.
@@ -128,6 +148,12 @@ type peerState struct {
 	lastErr  error
 	failedAt time.Time
 	failures int
+	// answering: the last failure was the peer's own answer (it refused
+	// the handshake, or announced a drain), so a probe costs one round
+	// trip: Get probes during the back-off instead of failing, which
+	// Unavailable still reports so the balancer prefers other endpoints.
+	// It finds a peer that restarted as soon as one is needed.
+	answering bool
 }
 
 // Pool keeps one connection per (peer address, expected identity) and
@@ -143,7 +169,20 @@ type Pool struct {
 	dialsWG sync.WaitGroup
 	now     func() time.Time
 	// logs rate-limits dial-failure lines per peer and reason.
-	logs *lograte.Limiter
+	logs      *lograte.Limiter
+	onFailure atomic.Pointer[func(PeerFailure)]
+}
+
+// OnPeerFailure makes the pool call fn (from its own goroutines, never
+// with a lock held; fn must not block) whenever a dial fails or a pooled
+// connection dies because its peer stopped answering. A stateless reset
+// (the peer restarted and is back) and a drain notice are not failures.
+func (p *Pool) OnPeerFailure(fn func(PeerFailure)) { p.onFailure.Store(&fn) }
+
+func (p *Pool) reportFailure(f PeerFailure) {
+	if fn := p.onFailure.Load(); fn != nil && *fn != nil {
+		(*fn)(f)
+	}
 }
 
 // NewPool creates a pool that dials through ep.
@@ -183,14 +222,21 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return pc, nil
 		}
 		st.conn = nil
-		if st.dialing == nil {
-			if st.failures > 0 {
-				if wait := backoff(st.failures); p.now().Sub(st.failedAt) < wait {
-					err := st.lastErr
-					p.mu.Unlock()
-					return nil, fmt.Errorf("%w: %s (%s): last dial failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
-				}
+		if st.failures > 0 && !st.answering {
+			// The peer failed recently: during the back-off and while the
+			// probe that ends it is in flight, fail at once rather than
+			// keep callers waiting on a peer that is likely down.
+			err := st.lastErr
+			if st.dialing != nil {
+				p.mu.Unlock()
+				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
 			}
+			if wait := backoff(st.failures); p.now().Sub(st.failedAt) < wait {
+				p.mu.Unlock()
+				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
+			}
+		}
+		if st.dialing == nil {
 			st.dialing = make(chan struct{})
 			p.dialsWG.Add(1)
 			go p.dial(key, st)
@@ -225,6 +271,12 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 func (p *Pool) dial(key peerKey, st *peerState) {
 	defer p.dialsWG.Done()
 	pc, err := p.connect(key)
+	var failure *PeerFailure
+	defer func() {
+		if failure != nil {
+			p.reportFailure(*failure)
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer func() { close(st.dialing); st.dialing = nil }()
@@ -234,10 +286,12 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 			return
 		}
 		reason := HandshakeReason(err)
+		failure = &PeerFailure{Addr: key.addr, Peer: key.id, Reason: reason, Err: err}
 		p.ep.cfg.Observer.HandshakeFailed(true, reason)
 		st.failures++
 		st.lastErr = err
 		st.failedAt = p.now()
+		st.answering = reason == ReasonRefused
 		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err}
 		if de, ok := errors.AsType[*DialError](err); ok && de.Presented != "" {
 			args = append(args, "presented_identity", de.Presented)
@@ -310,10 +364,23 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 	defer func() {
 		// A peer that closed the connection because it is shutting down
-		// gets the same back-off as one that announced a drain.
+		// gets the same back-off as one that announced a drain; one that
+		// stopped answering is a failed peer, in back-off as after a
+		// failed dial.
 		var ae *quic.ApplicationError
-		if err := context.Cause(pc.Conn.Context()); errors.As(err, &ae) && ae.Remote && ae.ErrorCode == ConnCodeShutdown {
+		var it *quic.IdleTimeoutError
+		// quic-go fails the stream accept before it cancels the
+		// connection's context with the reason.
+		<-pc.Conn.Context().Done()
+		switch err := context.Cause(pc.Conn.Context()); {
+		case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == ConnCodeShutdown:
 			p.markDraining(pc)
+		case errors.As(err, &it):
+			err = meshcode.Mark(fmt.Errorf("transport: peer %s (%s) stopped answering: %w", pc.addr, pc.peer, err), meshcode.ErrConnDead, meshcode.ErrIdleTimeout)
+			if p.markFailed(pc, err) {
+				p.ep.logger.Warn("peer stopped answering: connection closed", "peer", pc.addr, "identity", pc.peer.String(), "idle_timeout", p.ep.limits.IdleTimeout)
+				p.reportFailure(PeerFailure{Addr: pc.addr, Peer: pc.peer, Reason: ReasonUnresponsive, Err: err})
+			}
 		}
 		p.Forget(pc)
 	}()
@@ -360,9 +427,34 @@ func (p *Pool) markDraining(pc *PeerConn) {
 	st.failures = max(st.failures, 1)
 	st.failedAt = p.now()
 	st.lastErr = errDraining
+	st.answering = true
 }
 
 var errDraining = errors.New("peer is draining")
+
+// markFailed stops handing out pc, whose peer stopped answering, and puts
+// the peer in back-off; false if the pool has since connected afresh (or
+// closed). A request that failed on pc may already have made the proxy
+// Forget it: the peer failed all the same.
+func (p *Pool) markFailed(pc *PeerConn, err error) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := peerKey{pc.addr, pc.peer}
+	st := p.peers[key]
+	if p.closed || st != nil && st.conn != nil && st.conn != pc {
+		return false
+	}
+	if st == nil {
+		st = &peerState{}
+		p.peers[key] = st
+	}
+	st.conn = nil
+	st.failures++
+	st.failedAt = p.now()
+	st.lastErr = err
+	st.answering = false
+	return true
+}
 
 // retire stops handing out pc and closes it once its in-flight work is
 // done (or after maxRetireWait); the next Get dials a fresh connection.

@@ -238,7 +238,10 @@ func TestCrashedPeerDetectedByStatelessReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := udp.LocalAddr().String()
-	ep, err := transport.Listen(addr, transport.Config{Identity: prov, PacketConn: udp})
+	// Idle timeouts of a minute on both sides: only the stateless reset
+	// can end the connection within the test's deadline.
+	slow := transport.Limits{IdleTimeout: time.Minute}
+	ep, err := transport.Listen(addr, transport.Config{Identity: prov, PacketConn: udp, Limits: slow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +259,7 @@ func TestCrashedPeerDetectedByStatelessReset(t *testing.T) {
 		t.Cleanup(func() { ep.Close(); wg.Wait() })
 	}
 	acceptHTTP3(ep)
-	p := newPool(t, ca, transport.Limits{IdleTimeout: time.Minute})
+	p := newPool(t, ca, slow)
 	id := identity.MustParseID(serverID)
 	// Get returns once the server's HTTP/3 SETTINGS arrived. The server
 	// sent them after its HANDSHAKE_DONE, so the handshake is confirmed
@@ -270,7 +273,7 @@ func TestCrashedPeerDetectedByStatelessReset(t *testing.T) {
 	udp.Close()
 	ep.Close()
 	// Restart on the same address with the same identity (same key).
-	ep2, err := transport.Listen(addr, transport.Config{Identity: prov})
+	ep2, err := transport.Listen(addr, transport.Config{Identity: prov, Limits: slow})
 	if err != nil {
 		t.Fatal(err)
 	}

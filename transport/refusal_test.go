@@ -274,12 +274,16 @@ func TestClientWithoutCertificateRefusedAndCounted(t *testing.T) {
 }
 
 // Beyond MaxHandshakes in progress, new connection attempts are refused
-// (CONNECTION_REFUSED), which the dialling side reports as "overloaded";
+// (CONNECTION_REFUSED), which the listener counts as "overloaded" and the
+// dialling side reports as "refused";
 // once the stalled handshake finishes, dials succeed again.
 func TestHandshakesInProgressAreCapped(t *testing.T) {
 	testkit.CheckLeaks(t)
 	ca := identitytest.NewCA(t, "t.local")
-	srv := newSide(t, true, identitytest.Provider(t, ca, serverID), transport.Limits{MaxHandshakes: 1})
+	// The stalled client sends nothing while it stalls: a connect
+	// timeout longer than any scheduling delay keeps the listener from
+	// giving up on it before the test is done.
+	srv := newSide(t, true, identitytest.Provider(t, ca, serverID), transport.Limits{MaxHandshakes: 1, DialTimeout: 10 * time.Second, HandshakeTimeout: 10 * time.Second})
 	addr := srv.ep.Addr().String()
 
 	// A client that stalls in the middle of its handshake, after its
@@ -311,8 +315,8 @@ func TestHandshakesInProgressAreCapped(t *testing.T) {
 
 	cli := newSide(t, false, identitytest.Provider(t, ca, clientID), transport.Limits{})
 	_, err := cli.ep.Dial(context.Background(), addr, identity.MustParseID(serverID))
-	if de, ok := errors.AsType[*transport.DialError](err); !ok || de.Reason != transport.ReasonOverloaded {
-		t.Fatalf("dial beyond the cap: %v; want a DialError with reason %q", err, transport.ReasonOverloaded)
+	if de, ok := errors.AsType[*transport.DialError](err); !ok || de.Reason != transport.ReasonRefused {
+		t.Fatalf("dial beyond the cap: %v; want a DialError with reason %q", err, transport.ReasonRefused)
 	}
 	lines := waitLines(t, srv.logs, "inbound handshake refused", 1)
 	if len(lines) != 1 {

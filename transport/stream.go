@@ -56,9 +56,11 @@ func (s *Stream) SetWriteDeadline(t time.Time) error { return s.str.SetWriteDead
 // meshError maps a QUIC error to the mesh's neutral terms, keeping its
 // text and the QUIC error in its chain: a stream reset becomes a
 // *meshcode.StreamError with the code of the same value, a connection
-// closed by an application is marked meshcode.ErrConnClosed and an idle
-// timeout meshcode.ErrIdleTimeout. io.EOF and nil are returned as they
-// are.
+// closed by an application is marked meshcode.ErrConnClosed, an idle
+// timeout (the peer stopped answering: failure detection) both
+// meshcode.ErrIdleTimeout and meshcode.ErrConnDead, a stateless reset
+// (the peer lost its state) meshcode.ErrConnDead. io.EOF and nil are
+// returned as they are.
 func meshError(err error) error {
 	if err == nil || err == io.EOF {
 		return err
@@ -70,14 +72,18 @@ func meshError(err error) error {
 		return meshcode.Mark(err, meshcode.ErrConnClosed)
 	}
 	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
-		return meshcode.Mark(err, meshcode.ErrIdleTimeout)
+		return meshcode.Mark(err, meshcode.ErrIdleTimeout, meshcode.ErrConnDead)
+	}
+	if _, ok := errors.AsType[*quic.StatelessResetError](err); ok {
+		return meshcode.Mark(err, meshcode.ErrConnDead)
 	}
 	return err
 }
 
 // requestError marks an error of an HTTP request or a tunnel open with
 // what the proxy's retry policy needs to know: meshcode.ErrNotProcessed
-// (refused) and meshcode.ErrConnDead (connectionDead).
+// (refused), meshcode.ErrConnDead (connectionDead) and, for a peer that
+// stopped answering, meshcode.ErrIdleTimeout.
 func requestError(err error) error {
 	var kinds []error
 	if refused(err) {
@@ -85,6 +91,9 @@ func requestError(err error) error {
 	}
 	if connectionDead(err) {
 		kinds = append(kinds, meshcode.ErrConnDead)
+	}
+	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
+		kinds = append(kinds, meshcode.ErrIdleTimeout)
 	}
 	return meshcode.Mark(err, kinds...)
 }
@@ -102,7 +111,8 @@ const h3RequestRejected = 0x10b
 // been processed before the crash; callers retry only body-less requests,
 // once.)
 func refused(err error) bool {
-	if connectionDead(err) {
+	var sr *quic.StatelessResetError
+	if errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened) {
 		return true
 	}
 	var ae *quic.ApplicationError
@@ -117,12 +127,16 @@ func refused(err error) bool {
 }
 
 // connectionDead reports whether err shows that the connection it came
-// from is gone for good (a stateless reset, or a stream that could not be
-// opened because the connection had closed), even if the connection's
+// from is gone for good (a stateless reset, a stream that could not be
+// opened because the connection had closed, or an idle timeout: the peer
+// stopped answering, see Limits.IdleTimeout), even if the connection's
 // context has not ended yet: the HTTP/3 layer can report a stateless reset
 // a moment before the QUIC connection is torn down. Such a connection must
-// not be handed out again.
+// not be handed out again. Unlike a stateless reset, an idle timeout does
+// not prove the request unprocessed: a frozen or partitioned peer may
+// have served it.
 func connectionDead(err error) bool {
 	var sr *quic.StatelessResetError
-	return errors.As(err, &sr) || errors.Is(err, ErrStreamNotOpened)
+	var it *quic.IdleTimeoutError
+	return errors.As(err, &sr) || errors.As(err, &it) || errors.Is(err, ErrStreamNotOpened)
 }

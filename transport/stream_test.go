@@ -33,6 +33,8 @@ func TestMeshError(t *testing.T) {
 	}{
 		{"connection closed by the peer", &quic.ApplicationError{Remote: true, ErrorCode: ConnCodeShutdown}, meshcode.ErrConnClosed},
 		{"idle timeout", &quic.IdleTimeoutError{}, meshcode.ErrIdleTimeout},
+		{"idle timeout: the peer is dead", &quic.IdleTimeoutError{}, meshcode.ErrConnDead},
+		{"stateless reset: the peer lost its state", &quic.StatelessResetError{}, meshcode.ErrConnDead},
 	}
 	for _, tt := range tests {
 		if got := meshError(tt.err); !errors.Is(got, tt.kind) || got.Error() != tt.err.Error() {

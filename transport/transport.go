@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,14 +79,37 @@ type Limits struct {
 	// QUIC receive buffers. Default 32 MiB, granted from the start (it
 	// costs memory only when data waits unread).
 	ConnectionReceiveWindow uint64
-	// HandshakeTimeout bounds a dial (default 3s); a peer that is down is
-	// reported within this time.
+	// DialTimeout is how long a dial waits for any answer from the
+	// peer (QUIC's handshake idle timeout): a peer that is down, frozen
+	// or partitioned away fails the dial within it. Default 1s (Linkerd's
+	// connect timeout): a live peer answers an Initial within a round
+	// trip, and the client retransmits it at its probe timeout (about
+	// 300 ms before an RTT is known) several times within the second.
+	// Never above HandshakeTimeout. It bounds inbound handshakes the
+	// same way: the listener drops one whose client went silent for
+	// this long (and any after twice this long, quic-go's handshake
+	// limit). The outbound proxy's connect timeout (discovery, dial and
+	// stream open together) is a different, longer bound.
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds a whole dial, including waiting for the
+	// peer to take the connection into service (default 3s): a peer
+	// that answers, slowly, but does not finish is reported within it.
 	HandshakeTimeout time.Duration
-	// IdleTimeout closes a connection with no traffic (default 60s);
-	// KeepAlive (default 15s) keeps pooled connections and NAT bindings
-	// alive well within it.
+	// IdleTimeout is how long a connection may go without a packet from
+	// the peer before it is declared dead and closed (default 1s): with
+	// KeepAlive, a live peer is never silent that long, so this is the
+	// failure detection time of a peer that stops answering (measured
+	// from the last packet received, or on a quiet connection from the
+	// keep-alive PING: up to IdleTimeout + KeepAlive; docs/design.md,
+	// "Failure detection"). The lower of both sides' values applies;
+	// quic-go never goes below three probe timeouts.
 	IdleTimeout time.Duration
-	KeepAlive   time.Duration
+	// KeepAlive: a side that has received nothing for this long sends a
+	// PING (default IdleTimeout/4, 250 ms), so a quiet connection to a
+	// live peer carries about four PINGs and four ACKs a second, and a
+	// lost PING is retransmitted at the probe timeout several times
+	// before IdleTimeout declares the peer dead.
+	KeepAlive time.Duration
 
 	// MaxHandshakes caps inbound handshakes in progress (connections a
 	// client has started and Accept has not yet returned); beyond it new
@@ -103,6 +127,14 @@ type Limits struct {
 	RetryThreshold int
 }
 
+// Failure detection defaults; see Limits and docs/design.md, "Failure
+// detection", for the measurements behind them.
+const (
+	DefaultDialTimeout      = time.Second
+	DefaultHandshakeTimeout = 3 * time.Second
+	DefaultIdleTimeout      = time.Second
+)
+
 func (l Limits) withDefaults() Limits {
 	if l.MaxIncomingStreams == 0 {
 		l.MaxIncomingStreams = 4096
@@ -119,13 +151,17 @@ func (l Limits) withDefaults() Limits {
 	}
 	l.InitialStreamReceiveWindow = min(l.InitialStreamReceiveWindow, l.StreamReceiveWindow)
 	if l.HandshakeTimeout == 0 {
-		l.HandshakeTimeout = 3 * time.Second
+		l.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if l.DialTimeout == 0 {
+		l.DialTimeout = DefaultDialTimeout
+	}
+	l.DialTimeout = min(l.DialTimeout, l.HandshakeTimeout)
 	if l.IdleTimeout == 0 {
-		l.IdleTimeout = 60 * time.Second
+		l.IdleTimeout = DefaultIdleTimeout
 	}
 	if l.KeepAlive == 0 {
-		l.KeepAlive = 15 * time.Second
+		l.KeepAlive = l.IdleTimeout / 4
 	}
 	if l.MaxHandshakes <= 0 {
 		l.MaxHandshakes = DefaultMaxHandshakes
@@ -139,7 +175,7 @@ func (l Limits) quicConfig() *quic.Config {
 	// that must first be auto-tuned upwards (which needs reads) could be
 	// used up by a couple of stalled streams before it ever grew.
 	return &quic.Config{
-		HandshakeIdleTimeout:           l.HandshakeTimeout,
+		HandshakeIdleTimeout:           l.DialTimeout,
 		MaxIdleTimeout:                 l.IdleTimeout,
 		KeepAlivePeriod:                l.KeepAlive,
 		MaxIncomingStreams:             l.MaxIncomingStreams,
@@ -204,6 +240,12 @@ type Endpoint struct {
 	logger    *slog.Logger
 	listening bool
 	gate      *handshakeGate
+	// stopAccept ends when StopListening is called; refusing tracks the
+	// goroutine that then refuses handshakes completing after it.
+	stopAccept context.Context
+	stop       context.CancelFunc
+	stopOnce   sync.Once
+	refusing   sync.WaitGroup
 }
 
 // Listen binds addr (UDP) and starts accepting mesh connections on it.
@@ -233,6 +275,7 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 	e.ln = ln
 	e.gate = gate
 	e.listening = true
+	e.stopAccept, e.stop = context.WithCancel(context.Background())
 	return e, nil
 }
 
@@ -294,13 +337,27 @@ func (e *Endpoint) Accept(ctx context.Context) (*quic.Conn, error) {
 	if e.ln == nil {
 		return nil, errors.New("transport: endpoint is not listening")
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(e.stopAccept, cancel)()
 	conn, err := e.ln.Accept(ctx)
 	if err != nil {
+		if e.stopped() {
+			return nil, quic.ErrServerClosed
+		}
 		return nil, err
+	}
+	if e.stopped() {
+		// Taken from the queue as the drain began: refuse it like the
+		// others (StopListening).
+		conn.CloseWithError(ConnCodeShutdown, "draining")
+		return nil, quic.ErrServerClosed
 	}
 	e.gate.accepted(conn)
 	return conn, nil
 }
+
+func (e *Endpoint) stopped() bool { return e.stopAccept.Err() != nil }
 
 // Dial opens a new connection to a peer that must present identity want.
 // Most callers want Pool.Get, which shares connections.
@@ -366,12 +423,36 @@ func (e *DialError) Unwrap() error { return e.Err }
 func (e *DialError) FailureReason() string { return e.Reason }
 
 // StopListening refuses new inbound connections; established ones and
-// outbound dials are unaffected. Used when draining.
+// outbound dials are unaffected. Used when draining. A refused peer is
+// told so at once (CONNECTION_REFUSED to its first Initial; a connection
+// whose handshake was already under way is closed with ConnCodeShutdown
+// once it completes), so it tries another endpoint within a round trip
+// instead of waiting for its connect timeout, as it would if the
+// listener simply closed (quic-go then drops Initials without an
+// answer). Accept returns an error wrapping net.ErrClosed from now on.
 func (e *Endpoint) StopListening() error {
 	if e.ln == nil {
 		return nil
 	}
-	return e.ln.Close()
+	e.stopOnce.Do(func() {
+		e.gate.draining.Store(true)
+		e.stop()
+		e.refusing.Go(e.refuseAccepted)
+	})
+	return nil
+}
+
+// refuseAccepted closes the connections whose handshakes were in flight
+// when the drain began, as they complete, until the endpoint closes.
+func (e *Endpoint) refuseAccepted() {
+	for {
+		conn, err := e.ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		e.gate.accepted(conn)
+		conn.CloseWithError(ConnCodeShutdown, "draining")
+	}
 }
 
 // Limits returns the effective limits.
@@ -385,6 +466,10 @@ func (e *Endpoint) Close() error {
 	}
 	err := e.tr.Close()
 	e.udp.Close()
+	if e.stop != nil {
+		e.stop()
+	}
+	e.refusing.Wait()
 	return err
 }
 
