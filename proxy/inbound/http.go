@@ -163,8 +163,8 @@ func (a *appHTTP) serve(w http.ResponseWriter, r *http.Request, peerID identity.
 			origProto = "h2"
 		}
 	} else {
-		target = r.Header.Get(bridge.HeaderService)
-		origProto = r.Header.Get(bridge.HeaderOrigProto)
+		target = r.Header.Get(httpx.HeaderService)
+		origProto = r.Header.Get(httpx.HeaderOrigProto)
 		if target == "" {
 			target = r.Host
 		}
