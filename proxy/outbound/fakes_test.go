@@ -94,7 +94,7 @@ type fakeConn struct {
 	// holdTunnels makes tunnel streams carry nothing until reset.
 	holdTunnels bool
 	forgotten   atomic.Bool
-	begun     atomic.Int64
+	begun       atomic.Int64
 }
 
 func (c *fakeConn) Addr() string      { return c.addr }
