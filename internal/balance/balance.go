@@ -65,7 +65,7 @@ func New() *Balancer { return &Balancer{stats: make(map[string]*stats), now: tim
 // Pick returns the index in eps of the one with the lower cost of two
 // random candidates, skipping those for which skip returns true (skip may
 // be nil); ok is false when none is left. The pick counts as outstanding
-// work on the endpoint until its Report, which must follow exactly once.
+// work on the endpoint until its Done, which must follow exactly once.
 func (b *Balancer) Pick(eps []Endpoint, skip func(i int) bool) (int, bool) {
 	idx := make([]int, 0, len(eps))
 	for i := range eps {
@@ -99,21 +99,29 @@ func (b *Balancer) Pick(eps []Endpoint, skip func(i int) bool) (int, bool) {
 	return choice, true
 }
 
-// Report ends the outstanding work of one Pick of ep and feeds its outcome
-// into the latency estimate.
-func (b *Balancer) Report(ep Endpoint, o Outcome) {
+// Observe feeds the outcome of work picked for ep into its latency
+// estimate. The work may go on (a tunnel, once open).
+func (b *Balancer) Observe(ep Endpoint, o Outcome) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	st := b.stat(ep.Key, now)
-	if st.pending > 0 {
-		st.pending--
-	}
 	rtt := o.Latency
 	if o.Failed {
 		rtt = max(rtt, failedRTT)
 	}
-	b.observe(st, rtt, now)
+	b.observe(b.stat(ep.Key, now), rtt, now)
+}
+
+// Done ends the outstanding work of one Pick of ep.
+func (b *Balancer) Done(ep Endpoint) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	st := b.stat(ep.Key, now)
+	st.used = now
+	if st.pending > 0 {
+		st.pending--
+	}
 }
 
 func (b *Balancer) stat(key string, now time.Time) *stats {

@@ -24,7 +24,8 @@ func TestPickSkipsAndEmpty(t *testing.T) {
 		if !ok || i != 1 {
 			t.Fatalf("Pick = %d %v, want 1", i, ok)
 		}
-		b.Report(set[i], Outcome{Latency: time.Millisecond})
+		b.Observe(set[i], Outcome{Latency: time.Millisecond})
+		b.Done(set[i])
 	}
 	if _, ok := b.Pick(set, func(int) bool { return true }); ok {
 		t.Fatal("Pick with everything skipped succeeded")
@@ -43,12 +44,14 @@ func TestPickAvoidsLoadedSlowAndFailed(t *testing.T) {
 		}},
 		{"slow", func(b *Balancer, set []Endpoint) {
 			b.Pick(set[:1], nil)
-			b.Report(set[0], Outcome{Latency: time.Second})
+			b.Observe(set[0], Outcome{Latency: time.Second})
+			b.Done(set[0])
 		}},
 		// A failure that came back fast still counts as slow.
 		{"failed", func(b *Balancer, set []Endpoint) {
 			b.Pick(set[:1], nil)
-			b.Report(set[0], Outcome{Latency: time.Microsecond, Failed: true})
+			b.Observe(set[0], Outcome{Latency: time.Microsecond, Failed: true})
+			b.Done(set[0])
 		}},
 	}
 	for _, tt := range tests {
@@ -58,7 +61,8 @@ func TestPickAvoidsLoadedSlowAndFailed(t *testing.T) {
 			tt.setup(b, set)
 			for range 100 {
 				i, _ := b.Pick(set, nil)
-				b.Report(set[i], Outcome{Latency: time.Millisecond})
+				b.Observe(set[i], Outcome{Latency: time.Millisecond})
+				b.Done(set[i])
 				if i == 0 {
 					t.Fatalf("picked the %s endpoint", tt.name)
 				}
@@ -67,24 +71,35 @@ func TestPickAvoidsLoadedSlowAndFailed(t *testing.T) {
 	}
 }
 
-// A report ends the outstanding work of its pick: an endpoint whose work
-// was reported is as attractive as an untouched one.
-func TestReportEndsOutstanding(t *testing.T) {
+// Work is outstanding from Pick to Done, whatever was observed meanwhile:
+// open tunnels with a fast setup still count as load on their endpoint.
+func TestOutstandingUntilDone(t *testing.T) {
 	b := New()
-	set := eps(1)
+	set := eps(2)
 	for range 10 {
-		b.Pick(set, nil)
+		b.Pick(set[:1], nil)
+		b.Observe(set[0], Outcome{Latency: time.Microsecond})
+	}
+	if p := b.stats[set[0].Key].pending; p != 10 {
+		t.Fatalf("pending after observing ten open tunnels = %d, want 10", p)
+	}
+	for range 100 {
+		i, _ := b.Pick(set, nil)
+		b.Done(set[i])
+		if i == 0 {
+			t.Fatal("picked the endpoint carrying ten open tunnels")
+		}
 	}
 	for range 10 {
-		b.Report(set[0], Outcome{Latency: defaultRTT})
+		b.Done(set[0])
 	}
 	if p := b.stats[set[0].Key].pending; p != 0 {
-		t.Fatalf("pending after every report = %d, want 0", p)
+		t.Fatalf("pending after every Done = %d, want 0", p)
 	}
-	// A stray report does not drive the count negative.
-	b.Report(set[0], Outcome{Latency: defaultRTT})
+	// A stray Done does not drive the count negative.
+	b.Done(set[0])
 	if p := b.stats[set[0].Key].pending; p != 0 {
-		t.Fatalf("pending after a stray report = %d, want 0", p)
+		t.Fatalf("pending after a stray Done = %d, want 0", p)
 	}
 }
 
@@ -103,7 +118,8 @@ func TestWeightsAndSpread(t *testing.T) {
 		inflight = append(inflight, i)
 		if len(inflight) == 4 {
 			clock = clock.Add(time.Millisecond)
-			b.Report(set[inflight[0]], Outcome{Latency: time.Millisecond})
+			b.Observe(set[inflight[0]], Outcome{Latency: time.Millisecond})
+			b.Done(set[inflight[0]])
 			inflight = inflight[1:]
 		}
 	}
@@ -122,6 +138,7 @@ func BenchmarkPick(b *testing.B) {
 	set := eps(8)
 	for b.Loop() {
 		i, _ := bal.Pick(set, nil)
-		bal.Report(set[i], Outcome{Latency: time.Millisecond})
+		bal.Observe(set[i], Outcome{Latency: time.Millisecond})
+		bal.Done(set[i])
 	}
 }

@@ -29,8 +29,8 @@ func newConnector(cfg Config) *connector {
 	return &connector{endpoints: newEndpointSets(cfg.Discovery), peers: cfg.Peers, balancer: cfg.Balancer, attempts: cfg.MaxAttempts, now: time.Now}
 }
 
-// pick is one balancer pick in progress; its outcome must be reported
-// exactly once.
+// pick is one balancer pick in progress; it must end with done (or
+// report, for work whose outcome and end coincide) exactly once.
 type pick struct {
 	balancer Balancer
 	ep       balance.Endpoint
@@ -38,10 +38,19 @@ type pick struct {
 	now      func() time.Time
 }
 
-// report tells the balancer how the picked work went; the latency is the
+// observe tells the balancer how the picked work went; the latency is the
 // time since the pick.
+func (p *pick) observe(failed bool) {
+	p.balancer.Observe(p.ep, balance.Outcome{Latency: p.now().Sub(p.start), Failed: failed})
+}
+
+// done ends the picked work.
+func (p *pick) done() { p.balancer.Done(p.ep) }
+
+// report is observe and done, for work that ends with its outcome.
 func (p *pick) report(failed bool) {
-	p.balancer.Report(p.ep, balance.Outcome{Latency: p.now().Sub(p.start), Failed: failed})
+	p.observe(failed)
+	p.done()
 }
 
 // connectError is a failure to reach any endpoint of a service, with the

@@ -76,6 +76,9 @@ func TestConnect(t *testing.T) {
 					t.Fatalf("connect error = %v; want one containing %q of kind %v", err, tt.wantErr, tt.wantKind)
 				}
 			}
+			if want := min(len(tt.want), 1); bal.stillOutstanding() != want {
+				t.Errorf("%d picks outstanding, want %d (the connected one's)", bal.stillOutstanding(), want)
+			}
 			if got := peers.dialed(); !slices.Equal(got, tt.dials) {
 				t.Errorf("dialed %v, want %v", got, tt.dials)
 			}

@@ -124,7 +124,8 @@ func (c *fakeConn) OpenTunnel(ctx context.Context, target string) (TunnelStream,
 	return s, nil
 }
 
-// fakeStream ends (EOF) once reset.
+// fakeStream ends (EOF) once reset, or once we close our direction (the
+// far side answers a FIN with its own).
 type fakeStream struct {
 	target  string
 	once    sync.Once
@@ -136,18 +137,21 @@ func (s *fakeStream) Read(p []byte) (int, error) {
 	return 0, io.EOF
 }
 func (s *fakeStream) Write(p []byte) (int, error) { return len(p), nil }
-func (s *fakeStream) CloseWrite() error           { return nil }
-func (s *fakeStream) Reset(meshcode.Code)         { s.once.Do(func() { close(s.resetCh) }) }
+func (s *fakeStream) CloseWrite() error           { s.end(); return nil }
+func (s *fakeStream) Reset(meshcode.Code)         { s.end() }
+func (s *fakeStream) end()                        { s.once.Do(func() { close(s.resetCh) }) }
 
 func textResponse(r *http.Request, status int, body string) *http.Response {
 	return &http.Response{StatusCode: status, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)), Request: r, ProtoMajor: 3}
 }
 
-// fakeBalancer picks the first endpoint not skipped, and records reports.
+// fakeBalancer picks the first endpoint not skipped, and records what it
+// observes and how much work is outstanding.
 type fakeBalancer struct {
-	mu      sync.Mutex
-	reports []report
-	picks   int
+	mu          sync.Mutex
+	reports     []report
+	picks       int
+	outstanding int
 }
 
 type report struct {
@@ -160,6 +164,7 @@ func (b *fakeBalancer) Pick(eps []balance.Endpoint, skip func(int) bool) (int, b
 		if skip == nil || !skip(i) {
 			b.mu.Lock()
 			b.picks++
+			b.outstanding++
 			b.mu.Unlock()
 			return i, true
 		}
@@ -167,10 +172,22 @@ func (b *fakeBalancer) Pick(eps []balance.Endpoint, skip func(int) bool) (int, b
 	return 0, false
 }
 
-func (b *fakeBalancer) Report(ep balance.Endpoint, o balance.Outcome) {
+func (b *fakeBalancer) Observe(ep balance.Endpoint, o balance.Outcome) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.reports = append(b.reports, report{ep.Key, o})
+}
+
+func (b *fakeBalancer) Done(balance.Endpoint) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.outstanding--
+}
+
+func (b *fakeBalancer) stillOutstanding() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.outstanding
 }
 
 func (b *fakeBalancer) got() []report {

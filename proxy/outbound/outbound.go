@@ -85,14 +85,17 @@ type TunnelStream interface {
 // learns from what happened to it (internal/balance implements it).
 type Balancer interface {
 	// Pick returns the index in eps of the chosen endpoint, never one
-	// for which skip returns true; ok is false when none is left. Each
-	// pick is followed by exactly one Report.
+	// for which skip returns true; ok is false when none is left. The
+	// work counts as outstanding on the endpoint until Done, which
+	// follows each pick exactly once.
 	Pick(eps []balance.Endpoint, skip func(i int) bool) (i int, ok bool)
-	// Report gives the outcome of a picked unit of work: a request's
-	// latency to its response, a tunnel's latency to an open stream
-	// (its lifetime says nothing about the endpoint), and whether the
-	// endpoint failed it.
-	Report(ep balance.Endpoint, o balance.Outcome)
+	// Observe gives the outcome of picked work once it is known: a
+	// request's latency to its response, a tunnel's latency to an open
+	// stream (its lifetime says nothing about the endpoint), and whether
+	// the endpoint failed it.
+	Observe(ep balance.Endpoint, o balance.Outcome)
+	// Done ends the picked work: a request answered, a tunnel closed.
+	Done(ep balance.Endpoint)
 }
 
 // Config wires an outbound proxy.

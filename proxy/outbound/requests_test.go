@@ -213,8 +213,8 @@ func TestForwarder(t *testing.T) {
 				t.Errorf("peer got %v", sent)
 			}
 			reports := bal.got()
-			if len(reports) != 1 || reports[0].outcome.Failed != tt.failed {
-				t.Fatalf("balancer heard %+v, want one outcome, failed=%v", reports, tt.failed)
+			if len(reports) != 1 || reports[0].outcome.Failed != tt.failed || bal.stillOutstanding() != 0 {
+				t.Fatalf("balancer heard %+v with %d outstanding, want one outcome, failed=%v, nothing outstanding", reports, bal.stillOutstanding(), tt.failed)
 			}
 			if c := peers.conns["a:1"]; c.forgotten.Load() != tt.forgotten || c.begun.Load() != 0 {
 				t.Errorf("connection forgotten=%v (want %v), streams still begun %d", c.forgotten.Load(), tt.forgotten, c.begun.Load())

@@ -18,11 +18,16 @@ import (
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
-// tunnel is an open tunnel stream and the connection that carries it.
+// tunnel is an open tunnel stream, the connection that carries it and
+// the balancer pick it counts on until done is called.
 type tunnel struct {
-	pc  PeerConn
-	str TunnelStream
+	pc   PeerConn
+	str  TunnelStream
+	pick *pick
 }
+
+// done ends the tunnel's count on its endpoint.
+func (t tunnel) done() { t.pick.done() }
 
 // openError is a failure to open a tunnel stream on peer, the connection
 // the last attempt used.
@@ -40,7 +45,8 @@ func (e *openError) Unwrap() error { return e.err }
 // the peer lost its state, e.g. a QUIC stateless reset), nothing was
 // sent, so it redials once and opens the stream on the fresh connection.
 // The balancer learns each attempt's setup latency (pick to open stream),
-// never the tunnel's lifetime.
+// never the tunnel's lifetime; an open tunnel counts as outstanding work
+// on its endpoint until its done.
 type tunnelOpener struct {
 	connector *connector
 	timeout   time.Duration
@@ -57,10 +63,11 @@ func (o tunnelOpener) open(ctx context.Context, t target) (tunnel, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		str, err := pc.OpenTunnel(ctx, t.authority)
-		pk.report(err != nil)
 		if err == nil {
-			return tunnel{pc, str}, nil
+			pk.observe(false)
+			return tunnel{pc, str, pk}, nil
 		}
+		pk.report(true)
 		pc.Forget()
 		if attempt > 0 || !errors.Is(err, meshcode.ErrNotProcessed) || ctx.Err() != nil {
 			return tunnel{}, &openError{pc, err}
@@ -118,6 +125,7 @@ func (f tcpForward) serveTCP(conn net.Conn, t target) {
 		splice.Reset(conn)
 		return
 	}
+	defer tn.done()
 	f.splicer.run(conn, tn, t.service)
 }
 
@@ -161,6 +169,7 @@ func (h httpTunnel) serve(w http.ResponseWriter, r *http.Request, t target) {
 		}
 		return
 	}
+	defer tn.done()
 	conn, bw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		tn.str.Reset(meshcode.Reset)

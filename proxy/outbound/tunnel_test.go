@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +54,9 @@ func TestTunnelOpener(t *testing.T) {
 				if !errors.As(err, &oe) || !strings.Contains(err.Error(), tt.wantErr) || oe.peer == nil {
 					t.Fatalf("open error %v, want an *openError containing %q", err, tt.wantErr)
 				}
+			}
+			if want := min(len(tt.wantErr), 1) ^ 1; bal.stillOutstanding() != want {
+				t.Errorf("%d picks outstanding, want %d (an open tunnel's)", bal.stillOutstanding(), want)
 			}
 			if made != tt.opens {
 				t.Errorf("dialed %d connections, want %d", made, tt.opens)
@@ -124,6 +128,46 @@ func TestTCPForward(t *testing.T) {
 			if reports := bal.got(); tt.spliced && (len(reports) != 1 || reports[0].outcome.Failed) {
 				t.Errorf("balancer heard %+v, want one success", reports)
 			}
+			if bal.stillOutstanding() != 0 {
+				t.Errorf("%d picks outstanding after the tunnel ended", bal.stillOutstanding())
+			}
 		})
+	}
+}
+
+// A long tunnel is one setup-latency sample for its endpoint, taken when
+// it opened, and outstanding work until it closes: ten minutes of
+// carrying bytes do not make the endpoint look ten minutes slow.
+func TestTunnelFeedsSetupLatencyNotLifetime(t *testing.T) {
+	clock := time.Unix(0, 0)
+	var mu sync.Mutex
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+	bal := &fakeBalancer{}
+	peers := &fakePeers{newConn: func(string) *fakeConn {
+		advance(3 * time.Millisecond) // the handshake
+		return &fakeConn{alive: true, holdTunnels: true}
+	}}
+	c := newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, MaxAttempts: 3})
+	c.now = now
+	f := tcpForward{opener: tunnelOpener{connector: c, timeout: time.Second, log: slog.New(slog.DiscardHandler)}, splicer: splicer{log: slog.New(slog.DiscardHandler)}}
+	app, conn := net.Pipe()
+	done := make(chan struct{})
+	go func() { defer close(done); f.serveTCP(conn, target{"db", "db"}) }()
+	if _, err := app.Write([]byte("hello")); err != nil { // carried: the tunnel is open
+		t.Fatal(err)
+	}
+	advance(10 * time.Minute)
+	if n := bal.stillOutstanding(); n != 1 {
+		t.Fatalf("%d picks outstanding while the tunnel is open, want 1", n)
+	}
+	app.Close()
+	<-done
+	reports := bal.got()
+	if len(reports) != 1 || reports[0].outcome.Latency != 3*time.Millisecond || reports[0].outcome.Failed {
+		t.Fatalf("balancer heard %+v, want one 3ms success", reports)
+	}
+	if n := bal.stillOutstanding(); n != 0 {
+		t.Fatalf("%d picks outstanding after the tunnel closed", n)
 	}
 }
