@@ -3,6 +3,8 @@ GO      ?= go
 BIN     := bin/quicmesh
 # demo, echo apps and load generator: kept out of the sidecar binary.
 DEVBIN  := bin/quicmesh-dev
+# the control plane: links client-go, which the sidecar must not.
+CONTROLBIN := bin/quicmesh-control
 PKGS    := ./...
 # Each fuzz target runs briefly in `make test`; run longer by hand with
 # `make fuzz FUZZTIME=2000000x`. The budget is a count of executions, not a
@@ -16,13 +18,14 @@ FUZZTIME ?= 10000x
 # Hang guard per target: a hung target fails with its stacks.
 FUZZTIMEOUT ?= 10m
 
-.PHONY: all build test unit fuzz-smoke fuzz stress-test demo bench lint vet clean
+.PHONY: all build test unit fuzz-smoke fuzz stress-test demo bench lint vet clean proto
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/quicmesh
 	$(GO) build -o $(DEVBIN) ./cmd/quicmesh-dev
+	$(GO) build -o $(CONTROLBIN) ./cmd/quicmesh-control
 
 demo: build
 	./$(DEVBIN) demo
@@ -39,9 +42,10 @@ vet:
 UNITFLAGS ?=
 # The real-SPIRE test (cmd/quicmesh TestSPIRE) needs spire-server and
 # spire-agent: .ci/spire.sh builds them once per machine into
-# ~/.cache/quicmesh and prints where; a no-op when they are cached.
+# ~/.cache/quicmesh and prints where; a no-op when they are cached. The
+# control-plane tests need kube-apiserver and etcd: .ci/k8s.sh, the same way.
 unit:
-	QUICMESH_SPIRE_BIN="$$(bash .ci/spire.sh)" $(GO) test -race -count=1 -timeout 12m $(UNITFLAGS) $(PKGS)
+	QUICMESH_SPIRE_BIN="$$(bash .ci/spire.sh)" QUICMESH_K8S_BIN="$$(bash .ci/k8s.sh)" $(GO) test -race -count=1 -timeout 12m $(UNITFLAGS) $(PKGS)
 
 # Every fuzz target in the tree (seed corpus first, then FUZZTIME).
 fuzz-smoke fuzz:
@@ -72,6 +76,19 @@ stress-test: vet
 		echo "stress-test: run $$r passed in $$(( $$(date +%s) - start )) s"; \
 	done; \
 	echo "stress-test: $(STRESS_RUNS) runs in a row passed under load"
+
+# Regenerates the control-plane API (internal/controlpb) from its .proto
+# files. Only this target needs protoc (Debian: protobuf-compiler); the
+# generated code is committed, so building and testing do not.
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+proto:
+	GOBIN=$(CURDIR)/bin/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/bin/tools $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	protoc -I internal/controlpb \
+		--plugin=protoc-gen-go=bin/tools/protoc-gen-go --go_out=internal/controlpb --go_opt=paths=source_relative \
+		--plugin=protoc-gen-go-grpc=bin/tools/protoc-gen-go-grpc --go-grpc_out=internal/controlpb --go-grpc_opt=paths=source_relative \
+		internal/controlpb/*.proto
 
 lint: vet
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)

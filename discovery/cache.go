@@ -84,17 +84,20 @@ type cacheEntry struct {
 
 // cacheSnapshot is immutable once published.
 type cacheSnapshot struct {
-	eps []Endpoint // nil when empty
+	eps []Endpoint // the ready endpoints; nil when none
 	err error      // nil iff len(eps) > 0
 	// live: a watch is delivering updates and eps is current.
 	live bool
 }
 
-// Endpoints returns the current endpoints of name. The returned slice is a
-// shared snapshot: callers must not modify it or its elements.
+// Endpoints returns the current ready endpoints of name (not-ready ones
+// are never returned, so a balancer picking from the result cannot pick
+// one). The returned slice is a shared snapshot: callers must not modify
+// it or its elements.
 //
 // The first call for a name starts a watch and waits, bounded by ctx, for
-// its first update. An empty set yields an error wrapping ErrNoEndpoints.
+// its first update. An empty set, or one with no ready endpoint, yields an
+// error wrapping ErrNoEndpoints.
 // A resolve failure (such as ErrUnknownService) is returned as is, wrapped,
 // and not kept: a later call resolves again, but at most once per second
 // per name; calls in between get the last error. If a watch fails, the
@@ -293,11 +296,17 @@ func (c *Cache) consume(e *cacheEntry, w Watch, cur *[]Endpoint, gotUpdate *bool
 	}
 }
 
+// newSnapshot publishes the ready endpoints of eps; the set itself stays
+// in run's cur, which later updates apply to.
 func newSnapshot(name string, eps []Endpoint, live bool) *cacheSnapshot {
 	if len(eps) == 0 {
 		return &cacheSnapshot{live: live, err: fmt.Errorf("discovery: service %q: %w", name, ErrNoEndpoints)}
 	}
-	return &cacheSnapshot{eps: eps, live: live}
+	ready := Ready(eps)
+	if len(ready) == 0 {
+		return &cacheSnapshot{live: live, err: fmt.Errorf("discovery: service %q: none of its %d endpoints is ready: %w", name, len(eps), ErrNoEndpoints)}
+	}
+	return &cacheSnapshot{eps: ready, live: live}
 }
 
 // sleep waits for the current backoff (with jitter) and doubles it. It

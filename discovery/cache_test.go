@@ -619,3 +619,51 @@ func BenchmarkCacheHit(b *testing.B) {
 		}
 	})
 }
+
+func notReady(addr string) Endpoint {
+	e := ep(addr)
+	e.NotReady = true
+	return e
+}
+
+// TestCacheServesReadyOnly: not-ready endpoints are kept in the set (so
+// later updates still match them) but never returned.
+func TestCacheServesReadyOnly(t *testing.T) {
+	f := newFake("echo")
+	c := newTestCache(t, f)
+	res := make(chan []Endpoint, 1)
+	go func() {
+		e, _ := get(t, c, "echo")
+		res <- e
+	}()
+	w := f.nextWatch(t)
+	w.send(Reset, ep("a:1"), notReady("b:2"), ep("c:3"))
+	if got := addrsOf(<-res); !reflect.DeepEqual(got, []string{"a:1", "c:3"}) {
+		t.Fatalf("first = %v, want the ready a:1 c:3", got)
+	}
+
+	steps := []struct {
+		name    string
+		kind    UpdateKind
+		eps     []Endpoint
+		want    []string
+		errWant string // when no endpoint is ready
+	}{
+		{"b becomes ready in place", Add, []Endpoint{ep("b:2")}, []string{"a:1", "b:2", "c:3"}, ""},
+		{"a and c stop being ready", Add, []Endpoint{notReady("a:1"), notReady("c:3")}, []string{"b:2"}, ""},
+		{"none ready", Add, []Endpoint{notReady("b:2")}, nil, `service "echo": none of its 3 endpoints is ready`},
+		{"a not-ready endpoint can be removed", Remove, []Endpoint{ep("a:1")}, nil, "none of its 2 endpoints is ready"},
+		{"c ready again", Add, []Endpoint{ep("c:3")}, []string{"c:3"}, ""},
+	}
+	for _, s := range steps {
+		w.send(s.kind, s.eps...)
+		if s.errWant == "" {
+			eventuallyGet(t, c, "echo", s.want...)
+			continue
+		}
+		testkit.Eventually(t, s.name, func() bool {
+			_, err := get(t, c, "echo")
+			return errors.Is(err, ErrNoEndpoints) && strings.Contains(err.Error(), s.errWant)
+		})
+	}
+}

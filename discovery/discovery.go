@@ -2,11 +2,42 @@
 // watches a service name and yields its endpoint set as a stream of
 // updates; implementations (a static file, DNS, a control plane) live in
 // sub-packages.
+//
+// # The model
+//
+// A Service is what a cluster has: a name (name.namespace in a cluster,
+// any lower-case DNS-style name elsewhere), optional virtual IPs and ports,
+// and endpoints. An Endpoint is one peer sidecar: the mesh (QUIC) address
+// to dial, the SPIFFE ID it must prove, a weight and zone for balancing,
+// and, where the source knows them, the workload's own pod IP and ports and
+// whether it is ready.
+//
+// Every field added after the first version has a zero value that means
+// the old behaviour, so sources that know less (DNS, old static files)
+// need not set it: no pod IP, no virtual IPs, ready.
+//
+// # Readiness
+//
+// A not-ready endpoint is still listed (Add/Remove keep matching it by
+// Key) but must not receive balanced traffic. Cache.Endpoints returns the
+// ready endpoints only, and Ready filters any other set, so a balancer
+// fed by either never picks one. The Index does return a not-ready
+// endpoint for its pod IP: an app that dials a pod directly chose that pod.
+//
+// # The transparent path
+//
+// An Index maps an original destination (IP:port) to a service (by
+// virtual IP and service port) or an endpoint (by pod IP and port).
+// Resolvers that know addresses implement Catalog, which feeds an Index
+// through Index.Follow; a resolver that does not (DNS) leaves the Index
+// empty, and every destination is unknown.
 package discovery
 
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"slices"
 )
 
 var (
@@ -31,11 +62,107 @@ type Endpoint struct {
 	Zone string `json:"zone,omitempty"`
 	// Metadata is free-form and passed through untouched.
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// PodIP is the workload's own address (the pod IP in a cluster): what
+	// an app dials when it addresses this peer directly, and what an Index
+	// maps back to this endpoint. Invalid (zero) if the source does not
+	// know it.
+	PodIP netip.Addr `json:"pod_ip,omitzero"`
+	// Ports are the workload's ports (a pod's container ports) that reach
+	// it through the mesh. Empty means every port of PodIP.
+	Ports []uint16 `json:"ports,omitempty"`
+	// NotReady marks an endpoint that exists but must get no balanced
+	// traffic (a pod starting, failing its readiness probe or
+	// terminating). Inverted so that the zero value, which every source
+	// without a notion of readiness produces, means ready.
+	NotReady bool `json:"not_ready,omitempty"`
 }
 
 // Key identifies an endpoint within a set; two endpoints with the same key
 // are the same peer.
 func (e Endpoint) Key() string { return e.Addr + "|" + e.Identity }
+
+// Ready reports whether the endpoint may receive balanced traffic.
+func (e Endpoint) Ready() bool { return !e.NotReady }
+
+// Equal reports whether e and o are the same in every field, so that a
+// change of any of them (readiness included) is a change of the set.
+func (e Endpoint) Equal(o Endpoint) bool {
+	if e.Addr != o.Addr || e.Identity != o.Identity || e.Weight != o.Weight || e.Zone != o.Zone ||
+		e.PodIP != o.PodIP || e.NotReady != o.NotReady || !slices.Equal(e.Ports, o.Ports) ||
+		len(e.Metadata) != len(o.Metadata) {
+		return false
+	}
+	for k, v := range e.Metadata {
+		if w, ok := o.Metadata[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Ready returns the ready endpoints of eps, in order. When all are ready
+// it returns eps itself, without allocating; otherwise a new slice. A
+// balancer that is handed eps from anywhere but Cache.Endpoints (which
+// already filters) must pick from Ready(eps).
+func Ready(eps []Endpoint) []Endpoint {
+	n := 0
+	for _, e := range eps {
+		if e.Ready() {
+			n++
+		}
+	}
+	if n == len(eps) {
+		return eps
+	}
+	out := make([]Endpoint, 0, n)
+	for _, e := range eps {
+		if e.Ready() {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Service is one service with everything a cluster knows about it.
+type Service struct {
+	// Name is name.namespace for a cluster service (orders.shop), or any
+	// lower-case DNS-style name; it is what Resolver.Resolve takes.
+	Name string `json:"name"`
+	// VirtualIPs are the service's cluster IPs; an app that dials one of
+	// them at one of Ports means this service. None for a service that
+	// is only reached by name (or a source without them, such as DNS).
+	VirtualIPs []netip.Addr `json:"virtual_ips,omitempty"`
+	// Ports are the service's ports on its virtual IPs.
+	Ports []ServicePort `json:"ports,omitempty"`
+	// Endpoints are the peers serving it, ready or not.
+	Endpoints []Endpoint `json:"endpoints"`
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	// Name is optional (a Kubernetes port name such as "http").
+	Name string `json:"name,omitempty"`
+	// Port is the port on the virtual IPs that apps dial.
+	Port uint16 `json:"port"`
+	// TargetPort is the port on the endpoints' workloads; 0 means Port.
+	TargetPort uint16 `json:"target_port,omitempty"`
+}
+
+// Target returns the port on the endpoints that Port maps to.
+func (p ServicePort) Target() uint16 {
+	if p.TargetPort == 0 {
+		return p.Port
+	}
+	return p.TargetPort
+}
+
+// Clone deep-copies s.
+func (s Service) Clone() Service {
+	s.VirtualIPs = slices.Clone(s.VirtualIPs)
+	s.Ports = slices.Clone(s.Ports)
+	s.Endpoints = CloneEndpoints(s.Endpoints)
+	return s
+}
 
 // UpdateKind says how an Update changes the endpoint set.
 type UpdateKind int

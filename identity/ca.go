@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -233,25 +234,47 @@ func (ca *CA) Pool() *x509.CertPool {
 // returned chain is just the leaf, with Leaf populated; peers hold the
 // root in their bundle.
 func (ca *CA) Issue(id ID, lifetime time.Duration) (*tls.Certificate, error) {
+	notBefore, notAfter, err := ca.validity(id, lifetime)
+	if err != nil {
+		return nil, err
+	}
+	return ca.issue(id, notBefore, notAfter)
+}
+
+// Certify is Issue for a key the workload holds: it signs pub (from a
+// certificate request whose signature the caller has checked) into a leaf
+// for id, with the same constraints as Issue, and returns the leaf. The
+// caller alone chooses id; nothing of the request but its key is used.
+func (ca *CA) Certify(id ID, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error) {
+	notBefore, notAfter, err := ca.validity(id, lifetime)
+	if err != nil {
+		return nil, err
+	}
+	return ca.sign(id, pub, notBefore, notAfter)
+}
+
+// validity is the window Issue and Certify give a leaf: from a minute ago
+// for lifetime (0: DefaultCertLifetime), capped at the CA's own expiry.
+func (ca *CA) validity(id ID, lifetime time.Duration) (notBefore, notAfter time.Time, err error) {
 	if lifetime < 0 {
-		return nil, fmt.Errorf("identity: negative certificate lifetime %v", lifetime)
+		return time.Time{}, time.Time{}, fmt.Errorf("identity: negative certificate lifetime %v", lifetime)
 	}
 	if lifetime == 0 {
 		lifetime = DefaultCertLifetime
 	}
 	now := time.Now()
-	notBefore := now.Add(-clockSkew)
+	notBefore = now.Add(-clockSkew)
 	if notBefore.Before(ca.cert.NotBefore) {
 		notBefore = ca.cert.NotBefore
 	}
-	notAfter := ceilSecond(now.Add(lifetime))
+	notAfter = ceilSecond(now.Add(lifetime))
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter
 	}
 	if !ca.cert.NotAfter.After(now) {
-		return nil, fmt.Errorf("identity: cannot issue %s: CA for %q expired at %s", id, ca.trustDomain, ca.cert.NotAfter.Format(time.RFC3339))
+		return time.Time{}, time.Time{}, fmt.Errorf("identity: cannot issue %s: CA for %q expired at %s", id, ca.trustDomain, ca.cert.NotAfter.Format(time.RFC3339))
 	}
-	return ca.issue(id, notBefore, notAfter)
+	return notBefore, notAfter, nil
 }
 
 // IssueWithValidity is Issue with an explicit validity window and no
@@ -286,6 +309,18 @@ func encodeTLSCertificate(cert *tls.Certificate) (certPEM, keyPEM []byte, err er
 }
 
 func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("identity: generating key: %w", err)
+	}
+	leaf, err := ca.sign(id, key.Public(), notBefore, notAfter)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+func (ca *CA) sign(id ID, pub crypto.PublicKey, notBefore, notAfter time.Time) (*x509.Certificate, error) {
 	if id.IsZero() {
 		return nil, errors.New("identity: cannot issue a certificate for an empty ID")
 	}
@@ -298,10 +333,6 @@ func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, err
 	}
 	if id.Path == "" {
 		return nil, fmt.Errorf("identity: cannot issue %s: a workload ID needs a path; the bare trust domain ID names the CA", id)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("identity: generating key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -318,7 +349,7 @@ func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, err
 		IsCA:                  false,
 		URIs:                  []*url.URL{id.URL()},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("identity: issuing %s: %w", id, err)
 	}
@@ -326,7 +357,7 @@ func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, err
 	if err != nil {
 		return nil, fmt.Errorf("identity: parsing issued certificate: %w", err)
 	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	return leaf, nil
 }
 
 // ceilSecond rounds t up to a whole second. Certificates store validity

@@ -103,17 +103,18 @@ it intact, and exits 0 if every check passed.
 	if err != nil {
 		return fail("issuing server identity: %v", err)
 	}
-	m.server, err = sidecar.Start(sidecar.Config{
-		Identity:    serverProv,
-		Resolver:    static.NewFromMap(nil),
+	m.server, err = sidecar.Start(sidecar.Deps{
+		Identity: serverProv,
+		Resolver: static.NewFromMap(nil),
+		Logger:   logger.With("sidecar", "server"),
+	}, sidecar.Options{
 		InboundAddr: "127.0.0.1:0",
-		Routes: inbound.Routes{
+		Inbound: inbound.Options{Routes: inbound.Routes{
 			"echo-tcp":   "tcp://" + tcpApp.Addr().String(),
 			"echo-http1": "http://" + apps["echo-http1"].Addr().String(),
 			"echo-h2c":   "h2c://" + apps["echo-h2c"].Addr().String(),
 			"echo-grpc":  "h2c://" + apps["echo-grpc"].Addr().String(),
-		},
-		Logger: logger.With("sidecar", "server"),
+		}},
 	})
 	if err != nil {
 		return fail("starting server sidecar: %v", err)
@@ -129,16 +130,17 @@ it intact, and exits 0 if every check passed.
 	var binds []sidecar.Bind
 	for _, svc := range services {
 		eps[svc] = []discovery.Endpoint{{Addr: m.server.InboundAddr().String(), Identity: demoServerID}}
-		binds = append(binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: svc})
+		binds = append(binds, sidecar.Bind{Name: svc, Listen: "127.0.0.1:0", Service: svc})
 	}
 	m.resolver = static.NewFromMap(eps)
 	m.closers = append(m.closers, func() { m.resolver.Close() })
-	m.client, err = sidecar.Start(sidecar.Config{
-		Identity:    clientProv,
-		Resolver:    m.resolver,
+	m.client, err = sidecar.Start(sidecar.Deps{
+		Identity: clientProv,
+		Resolver: m.resolver,
+		Logger:   logger.With("sidecar", "client"),
+	}, sidecar.Options{
 		InboundAddr: "127.0.0.1:0",
-		Binds:       binds,
-		Logger:      logger.With("sidecar", "client"),
+		Listeners:   sidecar.Listeners{Binds: binds},
 	})
 	if err != nil {
 		return fail("starting client sidecar: %v", err)
@@ -148,18 +150,18 @@ it intact, and exits 0 if every check passed.
 	tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
 	fmt.Fprintf(tw, "  CA\ttrust domain %s\n", demoTrustDomain)
 	fmt.Fprintf(tw, "  sidecar client\t%s\n", demoClientID)
-	for i, svc := range services {
-		fmt.Fprintf(tw, "\toutbound %s -> %s\n", m.client.BindAddr(i), svc)
+	for _, svc := range services {
+		fmt.Fprintf(tw, "\toutbound %s -> %s\n", m.client.ListenerAddr(svc), svc)
 	}
 	fmt.Fprintf(tw, "  sidecar server\t%s\n", demoServerID)
 	fmt.Fprintf(tw, "\tinbound quic %s -> apps %s\n", m.server.InboundAddr(), strings.Join(services, ", "))
 	tw.Flush()
 	fmt.Fprintln(stdout)
 
-	bind := m.client.BindAddr(0).String()
-	h1URL := "http://" + m.client.BindAddr(1).String()
-	h2URL := "http://" + m.client.BindAddr(2).String()
-	grpcAddr := m.client.BindAddr(3).String()
+	bind := m.client.ListenerAddr("echo-tcp").String()
+	h1URL := "http://" + m.client.ListenerAddr("echo-http1").String()
+	h2URL := "http://" + m.client.ListenerAddr("echo-h2c").String()
+	grpcAddr := m.client.ListenerAddr("echo-grpc").String()
 	checks := []demoCheck{
 		{"tcp: 1 KiB echo", func(ctx context.Context) (string, error) { return tcpTransfer(ctx, bind, 1<<10) }},
 		{"tcp: 16 MiB each way", func(ctx context.Context) (string, error) { return tcpTransfer(ctx, bind, 16<<20) }},

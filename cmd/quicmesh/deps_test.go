@@ -8,7 +8,8 @@ import (
 )
 
 // The sidecar binary links only what the sidecar runs: no load generator,
-// no echo apps (they live in quicmesh-dev), and gRPC only as the SPIFFE
+// no echo apps (they live in quicmesh-dev), no control plane or client-go
+// (quicmesh-control), and gRPC only as the SPIFFE
 // Workload API client (go-spiffe's workloadapi, which the spiffe identity
 // provider needs): nothing else in the sidecar may import it.
 // docs/design.md, "Binaries", has the size and memory this costs.
@@ -29,6 +30,11 @@ func TestSidecarBinaryLinksNoDevTools(t *testing.T) {
 	forbidden := []string{
 		"github.com/quicmesh/quicmesh/bench",
 		"github.com/quicmesh/quicmesh/internal/echo",
+		// The control plane and client-go are quicmesh-control's
+		// (docs/control-plane.md, "Binaries").
+		"github.com/quicmesh/quicmesh/internal/control",
+		"k8s.io/client-go",
+		"k8s.io/apimachinery",
 	}
 	// Who may import gRPC: gRPC itself, the Workload API client and the
 	// provider on it (for status codes).

@@ -46,16 +46,10 @@ type proxyOptions struct {
 	// nameservers; a zero Zone means it is not used.
 	dns dnsdisc.Options
 
-	inboundAddr   string
-	adminAddr     string // empty: no admin server
-	httpProxyAddr string // empty: no HTTP proxy listener
-	routes        inbound.Routes
-	binds         []sidecar.Bind
-
-	qlogDir  string
-	limits   transport.Limits
-	outbound outbound.Config
-	inbound  inbound.Config
+	adminAddr string // empty: no admin server
+	// sidecar is what the sidecar is to build: its listeners, routes,
+	// limits and tunables. openProxy adds what it opens (sidecar.Deps).
+	sidecar sidecar.Options
 
 	grace         time.Duration
 	allowShutdown bool
@@ -127,10 +121,10 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 	if err := m.identity(&o); err != nil {
 		return proxyOptions{}, err
 	}
-	if o.routes, err = m.routes(); err != nil {
+	if o.sidecar.Inbound.Routes, err = m.routes(); err != nil {
 		return proxyOptions{}, err
 	}
-	if o.binds, o.names.binds, err = m.binds(); err != nil {
+	if o.sidecar.Listeners.Binds, o.names.binds, err = m.binds(); err != nil {
 		return proxyOptions{}, err
 	}
 	if err := m.listeners(&o); err != nil {
@@ -142,7 +136,7 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 	if err := m.discovery(&o); err != nil {
 		return proxyOptions{}, err
 	}
-	o.qlogDir = m.pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir)
+	o.sidecar.QlogDir = m.pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir)
 	o.allowShutdown = f.allowShutdown
 	return o, nil
 }
@@ -343,21 +337,23 @@ func (m merger) binds() (binds []sidecar.Bind, names []string, err error) {
 // listeners picks the listening addresses and checks that each is a
 // HOST:PORT; the admin server and the HTTP proxy may be disabled ("").
 func (m merger) listeners(o *proxyOptions) error {
-	o.inboundAddr = m.pick("inbound", m.f.inbound, m.fc.Inbound.Listen)
+	inboundAddr := m.pick("inbound", m.f.inbound, m.fc.Inbound.Listen)
+	o.sidecar.InboundAddr = inboundAddr
 	o.adminAddr = m.pick("admin", m.f.admin, m.fc.Admin.Listen)
-	o.httpProxyAddr = m.f.httpProxy
+	httpProxyAddr := m.f.httpProxy
 	if !m.set["http-proxy"] && m.fc.Outbound.HTTPProxy != nil {
-		o.httpProxyAddr = *m.fc.Outbound.HTTPProxy // "" in the file disables it
+		httpProxyAddr = *m.fc.Outbound.HTTPProxy // "" in the file disables it
 	}
+	o.sidecar.Listeners.HTTPProxy = httpProxyAddr
 	inboundName := m.name("inbound", "inbound.listen", m.fc.Inbound.Listen != "")
 	adminName := m.name("admin", "admin.listen", m.fc.Admin.Listen != "")
 	httpProxyName := m.name("http-proxy", "outbound.http_proxy", m.fc.Outbound.HTTPProxy != nil)
 	o.names.listeners = []listenSetting{
-		{inboundName + " " + o.inboundAddr, o.inboundAddr},
+		{inboundName + " " + inboundAddr, inboundAddr},
 		{adminName + " " + o.adminAddr, o.adminAddr},
-		{httpProxyName + " " + o.httpProxyAddr, o.httpProxyAddr},
+		{httpProxyName + " " + httpProxyAddr, httpProxyAddr},
 	}
-	for i, b := range o.binds {
+	for i, b := range o.sidecar.Listeners.Binds {
 		o.names.listeners = append(o.names.listeners, listenSetting{o.names.binds[i], b.Listen})
 	}
 	for i, l := range o.names.listeners {
@@ -387,7 +383,7 @@ func (m merger) limits(o *proxyOptions) error {
 		}
 	}
 	o.grace = m.f.grace
-	o.limits = transport.Limits{
+	o.sidecar.Limits = transport.Limits{
 		MaxIncomingStreams:      lim.MaxStreamsPerPeer,
 		StreamReceiveWindow:     lim.StreamWindowBytes,
 		ConnectionReceiveWindow: lim.ConnWindowBytes,
@@ -397,7 +393,7 @@ func (m merger) limits(o *proxyOptions) error {
 		MaxHandshakes:           lim.MaxHandshakes,
 		RetryThreshold:          lim.RetryThreshold,
 	}
-	o.outbound = outbound.Config{
+	o.sidecar.Outbound = outbound.Options{
 		ConnectTimeout: connectTimeout,
 		Detect:         detect.Config{Timeout: detectTimeout},
 		MaxInFlight:    m.fc.Outbound.MaxInFlight,
@@ -405,10 +401,9 @@ func (m merger) limits(o *proxyOptions) error {
 		IdleTimeout:    lim.AppIdleTimeout.Duration,
 		MaxHeaderBytes: lim.MaxHeaderBytes,
 	}
-	o.inbound = inbound.Config{
-		ConnectTimeout: lim.AppConnectTimeout.Duration,
-		HeaderTimeout:  lim.HeaderTimeout.Duration,
-		MaxInFlight:    lim.InboundMaxInFlight,
-	}
+	// The routes are set already: only the tunables here.
+	o.sidecar.Inbound.ConnectTimeout = lim.AppConnectTimeout.Duration
+	o.sidecar.Inbound.HeaderTimeout = lim.HeaderTimeout.Duration
+	o.sidecar.Inbound.MaxInFlight = lim.InboundMaxInFlight
 	return nil
 }

@@ -46,10 +46,14 @@ func TestMergeProxyOptions(t *testing.T) {
 		return proxyOptions{
 			logLevel: slog.LevelInfo,
 			cert:     "w.crt", key: "w.key", bundle: "b.crt",
-			inboundAddr: "0.0.0.0:4143", adminAddr: "127.0.0.1:4191", httpProxyAddr: "127.0.0.1:4140",
-			routes:   inbound.Routes{},
-			outbound: outbound.Config{Detect: detect.Config{Timeout: time.Second}},
-			grace:    30 * time.Second,
+			adminAddr: "127.0.0.1:4191",
+			sidecar: sidecar.Options{
+				InboundAddr: "0.0.0.0:4143",
+				Listeners:   sidecar.Listeners{HTTPProxy: "127.0.0.1:4140"},
+				Inbound:     inbound.Options{Routes: inbound.Routes{}},
+				Outbound:    outbound.Options{Detect: detect.Config{Timeout: time.Second}},
+			},
+			grace: 30 * time.Second,
 			names: settingNames{
 				identity: "--cert, --key, --bundle", cert: "--cert", discovery: "--discovery-file",
 				listeners: []listenSetting{
@@ -94,7 +98,7 @@ func TestMergeProxyOptions(t *testing.T) {
 			args: append([]string{"--inbound", "127.0.0.1:5143", "--log-level", "debug", "--log-format", "json"}, id...),
 			want: func(o *proxyOptions) {
 				o.logLevel, o.logJSON = slog.LevelDebug, true
-				o.inboundAddr = "127.0.0.1:5143"
+				o.sidecar.InboundAddr = "127.0.0.1:5143"
 				o.names.listeners[0] = listenSetting{"--inbound 127.0.0.1:5143", "127.0.0.1:5143"}
 			},
 		},
@@ -103,8 +107,8 @@ func TestMergeProxyOptions(t *testing.T) {
 			file: `{"inbound": {"listen": "10.0.0.1:4143"}, "admin": {"listen": ""}, "outbound": {"http_proxy": "", "detect_timeout": "250ms"}, "limits": {"connect_timeout": "2s"}}`,
 			args: id,
 			want: func(o *proxyOptions) {
-				o.inboundAddr, o.httpProxyAddr = "10.0.0.1:4143", ""
-				o.outbound.Detect.Timeout, o.outbound.ConnectTimeout = 250*time.Millisecond, 2*time.Second
+				o.sidecar.InboundAddr, o.sidecar.Listeners.HTTPProxy = "10.0.0.1:4143", ""
+				o.sidecar.Outbound.Detect.Timeout, o.sidecar.Outbound.ConnectTimeout = 250*time.Millisecond, 2*time.Second
 				o.names.listeners[0] = listenSetting{`config "inbound.listen" 10.0.0.1:4143`, "10.0.0.1:4143"}
 				// An empty admin.listen is "not set": the default stays.
 				o.names.listeners[2] = listenSetting{`config "outbound.http_proxy" `, ""}
@@ -114,7 +118,7 @@ func TestMergeProxyOptions(t *testing.T) {
 			name: "disabled admin server and HTTP proxy by flag",
 			args: append([]string{"--admin", "", "--http-proxy", ""}, id...),
 			want: func(o *proxyOptions) {
-				o.adminAddr, o.httpProxyAddr = "", ""
+				o.adminAddr, o.sidecar.Listeners.HTTPProxy = "", ""
 				o.names.listeners[1] = listenSetting{"--admin ", ""}
 				o.names.listeners[2] = listenSetting{"--http-proxy ", ""}
 			},
@@ -124,7 +128,7 @@ func TestMergeProxyOptions(t *testing.T) {
 			file: `{"inbound": {"routes": {"web": "127.0.0.1:8080", "grpc": "h2c://127.0.0.1:9090"}}}`,
 			args: append([]string{"--route", "web=127.0.0.1:8081", "--route", "db=tcp://127.0.0.1:5432"}, id...),
 			want: func(o *proxyOptions) {
-				o.routes = inbound.Routes{"web": "127.0.0.1:8081", "grpc": "h2c://127.0.0.1:9090", "db": "tcp://127.0.0.1:5432"}
+				o.sidecar.Inbound.Routes = inbound.Routes{"web": "127.0.0.1:8081", "grpc": "h2c://127.0.0.1:9090", "db": "tcp://127.0.0.1:5432"}
 			},
 		},
 		{
@@ -133,7 +137,7 @@ func TestMergeProxyOptions(t *testing.T) {
 			args: append([]string{"--bind", "127.0.0.1:7002=web", "--bind", "127.0.0.1:7003=cache,opaque"}, id...),
 			want: func(o *proxyOptions) {
 				o.discoveryFile, o.names.discovery = "s.json", `config "discovery.static"`
-				o.binds = []sidecar.Bind{
+				o.sidecar.Listeners.Binds = []sidecar.Bind{
 					{Listen: "127.0.0.1:7001", Service: "db", Opaque: true},
 					{Listen: "127.0.0.1:7002", Service: "web"},
 					{Listen: "127.0.0.1:7003", Service: "cache", Opaque: true},
@@ -181,12 +185,12 @@ func TestMergeProxyOptions(t *testing.T) {
 				"outbound": {"max_in_flight": 9}, "debug": {"qlog_dir": "/tmp/q"}}`,
 			args: append([]string{"--grace", "5s", "--admin-shutdown", "--connect-timeout", "4s"}, id...),
 			want: func(o *proxyOptions) {
-				o.limits = transport.Limits{MaxIncomingStreams: 50, StreamReceiveWindow: 1024, ConnectionReceiveWindow: 4096,
+				o.sidecar.Limits = transport.Limits{MaxIncomingStreams: 50, StreamReceiveWindow: 1024, ConnectionReceiveWindow: 4096,
 					HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute, KeepAlive: 10 * time.Second}
-				o.outbound = outbound.Config{ConnectTimeout: 4 * time.Second, Detect: detect.Config{Timeout: time.Second},
+				o.sidecar.Outbound = outbound.Options{ConnectTimeout: 4 * time.Second, Detect: detect.Config{Timeout: time.Second},
 					MaxInFlight: 9, HeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 8192}
-				o.inbound = inbound.Config{ConnectTimeout: time.Second, HeaderTimeout: 5 * time.Second, MaxInFlight: 7}
-				o.qlogDir, o.grace, o.allowShutdown = "/tmp/q", 5*time.Second, true
+				o.sidecar.Inbound = inbound.Options{Routes: inbound.Routes{}, ConnectTimeout: time.Second, HeaderTimeout: 5 * time.Second, MaxInFlight: 7}
+				o.sidecar.QlogDir, o.grace, o.allowShutdown = "/tmp/q", 5*time.Second, true
 			},
 		},
 

@@ -128,12 +128,12 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		return c.Fail("%v", err)
 	}
 	defer closeAll()
-	log := cfg.sidecar.Logger
+	log := cfg.deps.Logger
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(cfg.collectors...)
-	cfg.sidecar.Metrics = telemetry.New(reg)
+	cfg.deps.Metrics = telemetry.New(reg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -171,8 +171,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if err := cfg.identityArrived(); err != nil {
 		return c.Fail("%v", err)
 	}
-	log = cfg.sidecar.Logger
-	sc, err := sidecar.Start(cfg.sidecar)
+	log = cfg.deps.Logger
+	sc, err := sidecar.Start(cfg.deps, cfg.opts)
 	if err != nil {
 		return c.Fail("%v", opts.names.explainStartError(err))
 	}
@@ -207,7 +207,10 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 
 // proxyConfig is what openProxy opened and assembled.
 type proxyConfig struct {
-	sidecar  sidecar.Config
+	// deps are what openProxy opened (and closeAll closes), for the
+	// sidecar built with opts.
+	deps     sidecar.Deps
+	opts     sidecar.Options
 	logLevel *slog.LevelVar
 	// collectors are the metrics of what was opened (DNS discovery's).
 	collectors []prometheus.Collector
@@ -225,11 +228,11 @@ func (c *proxyConfig) identityArrived() error {
 	if c.named {
 		return nil
 	}
-	localID, err := identity.LocalID(c.sidecar.Identity)
+	localID, err := identity.LocalID(c.deps.Identity)
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.names.cert, err)
 	}
-	c.sidecar.Logger = c.sidecar.Logger.With("id", localID.String())
+	c.deps.Logger = c.deps.Logger.With("id", localID.String())
 	c.named = true
 	return nil
 }
@@ -290,20 +293,13 @@ func openProxy(o proxyOptions, logOut io.Writer) (_ *proxyConfig, closeAll func(
 	}
 
 	cfg := &proxyConfig{
-		sidecar: sidecar.Config{
-			Identity:      prov,
-			Resolver:      res,
-			Authorize:     authz,
-			InboundAddr:   o.inboundAddr,
-			Routes:        o.routes,
-			Binds:         o.binds,
-			HTTPProxyAddr: o.httpProxyAddr,
-			QlogDir:       o.qlogDir,
-			Outbound:      o.outbound,
-			Inbound:       o.inbound,
-			Limits:        o.limits,
-			Logger:        logger,
+		deps: sidecar.Deps{
+			Identity:  prov,
+			Resolver:  res,
+			Authorize: authz,
+			Logger:    logger,
 		},
+		opts:          o.sidecar,
 		logLevel:      level,
 		identityReady: ready,
 		names:         o.names,
@@ -344,7 +340,7 @@ func openIdentity(o proxyOptions, logger *slog.Logger) (_ identity.Provider, rea
 // connection. DNS that cannot answer now is not a reason to refuse to
 // start: the bind's connections wait for it like any later outage.
 func checkBindServices(res discovery.Resolver, o proxyOptions, logger *slog.Logger) error {
-	for i, b := range o.binds {
+	for i, b := range o.sidecar.Listeners.Binds {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*max(o.dns.Timeout, time.Second))
 		w, err := res.Resolve(ctx, b.Service)
 		cancel()

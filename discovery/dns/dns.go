@@ -59,6 +59,16 @@
 // retries after Options.MinTTL, doubling up to Options.MaxTTL (at most
 // 30s); each distinct failure is logged once, and the recovery once.
 //
+// # What DNS does not know
+//
+// SRV records carry no virtual IPs, pod IPs or readiness: every endpoint
+// has a zero Endpoint.PodIP and no ports and is ready, and the Resolver
+// is not a discovery.Catalog, so a discovery.Index fed from DNS stays
+// empty and the transparent path treats every original destination as
+// unknown (passed through). Apps reach DNS-discovered services through
+// binds or the HTTP proxy listener, by name. An endpoint that should get
+// no traffic is taken out of the zone.
+//
 // # Bounds
 //
 // Answers are asked over UDP with a 1232-byte EDNS0 buffer and again over

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -92,6 +94,18 @@ func (l loc) withKey(k string) loc {
 
 type parser struct {
 	dec *json.Decoder
+
+	// Addresses claimed so far, for the checks across services.
+	vips   map[netip.AddrPort]string // virtual IP:port -> service
+	vipIPs map[netip.Addr]string     // virtual IP -> first service
+	pods   map[netip.Addr]podClaim   // pod IP -> first endpoint
+}
+
+// podClaim is the first endpoint found with a pod IP.
+type podClaim struct {
+	service string
+	index   int
+	key     string // Endpoint.Key
 }
 
 func (p *parser) errAt(l loc, off int64, format string, args ...any) *ParseError {
@@ -235,11 +249,69 @@ func (p *parser) uint32(l loc, what string) (uint32, error) {
 	return uint32(v), nil
 }
 
-// Parse decodes and validates an endpoints file (see the package comment
-// for the format) and returns the endpoints of each service. Decoding is
-// strict: unknown fields, duplicate keys, wrong types and trailing data are
-// errors. Weights of 0 or absent become 1. Errors are *ParseError values.
-func Parse(data []byte) (map[string][]discovery.Endpoint, error) {
+func (p *parser) port(l loc, what string, allowZero bool) (uint16, error) {
+	lo := 1
+	if allowZero {
+		lo = 0
+	}
+	off := p.dec.InputOffset()
+	tok, err := p.token(l)
+	if err != nil {
+		return 0, err
+	}
+	n, ok := tok.(json.Number)
+	if !ok {
+		return 0, p.errAt(l, off, "%s must be an integer in %d-65535, got %s", what, lo, describe(tok))
+	}
+	v, err := strconv.ParseUint(string(n), 10, 16)
+	if err != nil || (v == 0 && !allowZero) {
+		return 0, p.errAt(l, off, "%s must be an integer in %d-65535, got %s", what, lo, n)
+	}
+	return uint16(v), nil
+}
+
+func (p *parser) boolean(l loc, what string) (bool, error) {
+	off := p.dec.InputOffset()
+	tok, err := p.token(l)
+	if err != nil {
+		return false, err
+	}
+	b, ok := tok.(bool)
+	if !ok {
+		return false, p.errAt(l, off, "%s must be true or false, got %s", what, describe(tok))
+	}
+	return b, nil
+}
+
+// ip reads an IP address: not a host name, without a zone, not
+// unspecified. An IPv4-mapped IPv6 address becomes its IPv4 form, which is
+// what the original destination of an IPv4 connection is.
+func (p *parser) ip(l loc, what string) (netip.Addr, int64, error) {
+	off := p.dec.InputOffset()
+	s, err := p.str(l, what)
+	if err != nil {
+		return netip.Addr{}, off, err
+	}
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return netip.Addr{}, off, p.errAt(l, off, "invalid %s %q: not an IP address", what, s)
+	case a.Zone() != "":
+		return netip.Addr{}, off, p.errAt(l, off, "invalid %s %q: must not have a zone", what, s)
+	case a.IsUnspecified():
+		return netip.Addr{}, off, p.errAt(l, off, "invalid %s %q: must not be unspecified", what, s)
+	}
+	return a.Unmap(), off, nil
+}
+
+// ParseServices decodes and validates an endpoints file (see the package
+// comment for the format) and returns each service, by name, with its
+// virtual IPs, ports and endpoints. Decoding is strict: unknown fields,
+// duplicate keys, wrong types and trailing data are errors, and so is an
+// address claimed twice (a virtual IP:port by two services, a pod IP by
+// two different endpoints, one IP as both). Weights of 0 or absent become
+// 1; an absent "ready" means ready. Errors are *ParseError values.
+func ParseServices(data []byte) (map[string]discovery.Service, error) {
 	root := loc{path: "$", endpoint: -1}
 	if len(data) > MaxFileSize {
 		return nil, &ParseError{Endpoint: -1, Offset: -1,
@@ -248,10 +320,15 @@ func Parse(data []byte) (map[string][]discovery.Endpoint, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, &ParseError{Endpoint: -1, Offset: -1, Msg: "empty input: expected a JSON object"}
 	}
-	p := &parser{dec: json.NewDecoder(bytes.NewReader(data))}
+	p := &parser{
+		dec:    json.NewDecoder(bytes.NewReader(data)),
+		vips:   map[netip.AddrPort]string{},
+		vipIPs: map[netip.Addr]string{},
+		pods:   map[netip.Addr]podClaim{},
+	}
 	p.dec.UseNumber()
 
-	out := make(map[string][]discovery.Endpoint)
+	out := make(map[string]discovery.Service)
 	err := p.object(root, "the top level", "field", func(key string, off int64) error {
 		switch key {
 		case "services":
@@ -269,29 +346,142 @@ func Parse(data []byte) (map[string][]discovery.Endpoint, error) {
 	return out, nil
 }
 
-func (p *parser) services(l loc, out map[string][]discovery.Endpoint) error {
+// Parse is ParseServices reduced to the endpoints of each service, for
+// callers that need no addresses.
+func Parse(data []byte) (map[string][]discovery.Endpoint, error) {
+	svcs, err := ParseServices(data)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]discovery.Endpoint, len(svcs))
+	for name, svc := range svcs {
+		out[name] = svc.Endpoints
+	}
+	return out, nil
+}
+
+func (p *parser) services(l loc, out map[string]discovery.Service) error {
 	return p.object(l, "services", "service", func(name string, nameOff int64) error {
 		sl := l.withService(name)
 		if err := validateServiceName(name); err != nil {
 			return p.errAt(sl, nameOff, "invalid service name: %v", err)
 		}
-		eps := []discovery.Endpoint{}
+		svc := discovery.Service{Name: name, Endpoints: []discovery.Endpoint{}}
+		var vipOffs []int64
+		var vipsOff int64
 		err := p.object(sl, "a service", "field", func(key string, off int64) error {
+			var err error
 			switch key {
 			case "endpoints":
-				var err error
-				eps, err = p.endpoints(sl.field("endpoints"))
-				return err
+				svc.Endpoints, err = p.endpoints(sl.field("endpoints"))
+			case "virtual_ips":
+				vipsOff = off
+				svc.VirtualIPs, vipOffs, err = p.virtualIPs(sl.field("virtual_ips"))
+			case "ports":
+				svc.Ports, err = p.servicePorts(sl.field("ports"))
 			default:
-				return p.errAt(sl.field(key), off, "unknown field %q", key)
+				err = p.errAt(sl.field(key), off, "unknown field %q", key)
 			}
+			return err
 		})
 		if err != nil {
 			return err
 		}
-		out[name] = eps
+		if len(svc.VirtualIPs) > 0 && len(svc.Ports) == 0 {
+			return p.errAt(sl.field("virtual_ips"), vipsOff, "virtual_ips needs ports: a virtual IP is reached at a service port")
+		}
+		if err := p.claimVirtualIPs(sl, svc, vipOffs); err != nil {
+			return err
+		}
+		out[name] = svc
 		return nil
 	})
+}
+
+func (p *parser) virtualIPs(l loc) ([]netip.Addr, []int64, error) {
+	var ips []netip.Addr
+	var offs []int64
+	err := p.array(l, "virtual_ips", func(i int) error {
+		il := l
+		il.path += fmt.Sprintf("[%d]", i)
+		a, off, err := p.ip(il, "virtual IP")
+		if err != nil {
+			return err
+		}
+		if slices.Contains(ips, a) {
+			return p.errAt(il, off, "duplicate virtual IP %s", a)
+		}
+		ips, offs = append(ips, a), append(offs, off)
+		return nil
+	})
+	return ips, offs, err
+}
+
+// claimVirtualIPs records svc's virtual addresses, refusing one that
+// another service or a pod already has.
+func (p *parser) claimVirtualIPs(l loc, svc discovery.Service, offs []int64) error {
+	for i, ip := range svc.VirtualIPs {
+		il := l.field("virtual_ips")
+		il.path += fmt.Sprintf("[%d]", i)
+		if pod, ok := p.pods[ip]; ok {
+			return p.errAt(il, offs[i], "virtual IP %s is the pod_ip of service %q endpoint %d", ip, pod.service, pod.index)
+		}
+		for _, port := range svc.Ports {
+			ap := netip.AddrPortFrom(ip, port.Port)
+			if other, ok := p.vips[ap]; ok {
+				return p.errAt(il, offs[i], "virtual address %s is also service %q's", ap, other)
+			}
+			p.vips[ap] = svc.Name
+		}
+		if _, ok := p.vipIPs[ip]; !ok {
+			p.vipIPs[ip] = svc.Name
+		}
+	}
+	return nil
+}
+
+func (p *parser) servicePorts(l loc) ([]discovery.ServicePort, error) {
+	var ports []discovery.ServicePort
+	err := p.array(l, "ports", func(i int) error {
+		pl := l
+		pl.path += fmt.Sprintf("[%d]", i)
+		start := p.dec.InputOffset()
+		var sp discovery.ServicePort
+		havePort := false
+		err := p.object(pl, "a service port", "field", func(key string, off int64) error {
+			fl := pl.field(key)
+			var err error
+			switch key {
+			case "name":
+				sp.Name, err = p.str(fl, "name")
+			case "port":
+				havePort = true
+				sp.Port, err = p.port(fl, "port", false)
+			case "target_port":
+				sp.TargetPort, err = p.port(fl, "target_port", true)
+			default:
+				err = p.errAt(fl, off, "unknown field %q", key)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if !havePort {
+			return p.errAt(pl, start, "port is required")
+		}
+		for j, o := range ports {
+			if o.Port == sp.Port {
+				return p.errAt(pl.field("port"), start, "duplicate port %d: same as ports[%d]", sp.Port, j)
+			}
+			if sp.Name != "" && o.Name == sp.Name {
+				return p.errAt(pl.field("name"), start, "duplicate port name %q: same as ports[%d]", sp.Name, j)
+			}
+		}
+		ports = append(ports, sp)
+		return nil
+	})
+	return ports, err
 }
 
 func (p *parser) endpoints(l loc) ([]discovery.Endpoint, error) {
@@ -300,7 +490,7 @@ func (p *parser) endpoints(l loc) ([]discovery.Endpoint, error) {
 	err := p.array(l, "endpoints", func(i int) error {
 		el := l.withEndpoint(i)
 		start := p.dec.InputOffset()
-		ep, err := p.endpoint(el)
+		ep, podOff, err := p.endpoint(el)
 		if err != nil {
 			return err
 		}
@@ -308,18 +498,42 @@ func (p *parser) endpoints(l loc) ([]discovery.Endpoint, error) {
 			return p.errAt(el, start, "duplicate endpoint: same addr %q and identity %q as endpoint %d", ep.Addr, ep.Identity, j)
 		}
 		first[ep.Key()] = i
+		if err := p.claimPodIP(el, ep, podOff); err != nil {
+			return err
+		}
 		eps = append(eps, ep)
 		return nil
 	})
 	return eps, err
 }
 
-func (p *parser) endpoint(l loc) (discovery.Endpoint, error) {
-	var ep discovery.Endpoint
+// claimPodIP records ep's pod IP, refusing one that a different endpoint
+// (another addr or identity: another peer) or a virtual IP already has.
+// The same peer in several services is fine.
+func (p *parser) claimPodIP(l loc, ep discovery.Endpoint, off int64) error {
+	if !ep.PodIP.IsValid() {
+		return nil
+	}
+	pl := l.field("pod_ip")
+	if svc, ok := p.vipIPs[ep.PodIP]; ok {
+		return p.errAt(pl, off, "pod_ip %s is a virtual IP of service %q", ep.PodIP, svc)
+	}
+	if c, ok := p.pods[ep.PodIP]; ok {
+		if c.key != ep.Key() {
+			return p.errAt(pl, off, "pod_ip %s is also service %q endpoint %d's, which has another addr or identity", ep.PodIP, c.service, c.index)
+		}
+		return nil
+	}
+	p.pods[ep.PodIP] = podClaim{service: l.service, index: l.endpoint, key: ep.Key()}
+	return nil
+}
+
+// endpoint reads one endpoint; podOff is the offset of its pod_ip.
+func (p *parser) endpoint(l loc) (ep discovery.Endpoint, podOff int64, err error) {
 	start := p.dec.InputOffset()
-	var addrOff, idOff int64
+	var addrOff, idOff, portsOff int64
 	haveAddr, haveID := false, false
-	err := p.object(l, "an endpoint", "field", func(key string, off int64) error {
+	err = p.object(l, "an endpoint", "field", func(key string, off int64) error {
 		fl := l.field(key)
 		var err error
 		switch key {
@@ -335,36 +549,67 @@ func (p *parser) endpoint(l loc) (discovery.Endpoint, error) {
 			ep.Zone, err = p.str(fl, "zone")
 		case "metadata":
 			ep.Metadata, err = p.metadata(fl)
+		case "pod_ip":
+			ep.PodIP, podOff, err = p.ip(fl, "pod_ip")
+		case "ports":
+			portsOff = off
+			ep.Ports, err = p.endpointPorts(fl)
+		case "ready":
+			var ready bool
+			ready, err = p.boolean(fl, "ready")
+			ep.NotReady = !ready
 		default:
 			err = p.errAt(fl, off, "unknown field %q", key)
 		}
 		return err
 	})
 	if err != nil {
-		return ep, err
+		return ep, podOff, err
 	}
 	if !haveAddr || ep.Addr == "" {
 		if !haveAddr {
-			return ep, p.errAt(l, start, "addr is required")
+			return ep, podOff, p.errAt(l, start, "addr is required")
 		}
-		return ep, p.errAt(l.field("addr"), addrOff, "addr is required")
+		return ep, podOff, p.errAt(l.field("addr"), addrOff, "addr is required")
 	}
 	if err := validateAddr(ep.Addr); err != nil {
-		return ep, p.errAt(l.field("addr"), addrOff, "invalid addr %q: %v", ep.Addr, err)
+		return ep, podOff, p.errAt(l.field("addr"), addrOff, "invalid addr %q: %v", ep.Addr, err)
 	}
 	if !haveID || ep.Identity == "" {
 		if !haveID {
-			return ep, p.errAt(l, start, "identity is required")
+			return ep, podOff, p.errAt(l, start, "identity is required")
 		}
-		return ep, p.errAt(l.field("identity"), idOff, "identity is required")
+		return ep, podOff, p.errAt(l.field("identity"), idOff, "identity is required")
 	}
 	if err := validateIdentity(ep.Identity); err != nil {
-		return ep, p.errAt(l.field("identity"), idOff, "invalid identity %q: %v", ep.Identity, err)
+		return ep, podOff, p.errAt(l.field("identity"), idOff, "invalid identity %q: %v", ep.Identity, err)
+	}
+	if len(ep.Ports) > 0 && !ep.PodIP.IsValid() {
+		return ep, podOff, p.errAt(l.field("ports"), portsOff, "ports needs pod_ip: they are ports of the pod IP")
 	}
 	if ep.Weight == 0 {
 		ep.Weight = 1
 	}
-	return ep, nil
+	return ep, podOff, nil
+}
+
+func (p *parser) endpointPorts(l loc) ([]uint16, error) {
+	var ports []uint16
+	err := p.array(l, "ports", func(i int) error {
+		pl := l
+		pl.path += fmt.Sprintf("[%d]", i)
+		off := p.dec.InputOffset()
+		n, err := p.port(pl, "port", false)
+		if err != nil {
+			return err
+		}
+		if slices.Contains(ports, n) {
+			return p.errAt(pl, off, "duplicate port %d", n)
+		}
+		ports = append(ports, n)
+		return nil
+	})
+	return ports, err
 }
 
 func (p *parser) metadata(l loc) (map[string]string, error) {

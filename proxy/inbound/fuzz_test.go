@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -67,6 +68,21 @@ func (a *appCheck) RoundTrip(r *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 }
 
+// checkUpstream is an Upstream whose HTTP requests go to an appCheck;
+// it dials for real.
+type checkUpstream struct{ check *appCheck }
+
+func (u checkUpstream) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+func (u checkUpstream) RoundTrip(r *http.Request, _ bool) (*http.Response, error) {
+	return u.check.RoundTrip(r)
+}
+
+func (u checkUpstream) Close() {}
+
 // FuzzTunnelHTTP1 feeds arbitrary bytes, as a tunnel's payload, to the
 // inbound HTTP server that serves tunnels to HTTP routes. It must end
 // when the bytes do, and no request may reach the app with a Quicmesh-*
@@ -89,13 +105,18 @@ func FuzzTunnelHTTP1(f *testing.F) {
 	verified := identity.MustParseID("spiffe://test.local/ns/default/sa/client")
 	// The route's app is a port nothing listens on: upgrades and CONNECT
 	// (which dial the app themselves) fail fast with 502.
-	s := New(Config{
-		Routes:         Routes{"web": "http://127.0.0.1:1"},
-		ConnectTimeout: time.Second,
-		HeaderTimeout:  2 * time.Second,
-	})
 	check := &appCheck{want: verified.String()}
-	s.app.h1RT, s.app.h2cRT = check, check
+	s, err := New(Config{
+		Upstream: checkUpstream{check},
+		Options: Options{
+			Routes:         Routes{"web": "http://127.0.0.1:1"},
+			ConnectTimeout: time.Second,
+			HeaderTimeout:  2 * time.Second,
+		},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Cleanup(func() { s.Close() })
 	f.Fuzz(func(t *testing.T, data []byte) {
 		check.mu.Lock()

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,39 +77,29 @@ type TunnelStream interface {
 	Context() context.Context
 }
 
-// Routes maps a tunnel target (service name, or name:port) to the local
-// app address that serves it.
-type Routes map[string]string
-
-// Lookup finds the app address for target: an exact match first, then the
-// name without its port.
-func (r Routes) Lookup(target string) (string, bool) {
-	if a, ok := r[target]; ok {
-		return a, true
-	}
-	if name, _, ok := strings.Cut(target, ":"); ok {
-		a, ok := r[name]
-		return a, ok
-	}
-	return "", false
-}
-
-// Config wires an inbound server.
+// Config wires an inbound server: what it is given (Listener, Upstream,
+// Logger, Metrics, Name) and the Options that shape what it does.
 type Config struct {
 	// Listener supplies the peer connections to serve. Required by Serve.
 	Listener Listener
 	// Upstream is where routed traffic goes; nil is LocalApps built from
 	// ConnectTimeout, AppStreamWindow and AppStreamsPerConn.
 	Upstream Upstream
-	Routes   Routes
 	Logger   *slog.Logger
 	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
 	Name string
+	// Metrics records golden metrics; nil records nothing.
+	Metrics *telemetry.Metrics
+	Options
+}
+
+// Options tunes an inbound server; the zero value takes every default.
+type Options struct {
+	// Routes maps the services this sidecar serves to their apps.
+	Routes Routes
 	// MaxInFlight sheds HTTP requests beyond this many concurrent ones
 	// with a 503 (default 10,000; negative disables).
 	MaxInFlight int
-	// Metrics records golden metrics; nil records nothing.
-	Metrics *telemetry.Metrics
 	// ConnectTimeout bounds connecting to the local app. Default 2s.
 	ConnectTimeout time.Duration
 	// HeaderTimeout bounds how long a peer may take to send the first
@@ -137,7 +126,10 @@ type Config struct {
 type Server struct {
 	cfg Config
 	log *slog.Logger
-	app *appHTTP
+	// http and tunnel are the layers that serve a peer's HTTP requests
+	// and tunnels.
+	http   httpLayer
+	tunnel tunnelLayer
 	// tunnels serves the HTTP that peers send in tunnels to HTTP routes.
 	tunnels *tunnelHTTP
 
@@ -150,36 +142,41 @@ type Server struct {
 	wg       sync.WaitGroup
 }
 
-// WithDefaults returns c with every zero field that has a default set to
+// WithDefaults returns o with every zero field that has a default set to
 // it.
-func (cfg Config) WithDefaults() Config {
+func (o Options) WithDefaults() Options {
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = 2 * time.Second
+	}
+	if o.HeaderTimeout == 0 {
+		o.HeaderTimeout = 10 * time.Second
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 10000
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = 90 * time.Second
+	}
+	if o.MaxHeaderBytes == 0 {
+		o.MaxHeaderBytes = 64 << 10
+	}
+	return o
+}
+
+// New returns an inbound server; call Serve to run it. Its routes are
+// parsed here, once: a bad one is an error.
+func New(cfg Config) (*Server, error) {
+	routes, err := parseRoutes(cfg.Routes)
+	if err != nil {
+		return nil, fmt.Errorf("inbound: %w", err)
+	}
+	cfg.Options = cfg.Options.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = 2 * time.Second
-	}
-	if cfg.HeaderTimeout == 0 {
-		cfg.HeaderTimeout = 10 * time.Second
-	}
-	if cfg.MaxInFlight == 0 {
-		cfg.MaxInFlight = 10000
-	}
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = 90 * time.Second
-	}
-	if cfg.MaxHeaderBytes == 0 {
-		cfg.MaxHeaderBytes = 64 << 10
 	}
 	if cfg.Name == "" {
 		cfg.Name = "quicmesh"
 	}
-	return cfg
-}
-
-// New returns an inbound server; call Serve to run it.
-func New(cfg Config) *Server {
-	cfg = cfg.WithDefaults()
 	if cfg.Upstream == nil {
 		cfg.Upstream = NewLocalApps(cfg.ConnectTimeout, cfg.AppStreamWindow, cfg.AppStreamsPerConn)
 	}
@@ -188,9 +185,10 @@ func New(cfg Config) *Server {
 		log:   cfg.Logger,
 		conns: make(map[*peerConn]struct{}),
 	}
-	s.app = newAppHTTP(s)
-	s.tunnels = newTunnelHTTP(cfg, s.app, cfg.Logger)
-	return s
+	s.http = newHTTPChain(cfg, routes, &s.inflight)
+	s.tunnels = newTunnelHTTP(cfg, chainHandler{s.http}, cfg.Logger)
+	s.tunnel = newTunnelChain(cfg, routes, s.tunnels)
+	return s, nil
 }
 
 // Serve accepts peer connections until ctx ends or Close is called.
@@ -242,19 +240,10 @@ func (s *Server) serveConn(pc *peerConn) {
 		delete(s.conns, pc)
 		s.mu.Unlock()
 	}()
-	pc.conn.Serve(peerHTTP{a: s.app, peer: pc.peer}, func(str TunnelStream, target string) {
-		s.serveTunnel(pc, str, target)
+	pc.conn.Serve(peerHTTP{chain: s.http, peer: pc.peer}, func(str TunnelStream, target string) {
+		s.tunnel.serveTunnel(&tunnelCall{str: str, conn: pc.conn, peer: pc.peer, target: target, log: pc.log})
 	})
 }
-
-// peerHTTP serves the HTTP requests of one peer connection: the peer's
-// verified identity travels with each.
-type peerHTTP struct {
-	a    *appHTTP
-	peer identity.ID
-}
-
-func (h peerHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.a.serve(w, r, h.peer, nil) }
 
 // Close closes every peer connection at once. For a graceful drain use
 // Shutdown.
@@ -269,7 +258,7 @@ func (s *Server) Close() error {
 	// also ends connections only it still holds.
 	s.tunnels.close()
 	s.wg.Wait()
-	s.app.close()
+	s.cfg.Upstream.Close()
 	return nil
 }
 

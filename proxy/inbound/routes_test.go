@@ -5,24 +5,54 @@ import (
 	"testing"
 )
 
-func TestRoutesLookup(t *testing.T) {
-	r := Routes{"web": "127.0.0.1:1", "web:8080": "127.0.0.1:2", "db": "tcp://127.0.0.1:3"}
+// Routes are parsed once; a lookup tries the exact target, then the name
+// without its port.
+func TestRouteTableLookup(t *testing.T) {
+	table, err := parseRoutes(Routes{"web": "127.0.0.1:1", "web:8080": "h2c://127.0.0.1:2", "db": "tcp://127.0.0.1:3"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
-		target, want string
-		ok           bool
+		target string
+		want   route
+		ok     bool
 	}{
-		{"web", "127.0.0.1:1", true},
-		{"web:8080", "127.0.0.1:2", true},
-		{"web:9090", "127.0.0.1:1", true},
-		{"db:5432", "tcp://127.0.0.1:3", true},
-		{"nosuch", "", false},
-		{"nosuch:80", "", false},
-		{"", "", false},
+		{"web", route{ProtoAuto, "127.0.0.1:1"}, true},
+		{"web:8080", route{ProtoH2C, "127.0.0.1:2"}, true},
+		{"web:9090", route{ProtoAuto, "127.0.0.1:1"}, true},
+		{"db:5432", route{ProtoTCP, "127.0.0.1:3"}, true},
+		{"nosuch", route{}, false},
+		{"nosuch:80", route{}, false},
+		{"", route{}, false},
 	}
 	for _, tt := range tests {
-		got, ok := r.Lookup(tt.target)
+		got, ok := table.lookup(tt.target)
 		if got != tt.want || ok != tt.ok {
-			t.Errorf("Lookup(%q) = %q, %v; want %q, %v", tt.target, got, ok, tt.want, tt.ok)
+			t.Errorf("lookup(%q) = %+v, %v; want %+v, %v", tt.target, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestParseRoutes(t *testing.T) {
+	tests := []struct {
+		routes Routes
+		err    string // "" for none
+	}{
+		{nil, ""},
+		{Routes{"web": "http://127.0.0.1:80", "db": "tcp://[::1]:5432"}, ""},
+		{Routes{"web": "ftp://127.0.0.1:21"}, `route for "web": route "ftp://127.0.0.1:21": unknown app protocol "ftp"`},
+		{Routes{"db": "127.0.0.1"}, `route for "db": route "127.0.0.1": app address`},
+	}
+	for _, tt := range tests {
+		table, err := parseRoutes(tt.routes)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("parseRoutes(%v) err = %v, want %q", tt.routes, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || len(table) != len(tt.routes) {
+			t.Errorf("parseRoutes(%v) = %v, %v", tt.routes, table, err)
 		}
 	}
 }

@@ -5,11 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
-	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/bridge"
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/splice"
@@ -17,20 +18,17 @@ import (
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
-// switchRequest is a request that asks to leave HTTP: an Upgrade
-// (WebSocket) or a CONNECT.
-type switchRequest struct {
-	tun    *streamConn // nil for HTTP/3
-	proto  string      // the route's app protocol
-	addr   string      // the app
-	target string
-	peer   identity.ID
-	// switched records the response in metrics when the connection
-	// changes hands (the handler then runs for the whole session).
-	switched func(bridge.Result)
+// switchProtocols is the layer for a request that asks to leave HTTP:
+// an Upgrade (WebSocket) or a CONNECT. Other requests go to next.
+type switchProtocols struct {
+	next           httpLayer
+	up             Upstream
+	connectTimeout time.Duration
+	metrics        *telemetry.Metrics
+	log            *slog.Logger
 }
 
-// switchProtocols forwards a request that asks to leave HTTP to the app
+// serveHTTP forwards a request that asks to leave HTTP to the app
 // on a connection of its own, with the verified identity like any other
 // request. If the app agrees (101 naming the protocol asked for, or 2xx to
 // CONNECT), the tunnel and the app connection are spliced: the app itself
@@ -43,28 +41,33 @@ type switchRequest struct {
 // and it copies from the raw connection), has no CONNECT, and cannot carry
 // a half-close to the app; so the exchange is done here with
 // Request.Write, http.ReadResponse and splice.Run.
-func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr switchRequest) bridge.Result {
-	if sr.tun == nil || r.ProtoMajor != 1 {
-		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "switching protocols needs HTTP/1.1 carried by a tunnel")
+func (l switchProtocols) serveHTTP(c *httpCall) (bridge.Result, error) {
+	w, r := c.w, c.r
+	if r.Method != http.MethodConnect && httpx.UpgradeType(r.Header) == "" {
+		return l.next.serveHTTP(c)
 	}
-	if sr.proto == ProtoH2C {
-		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "the app speaks h2c only: it cannot switch an HTTP/1.1 connection")
+	addr := c.route.addr
+	if c.tun == nil || r.ProtoMajor != 1 {
+		return bridge.Result{}, &httpFailure{kind: bridge.BadGateway, reason: "switching protocols needs HTTP/1.1 carried by a tunnel"}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), a.s.cfg.ConnectTimeout)
-	app, err := a.s.cfg.Upstream.Dial(ctx, sr.addr)
+	if c.route.proto == ProtoH2C {
+		return bridge.Result{}, &httpFailure{kind: bridge.BadGateway, reason: "the app speaks h2c only: it cannot switch an HTTP/1.1 connection"}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), l.connectTimeout)
+	app, err := l.up.Dial(ctx, addr)
 	cancel()
 	if err != nil {
-		a.s.log.Warn("connecting to app failed", "target", sr.target, "app", sr.addr, "error", err)
-		return bridge.WriteError(w, r, bridge.Classify(err), a.who(), "app "+sr.addr+": "+err.Error())
+		l.log.Warn("connecting to app failed", "target", c.target, "app", addr, "error", err)
+		return bridge.Result{}, &httpFailure{kind: bridge.Classify(err), reason: "app " + addr + ": " + err.Error()}
 	}
 	defer app.Close()
 	// A client that goes away before the app answers ends the wait.
 	stop := context.AfterFunc(r.Context(), func() { app.Close() })
 	defer stop()
 
-	out := bridge.PrepareOutgoing(r.Context(), r, "http", sr.addr)
-	if !sr.peer.IsZero() {
-		out.Header.Set(httpx.HeaderPeerIdentity, sr.peer.String())
+	out := bridge.PrepareOutgoing(r.Context(), r, "http", addr)
+	if !c.peer.IsZero() {
+		out.Header.Set(httpx.HeaderPeerIdentity, c.peer.String())
 	}
 	upgrade := httpx.UpgradeType(r.Header)
 	if r.Method != http.MethodConnect {
@@ -75,12 +78,12 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 		out.Header.Set("Upgrade", upgrade)
 	}
 	if err := out.Write(app); err != nil {
-		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "app "+sr.addr+": sending request: "+err.Error())
+		return bridge.Result{}, &httpFailure{kind: bridge.BadGateway, reason: "app " + addr + ": sending request: " + err.Error()}
 	}
 	br := bufio.NewReader(app)
 	resp, err := readFinalResponse(br, out)
 	if err != nil {
-		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "app "+sr.addr+": reading response: "+err.Error())
+		return bridge.Result{}, &httpFailure{kind: bridge.BadGateway, reason: "app " + addr + ": reading response: " + err.Error()}
 	}
 	defer resp.Body.Close()
 
@@ -88,7 +91,7 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 	if r.Method == http.MethodConnect {
 		accepted = resp.StatusCode/100 == 2
 	} else if accepted && !strings.EqualFold(resp.Header.Get("Upgrade"), upgrade) {
-		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), fmt.Sprintf("app switched to %q when %q was asked for", resp.Header.Get("Upgrade"), upgrade))
+		return bridge.Result{}, &httpFailure{kind: bridge.BadGateway, reason: fmt.Sprintf("app switched to %q when %q was asked for", resp.Header.Get("Upgrade"), upgrade)}
 	}
 	if !accepted {
 		h := w.Header()
@@ -99,12 +102,12 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 		if _, err := io.Copy(w, resp.Body); err != nil {
 			panic(http.ErrAbortHandler) // a truncated answer must not look complete
 		}
-		return bridge.Result{Status: resp.StatusCode}
+		return bridge.Result{Status: resp.StatusCode}, nil
 	}
 
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return bridge.WriteError(w, r, bridge.BadGateway, a.who(), "cannot take over the connection: "+err.Error())
+		return bridge.Result{}, &httpFailure{kind: bridge.BadGateway, reason: "cannot take over the connection: " + err.Error()}
 	}
 	defer conn.Close()
 	stop()
@@ -118,27 +121,27 @@ func (a *appHTTP) switchProtocols(w http.ResponseWriter, r *http.Request, sr swi
 		brw.Write(b)
 	}
 	if err := brw.Flush(); err != nil {
-		return bridge.Result{Status: resp.StatusCode}
+		return bridge.Result{Status: resp.StatusCode}, nil
 	}
 	if n := brw.Reader.Buffered(); n > 0 { // the client's, after its request
 		b, _ := brw.Reader.Peek(n)
 		if _, err := app.Write(b); err != nil {
-			sr.tun.abort(meshcode.Reset)
-			return bridge.Result{Status: resp.StatusCode}
+			c.tun.abort(meshcode.Reset)
+			return bridge.Result{Status: resp.StatusCode}, nil
 		}
 	}
 	res := bridge.Result{Status: resp.StatusCode}
-	sr.switched(res)
+	c.switched(res)
 	// Below the framing inspector: what follows is not HTTP. Reading
 	// through the detection replay keeps any byte it still holds.
 	var src net.Conn = conn
 	if u, ok := src.(interface{ NetConn() net.Conn }); ok {
 		src = u.NetConn()
 	}
-	closed := a.s.cfg.Metrics.TCPOpen(telemetry.Inbound, sr.peer.String(), sr.target)
-	sres := splice.Run(app, readThrough{r: src, Stream: sr.tun.str})
+	closed := l.metrics.TCPOpen(telemetry.Inbound, c.peer.String(), c.target)
+	sres := splice.Run(app, readThrough{r: src, Stream: c.tun.str})
 	closed(sres.Received, sres.Sent, splice.ErrClass(sres.Err))
-	return res
+	return res, nil
 }
 
 // readFinalResponse reads the app's answer, skipping interim 1xx

@@ -225,52 +225,119 @@ func (t *tunnelHTTP) close() {
 	<-t.served
 }
 
-// serveTunnel delivers a tunnel to the app its target routes to: raw for
-// a tcp:// route or bytes no HTTP parser would take, through tunnelHTTP
-// otherwise.
-func (s *Server) serveTunnel(pc *peerConn, str TunnelStream, target string) {
-	log := pc.log
-	value, ok := s.cfg.Routes.Lookup(target)
-	proto, addr, err := ParseAppAddr(value)
-	if !ok || err != nil {
-		log.Warn("tunnel for unknown target", "target", target)
-		str.Reset(meshcode.UnknownTarget)
-		return
+// A tunnel goes through its own chain of layers; newTunnelChain sets
+// their order:
+//
+//	mapResets → routeTunnel → (policy) → deliverTunnel
+//
+// The peer's identity is the connection's, verified by the transport.
+
+// tunnelCall is one tunnel from a peer as the layers see it.
+type tunnelCall struct {
+	str    TunnelStream
+	conn   PeerConn
+	peer   identity.ID
+	target string       // the tunnel header's target: the routing key
+	log    *slog.Logger // with the peer's address and identity
+	route  route        // (routeTunnel)
+}
+
+// tunnelLayer is one layer of the tunnel chain.
+type tunnelLayer interface {
+	serveTunnel(t *tunnelCall) error
+}
+
+// tunnelFailure is a tunnel refused or failed before its app took it:
+// the peer gets a reset with code.
+type tunnelFailure struct {
+	code   meshcode.Code
+	reason string
+}
+
+func (f *tunnelFailure) Error() string { return f.reason }
+
+// newTunnelChain builds the tunnel layers in their order. Authorization
+// (issue 11) goes between routeTunnel and deliverTunnel: a denied tunnel
+// is reset before a byte reaches the app.
+func newTunnelChain(cfg Config, routes routeTable, tunnels *tunnelHTTP) tunnelLayer {
+	var t tunnelLayer = deliverTunnel{up: cfg.Upstream, connectTimeout: cfg.ConnectTimeout, headerTimeout: cfg.HeaderTimeout, metrics: cfg.Metrics, tunnels: tunnels}
+	t = routeTunnel{next: t, routes: routes}
+	return mapResets{next: t}
+}
+
+// mapResets resets a tunnel that failed before its app took it, with the
+// failure's mesh code, so that the far sidecar can tell its app why.
+type mapResets struct{ next tunnelLayer }
+
+func (l mapResets) serveTunnel(t *tunnelCall) error {
+	err := l.next.serveTunnel(t)
+	if f, ok := err.(*tunnelFailure); ok {
+		t.str.Reset(f.code)
+		return nil
 	}
-	if proto == ProtoTCP {
-		s.spliceToApp(str.Context(), str, target, addr, pc.peer, log)
-		return
+	return err
+}
+
+// routeTunnel finds the app that serves the tunnel's target.
+type routeTunnel struct {
+	next   tunnelLayer
+	routes routeTable
+}
+
+func (l routeTunnel) serveTunnel(t *tunnelCall) error {
+	rt, ok := l.routes.lookup(t.target)
+	if !ok {
+		t.log.Warn("tunnel for unknown target", "target", t.target)
+		return &tunnelFailure{code: meshcode.UnknownTarget, reason: "unknown target " + t.target}
 	}
-	sc := newStreamConn(str, pc.conn.LocalAddr(), pc.conn.RemoteAddr(), tunnelInfo{peer: pc.peer, target: target})
-	detected, c, err := detect.DetectServer(sc, detect.Config{Timeout: s.cfg.HeaderTimeout})
+	t.route = rt
+	return l.next.serveTunnel(t)
+}
+
+// deliverTunnel delivers a tunnel to its app: raw for a tcp:// route or
+// bytes no HTTP parser would take, through tunnelHTTP otherwise.
+type deliverTunnel struct {
+	up             Upstream
+	connectTimeout time.Duration
+	headerTimeout  time.Duration
+	metrics        *telemetry.Metrics
+	tunnels        *tunnelHTTP
+}
+
+func (l deliverTunnel) serveTunnel(t *tunnelCall) error {
+	if t.route.proto == ProtoTCP {
+		return l.spliceToApp(t, t.str)
+	}
+	sc := newStreamConn(t.str, t.conn.LocalAddr(), t.conn.RemoteAddr(), tunnelInfo{peer: t.peer, target: t.target})
+	detected, c, err := detect.DetectServer(sc, detect.Config{Timeout: l.headerTimeout})
 	if err != nil {
 		// Silence, or a first word that never ends: a slow HTTP client
 		// as far as we can tell, and it has had the header timeout.
-		log.Debug("tunnel to an HTTP route sent no request in time", "target", target, "error", err)
-		sc.abort(meshcode.Reset)
-		return
+		t.log.Debug("tunnel to an HTTP route sent no request in time", "target", t.target, "error", err)
+		return &tunnelFailure{code: meshcode.Reset, reason: "no request in time"}
 	}
-	if detected == detect.Opaque && proto == ProtoAuto {
-		s.spliceToApp(str.Context(), readThrough{r: c, Stream: str}, target, addr, pc.peer, log)
-		return
+	if detected == detect.Opaque && t.route.proto == ProtoAuto {
+		return l.spliceToApp(t, readThrough{r: c, Stream: t.str})
 	}
 	// HTTP, or bytes that are not HTTP sent to an app the route says
 	// speaks HTTP: the HTTP server answers 400 to those.
-	s.tunnels.serve(sc, c, detected)
+	l.tunnels.serve(sc, c, detected)
+	return nil
 }
 
 // spliceToApp connects to the app and splices the tunnel to it.
-func (s *Server) spliceToApp(ctx context.Context, str splice.Stream, target, addr string, peer identity.ID, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-	app, err := s.cfg.Upstream.Dial(ctx, addr)
+func (l deliverTunnel) spliceToApp(t *tunnelCall, str splice.Stream) error {
+	addr := t.route.addr
+	ctx, cancel := context.WithTimeout(t.str.Context(), l.connectTimeout)
+	app, err := l.up.Dial(ctx, addr)
 	cancel()
 	if err != nil {
-		log.Warn("connecting to app failed", "target", target, "app", addr, "error", err)
-		str.Reset(meshcode.ConnectFailed)
-		return
+		t.log.Warn("connecting to app failed", "target", t.target, "app", addr, "error", err)
+		return &tunnelFailure{code: meshcode.ConnectFailed, reason: "app " + addr + ": " + err.Error()}
 	}
-	closed := s.cfg.Metrics.TCPOpen(telemetry.Inbound, peer.String(), target)
+	closed := l.metrics.TCPOpen(telemetry.Inbound, t.peer.String(), t.target)
 	res := splice.Run(app, str)
 	closed(res.Received, res.Sent, splice.ErrClass(res.Err))
-	log.Debug("tunnel closed", "target", target, "app", addr, "to_app", res.Received, "from_app", res.Sent, "error", res.Err)
+	t.log.Debug("tunnel closed", "target", t.target, "app", addr, "to_app", res.Received, "from_app", res.Sent, "error", res.Err)
+	return nil
 }

@@ -43,7 +43,7 @@ func TestHTTPPathOrder(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			peers := &fakePeers{}
-			p := New(Config{Discovery: testProxy(peers).cfg.Discovery, Peers: peers, MaxInFlight: 1})
+			p := New(Config{Discovery: testProxy(peers).cfg.Discovery, Peers: peers, Options: Options{MaxInFlight: 1}})
 			if tt.full {
 				p.shed.inflight.Store(1)
 			}

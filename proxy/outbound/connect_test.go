@@ -58,7 +58,7 @@ func TestConnect(t *testing.T) {
 			}
 			bal := &fakeBalancer{}
 			attempts := cmp(tt.attempts, 3)
-			c := newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": tt.eps}}, Peers: peers, Balancer: bal, MaxAttempts: attempts})
+			c := newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": tt.eps}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: attempts}})
 			ctx := context.Background()
 			if tt.expired {
 				var cancel context.CancelFunc

@@ -2,8 +2,6 @@ package outbound
 
 import (
 	"bufio"
-	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -59,23 +57,23 @@ func TestCloseResetsEveryAppConnection(t *testing.T) {
 	}
 	io.Copy(io.Discard, resp.Body)
 
-	// h2c with prior knowledge, one request done.
+	// h2c with prior knowledge, served: the server's SETTINGS arrived.
+	// The test reads the frames itself: a client library's read loop
+	// would race it for the end of the connection.
 	h2conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h2conn.Close()
-	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(context.Context, string, string, *tls.Config) (net.Conn, error) { return h2conn, nil }}
-	cc, err := tr.NewClientConn(h2conn)
-	if err != nil {
+	io.WriteString(h2conn, http2.ClientPreface)
+	fr := http2.NewFramer(h2conn, h2conn)
+	if err := fr.WriteSettings(); err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", "http://web/", nil)
-	if resp, err := cc.RoundTrip(req); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("HTTP/2 request: %v %v", resp, err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	if f, err := fr.ReadFrame(); err != nil {
+		t.Fatalf("HTTP/2: %v", err)
+	} else if _, ok := f.(*http2.SettingsFrame); !ok {
+		t.Fatalf("HTTP/2: first frame %v, want SETTINGS", f)
 	}
 
 	// A CONNECT tunnel, open.
@@ -95,7 +93,15 @@ func TestCloseResetsEveryAppConnection(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatal(err)
 	}
-	for name, r := range map[string]io.Reader{"HTTP/1": br, "HTTP/2": h2conn, "CONNECT": tbr} {
+	for {
+		if _, err := fr.ReadFrame(); err != nil {
+			if err == io.EOF {
+				t.Errorf("HTTP/2 connection ended cleanly after Close, want a reset")
+			}
+			break
+		}
+	}
+	for name, r := range map[string]io.Reader{"HTTP/1": br, "CONNECT": tbr} {
 		if _, err := io.ReadAll(r); err == nil {
 			// ReadAll returns nil at a clean EOF; a reset is an error.
 			t.Errorf("%s connection ended cleanly after Close, want a reset", name)

@@ -106,6 +106,15 @@ type Config struct {
 	// balance.New() (P2C over peak-EWMA latency).
 	Balancer Balancer
 	Logger   *slog.Logger
+	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
+	Name string
+	// Metrics records golden metrics; nil records nothing.
+	Metrics *telemetry.Metrics
+	Options
+}
+
+// Options tunes the outbound proxy; the zero value takes every default.
+type Options struct {
 	// ConnectTimeout bounds discovery, peer connection and stream opening
 	// for one app connection or request. Default 5s.
 	ConnectTimeout time.Duration
@@ -126,10 +135,6 @@ type Config struct {
 	// MaxInFlight sheds requests beyond this many concurrent ones with a
 	// 503 (default 10,000; negative disables).
 	MaxInFlight int
-	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
-	Name string
-	// Metrics records golden metrics; nil records nothing.
-	Metrics *telemetry.Metrics
 }
 
 // Proxy forwards app traffic to services.

@@ -200,7 +200,7 @@ func TestForwarder(t *testing.T) {
 				}}
 			}}
 			bal := &fakeBalancer{}
-			f := forwarder{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, MaxAttempts: 3}), timeout: time.Second}
+			f := forwarder{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}}), timeout: time.Second}
 			rec := httptest.NewRecorder()
 			o := f.serve(rec, r, target{"web", "web:80"})
 			if (o.err != nil) != tt.wantErr {

@@ -42,7 +42,7 @@ func TestTunnelOpener(t *testing.T) {
 				return c
 			}}
 			bal := &fakeBalancer{}
-			o := tunnelOpener{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, MaxAttempts: 3}),
+			o := tunnelOpener{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}}),
 				timeout: time.Second, log: slog.New(slog.DiscardHandler)}
 			tn, err := o.open(context.Background(), target{"db", "db:5432"})
 			if tt.wantErr == "" {
@@ -105,7 +105,7 @@ func TestTCPForward(t *testing.T) {
 			bal := &fakeBalancer{}
 			peers := &fakePeers{newConn: func(string) *fakeConn { return &fakeConn{alive: true, openErr: tt.openErr} }}
 			f := tcpForward{
-				opener: tunnelOpener{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": tt.eps}}, Peers: peers, Balancer: bal, MaxAttempts: 3}),
+				opener: tunnelOpener{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": tt.eps}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}}),
 					timeout: time.Second, log: slog.New(slog.DiscardHandler)},
 				splicer:  splicer{log: slog.New(slog.DiscardHandler)},
 				failures: testFailures(&logs),
@@ -148,7 +148,7 @@ func TestTunnelFeedsSetupLatencyNotLifetime(t *testing.T) {
 		advance(3 * time.Millisecond) // the handshake
 		return &fakeConn{alive: true, holdTunnels: true}
 	}}
-	c := newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, MaxAttempts: 3})
+	c := newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}})
 	c.now = now
 	f := tcpForward{opener: tunnelOpener{connector: c, timeout: time.Second, log: slog.New(slog.DiscardHandler)}, splicer: splicer{log: slog.New(slog.DiscardHandler)}}
 	app, conn := net.Pipe()

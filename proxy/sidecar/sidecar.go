@@ -1,7 +1,8 @@
 // Package sidecar assembles one quicmesh sidecar from its parts: the QUIC
 // endpoint, the peer-connection pool, discovery, the inbound server and
-// the outbound listeners. cmd/quicmesh builds a Config from flags and files;
-// tests and the demo build it in code.
+// the outbound listeners. Start takes its dependencies (Deps) and what to
+// build (Options) apart: cmd/quicmesh builds both from flags and files;
+// tests (internal/testkit/meshtest) and the demo build them in code.
 package sidecar
 
 import (
@@ -23,8 +24,68 @@ import (
 	"github.com/quicmesh/quicmesh/transport"
 )
 
+// Deps are what a sidecar is given and uses without owning: neither Start
+// nor Close closes them (an Upstream only drops its idle connections when
+// the sidecar closes, as its contract says), except PacketConn, which is
+// handed over. Identity and Resolver are required.
+type Deps struct {
+	Identity identity.Provider
+	Resolver discovery.Resolver
+	// Authorize decides which peers may connect; nil accepts our own
+	// trust domain.
+	Authorize identity.Authorizer
+	// PacketConn, if set, is the already-bound UDP socket for mesh
+	// traffic, in place of Options.InboundAddr (setting both is an
+	// error). Start takes it over: the sidecar closes it, or Start does
+	// if it fails.
+	PacketConn *net.UDPConn
+	// Upstream is where the inbound side delivers routed traffic; nil is
+	// the apps on this host (inbound.LocalApps). A gateway plugs in
+	// another cluster's endpoints here.
+	Upstream inbound.Upstream
+	// Logger receives the sidecar's logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics records golden metrics; nil creates a private registry.
+	Metrics *telemetry.Metrics
+}
+
+// Options shape what Start builds; the zero value is a sidecar on the
+// default mesh port with no routes and no listeners.
+type Options struct {
+	// InboundAddr is the UDP address for mesh traffic (default
+	// 0.0.0.0:4143). The same socket is used for outbound dials.
+	InboundAddr string
+	// Listeners are the app-facing listeners, each with a name.
+	Listeners Listeners
+	// Inbound tunes the inbound server and carries its routes: the
+	// services this sidecar serves and their local apps.
+	Inbound inbound.Options
+	// Outbound tunes the outbound proxy (timeouts, detection, limits).
+	Outbound outbound.Options
+	Limits   transport.Limits
+	// QlogDir, if set, receives a qlog trace per QUIC connection.
+	QlogDir string
+}
+
+// Listeners are a sidecar's app-facing TCP listeners. Each has a name,
+// unique in the sidecar, that its bind errors carry and that finds its
+// bound address (Sidecar.ListenerAddr).
+type Listeners struct {
+	// HTTPProxy is the outbound HTTP proxy listener (HTTP_PROXY style:
+	// absolute-form URIs and CONNECT), named HTTPProxyListener; empty
+	// disables it.
+	HTTPProxy string
+	// Binds are outbound listeners, each dedicated to a service.
+	Binds []Bind
+}
+
+// HTTPProxyListener is the name of the HTTP proxy listener.
+const HTTPProxyListener = "http-proxy"
+
 // Bind is one outbound listener dedicated to a service.
 type Bind struct {
+	// Name is the listener's name; default "bind LISTEN=SERVICE".
+	Name    string
 	Listen  string // local TCP address, e.g. 127.0.0.1:7001
 	Service string
 	// Opaque skips protocol detection: every connection is tunnelled as
@@ -33,46 +94,71 @@ type Bind struct {
 	Opaque bool
 }
 
-// Config describes a sidecar. Identity and Resolver are required.
-type Config struct {
-	Identity identity.Provider
-	Resolver discovery.Resolver
-	// Authorize decides which peers may call us; nil accepts our own
-	// trust domain.
-	Authorize identity.Authorizer
+// listenerName is b's name, its default filled in.
+func (b Bind) listenerName() string {
+	if b.Name != "" {
+		return b.Name
+	}
+	return "bind " + b.Listen + "=" + b.Service
+}
 
-	// InboundAddr is the UDP address for mesh traffic (default
-	// 0.0.0.0:4143). The same socket is used for outbound dials.
-	InboundAddr string
-	// PacketConn, if set, is the already-bound UDP socket for mesh
-	// traffic and InboundAddr is ignored.
-	PacketConn *net.UDPConn
-	// QlogDir, if set, receives a qlog trace per QUIC connection.
-	QlogDir string
-	// Routes maps services this sidecar serves to local app addresses.
-	Routes inbound.Routes
-	// Binds are outbound listeners, one per service.
-	Binds []Bind
-	// HTTPProxyAddr is the outbound HTTP proxy listener (HTTP_PROXY
-	// style: absolute-form URIs and CONNECT); empty disables it.
-	HTTPProxyAddr string
-	// Outbound tunes the outbound proxy (timeouts, detection, limits);
-	// Discovery, Peers and Logger are filled in by Start.
-	Outbound outbound.Config
-	// Inbound tunes the inbound server (app connect timeout, header
-	// timeout, limits); Listener, Routes and Logger are filled in by
-	// Start.
-	Inbound inbound.Config
+// listenerSpec is one app-facing listener to bind: what serves its
+// connections and under which name.
+type listenerSpec struct {
+	name, addr string
+	// service and opaque are what the outbound proxy serves it with;
+	// service "" is the HTTP proxy (routed by each request's host).
+	service string
+	opaque  bool
+}
 
-	Limits transport.Limits
-	Logger *slog.Logger
-	// Metrics records golden metrics; nil creates a private registry.
-	Metrics *telemetry.Metrics
+// specs lists the listeners to bind, checking that their names are
+// unique and their services set.
+func (l Listeners) specs() ([]listenerSpec, error) {
+	var specs []listenerSpec
+	if l.HTTPProxy != "" {
+		specs = append(specs, listenerSpec{name: HTTPProxyListener, addr: l.HTTPProxy})
+	}
+	for _, b := range l.Binds {
+		if b.Service == "" {
+			return nil, fmt.Errorf("sidecar: listener %q (%s): no service", b.listenerName(), b.Listen)
+		}
+		specs = append(specs, listenerSpec{name: b.listenerName(), addr: b.Listen, service: b.Service, opaque: b.Opaque})
+	}
+	seen := map[string]bool{}
+	for _, sp := range specs {
+		if seen[sp.name] {
+			return nil, fmt.Errorf("sidecar: two listeners named %q", sp.name)
+		}
+		seen[sp.name] = true
+	}
+	return specs, nil
+}
+
+// check finds what Start cannot work with, before anything is opened,
+// and returns the listeners to bind.
+func check(deps Deps, opts Options) ([]listenerSpec, error) {
+	if deps.Identity == nil {
+		return nil, errors.New("sidecar: no identity provider: refusing to start without mTLS")
+	}
+	if deps.Resolver == nil {
+		return nil, errors.New("sidecar: no discovery resolver")
+	}
+	if deps.PacketConn != nil && opts.InboundAddr != "" {
+		return nil, fmt.Errorf("sidecar: both a UDP socket and an inbound address (%s) given: use one", opts.InboundAddr)
+	}
+	return opts.Listeners.specs()
+}
+
+// boundListener is a bound app-facing listener.
+type boundListener struct {
+	listenerSpec
+	ln net.Listener
 }
 
 // Sidecar is a running sidecar.
 type Sidecar struct {
-	cfg       Config
+	deps      Deps
 	log       *slog.Logger
 	endpoint  *transport.Endpoint
 	pool      *transport.Pool
@@ -80,8 +166,7 @@ type Sidecar struct {
 	cache     *discovery.Cache
 	inbound   *inbound.Server
 	outbound  *outbound.Proxy
-	listeners []net.Listener
-	binds     []Bind
+	listeners []boundListener
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -89,87 +174,93 @@ type Sidecar struct {
 }
 
 // Start binds every listener and starts serving. Any bind or
-// configuration failure is returned before anything is served.
-func Start(cfg Config) (_ *Sidecar, err error) {
-	if cfg.Identity == nil {
-		return nil, errors.New("sidecar: no identity provider: refusing to start without mTLS")
+// configuration failure is returned before anything is served. What deps
+// holds stays the caller's (see Deps).
+func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
+	if deps.PacketConn != nil {
+		defer func() {
+			if err != nil {
+				deps.PacketConn.Close()
+			}
+		}()
 	}
-	if cfg.Resolver == nil {
-		return nil, errors.New("sidecar: no discovery resolver")
+	specs, err := check(deps, opts)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.InboundAddr == "" {
-		cfg.InboundAddr = "0.0.0.0:4143"
+	if deps.PacketConn == nil && opts.InboundAddr == "" {
+		opts.InboundAddr = "0.0.0.0:4143"
 	}
-	if _, err := cfg.Identity.Certificate(); err != nil {
+	if _, err := deps.Identity.Certificate(); err != nil {
 		return nil, fmt.Errorf("sidecar: no usable identity: %w", err)
 	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = telemetry.New(prometheus.NewRegistry())
+	if deps.Metrics == nil {
+		deps.Metrics = telemetry.New(prometheus.NewRegistry())
 	}
-	s := &Sidecar{cfg: cfg, log: cfg.Logger}
+	s := &Sidecar{deps: deps, log: deps.Logger}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
 
-	s.endpoint, err = transport.Listen(cfg.InboundAddr, transport.Config{
-		Identity:   cfg.Identity,
-		Authorize:  cfg.Authorize,
-		Limits:     cfg.Limits,
-		Logger:     cfg.Logger,
-		Observer:   cfg.Metrics.Handshakes(),
-		PacketConn: cfg.PacketConn,
-		QlogDir:    cfg.QlogDir,
+	s.endpoint, err = transport.Listen(opts.InboundAddr, transport.Config{
+		Identity:   deps.Identity,
+		Authorize:  deps.Authorize,
+		Limits:     opts.Limits,
+		Logger:     deps.Logger,
+		Observer:   deps.Metrics.Handshakes(),
+		PacketConn: deps.PacketConn,
+		QlogDir:    opts.QlogDir,
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.pool = transport.NewPool(s.endpoint)
-	s.cache = discovery.NewCache(cfg.Resolver, cfg.Logger)
+	s.cache = discovery.NewCache(deps.Resolver, deps.Logger)
 	name := "unknown"
-	if id, err := identity.LocalID(cfg.Identity); err == nil {
+	if id, err := identity.LocalID(deps.Identity); err == nil {
 		name = id.String()
 	}
-	ocfg := cfg.Outbound
-	ocfg.Discovery, ocfg.Peers, ocfg.Logger, ocfg.Name, ocfg.Metrics = s.cache, quicPeers{s.pool}, cfg.Logger.With("dir", "outbound"), name, cfg.Metrics
-	s.outbound = outbound.New(ocfg)
-	for svc, v := range cfg.Routes {
-		if _, _, err := inbound.ParseAppAddr(v); err != nil {
-			return nil, fmt.Errorf("sidecar: route for %q: %w", svc, err)
-		}
-	}
-	icfg := cfg.Inbound
-	icfg.Routes, icfg.Logger, icfg.Name, icfg.Metrics = cfg.Routes, cfg.Logger.With("dir", "inbound"), name, cfg.Metrics
-	icfg = icfg.WithDefaults()
-	s.server = transport.NewServer(s.endpoint, transport.ServerConfig{
-		HeaderTimeout:  icfg.HeaderTimeout,
-		MaxHeaderBytes: icfg.MaxHeaderBytes,
-		Logger:         icfg.Logger,
+	s.outbound = outbound.New(outbound.Config{
+		Discovery: s.cache,
+		Peers:     quicPeers{s.pool},
+		Logger:    deps.Logger.With("dir", "outbound"),
+		Name:      name,
+		Metrics:   deps.Metrics,
+		Options:   opts.Outbound,
 	})
-	icfg.Listener = quicListener{s.server}
-	s.inbound = inbound.New(icfg)
-	cfg.Metrics.AddQUICSource(quicStats(telemetry.Outbound, s.pool.QUICStats))
-	cfg.Metrics.AddQUICSource(quicStats(telemetry.Inbound, s.server.QUICStats))
+	inOpts := opts.Inbound.WithDefaults()
+	inLog := deps.Logger.With("dir", "inbound")
+	s.server = transport.NewServer(s.endpoint, transport.ServerConfig{
+		HeaderTimeout:  inOpts.HeaderTimeout,
+		MaxHeaderBytes: inOpts.MaxHeaderBytes,
+		Logger:         inLog,
+	})
+	s.inbound, err = inbound.New(inbound.Config{
+		Listener: quicListener{s.server},
+		Upstream: deps.Upstream,
+		Logger:   inLog,
+		Name:     name,
+		Metrics:  deps.Metrics,
+		Options:  inOpts,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
+	}
+	deps.Metrics.AddQUICSource(quicStats(telemetry.Outbound, s.pool.QUICStats))
+	deps.Metrics.AddQUICSource(quicStats(telemetry.Inbound, s.server.QUICStats))
 
-	binds := cfg.Binds
-	if cfg.HTTPProxyAddr != "" {
-		binds = append(binds[:len(binds):len(binds)], Bind{Listen: cfg.HTTPProxyAddr})
-	}
-	for _, b := range binds {
-		ln, err := net.Listen("tcp", b.Listen)
+	for _, sp := range specs {
+		ln, err := net.Listen("tcp", sp.addr)
 		if err != nil {
-			if b.Service == "" {
-				return nil, fmt.Errorf("sidecar: outbound HTTP proxy listener: %w", err)
-			}
-			return nil, fmt.Errorf("sidecar: outbound listener for %q: %w", b.Service, err)
+			return nil, fmt.Errorf("sidecar: listener %q: %w", sp.name, err)
 		}
-		s.listeners = append(s.listeners, ln)
+		s.listeners = append(s.listeners, boundListener{listenerSpec: sp, ln: ln})
 	}
-	s.binds = binds
 
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -185,16 +276,16 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 			s.log.Error("inbound server stopped", "error", err)
 		}
 	}()
-	for i, ln := range s.listeners {
+	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.outbound.Serve(ln, binds[i].Service, binds[i].Opaque); err != nil {
-				s.log.Error("outbound listener stopped", "listen", ln.Addr().String(), "error", err)
+			if err := s.outbound.Serve(l.ln, l.service, l.opaque); err != nil {
+				s.log.Error("outbound listener stopped", "listener", l.name, "listen", l.ln.Addr().String(), "error", err)
 			}
 		}()
 	}
-	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "binds", len(cfg.Binds), "routes", len(cfg.Routes))
+	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "binds", len(opts.Listeners.Binds), "routes", len(opts.Inbound.Routes))
 	if info, err := s.endpoint.SocketInfo(); err == nil {
 		level := slog.LevelInfo
 		if info.RecvBuffer < transport.WantBufferBytes || info.SendBuffer < transport.WantBufferBytes {
@@ -205,8 +296,8 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 		}
 		s.log.Log(context.Background(), level, "udp socket", "recv_buffer_kib", info.RecvBuffer>>10, "send_buffer_kib", info.SendBuffer>>10, "wanted_kib", transport.WantBufferBytes>>10, "gso", info.GSO)
 	}
-	if cfg.QlogDir != "" {
-		s.log.Info("writing qlog traces", "dir", cfg.QlogDir)
+	if opts.QlogDir != "" {
+		s.log.Info("writing qlog traces", "dir", opts.QlogDir)
 	}
 	return s, nil
 }
@@ -214,17 +305,20 @@ func Start(cfg Config) (_ *Sidecar, err error) {
 // InboundAddr is the bound UDP address for mesh traffic.
 func (s *Sidecar) InboundAddr() *net.UDPAddr { return s.endpoint.Addr() }
 
-// BindAddr is the bound address of the i-th outbound listener.
-func (s *Sidecar) BindAddr(i int) net.Addr { return s.listeners[i].Addr() }
+// ListenerAddr is the bound address of the listener called name, nil if
+// there is none.
+func (s *Sidecar) ListenerAddr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.name == name {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
 
 // HTTPProxyAddr is the bound address of the HTTP proxy listener, nil if
 // disabled.
-func (s *Sidecar) HTTPProxyAddr() net.Addr {
-	if s.cfg.HTTPProxyAddr == "" {
-		return nil
-	}
-	return s.listeners[len(s.listeners)-1].Addr()
-}
+func (s *Sidecar) HTTPProxyAddr() net.Addr { return s.ListenerAddr(HTTPProxyListener) }
 
 // Pool exposes the peer pool (for tests and metrics).
 func (s *Sidecar) Pool() *transport.Pool { return s.pool }
@@ -236,9 +330,9 @@ func (s *Sidecar) Limits() transport.Limits { return s.endpoint.Limits() }
 // rotations.
 func (s *Sidecar) watchCertExpiry(ctx context.Context) {
 	for {
-		changed := s.cfg.Identity.Changed()
-		if cert, err := s.cfg.Identity.Certificate(); err == nil && cert.Leaf != nil {
-			s.cfg.Metrics.SetCertExpiry(cert.Leaf.NotAfter)
+		changed := s.deps.Identity.Changed()
+		if cert, err := s.deps.Identity.Certificate(); err == nil && cert.Leaf != nil {
+			s.deps.Metrics.SetCertExpiry(cert.Leaf.NotAfter)
 		}
 		select {
 		case <-changed:
@@ -258,8 +352,8 @@ const DefaultGrace = 30 * time.Second
 // until ctx ends, then closes everything.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.log.Info("draining")
-	for _, ln := range s.listeners {
-		ln.Close()
+	for _, l := range s.listeners {
+		l.ln.Close()
 	}
 	var wg sync.WaitGroup
 	// Closing the QUIC listener waits for handshakes in flight; peers must
@@ -284,8 +378,8 @@ func (s *Sidecar) Close() error {
 		if s.cancel != nil {
 			s.cancel()
 		}
-		for _, ln := range s.listeners {
-			ln.Close()
+		for _, l := range s.listeners {
+			l.ln.Close()
 		}
 		if s.outbound != nil {
 			s.outbound.Close()

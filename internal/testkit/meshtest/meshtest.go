@@ -142,17 +142,17 @@ type Sidecar struct {
 // when the test ends.
 func (m *Mesh) Start(name string, spec Spec) *Sidecar {
 	m.t.Helper()
-	cfg, binds := m.config(spec)
+	deps, opts := m.config(spec)
 	reg := prometheus.NewRegistry()
-	cfg.Metrics = telemetry.New(reg)
-	sc, err := sidecar.Start(cfg)
+	deps.Metrics = telemetry.New(reg)
+	sc, err := sidecar.Start(deps, opts)
 	if err != nil {
 		m.t.Fatalf("starting sidecar %q: %v", name, err)
 	}
 	m.t.Cleanup(func() { sc.Close() })
 	s := &Sidecar{Sidecar: sc, Name: name, ID: spec.ID, Metrics: reg, binds: map[string]string{}}
-	for i, b := range binds {
-		s.binds[b] = sc.BindAddr(i).String()
+	for _, b := range opts.Listeners.Binds {
+		s.binds[b.Name] = sc.ListenerAddr(b.Name).String()
 	}
 	m.mu.Lock()
 	m.sidecars[name] = s
@@ -173,52 +173,53 @@ func (m *Mesh) Start(name string, spec Spec) *Sidecar {
 }
 
 // config is the one place that turns a Spec into the sidecar's
-// configuration; it also returns the bind names by listener position.
-func (m *Mesh) config(spec Spec) (sidecar.Config, []string) {
-	cfg := sidecar.Config{
-		Identity:    spec.Identity,
-		Resolver:    m.res,
-		InboundAddr: spec.Addr,
-		PacketConn:  spec.PacketConn,
-		Limits:      spec.Limits,
-		Logger:      spec.Logger,
+// dependencies and options. Each bind's listener is named as the test
+// names it (Bind.Name, default its service).
+func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
+	deps := sidecar.Deps{
+		Identity:   spec.Identity,
+		Resolver:   m.res,
+		PacketConn: spec.PacketConn,
+		Logger:     spec.Logger,
 	}
-	if cfg.Identity == nil {
-		cfg.Identity = identitytest.Provider(m.t, m.CA, spec.ID)
+	if deps.Identity == nil {
+		deps.Identity = identitytest.Provider(m.t, m.CA, spec.ID)
 	}
 	if spec.Resolver != nil {
-		cfg.Resolver = spec.Resolver
+		deps.Resolver = spec.Resolver
 	}
-	if cfg.InboundAddr == "" {
-		cfg.InboundAddr = "127.0.0.1:0"
+	if deps.Logger == nil {
+		deps.Logger = testkit.DebugLogger()
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = testkit.DebugLogger()
+	opts := sidecar.Options{
+		InboundAddr: spec.Addr,
+		Limits:      spec.Limits,
+		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout},
+		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout},
+	}
+	if opts.InboundAddr == "" && spec.PacketConn == nil {
+		opts.InboundAddr = "127.0.0.1:0"
 	}
 	if len(spec.Routes) > 0 {
-		cfg.Routes = inbound.Routes(spec.Routes)
+		opts.Inbound.Routes = inbound.Routes(spec.Routes)
 	}
-	cfg.Inbound = inbound.Config{HeaderTimeout: spec.HeaderTimeout}
-	cfg.Outbound = outbound.Config{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout}
 	switch {
 	case spec.DetectTimeout != 0:
-		cfg.Outbound.Detect = detect.Config{Timeout: spec.DetectTimeout}
+		opts.Outbound.Detect = detect.Config{Timeout: spec.DetectTimeout}
 	case spec.ClientsSpeakFirst:
-		cfg.Outbound.Detect = detect.Config{Timeout: time.Until(testkit.HangGuard(m.t))}
+		opts.Outbound.Detect = detect.Config{Timeout: time.Until(testkit.HangGuard(m.t))}
 	}
-	var names []string
 	for _, b := range spec.Binds {
-		cfg.Binds = append(cfg.Binds, sidecar.Bind{Listen: "127.0.0.1:0", Service: b.Service, Opaque: b.Opaque})
 		name := b.Name
 		if name == "" {
 			name = b.Service
 		}
-		names = append(names, name)
+		opts.Listeners.Binds = append(opts.Listeners.Binds, sidecar.Bind{Name: name, Listen: "127.0.0.1:0", Service: b.Service, Opaque: b.Opaque})
 	}
 	if spec.HTTPProxy {
-		cfg.HTTPProxyAddr = "127.0.0.1:0"
+		opts.Listeners.HTTPProxy = "127.0.0.1:0"
 	}
-	return cfg, names
+	return deps, opts
 }
 
 // Resolve makes the mesh's resolver answer service with eps (none: a

@@ -1,0 +1,223 @@
+package inbound
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/bridge"
+	"github.com/quicmesh/quicmesh/internal/h2guard"
+	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
+)
+
+// The inbound side serves a peer's HTTP request through a short chain of
+// layers, each with one job; newHTTPChain sets their order:
+//
+//	identify → shed → measure → mapErrors → route → (policy) → switchProtocols → forward
+//
+// A layer either answers (a Result, or a failure for mapErrors to
+// write) or passes the call to the next one. Tunnels have their own,
+// shorter chain (tunnel.go: newTunnelChain).
+
+// httpCall is one HTTP request from a peer as the layers see it; each
+// layer fills in what it learns.
+type httpCall struct {
+	w http.ResponseWriter
+	r *http.Request
+	// peer is the identity the peer proved to the transport; tun is the
+	// tunnel the request was parsed from, nil for a request the peer's
+	// connection carried as HTTP.
+	peer identity.ID
+	tun  *streamConn
+
+	target    string // the routing key (identify)
+	origProto string // what the far app spoke: "h1", "h2", or "" if unknown (identify)
+	route     route  // (route)
+	// switched records the response in metrics at once when the
+	// connection changes hands: the call then lasts the whole session
+	// (measure).
+	switched func(bridge.Result)
+}
+
+// httpLayer is one layer of the chain.
+type httpLayer interface {
+	serveHTTP(c *httpCall) (bridge.Result, error)
+}
+
+// httpFailure is a request the inbound side answers itself: the kind
+// decides the status (bridge.WriteError), reason is told to the caller.
+type httpFailure struct {
+	kind   bridge.ErrorKind
+	reason string
+}
+
+func (f *httpFailure) Error() string { return f.reason }
+
+func fail(kind bridge.ErrorKind, format string, args ...any) *httpFailure {
+	return &httpFailure{kind: kind, reason: fmt.Sprintf(format, args...)}
+}
+
+// newHTTPChain builds the HTTP layers in their order. shed sits outside
+// measure: a request shed is counted as shed, not as a request.
+// Authorization (issue 11) goes between route and switchProtocols: it
+// needs the route, and a denied request must reach no app.
+func newHTTPChain(cfg Config, routes routeTable, inflight *atomic.Int64) httpLayer {
+	who := "inbound " + cfg.Name
+	var h httpLayer = forward{up: cfg.Upstream, log: cfg.Logger}
+	h = switchProtocols{next: h, up: cfg.Upstream, connectTimeout: cfg.ConnectTimeout, metrics: cfg.Metrics, log: cfg.Logger}
+	h = routeHTTP{next: h, routes: routes}
+	h = mapErrors{next: h, who: who}
+	h = measure{next: h, metrics: cfg.Metrics}
+	h = shed{next: h, max: cfg.MaxInFlight, inflight: inflight, metrics: cfg.Metrics, who: who}
+	return identify{next: h}
+}
+
+// identify establishes what the request is for and strips whatever the
+// peer sent in the mesh's header namespace: only what this sidecar
+// verified itself (the peer's identity, added by forward) reaches the
+// app.
+type identify struct{ next httpLayer }
+
+func (l identify) serveHTTP(c *httpCall) (bridge.Result, error) {
+	if c.tun != nil {
+		// Parsed from a tunnel's bytes: every header is the far app's
+		// own, so the route is the tunnel's and the protocol the one the
+		// bytes spoke.
+		c.target, c.origProto = c.tun.info.target, "h1"
+		if c.r.ProtoMajor == 2 {
+			c.origProto = "h2"
+		}
+	} else {
+		c.target = c.r.Header.Get(httpx.HeaderService)
+		c.origProto = c.r.Header.Get(httpx.HeaderOrigProto)
+		if c.target == "" {
+			c.target = c.r.Host
+		}
+	}
+	httpx.StripMeshHeaders(c.r.Header)
+	return l.next.serveHTTP(c)
+}
+
+// shed drops work not worth doing: a request its peer reset before we
+// started (HTTP/2 Rapid Reset through a tunnel), and requests beyond
+// max in flight (503).
+type shed struct {
+	next     httpLayer
+	max      int // <= 0: no limit
+	inflight *atomic.Int64
+	metrics  *telemetry.Metrics
+	who      string
+}
+
+func (l shed) serveHTTP(c *httpCall) (bridge.Result, error) {
+	if h2guard.StreamReset(c.r.Context()) {
+		return bridge.Result{}, nil
+	}
+	n := l.inflight.Add(1)
+	defer l.inflight.Add(-1)
+	if l.max > 0 && n > int64(l.max) {
+		l.metrics.LoadShed(telemetry.Inbound, "max_in_flight")
+		return writeFailure(c, l.who, fail(bridge.Unavailable, "overloaded: more than %d requests in flight", l.max)), nil
+	}
+	return l.next.serveHTTP(c)
+}
+
+// measure records the request and its response in the golden metrics.
+type measure struct {
+	next    httpLayer
+	metrics *telemetry.Metrics
+}
+
+func (l measure) serveHTTP(c *httpCall) (bridge.Result, error) {
+	start := time.Now()
+	l.metrics.RequestStarted(telemetry.Inbound, c.target)
+	recorded := false
+	c.switched = func(res bridge.Result) {
+		if !recorded {
+			recorded = true
+			l.metrics.ResponseDone(telemetry.Inbound, c.peer.String(), c.target, bridge.Proto(c.r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(start))
+		}
+	}
+	res, err := l.next.serveHTTP(c)
+	c.switched(res)
+	return res, err
+}
+
+// mapErrors answers a failure of the layers below it: a status (or a gRPC
+// status) by kind, and the reason in Quicmesh-Proxy-Error.
+type mapErrors struct {
+	next httpLayer
+	who  string
+}
+
+func (l mapErrors) serveHTTP(c *httpCall) (bridge.Result, error) {
+	res, err := l.next.serveHTTP(c)
+	if f, ok := err.(*httpFailure); ok {
+		return writeFailure(c, l.who, f), nil
+	}
+	return res, err
+}
+
+func writeFailure(c *httpCall, who string, f *httpFailure) bridge.Result {
+	return bridge.WriteError(c.w, c.r, f.kind, who, f.reason)
+}
+
+// routeHTTP finds the app that serves the request's target.
+type routeHTTP struct {
+	next   httpLayer
+	routes routeTable
+}
+
+func (l routeHTTP) serveHTTP(c *httpCall) (bridge.Result, error) {
+	rt, ok := l.routes.lookup(c.target)
+	if !ok {
+		return bridge.Result{}, fail(bridge.Unavailable, "no local app serves %q", c.target)
+	}
+	if rt.proto == ProtoTCP {
+		return bridge.Result{}, fail(bridge.BadGateway, "route for %q does not accept HTTP", c.target)
+	}
+	c.route = rt
+	return l.next.serveHTTP(c)
+}
+
+// forward sends the request to its app, with the peer's verified
+// identity, and relays the response.
+type forward struct {
+	up  Upstream
+	log *slog.Logger
+}
+
+func (l forward) serveHTTP(c *httpCall) (bridge.Result, error) {
+	r, addr := c.r, c.route.addr
+	h2c := c.route.proto == ProtoH2C || (c.route.proto == ProtoAuto && (c.origProto == "h2" || bridge.IsGRPC(r)))
+	ctx := r.Context()
+	if d, ok := bridge.GRPCTimeout(r); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	out := bridge.PrepareOutgoing(ctx, r, "http", addr)
+	if !c.peer.IsZero() {
+		out.Header.Set(httpx.HeaderPeerIdentity, c.peer.String())
+	}
+	rt := roundTripper(func(req *http.Request) (*http.Response, error) { return l.up.RoundTrip(req, h2c) })
+	res, err := bridge.Forward(c.w, out, rt, bridge.Options{StripResponseMesh: true})
+	if err != nil {
+		kind := bridge.Classify(err)
+		if bridge.DeadlinePassed(ctx) {
+			kind = bridge.Timeout
+		}
+		l.log.Warn("forwarding to app failed", "target", c.target, "app", addr, "error", err)
+		return res, &httpFailure{kind: kind, reason: "app " + addr + ": " + err.Error()}
+	}
+	return res, nil
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
