@@ -2,6 +2,10 @@
 // or connection: power of two choices over a weighted load estimate that
 // combines outstanding work and a peak-sensitive latency average (the
 // "P2C + peak-EWMA" balancer Linkerd and Finagle use).
+//
+// The balancer knows endpoints only by key and weight, and learns from
+// the outcomes its caller reports: what a latency sample means (a whole
+// request, a tunnel's setup) is the caller's choice.
 package balance
 
 import (
@@ -9,8 +13,6 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
-
-	"github.com/quicmesh/quicmesh/discovery"
 )
 
 // decay is how fast the latency estimate forgets old samples.
@@ -19,6 +21,27 @@ const decay = 10 * time.Second
 // defaultRTT is the latency assumed for an endpoint with no samples yet,
 // small so that new endpoints get tried.
 const defaultRTT = time.Millisecond
+
+// failedRTT is the least latency a failure counts as, so that a failing
+// endpoint is avoided even when it fails fast.
+const failedRTT = time.Second
+
+// Endpoint is what the balancer needs to know of a candidate.
+type Endpoint struct {
+	// Key identifies the endpoint across picks (discovery.Endpoint.Key).
+	Key string
+	// Weight scales the endpoint's share; 0 means 1.
+	Weight uint32
+}
+
+// Outcome is what one picked unit of work showed about its endpoint.
+type Outcome struct {
+	// Latency is the sample: how long the work took to be answered.
+	Latency time.Duration
+	// Failed marks work the endpoint did not serve; it counts as at
+	// least failedRTT.
+	Failed bool
+}
 
 // Balancer keeps per-endpoint load state across calls. It is safe for
 // concurrent use; state for endpoints that are no longer offered is
@@ -39,19 +62,19 @@ type stats struct {
 // New returns an empty balancer.
 func New() *Balancer { return &Balancer{stats: make(map[string]*stats), now: time.Now} }
 
-// Pick chooses among eps the endpoint with the lower cost of two random
-// candidates, skipping those for which skip returns true. It returns a
-// done function that must be called once the work finishes (ok=false on
-// failure, which counts as a slow response so the endpoint is avoided).
-func (b *Balancer) Pick(eps []discovery.Endpoint, skip func(discovery.Endpoint) bool) (discovery.Endpoint, func(ok bool), bool) {
+// Pick returns the index in eps of the one with the lower cost of two
+// random candidates, skipping those for which skip returns true (skip may
+// be nil); ok is false when none is left. The pick counts as outstanding
+// work on the endpoint until its Done, which must follow exactly once.
+func (b *Balancer) Pick(eps []Endpoint, skip func(i int) bool) (int, bool) {
 	idx := make([]int, 0, len(eps))
 	for i := range eps {
-		if skip == nil || !skip(eps[i]) {
+		if skip == nil || !skip(i) {
 			idx = append(idx, i)
 		}
 	}
 	if len(idx) == 0 {
-		return discovery.Endpoint{}, nil, false
+		return 0, false
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -63,44 +86,56 @@ func (b *Balancer) Pick(eps []discovery.Endpoint, skip func(discovery.Endpoint) 
 		if j >= i {
 			j++
 		}
-		a, c := eps[idx[i]], eps[idx[j]]
-		if b.cost(c, now) < b.cost(a, now) {
+		if b.cost(eps[idx[j]], now) < b.cost(eps[idx[i]], now) {
 			choice = idx[j]
 		} else {
 			choice = idx[i]
 		}
 	}
-	ep := eps[choice]
-	key := ep.Key()
-	st := b.stat(key, now)
+	st := b.stat(eps[choice].Key, now)
 	st.pending++
 	st.used = now
-	start := now
 	b.gc(now)
-	return ep, func(ok bool) {
-		b.mu.Lock()
-		defer b.mu.Unlock()
+	return choice, true
+}
+
+// Observe feeds the outcome of work picked for ep into its latency
+// estimate. The work may go on (a tunnel, once open).
+func (b *Balancer) Observe(ep Endpoint, o Outcome) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	rtt := o.Latency
+	if o.Failed {
+		rtt = max(rtt, failedRTT)
+	}
+	b.observe(b.stat(ep.Key, now), rtt, now)
+}
+
+// Done ends the outstanding work of one Pick of ep.
+func (b *Balancer) Done(ep Endpoint) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	st := b.stat(ep.Key, now)
+	st.used = now
+	if st.pending > 0 {
 		st.pending--
-		rtt := b.now().Sub(start)
-		if !ok {
-			rtt = max(rtt, time.Second)
-		}
-		b.observe(st, rtt, b.now())
-	}, true
+	}
 }
 
 func (b *Balancer) stat(key string, now time.Time) *stats {
 	st := b.stats[key]
 	if st == nil {
-		st = &stats{ewma: float64(defaultRTT), stamp: now}
+		st = &stats{ewma: float64(defaultRTT), stamp: now, used: now}
 		b.stats[key] = st
 	}
 	return st
 }
 
 // cost is latency × (outstanding+1) / weight.
-func (b *Balancer) cost(ep discovery.Endpoint, now time.Time) float64 {
-	st := b.stats[ep.Key()]
+func (b *Balancer) cost(ep Endpoint, now time.Time) float64 {
+	st := b.stats[ep.Key]
 	lat, pending := float64(defaultRTT), 0
 	if st != nil {
 		lat, pending = b.decayed(st, now), st.pending

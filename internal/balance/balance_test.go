@@ -3,50 +3,55 @@ package balance
 import (
 	"testing"
 	"time"
-
-	"github.com/quicmesh/quicmesh/discovery"
 )
 
-func eps(n int) []discovery.Endpoint {
-	out := make([]discovery.Endpoint, n)
+func eps(n int) []Endpoint {
+	out := make([]Endpoint, n)
 	for i := range out {
-		out[i] = discovery.Endpoint{Addr: string(rune('a'+i)) + ":1", Identity: "spiffe://t/x"}
+		out[i] = Endpoint{Key: string(rune('a'+i)) + ":1|spiffe://t/x"}
 	}
 	return out
 }
 
 func TestPickSkipsAndEmpty(t *testing.T) {
 	b := New()
-	if _, _, ok := b.Pick(nil, nil); ok {
+	if _, ok := b.Pick(nil, nil); ok {
 		t.Fatal("Pick on empty set succeeded")
 	}
 	set := eps(3)
 	for range 50 {
-		ep, done, ok := b.Pick(set, func(e discovery.Endpoint) bool { return e.Addr != "b:1" })
-		if !ok || ep.Addr != "b:1" {
-			t.Fatalf("Pick = %v %v, want b:1", ep, ok)
+		i, ok := b.Pick(set, func(i int) bool { return i != 1 })
+		if !ok || i != 1 {
+			t.Fatalf("Pick = %d %v, want 1", i, ok)
 		}
-		done(true)
+		b.Observe(set[i], Outcome{Latency: time.Millisecond})
+		b.Done(set[i])
 	}
-	if _, _, ok := b.Pick(set, func(discovery.Endpoint) bool { return true }); ok {
+	if _, ok := b.Pick(set, func(int) bool { return true }); ok {
 		t.Fatal("Pick with everything skipped succeeded")
 	}
 }
 
-func TestPickAvoidsLoadedAndSlow(t *testing.T) {
+func TestPickAvoidsLoadedSlowAndFailed(t *testing.T) {
 	tests := []struct {
 		name  string
-		setup func(b *Balancer, set []discovery.Endpoint)
+		setup func(b *Balancer, set []Endpoint)
 	}{
-		{"outstanding", func(b *Balancer, set []discovery.Endpoint) {
-			b.stat(set[0].Key(), b.now()).pending = 100
+		{"outstanding", func(b *Balancer, set []Endpoint) {
+			for range 100 {
+				b.Pick(set[:1], nil)
+			}
 		}},
-		{"slow", func(b *Balancer, set []discovery.Endpoint) {
-			b.stat(set[0].Key(), b.now()).ewma = float64(time.Second)
+		{"slow", func(b *Balancer, set []Endpoint) {
+			b.Pick(set[:1], nil)
+			b.Observe(set[0], Outcome{Latency: time.Second})
+			b.Done(set[0])
 		}},
-		{"failed", func(b *Balancer, set []discovery.Endpoint) {
-			_, done, _ := b.Pick(set[:1], nil)
-			done(false)
+		// A failure that came back fast still counts as slow.
+		{"failed", func(b *Balancer, set []Endpoint) {
+			b.Pick(set[:1], nil)
+			b.Observe(set[0], Outcome{Latency: time.Microsecond, Failed: true})
+			b.Done(set[0])
 		}},
 	}
 	for _, tt := range tests {
@@ -55,13 +60,46 @@ func TestPickAvoidsLoadedAndSlow(t *testing.T) {
 			set := eps(2)
 			tt.setup(b, set)
 			for range 100 {
-				ep, done, _ := b.Pick(set, nil)
-				done(true)
-				if ep.Addr == set[0].Addr {
+				i, _ := b.Pick(set, nil)
+				b.Observe(set[i], Outcome{Latency: time.Millisecond})
+				b.Done(set[i])
+				if i == 0 {
 					t.Fatalf("picked the %s endpoint", tt.name)
 				}
 			}
 		})
+	}
+}
+
+// Work is outstanding from Pick to Done, whatever was observed meanwhile:
+// open tunnels with a fast setup still count as load on their endpoint.
+func TestOutstandingUntilDone(t *testing.T) {
+	b := New()
+	set := eps(2)
+	for range 10 {
+		b.Pick(set[:1], nil)
+		b.Observe(set[0], Outcome{Latency: time.Microsecond})
+	}
+	if p := b.stats[set[0].Key].pending; p != 10 {
+		t.Fatalf("pending after observing ten open tunnels = %d, want 10", p)
+	}
+	for range 100 {
+		i, _ := b.Pick(set, nil)
+		b.Done(set[i])
+		if i == 0 {
+			t.Fatal("picked the endpoint carrying ten open tunnels")
+		}
+	}
+	for range 10 {
+		b.Done(set[0])
+	}
+	if p := b.stats[set[0].Key].pending; p != 0 {
+		t.Fatalf("pending after every Done = %d, want 0", p)
+	}
+	// A stray Done does not drive the count negative.
+	b.Done(set[0])
+	if p := b.stats[set[0].Key].pending; p != 0 {
+		t.Fatalf("pending after a stray Done = %d, want 0", p)
 	}
 }
 
@@ -71,25 +109,26 @@ func TestWeightsAndSpread(t *testing.T) {
 	b.now = func() time.Time { return clock }
 	set := eps(4)
 	set[3].Weight = 3
-	counts := map[string]int{}
+	counts := map[int]int{}
 	// Equal latency everywhere, four requests in flight at a time.
-	var inflight []func(bool)
+	var inflight []int
 	for range 4000 {
-		ep, done, _ := b.Pick(set, nil)
-		counts[ep.Addr]++
-		inflight = append(inflight, done)
+		i, _ := b.Pick(set, nil)
+		counts[i]++
+		inflight = append(inflight, i)
 		if len(inflight) == 4 {
 			clock = clock.Add(time.Millisecond)
-			inflight[0](true)
+			b.Observe(set[inflight[0]], Outcome{Latency: time.Millisecond})
+			b.Done(set[inflight[0]])
 			inflight = inflight[1:]
 		}
 	}
-	if counts["d:1"] <= counts["a:1"] {
+	if counts[3] <= counts[0] {
 		t.Fatalf("weight 3 endpoint got no more than weight 1: %v", counts)
 	}
-	for _, e := range set {
-		if counts[e.Addr] < 500 {
-			t.Fatalf("endpoint %s got %d of 4000 picks: %v", e.Addr, counts[e.Addr], counts)
+	for i := range set {
+		if counts[i] < 500 {
+			t.Fatalf("endpoint %d got %d of 4000 picks: %v", i, counts[i], counts)
 		}
 	}
 }
@@ -98,7 +137,8 @@ func BenchmarkPick(b *testing.B) {
 	bal := New()
 	set := eps(8)
 	for b.Loop() {
-		_, done, _ := bal.Pick(set, nil)
-		done(true)
+		i, _ := bal.Pick(set, nil)
+		bal.Observe(set[i], Outcome{Latency: time.Millisecond})
+		bal.Done(set[i])
 	}
 }

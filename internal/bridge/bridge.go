@@ -21,17 +21,6 @@ import (
 	"github.com/quicmesh/quicmesh/internal/httpx"
 )
 
-// Mesh-internal request headers set by the outbound sidecar for the
-// inbound one. Apps can never set them: every Quicmesh- header from an app
-// is stripped on the way out and on the way in.
-const (
-	// HeaderService names the service the outbound sidecar resolved.
-	HeaderService = "Quicmesh-Service"
-	// HeaderOrigProto says how the app spoke to its sidecar (h1 or h2),
-	// so the far side can speak the same to its app when not configured.
-	HeaderOrigProto = "Quicmesh-Orig-Proto"
-)
-
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Options tune one forward.

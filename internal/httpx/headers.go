@@ -37,6 +37,12 @@ const (
 	HeaderProxyError = "Quicmesh-Proxy-Error"
 	// HeaderProxy identifies the sidecar that handled a message.
 	HeaderProxy = "Quicmesh-Proxy"
+	// HeaderService names the service the outbound sidecar resolved, for
+	// the inbound one.
+	HeaderService = "Quicmesh-Service"
+	// HeaderOrigProto says how the app spoke to its sidecar (h1 or h2),
+	// so the far side can speak the same to its app when not configured.
+	HeaderOrigProto = "Quicmesh-Orig-Proto"
 )
 
 // IsMeshHeader reports whether name (in any case) is a mesh-internal field,

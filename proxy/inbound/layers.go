@@ -93,8 +93,8 @@ func (l identify) serveHTTP(c *httpCall) (bridge.Result, error) {
 			c.origProto = "h2"
 		}
 	} else {
-		c.target = c.r.Header.Get(bridge.HeaderService)
-		c.origProto = c.r.Header.Get(bridge.HeaderOrigProto)
+		c.target = c.r.Header.Get(httpx.HeaderService)
+		c.origProto = c.r.Header.Get(httpx.HeaderOrigProto)
 		if c.target == "" {
 			c.target = c.r.Host
 		}

@@ -2,6 +2,9 @@
 // the local app's connections, finds the service's peers through
 // discovery, and carries the traffic to one of them over the connection
 // to that peer a transport (Peers) shares.
+//
+// Each unit of work walks a short chain of layers, each a type with one
+// job; chain.go sets their order in one place.
 package outbound
 
 import (
@@ -13,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
@@ -21,13 +23,13 @@ import (
 	"github.com/quicmesh/quicmesh/internal/balance"
 	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/internal/lograte"
-	"github.com/quicmesh/quicmesh/internal/splice"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // Endpoints is what the outbound proxy needs from discovery: the current
-// endpoint set of a service (discovery.Cache implements it).
+// endpoint set of a service (discovery.Cache implements it). A set that
+// is returned again unchanged (the same slice) is not parsed again.
 type Endpoints interface {
 	Endpoints(ctx context.Context, service string) ([]discovery.Endpoint, error)
 }
@@ -79,11 +81,31 @@ type TunnelStream interface {
 	Reset(code meshcode.Code)
 }
 
+// Balancer chooses the endpoint that gets the next unit of work and
+// learns from what happened to it (internal/balance implements it).
+type Balancer interface {
+	// Pick returns the index in eps of the chosen endpoint, never one
+	// for which skip returns true; ok is false when none is left. The
+	// work counts as outstanding on the endpoint until Done, which
+	// follows each pick exactly once.
+	Pick(eps []balance.Endpoint, skip func(i int) bool) (i int, ok bool)
+	// Observe gives the outcome of picked work once it is known: a
+	// request's latency to its response, a tunnel's latency to an open
+	// stream (its lifetime says nothing about the endpoint), and whether
+	// the endpoint failed it.
+	Observe(ep balance.Endpoint, o balance.Outcome)
+	// Done ends the picked work: a request answered, a tunnel closed.
+	Done(ep balance.Endpoint)
+}
+
 // Config wires an outbound proxy.
 type Config struct {
 	Discovery Endpoints
 	Peers     Peers
-	Logger    *slog.Logger
+	// Balancer chooses among a service's endpoints; default
+	// balance.New() (P2C over peak-EWMA latency).
+	Balancer Balancer
+	Logger   *slog.Logger
 	// Name identifies this sidecar in Quicmesh-Proxy-Error headers.
 	Name string
 	// Metrics records golden metrics; nil records nothing.
@@ -117,21 +139,21 @@ type Options struct {
 
 // Proxy forwards app traffic to services.
 type Proxy struct {
-	cfg      Config
-	balancer *balance.Balancer
-	log      *slog.Logger
+	cfg Config
+	log *slog.Logger
 
-	inflight atomic.Int64
+	// The parts the layers share: one in-flight count for the whole
+	// proxy, one connector (balancer state), one failure log limiter.
+	shed      *loadShed
+	connector *connector
+	failures  failureLog
+	tcp       tcpHandler
+
+	conns connTracker
 
 	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
 	fronts  []*httpFront
 	closing bool
-	wg      sync.WaitGroup
-
-	// failureLogs rate-limits per-request failure lines (a partition
-	// fails every request) per service and reason.
-	failureLogs *lograte.Limiter
 }
 
 // New returns an outbound proxy.
@@ -160,96 +182,36 @@ func New(cfg Config) *Proxy {
 	if cfg.Name == "" {
 		cfg.Name = "quicmesh"
 	}
-	return &Proxy{cfg: cfg, balancer: balance.New(), log: cfg.Logger, conns: make(map[net.Conn]struct{}), failureLogs: lograte.New(0, 0, nil)}
+	if cfg.Balancer == nil {
+		cfg.Balancer = balance.New()
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		shed:      &loadShed{max: cfg.MaxInFlight, metrics: cfg.Metrics, who: who(cfg.Name)},
+		connector: newConnector(cfg),
+		failures:  failureLog{log: cfg.Logger, limiter: lograte.New(0, 0, nil)},
+	}
+	p.conns.init()
+	p.tcp = p.tcpPath()
+	return p
 }
 
-func (p *Proxy) who() string { return "outbound " + p.cfg.Name }
-
-// discoveryError says in one sentence why discovery gave no endpoints for
-// service. The resolvers' own wrapping repeats the name at every layer
-// ("resolving ...: resolve ...: resolve ..."); the sentinel stays
-// reachable for errors.Is.
-func discoveryError(service string, err error) error {
-	switch {
-	case errors.Is(err, discovery.ErrUnknownService):
-		return sentence{fmt.Sprintf("no service %q in discovery", service), err}
-	case errors.Is(err, discovery.ErrNoEndpoints):
-		return sentence{fmt.Sprintf("service %q has no endpoints", service), err}
-	}
-	return fmt.Errorf("outbound: discovering %q: %w", service, err)
-}
-
-// sentence is an error whose text replaces that of the error it wraps.
-type sentence struct {
-	text string
-	err  error
-}
-
-func (e sentence) Error() string { return e.text }
-func (e sentence) Unwrap() error { return e.err }
-
-// ErrNoRoute is wrapped when no endpoint of a service could be reached.
-var ErrNoRoute = errors.New("outbound: no reachable endpoint")
-
-// Connect picks an endpoint of service and returns the shared connection
-// to it. Endpoints whose peer cannot be reached are skipped, up to
-// MaxAttempts. done must be called when the work on the connection ends.
-func (p *Proxy) Connect(ctx context.Context, service string) (PeerConn, func(ok bool), error) {
-	eps, err := p.cfg.Discovery.Endpoints(ctx, service)
-	if err != nil {
-		return nil, nil, discoveryError(service, err)
-	}
-	tried := make(map[string]bool, p.cfg.MaxAttempts)
-	var lastErr error
-	for attempt := 0; attempt < p.cfg.MaxAttempts; attempt++ {
-		// Endpoints in back-off (failed dial, draining) are skipped while
-		// others remain; if none remain they are tried anyway and fail fast.
-		ep, done, ok := p.balancer.Pick(eps, func(e discovery.Endpoint) bool {
-			return tried[e.Key()] || p.unavailable(e)
-		})
-		if !ok {
-			ep, done, ok = p.balancer.Pick(eps, func(e discovery.Endpoint) bool { return tried[e.Key()] })
-		}
-		if !ok {
-			break
-		}
-		tried[ep.Key()] = true
-		id, err := identity.ParseID(ep.Identity)
-		if err != nil {
-			done(false)
-			lastErr = fmt.Errorf("endpoint %s has an invalid identity: %w", ep.Addr, err)
-			continue
-		}
-		pc, err := p.cfg.Peers.Get(ctx, ep.Addr, id)
-		if err != nil {
-			done(false)
-			lastErr = err
-			if ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		return pc, done, nil
-	}
-	if lastErr == nil {
-		lastErr = discovery.ErrNoEndpoints
-	}
-	return nil, nil, fmt.Errorf("%w for %q: %w", ErrNoRoute, service, lastErr)
-}
+func who(name string) string { return "outbound " + name }
 
 // Serve accepts app connections on ln until it is closed. Each connection
 // is classified by detection: HTTP/1.1 and HTTP/2 are served request by
 // request, anything else is tunnelled to service as opaque TCP. With
 // opaque set, detection is skipped. An empty service makes ln the HTTP
 // proxy listener: requests are routed by their authority and non-HTTP
-// traffic is refused.
+// traffic is refused. On a closed proxy Serve returns nil at once.
 func (p *Proxy) Serve(ln net.Listener, service string, opaque bool) error {
 	var front *httpFront
 	if !opaque {
 		front = p.newHTTPFront(service)
-		p.mu.Lock()
-		p.fronts = append(p.fronts, front)
-		p.mu.Unlock()
+		if !p.start(front) {
+			return nil
+		}
 	}
 	for {
 		conn, err := ln.Accept()
@@ -264,155 +226,30 @@ func (p *Proxy) Serve(ln net.Listener, service string, opaque bool) error {
 			}
 			return fmt.Errorf("outbound: accepting on %s: %w", ln.Addr(), err)
 		}
-		if !p.track(conn) {
+		tc, ok := p.conns.track(conn)
+		if !ok {
 			conn.Close()
 			continue
 		}
 		go func() {
-			defer p.untrack(conn)
-			p.serveConn(conn, front, service)
+			defer p.conns.served()
+			p.serveConn(tc, front, service)
 		}()
 	}
 }
 
-func (p *Proxy) serveConn(conn net.Conn, front *httpFront, service string) {
-	if front == nil {
-		p.ForwardTCP(conn, service, service)
-		return
-	}
-	proto, dconn, err := detect.Detect(conn, p.cfg.Detect)
-	if err != nil {
-		p.log.Debug("protocol detection failed", "client", conn.RemoteAddr().String(), "error", err)
-		splice.Reset(conn)
-		return
-	}
-	switch {
-	case proto == detect.HTTP1 || proto == detect.HTTP2:
-		front.serve(dconn, proto)
-	case service == "":
-		p.log.Warn("non-HTTP traffic on the HTTP proxy listener", "client", conn.RemoteAddr().String())
-		splice.Reset(conn)
-	default:
-		p.ForwardTCP(dconn, service, service)
-	}
-}
-
-func (p *Proxy) unavailable(e discovery.Endpoint) bool {
-	id, err := identity.ParseID(e.Identity)
-	return err != nil || p.cfg.Peers.Unavailable(e.Addr, id)
-}
-
-// ForwardTCP tunnels one app connection to service, addressing target in
-// the tunnel header. Errors reset the app's connection: a client is never
-// left hanging on a connection that will not carry data.
-func (p *Proxy) ForwardTCP(conn net.Conn, service, target string) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
-	pc, done, err := p.Connect(ctx, service)
-	if err != nil {
-		cancel()
-		p.logFailure("tcp forward failed", service, err, "client", conn.RemoteAddr().String())
-		splice.Reset(conn)
-		return
-	}
-	pc, done, str, err := p.openTunnel(ctx, service, target, pc, done)
-	cancel()
-	if err != nil {
-		p.logFailure("opening tunnel failed", service, err, "peer", pc.Addr())
-		splice.Reset(conn)
-		return
-	}
-	p.splice(conn, str, pc, done, service)
-}
-
-// openTunnel opens a tunnel stream to target on pc (from Connect, with its
-// done). If the pooled connection turned out dead
-// (meshcode.ErrNotProcessed: the stream could not be opened, or the peer
-// lost its state, e.g. a QUIC stateless reset), nothing was sent,
-// so it redials once and opens the stream on the fresh connection. On
-// error done has been called and the returned connection is the one that
-// failed.
-func (p *Proxy) openTunnel(ctx context.Context, service, target string, pc PeerConn, done func(bool)) (PeerConn, func(bool), TunnelStream, error) {
-	for attempt := 0; ; attempt++ {
-		str, err := pc.OpenTunnel(ctx, target)
-		if err == nil {
-			return pc, done, str, nil
-		}
-		done(false)
-		pc.Forget()
-		if attempt > 0 || !errors.Is(err, meshcode.ErrNotProcessed) || ctx.Err() != nil {
-			return pc, nil, nil, err
-		}
-		p.log.Debug("retrying tunnel open on a fresh connection", "service", service, "peer", pc.Addr(), "error", err)
-		next, nextDone, cerr := p.Connect(ctx, service)
-		if cerr != nil {
-			return pc, nil, nil, fmt.Errorf("%w (redialling: %w)", err, cerr)
-		}
-		pc, done = next, nextDone
-	}
-}
-
-// logFailure logs a request or tunnel that failed, at most once per
-// service and reason per interval: during a partition every request
-// fails the same way.
-func (p *Proxy) logFailure(msg, service string, err error, args ...any) {
-	reason := failureReason(err)
-	if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
-		reason = "no_endpoints"
-	} else if errors.Is(err, meshcode.ErrPeerUnavailable) && reason == identity.ReasonOther {
-		reason = "peer_unavailable"
-	}
-	args = append([]any{"service", service, "reason", reason}, args...)
-	p.failureLogs.Log(p.log, slog.LevelWarn, msg+"|"+service+"|"+reason, msg, append(args, "error", err)...)
-}
-
-// failureReason is the bounded reason a failed request or tunnel is logged
-// with: the one the transport gave a failed dial (a handshake reason), an
-// identity check's, "timeout" when our own time ran out, else
-// identity.ReasonOther.
-func failureReason(err error) string {
-	if r, ok := errors.AsType[interface {
-		error
-		FailureReason() string
-	}](err); ok && r.FailureReason() != "" {
-		return r.FailureReason()
-	}
-	if reason := identity.ReasonOf(err); reason != identity.ReasonOther {
-		return reason
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return "timeout"
-	}
-	return identity.ReasonOther
-}
-
-// splice runs an opened tunnel to completion with its bookkeeping: the
-// peer connection's stream count, TCP metrics and the balancer's result.
-func (p *Proxy) splice(conn net.Conn, str TunnelStream, pc PeerConn, done func(bool), service string) {
-	end := pc.Begin()
-	closed := p.cfg.Metrics.TCPOpen(telemetry.Outbound, pc.Peer().String(), service)
-	res := splice.Run(conn, str)
-	end()
-	closed(res.Sent, res.Received, splice.ErrClass(res.Err))
-	done(res.Err == nil)
-	p.log.Debug("tcp tunnel closed", "service", service, "peer", pc.Addr(), "sent", res.Sent, "received", res.Received, "error", res.Err)
-}
-
-func (p *Proxy) track(c net.Conn) bool {
+// start registers front with the proxy and starts its servers, unless the
+// proxy is closing: a front registered after Close looked would never be
+// closed, and its server goroutine would outlive the proxy.
+func (p *Proxy) start(f *httpFront) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
 		return false
 	}
-	p.conns[c] = struct{}{}
-	p.wg.Add(1)
+	p.fronts = append(p.fronts, f)
+	f.start()
 	return true
-}
-
-func (p *Proxy) untrack(c net.Conn) {
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-	p.wg.Done()
 }
 
 // Close resets every open app connection and waits for their goroutines.
@@ -420,15 +257,13 @@ func (p *Proxy) untrack(c net.Conn) {
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.closing = true
-	for c := range p.conns {
-		splice.Reset(c)
-	}
 	fronts := p.fronts
 	p.mu.Unlock()
+	p.conns.resetAll()
 	for _, f := range fronts {
 		f.close()
 	}
-	p.wg.Wait()
+	p.conns.wait()
 	return nil
 }
 
@@ -446,7 +281,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
+	go func() { p.conns.wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

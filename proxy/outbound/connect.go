@@ -1,0 +1,137 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/internal/balance"
+	"github.com/quicmesh/quicmesh/internal/bridge"
+)
+
+// ErrNoRoute is wrapped when no endpoint of a service could be reached.
+var ErrNoRoute = errors.New("outbound: no reachable endpoint")
+
+// connector finds a connection to one endpoint of a service: it asks the
+// balancer, skips endpoints in back-off while others remain, and tries up
+// to attempts distinct endpoints.
+type connector struct {
+	endpoints *endpointSets
+	peers     Peers
+	balancer  Balancer
+	attempts  int
+	now       func() time.Time
+}
+
+func newConnector(cfg Config) *connector {
+	return &connector{endpoints: newEndpointSets(cfg.Discovery), peers: cfg.Peers, balancer: cfg.Balancer, attempts: cfg.MaxAttempts, now: time.Now}
+}
+
+// pick is one balancer pick in progress; it must end with done (or
+// report, for work whose outcome and end coincide) exactly once.
+type pick struct {
+	balancer Balancer
+	ep       balance.Endpoint
+	start    time.Time
+	now      func() time.Time
+}
+
+// observe tells the balancer how the picked work went; the latency is the
+// time since the pick.
+func (p *pick) observe(failed bool) {
+	p.balancer.Observe(p.ep, balance.Outcome{Latency: p.now().Sub(p.start), Failed: failed})
+}
+
+// done ends the picked work.
+func (p *pick) done() { p.balancer.Done(p.ep) }
+
+// report is observe and done, for work that ends with its outcome.
+func (p *pick) report(failed bool) {
+	p.observe(failed)
+	p.done()
+}
+
+// connectError is a failure to reach any endpoint of a service, with the
+// kind of proxy error it maps to.
+type connectError struct {
+	err  error
+	kind bridge.ErrorKind
+}
+
+func (e *connectError) Error() string { return e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// connect returns the shared connection to an endpoint of service and the
+// pick to report on. Its errors are *connectError.
+func (c *connector) connect(ctx context.Context, service string) (PeerConn, *pick, error) {
+	pc, pk, err := c.tryEndpoints(ctx, service)
+	if err != nil {
+		return nil, nil, &connectError{err: err, kind: connectErrorKind(ctx, err)}
+	}
+	return pc, pk, nil
+}
+
+func (c *connector) tryEndpoints(ctx context.Context, service string) (PeerConn, *pick, error) {
+	set, err := c.endpoints.get(ctx, service)
+	if err != nil {
+		return nil, nil, err
+	}
+	tried := make([]bool, len(set.eps))
+	skipTried := func(i int) bool { return tried[i] }
+	// Endpoints in back-off (failed dial, draining) are skipped while
+	// others remain; if none remain they are tried anyway and fail fast.
+	skipUnavailable := func(i int) bool {
+		e := set.eps[i]
+		return tried[i] || e.idErr != nil || c.peers.Unavailable(e.addr, e.id)
+	}
+	var lastErr error
+	for attempt := 0; attempt < c.attempts; attempt++ {
+		i, ok := c.balancer.Pick(set.keys, skipUnavailable)
+		if !ok {
+			i, ok = c.balancer.Pick(set.keys, skipTried)
+		}
+		if !ok {
+			break
+		}
+		tried[i] = true
+		pk := &pick{balancer: c.balancer, ep: set.keys[i], start: c.now(), now: c.now}
+		e := set.eps[i]
+		if e.idErr != nil {
+			pk.report(true)
+			lastErr = e.idErr
+			continue
+		}
+		pc, err := c.peers.Get(ctx, e.addr, e.id)
+		if err != nil {
+			pk.report(true)
+			lastErr = err
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		return pc, pk, nil
+	}
+	if lastErr == nil {
+		lastErr = discovery.ErrNoEndpoints
+	}
+	return nil, nil, fmt.Errorf("%w for %q: %w", ErrNoRoute, service, lastErr)
+}
+
+// connectErrorKind maps a failure to reach a service: 503 when there is
+// nothing to reach (unknown service, no endpoints), 504 when our own time
+// ran out, 502 when endpoints exist but none could be reached.
+func connectErrorKind(ctx context.Context, err error) bridge.ErrorKind {
+	switch {
+	case err == nil:
+		return bridge.BadGateway
+	case errors.Is(err, discovery.ErrUnknownService), errors.Is(err, discovery.ErrNoEndpoints):
+		return bridge.Unavailable
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return bridge.Timeout
+	default:
+		return bridge.BadGateway
+	}
+}

@@ -1,0 +1,207 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/quicmesh/quicmesh/internal/bridge"
+	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+// stage is one layer of the request path after routing. It forwards the
+// request (or passes it to the next stage) and says what happened: either
+// a response was written (err nil), or nothing was and err says why.
+type stage interface {
+	serve(w http.ResponseWriter, r *http.Request, t target) outcome
+}
+
+type stageFunc func(w http.ResponseWriter, r *http.Request, t target) outcome
+
+func (f stageFunc) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
+	return f(w, r, t)
+}
+
+// outcome is what a stage did with a request.
+type outcome struct {
+	// res is the response written to the app.
+	res bridge.Result
+	// peer is the connection the request went to, nil if none was
+	// reached.
+	peer PeerConn
+	// err is why no response was written.
+	err error
+}
+
+// measured records the golden metrics of every routed request.
+type measured struct {
+	metrics *telemetry.Metrics
+	next    stage
+}
+
+func (m measured) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
+	start := time.Now()
+	m.metrics.RequestStarted(telemetry.Outbound, t.service)
+	o := m.next.serve(w, r, t)
+	peer := ""
+	if o.peer != nil {
+		peer = o.peer.Peer().String()
+	}
+	m.metrics.ResponseDone(telemetry.Outbound, peer, t.service, bridge.Proto(r), o.res.Status, o.res.GRPCStatus, bridge.Class(o.res), time.Since(start))
+	return o
+}
+
+// grpcDeadline bounds the rest of the path by the request's grpc-timeout.
+type grpcDeadline struct{ next stage }
+
+func (g grpcDeadline) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
+	if d, ok := bridge.GRPCTimeout(r); ok {
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
+	return g.next.serve(w, r, t)
+}
+
+// Errors of the forwarding stages, which errorResponses maps to proxy
+// error responses.
+type (
+	// forwardError is a request that reached peer and failed there or on
+	// the way.
+	forwardError struct {
+		peer PeerConn
+		err  error
+	}
+	// cancelledError is a request the app gave up on before it was sent.
+	cancelledError struct{}
+)
+
+func (e *forwardError) Error() string {
+	return "forwarding to " + e.peer.Peer().String() + ": " + e.err.Error()
+}
+func (e *forwardError) Unwrap() error { return e.err }
+func (cancelledError) Error() string {
+	return "the client cancelled the request before it was forwarded"
+}
+
+// errorResponses turns a failed request into the proxy error response the
+// app gets, and a rate-limited log line.
+type errorResponses struct {
+	bound    string // the listener's service, "" on the HTTP proxy listener
+	who      string
+	failures failureLog
+	next     stage
+}
+
+func (e errorResponses) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
+	o := e.next.serve(w, r, t)
+	if o.err == nil {
+		return o
+	}
+	kind, text := e.response(r.Context(), t.service, o.err)
+	o.res, o.err = bridge.WriteError(w, r, kind, e.who, text), nil
+	return o
+}
+
+// response is the kind and text of the error response for err, which it
+// logs when it is worth a line.
+func (e errorResponses) response(ctx context.Context, service string, err error) (bridge.ErrorKind, string) {
+	var ce *connectError
+	var fe *forwardError
+	switch {
+	case errors.As(err, &ce):
+		e.failures.failed("http route failed", service, ce.err)
+		return ce.kind, unknownServiceHint(e.bound, ce.err)
+	case errors.As(err, &fe):
+		kind := bridge.Classify(fe.err)
+		if bridge.DeadlinePassed(ctx) {
+			kind = bridge.Timeout
+		}
+		e.failures.failed("http forward failed", service, fe.err, "peer", fe.peer.Addr())
+		return kind, err.Error()
+	case errors.Is(err, cancelledError{}):
+		return bridge.BadGateway, err.Error()
+	}
+	e.failures.failed("http request failed", service, err)
+	return bridge.BadGateway, err.Error()
+}
+
+// retryUnprocessed sends a request without a body once more (on a fresh
+// connection or another endpoint) when the peer provably did not process
+// it: it was draining or closing, or the pooled connection turned out
+// dead, e.g. a stateless reset after the peer restarted.
+type retryUnprocessed struct {
+	log  *slog.Logger
+	next stage
+}
+
+func (rt retryUnprocessed) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
+	o := rt.next.serve(w, r, t)
+	var fe *forwardError
+	if !errors.As(o.err, &fe) || !errors.Is(fe.err, meshcode.ErrNotProcessed) || !bodyless(r) || r.Context().Err() != nil {
+		return o
+	}
+	rt.log.Debug("retrying request the peer did not process (closing, or a dead connection)", "service", t.service, "peer", fe.peer.Addr(), "error", fe.err)
+	again := rt.next.serve(w, r, t)
+	if again.peer == nil {
+		// Metrics name the peer the request last reached.
+		again.peer = o.peer
+	}
+	return again
+}
+
+// bodyless reports whether r has no body, so it can be sent again.
+func bodyless(r *http.Request) bool {
+	return r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0 && r.ProtoMajor == 1)
+}
+
+// forwarder sends a request to an endpoint of its service: connect (with
+// its own deadline), then one round trip on the shared connection. It
+// reports the request's latency and outcome to the balancer, and forgets
+// a connection the failure showed broken.
+type forwarder struct {
+	connector *connector
+	timeout   time.Duration
+}
+
+func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
+	ctx := r.Context()
+	connectCtx, cancel := context.WithTimeout(ctx, f.timeout)
+	pc, pk, err := f.connector.connect(connectCtx, t.service)
+	cancel()
+	if err != nil {
+		return outcome{err: err}
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// The client reset the stream or went away while we connected:
+		// start nothing upstream.
+		pk.report(false)
+		return outcome{err: cancelledError{}}
+	}
+	end := pc.Begin()
+	out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
+	out.Header.Set(httpx.HeaderService, t.service)
+	out.Header.Set(httpx.HeaderOrigProto, origProto(r))
+	res, err := bridge.Forward(w, out, pc, bridge.Options{})
+	end()
+	pk.report(err != nil || res.Status >= 500)
+	if err == nil {
+		return outcome{res: res, peer: pc}
+	}
+	if !pc.Alive() || errors.Is(err, meshcode.ErrConnDead) {
+		// A broken connection, not a per-request failure: redial next time.
+		pc.Forget()
+	}
+	return outcome{peer: pc, err: &forwardError{peer: pc, err: err}}
+}
+
+func origProto(r *http.Request) string {
+	if r.ProtoMajor == 2 {
+		return "h2"
+	}
+	return "h1"
+}

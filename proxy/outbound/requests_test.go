@@ -1,0 +1,224 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/bridge"
+	"github.com/quicmesh/quicmesh/internal/httpx"
+	"github.com/quicmesh/quicmesh/internal/lograte"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+func testFailures(buf *testkit.LogBuffer) failureLog {
+	return failureLog{log: buf.Logger(slog.LevelDebug), limiter: lograte.New(0, 0, nil)}
+}
+
+// Every failure of the forwarding stages becomes one proxy error response
+// of the right status and text, logged (or not) as before the split.
+func TestErrorResponses(t *testing.T) {
+	peer := &fakeConn{addr: "10.0.0.1:4433", peer: identity.MustParseID("spiffe://test/ns/x/sa/api")}
+	tests := []struct {
+		name     string
+		bound    string
+		err      error
+		deadline bool // the request's own deadline has passed
+		status   int
+		text     string // in the Quicmesh-Proxy-Error header
+		logged   string // the log message, "" for none
+	}{
+		{name: "served", status: 200},
+		{name: "unknown service on the proxy listener", err: &connectError{discoveryError("nope", discovery.ErrUnknownService), bridge.Unavailable},
+			status: 503, text: `no service "nope" in discovery (the HTTP proxy takes`, logged: "http route failed"},
+		{name: "unknown service on a bound listener", bound: "nope", err: &connectError{discoveryError("nope", discovery.ErrUnknownService), bridge.Unavailable},
+			status: 503, text: `outbound test: no service "nope" in discovery`, logged: "http route failed"},
+		{name: "connect timeout", bound: "web", err: &connectError{context.DeadlineExceeded, bridge.Timeout}, status: 504, logged: "http route failed"},
+		{name: "forward reset", bound: "web", err: &forwardError{peer, errors.New("stream reset")}, status: 502,
+			text: "forwarding to spiffe://test/ns/x/sa/api: stream reset", logged: "http forward failed"},
+		{name: "forward past the request deadline", bound: "web", err: &forwardError{peer, errors.New("stream reset")}, deadline: true, status: 504, logged: "http forward failed"},
+		{name: "forward timeout", bound: "web", err: &forwardError{peer, fmt.Errorf("x: %w", context.DeadlineExceeded)}, status: 504, logged: "http forward failed"},
+		{name: "client cancelled", bound: "web", err: cancelledError{}, status: 502, text: "the client cancelled the request before it was forwarded"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs testkit.LogBuffer
+			e := errorResponses{bound: tt.bound, who: "outbound test", failures: testFailures(&logs),
+				next: stageFunc(func(w http.ResponseWriter, r *http.Request, _ target) outcome {
+					if tt.err != nil {
+						return outcome{err: tt.err}
+					}
+					w.WriteHeader(200)
+					return outcome{res: bridge.Result{Status: 200}}
+				})}
+			r := httptest.NewRequest("GET", "/", nil)
+			if tt.deadline {
+				ctx, cancel := context.WithDeadline(r.Context(), time.Now().Add(-time.Millisecond))
+				defer cancel()
+				r = r.WithContext(ctx)
+			}
+			rec := httptest.NewRecorder()
+			o := e.serve(rec, r, target{"web", "web"})
+			if o.err != nil || rec.Code != tt.status || o.res.Status != tt.status {
+				t.Fatalf("got %d (result %+v, error %v), want %d", rec.Code, o.res, o.err, tt.status)
+			}
+			if h := rec.Header().Get(httpx.HeaderProxyError); !strings.Contains(h, tt.text) || (tt.err != nil) != (h != "") {
+				t.Errorf("%s = %q, want it to contain %q", httpx.HeaderProxyError, h, tt.text)
+			}
+			if n := strings.Count(logs.String(), "\n"); n != min(len(tt.logged), 1) || !strings.Contains(logs.String(), tt.logged) {
+				t.Errorf("logged %q, want %q", logs.String(), tt.logged)
+			}
+		})
+	}
+}
+
+// A request the peer provably did not process is sent once more if it
+// has no body and its client still waits; nothing else is.
+func TestRetryUnprocessed(t *testing.T) {
+	peer := &fakeConn{addr: "p:1"}
+	notProcessed := &forwardError{peer, meshcode.Mark(errors.New("stateless reset"), meshcode.ErrNotProcessed)}
+	other := &forwardError{peer, errors.New("reset by app")}
+	connectFailed := &connectError{meshcode.Mark(errors.New("refused"), meshcode.ErrNotProcessed), bridge.BadGateway}
+	tests := []struct {
+		name      string
+		first     error
+		body      string
+		cancelled bool
+		calls     int
+	}{
+		{name: "served", first: nil, calls: 1},
+		{name: "not processed", first: notProcessed, calls: 2},
+		{name: "not processed, with a body", first: notProcessed, body: "x", calls: 1},
+		{name: "not processed, client gone", first: notProcessed, cancelled: true, calls: 1},
+		{name: "processed", first: other, calls: 1},
+		{name: "no connection", first: connectFailed, calls: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			rt := retryUnprocessed{log: slog.New(slog.DiscardHandler), next: stageFunc(func(http.ResponseWriter, *http.Request, target) outcome {
+				calls++
+				if calls == 1 {
+					return outcome{peer: peer, err: tt.first}
+				}
+				// The second try found no peer: metrics keep the first's.
+				return outcome{err: &connectError{errors.New("gone"), bridge.BadGateway}}
+			})}
+			var r *http.Request
+			if tt.body != "" {
+				r = httptest.NewRequest("POST", "/", strings.NewReader(tt.body))
+			} else {
+				r = httptest.NewRequest("GET", "/", nil)
+			}
+			if tt.cancelled {
+				ctx, cancel := context.WithCancel(r.Context())
+				cancel()
+				r = r.WithContext(ctx)
+			}
+			o := rt.serve(httptest.NewRecorder(), r, target{"web", "web"})
+			if calls != tt.calls {
+				t.Fatalf("sent %d times, want %d", calls, tt.calls)
+			}
+			if o.peer != peer {
+				t.Errorf("outcome names peer %v, want the one reached", o.peer)
+			}
+		})
+	}
+}
+
+func TestBodyless(t *testing.T) {
+	chunked := httptest.NewRequest("POST", "/", strings.NewReader("hello"))
+	chunked.ContentLength = -1
+	chunked.TransferEncoding = []string{"chunked"}
+	tests := []struct {
+		name string
+		r    *http.Request
+		want bool
+	}{
+		{"GET", httptest.NewRequest("GET", "/", nil), true},
+		{"POST", httptest.NewRequest("POST", "/", strings.NewReader("hello")), false},
+		{"chunked", chunked, false},
+		{"empty POST", httptest.NewRequest("POST", "/", strings.NewReader("")), true},
+	}
+	for _, tt := range tests {
+		if got := bodyless(tt.r); got != tt.want {
+			t.Errorf("bodyless(%s) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// The forwarder feeds the balancer one outcome per request: its latency
+// to the response, failed for a 5xx or no response; it forgets a
+// connection the failure showed broken.
+func TestForwarder(t *testing.T) {
+	dead := meshcode.Mark(errors.New("connection lost"), meshcode.ErrConnDead)
+	tests := []struct {
+		name      string
+		status    int
+		err       error
+		alive     bool
+		cancelled bool
+		wantErr   bool
+		failed    bool
+		forgotten bool
+		headers   bool // the mesh headers reached the peer
+	}{
+		{name: "ok", status: 200, alive: true, headers: true},
+		{name: "app 503", status: 503, alive: true, failed: true, headers: true},
+		{name: "reset stream", err: errors.New("reset"), alive: true, wantErr: true, failed: true, headers: true},
+		{name: "dead connection", err: dead, alive: true, wantErr: true, failed: true, forgotten: true, headers: true},
+		{name: "connection no longer alive", err: errors.New("x"), alive: false, wantErr: true, failed: true, forgotten: true, headers: true},
+		// Not the endpoint's fault: no failure.
+		{name: "client gone while connecting", cancelled: true, alive: true, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var sent *http.Request
+			r := httptest.NewRequest("GET", "/x", nil)
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			r = r.WithContext(ctx)
+			peers := &fakePeers{newConn: func(string) *fakeConn {
+				if tt.cancelled {
+					cancel() // the client leaves while we connect
+				}
+				return &fakeConn{alive: tt.alive, roundTrip: func(r *http.Request) (*http.Response, error) {
+					sent = r
+					if tt.err != nil {
+						return nil, tt.err
+					}
+					return textResponse(r, tt.status, "body"), nil
+				}}
+			}}
+			bal := &fakeBalancer{}
+			f := forwarder{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}}), timeout: time.Second}
+			rec := httptest.NewRecorder()
+			o := f.serve(rec, r, target{"web", "web:80"})
+			if (o.err != nil) != tt.wantErr {
+				t.Fatalf("error %v, want one: %v", o.err, tt.wantErr)
+			}
+			if !tt.wantErr && (rec.Code != tt.status || o.res.Status != tt.status || o.peer == nil) {
+				t.Fatalf("wrote %d, result %+v, peer %v; want %d from the peer", rec.Code, o.res, o.peer, tt.status)
+			}
+			if (sent != nil) != tt.headers || (sent != nil && (sent.Header.Get(httpx.HeaderService) != "web" || sent.Header.Get(httpx.HeaderOrigProto) != "h1" || sent.URL.Host != "web:80")) {
+				t.Errorf("peer got %v", sent)
+			}
+			reports := bal.got()
+			if len(reports) != 1 || reports[0].outcome.Failed != tt.failed || bal.stillOutstanding() != 0 {
+				t.Fatalf("balancer heard %+v with %d outstanding, want one outcome, failed=%v, nothing outstanding", reports, bal.stillOutstanding(), tt.failed)
+			}
+			if c := peers.conns["a:1"]; c.forgotten.Load() != tt.forgotten || c.begun.Load() != 0 {
+				t.Errorf("connection forgotten=%v (want %v), streams still begun %d", c.forgotten.Load(), tt.forgotten, c.begun.Load())
+			}
+		})
+	}
+}
