@@ -118,6 +118,12 @@ func (e errorResponses) response(ctx context.Context, service string, err error)
 		return ce.kind, unknownServiceHint(e.bound, ce.err)
 	case errors.As(err, &fe):
 		kind := bridge.Classify(fe.err)
+		if errors.Is(fe.err, meshcode.ErrConnDead) {
+			// The peer stopped answering and the transport declared the
+			// connection dead (its idle timeout is a timeout error):
+			// that is an unreachable peer, not our time running out.
+			kind = bridge.BadGateway
+		}
 		if bridge.DeadlinePassed(ctx) {
 			kind = bridge.Timeout
 		}

@@ -47,6 +47,7 @@ func TestErrorResponses(t *testing.T) {
 			text: "forwarding to spiffe://test/ns/x/sa/api: stream reset", logged: "http forward failed"},
 		{name: "forward past the request deadline", bound: "web", err: &forwardError{peer, errors.New("stream reset")}, deadline: true, status: 504, logged: "http forward failed"},
 		{name: "forward timeout", bound: "web", err: &forwardError{peer, fmt.Errorf("x: %w", context.DeadlineExceeded)}, status: 504, logged: "http forward failed"},
+		{name: "peer declared dead by its idle timeout", bound: "web", err: &forwardError{peer, meshcode.Mark(idleTimeout{}, meshcode.ErrConnDead, meshcode.ErrIdleTimeout)}, status: 502, logged: "http forward failed"},
 		{name: "client cancelled", bound: "web", err: cancelledError{}, status: 502, text: "the client cancelled the request before it was forwarded"},
 	}
 	for _, tt := range tests {
@@ -222,3 +223,11 @@ func TestForwarder(t *testing.T) {
 		})
 	}
 }
+
+// idleTimeout is how the QUIC transport's idle-timeout error looks: a
+// net.Error whose Timeout is true.
+type idleTimeout struct{}
+
+func (idleTimeout) Error() string   { return "timeout: no recent network activity" }
+func (idleTimeout) Timeout() bool   { return true }
+func (idleTimeout) Temporary() bool { return false }
