@@ -175,6 +175,15 @@ type requester interface {
 	close()
 }
 
+// selfTimedRequester is a requester that enforces Config.Timeout itself,
+// with socket deadlines, and watches the run's request context on its
+// own: its do is passed that context, the same for every request, so the
+// engine's hot path creates no context (and no timer) per request.
+type selfTimedRequester interface {
+	requester
+	selfTimed()
+}
+
 // target creates the requesters of a run and owns shared connections.
 type target interface {
 	requester(worker int) requester
@@ -254,7 +263,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err error
 	)
 	switch cfg.Proto {
-	case ProtoHTTP1, ProtoH2C:
+	case ProtoHTTP1:
+		t, err = newHTTP1Target(cfg)
+	case ProtoH2C:
 		t, err = newHTTPTarget(cfg)
 	case ProtoGRPC, ProtoGRPCStream:
 		t, err = newGRPCTarget(cfg)
@@ -300,13 +311,14 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	sampler, stopAux := startAux(ctx, cfg, e.stats)
 	var wg sync.WaitGroup
 	for i, rq := range rqs {
-		st := e.stats[i]
+		w := worker{rq: rq, st: e.stats[i]}
+		_, w.selfTimed = rq.(selfTimedRequester)
 		wg.Go(func() {
 			defer rq.close()
 			if cfg.Rate > 0 {
-				e.openLoop(rq, st)
+				e.openLoop(w)
 			} else {
-				e.closedLoop(rq, st)
+				e.closedLoop(w)
 			}
 		})
 	}
@@ -369,8 +381,16 @@ func startAux(ctx context.Context, cfg Config, stats []*workerStats) (*ProcSampl
 	}
 }
 
+// worker is one request loop's requester and statistics.
+type worker struct {
+	rq        requester
+	st        *workerStats
+	selfTimed bool // rq is a selfTimedRequester
+}
+
 // openLoop takes scheduled slots until the schedule or the run ends.
-func (e *engine) openLoop(rq requester, st *workerStats) {
+func (e *engine) openLoop(w worker) {
+	st := w.st
 	for {
 		i := e.next.Add(1) - 1
 		intended := e.sched.At(i)
@@ -399,7 +419,7 @@ func (e *engine) openLoop(rq requester, st *workerStats) {
 			st.issued++
 			st.lag.Record(now.Sub(intended))
 		}
-		e.one(rq, st, intended, inWindow)
+		e.one(w, intended, inWindow)
 		if e.ctx.Err() != nil {
 			return
 		}
@@ -407,26 +427,40 @@ func (e *engine) openLoop(rq requester, st *workerStats) {
 }
 
 // closedLoop sends back to back until the run ends.
-func (e *engine) closedLoop(rq requester, st *workerStats) {
+func (e *engine) closedLoop(w worker) {
 	for {
 		from := e.clock.Now()
 		if !from.Before(e.end) || e.reqCtx.Err() != nil {
 			return
 		}
-		e.one(rq, st, from, !from.Before(e.warmEnd))
+		e.one(w, from, !from.Before(e.warmEnd))
 	}
 }
 
 // one performs a request and records it.
-func (e *engine) one(rq requester, st *workerStats, from time.Time, inWindow bool) {
-	rctx, cancel := context.WithTimeout(e.reqCtx, e.cfg.Timeout)
-	n, err := rq.do(rctx)
-	done := e.clock.Now()
-	var kind string
-	if err != nil {
-		kind = classify(rctx, err)
+func (e *engine) one(w worker, from time.Time, inWindow bool) {
+	st := w.st
+	var (
+		n    int64
+		err  error
+		kind string
+		done time.Time
+	)
+	if w.selfTimed {
+		n, err = w.rq.do(e.reqCtx)
+		done = e.clock.Now()
+		if err != nil {
+			kind = classify(e.reqCtx, err)
+		}
+	} else {
+		rctx, cancel := context.WithTimeout(e.reqCtx, e.cfg.Timeout)
+		n, err = w.rq.do(rctx)
+		done = e.clock.Now()
+		if err != nil {
+			kind = classify(rctx, err)
+		}
+		cancel()
 	}
-	cancel()
 	st.live.Add(1)
 	if err != nil {
 		st.liveErr.Add(1)
