@@ -308,7 +308,7 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	}
 
 	e.stats = newWorkerStats(cfg.Concurrency)
-	sampler, stopAux := startAux(ctx, cfg, e.stats)
+	ax := startAux(ctx, cfg, e.stats)
 	var wg sync.WaitGroup
 	for i, rq := range rqs {
 		w := worker{rq: rq, st: e.stats[i]}
@@ -324,12 +324,10 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	}
 	wg.Wait()
 	finished := e.clock.Now()
-	stopAux()
+	ax.stop()
 
 	r := e.result(finished)
-	if sampler != nil {
-		r.Processes = sampler.Stop(r.Requests)
-	}
+	ax.report(r)
 	if r.DurationS == 0 && ctx.Err() != nil {
 		return r, fmt.Errorf("interrupted before the measured window: %w", ctx.Err())
 	}
@@ -344,41 +342,67 @@ func newWorkerStats(n int) []*workerStats {
 	return stats
 }
 
-// startAux starts the progress line and the process sampler; the returned
-// func stops the progress line.
-func startAux(ctx context.Context, cfg Config, stats []*workerStats) (*ProcSampler, func()) {
-	var sampler *ProcSampler
-	stopC := make(chan struct{})
-	var wg sync.WaitGroup
+// aux is what runs beside the request loops: the progress line, the
+// sampler of --pid processes and the generator's own CPU time.
+type aux struct {
+	sampler *ProcSampler // nil without Procs
+	self    selfCPU
+	stopC   chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startAux starts the progress line, the process sampler and the
+// generator's CPU accounting; stop ends them at the end of the run.
+func startAux(ctx context.Context, cfg Config, stats []*workerStats) *aux {
+	a := &aux{stopC: make(chan struct{})}
 	if len(cfg.Procs) > 0 {
-		sampler = NewProcSampler(cfg.Procs)
+		a.sampler = NewProcSampler(cfg.Procs)
 		if cfg.ProcInterval > 0 {
-			sampler.Interval = cfg.ProcInterval
+			a.sampler.Interval = cfg.ProcInterval
 		}
-		// The sampler covers the measured window: it starts when the
-		// warmup ends (on the real clock).
-		if cfg.Warmup <= 0 {
-			sampler.Start()
-		} else {
-			wg.Go(func() {
-				tm := time.NewTimer(cfg.Warmup)
-				defer tm.Stop()
-				select {
-				case <-tm.C:
-					sampler.Start()
-				case <-stopC:
-				case <-ctx.Done():
-				}
-			})
+	}
+	// The sampler and the CPU accounting cover the measured window: they
+	// start when the warmup ends (on the real clock).
+	windowStart := func() {
+		a.self.mark(false)
+		if a.sampler != nil {
+			a.sampler.Start()
 		}
+	}
+	if cfg.Warmup <= 0 {
+		windowStart()
+	} else {
+		a.wg.Go(func() {
+			tm := time.NewTimer(cfg.Warmup)
+			defer tm.Stop()
+			select {
+			case <-tm.C:
+				windowStart()
+			case <-a.stopC:
+			case <-ctx.Done():
+			}
+		})
 	}
 	if cfg.Progress != nil {
-		wg.Go(func() { progressLoop(cfg, stats, stopC) })
+		a.wg.Go(func() { progressLoop(cfg, stats, a.stopC) })
 	}
-	return sampler, func() {
-		close(stopC)
-		wg.Wait()
+	return a
+}
+
+// stop ends the window of the CPU accounting and stops the progress line.
+func (a *aux) stop() {
+	a.self.mark(true)
+	close(a.stopC)
+	a.wg.Wait()
+}
+
+// report adds the sampled processes and the generator's CPU use to r,
+// whose window and requests are final.
+func (a *aux) report(r *Result) {
+	if a.sampler != nil {
+		r.Processes = a.sampler.Stop(r.Requests)
 	}
+	r.Generator = a.self.stats(time.Duration(r.DurationS*float64(time.Second)), r.Requests)
 }
 
 // worker is one request loop's requester and statistics.
