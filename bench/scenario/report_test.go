@@ -165,7 +165,8 @@ func TestRenderMarkdown(t *testing.T) {
 		"Exact commands", "```sh\nbin/quicmesh bench --proto x --target direct\n",
 		"failed: caddy-a exited: boom \\| pipe", "### Notes", "- Delay note with `code`.",
 		"| generator send lag p50 / p99 µs |", "| 40 / 700 |", "own send lag",
-		"| 8,160 (8,080–8,240) |", "used at most 0.30 CPU cores during any of these runs", "in 25 of 107 runs")
+		"| 8,160 (8,080–8,240) |", "used at most 0.30 CPU cores during any of these runs", "in 25 of 109 runs",
+		"### Cross-check: fortio vs quicmesh bench, direct, maximum throughput", "quicmesh bench / fortio achieved rate: **1.00×**", "at least as fast as fortio", "| generator CPU µs/req |")
 	mustNotContain(t, "markdown", md, "NaN", "%!", "<nil>", BeginMarker, EndMarker)
 	// Every table row has as many cells as its header.
 	var cols int
