@@ -514,6 +514,11 @@ func crossSection(res *Results, l Load, sums []Summary) section {
 		sec.Paras = append(sec.Paras, fmt.Sprintf("quicmesh bench / fortio achieved rate: **%.2f×** (medians; rounds ranged %s–%s req/s for quicmesh bench, %s–%s for fortio): %s. "+
 			"Generator CPU per request is quicmesh bench's own over its measured window (`generator.cpu_us_per_request`) and fortio's whole process (user + system, from its exit status) over its calls.",
 			c.RPSRatio, fmtInt(c.Ours.RPSMin), fmtInt(c.Ours.RPSMax), fmtInt(c.Fortio.RPSMin), fmtInt(c.Fortio.RPSMax), verdict))
+		if r := c.Ours.GenCPUPerReq / c.Fortio.GenCPUPerReq; r > 0 && !math.IsInf(r, 0) {
+			// Less sensitive to a shared machine than the rates: a
+			// generator that needs less CPU per request saturates later.
+			sec.Paras = append(sec.Paras, fmt.Sprintf("Generator CPU per request, quicmesh bench / fortio: **%s** (the rate ratio swings with other load on the machine; this one much less).", fmtRatio(r)))
+		}
 	case ok:
 		verdict := "agree"
 		if !c.Agree {
