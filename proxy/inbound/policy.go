@@ -63,8 +63,12 @@ func (p *policy) decide(rt route, peer identity.ID, proto string) authz.Decision
 	p.metrics.AuthzDecision(rt.name, proto, d.Allow, d.Reason)
 	if !d.Allow {
 		caller := callerName(peer)
+		rule := "route"
+		if d.Rule == "" {
+			rule = "default"
+		}
 		p.denials.Log(p.log, slog.LevelInfo, rt.name+" "+caller+" "+d.Reason, "authorization denied",
-			"route", rt.name, "proto", proto, "caller", caller, "reason", d.Reason)
+			"route", rt.name, "proto", proto, "caller", caller, "reason", d.Reason, "rule", rule)
 	}
 	return d
 }

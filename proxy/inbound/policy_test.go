@@ -1,6 +1,7 @@
 package inbound
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/quicmesh/quicmesh/internal/bridge"
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
@@ -215,5 +217,43 @@ func TestSetAuthorization(t *testing.T) {
 	}
 	if _, err := New(Config{Options: Options{Routes: Routes{"web": "127.0.0.1:1"}, Authorization: typo}}); err == nil || !strings.Contains(err.Error(), "no such inbound route") {
 		t.Errorf("New with a policy naming an unknown route: %v", err)
+	}
+}
+
+// A refusal is logged with the caller, route, reason and which rule
+// refused, once per route, caller and reason per interval: a refused
+// caller repeating at the rate of its traffic writes one line.
+func TestDenyLog(t *testing.T) {
+	var logs testkit.LogBuffer
+	routes, err := parseRoutes(Routes{"web": "127.0.0.1:1", "db": "tcp://127.0.0.1:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := authz.Parse(authz.Spec{Default: authz.Deny, Routes: map[string][]string{"web": {testPeer.String()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := newPolicy(Config{Logger: logs.Logger(slog.LevelInfo), Options: Options{Authorization: p}}, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, _ := routes.lookup("web")
+	db, _ := routes.lookup("db")
+	for range 3 {
+		pol.decide(web, otherPeer, "http")
+	}
+	pol.decide(web, testPeer, "http") // allowed: not logged
+	pol.decide(db, testPeer, "tcp")
+	lines := logs.Lines("authorization denied")
+	if len(lines) != 2 {
+		t.Fatalf("%d deny lines, want 2 (one per route, caller and reason):\n%s", len(lines), logs.String())
+	}
+	for i, want := range []string{
+		"route=web proto=http caller=" + otherPeer.String() + " reason=not_allowed rule=route",
+		"route=db proto=tcp caller=" + testPeer.String() + " reason=deny rule=default",
+	} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %q does not contain %q", lines[i], want)
+		}
 	}
 }
