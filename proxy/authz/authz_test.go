@@ -3,6 +3,7 @@ package authz
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -223,4 +224,23 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%s: %+v before the round trip, %+v after", data, a, b)
 		}
 	})
+}
+
+// BenchmarkDecide is the per-request cost of the policy: a route with a
+// list of IDs and trust domains, a caller matched by trust domain.
+func BenchmarkDecide(b *testing.B) {
+	ids := []string{"spiffe://partner.org/*"}
+	for i := range 50 {
+		ids = append(ids, fmt.Sprintf("spiffe://test.local/ns/default/sa/w%d", i))
+	}
+	p, err := Parse(Spec{Routes: map[string][]string{"api": ids, "other": {Deny}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !p.Decide("api", partner).Allow {
+			b.Fatal("denied")
+		}
+	}
 }
