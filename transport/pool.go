@@ -106,15 +106,21 @@ func (pc *PeerConn) Begin() (end func()) {
 // header for target. The caller owns the stream. Errors are marked as
 // RoundTrip's are.
 func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, error) {
-	str, err := pc.openTunnel(ctx, target)
+	return pc.OpenTunnelHeader(ctx, tunnel.Header{Target: target})
+}
+
+// OpenTunnelHeader is OpenTunnel with a whole header: extensions such as
+// the original destination port (tunnel.ExtDestPort) included.
+func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Stream, error) {
+	str, err := pc.openTunnel(ctx, h)
 	if err != nil {
 		return nil, requestError(err)
 	}
-	return &Stream{str: str}, nil
+	return &Stream{str: str, hdr: h}, nil
 }
 
-func (pc *PeerConn) openTunnel(ctx context.Context, target string) (*quic.Stream, error) {
-	hdr, err := tunnel.Header{Target: target}.AppendTo(make([]byte, 0, 64))
+func (pc *PeerConn) openTunnel(ctx context.Context, h tunnel.Header) (*quic.Stream, error) {
+	hdr, err := h.AppendTo(make([]byte, 0, 64))
 	if err != nil {
 		return nil, err
 	}

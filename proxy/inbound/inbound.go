@@ -97,6 +97,14 @@ type Config struct {
 type Options struct {
 	// Routes maps the services this sidecar serves to their apps.
 	Routes Routes
+	// AppPorts are the local app's ports that a peer on the transparent
+	// path may name as the destination port (ports.go); the ports of the
+	// Routes' addresses are allowed too, and no other.
+	AppPorts []uint16
+	// AppHost is the IP address the apps are reached at by destination
+	// port; default 127.0.0.1. In a pod, its own IP reaches apps that
+	// listen on it only, as a client outside the mesh would.
+	AppHost string
 	// MaxInFlight sheds HTTP requests beyond this many concurrent ones
 	// with a 503 (default 10,000; negative disables).
 	MaxInFlight int
@@ -170,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbound: %w", err)
 	}
+	if !validAppHost(cfg.AppHost) {
+		return nil, fmt.Errorf("inbound: app host %q: want an IP address", cfg.AppHost)
+	}
 	cfg.Options = cfg.Options.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -185,9 +196,10 @@ func New(cfg Config) (*Server, error) {
 		log:   cfg.Logger,
 		conns: make(map[*peerConn]struct{}),
 	}
-	s.http = newHTTPChain(cfg, routes, &s.inflight)
+	ports := newDestPorts(cfg.Options, routes)
+	s.http = newHTTPChain(cfg, routes, ports, &s.inflight)
 	s.tunnels = newTunnelHTTP(cfg, chainHandler{s.http}, cfg.Logger)
-	s.tunnel = newTunnelChain(cfg, routes, s.tunnels)
+	s.tunnel = newTunnelChain(cfg, routes, ports, s.tunnels)
 	return s, nil
 }
 

@@ -405,7 +405,7 @@ func TestHTTPChain(t *testing.T) {
 			up := tt.up
 			cfg := Config{Upstream: &up, Logger: discard, Name: "test", Metrics: telemetry.New(reg), Options: Options{}.WithDefaults()}
 			var inflight atomic.Int64
-			chain := newHTTPChain(cfg, routes, &inflight)
+			chain := newHTTPChain(cfg, routes, newDestPorts(cfg.Options, routes), &inflight)
 			w := httptest.NewRecorder()
 			r := httptest.NewRequest("GET", "http://other/", nil)
 			for k, v := range tt.header {
