@@ -37,11 +37,13 @@ not touched), with its own address, the cluster's names in its
 in a pod with 'ip netns exec NAMESPACE ...' (status lists them).
 `
 
-// labEchoApps are the apps every pod runs, by port.
+// labEchoApps are the apps every pod runs, by port. The http1 app also
+// listens on a second port (one app, two ports: the sidecars must deliver
+// each connection on the port its client dialled).
 var labEchoApps = []struct {
-	proto string
-	port  int
-}{{"http1", 8080}, {"h2c", 8081}, {"grpc", 9090}, {"tcp", 7000}}
+	proto        string
+	port, second int
+}{{"http1", 8080, 8082}, {"h2c", 8081, 0}, {"grpc", 9090, 0}, {"tcp", 7000, 0}}
 
 func runLab(args []string, stdout, stderr io.Writer) int {
 	return cli.New("quicmesh-dev lab", labUsage, stdout, stderr).Dispatch(map[string]cli.Subcommand{
@@ -132,8 +134,8 @@ func runLabUp(args []string, stdout, stderr io.Writer) int {
 
 Builds the lab, prints its pods and stays in the foreground until SIGINT
 or SIGTERM ('quicmesh-dev lab down' sends it), then tears everything
-down. Every pod runs the echo apps as --app-uid: http1 on :8080, h2c on
-:8081, grpc on :9090, tcp on :7000.
+down. Every pod runs the echo apps as --app-uid: http1 on :8080 and
+:8082 (one app, two ports), h2c on :8081, grpc on :9090, tcp on :7000.
 
 With --sidecars every pod gets quicmesh init's rules (--proxy-uid
 excluded) and a transparent sidecar ('quicmesh proxy', run as
@@ -219,12 +221,18 @@ func startLabApps(cl *cluster.Cluster, appUID uint32, ready time.Duration) (*lab
 	for _, p := range cl.Pods() {
 		st.Pods = append(st.Pods, labPod{Name: p.Name, NS: p.NS, Addr: p.Addr.String(), Names: p.Names})
 		for _, app := range labEchoApps {
-			proc, err := cl.Start(p, appUID, "echo-"+app.proto, self, "echo", "--proto", app.proto, "--listen", ":"+strconv.Itoa(app.port))
+			listen, ports := ":"+strconv.Itoa(app.port), []int{app.port}
+			if app.second != 0 {
+				listen, ports = listen+",:"+strconv.Itoa(app.second), append(ports, app.second)
+			}
+			proc, err := cl.Start(p, appUID, "echo-"+app.proto, self, "echo", "--proto", app.proto, "--listen", listen)
 			if err != nil {
 				return nil, err
 			}
-			if err := cl.WaitListening(p, "127.0.0.1:"+strconv.Itoa(app.port), proc, ready); err != nil {
-				return nil, err
+			for _, port := range ports {
+				if err := cl.WaitListening(p, "127.0.0.1:"+strconv.Itoa(port), proc, ready); err != nil {
+					return nil, err
+				}
 			}
 			st.Processes = append(st.Processes, labProcT{Pod: p.Name, Label: proc.Label, Pid: proc.Pid(), UID: proc.UID, Log: proc.Log})
 		}
@@ -277,6 +285,9 @@ func printState(w io.Writer, s *labState) {
 			fmt.Fprint(w, ", ")
 		}
 		fmt.Fprintf(w, "%s :%d", a.proto, a.port)
+		if a.second != 0 {
+			fmt.Fprintf(w, " and :%d", a.second)
+		}
 	}
 	fmt.Fprintln(w)
 	switch {

@@ -36,7 +36,7 @@ type labCallResult struct {
 
 // labCall runs one call from pod as uid (an app's user: its traffic is
 // intercepted) with the pod's /etc/hosts, with no proxy configuration.
-func labCall(ctx context.Context, cl *cluster.Cluster, pod *cluster.Pod, uid uint32, self string, spec labCallSpec) labCallResult {
+func labCall(cl *cluster.Cluster, pod *cluster.Pod, uid uint32, self string, env []string, spec labCallSpec) labCallResult {
 	res := labCallResult{labCallSpec: spec}
 	var args []string
 	name := self
@@ -47,7 +47,7 @@ func labCall(ctx context.Context, cl *cluster.Cluster, pod *cluster.Pod, uid uin
 		args = []string{"lab", "call", "--proto", spec.proto, "--target", spec.target}
 	}
 	cmd := cl.Command(pod, uid, name, args...)
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} // no *_proxy variables
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...) // no *_proxy variables
 	out, err := cmd.CombinedOutput()
 	res.output = string(out)
 	res.Proto, res.Target = spec.proto, spec.target
@@ -104,18 +104,18 @@ func quicConnections(cl *cluster.Cluster, pod *cluster.Pod) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return sumMetric(body, "quicmesh_quic_connections_open", ""), nil
+	return sumMetric(body, "quicmesh_quic_connections_open", `direction="outbound"`), nil
 }
 
-// sumMetric adds up the samples of metric in a Prometheus text body whose
-// labels contain match.
-func sumMetric(body, metric, match string) int {
+// sumMetric adds up the samples of metric in a Prometheus text body that
+// have every label of match (each `name="value"`).
+func sumMetric(body, metric string, match ...string) int {
 	total := 0.0
 	for _, line := range strings.Split(body, "\n") {
 		if !strings.HasPrefix(line, metric+"{") && !strings.HasPrefix(line, metric+" ") {
 			continue
 		}
-		if match != "" && !strings.Contains(line, match) {
+		if !all(match, func(m string) bool { return strings.Contains(line, m) }) {
 			continue
 		}
 		f := strings.Fields(line)
@@ -197,7 +197,7 @@ iproute2, iptables, setpriv and curl.
 		if ctx.Err() != nil {
 			break
 		}
-		r := labCall(ctx, cl, cl.Pod("a"), uint32(*appUID), shared, spec)
+		r := labCall(cl, cl.Pod("a"), uint32(*appUID), shared, nil, spec)
 		who, at, id := podOf(st, r.ServerAddr), r.ServerAddr, r.PeerIdentity
 		if spec.proto == "tcp" {
 			who, at, id = "(echoed)", "-", "(TCP carries no identity to the app)"
@@ -210,7 +210,7 @@ iproute2, iptables, setpriv and curl.
 	}
 	tw.Flush()
 	if n, err := quicConnections(cl, cl.Pod("a")); err == nil {
-		fmt.Fprintf(stdout, "pod a's sidecar: %d QUIC connections open (mTLS to b, c, d)\n", n)
+		fmt.Fprintf(stdout, "pod a's sidecar: %d outbound QUIC connections open (mTLS to b, c, d)\n", n)
 	}
 	fmt.Fprintln(stdout, "tearing down ...")
 	if err := cl.Close(); err != nil {
@@ -221,4 +221,13 @@ iproute2, iptables, setpriv and curl.
 		return c.Fail("%d of %d calls failed", failed, len(labDemoCalls(st)))
 	}
 	return cli.ExitOK
+}
+
+func all[T any](s []T, f func(T) bool) bool {
+	for _, v := range s {
+		if !f(v) {
+			return false
+		}
+	}
+	return true
 }

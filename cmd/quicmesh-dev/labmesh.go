@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,9 @@ type labMesh struct {
 	quicmesh string // the sidecar binary
 	proxyUID uint32
 	policy   string // plain TCP: permissive or strict
+	// strict lists pods whose sidecars refuse plain TCP whatever policy
+	// says (tests compare the two policies in one lab).
+	strict []string
 	// serviceSubnet holds the services' virtual IPs (only the pods'
 	// rules know them, as kube-proxy's would).
 	serviceSubnet string
@@ -89,6 +93,9 @@ func labAppPorts() []uint16 {
 	var ports []uint16
 	for _, a := range labEchoApps {
 		ports = append(ports, uint16(a.port))
+		if a.second != 0 {
+			ports = append(ports, uint16(a.second))
+		}
 	}
 	return ports
 }
@@ -121,6 +128,9 @@ func labCatalog(cl *cluster.Cluster, svcs []labService) ([]byte, error) {
 	ports := []port{{Name: "http", Port: labHTTPPort, TargetPort: uint16(labEchoApps[0].port)}}
 	for _, a := range labEchoApps {
 		ports = append(ports, port{Name: a.proto, Port: uint16(a.port)})
+		if a.second != 0 {
+			ports = append(ports, port{Name: a.proto + "-2", Port: uint16(a.second)})
+		}
 	}
 	for _, s := range svcs {
 		pod := cl.Pod(s.Pod)
@@ -198,7 +208,7 @@ func startLabSidecars(cl *cluster.Cluster, st *labState, m labMesh, svcs []labSe
 			"--http-proxy", "",
 			"--transparent", "127.0.0.1:"+strconv.Itoa(intercept.DefaultOutboundPort),
 			"--plain-inbound", "0.0.0.0:"+strconv.Itoa(intercept.DefaultInboundPort),
-			"--plain-policy", m.policy,
+			"--plain-policy", m.podPolicy(s.Pod),
 			"--app-ports", strings.Join(ports, ","),
 			"--app-host", pod.Addr.String(),
 			"--grace", "2s",
@@ -213,6 +223,14 @@ func startLabSidecars(cl *cluster.Cluster, st *labState, m labMesh, svcs []labSe
 	}
 	st.Sidecars, st.Services, st.Policy = true, svcs, m.policy
 	return nil
+}
+
+// podPolicy is the plain TCP policy of pod's sidecar.
+func (m labMesh) podPolicy(pod string) string {
+	if slices.Contains(m.strict, pod) {
+		return "strict"
+	}
+	return m.policy
 }
 
 // waitReady waits until the sidecar in pod answers /ready with 200.
