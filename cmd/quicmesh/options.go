@@ -531,7 +531,9 @@ func (m merger) transparent(o *proxyOptions) error {
 	if err != nil {
 		return fmt.Errorf("--plain-policy: %w", err)
 	}
-	l.PlainPolicy = policy
+	if l.PlainInbound != "" {
+		l.PlainPolicy = policy // meaningless without the listener
+	}
 	if f.appHost != "" {
 		if _, err := netip.ParseAddr(f.appHost); err != nil {
 			return fmt.Errorf("--app-host %s: not an IP address", f.appHost)
