@@ -18,7 +18,7 @@ FUZZTIME ?= 10000x
 # Hang guard per target: a hung target fails with its stacks.
 FUZZTIMEOUT ?= 10m
 
-.PHONY: all build test unit fuzz-smoke fuzz stress-test demo bench lint vet clean proto
+.PHONY: all build test unit fuzz-smoke fuzz stress-test demo lab-demo bench lint vet clean proto
 
 all: build
 
@@ -29,6 +29,10 @@ build:
 
 demo: build
 	./$(DEVBIN) demo
+
+# Needs root, iproute2, iptables, setpriv and curl.
+lab-demo: build
+	./$(DEVBIN) lab demo --quicmesh $(BIN)
 
 test: vet unit fuzz-smoke
 

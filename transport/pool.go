@@ -106,15 +106,21 @@ func (pc *PeerConn) Begin() (end func()) {
 // header for target. The caller owns the stream. Errors are marked as
 // RoundTrip's are.
 func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, error) {
-	str, err := pc.openTunnel(ctx, target)
+	return pc.OpenTunnelHeader(ctx, tunnel.Header{Target: target})
+}
+
+// OpenTunnelHeader is OpenTunnel with a whole header: extensions such as
+// the original destination port (tunnel.ExtDestPort) included.
+func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Stream, error) {
+	str, err := pc.openTunnel(ctx, h)
 	if err != nil {
 		return nil, requestError(err)
 	}
-	return &Stream{str: str}, nil
+	return &Stream{str: str, hdr: h}, nil
 }
 
-func (pc *PeerConn) openTunnel(ctx context.Context, target string) (*quic.Stream, error) {
-	hdr, err := tunnel.Header{Target: target}.AppendTo(make([]byte, 0, 64))
+func (pc *PeerConn) openTunnel(ctx context.Context, h tunnel.Header) (*quic.Stream, error) {
+	hdr, err := h.AppendTo(make([]byte, 0, 64))
 	if err != nil {
 		return nil, err
 	}
@@ -226,14 +232,15 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
-			err := st.lastErr
+			// Read under the lock: the dial goroutine writes them.
+			err, failedAt := st.lastErr, st.failedAt
 			if st.dialing != nil {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(failedAt).Round(time.Millisecond), err)
 			}
-			if wait := backoff(st.failures); p.now().Sub(st.failedAt) < wait {
+			if wait := backoff(st.failures); p.now().Sub(failedAt) < wait {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(failedAt).Round(time.Millisecond), err)
 			}
 		}
 		if st.dialing == nil {

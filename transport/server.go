@@ -213,7 +213,7 @@ func (c *ServerConn) serveStream(raw *http3.RawServerConn, str *quic.Stream, ser
 	case kind == streamHTTP3:
 		raw.HandleRequestStream(str)
 	default:
-		serveTunnel(&Stream{str: str}, hdr.Target)
+		serveTunnel(&Stream{str: str, hdr: hdr}, hdr.Target)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quicmesh/quicmesh/transport/meshcode"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 // Stream is a tunnel stream: the raw byte stream of one tunnelled TCP
@@ -17,7 +18,12 @@ import (
 // *meshcode.StreamError, whatever the QUIC error behind it.
 type Stream struct {
 	str *quic.Stream
+	hdr tunnel.Header
 }
+
+// DestPort is the original destination port the tunnel header carried
+// (tunnel.ExtDestPort), ok false if none.
+func (s *Stream) DestPort() (port uint16, ok bool) { return s.hdr.DestPort() }
 
 func (s *Stream) Read(p []byte) (int, error) {
 	n, err := s.str.Read(p)

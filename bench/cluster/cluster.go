@@ -268,6 +268,10 @@ func (c *Cluster) Pod(name string) *Pod {
 // sockets fn opens belong to the pod.
 func (c *Cluster) Do(p *Pod, fn func() error) error { return c.lab.Do(p.NS, fn) }
 
+// DoHub runs fn on a thread inside the hub namespace, which holds the
+// bridge and no sidecar: a client or server there is outside the mesh.
+func (c *Cluster) DoHub(fn func() error) error { return c.lab.Do(c.bridge.NS, fn) }
+
 // Share copies the executable at path into the cluster's directory, where
 // every UID may run it (a binary under root's home or a test's temporary
 // directory is not), and returns the copy's path.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/quicmesh/quicmesh/internal/cli"
@@ -22,7 +23,7 @@ Serves a bundled echo app until SIGINT or SIGTERM. HTTP: GET answers
 which caller identity the sidecar vouched for (Echo-Peer-Identity).
 `, stdout, stderr)
 	proto := c.Flags.String("proto", "http1", "http1, h2c, grpc or tcp")
-	listen := c.Flags.String("listen", "127.0.0.1:8080", "address to listen on")
+	listen := c.Flags.String("listen", "127.0.0.1:8080", "address to listen on (or several, comma-separated)")
 	if code, ok := c.Parse(args); !ok {
 		return code
 	}
@@ -39,12 +40,16 @@ which caller identity the sidecar vouched for (Echo-Peer-Identity).
 	// after start-up still closes it cleanly.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	srv, err := start(*listen)
-	if err != nil {
-		return c.Fail("--listen %s: %v", *listen, err)
+	// One app may listen on several ports (comma-separated): the lab's
+	// http1 app does, to show each connection arrives on its own port.
+	for _, addr := range strings.Split(*listen, ",") {
+		srv, err := start(addr)
+		if err != nil {
+			return c.Fail("--listen %s: %v", addr, err)
+		}
+		defer srv.Close()
+		fmt.Fprintf(stdout, "echo %s listening on %s\n", *proto, srv.Addr())
 	}
-	defer srv.Close()
-	fmt.Fprintf(stdout, "echo %s listening on %s\n", *proto, srv.Addr())
 	<-ctx.Done()
 	return cli.ExitOK
 }

@@ -21,13 +21,14 @@ import (
 	"github.com/quicmesh/quicmesh/bench/cluster"
 	"github.com/quicmesh/quicmesh/bench/netlab"
 	"github.com/quicmesh/quicmesh/internal/cli"
-	"github.com/quicmesh/quicmesh/internal/intercept"
 )
 
 const labUsage = `Usage:
   quicmesh-dev lab up [flags]       build a cluster of pods on this machine and keep it up
   quicmesh-dev lab status [--name]  show a running lab
   quicmesh-dev lab down [--name]    tear it down (also after its process died)
+  quicmesh-dev lab demo [flags]     up with sidecars, call services from pod a, down
+  quicmesh-dev lab call [flags]     (inside a pod) call an echo app, print what answered
 
 Needs root, iproute2, iptables and setpriv. Each pod is a network
 namespace on a bridge (in a namespace of its own: the host's network is
@@ -36,17 +37,21 @@ not touched), with its own address, the cluster's names in its
 in a pod with 'ip netns exec NAMESPACE ...' (status lists them).
 `
 
-// labEchoApps are the apps every pod runs, by port.
+// labEchoApps are the apps every pod runs, by port. The http1 app also
+// listens on a second port (one app, two ports: the sidecars must deliver
+// each connection on the port its client dialled).
 var labEchoApps = []struct {
-	proto string
-	port  int
-}{{"http1", 8080}, {"h2c", 8081}, {"grpc", 9090}, {"tcp", 7000}}
+	proto        string
+	port, second int
+}{{"http1", 8080, 8082}, {"h2c", 8081, 0}, {"grpc", 9090, 0}, {"tcp", 7000, 0}}
 
 func runLab(args []string, stdout, stderr io.Writer) int {
 	return cli.New("quicmesh-dev lab", labUsage, stdout, stderr).Dispatch(map[string]cli.Subcommand{
 		"up":     runLabUp,
 		"status": runLabStatus,
 		"down":   runLabDown,
+		"demo":   runLabDemo,
+		"call":   runLabCall,
 	}, args)
 }
 
@@ -62,6 +67,11 @@ type labState struct {
 	Intercept bool       `json:"intercept"`
 	Pods      []labPod   `json:"pods"`
 	Processes []labProcT `json:"processes"`
+	// Sidecars says the pods run sidecars (labmesh.go), with Services
+	// and the plain TCP Policy.
+	Sidecars bool         `json:"sidecars"`
+	Services []labService `json:"services,omitempty"`
+	Policy   string       `json:"plain_policy,omitempty"`
 }
 
 type labPod struct {
@@ -124,14 +134,16 @@ func runLabUp(args []string, stdout, stderr io.Writer) int {
 
 Builds the lab, prints its pods and stays in the foreground until SIGINT
 or SIGTERM ('quicmesh-dev lab down' sends it), then tears everything
-down. Every pod runs the echo apps as --app-uid: http1 on :8080, h2c on
-:8081, grpc on :9090, tcp on :7000.
+down. Every pod runs the echo apps as --app-uid: http1 on :8080 and
+:8082 (one app, two ports), h2c on :8081, grpc on :9090, tcp on :7000.
 
-With --intercept every pod also gets quicmesh init's rules (--proxy-uid
-excluded). The pods have no sidecars yet: the sidecar's transparent
-listeners do not exist (issue 12, second part), so with --intercept the
-pods' TCP to each other is refused. Without it the pods talk directly
-(the baseline without sidecars).
+With --sidecars every pod gets quicmesh init's rules (--proxy-uid
+excluded) and a transparent sidecar ('quicmesh proxy', run as
+--proxy-uid) with a certificate from the lab's one CA; pod P's apps are
+service P.default, at P.default.svc.DOMAIN (a virtual IP) in every
+pod's /etc/hosts. With --intercept alone the pods get the rules but no
+sidecar, so their TCP to each other is refused. With neither the pods
+talk directly (the baseline without sidecars).
 `, stdout, stderr)
 	name := labNameFlag(c)
 	pods := c.Flags.String("pods", "4", "a number of pods (named a, b, c, ...) or a comma-separated list of names")
@@ -140,7 +152,8 @@ pods' TCP to each other is refused. Without it the pods talk directly
 	appUID := c.Flags.Uint("app-uid", 2001, "UID the apps run as")
 	proxyUID := c.Flags.Uint("proxy-uid", 2002, "UID the sidecars will run as (excluded from interception)")
 	withInit := c.Flags.Bool("intercept", false, "apply quicmesh init in every pod")
-	ready := c.Flags.Duration("ready-timeout", 30*time.Second, "how long each app may take to listen")
+	ready := c.Flags.Duration("ready-timeout", 30*time.Second, "how long each app (and sidecar) may take to be ready")
+	mf := labMeshFlags(c)
 	if code, ok := c.Parse(args); !ok {
 		return code
 	}
@@ -157,6 +170,10 @@ pods' TCP to each other is refused. Without it the pods talk directly
 	if _, err := netip.ParsePrefix(*subnet); err != nil {
 		return c.Fail("--subnet: %v", err)
 	}
+	mesh, err := mf.mesh(uint32(*proxyUID))
+	if err != nil {
+		return c.Fail("%v", err)
+	}
 	if s, err := readState(*name); err != nil {
 		return c.Fail("%v", err)
 	} else if s != nil && alive(s.Pid) {
@@ -167,26 +184,13 @@ pods' TCP to each other is refused. Without it the pods talk directly
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	cfg := cluster.Config{Prefix: "lab", Pods: podNames, Subnet: *subnet, Domain: *domain}
-	if *withInit {
-		cfg.Intercept = &intercept.Config{ProxyUID: uint32(*proxyUID), OutboundPort: intercept.DefaultOutboundPort,
-			InboundPort: intercept.DefaultInboundPort, AdminPort: intercept.DefaultAdminPort, MeshPort: intercept.DefaultMeshPort}
-	}
-	cl, err := cluster.Up(cfg)
+	cl, st, err := buildLab(labSpec{prefix: "lab", pods: podNames, subnet: *subnet, domain: *domain,
+		appUID: uint32(*appUID), proxyUID: uint32(*proxyUID), intercept: *withInit, mesh: mesh, ready: *ready})
 	if err != nil {
 		return c.Fail("%v", err)
 	}
 	defer cl.Close()
-	st, err := startLabApps(cl, uint32(*appUID), *ready)
-	if err != nil {
-		return c.Fail("%v", err)
-	}
-	// Sidecars: each pod's sidecar is to run here as --proxy-uid, with
-	// cl.Start(pod, proxyUID, "sidecar", quicmesh, "proxy", ...) in
-	// transparent mode, once `quicmesh proxy` has the transparent
-	// listeners (issue 12, second part). Until then the lab has none and
-	// status says so.
-	st.Name, st.Pid, st.Intercept = *name, os.Getpid(), *withInit
+	st.Name, st.Pid = *name, os.Getpid()
 	if err := writeState(st); err != nil {
 		return c.Fail("%v", err)
 	}
@@ -217,12 +221,18 @@ func startLabApps(cl *cluster.Cluster, appUID uint32, ready time.Duration) (*lab
 	for _, p := range cl.Pods() {
 		st.Pods = append(st.Pods, labPod{Name: p.Name, NS: p.NS, Addr: p.Addr.String(), Names: p.Names})
 		for _, app := range labEchoApps {
-			proc, err := cl.Start(p, appUID, "echo-"+app.proto, self, "echo", "--proto", app.proto, "--listen", ":"+strconv.Itoa(app.port))
+			listen, ports := ":"+strconv.Itoa(app.port), []int{app.port}
+			if app.second != 0 {
+				listen, ports = listen+",:"+strconv.Itoa(app.second), append(ports, app.second)
+			}
+			proc, err := cl.Start(p, appUID, "echo-"+app.proto, self, "echo", "--proto", app.proto, "--listen", listen)
 			if err != nil {
 				return nil, err
 			}
-			if err := cl.WaitListening(p, "127.0.0.1:"+strconv.Itoa(app.port), proc, ready); err != nil {
-				return nil, err
+			for _, port := range ports {
+				if err := cl.WaitListening(p, "127.0.0.1:"+strconv.Itoa(port), proc, ready); err != nil {
+					return nil, err
+				}
 			}
 			st.Processes = append(st.Processes, labProcT{Pod: p.Name, Label: proc.Label, Pid: proc.Pid(), UID: proc.UID, Log: proc.Log})
 		}
@@ -275,11 +285,20 @@ func printState(w io.Writer, s *labState) {
 			fmt.Fprint(w, ", ")
 		}
 		fmt.Fprintf(w, "%s :%d", a.proto, a.port)
+		if a.second != 0 {
+			fmt.Fprintf(w, " and :%d", a.second)
+		}
 	}
 	fmt.Fprintln(w)
-	if s.Intercept {
-		fmt.Fprintln(w, "interception: on (quicmesh init in every pod); sidecars: none yet, so TCP between pods is refused")
-	} else {
+	switch {
+	case s.Sidecars:
+		fmt.Fprintf(w, "interception: on; sidecars: in every pod (transparent, plain TCP %s)\n", s.Policy)
+		for _, svc := range s.Services {
+			fmt.Fprintf(w, "  service %s: %s (virtual IP %s), %s\n", svc.Name, svc.DNS, svc.VIP, svc.ID)
+		}
+	case s.Intercept:
+		fmt.Fprintln(w, "interception: on (quicmesh init in every pod); sidecars: none, so TCP between pods is refused")
+	default:
 		fmt.Fprintln(w, "interception: off; sidecars: none (pods talk directly)")
 	}
 }

@@ -115,7 +115,7 @@ func TestLabUpStatusDown(t *testing.T) {
 		t.Fatalf("state %+v", s)
 	}
 	code, out, errs := runCapture("lab", "status", "--name", name)
-	if code != 0 || strings.Count(out, "running") != len(s.Processes) || !strings.Contains(out, "sidecars: none yet") {
+	if code != 0 || strings.Count(out, "running") != len(s.Processes) || !strings.Contains(out, "sidecars: none, so TCP") {
 		t.Fatalf("status: exit %d\n%s%s", code, out, errs)
 	}
 	rules, err := exec.Command("ip", "netns", "exec", s.Pods[0].NS, "iptables-save", "-t", "nat").CombinedOutput()

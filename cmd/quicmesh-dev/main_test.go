@@ -70,7 +70,7 @@ func TestCommandLineContract(t *testing.T) {
 		{"bench bad rate", []string{"bench", "--proto", "tcp", "--target", "x:1", "--rate", "fast"}, config, `quicmesh-dev bench: --rate: invalid value "fast"`},
 
 		{"lab --help", []string{"lab", "--help"}, help, "quicmesh-dev lab up [flags]"},
-		{"lab", []string{"lab"}, usage, "quicmesh-dev lab: missing command (want down, status or up)"},
+		{"lab", []string{"lab"}, usage, "quicmesh-dev lab: missing command (want call, demo, down, status or up)"},
 		{"lab unknown command", []string{"lab", "frob"}, usage, `quicmesh-dev lab: unknown command "frob"`},
 		{"lab up --help", []string{"lab", "up", "--help"}, help, "-intercept"},
 		{"lab up unknown flag", []string{"lab", "up", "--frob"}, usage, "quicmesh-dev lab up: unknown flag --frob"},

@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -160,6 +162,9 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 		return proxyOptions{}, err
 	}
 	o.sidecar.QlogDir = m.pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir)
+	if err := m.transparent(&o); err != nil {
+		return proxyOptions{}, err
+	}
 	o.allowShutdown = f.allowShutdown
 	return o, nil
 }
@@ -537,5 +542,45 @@ func (m merger) limits(o *proxyOptions) error {
 	o.sidecar.Inbound.ConnectTimeout = lim.AppConnectTimeout.Duration
 	o.sidecar.Inbound.HeaderTimeout = lim.HeaderTimeout.Duration
 	o.sidecar.Inbound.MaxInFlight = lim.InboundMaxInFlight
+	return nil
+}
+
+// transparent gathers the transparent path's settings (flags only): its
+// two listeners, the plain TCP policy, and the app's ports and address.
+func (m merger) transparent(o *proxyOptions) error {
+	f := m.f
+	l := &o.sidecar.Listeners
+	l.Transparent, l.PlainInbound = f.transparent, f.plainInbound
+	for _, s := range []struct{ flag, addr string }{{"transparent", f.transparent}, {"plain-inbound", f.plainInbound}} {
+		if s.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(s.addr); err != nil {
+			return fmt.Errorf("--%s %s: not a HOST:PORT address", s.flag, s.addr)
+		}
+		o.names.listeners = append(o.names.listeners, listenSetting{"--" + s.flag + " " + s.addr, s.addr})
+	}
+	policy, err := inbound.ParsePlainPolicy(f.plainPolicy)
+	if err != nil {
+		return fmt.Errorf("--plain-policy: %w", err)
+	}
+	if l.PlainInbound != "" {
+		l.PlainPolicy = policy // meaningless without the listener
+	}
+	if f.appHost != "" {
+		if _, err := netip.ParseAddr(f.appHost); err != nil {
+			return fmt.Errorf("--app-host %s: not an IP address", f.appHost)
+		}
+	}
+	o.sidecar.Inbound.AppHost = f.appHost
+	if f.appPorts != "" {
+		for _, p := range strings.Split(f.appPorts, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
+			if err != nil || n == 0 {
+				return fmt.Errorf("--app-ports %s: %q is not a port", f.appPorts, p)
+			}
+			o.sidecar.Inbound.AppPorts = append(o.sidecar.Inbound.AppPorts, uint16(n))
+		}
+	}
 	return nil
 }

@@ -53,6 +53,9 @@ type proxyFlags struct {
 	allowShutdown                          bool
 	qlogDir                                string
 	defaultPolicy                          string
+	// The transparent path (a pod with quicmesh init's rules).
+	transparent, plainInbound, plainPolicy, appHost string
+	appPorts                                        string
 
 	spiffeSocket       string
 	federatedBundles   mapFlag
@@ -115,6 +118,11 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
 	fs.StringVar(&f.defaultPolicy, "default-inbound-policy", "", "who may call a route the config's inbound.authorization does not name: all-authenticated (the default), unauthenticated, deny, spiffe://TD/* or one SPIFFE ID")
+	fs.StringVar(&f.transparent, "transparent", "", "transparent outbound listener that quicmesh init redirects the pod's outbound TCP to (e.g. 127.0.0.1:4145); needs --discovery-file or --control; empty disables")
+	fs.StringVar(&f.plainInbound, "plain-inbound", "", "listener for plain TCP from outside the mesh that quicmesh init redirects the pod's inbound TCP to (e.g. 0.0.0.0:4146); empty disables")
+	fs.StringVar(&f.plainPolicy, "plain-policy", "permissive", "with --plain-inbound: permissive (deliver plain TCP to the app on the port dialled) or strict (refuse it: mesh traffic only)")
+	fs.StringVar(&f.appPorts, "app-ports", "", "comma-separated ports of the local app that peers on the transparent path may reach by the port their app dialled (the routes' ports are allowed too)")
+	fs.StringVar(&f.appHost, "app-host", "", "IP address the local app is reached at by port (default 127.0.0.1; in a pod its own IP reaches apps that listen only on it)")
 	return c, f
 }
 

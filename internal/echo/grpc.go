@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -46,6 +47,9 @@ const (
 	// MDPeerIdentity is the response header key carrying the values of the
 	// request metadata key "quicmesh-peer-identity".
 	MDPeerIdentity = "echo-peer-identity"
+	// MDLocalAddr is the response header key carrying the server's end of
+	// the connection: which address and port the app was reached at.
+	MDLocalAddr = "echo-local-addr"
 	// MDTrailer is a trailer key always set to "done".
 	MDTrailer = "echo-trailer"
 	// MDEchoPrefix prefixes echoed request metadata keys: request key K
@@ -142,6 +146,9 @@ func ListenGRPC(addr string, opts ...grpc.ServerOption) (*Server, error) {
 // echoMD builds the response header/trailer metadata from the request's.
 func echoMD(ctx context.Context) metadata.MD {
 	out := metadata.MD{}
+	if p, ok := peer.FromContext(ctx); ok && p.LocalAddr != nil {
+		out.Set(MDLocalAddr, p.LocalAddr.String())
+	}
 	in, _ := metadata.FromIncomingContext(ctx)
 	for k, vs := range in {
 		switch {

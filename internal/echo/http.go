@@ -17,6 +17,9 @@ const (
 	HeaderHost = "Echo-Host"
 	// HeaderMethod carries the request method.
 	HeaderMethod = "Echo-Method"
+	// HeaderLocalAddr carries the server's end of the connection the
+	// request came on: which address and port the app was reached at.
+	HeaderLocalAddr = "Echo-Local-Addr"
 	// HeaderPeerIdentity carries every value of the request header
 	// [RequestPeerIdentity], so tests can see which identity reached the app.
 	// It is absent when the request had no such header.
@@ -114,6 +117,9 @@ func serveEcho(w http.ResponseWriter, r *http.Request) {
 	h.Set(HeaderProto, r.Proto)
 	h.Set(HeaderHost, r.Host)
 	h.Set(HeaderMethod, r.Method)
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		h.Set(HeaderLocalAddr, a.String())
+	}
 	for _, v := range r.Header.Values(RequestPeerIdentity) {
 		h.Add(HeaderPeerIdentity, v)
 	}

@@ -43,6 +43,12 @@ const (
 	// HeaderOrigProto says how the app spoke to its sidecar (h1 or h2),
 	// so the far side can speak the same to its app when not configured.
 	HeaderOrigProto = "Quicmesh-Orig-Proto"
+	// HeaderDestPort carries the port the app originally dialled on the
+	// transparent path (a service's virtual IP or a pod IP), so that the
+	// inbound sidecar delivers to the app on that port, if its
+	// configuration allows the port. A sidecar that does not know it
+	// strips it with the other mesh fields and routes by HeaderService.
+	HeaderDestPort = "Quicmesh-Dest-Port"
 )
 
 // IsMeshHeader reports whether name (in any case) is a mesh-internal field,

@@ -135,6 +135,7 @@ type Metrics struct {
 	authz        *prometheus.CounterVec
 	quic         *quicCollector
 	admission    handshakeAdmission
+	transparent  transparentMetrics
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
@@ -219,6 +220,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.tcpOpen, m.tcpClose, m.tcpOpenConns, m.tcpRead, m.tcpWrite,
 		m.handshakes, m.certExpiry, m.loadShed, m.authz, m.quic)
 	m.admission = newHandshakeAdmission(reg)
+	m.transparent = newTransparentMetrics(reg)
 	return m
 }
 

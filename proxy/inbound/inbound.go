@@ -102,6 +102,14 @@ type Options struct {
 	// (every verified identity). Server.SetAuthorization replaces it
 	// while the server runs.
 	Authorization *authz.Policy
+	// AppPorts are the local app's ports that a peer on the transparent
+	// path may name as the destination port (ports.go); the ports of the
+	// Routes' addresses are allowed too, and no other.
+	AppPorts []uint16
+	// AppHost is the IP address the apps are reached at by destination
+	// port; default 127.0.0.1. In a pod, its own IP reaches apps that
+	// listen on it only, as a client outside the mesh would.
+	AppHost string
 	// MaxInFlight sheds HTTP requests beyond this many concurrent ones
 	// with a 503 (default 10,000; negative disables).
 	MaxInFlight int
@@ -176,6 +184,9 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbound: %w", err)
 	}
+	if !validAppHost(cfg.AppHost) {
+		return nil, fmt.Errorf("inbound: app host %q: want an IP address", cfg.AppHost)
+	}
 	cfg.Options = cfg.Options.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -194,9 +205,10 @@ func New(cfg Config) (*Server, error) {
 	if s.policy, err = newPolicy(cfg, routes); err != nil {
 		return nil, fmt.Errorf("inbound: %w", err)
 	}
-	s.http = newHTTPChain(cfg, routes, s.policy, &s.inflight)
+	ports := newDestPorts(cfg.Options, routes)
+	s.http = newHTTPChain(cfg, routes, ports, s.policy, &s.inflight)
 	s.tunnels = newTunnelHTTP(cfg, chainHandler{s.http}, cfg.Logger)
-	s.tunnel = newTunnelChain(cfg, routes, s.policy, s.tunnels)
+	s.tunnel = newTunnelChain(cfg, routes, ports, s.policy, s.tunnels)
 	return s, nil
 }
 

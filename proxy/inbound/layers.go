@@ -37,7 +37,11 @@ type httpCall struct {
 
 	target    string // the routing key (identify)
 	origProto string // what the far app spoke: "h1", "h2", or "" if unknown (identify)
-	route     route  // (routeHTTP)
+	// destPort is the port the far app dialled on the transparent path,
+	// 0 if none; badDestPort a field that was not a port (identify).
+	destPort    uint16
+	badDestPort bool
+	route       route // (routeHTTP)
 	// switched records the response in metrics at once when the
 	// connection changes hands: the call then lasts the whole session
 	// (measure).
@@ -67,12 +71,12 @@ func fail(kind bridge.ErrorKind, format string, args ...any) *httpFailure {
 // authorize sits between routeHTTP and switchProtocols: it needs the
 // route, and a denied request must reach no app; it sits inside measure,
 // so a 403 is counted as a response like any other.
-func newHTTPChain(cfg Config, routes routeTable, pol *policy, inflight *atomic.Int64) httpLayer {
+func newHTTPChain(cfg Config, routes routeTable, ports destPorts, pol *policy, inflight *atomic.Int64) httpLayer {
 	who := "inbound " + cfg.Name
 	var h httpLayer = forward{up: cfg.Upstream, log: cfg.Logger}
 	h = switchProtocols{next: h, up: cfg.Upstream, connectTimeout: cfg.ConnectTimeout, metrics: cfg.Metrics, log: cfg.Logger}
 	h = authorize{next: h, policy: pol}
-	h = routeHTTP{next: h, routes: routes}
+	h = routeHTTP{next: h, routes: routes, ports: ports, metrics: cfg.Metrics}
 	h = mapErrors{next: h, who: who}
 	h = measure{next: h, metrics: cfg.Metrics}
 	h = shed{next: h, max: cfg.MaxInFlight, inflight: inflight, metrics: cfg.Metrics, who: who}
@@ -90,13 +94,14 @@ func (l identify) serveHTTP(c *httpCall) (bridge.Result, error) {
 		// Parsed from a tunnel's bytes: every header is the far app's
 		// own, so the route is the tunnel's and the protocol the one the
 		// bytes spoke.
-		c.target, c.origProto = c.tun.info.target, "h1"
+		c.target, c.origProto, c.destPort = c.tun.info.target, "h1", c.tun.info.destPort
 		if c.r.ProtoMajor == 2 {
 			c.origProto = "h2"
 		}
 	} else {
 		c.target = c.r.Header.Get(httpx.HeaderService)
 		c.origProto = c.r.Header.Get(httpx.HeaderOrigProto)
+		c.destPort, c.badDestPort = parseDestPort(c.r.Header.Get(httpx.HeaderDestPort))
 		if c.target == "" {
 			c.target = c.r.Host
 		}
@@ -171,11 +176,26 @@ func writeFailure(c *httpCall, who string, f *httpFailure) bridge.Result {
 
 // routeHTTP finds the app that serves the request's target.
 type routeHTTP struct {
-	next   httpLayer
-	routes routeTable
+	next    httpLayer
+	routes  routeTable
+	ports   destPorts
+	metrics *telemetry.Metrics
 }
 
 func (l routeHTTP) serveHTTP(c *httpCall) (bridge.Result, error) {
+	if c.badDestPort {
+		return bridge.Result{}, fail(bridge.BadGateway, "invalid %s", httpx.HeaderDestPort)
+	}
+	if c.destPort != 0 {
+		rt, ok := l.ports.route(c.destPort, l.routes.nameOf(c.target))
+		if !ok {
+			l.metrics.InboundConn(telemetry.SourceMesh, telemetry.ResultRefused)
+			return bridge.Result{}, fail(bridge.Unavailable, "port %d is not a port of this endpoint", c.destPort)
+		}
+		l.metrics.InboundConn(telemetry.SourceMesh, telemetry.ResultDelivered)
+		c.route = rt
+		return l.next.serveHTTP(c)
+	}
 	rt, ok := l.routes.lookup(c.target)
 	if !ok {
 		return bridge.Result{}, fail(bridge.Unavailable, "no local app serves %q", c.target)

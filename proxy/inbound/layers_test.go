@@ -409,7 +409,7 @@ func TestHTTPChain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			chain := newHTTPChain(cfg, routes, pol, &inflight)
+			chain := newHTTPChain(cfg, routes, newDestPorts(cfg.Options, routes), pol, &inflight)
 			w := httptest.NewRecorder()
 			r := httptest.NewRequest("GET", "http://other/", nil)
 			for k, v := range tt.header {

@@ -72,3 +72,9 @@ func (t routeTable) lookup(target string) (route, bool) {
 	}
 	return route{}, false
 }
+
+// nameOf returns the name of the route for target, "" if none.
+func (t routeTable) nameOf(target string) string {
+	r, _ := t.lookup(target)
+	return r.name
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -37,8 +38,9 @@ import (
 
 // tunnelInfo is what the inbound side knows about a tunnel for itself.
 type tunnelInfo struct {
-	peer   identity.ID
-	target string // the tunnel header's target: the routing key
+	peer     identity.ID
+	target   string // the tunnel header's target: the routing key
+	destPort uint16 // the destination port the header carried, 0 if none
 }
 
 // tunnelStream is what streamConn needs of a TunnelStream.
@@ -240,6 +242,9 @@ type tunnelCall struct {
 	target string       // the tunnel header's target: the routing key
 	log    *slog.Logger // with the peer's address and identity
 	route  route        // (routeTunnel)
+	// destPort is the destination port the header carried, 0 if none
+	// (routeTunnel).
+	destPort uint16
 }
 
 // tunnelLayer is one layer of the tunnel chain.
@@ -261,10 +266,10 @@ func (f *tunnelFailure) Error() string { return f.reason }
 // before the app is dialled, so not a byte reaches it. A tunnel to an
 // HTTP route is judged here as "tcp" and each request in it again, by
 // the HTTP chain, under the policy in force when that request arrives.
-func newTunnelChain(cfg Config, routes routeTable, pol *policy, tunnels *tunnelHTTP) tunnelLayer {
+func newTunnelChain(cfg Config, routes routeTable, ports destPorts, pol *policy, tunnels *tunnelHTTP) tunnelLayer {
 	var t tunnelLayer = deliverTunnel{up: cfg.Upstream, connectTimeout: cfg.ConnectTimeout, headerTimeout: cfg.HeaderTimeout, metrics: cfg.Metrics, tunnels: tunnels}
 	t = authorizeTunnel{next: t, policy: pol}
-	t = routeTunnel{next: t, routes: routes}
+	t = routeTunnel{next: t, routes: routes, ports: ports, metrics: cfg.Metrics}
 	return mapResets{next: t}
 }
 
@@ -283,11 +288,24 @@ func (l mapResets) serveTunnel(t *tunnelCall) error {
 
 // routeTunnel finds the app that serves the tunnel's target.
 type routeTunnel struct {
-	next   tunnelLayer
-	routes routeTable
+	next    tunnelLayer
+	routes  routeTable
+	ports   destPorts
+	metrics *telemetry.Metrics
 }
 
 func (l routeTunnel) serveTunnel(t *tunnelCall) error {
+	if port, ok := destPortOf(t.str); ok {
+		rt, ok := l.ports.route(port, l.routes.nameOf(t.target))
+		if !ok {
+			l.metrics.InboundConn(telemetry.SourceMesh, telemetry.ResultRefused)
+			t.log.Warn("tunnel for a port this endpoint does not declare", "target", t.target, "port", port)
+			return &tunnelFailure{code: meshcode.UnknownTarget, reason: "port " + strconv.Itoa(int(port)) + " is not a port of this endpoint"}
+		}
+		l.metrics.InboundConn(telemetry.SourceMesh, telemetry.ResultDelivered)
+		t.route, t.destPort = rt, port
+		return l.next.serveTunnel(t)
+	}
 	rt, ok := l.routes.lookup(t.target)
 	if !ok {
 		t.log.Warn("tunnel for unknown target", "target", t.target)
@@ -311,7 +329,7 @@ func (l deliverTunnel) serveTunnel(t *tunnelCall) error {
 	if t.route.proto == ProtoTCP {
 		return l.spliceToApp(t, t.str)
 	}
-	sc := newStreamConn(t.str, t.conn.LocalAddr(), t.conn.RemoteAddr(), tunnelInfo{peer: t.peer, target: t.target})
+	sc := newStreamConn(t.str, t.conn.LocalAddr(), t.conn.RemoteAddr(), tunnelInfo{peer: t.peer, target: t.target, destPort: t.destPort})
 	detected, c, err := detect.DetectServer(sc, detect.Config{Timeout: l.headerTimeout})
 	if err != nil {
 		// Silence, or a first word that never ends: a slow HTTP client

@@ -41,11 +41,18 @@ type pick struct {
 // observe tells the balancer how the picked work went; the latency is the
 // time since the pick.
 func (p *pick) observe(failed bool) {
+	if p.balancer == nil {
+		return // a pinned endpoint: no balancer chose it
+	}
 	p.balancer.Observe(p.ep, balance.Outcome{Latency: p.now().Sub(p.start), Failed: failed})
 }
 
 // done ends the picked work.
-func (p *pick) done() { p.balancer.Done(p.ep) }
+func (p *pick) done() {
+	if p.balancer != nil {
+		p.balancer.Done(p.ep)
+	}
+}
 
 // report is observe and done, for work that ends with its outcome.
 func (p *pick) report(failed bool) {
@@ -71,6 +78,26 @@ func (c *connector) connect(ctx context.Context, service string) (PeerConn, *pic
 		return nil, nil, &connectError{err: err, kind: connectErrorKind(ctx, err)}
 	}
 	return pc, pk, nil
+}
+
+// connectTarget is connect for t's service, or, when t is pinned to one
+// endpoint (an app that dialled a pod IP chose that pod), the connection
+// to that endpoint alone: the balancer neither picks nor learns from it.
+func (c *connector) connectTarget(ctx context.Context, t target) (PeerConn, *pick, error) {
+	if t.pinned == nil {
+		return c.connect(ctx, t.service)
+	}
+	e := parseEndpoints([]discovery.Endpoint{*t.pinned}).eps[0]
+	err := e.idErr
+	var pc PeerConn
+	if err == nil {
+		pc, err = c.peers.Get(ctx, e.addr, e.id)
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: endpoint %s of %q: %w", ErrNoRoute, e.addr, t.service, err)
+		return nil, nil, &connectError{err: err, kind: connectErrorKind(ctx, err)}
+	}
+	return pc, &pick{now: c.now, start: c.now()}, nil
 }
 
 func (c *connector) tryEndpoints(ctx context.Context, service string) (PeerConn, *pick, error) {

@@ -138,8 +138,10 @@ type httpFront struct {
 func (p *Proxy) newHTTPFront(service string) *httpFront {
 	f := &httpFront{p: p, h1conns: httpx.NewConnListener(), h1done: make(chan struct{}), handler: p.httpPath(service)}
 	f.h1 = &http.Server{
-		Handler:           f.handler,
-		ConnContext:       httpx.ConnContext,
+		Handler: f.handler,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return withConnTarget(httpx.ConnContext(ctx, c), c)
+		},
 		ReadHeaderTimeout: p.cfg.HeaderTimeout,
 		IdleTimeout:       p.cfg.IdleTimeout,
 		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
@@ -221,7 +223,8 @@ func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
 			f.p.cfg.Metrics.LoadShed(telemetry.Outbound, "h2_reset_flood")
 			f.p.log.Debug("closing HTTP/2 connection: stream resets at an abusive rate", "remote", conn.RemoteAddr().String())
 		})
-		f.h2.ServeConn(g, &http2.ServeConnOpts{Context: h2guard.NewContext(context.Background(), g), Handler: f.handler, BaseConfig: f.h1})
+		ctx := withConnTarget(context.Background(), conn)
+		f.h2.ServeConn(g, &http2.ServeConnOpts{Context: h2guard.NewContext(ctx, g), Handler: f.handler, BaseConfig: f.h1})
 	default:
 		f.h1conns.Push(httpx.InspectConn(conn))
 	}

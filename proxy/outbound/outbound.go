@@ -154,6 +154,8 @@ type Proxy struct {
 	mu      sync.Mutex
 	fronts  []*httpFront
 	closing bool
+	// stop is closed by Close: connections waiting for discovery give up.
+	stop chan struct{}
 }
 
 // New returns an outbound proxy.
@@ -192,6 +194,7 @@ func New(cfg Config) *Proxy {
 		connector: newConnector(cfg),
 		failures:  failureLog{log: cfg.Logger, limiter: lograte.New(0, 0, nil)},
 	}
+	p.stop = make(chan struct{})
 	p.conns.init()
 	p.tcp = p.tcpPath()
 	return p
@@ -256,6 +259,9 @@ func (p *Proxy) start(f *httpFront) bool {
 // Closing the listeners is the caller's job.
 func (p *Proxy) Close() error {
 	p.mu.Lock()
+	if !p.closing {
+		close(p.stop)
+	}
 	p.closing = true
 	fronts := p.fronts
 	p.mu.Unlock()

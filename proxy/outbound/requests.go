@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/quicmesh/quicmesh/internal/bridge"
@@ -177,7 +178,7 @@ type forwarder struct {
 func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
 	ctx := r.Context()
 	connectCtx, cancel := context.WithTimeout(ctx, f.timeout)
-	pc, pk, err := f.connector.connect(connectCtx, t.service)
+	pc, pk, err := f.connector.connectTarget(connectCtx, t)
 	cancel()
 	if err != nil {
 		return outcome{err: err}
@@ -192,6 +193,9 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
 	out.Header.Set(httpx.HeaderService, t.service)
 	out.Header.Set(httpx.HeaderOrigProto, origProto(r))
+	if t.port != 0 {
+		out.Header.Set(httpx.HeaderDestPort, strconv.Itoa(int(t.port)))
+	}
 	res, err := bridge.Forward(w, out, pc, bridge.Options{})
 	end()
 	pk.report(err != nil || res.Status >= 500)

@@ -68,7 +68,7 @@ func TestErrorResponses(t *testing.T) {
 				r = r.WithContext(ctx)
 			}
 			rec := httptest.NewRecorder()
-			o := e.serve(rec, r, target{"web", "web"})
+			o := e.serve(rec, r, target{service: "web", authority: "web"})
 			if o.err != nil || rec.Code != tt.status || o.res.Status != tt.status {
 				t.Fatalf("got %d (result %+v, error %v), want %d", rec.Code, o.res, o.err, tt.status)
 			}
@@ -125,7 +125,7 @@ func TestRetryUnprocessed(t *testing.T) {
 				cancel()
 				r = r.WithContext(ctx)
 			}
-			o := rt.serve(httptest.NewRecorder(), r, target{"web", "web"})
+			o := rt.serve(httptest.NewRecorder(), r, target{service: "web", authority: "web"})
 			if calls != tt.calls {
 				t.Fatalf("sent %d times, want %d", calls, tt.calls)
 			}
@@ -203,7 +203,7 @@ func TestForwarder(t *testing.T) {
 			bal := &fakeBalancer{}
 			f := forwarder{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}}), timeout: time.Second}
 			rec := httptest.NewRecorder()
-			o := f.serve(rec, r, target{"web", "web:80"})
+			o := f.serve(rec, r, target{service: "web", authority: "web:80"})
 			if (o.err != nil) != tt.wantErr {
 				t.Fatalf("error %v, want one: %v", o.err, tt.wantErr)
 			}

@@ -14,6 +14,13 @@ import (
 // it, and the authority (or tunnel target) the peer is asked for.
 type target struct {
 	service, authority string
+	// port, when not 0, is the port the app originally dialled, on the
+	// transparent path: the far sidecar delivers to its app on it
+	// (tunnel.ExtDestPort, httpx.HeaderDestPort).
+	port uint16
+	// pinned, when set, is the one endpoint to use (the app dialled its
+	// pod IP) instead of balancing over service's.
+	pinned *discovery.Endpoint
 }
 
 // router finds a request's target and hands the request to the path for
@@ -60,8 +67,15 @@ func (rt router) route(r *http.Request) (target, error) {
 	if r.URL.IsAbs() && r.URL.Host != "" {
 		authority = r.URL.Host
 	}
+	if t, ok := transparentTarget(r.Context()); ok {
+		t.authority = authority
+		if t.authority == "" {
+			t.authority = t.service
+		}
+		return t, nil
+	}
 	if rt.bound != "" {
-		return target{rt.bound, authority}, nil
+		return target{service: rt.bound, authority: authority}, nil
 	}
 	if authority == "" {
 		return target{}, httpx.BadRequest("no authority: cannot route the request")
@@ -70,12 +84,15 @@ func (rt router) route(r *http.Request) (target, error) {
 	if h, _, err := net.SplitHostPort(authority); err == nil {
 		host = h
 	}
-	return target{host, authority}, nil
+	return target{service: host, authority: authority}, nil
 }
 
 // tunnelToService is the target of an upgrade: the far app is reached as
 // the service itself, the request is replayed in the tunnel.
-func (t target) tunnelToService() target { return target{t.service, t.service} }
+func (t target) tunnelToService() target {
+	t.authority = t.service
+	return t
+}
 
 func isUpgrade(r *http.Request) bool {
 	return r.ProtoMajor == 1 && httpx.UpgradeType(r.Header) != ""

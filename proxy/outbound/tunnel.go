@@ -57,12 +57,12 @@ type tunnelOpener struct {
 func (o tunnelOpener) open(ctx context.Context, t target) (tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	pc, pk, err := o.connector.connect(ctx, t.service)
+	pc, pk, err := o.connector.connectTarget(ctx, t)
 	if err != nil {
 		return tunnel{}, err
 	}
 	for attempt := 0; ; attempt++ {
-		str, err := pc.OpenTunnel(ctx, t.authority)
+		str, err := openTunnel(ctx, pc, t)
 		if err == nil {
 			pk.observe(false)
 			return tunnel{pc, str, pk}, nil
@@ -73,12 +73,29 @@ func (o tunnelOpener) open(ctx context.Context, t target) (tunnel, error) {
 			return tunnel{}, &openError{pc, err}
 		}
 		o.log.Debug("retrying tunnel open on a fresh connection", "service", t.service, "peer", pc.Addr(), "error", err)
-		next, nextPick, cerr := o.connector.connect(ctx, t.service)
+		next, nextPick, cerr := o.connector.connectTarget(ctx, t)
 		if cerr != nil {
 			return tunnel{}, &openError{pc, fmt.Errorf("%w (redialling: %w)", err, cerr.(*connectError).err)}
 		}
 		pc, pk = next, nextPick
 	}
+}
+
+// portTunnels is implemented by peer connections that can carry the
+// original destination port in the tunnel header (the QUIC transport's).
+type portTunnels interface {
+	OpenTunnelPort(ctx context.Context, target string, port uint16) (TunnelStream, error)
+}
+
+// openTunnel opens a tunnel for t on pc, with t's port when it has one.
+func openTunnel(ctx context.Context, pc PeerConn, t target) (TunnelStream, error) {
+	if t.port != 0 {
+		if pt, ok := pc.(portTunnels); ok {
+			return pt.OpenTunnelPort(ctx, t.authority, t.port)
+		}
+		return nil, fmt.Errorf("outbound: the connection to %s cannot carry a destination port", pc.Addr())
+	}
+	return pc.OpenTunnel(ctx, t.authority)
 }
 
 // splicer runs an open tunnel to completion with its bookkeeping: the

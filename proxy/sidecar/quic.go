@@ -9,6 +9,7 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 // The QUIC transport seen through the interfaces the proxy declares. Go
@@ -35,6 +36,16 @@ type quicPeerConn struct{ *transport.PeerConn }
 
 func (c quicPeerConn) OpenTunnel(ctx context.Context, target string) (outbound.TunnelStream, error) {
 	str, err := c.PeerConn.OpenTunnel(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	return str, nil
+}
+
+// OpenTunnelPort opens a tunnel whose header carries the original
+// destination port (the transparent path).
+func (c quicPeerConn) OpenTunnelPort(ctx context.Context, target string, port uint16) (outbound.TunnelStream, error) {
+	str, err := c.PeerConn.OpenTunnelHeader(ctx, tunnel.Header{Target: target}.WithDestPort(port))
 	if err != nil {
 		return nil, err
 	}

@@ -78,7 +78,25 @@ type Listeners struct {
 	HTTPProxy string
 	// Binds are outbound listeners, each dedicated to a service.
 	Binds []Bind
+	// Transparent is the transparent outbound listener, named
+	// TransparentListener: quicmesh init redirects the pod's outbound TCP
+	// to it (127.0.0.1:4145). Empty disables it. It needs a resolver that
+	// is a discovery.Catalog (a static file, a control plane).
+	Transparent string
+	// PlainInbound is the listener for plain TCP from outside the mesh,
+	// named PlainInboundListener: init redirects the pod's inbound TCP to
+	// it (0.0.0.0:4146). Empty disables it.
+	PlainInbound string
+	// PlainPolicy is what PlainInbound does with a connection: deliver it
+	// (permissive, the default) or refuse it (strict).
+	PlainPolicy inbound.PlainPolicy
 }
+
+// Names of the transparent path's listeners.
+const (
+	TransparentListener  = "transparent"
+	PlainInboundListener = "plain-inbound"
+)
 
 // HTTPProxyListener is the name of the HTTP proxy listener.
 const HTTPProxyListener = "http-proxy"
@@ -111,6 +129,7 @@ type listenerSpec struct {
 	// service "" is the HTTP proxy (routed by each request's host).
 	service string
 	opaque  bool
+	kind    listenerKind
 }
 
 // specs lists the listeners to bind, checking that their names are
@@ -125,6 +144,15 @@ func (l Listeners) specs() ([]listenerSpec, error) {
 			return nil, fmt.Errorf("sidecar: listener %q (%s): no service", b.listenerName(), b.Listen)
 		}
 		specs = append(specs, listenerSpec{name: b.listenerName(), addr: b.Listen, service: b.Service, opaque: b.Opaque})
+	}
+	if l.Transparent != "" {
+		specs = append(specs, listenerSpec{name: TransparentListener, addr: l.Transparent, kind: kindTransparent})
+	}
+	if l.PlainInbound != "" {
+		specs = append(specs, listenerSpec{name: PlainInboundListener, addr: l.PlainInbound, kind: kindPlain})
+	}
+	if _, err := inbound.ParsePlainPolicy(string(l.PlainPolicy)); err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
 	}
 	seen := map[string]bool{}
 	for _, sp := range specs {
@@ -148,6 +176,9 @@ func check(deps Deps, opts Options) ([]listenerSpec, error) {
 	if deps.PacketConn != nil && opts.InboundAddr != "" {
 		return nil, fmt.Errorf("sidecar: both a UDP socket and an inbound address (%s) given: use one", opts.InboundAddr)
 	}
+	if _, ok := deps.Resolver.(discovery.Catalog); opts.Listeners.Transparent != "" && !ok {
+		return nil, fmt.Errorf("sidecar: listener %q (%s): the discovery knows no addresses (use a static file or a control plane)", TransparentListener, opts.Listeners.Transparent)
+	}
 	return opts.Listeners.specs()
 }
 
@@ -168,6 +199,8 @@ type Sidecar struct {
 	inbound   *inbound.Server
 	outbound  *outbound.Proxy
 	listeners []boundListener
+	index     *discovery.Index
+	plain     *inbound.PlainServer
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -277,11 +310,14 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 			s.log.Error("inbound server stopped", "error", err)
 		}
 	}()
+	if err := s.startTransparent(ctx, opts); err != nil {
+		return nil, err
+	}
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.outbound.Serve(l.ln, l.service, l.opaque); err != nil {
+			if err := s.serveListener(l); err != nil {
 				s.log.Error("outbound listener stopped", "listener", l.name, "listen", l.ln.Addr().String(), "error", err)
 			}
 		}()
@@ -404,6 +440,9 @@ func (s *Sidecar) Close() error {
 		}
 		if s.inbound != nil {
 			s.inbound.Close()
+		}
+		if s.plain != nil {
+			s.plain.Close()
 		}
 		if s.pool != nil {
 			s.pool.Close()

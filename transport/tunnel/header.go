@@ -42,6 +42,14 @@ const (
 	maxExtensionKind = 1<<16 - 1
 )
 
+// ExtDestPort is the extension that carries the port the app originally
+// dialled (the transparent path: an app that dialled a service's virtual
+// IP or a pod IP at that port). Its value is the port, 2 bytes, big
+// endian. A receiver that does not know it keeps ignoring it (unknown
+// kinds are kept), so a tunnel with it still reaches an older sidecar's
+// route for Target.
+const ExtDestPort uint64 = 1
+
 // ErrMalformed is wrapped by every decoding error.
 var ErrMalformed = errors.New("tunnel: malformed header")
 
@@ -59,6 +67,38 @@ type Header struct {
 type Extension struct {
 	Kind  uint64
 	Value []byte
+}
+
+// WithDestPort returns h with the ExtDestPort extension set to port
+// (replacing any earlier one); port 0 removes it.
+func (h Header) WithDestPort(port uint16) Header {
+	exts := make([]Extension, 0, len(h.Extensions)+1)
+	for _, e := range h.Extensions {
+		if e.Kind != ExtDestPort {
+			exts = append(exts, e)
+		}
+	}
+	if port != 0 {
+		exts = append(exts, Extension{Kind: ExtDestPort, Value: []byte{byte(port >> 8), byte(port)}})
+	}
+	h.Extensions = exts
+	return h
+}
+
+// DestPort returns the port of the ExtDestPort extension. ok is false
+// when there is none, or its value is not a port (not 2 bytes, or 0):
+// the receiver then routes by Target alone.
+func (h Header) DestPort() (port uint16, ok bool) {
+	for _, e := range h.Extensions {
+		if e.Kind == ExtDestPort {
+			if len(e.Value) != 2 {
+				return 0, false
+			}
+			port = uint16(e.Value[0])<<8 | uint16(e.Value[1])
+			return port, port != 0
+		}
+	}
+	return 0, false
 }
 
 // AppendTo appends the wire form of h to b.

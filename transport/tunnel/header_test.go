@@ -142,3 +142,34 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+func TestDestPort(t *testing.T) {
+	h := Header{Target: "orders.shop", Extensions: []Extension{{Kind: 9, Value: []byte("keep")}}}
+	if _, ok := h.DestPort(); ok {
+		t.Fatal("DestPort on a header without the extension: ok")
+	}
+	h = h.WithDestPort(8081).WithDestPort(9090)
+	b, err := h.AppendTo(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Read(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := got.DestPort(); !ok || p != 9090 {
+		t.Fatalf("DestPort = %d, %v; want 9090, true", p, ok)
+	}
+	if len(got.Extensions) != 2 || got.Extensions[0].Kind != 9 {
+		t.Fatalf("extensions %+v: want the unknown one kept and one port", got.Extensions)
+	}
+	if _, ok := got.WithDestPort(0).DestPort(); ok {
+		t.Fatal("WithDestPort(0) kept a port")
+	}
+	for _, bad := range [][]byte{nil, {1}, {0, 0}, {1, 2, 3}} {
+		h := Header{Target: "x", Extensions: []Extension{{Kind: ExtDestPort, Value: bad}}}
+		if p, ok := h.DestPort(); ok {
+			t.Fatalf("DestPort with value %x = %d, true; want not ok", bad, p)
+		}
+	}
+}
