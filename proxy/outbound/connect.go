@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
@@ -64,27 +65,29 @@ func (e *connectError) Error() string { return e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
 
 // connect returns the shared connection to an endpoint of service and the
-// pick to report on. Its errors are *connectError.
-func (c *connector) connect(ctx context.Context, service string) (PeerConn, *pick, error) {
-	pc, pk, err := c.tryEndpoints(ctx, service)
+// pick to report on, preferring endpoints whose keys are not in avoid.
+// Its errors are *connectError.
+func (c *connector) connect(ctx context.Context, service string, avoid []string) (PeerConn, *pick, error) {
+	pc, pk, err := c.tryEndpoints(ctx, service, avoid)
 	if err != nil {
 		return nil, nil, &connectError{err: err, kind: connectErrorKind(ctx, err)}
 	}
 	return pc, pk, nil
 }
 
-func (c *connector) tryEndpoints(ctx context.Context, service string) (PeerConn, *pick, error) {
+func (c *connector) tryEndpoints(ctx context.Context, service string, avoid []string) (PeerConn, *pick, error) {
 	set, err := c.endpoints.get(ctx, service)
 	if err != nil {
 		return nil, nil, err
 	}
 	tried := make([]bool, len(set.eps))
 	skipTried := func(i int) bool { return tried[i] }
-	// Endpoints in back-off (failed dial, draining) are skipped while
-	// others remain; if none remain they are tried anyway and fail fast.
+	// Endpoints in back-off (failed dial, draining), and those a retry
+	// avoids, are skipped while others remain; if none remain they are
+	// tried anyway (those in back-off fail fast).
 	skipUnavailable := func(i int) bool {
 		e := set.eps[i]
-		return tried[i] || e.idErr != nil || c.peers.Unavailable(e.addr, e.id)
+		return tried[i] || e.idErr != nil || slices.Contains(avoid, set.keys[i].Key) || c.peers.Unavailable(e.addr, e.id)
 	}
 	var lastErr error
 	for attempt := 0; attempt < c.attempts; attempt++ {

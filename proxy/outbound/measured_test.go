@@ -30,7 +30,7 @@ func TestMeasured(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			m := measured{metrics: telemetry.New(reg), next: stageFunc(func(http.ResponseWriter, *http.Request, target) outcome { return tt.o })}
-			m.serve(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), target{"web", "web"})
+			m.serve(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), target{service: "web", authority: "web"})
 			mfs, err := reg.Gather()
 			if err != nil {
 				t.Fatal(err)

@@ -14,6 +14,11 @@ import (
 // it, and the authority (or tunnel target) the peer is asked for.
 type target struct {
 	service, authority string
+	// policy is the service's request policy, set by the breaker stage.
+	policy *servicePolicy
+	// avoid are balancer keys of endpoints that already failed this
+	// request: a retry goes elsewhere while anything else is left.
+	avoid []string
 }
 
 // router finds a request's target and hands the request to the path for
@@ -61,7 +66,7 @@ func (rt router) route(r *http.Request) (target, error) {
 		authority = r.URL.Host
 	}
 	if rt.bound != "" {
-		return target{rt.bound, authority}, nil
+		return target{service: rt.bound, authority: authority}, nil
 	}
 	if authority == "" {
 		return target{}, httpx.BadRequest("no authority: cannot route the request")
@@ -70,12 +75,12 @@ func (rt router) route(r *http.Request) (target, error) {
 	if h, _, err := net.SplitHostPort(authority); err == nil {
 		host = h
 	}
-	return target{host, authority}, nil
+	return target{service: host, authority: authority}, nil
 }
 
 // tunnelToService is the target of an upgrade: the far app is reached as
 // the service itself, the request is replayed in the tunnel.
-func (t target) tunnelToService() target { return target{t.service, t.service} }
+func (t target) tunnelToService() target { return target{service: t.service, authority: t.service} }
 
 func isUpgrade(r *http.Request) bool {
 	return r.ProtoMajor == 1 && httpx.UpgradeType(r.Header) != ""

@@ -75,13 +75,13 @@ func TestRouterDispatch(t *testing.T) {
 		wantTarget  target
 		wantStatus  int
 	}{
-		{name: "request", method: "GET", url: "http://web:80/x", major: 1, want: "requests", wantTarget: target{"web", "web:80"}},
-		{name: "h2 request", method: "GET", url: "/x", major: 2, bound: "web", want: "requests", wantTarget: target{"web", "example.com"}},
-		{name: "CONNECT", method: "CONNECT", url: "db:5432", major: 1, want: "connect", wantTarget: target{"db", "db:5432"}},
+		{name: "request", method: "GET", url: "http://web:80/x", major: 1, want: "requests", wantTarget: target{service: "web", authority: "web:80"}},
+		{name: "h2 request", method: "GET", url: "/x", major: 2, bound: "web", want: "requests", wantTarget: target{service: "web", authority: "example.com"}},
+		{name: "CONNECT", method: "CONNECT", url: "db:5432", major: 1, want: "connect", wantTarget: target{service: "db", authority: "db:5432"}},
 		{name: "CONNECT over h2", method: "CONNECT", url: "db:5432", major: 2, wantStatus: http.StatusBadGateway},
 		// An upgrade reaches the service's app itself; the request is
 		// replayed in the tunnel.
-		{name: "upgrade", method: "GET", url: "http://chat:8080/ws", major: 1, upgrade: true, want: "upgrade", wantTarget: target{"chat", "chat"}},
+		{name: "upgrade", method: "GET", url: "http://chat:8080/ws", major: 1, upgrade: true, want: "upgrade", wantTarget: target{service: "chat", authority: "chat"}},
 		{name: "no authority", method: "GET", url: "/x", major: 1, wantStatus: http.StatusBadRequest},
 	}
 	for _, tt := range tests {
@@ -110,7 +110,7 @@ func TestRouterDispatch(t *testing.T) {
 			}
 			rec := httptest.NewRecorder()
 			rt.ServeHTTP(rec, r)
-			if took != tt.want || got != tt.wantTarget {
+			if took != tt.want || got.service != tt.wantTarget.service || got.authority != tt.wantTarget.authority {
 				t.Fatalf("took path %q with %+v, want %q with %+v", took, got, tt.want, tt.wantTarget)
 			}
 			if tt.want == "" && rec.Code != tt.wantStatus {

@@ -57,7 +57,7 @@ type tunnelOpener struct {
 func (o tunnelOpener) open(ctx context.Context, t target) (tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	pc, pk, err := o.connector.connect(ctx, t.service)
+	pc, pk, err := o.connector.connect(ctx, t.service, nil)
 	if err != nil {
 		return tunnel{}, err
 	}
@@ -73,7 +73,7 @@ func (o tunnelOpener) open(ctx context.Context, t target) (tunnel, error) {
 			return tunnel{}, &openError{pc, err}
 		}
 		o.log.Debug("retrying tunnel open on a fresh connection", "service", t.service, "peer", pc.Addr(), "error", err)
-		next, nextPick, cerr := o.connector.connect(ctx, t.service)
+		next, nextPick, cerr := o.connector.connect(ctx, t.service, nil)
 		if cerr != nil {
 			return tunnel{}, &openError{pc, fmt.Errorf("%w (redialling: %w)", err, cerr.(*connectError).err)}
 		}

@@ -44,7 +44,7 @@ func TestTunnelOpener(t *testing.T) {
 			bal := &fakeBalancer{}
 			o := tunnelOpener{connector: newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"db": endpointsAt("a:1")}}, Peers: peers, Balancer: bal, Options: Options{MaxAttempts: 3}}),
 				timeout: time.Second, log: slog.New(slog.DiscardHandler)}
-			tn, err := o.open(context.Background(), target{"db", "db:5432"})
+			tn, err := o.open(context.Background(), target{service: "db", authority: "db:5432"})
 			if tt.wantErr == "" {
 				if err != nil || tn.str.(*fakeStream).target != "db:5432" {
 					t.Fatalf("open = %+v, %v", tn, err)
@@ -113,7 +113,7 @@ func TestTCPForward(t *testing.T) {
 			app, conn := net.Pipe()
 			defer app.Close()
 			done := make(chan struct{})
-			go func() { defer close(done); f.serveTCP(conn, target{"db", "db"}) }()
+			go func() { defer close(done); f.serveTCP(conn, target{service: "db", authority: "db"}) }()
 			if tt.spliced {
 				// The fake stream ends at once; the tunnel ends when the
 				// app closes its side too.
@@ -153,7 +153,7 @@ func TestTunnelFeedsSetupLatencyNotLifetime(t *testing.T) {
 	f := tcpForward{opener: tunnelOpener{connector: c, timeout: time.Second, log: slog.New(slog.DiscardHandler)}, splicer: splicer{log: slog.New(slog.DiscardHandler)}}
 	app, conn := net.Pipe()
 	done := make(chan struct{})
-	go func() { defer close(done); f.serveTCP(conn, target{"db", "db"}) }()
+	go func() { defer close(done); f.serveTCP(conn, target{service: "db", authority: "db"}) }()
 	if _, err := app.Write([]byte("hello")); err != nil { // carried: the tunnel is open
 		t.Fatal(err)
 	}
