@@ -141,7 +141,7 @@ func (r Resilience) Validate() error {
 		if name != "" {
 			p = r.Services[name]
 		}
-		if err := p.validate(); err != nil {
+		if err := p.Validate(); err != nil {
 			if name == "" {
 				return fmt.Errorf("default policy: %w", err)
 			}
@@ -151,7 +151,8 @@ func (r Resilience) Validate() error {
 	return nil
 }
 
-func (p ServicePolicy) validate() error {
+// Validate reports the first setting of p that cannot work.
+func (p ServicePolicy) Validate() error {
 	for _, code := range p.RetryOn {
 		if code < 400 || code > 599 {
 			return fmt.Errorf("retry status %d: only 4xx and 5xx statuses can be retried", code)
