@@ -22,13 +22,15 @@ import (
 // policyError is a request the policy stopped: refused by the breaker,
 // or out of time. It wraps the failure that was under way, if any.
 type policyError struct {
-	kind bridge.ErrorKind
-	text string
-	err  error
+	kind   bridge.ErrorKind
+	reason string // bounded: the setting that stopped it
+	text   string
+	err    error
 }
 
-func (e *policyError) Error() string { return e.text }
-func (e *policyError) Unwrap() error { return e.err }
+func (e *policyError) Error() string         { return e.text }
+func (e *policyError) Unwrap() error         { return e.err }
+func (e *policyError) FailureReason() string { return e.reason }
 
 // breaker refuses a service's requests beyond its MaxPending with a 503
 // at once, so a slow or failing service cannot pile up the proxy's
@@ -47,7 +49,7 @@ func (b breaker) serve(w http.ResponseWriter, r *http.Request, t target) outcome
 		if n := sp.pending.Add(1); n > int64(sp.MaxPending) {
 			sp.pending.Add(-1)
 			b.metrics.LoadShed(telemetry.Outbound, "max_pending")
-			return outcome{err: &policyError{kind: bridge.Unavailable,
+			return outcome{err: &policyError{kind: bridge.Unavailable, reason: "max_pending",
 				text: fmt.Sprintf("circuit breaker: service %q already has %d requests pending (max_pending %d)", t.service, n-1, sp.MaxPending)}}
 		}
 		defer sp.pending.Add(-1)
@@ -86,10 +88,10 @@ func (tm timeouts) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	}
 	switch {
 	case errors.Is(context.Cause(ctx), errHeaderTimeout):
-		o.err = &policyError{kind: bridge.Timeout, err: o.err,
+		o.err = &policyError{kind: bridge.Timeout, reason: "response_header_timeout", err: o.err,
 			text: fmt.Sprintf("no response header from service %q within %v (response_header_timeout): %v", t.service, sp.ResponseHeaderTimeout, o.err)}
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		o.err = &policyError{kind: bridge.Timeout, err: o.err,
+		o.err = &policyError{kind: bridge.Timeout, reason: "timeout", err: o.err,
 			text: fmt.Sprintf("request to service %q timed out after %v (timeout): %v", t.service, sp.Timeout, o.err)}
 	}
 	return o

@@ -408,3 +408,22 @@ func TestPolicyMerge(t *testing.T) {
 		t.Error("a service's state is not kept")
 	}
 }
+
+// Failure lines are limited per peer and reason: a second peer failing
+// the same way gets its own line, the same peer again does not.
+func TestFailureLogPerPeer(t *testing.T) {
+	var logs testkit.LogBuffer
+	l := testFailures(&logs)
+	err := errors.New("stream reset")
+	l.failed("http forward failed", "web", err, "peer", "10.0.0.1:4143")
+	l.failed("http forward failed", "web", err, "peer", "10.0.0.2:4143")
+	l.failed("http forward failed", "web", err, "peer", "10.0.0.1:4143")
+	l.failed("http request stopped by policy", "web", &policyError{reason: "max_pending", text: "full"})
+	lines := logs.Lines("http forward failed")
+	if len(lines) != 2 || !strings.Contains(lines[0], "10.0.0.1") || !strings.Contains(lines[1], "10.0.0.2") {
+		t.Fatalf("forward failures logged as %q, want one line per peer", lines)
+	}
+	if lines := logs.Lines("http request stopped by policy"); len(lines) != 1 || !strings.Contains(lines[0], "reason=max_pending") {
+		t.Fatalf("policy refusal logged as %q, want reason=max_pending", lines)
+	}
+}

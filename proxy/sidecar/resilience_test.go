@@ -149,11 +149,14 @@ func TestEndpointDeathLosesNoIdempotentRequest(t *testing.T) {
 
 	l := startLoad(t, testkit.H1Client(t), url, 500)
 	testkit.Eventually(t, "both endpoints serving", func() bool { return live.Hits.Load() > 20 && doomed.Hits.Load() > 20 })
+	// Under load the relay can stall long enough for an ejection before
+	// the kill: count those after it.
+	before := metricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total")
 	relay.Blackhole(true)
 	killed := time.Now()
 	t.Logf("endpoint killed at %s", killed.Format("15:04:05.000"))
-	testkit.Eventually(t, "the dead endpoint reported unresponsive", func() bool {
-		return metricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total", "reason", "unresponsive") > 0
+	testkit.Eventually(t, "the dead endpoint ejected", func() bool {
+		return metricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total") > before
 	})
 	ejected := time.Since(killed)
 	// Keep the load on past the first ejection period, so that probes of
