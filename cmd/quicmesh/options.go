@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -559,50 +560,43 @@ func (c servicePolicyConfig) policy(key string) (outbound.ServicePolicy, error) 
 	}
 	for _, n := range []struct {
 		name string
-		v    *int
-	}{{"max_pending", c.MaxPending}, {"max_retries", c.MaxRetries}, {"retry_body_bytes", c.RetryBodyBytes}} {
-		if n.v != nil && *n.v < 0 {
-			return outbound.ServicePolicy{}, fmt.Errorf("config %q: %d is negative (0 means none)", key+"."+n.name, *n.v)
+		neg  bool
+		v    any
+	}{
+		{"max_pending", c.MaxPending != nil && *c.MaxPending < 0, c.MaxPending},
+		{"max_retries", c.MaxRetries != nil && *c.MaxRetries < 0, c.MaxRetries},
+		{"retry_body_bytes", c.RetryBodyBytes != nil && *c.RetryBodyBytes < 0, c.RetryBodyBytes},
+		{"retry_budget.ratio", c.RetryBudget.Ratio != nil && *c.RetryBudget.Ratio < 0, c.RetryBudget.Ratio},
+		{"retry_budget.min_per_second", c.RetryBudget.MinPerSecond != nil && *c.RetryBudget.MinPerSecond < 0, c.RetryBudget.MinPerSecond},
+	} {
+		if n.neg {
+			return outbound.ServicePolicy{}, fmt.Errorf("config %q: %v is negative (0 means none)", key+"."+n.name, reflect.ValueOf(n.v).Elem())
 		}
-	}
-	for _, n := range []struct {
-		name string
-		v    *float64
-	}{{"retry_budget.ratio", c.RetryBudget.Ratio}, {"retry_budget.min_per_second", c.RetryBudget.MinPerSecond}} {
-		if n.v != nil && *n.v < 0 {
-			return outbound.ServicePolicy{}, fmt.Errorf("config %q: %g is negative (0 means none)", key+"."+n.name, *n.v)
-		}
-	}
-	intOrNone := func(v *int) int {
-		switch {
-		case v == nil:
-			return 0
-		case *v == 0:
-			return -1
-		}
-		return *v
-	}
-	floatOrNone := func(v *float64) float64 {
-		switch {
-		case v == nil:
-			return 0
-		case *v == 0:
-			return -1
-		}
-		return *v
 	}
 	p := outbound.ServicePolicy{
 		Timeout:               none(c.Timeout.set(), c.Timeout.Duration),
 		ResponseHeaderTimeout: none(c.ResponseHeaderTimeout.set(), c.ResponseHeaderTimeout.Duration),
-		MaxPending:            intOrNone(c.MaxPending),
-		MaxRetries:            intOrNone(c.MaxRetries),
+		MaxPending:            orNone(c.MaxPending),
+		MaxRetries:            orNone(c.MaxRetries),
 		RetryOn:               c.RetryOn,
 		RetryGRPCMethods:      c.RetryGRPCMethods,
-		RetryBodyBytes:        intOrNone(c.RetryBodyBytes),
-		RetryBudget:           outbound.RetryBudget{Ratio: floatOrNone(c.RetryBudget.Ratio), MinPerSecond: floatOrNone(c.RetryBudget.MinPerSecond)},
+		RetryBodyBytes:        orNone(c.RetryBodyBytes),
+		RetryBudget:           outbound.RetryBudget{Ratio: orNone(c.RetryBudget.Ratio), MinPerSecond: orNone(c.RetryBudget.MinPerSecond)},
 	}
 	if err := p.Validate(); err != nil {
 		return outbound.ServicePolicy{}, fmt.Errorf("config %q: %w", key, err)
 	}
 	return p, nil
+}
+
+// orNone is a number from the config file as ServicePolicy takes it:
+// absent (nil) inherits (0), a present 0 is none (-1).
+func orNone[T int | float64](v *T) T {
+	switch {
+	case v == nil:
+		return 0
+	case *v == 0:
+		return -1
+	}
+	return *v
 }

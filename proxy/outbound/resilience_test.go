@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/bridge"
@@ -177,52 +176,18 @@ func TestRetries(t *testing.T) {
 			}
 			var got []string
 			for _, reason := range []string{retryConnDead, retryStatus, retryUnprocessed} {
-				if n := testutil.ToFloat64(metricVec(t, reg, "quicmesh_retries_total", map[string]string{"reason": reason})); n > 0 {
+				if n := testkit.MetricSum(t, reg, "quicmesh_retries_total", "reason", reason); n > 0 {
 					got = append(got, reason+"="+string(rune('0'+int(n))))
 				}
 			}
 			if strings.Join(got, ",") != tt.reasons {
 				t.Errorf("retries %q, want %q", strings.Join(got, ","), tt.reasons)
 			}
-			if n := testutil.ToFloat64(metricVec(t, reg, "quicmesh_retry_budget_exhausted_total", nil)); int(n) != tt.exhausted {
+			if n := testkit.MetricSum(t, reg, "quicmesh_retry_budget_exhausted_total"); int(n) != tt.exhausted {
 				t.Errorf("budget exhausted %v times, want %d", n, tt.exhausted)
 			}
 		})
 	}
-}
-
-// metricVec sums the samples of the metric called name whose labels
-// include want, as a gauge for testutil.
-func metricVec(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) prometheus.Collector {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for k, v := range want {
-				found := false
-				for _, l := range m.GetLabel() {
-					if l.GetName() == k && l.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "sum"})
-	g.Set(sum)
-	return g
 }
 
 func TestRetryBudget(t *testing.T) {
@@ -292,7 +257,7 @@ func TestBreaker(t *testing.T) {
 	if rec.Code != 503 || !strings.Contains(rec.Header().Get(httpx.HeaderProxyError), "max_pending") {
 		t.Fatalf("third request: %d %q, want 503 naming max_pending", rec.Code, rec.Header().Get(httpx.HeaderProxyError))
 	}
-	if n := testutil.ToFloat64(metricVec(t, reg, "quicmesh_load_shed_total", map[string]string{"reason": "max_pending"})); n != 1 {
+	if n := testkit.MetricSum(t, reg, "quicmesh_load_shed_total", "reason", "max_pending"); n != 1 {
 		t.Fatalf("load_shed_total{reason=max_pending} = %v, want 1", n)
 	}
 	release <- struct{}{}

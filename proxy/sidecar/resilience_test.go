@@ -13,43 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 )
-
-// metricSum sums the samples of the metric called name whose labels
-// contain every label=value pair of want.
-func metricSum(t *testing.T, reg *prometheus.Registry, name string, want ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(want); i += 2 {
-				found := false
-				for _, l := range m.GetLabel() {
-					found = found || l.GetName() == want[i] && l.GetValue() == want[i+1]
-				}
-				if !found {
-					continue next
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
-}
 
 // load offers GETs to url at about rate per second (fewer if the machine
 // cannot keep up), each on its own goroutine, until stop; wait returns
@@ -172,12 +140,12 @@ func TestEndpointDeathLosesNoIdempotentRequest(t *testing.T) {
 	l.countFrom()
 	// A starved machine can make a live endpoint look dead before the
 	// kill: count only the ejections after it.
-	before := metricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total")
+	before := testkit.MetricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total")
 	sock.Close()
 	killed := time.Now()
 	t.Logf("endpoint killed at %s", killed.Format("15:04:05.000"))
 	testkit.Eventually(t, "the dead endpoint ejected", func() bool {
-		return metricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total") > before
+		return testkit.MetricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total") > before
 	})
 	ejected := time.Since(killed)
 	// Keep the load on past the first ejection period, so that probes of
@@ -188,8 +156,8 @@ func TestEndpointDeathLosesNoIdempotentRequest(t *testing.T) {
 
 	t.Logf("%d requests, %d failed, slowest %v; endpoint ejected %v after it died (idle timeout %v); retries: %v unprocessed, %v conn_dead; ejections: %v",
 		l.done.Load(), l.failed.Load(), time.Duration(l.maxLatency.Load()).Round(time.Millisecond), ejected.Round(time.Millisecond), client.Limits().IdleTimeout,
-		metricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "unprocessed"), metricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "conn_dead"),
-		metricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total"))
+		testkit.MetricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "unprocessed"), testkit.MetricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "conn_dead"),
+		testkit.MetricSum(t, client.Metrics, "quicmesh_endpoint_ejections_total"))
 	t.Logf("client sidecar warnings:\n%s", logs.String())
 	if n := l.failed.Load(); n > 0 {
 		t.Fatalf("%d of %d GETs failed; first: %s", n, l.done.Load(), strings.Join(l.failures, "; "))
@@ -237,7 +205,7 @@ func TestRetryBudgetBoundsLoad(t *testing.T) {
 	// The budget starts with 10 s worth of MinPerSecond (at least 10).
 	bound := offered*(1+budget.Ratio) + budget.MinPerSecond*elapsed.Seconds() + max(10*budget.MinPerSecond, 10) + 1
 	t.Logf("%d requests offered in %v reached the app %v times (bound %.0f); budget exhausted %v times",
-		offered, elapsed.Round(time.Millisecond), hits, bound, metricSum(t, client.Metrics, "quicmesh_retry_budget_exhausted_total"))
+		offered, elapsed.Round(time.Millisecond), hits, bound, testkit.MetricSum(t, client.Metrics, "quicmesh_retry_budget_exhausted_total"))
 	if not503.Load() > 0 {
 		t.Fatalf("%d requests did not get the app's 503", not503.Load())
 	}
@@ -247,10 +215,10 @@ func TestRetryBudgetBoundsLoad(t *testing.T) {
 	if hits > bound {
 		t.Fatalf("the app saw %v requests for %d offered: more than the budget allows (%.0f)", hits, offered, bound)
 	}
-	if n := metricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "status"); n != hits-offered {
+	if n := testkit.MetricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "status"); n != hits-offered {
 		t.Fatalf("retries_total{reason=status} = %v, want %v (the app's extra requests)", n, hits-offered)
 	}
-	if metricSum(t, client.Metrics, "quicmesh_retry_budget_exhausted_total") == 0 {
+	if testkit.MetricSum(t, client.Metrics, "quicmesh_retry_budget_exhausted_total") == 0 {
 		t.Fatal("the budget was never exhausted")
 	}
 }
@@ -312,7 +280,7 @@ func TestServiceTimeoutAndBreaker(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(resp.Header.Get(httpx.HeaderProxyError), "max_pending") {
 		t.Fatalf("narrow, second request: %d %q, want 503 naming max_pending", resp.StatusCode, resp.Header.Get(httpx.HeaderProxyError))
 	}
-	if n := metricSum(t, client.Metrics, "quicmesh_load_shed_total", "reason", "max_pending"); n != 1 {
+	if n := testkit.MetricSum(t, client.Metrics, "quicmesh_load_shed_total", "reason", "max_pending"); n != 1 {
 		t.Fatalf("load_shed_total{reason=max_pending} = %v, want 1", n)
 	}
 	once.Do(func() { close(release) })
