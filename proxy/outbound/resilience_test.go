@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/balance"
 	"github.com/quicmesh/quicmesh/internal/bridge"
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
@@ -390,5 +391,24 @@ func TestFailureLogPerPeer(t *testing.T) {
 	}
 	if lines := logs.Lines("http request stopped by policy"); len(lines) != 1 || !strings.Contains(lines[0], "reason=max_pending") {
 		t.Fatalf("policy refusal logged as %q, want reason=max_pending", lines)
+	}
+}
+
+// The transport's verdict on a peer ejects the endpoint discovery named
+// by the same address and identity, with the reason counted.
+func TestPeerFailedEjects(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := New(Config{Discovery: &fakeDiscovery{}, Peers: &fakePeers{}, Metrics: telemetry.New(reg)})
+	ep := endpointsAt("10.0.0.1:4143")[0]
+	p.PeerFailed(ep.Addr, identity.MustParseID(ep.Identity), "unresponsive")
+	acc, ok := p.cfg.Balancer.(*balance.Accrual)
+	if !ok {
+		t.Fatalf("default balancer %T, want *balance.Accrual", p.cfg.Balancer)
+	}
+	if !acc.Ejected(ep.Key()) {
+		t.Fatal("the endpoint is not ejected")
+	}
+	if n := testkit.MetricSum(t, reg, "quicmesh_endpoint_ejections_total", "reason", "unresponsive"); n != 1 {
+		t.Fatalf("ejections{reason=unresponsive} = %v, want 1", n)
 	}
 }
