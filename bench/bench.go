@@ -175,6 +175,15 @@ type requester interface {
 	close()
 }
 
+// selfTimedRequester is a requester that enforces Config.Timeout itself,
+// with socket deadlines, and watches the run's request context on its
+// own: its do is passed that context, the same for every request, so the
+// engine's hot path creates no context (and no timer) per request.
+type selfTimedRequester interface {
+	requester
+	selfTimed()
+}
+
 // target creates the requesters of a run and owns shared connections.
 type target interface {
 	requester(worker int) requester
@@ -254,7 +263,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		err error
 	)
 	switch cfg.Proto {
-	case ProtoHTTP1, ProtoH2C:
+	case ProtoHTTP1:
+		t, err = newHTTP1Target(cfg)
+	case ProtoH2C:
 		t, err = newHTTPTarget(cfg)
 	case ProtoGRPC, ProtoGRPCStream:
 		t, err = newGRPCTarget(cfg)
@@ -297,27 +308,26 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 	}
 
 	e.stats = newWorkerStats(cfg.Concurrency)
-	sampler, stopAux := startAux(ctx, cfg, e.stats)
+	ax := startAux(ctx, cfg, e.stats)
 	var wg sync.WaitGroup
 	for i, rq := range rqs {
-		st := e.stats[i]
+		w := worker{rq: rq, st: e.stats[i]}
+		_, w.selfTimed = rq.(selfTimedRequester)
 		wg.Go(func() {
 			defer rq.close()
 			if cfg.Rate > 0 {
-				e.openLoop(rq, st)
+				e.openLoop(w)
 			} else {
-				e.closedLoop(rq, st)
+				e.closedLoop(w)
 			}
 		})
 	}
 	wg.Wait()
 	finished := e.clock.Now()
-	stopAux()
+	ax.stop()
 
 	r := e.result(finished)
-	if sampler != nil {
-		r.Processes = sampler.Stop(r.Requests)
-	}
+	ax.report(r)
 	if r.DurationS == 0 && ctx.Err() != nil {
 		return r, fmt.Errorf("interrupted before the measured window: %w", ctx.Err())
 	}
@@ -332,45 +342,79 @@ func newWorkerStats(n int) []*workerStats {
 	return stats
 }
 
-// startAux starts the progress line and the process sampler; the returned
-// func stops the progress line.
-func startAux(ctx context.Context, cfg Config, stats []*workerStats) (*ProcSampler, func()) {
-	var sampler *ProcSampler
-	stopC := make(chan struct{})
-	var wg sync.WaitGroup
+// aux is what runs beside the request loops: the progress line, the
+// sampler of --pid processes and the generator's own CPU time.
+type aux struct {
+	sampler *ProcSampler // nil without Procs
+	self    selfCPU
+	stopC   chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startAux starts the progress line, the process sampler and the
+// generator's CPU accounting; stop ends them at the end of the run.
+func startAux(ctx context.Context, cfg Config, stats []*workerStats) *aux {
+	a := &aux{stopC: make(chan struct{})}
 	if len(cfg.Procs) > 0 {
-		sampler = NewProcSampler(cfg.Procs)
+		a.sampler = NewProcSampler(cfg.Procs)
 		if cfg.ProcInterval > 0 {
-			sampler.Interval = cfg.ProcInterval
+			a.sampler.Interval = cfg.ProcInterval
 		}
-		// The sampler covers the measured window: it starts when the
-		// warmup ends (on the real clock).
-		if cfg.Warmup <= 0 {
-			sampler.Start()
-		} else {
-			wg.Go(func() {
-				tm := time.NewTimer(cfg.Warmup)
-				defer tm.Stop()
-				select {
-				case <-tm.C:
-					sampler.Start()
-				case <-stopC:
-				case <-ctx.Done():
-				}
-			})
+	}
+	// The sampler and the CPU accounting cover the measured window: they
+	// start when the warmup ends (on the real clock).
+	windowStart := func() {
+		a.self.mark(false)
+		if a.sampler != nil {
+			a.sampler.Start()
 		}
+	}
+	if cfg.Warmup <= 0 {
+		windowStart()
+	} else {
+		a.wg.Go(func() {
+			tm := time.NewTimer(cfg.Warmup)
+			defer tm.Stop()
+			select {
+			case <-tm.C:
+				windowStart()
+			case <-a.stopC:
+			case <-ctx.Done():
+			}
+		})
 	}
 	if cfg.Progress != nil {
-		wg.Go(func() { progressLoop(cfg, stats, stopC) })
+		a.wg.Go(func() { progressLoop(cfg, stats, a.stopC) })
 	}
-	return sampler, func() {
-		close(stopC)
-		wg.Wait()
+	return a
+}
+
+// stop ends the window of the CPU accounting and stops the progress line.
+func (a *aux) stop() {
+	a.self.mark(true)
+	close(a.stopC)
+	a.wg.Wait()
+}
+
+// report adds the sampled processes and the generator's CPU use to r,
+// whose window and requests are final.
+func (a *aux) report(r *Result) {
+	if a.sampler != nil {
+		r.Processes = a.sampler.Stop(r.Requests)
 	}
+	r.Generator = a.self.stats(time.Duration(r.DurationS*float64(time.Second)), r.Requests)
+}
+
+// worker is one request loop's requester and statistics.
+type worker struct {
+	rq        requester
+	st        *workerStats
+	selfTimed bool // rq is a selfTimedRequester
 }
 
 // openLoop takes scheduled slots until the schedule or the run ends.
-func (e *engine) openLoop(rq requester, st *workerStats) {
+func (e *engine) openLoop(w worker) {
+	st := w.st
 	for {
 		i := e.next.Add(1) - 1
 		intended := e.sched.At(i)
@@ -399,7 +443,7 @@ func (e *engine) openLoop(rq requester, st *workerStats) {
 			st.issued++
 			st.lag.Record(now.Sub(intended))
 		}
-		e.one(rq, st, intended, inWindow)
+		e.one(w, intended, inWindow)
 		if e.ctx.Err() != nil {
 			return
 		}
@@ -407,26 +451,40 @@ func (e *engine) openLoop(rq requester, st *workerStats) {
 }
 
 // closedLoop sends back to back until the run ends.
-func (e *engine) closedLoop(rq requester, st *workerStats) {
+func (e *engine) closedLoop(w worker) {
 	for {
 		from := e.clock.Now()
 		if !from.Before(e.end) || e.reqCtx.Err() != nil {
 			return
 		}
-		e.one(rq, st, from, !from.Before(e.warmEnd))
+		e.one(w, from, !from.Before(e.warmEnd))
 	}
 }
 
 // one performs a request and records it.
-func (e *engine) one(rq requester, st *workerStats, from time.Time, inWindow bool) {
-	rctx, cancel := context.WithTimeout(e.reqCtx, e.cfg.Timeout)
-	n, err := rq.do(rctx)
-	done := e.clock.Now()
-	var kind string
-	if err != nil {
-		kind = classify(rctx, err)
+func (e *engine) one(w worker, from time.Time, inWindow bool) {
+	st := w.st
+	var (
+		n    int64
+		err  error
+		kind string
+		done time.Time
+	)
+	if w.selfTimed {
+		n, err = w.rq.do(e.reqCtx)
+		done = e.clock.Now()
+		if err != nil {
+			kind = classify(e.reqCtx, err)
+		}
+	} else {
+		rctx, cancel := context.WithTimeout(e.reqCtx, e.cfg.Timeout)
+		n, err = w.rq.do(rctx)
+		done = e.clock.Now()
+		if err != nil {
+			kind = classify(rctx, err)
+		}
+		cancel()
 	}
-	cancel()
 	st.live.Add(1)
 	if err != nil {
 		st.liveErr.Add(1)

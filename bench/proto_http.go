@@ -14,20 +14,18 @@ import (
 	"sync/atomic"
 )
 
-// httpTarget drives http1 and h2c through a fixed set of connections made
-// with http.Transport.NewClientConn, so the number of connections is
-// exactly Config.Connections. HTTP/1.1 connections carry one request at a
-// time and are checked out from a pool; HTTP/2 connections are shared
-// round-robin by the workers and multiplex their streams.
+// httpTarget drives h2c through a fixed set of connections made with
+// http.Transport.NewClientConn, so the number of connections is exactly
+// Config.Connections. The connections are shared round-robin by the
+// workers and multiplex their streams. (http1 has its own lean client,
+// http1Target.)
 type httpTarget struct {
 	url     string
 	addr    string
 	method  string
 	payload []byte
 	tr      *http.Transport
-	h2      bool
 	slots   []*connSlot
-	free    chan *connSlot // http1: idle connections
 	buf     sync.Pool
 }
 
@@ -68,17 +66,13 @@ func newHTTPTarget(cfg Config) (*httpTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &httpTarget{url: u.String(), addr: addr, method: http.MethodGet, h2: cfg.Proto == ProtoH2C}
+	t := &httpTarget{url: u.String(), addr: addr, method: http.MethodGet}
 	if cfg.Payload > 0 {
 		t.method = http.MethodPost
 		t.payload = bytes.Repeat([]byte("x"), cfg.Payload)
 	}
 	var p http.Protocols
-	if t.h2 {
-		p.SetUnencryptedHTTP2(true)
-	} else {
-		p.SetHTTP1(true)
-	}
+	p.SetUnencryptedHTTP2(true)
 	t.tr = &http.Transport{
 		Protocols:          &p,
 		Proxy:              nil,
@@ -88,12 +82,6 @@ func newHTTPTarget(cfg Config) (*httpTarget, error) {
 	t.slots = make([]*connSlot, cfg.Connections)
 	for i := range t.slots {
 		t.slots[i] = &connSlot{}
-	}
-	if !t.h2 {
-		t.free = make(chan *connSlot, len(t.slots))
-		for _, s := range t.slots {
-			t.free <- s
-		}
 	}
 	t.buf.New = func() any { b := make([]byte, 32<<10); return &b }
 	return t, nil
@@ -166,26 +154,13 @@ func (r *httpRequester) close() {}
 
 func (r *httpRequester) do(ctx context.Context) (int64, error) {
 	t := r.t
-	var slot *connSlot
-	if t.h2 {
-		slot = t.slots[r.worker%len(t.slots)]
-	} else {
-		// Wait for an idle HTTP/1.1 connection; in the open loop the wait
-		// counts in the latency.
-		select {
-		case slot = <-t.free:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-		defer func() { t.free <- slot }()
-	}
-	// A server may close a keep-alive connection between two requests
-	// (an idle timeout, or python3 -m http.server closing after every
-	// response); net/http notices only when the next request is sent on
-	// it. Like http.Transport does for its pooled connections, a request
-	// that fails that way on a connection that had already carried one is
-	// sent once more on a new connection; its latency includes both tries.
-	// A failure on a new connection is the request's own.
+	slot := t.slots[r.worker%len(t.slots)]
+	// A server may close a connection between two requests (an idle
+	// timeout, a GOAWAY); net/http notices only when the next request is
+	// sent on it. Like http.Transport does for its pooled connections, a
+	// request that fails that way on a connection that had already carried
+	// one is sent once more on a new connection; its latency includes both
+	// tries. A failure on a new connection is the request's own.
 	for attempt := 0; ; attempt++ {
 		cc, fresh, err := t.conn(ctx, slot)
 		if err != nil {

@@ -113,7 +113,7 @@ func runBulk(ctx context.Context, cfg Config) (*Result, error) {
 	defer cancel()
 
 	stats := newWorkerStats(cfg.Concurrency)
-	sampler, stopAux := startAux(ctx, cfg, stats)
+	ax := startAux(ctx, cfg, stats)
 	chunk := bytes.Repeat([]byte("x"), cfg.Payload)
 	var wg sync.WaitGroup
 	for i, st := range stats {
@@ -151,7 +151,7 @@ func runBulk(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	wg.Wait()
 	finished := clock.Now()
-	stopAux()
+	ax.stop()
 	for _, c := range conns {
 		if c != nil {
 			c.Close() // workers that never ran (ctx already done)
@@ -174,9 +174,7 @@ func runBulk(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	r.finish(d, &h)
-	if sampler != nil {
-		r.Processes = sampler.Stop(r.Requests)
-	}
+	ax.report(r)
 	if d == 0 && ctx.Err() != nil {
 		return r, fmt.Errorf("interrupted before the measured window: %w", ctx.Err())
 	}

@@ -37,9 +37,15 @@ type Result struct {
 	SendLagUS      *Latency         `json:"send_lag_us,omitempty"`
 	BytesPerSecond float64          `json:"bytes_per_second"`
 	Processes      []ProcStats      `json:"processes,omitempty"`
+	// Generator is nil where the process's CPU time cannot be read.
+	Generator *GeneratorStats `json:"generator,omitempty"`
 
 	bytes int64
 }
+
+// GeneratorBusy is the share of its CPUs above which the table warns that
+// the generator itself may have been the limit of the run.
+const GeneratorBusy = 0.75
 
 // Latency summarizes the latency histogram of successful requests, in
 // microseconds.
@@ -135,6 +141,12 @@ func (r *Result) WriteTable(w io.Writer) error {
 			fmt.Fprintf(&b, " %s=%d", k, r.Errors[k])
 		}
 		b.WriteString("\n")
+	}
+	if g := r.Generator; g != nil {
+		fmt.Fprintf(&b, "  generator CPU %.3f s, %s µs/request, %s of %d CPUs busy\n", g.CPUSeconds, fmtFloat(g.CPUMicrosPerRequest), fmtFloat(g.Cores), g.CPUs)
+		if g.CPUs > 0 && g.Cores >= GeneratorBusy*float64(g.CPUs) {
+			b.WriteString("  (the generator kept most of its CPUs busy: the figures may be its limit, not the target's)\n")
+		}
 	}
 	if len(r.Processes) > 0 {
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -46,6 +46,7 @@ func goldenResult() *Result {
 		{Name: "sidecar-a", PID: 4242, CPUSeconds: 3.21, CPUMicrosPerRequest: 160.492, PeakRSSMiB: 41.25, HWMRSSMiB: 43, Samples: 41},
 		{Name: "gone", PID: 4343, Error: "open /proc/4343/stat: no such file or directory"},
 	}
+	r.Generator = &GeneratorStats{CPUSeconds: 1.5, CPUMicrosPerRequest: 74.996, Cores: 0.15, CPUs: 2}
 	return r
 }
 
@@ -213,7 +214,7 @@ func TestWriteTable(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{"http1", "open loop, uniform pacing at 2000 req/s", "p99.9", "20001",
-		"grpc_UNAVAILABLE=1", "http_5xx=2", "sidecar-a", "4242", "160"} {
+		"grpc_UNAVAILABLE=1", "http_5xx=2", "sidecar-a", "4242", "160", "generator CPU 1.500 s, 75 µs/request, 0.15 of 2 CPUs busy"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -94,6 +95,9 @@ func TestSmoke(t *testing.T) {
 			}
 			if r.LatencyUS.P50 == 0 && r.LatencyUS.Max == 0 {
 				t.Errorf("no latency recorded: %+v", r.LatencyUS)
+			}
+			if g := r.Generator; runtime.GOOS == "linux" && (g == nil || g.CPUs < 1 || g.CPUMicrosPerRequest <= 0) {
+				t.Errorf("generator CPU not reported: %+v", g)
 			}
 			if r.Model != model {
 				t.Errorf("model = %q", r.Model)

@@ -131,12 +131,16 @@ func (g loadGen) bench(ctx context.Context, l Load, cond string, lt *liveTarget,
 }
 
 // FortioArgs are the fortio arguments equivalent to l against url: same
-// rate, same number of connections (fortio: one per thread), uniform
-// pacing, 10 µs histogram resolution (fortio's default 1 ms bucket would
-// swamp sub-millisecond latencies).
+// rate with uniform pacing (or, for a closed loop, -qps 0: as fast as it
+// can, no pacing), same number of connections (fortio: one per thread),
+// 10 µs histogram resolution (fortio's default 1 ms bucket would swamp
+// sub-millisecond latencies).
 func FortioArgs(l Load, url, jsonPath string) []string {
-	return []string{"load", "-qps", fmtNum(l.Rate), "-c", strconv.Itoa(l.Concurrency), "-uniform",
-		"-t", l.Duration.String(), "-r", "0.00001", "-loglevel", "Warning", "-json", jsonPath, url}
+	a := []string{"load", "-qps", fmtNum(l.Rate), "-c", strconv.Itoa(l.Concurrency)}
+	if l.Rate > 0 {
+		a = append(a, "-uniform")
+	}
+	return append(a, "-t", l.Duration.String(), "-r", "0.00001", "-loglevel", "Warning", "-json", jsonPath, url)
 }
 
 // fortioRun applies l to lt with fortio.
@@ -169,6 +173,9 @@ func (g loadGen) exec(ctx context.Context, limit time.Duration, argv []string, r
 	busy := startOtherCPU()
 	err := cmd.Run()
 	run.OtherCores = busy.cores()
+	if ps := cmd.ProcessState; ps != nil {
+		run.ToolCPUSeconds = (ps.UserTime() + ps.SystemTime()).Seconds()
+	}
 	return err
 }
 

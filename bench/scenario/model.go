@@ -67,6 +67,9 @@ type Load struct {
 	Warmup      time.Duration `json:"warmup"`
 	Timeout     time.Duration `json:"timeout,omitempty"`
 	Targets     []string      `json:"targets"`
+	// CrossRounds, for a cross-check load, overrides Plan.CrossRounds
+	// (when the plan runs cross-checks at all).
+	CrossRounds int `json:"cross_rounds,omitempty"`
 }
 
 // Open reports whether l is an open-loop (fixed rate) load.
@@ -157,6 +160,10 @@ type Run struct {
 	// Fortio is fortio's result, reduced (Tool fortio).
 	Fortio *FortioResult `json:"fortio,omitempty"`
 	Error  string        `json:"error,omitempty"`
+	// ToolCPUSeconds is the user + system CPU time of the load
+	// generator's whole process (fortio: from its exit status; quicmesh
+	// bench reports its own over the measured window in Result).
+	ToolCPUSeconds float64 `json:"tool_cpu_seconds,omitempty"`
 	// OtherCores is the CPU (in cores) that processes the runner did not
 	// start used while this run's load generator ran: how busy the shared
 	// machine was with other work.

@@ -76,7 +76,7 @@ func (r *Runner) loopbackPhase(ctx context.Context, l Load) {
 func (r *Runner) crossCheck(ctx context.Context, l Load) {
 	r.rec.logf("== %s: %s", l.Title, l.Describe())
 	lt := &liveTarget{name: Direct, front: r.apps["http1"]}
-	for round := 1; round <= r.opt.Plan.CrossRounds; round++ {
+	for round := 1; round <= r.opt.Plan.CrossRoundsOf(l); round++ {
 		order := []string{ToolFortio, ToolQuicmesh}
 		if round%2 == 0 {
 			order = []string{ToolQuicmesh, ToolFortio}

@@ -20,6 +20,9 @@ const (
 	LoadLossyGRPC  = "lossy-grpc-stream"
 	LoadLossyTCP   = "lossy-tcp"
 	LoadCrossCheck = "crosscheck-http1"
+	// LoadCrossCheckMax drives the direct app as fast as each tool can:
+	// the generator must not be what limits the direct row.
+	LoadCrossCheckMax = "crosscheck-http1-max"
 )
 
 // Plan is what the runner measures.
@@ -68,7 +71,12 @@ func DefaultPlan() Plan {
 			{ID: LoadLossyTCP, Title: "50 TCP flows over a lossy link", Group: GroupLossy, Proto: bench.ProtoTCP,
 				Rate: 1000, Concurrency: 50, Payload: 64, Duration: 5 * s, Warmup: 1 * s, Timeout: 5 * s, Targets: lossTargets},
 			{ID: LoadCrossCheck, Title: "Cross-check: fortio vs quicmesh bench, direct, 1,000 req/s", Group: GroupCrossCheck,
-				Proto: bench.ProtoHTTP1, Rate: 1000, Concurrency: 16, Connections: 16, Duration: 10 * s, Targets: []string{Direct}},
+				Proto: bench.ProtoHTTP1, Rate: 1000, Concurrency: 16, Connections: 16, Duration: 6 * s, Targets: []string{Direct}},
+			// No warmup: fortio has none to match (it sends one call per
+			// connection before its clock starts). Three short rounds
+			// each: a rate ratio needs medians more than long windows.
+			{ID: LoadCrossCheckMax, Title: "Cross-check: fortio vs quicmesh bench, direct, maximum throughput", Group: GroupCrossCheck,
+				Proto: bench.ProtoHTTP1, Concurrency: 32, Connections: 32, Duration: 3 * s, CrossRounds: 3, Targets: []string{Direct}},
 		},
 		Conds: []Cond{
 			{Name: "0% loss", LossPct: 0},
@@ -94,6 +102,15 @@ func QuickPlan() Plan {
 		loads = append(loads, l)
 	}
 	return Plan{Loads: loads, Rounds: 1, LossyRounds: 1, CrossRounds: 0}
+}
+
+// CrossRoundsOf is how many fortio / quicmesh bench pairs cross-check
+// load l runs.
+func (p Plan) CrossRoundsOf(l Load) int {
+	if l.CrossRounds > 0 && p.CrossRounds > 0 {
+		return l.CrossRounds
+	}
+	return p.CrossRounds
 }
 
 // Only returns p restricted to the loads with the given IDs.
@@ -150,7 +167,7 @@ func (p Plan) Estimate() time.Duration {
 		case GroupLossy:
 			d += perPhase + time.Duration(p.LossyRounds*len(p.Conds)*len(l.Targets))*one
 		case GroupCrossCheck:
-			d += time.Duration(2*p.CrossRounds) * one
+			d += time.Duration(2*p.CrossRoundsOf(l)) * one
 		}
 	}
 	return d

@@ -76,7 +76,8 @@ func fakeResults() *Results {
 					continue
 				}
 				add(l.ID, "", Direct, 1, result(1000, 150, 420, nil, 0, 0, 0, 0))
-				res.Runs = append(res.Runs, Run{Load: l.ID, Target: Direct, Round: 1, Tool: ToolFortio, Command: "fortio load -qps 1000",
+				res.Runs[len(res.Runs)-1].Result.Generator = &bench.GeneratorStats{CPUSeconds: 0.2, CPUMicrosPerRequest: 20, Cores: 0.02, CPUs: 2}
+				res.Runs = append(res.Runs, Run{Load: l.ID, Target: Direct, Round: 1, Tool: ToolFortio, Command: "fortio load -qps 1000", ToolCPUSeconds: 0.39996,
 					Fortio: &FortioResult{ActualQPS: 999.9, Count: 9999, Percentiles: []FortioPercentle{{50, 140}, {90, 200}, {99, 400}, {99.9, 900}}, MaxUS: 1000}})
 			}
 		}
@@ -165,7 +166,9 @@ func TestRenderMarkdown(t *testing.T) {
 		"Exact commands", "```sh\nbin/quicmesh bench --proto x --target direct\n",
 		"failed: caddy-a exited: boom \\| pipe", "### Notes", "- Delay note with `code`.",
 		"| generator send lag p50 / p99 µs |", "| 40 / 700 |", "own send lag",
-		"| 8,160 (8,080–8,240) |", "used at most 0.30 CPU cores during any of these runs", "in 25 of 107 runs")
+		"| 8,160 (8,080–8,240) |", "used at most 0.30 CPU cores during any of these runs", "in 25 of 109 runs",
+		"### Cross-check: fortio vs quicmesh bench, direct, maximum throughput", "quicmesh bench / fortio achieved rate: **1.00×**", "at least as fast as fortio", "| generator CPU µs/req |",
+		"| quicmesh bench | 1,000 | 150 | 300 | 420 | 840 | 1,260 | – | 20.0 | 0 |", "Generator CPU per request, quicmesh bench / fortio: **0.50×**")
 	mustNotContain(t, "markdown", md, "NaN", "%!", "<nil>", BeginMarker, EndMarker)
 	// Every table row has as many cells as its header.
 	var cols int

@@ -99,7 +99,7 @@ func (r *Runner) execute(ctx context.Context) error {
 			r.rec.note("Cross-check skipped: fortio is not installed.")
 			continue
 		}
-		if r.fits(l, 2*r.opt.Plan.CrossRounds) {
+		if r.fits(l, 2*r.opt.Plan.CrossRoundsOf(l)) {
 			r.crossCheck(ctx, l)
 		}
 	}

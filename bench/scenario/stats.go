@@ -56,6 +56,10 @@ type Summary struct {
 	// CPUPerReq is the median over rounds of the sum over the sampled
 	// proxy processes of CPU µs per request (NaN if none were sampled).
 	CPUPerReq float64
+	// GenCPUPerReq is the median over rounds of the load generator's own
+	// CPU µs per request (NaN if unknown): quicmesh bench's over its
+	// measured window, fortio's over its whole process.
+	GenCPUPerReq float64
 	// Sums over rounds.
 	Requests, Errors, Unsent int64
 	// ErrorKinds sums the failed requests by kind.
@@ -108,7 +112,7 @@ func Summarize(runs []Run) []Summary {
 
 func summarize(k summaryKey, runs []Run) Summary {
 	s := Summary{Load: k.load, Cond: k.cond, Target: k.target, Tool: k.tool, Rounds: len(runs)}
-	var rps, p50, p90, p99, p999, mx, mean, bps, cpu, lag50, lag99 []float64
+	var rps, p50, p90, p99, p999, mx, mean, bps, cpu, gen, lag50, lag99 []float64
 	rss := map[string]float64{}
 	var rssOrder []string
 	s.RPSMin, s.RPSMax = math.NaN(), math.NaN()
@@ -127,6 +131,9 @@ func summarize(k summaryKey, runs []Run) Summary {
 			mx = append(mx, float64(l.Max))
 			mean = append(mean, l.Mean)
 			bps = append(bps, res.BytesPerSecond)
+			if g := res.Generator; g != nil && res.Requests > 0 {
+				gen = append(gen, g.CPUMicrosPerRequest)
+			}
 			if res.SendLagUS != nil {
 				lag50 = append(lag50, float64(res.SendLagUS.P50))
 				lag99 = append(lag99, float64(res.SendLagUS.P99))
@@ -163,6 +170,9 @@ func summarize(k summaryKey, runs []Run) Summary {
 			mean = append(mean, f.MeanUS)
 			s.Requests += f.Count
 			s.Errors += f.Errors
+			if r.ToolCPUSeconds > 0 && f.Count > 0 {
+				gen = append(gen, r.ToolCPUSeconds*1e6/float64(f.Count))
+			}
 		default:
 			s.Errs = append(s.Errs, r.Error)
 		}
@@ -170,6 +180,7 @@ func summarize(k summaryKey, runs []Run) Summary {
 	s.RPS, s.P50, s.P90, s.P99, s.P999 = Median(rps), Median(p50), Median(p90), Median(p99), Median(p999)
 	s.Max, s.Mean, s.BytesPerSec, s.CPUPerReq = Median(mx), Median(mean), Median(bps), Median(cpu)
 	s.LagP50, s.LagP99 = Median(lag50), Median(lag99)
+	s.GenCPUPerReq = Median(gen)
 	for _, x := range rps {
 		if math.IsNaN(s.RPSMin) || x < s.RPSMin {
 			s.RPSMin = x

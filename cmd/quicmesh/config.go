@@ -12,6 +12,8 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
+	"github.com/quicmesh/quicmesh/proxy/authz"
 )
 
 // fileConfig is the sidecar's config file (JSON). Every key is documented
@@ -39,6 +41,9 @@ type fileConfig struct {
 	Inbound struct {
 		Listen string            `json:"listen"`
 		Routes map[string]string `json:"routes"`
+		// Authorization is who may call each route; the only part of
+		// the file a running sidecar re-reads (authzwatch.go).
+		Authorization *authz.Spec `json:"authorization"`
 	} `json:"inbound"`
 	Outbound struct {
 		Binds []struct {

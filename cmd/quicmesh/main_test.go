@@ -130,6 +130,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"identity":{"cert":"a","key":"b","bundle":"c"},"inbound":{"listen":"0.0.0.0:4143","routes":{"echo":"h2c://127.0.0.1:7000"}},"outbound":{"binds":[{"listen":"127.0.0.1:7001","service":"echo","opaque":true}],"http_proxy":"","detect_timeout":"1s"},"limits":{"idle_timeout":"60s"}}`))
 	f.Add([]byte(`{"limits":{"keep_alive":"-1s"}}`))
 	f.Add([]byte(`{} {}`))
+	f.Add([]byte(`{"identity":{"cert":"a","key":"b","bundle":"c"},"inbound":{"routes":{"api":"127.0.0.1:1"},"authorization":{"default":"deny","routes":{"api":["spiffe://td/web","spiffe://other/*"]}}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := parseConfig(data, "fuzz")
 		if err == nil && cfg == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity/spiffe"
 	"github.com/quicmesh/quicmesh/internal/balance"
 	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
@@ -143,6 +144,9 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 		return proxyOptions{}, err
 	}
 	if o.sidecar.Inbound.Routes, err = m.routes(); err != nil {
+		return proxyOptions{}, err
+	}
+	if o.sidecar.Inbound.Authorization, err = authorization(fc, f, set, o.sidecar.Inbound.Routes); err != nil {
 		return proxyOptions{}, err
 	}
 	if o.sidecar.Listeners.Binds, o.names.binds, err = m.binds(); err != nil {
@@ -410,6 +414,35 @@ func (m merger) routes() (inbound.Routes, error) {
 		routes[svc] = addr
 	}
 	return routes, nil
+}
+
+// authorization is the inbound authorization policy: the file's
+// inbound.authorization, its default replaced by --default-inbound-policy
+// if given, checked against routes (a rule for a route that is not
+// served is a typo that would leave the meant route on the default).
+// The config watcher calls it again on every change of the file, with
+// the same flags and the routes the sidecar started with.
+func authorization(fc *fileConfig, f *proxyFlags, set map[string]bool, routes inbound.Routes) (*authz.Policy, error) {
+	var spec authz.Spec
+	if fc.Inbound.Authorization != nil {
+		spec = *fc.Inbound.Authorization
+	}
+	if set["default-inbound-policy"] {
+		spec.Default = f.defaultPolicy
+		if _, err := authz.Parse(authz.Spec{Default: spec.Default}); err != nil {
+			return nil, fmt.Errorf("--default-inbound-policy %s: %w", f.defaultPolicy, err)
+		}
+	}
+	p, err := authz.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf(`config "inbound.authorization": %w`, err)
+	}
+	for _, name := range p.Routes() {
+		if _, ok := routes[name]; !ok {
+			return nil, fmt.Errorf(`config "inbound.authorization.routes.%s": no such inbound route (inbound.routes, --route)`, name)
+		}
+	}
+	return p, nil
 }
 
 // binds are the file's binds, then the flags'; names[i] is how bind i was

@@ -11,6 +11,7 @@ import (
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
@@ -51,7 +52,7 @@ func TestMergeProxyOptions(t *testing.T) {
 			sidecar: sidecar.Options{
 				InboundAddr: "0.0.0.0:4143",
 				Listeners:   sidecar.Listeners{HTTPProxy: "127.0.0.1:4140"},
-				Inbound:     inbound.Options{Routes: inbound.Routes{}},
+				Inbound:     inbound.Options{Routes: inbound.Routes{}, Authorization: authz.Default()},
 				Outbound:    outbound.Options{Detect: detect.Config{Timeout: time.Second}},
 			},
 			grace: 30 * time.Second,
@@ -96,6 +97,33 @@ func TestMergeProxyOptions(t *testing.T) {
 		wantErr string                // the whole error
 	}{
 		{name: "defaults", args: id, want: func(*proxyOptions) {}},
+		{
+			name: "authorization from the file",
+			file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"default": "deny", "routes": {"api": ["spiffe://test.local/web", "spiffe://partner.org/*"]}}}}`,
+			args: id,
+			want: func(o *proxyOptions) {
+				o.sidecar.Inbound.Routes = inbound.Routes{"api": "127.0.0.1:1"}
+				o.sidecar.Inbound.Authorization = mustPolicy(t, authz.Spec{Default: "deny", Routes: map[string][]string{"api": {"spiffe://test.local/web", "spiffe://partner.org/*"}}})
+			},
+		},
+		{
+			name: "--default-inbound-policy beats the file's default, keeps its routes",
+			file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"default": "deny", "routes": {"api": ["deny"]}}}}`,
+			args: append([]string{"--default-inbound-policy", "unauthenticated"}, id...),
+			want: func(o *proxyOptions) {
+				o.sidecar.Inbound.Routes = inbound.Routes{"api": "127.0.0.1:1"}
+				o.sidecar.Inbound.Authorization = mustPolicy(t, authz.Spec{Default: "unauthenticated", Routes: map[string][]string{"api": {"deny"}}})
+			},
+		},
+		{
+			name: "a rule for a route given by flag",
+			file: `{"inbound": {"authorization": {"routes": {"api": ["spiffe://test.local/web"]}}}}`,
+			args: append([]string{"--route", "api=127.0.0.1:1"}, id...),
+			want: func(o *proxyOptions) {
+				o.sidecar.Inbound.Routes = inbound.Routes{"api": "127.0.0.1:1"}
+				o.sidecar.Inbound.Authorization = mustPolicy(t, authz.Spec{Routes: map[string][]string{"api": {"spiffe://test.local/web"}}})
+			},
+		},
 		{
 			name: "identity from the file",
 			file: `{"identity": {"cert": "f.crt", "key": "f.key", "bundle": "fb.crt", "trust_domain": "other.org"}}`,
@@ -202,7 +230,7 @@ func TestMergeProxyOptions(t *testing.T) {
 					HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute, KeepAlive: 10 * time.Second}
 				o.sidecar.Outbound = outbound.Options{ConnectTimeout: 4 * time.Second, Detect: detect.Config{Timeout: time.Second},
 					MaxInFlight: 9, HeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 8192}
-				o.sidecar.Inbound = inbound.Options{Routes: inbound.Routes{}, ConnectTimeout: time.Second, HeaderTimeout: 5 * time.Second, MaxInFlight: 7}
+				o.sidecar.Inbound = inbound.Options{Routes: inbound.Routes{}, Authorization: authz.Default(), ConnectTimeout: time.Second, HeaderTimeout: 5 * time.Second, MaxInFlight: 7}
 				o.sidecar.QlogDir, o.grace, o.allowShutdown = "/tmp/q", 5*time.Second, true
 			},
 		},
@@ -329,6 +357,14 @@ func TestMergeProxyOptions(t *testing.T) {
 			wantErr: "--discovery-dns-server: nameservers without a zone: set --discovery-dns-zone (or discovery.dns.zone)"},
 		{name: "DNS min TTL above max TTL", file: `{"discovery": {"dns": {"zone": "mesh.test", "min_ttl": "1m", "max_ttl": "1s"}}}`, args: id,
 			wantErr: `config "discovery.dns": dns: min TTL 1m0s is above max TTL 1s`},
+		{name: "authorization for a route not served", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"routes": {"apj": ["deny"]}}}}`, args: id,
+			wantErr: `config "inbound.authorization.routes.apj": no such inbound route (inbound.routes, --route)`},
+		{name: "bad caller in the file", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"routes": {"api": ["spiffe://test.local"]}}}}`, args: id,
+			wantErr: `config "inbound.authorization": authorization for route "api": "spiffe://test.local" names a trust domain, not a workload: write "spiffe://test.local/*" for any identity in it`},
+		{name: "empty caller list in the file", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"routes": {"api": []}}}}`, args: id,
+			wantErr: `config "inbound.authorization": authorization for route "api": no callers listed: to refuse every caller write ["deny"]`},
+		{name: "bad default policy flag", args: append([]string{"--default-inbound-policy", "open"}, id...),
+			wantErr: `--default-inbound-policy open: authorization default: unknown caller "open": want a SPIFFE ID (spiffe://TD/PATH), a trust domain (spiffe://TD/*), "all-authenticated", "unauthenticated" or "deny"`},
 		{name: "negative grace", args: append([]string{"--grace", "-1s"}, id...), wantErr: "--grace -1s: must not be negative"},
 		{name: "negative detect timeout", args: append([]string{"--detect-timeout", "-5ms"}, id...), wantErr: "--detect-timeout -5ms: must not be negative"},
 		{name: "negative connect timeout", args: append([]string{"--connect-timeout", "-1m"}, id...), wantErr: "--connect-timeout -1m0s: must not be negative"},
@@ -355,4 +391,13 @@ func TestMergeProxyOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustPolicy(t *testing.T, s authz.Spec) *authz.Policy {
+	t.Helper()
+	p, err := authz.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

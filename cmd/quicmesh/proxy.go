@@ -52,6 +52,7 @@ type proxyFlags struct {
 	connectTimeout, grace                  time.Duration
 	allowShutdown                          bool
 	qlogDir                                string
+	defaultPolicy                          string
 
 	spiffeSocket       string
 	federatedBundles   mapFlag
@@ -113,6 +114,7 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.StringVar(&f.qlogDir, "qlog-dir", "", "write a qlog trace per QUIC connection into this directory (debugging; costly)")
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
+	fs.StringVar(&f.defaultPolicy, "default-inbound-policy", "", "who may call a route the config's inbound.authorization does not name: all-authenticated (the default), unauthenticated, deny, spiffe://TD/* or one SPIFFE ID")
 	return c, f
 }
 
@@ -129,7 +131,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	f.spiffeSocketEnv = os.Getenv(spiffe.SocketEnv)
-	opts, err := mergeProxyOptions(fc, f, setFlags(c.Flags))
+	set := setFlags(c.Flags)
+	opts, err := mergeProxyOptions(fc, f, set)
 	if err != nil {
 		return c.Fail("%v", err)
 	}
@@ -201,6 +204,13 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		return c.Fail("%v", opts.names.explainStartError(err))
 	}
 	defer sc.Close()
+	if f.config != "" {
+		w, err := watchAuthorization(f.config, fc, f, set, opts.sidecar.Inbound.Routes, sc, log, configPollInterval)
+		if err != nil {
+			return c.Fail("%v", err)
+		}
+		defer w.Close()
+	}
 
 	// Readiness is reported only once identity is loaded and every
 	// listener is bound, i.e. after Start returns.

@@ -209,6 +209,9 @@ const (
 	BadGateway
 	// Timeout → 504 / DEADLINE_EXCEEDED.
 	Timeout
+	// Forbidden: the caller is not authorized for the service → 403 /
+	// PERMISSION_DENIED.
+	Forbidden
 )
 
 // DeadlinePassed reports whether ctx's deadline, if it has one, has been
@@ -249,8 +252,11 @@ func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, rea
 	h.Set(httpx.HeaderProxyError, sanitize(msg))
 	if IsGRPC(r) {
 		code := "14" // UNAVAILABLE
-		if kind == Timeout {
+		switch kind {
+		case Timeout:
 			code = "4" // DEADLINE_EXCEEDED
+		case Forbidden:
+			code = "7" // PERMISSION_DENIED
 		}
 		h.Set("Content-Type", "application/grpc")
 		h.Set("Grpc-Status", code)
@@ -264,6 +270,8 @@ func WriteError(w http.ResponseWriter, r *http.Request, kind ErrorKind, who, rea
 		status = http.StatusServiceUnavailable
 	case Timeout:
 		status = http.StatusGatewayTimeout
+	case Forbidden:
+		status = http.StatusForbidden
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -54,6 +54,8 @@ func TestWriteError(t *testing.T) {
 		{true, Unavailable, 200, "14", ""},
 		{true, BadGateway, 200, "14", ""},
 		{true, Timeout, 200, "4", ""},
+		{false, Forbidden, 403, "", "outbound x: boom"},
+		{true, Forbidden, 200, "7", ""},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest("POST", "/", nil)

@@ -171,6 +171,8 @@ func ErrClass(err error) string {
 			return "connect_failed"
 		case meshcode.ShuttingDown:
 			return "shutting_down"
+		case meshcode.Forbidden:
+			return "forbidden"
 		}
 		return "stream_reset"
 	}

@@ -22,6 +22,7 @@ func TestErrClass(t *testing.T) {
 		{reset(meshcode.UnknownTarget), "unknown_target"},
 		{reset(meshcode.ConnectFailed), "connect_failed"},
 		{reset(meshcode.ShuttingDown), "shutting_down"},
+		{reset(meshcode.Forbidden), "forbidden"},
 		{reset(meshcode.BadHeader), "stream_reset"},
 		{reset(0x10c), "stream_reset"},
 		{meshcode.Mark(errors.New("Application error 0x51d0 (remote)"), meshcode.ErrConnClosed), "connection_closed"},

@@ -23,6 +23,7 @@
 //	quicmesh_handshake_retries_total                                            counter (inbound)
 //	quicmesh_identity_cert_expiry_timestamp_seconds                             gauge
 //	quicmesh_load_shed_total{direction,reason}                                  counter
+//	quicmesh_authz_decisions_total{route,proto,decision,reason}                 counter (inbound)
 //	quicmesh_quic_connections_open{direction}                                   gauge (scrape time)
 //	quicmesh_quic_smoothed_rtt_seconds{direction,peer}                          gauge (scrape time)
 //	quicmesh_quic_packets_lost_total{direction,peer}                            counter (scrape time)
@@ -41,7 +42,8 @@
 //     status for 100–599 and "unknown" otherwise.
 //   - Free-form labels keep the first N distinct values they see, for the
 //     life of the process; every later new value is reported as
-//     "overflow". N is 256 for peer and service, 16 for proto and 32 for
+//     "overflow". N is 256 for peer and service (route shares the
+//     service limit), 16 for proto and 32 for
 //     grpc_status, error and each reason label. The limit is per label
 //     dimension and shared by all metrics carrying that label, so a
 //     process never exports more than 256 peers or 256 services (plus
@@ -133,17 +135,20 @@ type Metrics struct {
 	ejections    *prometheus.CounterVec
 	retries      *prometheus.CounterVec
 	budgetOut    *prometheus.CounterVec
+	authz        *prometheus.CounterVec
 	quic         *quicCollector
 	admission    handshakeAdmission
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
 	policyReasons                       *limiter
+	authzReasons                        *limiter
 	errClasses                          *limiter
 
-	reqCache  cache[reqKey, *reqEntry]
-	respCache cache[respKey, *respEntry]
-	tcpCache  cache[tcpKey, *tcpEntry]
+	reqCache   cache[reqKey, *reqEntry]
+	respCache  cache[respKey, *respEntry]
+	authzCache cache[authzKey, prometheus.Counter]
+	tcpCache   cache[tcpKey, *tcpEntry]
 }
 
 // New creates the metrics and registers them on reg. It panics if reg is
@@ -160,6 +165,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		handshakeReasons: newLimiter(maxReasons),
 		shedReasons:      newLimiter(maxReasons),
 		policyReasons:    newLimiter(maxReasons),
+		authzReasons:     newLimiter(maxReasons),
 		errClasses:       newLimiter(maxErrClasses),
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -220,11 +226,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: "quicmesh_retry_budget_exhausted_total",
 		Help: "Retryable responses passed to the app unretried because the service's retry budget was spent.",
 	}, []string{"direction", "service"})
+	m.authz = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quicmesh_authz_decisions_total",
+		Help: "Inbound authorization decisions, per route, protocol (http, grpc, tcp), decision (allow, deny) and reason.",
+	}, []string{"route", "proto", "decision", "reason"})
 	m.quic = newQUICCollector(m.peers)
 
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenConns, m.tcpRead, m.tcpWrite,
-		m.handshakes, m.certExpiry, m.loadShed, m.ejections, m.retries, m.budgetOut, m.quic)
+		m.handshakes, m.certExpiry, m.loadShed, m.ejections, m.retries, m.budgetOut, m.authz, m.quic)
 	m.admission = newHandshakeAdmission(reg)
 	return m
 }
@@ -465,6 +475,38 @@ func (m *Metrics) RetryBudgetExhausted(dir Direction, service string) {
 		return
 	}
 	m.budgetOut.WithLabelValues(string(normDir(dir)), m.services.value(service)).Inc()
+}
+
+type authzKey struct {
+	route, proto, reason string
+	allow                bool
+}
+
+// AuthzDecision counts one inbound authorization decision: whether a
+// request or tunnel (proto "http", "grpc" or "tcp") to route was allowed,
+// and why (a fixed set of reasons, see proxy/authz). The caller's
+// identity is not a label: it is unbounded; the deny logs carry it.
+func (m *Metrics) AuthzDecision(route, proto string, allow bool, reason string) {
+	if m == nil {
+		return
+	}
+	k := authzKey{route, proto, reason, allow}
+	c, ok := m.authzCache.load(k)
+	if !ok {
+		c = m.authzSlow(k)
+	}
+	c.Inc()
+}
+
+func (m *Metrics) authzSlow(raw authzKey) prometheus.Counter {
+	n := authzKey{m.services.value(raw.route), m.protos.value(raw.proto), m.authzReasons.value(raw.reason), raw.allow}
+	return m.authzCache.create(n, func() prometheus.Counter {
+		decision := "deny"
+		if n.allow {
+			decision = "allow"
+		}
+		return m.authz.WithLabelValues(n.route, n.proto, decision, n.reason)
+	})
 }
 
 // --- label normalisation ---

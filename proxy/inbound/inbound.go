@@ -18,6 +18,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
@@ -97,6 +98,10 @@ type Config struct {
 type Options struct {
 	// Routes maps the services this sidecar serves to their apps.
 	Routes Routes
+	// Authorization says who may call each route; nil is authz.Default()
+	// (every verified identity). Server.SetAuthorization replaces it
+	// while the server runs.
+	Authorization *authz.Policy
 	// MaxInFlight sheds HTTP requests beyond this many concurrent ones
 	// with a 503 (default 10,000; negative disables).
 	MaxInFlight int
@@ -132,6 +137,7 @@ type Server struct {
 	tunnel tunnelLayer
 	// tunnels serves the HTTP that peers send in tunnels to HTTP routes.
 	tunnels *tunnelHTTP
+	policy  *policy
 
 	inflight atomic.Int64
 
@@ -185,11 +191,28 @@ func New(cfg Config) (*Server, error) {
 		log:   cfg.Logger,
 		conns: make(map[*peerConn]struct{}),
 	}
-	s.http = newHTTPChain(cfg, routes, &s.inflight)
+	if s.policy, err = newPolicy(cfg, routes); err != nil {
+		return nil, fmt.Errorf("inbound: %w", err)
+	}
+	s.http = newHTTPChain(cfg, routes, s.policy, &s.inflight)
 	s.tunnels = newTunnelHTTP(cfg, chainHandler{s.http}, cfg.Logger)
-	s.tunnel = newTunnelChain(cfg, routes, s.tunnels)
+	s.tunnel = newTunnelChain(cfg, routes, s.policy, s.tunnels)
 	return s, nil
 }
+
+// SetAuthorization puts p in force for every request and tunnel that
+// reaches the policy layers from now on; those already past them go on.
+// A policy naming a route this server does not serve is refused, and the
+// policy in force stays: a bad reload never opens anything up.
+func (s *Server) SetAuthorization(p *authz.Policy) error {
+	if err := s.policy.set(p); err != nil {
+		return fmt.Errorf("inbound: %w", err)
+	}
+	return nil
+}
+
+// Authorization is the policy in force.
+func (s *Server) Authorization() *authz.Policy { return s.policy.cur.Load() }
 
 // Serve accepts peer connections until ctx ends or Close is called.
 func (s *Server) Serve(ctx context.Context) error {

@@ -18,7 +18,7 @@ import (
 // The inbound side serves a peer's HTTP request through a short chain of
 // layers, each with one job; newHTTPChain sets their order:
 //
-//	identify → shed → measure → mapErrors → route → (policy) → switchProtocols → forward
+//	identify → shed → measure → mapErrors → routeHTTP → authorize → switchProtocols → forward
 //
 // A layer either answers (a Result, or a failure for mapErrors to
 // write) or passes the call to the next one. Tunnels have their own,
@@ -37,7 +37,7 @@ type httpCall struct {
 
 	target    string // the routing key (identify)
 	origProto string // what the far app spoke: "h1", "h2", or "" if unknown (identify)
-	route     route  // (route)
+	route     route  // (routeHTTP)
 	// switched records the response in metrics at once when the
 	// connection changes hands: the call then lasts the whole session
 	// (measure).
@@ -64,12 +64,14 @@ func fail(kind bridge.ErrorKind, format string, args ...any) *httpFailure {
 
 // newHTTPChain builds the HTTP layers in their order. shed sits outside
 // measure: a request shed is counted as shed, not as a request.
-// Authorization (issue 11) goes between route and switchProtocols: it
-// needs the route, and a denied request must reach no app.
-func newHTTPChain(cfg Config, routes routeTable, inflight *atomic.Int64) httpLayer {
+// authorize sits between routeHTTP and switchProtocols: it needs the
+// route, and a denied request must reach no app; it sits inside measure,
+// so a 403 is counted as a response like any other.
+func newHTTPChain(cfg Config, routes routeTable, pol *policy, inflight *atomic.Int64) httpLayer {
 	who := "inbound " + cfg.Name
 	var h httpLayer = forward{up: cfg.Upstream, log: cfg.Logger}
 	h = switchProtocols{next: h, up: cfg.Upstream, connectTimeout: cfg.ConnectTimeout, metrics: cfg.Metrics, log: cfg.Logger}
+	h = authorize{next: h, policy: pol}
 	h = routeHTTP{next: h, routes: routes}
 	h = mapErrors{next: h, who: who}
 	h = measure{next: h, metrics: cfg.Metrics}

@@ -240,9 +240,9 @@ func TestRouteHTTP(t *testing.T) {
 		wantKind bridge.ErrorKind
 		wantErr  string // "" when next gets the call
 	}{
-		{"web", route{ProtoAuto, "127.0.0.1:1"}, 0, ""},
-		{"web:80", route{ProtoAuto, "127.0.0.1:1"}, 0, ""},
-		{"grpc", route{ProtoH2C, "127.0.0.1:2"}, 0, ""},
+		{"web", route{"web", ProtoAuto, "127.0.0.1:1"}, 0, ""},
+		{"web:80", route{"web", ProtoAuto, "127.0.0.1:1"}, 0, ""},
+		{"grpc", route{"grpc", ProtoH2C, "127.0.0.1:2"}, 0, ""},
 		{"nosuch", route{}, bridge.Unavailable, `no local app serves "nosuch"`},
 		{"db", route{}, bridge.BadGateway, `route for "db" does not accept HTTP`},
 	}
@@ -405,7 +405,11 @@ func TestHTTPChain(t *testing.T) {
 			up := tt.up
 			cfg := Config{Upstream: &up, Logger: discard, Name: "test", Metrics: telemetry.New(reg), Options: Options{}.WithDefaults()}
 			var inflight atomic.Int64
-			chain := newHTTPChain(cfg, routes, &inflight)
+			pol, err := newPolicy(cfg, routes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain := newHTTPChain(cfg, routes, pol, &inflight)
 			w := httptest.NewRecorder()
 			r := httptest.NewRequest("GET", "http://other/", nil)
 			for k, v := range tt.header {
@@ -485,9 +489,9 @@ func TestRouteTunnel(t *testing.T) {
 		want    route
 		wantErr meshcode.Code // 0: next gets the call
 	}{
-		{"db", route{ProtoTCP, "127.0.0.1:3"}, 0},
-		{"db:5432", route{ProtoTCP, "127.0.0.1:3"}, 0},
-		{"web", route{ProtoAuto, "127.0.0.1:1"}, 0},
+		{"db", route{"db", ProtoTCP, "127.0.0.1:3"}, 0},
+		{"db:5432", route{"db", ProtoTCP, "127.0.0.1:3"}, 0},
+		{"web", route{"web", ProtoAuto, "127.0.0.1:1"}, 0},
 		{"nosuch", route{}, meshcode.UnknownTarget},
 	}
 	for _, tt := range tests {

@@ -36,9 +36,10 @@ func ParseAppAddr(v string) (proto, addr string, err error) {
 	return proto, v, nil
 }
 
-// route is where one target's traffic goes. A per-route authorization
-// policy (who may call it) belongs here, next to the app it protects.
+// route is where one target's traffic goes. Who may call it is the
+// authorization policy's rule for its name (policy.go).
 type route struct {
+	name  string // its key in Routes: what the policy and metrics call it
 	proto string // ProtoAuto, ProtoHTTP, ProtoH2C or ProtoTCP
 	addr  string
 }
@@ -54,7 +55,7 @@ func parseRoutes(r Routes) (routeTable, error) {
 		if err != nil {
 			return nil, fmt.Errorf("route for %q: %w", target, err)
 		}
-		t[target] = route{proto: proto, addr: addr}
+		t[target] = route{name: target, proto: proto, addr: addr}
 	}
 	return t, nil
 }

@@ -17,10 +17,10 @@ func TestRouteTableLookup(t *testing.T) {
 		want   route
 		ok     bool
 	}{
-		{"web", route{ProtoAuto, "127.0.0.1:1"}, true},
-		{"web:8080", route{ProtoH2C, "127.0.0.1:2"}, true},
-		{"web:9090", route{ProtoAuto, "127.0.0.1:1"}, true},
-		{"db:5432", route{ProtoTCP, "127.0.0.1:3"}, true},
+		{"web", route{"web", ProtoAuto, "127.0.0.1:1"}, true},
+		{"web:8080", route{"web:8080", ProtoH2C, "127.0.0.1:2"}, true},
+		{"web:9090", route{"web", ProtoAuto, "127.0.0.1:1"}, true},
+		{"db:5432", route{"db", ProtoTCP, "127.0.0.1:3"}, true},
 		{"nosuch", route{}, false},
 		{"nosuch:80", route{}, false},
 		{"", route{}, false},

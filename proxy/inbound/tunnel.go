@@ -228,7 +228,7 @@ func (t *tunnelHTTP) close() {
 // A tunnel goes through its own chain of layers; newTunnelChain sets
 // their order:
 //
-//	mapResets → routeTunnel → (policy) → deliverTunnel
+//	mapResets → routeTunnel → authorizeTunnel → deliverTunnel
 //
 // The peer's identity is the connection's, verified by the transport.
 
@@ -256,11 +256,14 @@ type tunnelFailure struct {
 
 func (f *tunnelFailure) Error() string { return f.reason }
 
-// newTunnelChain builds the tunnel layers in their order. Authorization
-// (issue 11) goes between routeTunnel and deliverTunnel: a denied tunnel
-// is reset before a byte reaches the app.
-func newTunnelChain(cfg Config, routes routeTable, tunnels *tunnelHTTP) tunnelLayer {
+// newTunnelChain builds the tunnel layers in their order. authorizeTunnel
+// goes between routeTunnel and deliverTunnel: a denied tunnel is reset
+// before the app is dialled, so not a byte reaches it. A tunnel to an
+// HTTP route is judged here as "tcp" and each request in it again, by
+// the HTTP chain, under the policy in force when that request arrives.
+func newTunnelChain(cfg Config, routes routeTable, pol *policy, tunnels *tunnelHTTP) tunnelLayer {
 	var t tunnelLayer = deliverTunnel{up: cfg.Upstream, connectTimeout: cfg.ConnectTimeout, headerTimeout: cfg.HeaderTimeout, metrics: cfg.Metrics, tunnels: tunnels}
+	t = authorizeTunnel{next: t, policy: pol}
 	t = routeTunnel{next: t, routes: routes}
 	return mapResets{next: t}
 }

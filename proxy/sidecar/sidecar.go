@@ -19,6 +19,7 @@ import (
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
+	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/transport"
@@ -288,7 +289,8 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 			}
 		}()
 	}
-	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "binds", len(opts.Listeners.Binds), "routes", len(opts.Inbound.Routes))
+	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "binds", len(opts.Listeners.Binds), "routes", len(opts.Inbound.Routes),
+		"authorization", s.inbound.Authorization().String())
 	if info, err := s.endpoint.SocketInfo(); err == nil {
 		level := slog.LevelInfo
 		if info.RecvBuffer < transport.WantBufferBytes || info.SendBuffer < transport.WantBufferBytes {
@@ -304,6 +306,22 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	}
 	return s, nil
 }
+
+// SetAuthorization puts a new inbound authorization policy in force
+// without a restart: requests and tunnels that reach the policy check
+// from now on are judged by it; tunnels already open stay open. A policy
+// naming a route the sidecar does not serve is refused and the one in
+// force stays.
+func (s *Sidecar) SetAuthorization(p *authz.Policy) error {
+	if err := s.inbound.SetAuthorization(p); err != nil {
+		return fmt.Errorf("sidecar: %w", err)
+	}
+	s.log.Info("authorization policy in force", "policy", p.String())
+	return nil
+}
+
+// Authorization is the inbound authorization policy in force.
+func (s *Sidecar) Authorization() *authz.Policy { return s.inbound.Authorization() }
 
 // InboundAddr is the bound UDP address for mesh traffic.
 func (s *Sidecar) InboundAddr() *net.UDPAddr { return s.endpoint.Addr() }

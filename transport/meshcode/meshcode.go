@@ -25,6 +25,7 @@ const (
 	BadHeader     Code = 0x51c4 // malformed tunnel header
 	Overloaded    Code = 0x51c5 // the sidecar sheds load
 	ShuttingDown  Code = 0x51c6 // the sidecar is draining
+	Forbidden     Code = 0x51c7 // the caller is not authorized for the target
 )
 
 // ConnCode ends a whole peer connection (QUIC: the application error code

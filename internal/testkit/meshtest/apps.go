@@ -1,11 +1,14 @@
 package meshtest
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+
+	"google.golang.org/grpc"
 
 	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/internal/testkit"
@@ -24,7 +27,8 @@ const (
 type App struct {
 	Name string
 	Addr string
-	// Hits counts requests (HTTP apps) or accepted connections (TCP apps).
+	// Hits counts requests (HTTP apps), calls (gRPC) or accepted
+	// connections (TCP apps).
 	Hits atomic.Int64
 	// Bytes counts what the TCP echo app echoed, once each connection
 	// ended.
@@ -81,12 +85,20 @@ func (m *Mesh) HTTPApp(name string, proto Proto, h http.Handler) *App {
 	return a
 }
 
-// GRPCApp is the gRPC echo app (echo.StartGRPC).
+// GRPCApp is the gRPC echo app (echo.StartGRPC), counting its calls.
 func (m *Mesh) GRPCApp(name string) *App {
 	m.t.Helper()
 	ln := testkit.Listen(m.t)
 	a := m.addApp(name, ln)
-	srv := echo.StartGRPC(ln)
+	srv := echo.StartGRPC(ln,
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			a.Hits.Add(1)
+			return h(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			a.Hits.Add(1)
+			return h(srv, ss)
+		}))
 	m.t.Cleanup(func() { srv.Close() })
 	return a
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/internal/telemetry"
 	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
@@ -103,6 +104,9 @@ type Spec struct {
 	// HeaderTimeout bounds how long the inbound side waits for a
 	// request's header (0: the default).
 	HeaderTimeout time.Duration
+	// Authorization is who may call its routes (nil: the default,
+	// every mesh identity).
+	Authorization *authz.Policy
 
 	// Binds are its outbound listeners, HTTPProxy its HTTP proxy listener.
 	Binds     []Bind
@@ -197,7 +201,7 @@ func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
 	opts := sidecar.Options{
 		InboundAddr: spec.Addr,
 		Limits:      spec.Limits,
-		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout},
+		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout, Authorization: spec.Authorization},
 		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout, Resilience: spec.Resilience},
 	}
 	if opts.InboundAddr == "" && spec.PacketConn == nil {
