@@ -232,15 +232,15 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
-			// Read under the lock: the dial goroutine writes them.
-			err, failedAt := st.lastErr, st.failedAt
+			// Read under the lock: the dial in flight writes them.
+			err, ago := st.lastErr, p.now().Sub(st.failedAt)
 			if st.dialing != nil {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(failedAt).Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago.Round(time.Millisecond), err)
 			}
-			if wait := backoff(st.failures); p.now().Sub(failedAt) < wait {
+			if wait := backoff(st.failures); ago < wait {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(failedAt).Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago.Round(time.Millisecond), err)
 			}
 		}
 		if st.dialing == nil {

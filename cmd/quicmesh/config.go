@@ -91,7 +91,39 @@ type fileConfig struct {
 		MaxHandshakes      int      `json:"max_handshakes"`
 		RetryThreshold     int      `json:"retry_threshold"`
 	} `json:"limits"`
+	// Resilience is the outbound failure policy: failure accrual, and
+	// timeouts, retries and breakers for every service ("default") or
+	// one ("services").
+	Resilience struct {
+		FailureAccrual struct {
+			ConsecutiveFailures int      `json:"consecutive_failures"`
+			MinEjection         duration `json:"min_ejection"`
+			MaxEjection         duration `json:"max_ejection"`
+		} `json:"failure_accrual"`
+		Default  servicePolicyConfig            `json:"default"`
+		Services map[string]servicePolicyConfig `json:"services"`
+	} `json:"resilience"`
 }
+
+// servicePolicyConfig is a service's outbound policy in the config file.
+// An absent key inherits ("default", then the built-in default); a
+// present zero ("0s", 0) means none.
+type servicePolicyConfig struct {
+	Timeout               duration `json:"timeout"`
+	ResponseHeaderTimeout duration `json:"response_header_timeout"`
+	MaxPending            *int     `json:"max_pending"`
+	MaxRetries            *int     `json:"max_retries"`
+	RetryOn               []int    `json:"retry_on"`
+	RetryGRPCMethods      []string `json:"retry_grpc_methods"`
+	RetryBodyBytes        *int     `json:"retry_body_bytes"`
+	RetryBudget           struct {
+		Ratio        *float64 `json:"ratio"`
+		MinPerSecond *float64 `json:"min_per_second"`
+	} `json:"retry_budget"`
+}
+
+// set reports whether the key was present in the file.
+func (d duration) set() bool { return len(d.raw) > 0 && string(d.raw) != "null" }
 
 // duration is a config-file duration such as "5s". It is checked after
 // decoding (see checkDurations) rather than while decoding, so that an
@@ -188,6 +220,13 @@ func parseConfig(data []byte, name string) (*fileConfig, error) {
 	}
 	if err := checkDurations(reflect.ValueOf(&cfg).Elem(), ""); err != nil {
 		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	// checkDurations does not descend into maps.
+	for svc, p := range cfg.Resilience.Services {
+		if err := checkDurations(reflect.ValueOf(&p).Elem(), "resilience.services."+svc+"."); err != nil {
+			return nil, fmt.Errorf("config %s: %w", name, err)
+		}
+		cfg.Resilience.Services[svc] = p
 	}
 	return &cfg, nil
 }

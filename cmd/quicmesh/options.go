@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	dnsdisc "github.com/quicmesh/quicmesh/discovery/dns"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/spiffe"
+	"github.com/quicmesh/quicmesh/internal/balance"
 	"github.com/quicmesh/quicmesh/internal/detect"
 	"github.com/quicmesh/quicmesh/proxy/authz"
 	"github.com/quicmesh/quicmesh/proxy/inbound"
@@ -159,6 +161,9 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 		return proxyOptions{}, err
 	}
 	if err := m.discovery(&o); err != nil {
+		return proxyOptions{}, err
+	}
+	if o.sidecar.Outbound.Resilience, err = m.resilience(); err != nil {
 		return proxyOptions{}, err
 	}
 	o.sidecar.QlogDir = m.pick("qlog-dir", f.qlogDir, fc.Debug.QlogDir)
@@ -583,4 +588,93 @@ func (m merger) transparent(o *proxyOptions) error {
 		}
 	}
 	return nil
+}
+
+// resilience is the config file's outbound failure policy, each policy
+// validated under its key.
+func (m merger) resilience() (outbound.Resilience, error) {
+	rc := &m.fc.Resilience
+	fa := rc.FailureAccrual
+	if fa.ConsecutiveFailures < 0 {
+		return outbound.Resilience{}, fmt.Errorf(`config "resilience.failure_accrual.consecutive_failures": %d is negative`, fa.ConsecutiveFailures)
+	}
+	if fa.MaxEjection.Duration > 0 && fa.MaxEjection.Duration < fa.MinEjection.Duration {
+		return outbound.Resilience{}, fmt.Errorf(`config "resilience.failure_accrual.max_ejection": %v is less than min_ejection %v`, fa.MaxEjection.Duration, fa.MinEjection.Duration)
+	}
+	res := outbound.Resilience{Accrual: balance.AccrualConfig{
+		ConsecutiveFailures: fa.ConsecutiveFailures,
+		MinEjection:         fa.MinEjection.Duration,
+		MaxEjection:         fa.MaxEjection.Duration,
+	}}
+	var err error
+	if res.Default, err = rc.Default.policy("resilience.default"); err != nil {
+		return outbound.Resilience{}, err
+	}
+	for _, svc := range slices.Sorted(maps.Keys(rc.Services)) {
+		if svc == "" {
+			return outbound.Resilience{}, errors.New(`config "resilience.services": an empty service name`)
+		}
+		p, err := rc.Services[svc].policy("resilience.services." + svc)
+		if err != nil {
+			return outbound.Resilience{}, err
+		}
+		if res.Services == nil {
+			res.Services = map[string]outbound.ServicePolicy{}
+		}
+		res.Services[svc] = p
+	}
+	return res, nil
+}
+
+// policy turns a policy from the file into the outbound's, where a zero
+// field inherits and a negative one is "none": a key present with a zero
+// value becomes negative.
+func (c servicePolicyConfig) policy(key string) (outbound.ServicePolicy, error) {
+	none := func(set bool, v time.Duration) time.Duration {
+		if set && v == 0 {
+			return -1
+		}
+		return v
+	}
+	for _, n := range []struct {
+		name string
+		neg  bool
+		v    any
+	}{
+		{"max_pending", c.MaxPending != nil && *c.MaxPending < 0, c.MaxPending},
+		{"max_retries", c.MaxRetries != nil && *c.MaxRetries < 0, c.MaxRetries},
+		{"retry_body_bytes", c.RetryBodyBytes != nil && *c.RetryBodyBytes < 0, c.RetryBodyBytes},
+		{"retry_budget.ratio", c.RetryBudget.Ratio != nil && *c.RetryBudget.Ratio < 0, c.RetryBudget.Ratio},
+		{"retry_budget.min_per_second", c.RetryBudget.MinPerSecond != nil && *c.RetryBudget.MinPerSecond < 0, c.RetryBudget.MinPerSecond},
+	} {
+		if n.neg {
+			return outbound.ServicePolicy{}, fmt.Errorf("config %q: %v is negative (0 means none)", key+"."+n.name, reflect.ValueOf(n.v).Elem())
+		}
+	}
+	p := outbound.ServicePolicy{
+		Timeout:               none(c.Timeout.set(), c.Timeout.Duration),
+		ResponseHeaderTimeout: none(c.ResponseHeaderTimeout.set(), c.ResponseHeaderTimeout.Duration),
+		MaxPending:            orNone(c.MaxPending),
+		MaxRetries:            orNone(c.MaxRetries),
+		RetryOn:               c.RetryOn,
+		RetryGRPCMethods:      c.RetryGRPCMethods,
+		RetryBodyBytes:        orNone(c.RetryBodyBytes),
+		RetryBudget:           outbound.RetryBudget{Ratio: orNone(c.RetryBudget.Ratio), MinPerSecond: orNone(c.RetryBudget.MinPerSecond)},
+	}
+	if err := p.Validate(); err != nil {
+		return outbound.ServicePolicy{}, fmt.Errorf("config %q: %w", key, err)
+	}
+	return p, nil
+}
+
+// orNone is a number from the config file as ServicePolicy takes it:
+// absent (nil) inherits (0), a present 0 is none (-1).
+func orNone[T int | float64](v *T) T {
+	switch {
+	case v == nil:
+		return 0
+	case *v == 0:
+		return -1
+	}
+	return *v
 }

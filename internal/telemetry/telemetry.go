@@ -132,6 +132,9 @@ type Metrics struct {
 	handshakes   *prometheus.CounterVec
 	certExpiry   prometheus.Gauge
 	loadShed     *prometheus.CounterVec
+	ejections    *prometheus.CounterVec
+	retries      *prometheus.CounterVec
+	budgetOut    *prometheus.CounterVec
 	authz        *prometheus.CounterVec
 	quic         *quicCollector
 	admission    handshakeAdmission
@@ -139,6 +142,7 @@ type Metrics struct {
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
+	policyReasons                       *limiter
 	authzReasons                        *limiter
 	errClasses                          *limiter
 
@@ -161,6 +165,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		grpcStatus:       newLimiter(maxGRPCStatus),
 		handshakeReasons: newLimiter(maxReasons),
 		shedReasons:      newLimiter(maxReasons),
+		policyReasons:    newLimiter(maxReasons),
 		authzReasons:     newLimiter(maxReasons),
 		errClasses:       newLimiter(maxErrClasses),
 	}
@@ -210,6 +215,18 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: "quicmesh_load_shed_total",
 		Help: "Requests and streams refused because the proxy was overloaded, by reason.",
 	}, []string{"direction", "reason"})
+	m.ejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quicmesh_endpoint_ejections_total",
+		Help: "Endpoints failure accrual took out of load balancing, by reason (consecutive_failures, probe_failed, or the transport's: unresponsive, a handshake reason).",
+	}, []string{"direction", "reason"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quicmesh_retries_total",
+		Help: "Requests sent again, by reason (unprocessed: the peer provably did not see it; conn_dead: an idempotent request on a connection that died; status: a configured retryable status, within the retry budget).",
+	}, []string{"direction", "service", "reason"})
+	m.budgetOut = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quicmesh_retry_budget_exhausted_total",
+		Help: "Retryable responses passed to the app unretried because the service's retry budget was spent.",
+	}, []string{"direction", "service"})
 	m.authz = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quicmesh_authz_decisions_total",
 		Help: "Inbound authorization decisions, per route, protocol (http, grpc, tcp), decision (allow, deny) and reason.",
@@ -218,7 +235,7 @@ func New(reg prometheus.Registerer) *Metrics {
 
 	reg.MustRegister(m.requests, m.responses, m.latency,
 		m.tcpOpen, m.tcpClose, m.tcpOpenConns, m.tcpRead, m.tcpWrite,
-		m.handshakes, m.certExpiry, m.loadShed, m.authz, m.quic)
+		m.handshakes, m.certExpiry, m.loadShed, m.ejections, m.retries, m.budgetOut, m.authz, m.quic)
 	m.admission = newHandshakeAdmission(reg)
 	m.transparent = newTransparentMetrics(reg)
 	return m
@@ -433,6 +450,33 @@ func (m *Metrics) LoadShed(dir Direction, reason string) {
 		return
 	}
 	m.loadShed.WithLabelValues(string(normDir(dir)), m.shedReasons.value(reason)).Inc()
+}
+
+// --- resilience ---
+
+// Ejected counts one endpoint failure accrual took out of balancing.
+func (m *Metrics) Ejected(dir Direction, reason string) {
+	if m == nil {
+		return
+	}
+	m.ejections.WithLabelValues(string(normDir(dir)), m.policyReasons.value(reason)).Inc()
+}
+
+// Retried counts one request sent again, by reason.
+func (m *Metrics) Retried(dir Direction, service, reason string) {
+	if m == nil {
+		return
+	}
+	m.retries.WithLabelValues(string(normDir(dir)), m.services.value(service), m.policyReasons.value(reason)).Inc()
+}
+
+// RetryBudgetExhausted counts one retryable response the app got because
+// the service's retry budget was spent.
+func (m *Metrics) RetryBudgetExhausted(dir Direction, service string) {
+	if m == nil {
+		return
+	}
+	m.budgetOut.WithLabelValues(string(normDir(dir)), m.services.value(service)).Inc()
 }
 
 type authzKey struct {

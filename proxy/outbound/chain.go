@@ -20,11 +20,12 @@ func (p *Proxy) httpPath(bound string) http.Handler {
 		func(next stage) stage { return measured{p.cfg.Metrics, next} },
 		func(next stage) stage { return grpcDeadline{next} },
 		func(next stage) stage { return errorResponses{bound, who(p.cfg.Name), p.failures, next} },
-		// Policy (per-route timeouts, retry budget, circuit breaking,
-		// failure accrual) goes here: inside the error responses, so
-		// its refusals become proxy errors, outside the retry of
-		// unprocessed requests.
-		func(next stage) stage { return retryUnprocessed{p.log, next} },
+		// The policy: inside the error responses, so its refusals and
+		// timeouts become proxy errors. Failure accrual is in the
+		// balancer (Config.Balancer).
+		func(next stage) stage { return breaker{p.policies, p.cfg.Metrics, next} }, // 503 beyond MaxPending; finds the policy
+		func(next stage) stage { return timeouts{next} },                           // Timeout, ResponseHeaderTimeout → 504
+		func(next stage) stage { return retries{p.log, p.cfg.Metrics, next} },      // unprocessed, dead connection, RetryOn within budget
 	)
 	tunnels := func(opening func(net.Conn, *http.Request, io.Writer) error) routed {
 		return httpTunnel{opener: p.opener(), splicer: p.splicer(), bound: bound, who: who(p.cfg.Name), opening: opening}.serve

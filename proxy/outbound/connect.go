@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
@@ -71,9 +72,10 @@ func (e *connectError) Error() string { return e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
 
 // connect returns the shared connection to an endpoint of service and the
-// pick to report on. Its errors are *connectError.
-func (c *connector) connect(ctx context.Context, service string) (PeerConn, *pick, error) {
-	pc, pk, err := c.tryEndpoints(ctx, service)
+// pick to report on, preferring endpoints whose keys are not in avoid.
+// Its errors are *connectError.
+func (c *connector) connect(ctx context.Context, service string, avoid []string) (PeerConn, *pick, error) {
+	pc, pk, err := c.tryEndpoints(ctx, service, avoid)
 	if err != nil {
 		return nil, nil, &connectError{err: err, kind: connectErrorKind(ctx, err)}
 	}
@@ -85,7 +87,7 @@ func (c *connector) connect(ctx context.Context, service string) (PeerConn, *pic
 // to that endpoint alone: the balancer neither picks nor learns from it.
 func (c *connector) connectTarget(ctx context.Context, t target) (PeerConn, *pick, error) {
 	if t.pinned == nil {
-		return c.connect(ctx, t.service)
+		return c.connect(ctx, t.service, t.avoid)
 	}
 	e := parseEndpoints([]discovery.Endpoint{*t.pinned}).eps[0]
 	err := e.idErr
@@ -100,18 +102,19 @@ func (c *connector) connectTarget(ctx context.Context, t target) (PeerConn, *pic
 	return pc, &pick{now: c.now, start: c.now()}, nil
 }
 
-func (c *connector) tryEndpoints(ctx context.Context, service string) (PeerConn, *pick, error) {
+func (c *connector) tryEndpoints(ctx context.Context, service string, avoid []string) (PeerConn, *pick, error) {
 	set, err := c.endpoints.get(ctx, service)
 	if err != nil {
 		return nil, nil, err
 	}
 	tried := make([]bool, len(set.eps))
 	skipTried := func(i int) bool { return tried[i] }
-	// Endpoints in back-off (failed dial, draining) are skipped while
-	// others remain; if none remain they are tried anyway and fail fast.
+	// Endpoints in back-off (failed dial, draining), and those a retry
+	// avoids, are skipped while others remain; if none remain they are
+	// tried anyway (those in back-off fail fast).
 	skipUnavailable := func(i int) bool {
 		e := set.eps[i]
-		return tried[i] || e.idErr != nil || c.peers.Unavailable(e.addr, e.id)
+		return tried[i] || e.idErr != nil || slices.Contains(avoid, set.keys[i].Key) || c.peers.Unavailable(e.addr, e.id)
 	}
 	var lastErr error
 	for attempt := 0; attempt < c.attempts; attempt++ {

@@ -65,7 +65,7 @@ func TestConnect(t *testing.T) {
 				ctx, cancel = context.WithDeadline(ctx, time.Now().Add(-time.Second))
 				defer cancel()
 			}
-			pc, pk, err := c.connect(ctx, cmp(tt.service, "web"))
+			pc, pk, err := c.connect(ctx, cmp(tt.service, "web"), nil)
 			if tt.wantErr == "" {
 				if err != nil || pc.Addr() != tt.want || pk == nil {
 					t.Fatalf("connect = %v, %v; want %s", pc, err, tt.want)

@@ -36,13 +36,16 @@ func (e sentence) Error() string { return e.text }
 func (e sentence) Unwrap() error { return e.err }
 
 // failureLog logs requests and tunnels that failed, at most once per
-// message, service and reason per interval: during a partition every
-// request fails the same way.
+// message, service, peer (when one was reached) and reason per interval:
+// during a partition every request fails the same way, and the line
+// after the interval counts those suppressed.
 type failureLog struct {
 	log     *slog.Logger
 	limiter *lograte.Limiter
 }
 
+// failed logs err; args are more key-value pairs, of which "peer" (the
+// peer's address) is also part of the rate limit's key.
 func (l failureLog) failed(msg, service string, err error, args ...any) {
 	reason := failureReason(err)
 	if errors.Is(err, discovery.ErrUnknownService) || errors.Is(err, discovery.ErrNoEndpoints) {
@@ -50,8 +53,14 @@ func (l failureLog) failed(msg, service string, err error, args ...any) {
 	} else if errors.Is(err, meshcode.ErrPeerUnavailable) && reason == identity.ReasonOther {
 		reason = "peer_unavailable"
 	}
+	key := msg + "|" + service + "|" + reason
+	for i := 0; i+1 < len(args); i += 2 {
+		if args[i] == "peer" {
+			key += "|" + fmt.Sprint(args[i+1])
+		}
+	}
 	args = append([]any{"service", service, "reason", reason}, args...)
-	l.limiter.Log(l.log, slog.LevelWarn, msg+"|"+service+"|"+reason, msg, append(args, "error", err)...)
+	l.limiter.Log(l.log, slog.LevelWarn, key, msg, append(args, "error", err)...)
 }
 
 // failureReason is the bounded reason a failed request or tunnel is logged

@@ -135,6 +135,10 @@ type Options struct {
 	// MaxInFlight sheds requests beyond this many concurrent ones with a
 	// 503 (default 10,000; negative disables).
 	MaxInFlight int
+	// Resilience is the failure policy of HTTP requests (timeouts,
+	// retries, budgets, breakers) and the failure accrual of the
+	// default balancer.
+	Resilience Resilience
 }
 
 // Proxy forwards app traffic to services.
@@ -146,6 +150,7 @@ type Proxy struct {
 	// proxy, one connector (balancer state), one failure log limiter.
 	shed      *loadShed
 	connector *connector
+	policies  *policies
 	failures  failureLog
 	tcp       tcpHandler
 
@@ -185,13 +190,19 @@ func New(cfg Config) *Proxy {
 		cfg.Name = "quicmesh"
 	}
 	if cfg.Balancer == nil {
-		cfg.Balancer = balance.New()
+		acc := cfg.Resilience.Accrual
+		if acc.OnEject == nil {
+			metrics := cfg.Metrics
+			acc.OnEject = func(_, reason string) { metrics.Ejected(telemetry.Outbound, reason) }
+		}
+		cfg.Balancer = balance.NewAccrual(balance.New(), acc)
 	}
 	p := &Proxy{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		shed:      &loadShed{max: cfg.MaxInFlight, metrics: cfg.Metrics, who: who(cfg.Name)},
 		connector: newConnector(cfg),
+		policies:  newPolicies(cfg.Resilience, time.Now),
 		failures:  failureLog{log: cfg.Logger, limiter: lograte.New(0, 0, nil)},
 	}
 	p.stop = make(chan struct{})
@@ -201,6 +212,17 @@ func New(cfg Config) *Proxy {
 }
 
 func who(name string) string { return "outbound " + name }
+
+// PeerFailed tells the balancer that the transport found the peer at
+// addr, proving identity id, unreachable (a failed dial, a connection
+// whose peer stopped answering): failure accrual ejects it at once
+// rather than after failed requests. reason is bounded (a metrics
+// label). A balancer without failure accrual ignores it.
+func (p *Proxy) PeerFailed(addr string, id identity.ID, reason string) {
+	if e, ok := p.cfg.Balancer.(interface{ Eject(key, reason string) }); ok {
+		e.Eject(discovery.Endpoint{Addr: addr, Identity: id.String()}.Key(), reason)
+	}
+}
 
 // Serve accepts app connections on ln until it is closed. Each connection
 // is classified by detection: HTTP/1.1 and HTTP/2 are served request by

@@ -3,7 +3,6 @@ package outbound
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -36,6 +35,9 @@ type outcome struct {
 	peer PeerConn
 	// err is why no response was written.
 	err error
+	// key is the balancer key of the endpoint the request went to, ""
+	// if none was reached.
+	key string
 }
 
 // measured records the golden metrics of every routed request.
@@ -113,7 +115,11 @@ func (e errorResponses) serve(w http.ResponseWriter, r *http.Request, t target) 
 func (e errorResponses) response(ctx context.Context, service string, err error) (bridge.ErrorKind, string) {
 	var ce *connectError
 	var fe *forwardError
+	var pe *policyError
 	switch {
+	case errors.As(err, &pe):
+		e.failures.failed("http request stopped by policy", service, pe)
+		return pe.kind, pe.text
 	case errors.As(err, &ce):
 		e.failures.failed("http route failed", service, ce.err)
 		return ce.kind, unknownServiceHint(e.bound, ce.err)
@@ -135,35 +141,6 @@ func (e errorResponses) response(ctx context.Context, service string, err error)
 	}
 	e.failures.failed("http request failed", service, err)
 	return bridge.BadGateway, err.Error()
-}
-
-// retryUnprocessed sends a request without a body once more (on a fresh
-// connection or another endpoint) when the peer provably did not process
-// it: it was draining or closing, or the pooled connection turned out
-// dead, e.g. a stateless reset after the peer restarted.
-type retryUnprocessed struct {
-	log  *slog.Logger
-	next stage
-}
-
-func (rt retryUnprocessed) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
-	o := rt.next.serve(w, r, t)
-	var fe *forwardError
-	if !errors.As(o.err, &fe) || !errors.Is(fe.err, meshcode.ErrNotProcessed) || !bodyless(r) || r.Context().Err() != nil {
-		return o
-	}
-	rt.log.Debug("retrying request the peer did not process (closing, or a dead connection)", "service", t.service, "peer", fe.peer.Addr(), "error", fe.err)
-	again := rt.next.serve(w, r, t)
-	if again.peer == nil {
-		// Metrics name the peer the request last reached.
-		again.peer = o.peer
-	}
-	return again
-}
-
-// bodyless reports whether r has no body, so it can be sent again.
-func bodyless(r *http.Request) bool {
-	return r.Body == nil || r.Body == http.NoBody || (r.ContentLength == 0 && len(r.TransferEncoding) == 0 && r.ProtoMajor == 1)
 }
 
 // forwarder sends a request to an endpoint of its service: connect (with
@@ -198,15 +175,18 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	}
 	res, err := bridge.Forward(w, out, pc, bridge.Options{})
 	end()
-	pk.report(err != nil || res.Status >= 500)
+	// A client that went away says nothing about the endpoint; our own
+	// timeouts (a deadline, a cancellation with a timeout cause) do.
+	clientGone := errors.Is(context.Cause(ctx), context.Canceled)
+	pk.report(res.Status >= 500 || err != nil && !clientGone)
 	if err == nil {
-		return outcome{res: res, peer: pc}
+		return outcome{res: res, peer: pc, key: pk.ep.Key}
 	}
 	if !pc.Alive() || errors.Is(err, meshcode.ErrConnDead) {
 		// A broken connection, not a per-request failure: redial next time.
 		pc.Forget()
 	}
-	return outcome{peer: pc, err: &forwardError{peer: pc, err: err}}
+	return outcome{peer: pc, key: pk.ep.Key, err: &forwardError{peer: pc, err: err}}
 }
 
 func origProto(r *http.Request) string {

@@ -82,60 +82,6 @@ func TestErrorResponses(t *testing.T) {
 	}
 }
 
-// A request the peer provably did not process is sent once more if it
-// has no body and its client still waits; nothing else is.
-func TestRetryUnprocessed(t *testing.T) {
-	peer := &fakeConn{addr: "p:1"}
-	notProcessed := &forwardError{peer, meshcode.Mark(errors.New("stateless reset"), meshcode.ErrNotProcessed)}
-	other := &forwardError{peer, errors.New("reset by app")}
-	connectFailed := &connectError{meshcode.Mark(errors.New("refused"), meshcode.ErrNotProcessed), bridge.BadGateway}
-	tests := []struct {
-		name      string
-		first     error
-		body      string
-		cancelled bool
-		calls     int
-	}{
-		{name: "served", first: nil, calls: 1},
-		{name: "not processed", first: notProcessed, calls: 2},
-		{name: "not processed, with a body", first: notProcessed, body: "x", calls: 1},
-		{name: "not processed, client gone", first: notProcessed, cancelled: true, calls: 1},
-		{name: "processed", first: other, calls: 1},
-		{name: "no connection", first: connectFailed, calls: 1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			calls := 0
-			rt := retryUnprocessed{log: slog.New(slog.DiscardHandler), next: stageFunc(func(http.ResponseWriter, *http.Request, target) outcome {
-				calls++
-				if calls == 1 {
-					return outcome{peer: peer, err: tt.first}
-				}
-				// The second try found no peer: metrics keep the first's.
-				return outcome{err: &connectError{errors.New("gone"), bridge.BadGateway}}
-			})}
-			var r *http.Request
-			if tt.body != "" {
-				r = httptest.NewRequest("POST", "/", strings.NewReader(tt.body))
-			} else {
-				r = httptest.NewRequest("GET", "/", nil)
-			}
-			if tt.cancelled {
-				ctx, cancel := context.WithCancel(r.Context())
-				cancel()
-				r = r.WithContext(ctx)
-			}
-			o := rt.serve(httptest.NewRecorder(), r, target{service: "web", authority: "web"})
-			if calls != tt.calls {
-				t.Fatalf("sent %d times, want %d", calls, tt.calls)
-			}
-			if o.peer != peer {
-				t.Errorf("outcome names peer %v, want the one reached", o.peer)
-			}
-		})
-	}
-}
-
 func TestBodyless(t *testing.T) {
 	chunked := httptest.NewRequest("POST", "/", strings.NewReader("hello"))
 	chunked.ContentLength = -1

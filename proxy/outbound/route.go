@@ -21,6 +21,11 @@ type target struct {
 	// pinned, when set, is the one endpoint to use (the app dialled its
 	// pod IP) instead of balancing over service's.
 	pinned *discovery.Endpoint
+	// policy is the service's request policy, set by the breaker stage.
+	policy *servicePolicy
+	// avoid are balancer keys of endpoints that already failed this
+	// request: a retry goes elsewhere while anything else is left.
+	avoid []string
 }
 
 // router finds a request's target and hands the request to the path for
@@ -90,7 +95,7 @@ func (rt router) route(r *http.Request) (target, error) {
 // tunnelToService is the target of an upgrade: the far app is reached as
 // the service itself, the request is replayed in the tunnel.
 func (t target) tunnelToService() target {
-	t.authority = t.service
+	t.authority, t.avoid = t.service, nil
 	return t
 }
 

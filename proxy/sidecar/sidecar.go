@@ -285,6 +285,9 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: %w", err)
 	}
+	// The transport's verdicts on a peer (a failed dial, a connection
+	// whose peer stopped answering) eject it from balancing at once.
+	s.pool.OnPeerFailure(func(f transport.PeerFailure) { s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason) })
 	deps.Metrics.AddQUICSource(quicStats(telemetry.Outbound, s.pool.QUICStats))
 	deps.Metrics.AddQUICSource(quicStats(telemetry.Inbound, s.server.QUICStats))
 

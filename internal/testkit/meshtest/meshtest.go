@@ -125,6 +125,9 @@ type Spec struct {
 	// ConnectTimeout bounds the wait for a peer connection and stream.
 	MaxInFlight    int
 	ConnectTimeout time.Duration
+	// Resilience is its outbound failure policy (timeouts, retries,
+	// breakers, failure accrual).
+	Resilience outbound.Resilience
 
 	Limits transport.Limits
 	// Logger receives the sidecar's logs (default testkit.DebugLogger).
@@ -199,7 +202,7 @@ func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
 		InboundAddr: spec.Addr,
 		Limits:      spec.Limits,
 		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout, Authorization: spec.Authorization},
-		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout},
+		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout, Resilience: spec.Resilience},
 	}
 	if opts.InboundAddr == "" && spec.PacketConn == nil {
 		opts.InboundAddr = "127.0.0.1:0"
