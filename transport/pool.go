@@ -486,6 +486,10 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.now().Sub(st.failedAt) < backoff(st.failures)
 }
 
+// Backoff is how long new requests to a peer fail at once after its
+// failures-th failure in a row: the same schedule for every transport.
+func Backoff(failures int) time.Duration { return backoff(failures) }
+
 func backoff(failures int) time.Duration {
 	d := minBackoff << min(failures-1, 10)
 	return min(d, maxBackoff)
