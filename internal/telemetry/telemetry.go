@@ -132,6 +132,7 @@ type Metrics struct {
 	loadShed     *prometheus.CounterVec
 	quic         *quicCollector
 	admission    handshakeAdmission
+	transport    transportMetrics
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
@@ -209,6 +210,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.tcpOpen, m.tcpClose, m.tcpOpenConns, m.tcpRead, m.tcpWrite,
 		m.handshakes, m.certExpiry, m.loadShed, m.quic)
 	m.admission = newHandshakeAdmission(reg)
+	m.transport = newTransportMetrics(reg)
 	return m
 }
 

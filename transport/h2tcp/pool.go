@@ -72,7 +72,9 @@ func (noObserver) HandshakeFailed(bool, string) {}
 // pingTimeout is how long the health check waits for a PING's answer:
 // with the PING sent after KeepAlive of silence, a silent peer is
 // declared dead after IdleTimeout, as on QUIC.
-func pingTimeout(l transport.Limits) time.Duration { return max(l.IdleTimeout-l.KeepAlive, time.Millisecond) }
+func pingTimeout(l transport.Limits) time.Duration {
+	return max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
+}
 
 type peerKey struct {
 	addr string

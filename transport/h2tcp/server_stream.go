@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,19 @@ type ServerStream struct {
 	buf         []byte
 	writeClosed bool
 
+	// Reads go through a pump goroutine so that a read deadline can end a
+	// blocked Read and be reset afterwards: x/net/http2's own read
+	// deadline closes the request body for good, and its write deadline
+	// resets the stream, while net/http's server (HTTP carried by a
+	// tunnel) sets a deadline in the past to interrupt a read and then
+	// goes on reading.
+	chunks    chan chunk
+	ack       chan struct{}
+	pending   []byte // unread rest of the last chunk
+	pumpOnce  sync.Once
+	rdl, wdl  atomic.Pointer[time.Time]
+	rdlChange chan struct{}
+
 	readDone  atomic.Bool
 	writeDone atomic.Bool
 	resetCode atomic.Pointer[meshcode.Code]
@@ -44,7 +58,35 @@ type ServerStream struct {
 
 func newServerStream(w http.ResponseWriter, r *http.Request) *ServerStream {
 	ctx, cancel := context.WithCancel(r.Context())
-	return &ServerStream{w: w, rc: http.NewResponseController(w), body: r.Body, ctx: ctx, cancel: cancel, changed: make(chan struct{}, 1)}
+	return &ServerStream{w: w, rc: http.NewResponseController(w), body: r.Body, ctx: ctx, cancel: cancel, changed: make(chan struct{}, 1),
+		chunks: make(chan chunk), ack: make(chan struct{}), rdlChange: make(chan struct{}, 1)}
+}
+
+type chunk struct {
+	b   []byte
+	err error
+}
+
+// pump reads the request body and hands each chunk to Read, waiting for
+// it to be consumed before reusing the buffer.
+func (s *ServerStream) pump() {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := s.body.Read(buf)
+		select {
+		case s.chunks <- chunk{buf[:n], err}:
+		case <-s.ctx.Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-s.ack:
+		case <-s.ctx.Done():
+			return
+		}
+	}
 }
 
 func (s *ServerStream) notify() {
@@ -74,6 +116,9 @@ func (s *ServerStream) wait() {
 		select {
 		case <-s.changed:
 		case <-s.ctx.Done():
+			if s.resetCode.Load() != nil {
+				panic(http.ErrAbortHandler)
+			}
 			return
 		}
 	}
@@ -83,11 +128,52 @@ func (s *ServerStream) Read(p []byte) (int, error) {
 	if c := s.resetCode.Load(); c != nil {
 		return 0, &meshcode.StreamError{Code: *c}
 	}
-	n, err := s.body.Read(p)
-	if err != nil {
-		err = s.readError(err)
+	if len(s.pending) > 0 {
+		return s.consume(p), nil
 	}
-	return n, err
+	s.pumpOnce.Do(func() { go s.pump() })
+	for {
+		var timeout <-chan time.Time
+		if d := s.rdl.Load(); d != nil && !d.IsZero() {
+			wait := time.Until(*d)
+			if wait <= 0 {
+				return 0, os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case c := <-s.chunks:
+			if c.err != nil {
+				return 0, s.readError(c.err)
+			}
+			s.pending = c.b
+			return s.consume(p), nil
+		case <-timeout:
+			return 0, os.ErrDeadlineExceeded
+		case <-s.rdlChange:
+		case <-s.ctx.Done():
+			if c := s.resetCode.Load(); c != nil {
+				return 0, &meshcode.StreamError{Code: *c}
+			}
+			return 0, s.readError(context.Cause(s.ctx))
+		}
+	}
+}
+
+// consume copies from the pending chunk and lets the pump go on once it
+// is used up.
+func (s *ServerStream) consume(p []byte) int {
+	n := copy(p, s.pending)
+	s.pending = s.pending[n:]
+	if len(s.pending) == 0 {
+		select {
+		case s.ack <- struct{}{}:
+		case <-s.ctx.Done():
+		}
+	}
+	return n
 }
 
 func (s *ServerStream) readError(err error) error {
@@ -138,6 +224,9 @@ func (s *ServerStream) Write(p []byte) (int, error) {
 	}
 	if s.writeClosed {
 		return 0, errors.New("h2tcp: write after CloseWrite")
+	}
+	if d := s.wdl.Load(); d != nil && !d.IsZero() && !time.Now().Before(*d) {
+		return 0, os.ErrDeadlineExceeded
 	}
 	written := 0
 	for len(p) > 0 {
@@ -226,10 +315,11 @@ func (s *ServerStream) Reset(code meshcode.Code) {
 		}
 		s.wmu.Unlock()
 	}
-	// Unblocks a Read or Write in flight; the handler then resets the
-	// stream.
-	s.rc.SetReadDeadline(time.Now())
+	// A write blocked on flow control ends when x/net/http2's write
+	// deadline resets the stream; a blocked Read ends with the stream's
+	// context, cancelled here.
 	s.rc.SetWriteDeadline(time.Now())
+	s.cancel()
 }
 
 // Context ends when the stream is finished or its connection closes.
@@ -239,19 +329,19 @@ func (s *ServerStream) SetDeadline(t time.Time) error {
 	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
 }
 func (s *ServerStream) SetReadDeadline(t time.Time) error {
-	s.life.RLock()
-	defer s.life.RUnlock()
-	if s.finished {
-		return nil
+	s.rdl.Store(&t)
+	select {
+	case s.rdlChange <- struct{}{}:
+	default:
 	}
-	return s.rc.SetReadDeadline(t)
+	return nil
 }
 
+// SetWriteDeadline bounds Write calls started after the deadline: they
+// fail with a timeout. A write already blocked on HTTP/2 flow control is
+// not interrupted (x/net/http2's only means is resetting the stream); the
+// PING health check ends it if the peer is gone.
 func (s *ServerStream) SetWriteDeadline(t time.Time) error {
-	s.life.RLock()
-	defer s.life.RUnlock()
-	if s.finished {
-		return nil
-	}
-	return s.rc.SetWriteDeadline(t)
+	s.wdl.Store(&t)
+	return nil
 }
