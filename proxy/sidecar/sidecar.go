@@ -449,7 +449,6 @@ func (s *Sidecar) bindMesh(deps Deps, opts Options, mode fallback.Mode) (net.Lis
 	}
 }
 
-
 // ListenerAddr is the bound address of the listener called name, nil if
 // there is none.
 func (s *Sidecar) ListenerAddr(name string) net.Addr {

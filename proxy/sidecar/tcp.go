@@ -109,7 +109,9 @@ func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	f.peers.log.Debug("re-sending an idempotent request after the QUIC connection died", "peer", f.addr, "transport", over, "method", req.Method, "error", err)
-	return next.RoundTrip(req)
+	// A copy: the HTTP/3 client may still be reading the original as it
+	// tears the dead request down.
+	return next.RoundTrip(req.Clone(req.Context()))
 }
 
 // replayable: an idempotent method and no body, so sending it again
@@ -126,7 +128,12 @@ func replayable(req *http.Request) bool {
 }
 
 // fallbackObserver sends the policy's decisions to the metrics.
-type fallbackObserver struct{ m interface{ FellBack(); Reprobed(bool) } }
+type fallbackObserver struct {
+	m interface {
+		FellBack()
+		Reprobed(bool)
+	}
+}
 
 func (o fallbackObserver) FellBack()        { o.m.FellBack() }
 func (o fallbackObserver) Reprobed(ok bool) { o.m.Reprobed(ok) }
