@@ -226,14 +226,16 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
-			err := st.lastErr
+			// Read under the lock: a dial in flight updates them.
+			err, since := st.lastErr, p.now().Sub(st.failedAt)
+			ago := since.Round(time.Millisecond)
 			if st.dialing != nil {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
-			if wait := backoff(st.failures); p.now().Sub(st.failedAt) < wait {
+			if wait := backoff(st.failures); since < wait {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, p.now().Sub(st.failedAt).Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
 		}
 		if st.dialing == nil {
