@@ -261,7 +261,9 @@ func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
 		return zero, OverQUIC, ctx.Err()
 	}
 	tcpDone := make(chan result[C], 1)
+	p.wg.Add(1)
 	go func() {
+		defer p.wg.Done()
 		c, err := p.tcp.Get(rctx, k.addr, k.id)
 		tcpDone <- result[C]{c, err}
 	}()
@@ -272,9 +274,9 @@ func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
 			quicRes = &r
 			if r.err == nil {
 				p.chose(k, false)
-				if tcpRes == nil {
-					go func() { <-tcpDone }() // its connection stays pooled, unused
-				}
+				// A TCP dial still in flight is cancelled (rctx); one the
+				// pool completes anyway stays pooled, unused, until its
+				// peer's health check or the pool's close ends it.
 				return r.c, OverQUIC, nil
 			}
 		case r := <-tcpDone:

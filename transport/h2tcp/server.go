@@ -106,7 +106,9 @@ func (l *Listener) acceptLoop() {
 		if l.inHS.Load() >= int64(l.cfg.Limits.MaxHandshakes) {
 			// As on QUIC: beyond MaxHandshakes new attempts are refused
 			// at once.
-			c.(interface{ SetLinger(int) error }).SetLinger(0)
+			if tc, ok := c.(interface{ SetLinger(int) error }); ok {
+				tc.SetLinger(0) // a reset: refused, not a clean close
+			}
 			c.Close()
 			l.cfg.Observer.HandshakeFailed(false, transport.ReasonOverloaded)
 			continue
