@@ -232,15 +232,16 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
-			// Read under the lock: the dial in flight writes them.
-			err, ago := st.lastErr, p.now().Sub(st.failedAt)
+			// Read under the lock: a dial in flight updates them.
+			err, since := st.lastErr, p.now().Sub(st.failedAt)
+			ago := since.Round(time.Millisecond)
 			if st.dialing != nil {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago.Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
-			if wait := backoff(st.failures); ago < wait {
+			if wait := backoff(st.failures); since < wait {
 				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago.Round(time.Millisecond), err)
+				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
 		}
 		if st.dialing == nil {
@@ -492,6 +493,10 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	st := p.peers[peerKey{addr, want}]
 	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.now().Sub(st.failedAt) < backoff(st.failures)
 }
+
+// Backoff is how long new requests to a peer fail at once after its
+// failures-th failure in a row: the same schedule for every transport.
+func Backoff(failures int) time.Duration { return backoff(failures) }
 
 func backoff(failures int) time.Duration {
 	d := minBackoff << min(failures-1, 10)

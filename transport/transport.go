@@ -137,6 +137,10 @@ const (
 	DefaultIdleTimeout      = 5 * time.Second
 )
 
+// WithDefaults returns l with every zero field set to its default, for
+// another transport that takes the same limits.
+func (l Limits) WithDefaults() Limits { return l.withDefaults() }
+
 func (l Limits) withDefaults() Limits {
 	if l.MaxIncomingStreams == 0 {
 		l.MaxIncomingStreams = 4096

@@ -71,6 +71,14 @@ type fileConfig struct {
 	Debug struct {
 		QlogDir string `json:"qlog_dir"`
 	} `json:"debug"`
+	// Transport is the mesh transport policy: QUIC, HTTP/2 over TCP, or
+	// QUIC with a per-peer fallback to TCP (docs/operations.md).
+	Transport struct {
+		Mode       string   `json:"mode"`
+		RaceDelay  duration `json:"race_delay"`
+		ReprobeMin duration `json:"reprobe_min"`
+		ReprobeMax duration `json:"reprobe_max"`
+	} `json:"transport"`
 	Log struct {
 		Level  string `json:"level"`
 		Format string `json:"format"`

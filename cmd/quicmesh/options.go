@@ -23,6 +23,7 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
 // proxyOptions is a sidecar's whole configuration after merging the
@@ -170,8 +171,30 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 	if err := m.transparent(&o); err != nil {
 		return proxyOptions{}, err
 	}
+	if err := m.transport(&o); err != nil {
+		return proxyOptions{}, err
+	}
 	o.allowShutdown = f.allowShutdown
 	return o, nil
+}
+
+// transport picks the mesh transport policy and its tuning.
+func (m merger) transport(o *proxyOptions) error {
+	t := &m.fc.Transport
+	mode, err := fallback.ParseMode(m.pick("transport", m.f.transport, t.Mode))
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.name("transport", "transport.mode", t.Mode != ""), err)
+	}
+	o.sidecar.Transport = mode
+	o.sidecar.Fallback = sidecar.Fallback{
+		RaceDelay:  m.duration("race-delay", m.f.raceDelay, t.RaceDelay.Duration),
+		ReprobeMin: t.ReprobeMin.Duration,
+		ReprobeMax: t.ReprobeMax.Duration,
+	}
+	if f := o.sidecar.Fallback; f.ReprobeMax > 0 && f.ReprobeMax < f.ReprobeMin {
+		return fmt.Errorf(`config "transport.reprobe_max" (%v) is below "transport.reprobe_min" (%v)`, f.ReprobeMax, f.ReprobeMin)
+	}
+	return nil
 }
 
 // discovery picks the discovery: a static file, DNS, or none (then no

@@ -16,6 +16,7 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
 // mergeOptionsFrom parses args with quicmesh proxy's flag set and the
@@ -54,6 +55,7 @@ func TestMergeProxyOptions(t *testing.T) {
 				Listeners:   sidecar.Listeners{HTTPProxy: "127.0.0.1:4140"},
 				Inbound:     inbound.Options{Routes: inbound.Routes{}, Authorization: authz.Default()},
 				Outbound:    outbound.Options{Detect: detect.Config{Timeout: time.Second}},
+				Transport:   fallback.Auto,
 			},
 			grace: 30 * time.Second,
 			names: settingNames{
@@ -235,6 +237,18 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		},
 
+		{
+			name: "transport from the file, race delay by flag",
+			file: `{"transport": {"mode": "tcp", "race_delay": "1s", "reprobe_min": "2s", "reprobe_max": "1m"}}`,
+			args: append([]string{"--race-delay", "100ms"}, id...),
+			want: func(o *proxyOptions) {
+				o.sidecar.Transport = fallback.TCP
+				o.sidecar.Fallback = sidecar.Fallback{RaceDelay: 100 * time.Millisecond, ReprobeMin: 2 * time.Second, ReprobeMax: time.Minute}
+			},
+		},
+		{name: "transport by flag beats the file", file: `{"transport": {"mode": "tcp"}}`, args: append([]string{"--transport", "quic"}, id...),
+			want: func(o *proxyOptions) { o.sidecar.Transport = fallback.QUIC }},
+
 		// Identity sources: the command line, then the file, then the
 		// environment; the first that names one decides.
 		{name: "Workload API by flag", args: []string{"--spiffe-socket", sock}, env: "unix:///env.sock", want: spiffeFrom("--spiffe-socket", sock)},
@@ -287,6 +301,8 @@ func TestMergeProxyOptions(t *testing.T) {
 			args: append([]string{"--control-id", "spiffe://other.test/cp", "--control-token", "/flag/token"}, ctlArgs...),
 			want: controlFrom("--control", "--control-ca", "--control-token",
 				controlOptions{addr: ctl, ca: "ca.crt", id: identity.MustParseID("spiffe://other.test/cp"), tokenFile: "/flag/token"})},
+		{name: "unknown transport", file: `{"transport": {"mode": "sctp"}}`, args: id,
+			wantErr: `config "transport.mode": fallback: transport "sctp": want quic, tcp or auto`},
 		{name: "control plane without its CA", args: []string{"--control", ctl},
 			wantErr: "--control: no CA to verify the control plane with: set --control-ca (or control.ca), e.g. the mesh CA's ca.crt"},
 		{name: "control plane address without port", file: `{"control": {"address": "control.quicmesh", "ca": "ca.crt"}}`,

@@ -56,6 +56,8 @@ type proxyFlags struct {
 	// The transparent path (a pod with quicmesh init's rules).
 	transparent, plainInbound, plainPolicy, appHost string
 	appPorts                                        string
+	transport                                       string
+	raceDelay                                       time.Duration
 
 	spiffeSocket       string
 	federatedBundles   mapFlag
@@ -114,6 +116,8 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.StringVar(&f.httpProxy, "http-proxy", defaultHTTP, "outbound HTTP proxy listener (absolute-form URIs and CONNECT; the URL host is the service name); empty disables. Two sidecars on one host need different ports")
 	fs.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "how long to wait for an app's first bytes before treating it as opaque TCP")
 	fs.DurationVar(&f.grace, "grace", sidecar.DefaultGrace, "on SIGTERM, how long in-flight requests and tunnels may take to finish")
+	fs.StringVar(&f.transport, "transport", "auto", "mesh transport: auto (QUIC, falling back per peer to HTTP/2 over TLS over TCP when QUIC is blocked; serves both on the --inbound port number), quic (QUIC only) or tcp (HTTP/2 over TCP only)")
+	fs.DurationVar(&f.raceDelay, "race-delay", 0, "with --transport auto: QUIC's head start over TCP on first contact with a peer (default 250ms)")
 	fs.StringVar(&f.qlogDir, "qlog-dir", "", "write a qlog trace per QUIC connection into this directory (debugging; costly)")
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")

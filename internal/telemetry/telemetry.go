@@ -139,6 +139,7 @@ type Metrics struct {
 	quic         *quicCollector
 	admission    handshakeAdmission
 	transparent  transparentMetrics
+	transport    transportMetrics
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
@@ -238,6 +239,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.handshakes, m.certExpiry, m.loadShed, m.ejections, m.retries, m.budgetOut, m.authz, m.quic)
 	m.admission = newHandshakeAdmission(reg)
 	m.transparent = newTransparentMetrics(reg)
+	m.transport = newTransportMetrics(reg)
 	return m
 }
 

@@ -69,12 +69,16 @@ func TestNewRegistersEverything(t *testing.T) {
 	m.AddQUICSource(func() []telemetry.QUICConn {
 		return []telemetry.QUICConn{{Dir: telemetry.Outbound, Peer: "p", RTT: time.Millisecond}}
 	})
+	m.FellBack()
+	m.Reprobed(true)
+	m.AddConnSource(telemetry.Outbound, "tcp", func() int { return 1 })
 	want := []string{
 		"quicmesh_handshake_failures_total",
 		"quicmesh_handshake_retries_total",
 		"quicmesh_handshakes_in_progress",
 		"quicmesh_identity_cert_expiry_timestamp_seconds",
 		"quicmesh_load_shed_total",
+		"quicmesh_mesh_connections",
 		"quicmesh_quic_connections_open",
 		"quicmesh_quic_packets_lost_total",
 		"quicmesh_quic_packets_sent_total",
@@ -88,6 +92,8 @@ func TestNewRegistersEverything(t *testing.T) {
 		"quicmesh_tcp_open_total",
 		"quicmesh_tcp_read_bytes_total",
 		"quicmesh_tcp_write_bytes_total",
+		"quicmesh_transport_fallbacks_total",
+		"quicmesh_transport_reprobes_total",
 	}
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -507,5 +513,34 @@ func BenchmarkTCPOpenClose(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		m.TCPOpen(telemetry.Inbound, "10.0.0.1:4143", "db")(1024, 4096, "")
+	}
+}
+
+// The transport metrics: connections summed per direction and transport
+// over their sources, fallbacks and re-probes counted.
+func TestTransportMetrics(t *testing.T) {
+	m, reg := newMetrics(t)
+	m.AddConnSource(telemetry.Outbound, "quic", func() int { return 2 })
+	m.AddConnSource(telemetry.Outbound, "tcp", func() int { return 1 })
+	m.AddConnSource(telemetry.Outbound, "tcp", func() int { return 3 })
+	m.FellBack()
+	m.FellBack()
+	m.Reprobed(false)
+	m.Reprobed(true)
+	want := `
+# HELP quicmesh_mesh_connections Live connections between sidecars, by direction and transport (quic, tcp).
+# TYPE quicmesh_mesh_connections gauge
+quicmesh_mesh_connections{direction="outbound",transport="quic"} 2
+quicmesh_mesh_connections{direction="outbound",transport="tcp"} 4
+# HELP quicmesh_transport_fallbacks_total Peers marked QUIC-blocked (QUIC dial failed while TCP worked) and moved to the TCP transport.
+# TYPE quicmesh_transport_fallbacks_total counter
+quicmesh_transport_fallbacks_total 2
+# HELP quicmesh_transport_reprobes_total Background QUIC probes of QUIC-blocked peers, by result ("ok": the peer moved back to QUIC).
+# TYPE quicmesh_transport_reprobes_total counter
+quicmesh_transport_reprobes_total{result="failed"} 1
+quicmesh_transport_reprobes_total{result="ok"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "quicmesh_mesh_connections", "quicmesh_transport_fallbacks_total", "quicmesh_transport_reprobes_total"); err != nil {
+		t.Fatal(err)
 	}
 }

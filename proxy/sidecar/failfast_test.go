@@ -9,6 +9,7 @@ import (
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
 // httpStatus GETs url and returns the status, or 0 and the error.
@@ -70,53 +71,55 @@ func TestPartitionedPeerFailsFast(t *testing.T) {
 // sidecar that dials it for the first time gets its 5xx within a round
 // trip, not after its dial timeout.
 func TestDrainingPeerRefusesNewDials(t *testing.T) {
-	m := meshtest.New(t)
-	held := make(chan struct{})
-	release := make(chan struct{})
-	m.HTTPApp("web", meshtest.H1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hold" {
-			close(held)
-			<-release
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		m := meshtest.NewOver(t, mode)
+		held := make(chan struct{})
+		release := make(chan struct{})
+		m.HTTPApp("web", meshtest.H1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/hold" {
+				close(held)
+				<-release
+			}
+		}))
+		server := m.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"web": m.App("web").URL("http")}})
+		first := m.Start("first", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "web"}}, ClientsSpeakFirst: true})
+		c := testkit.H1Client(t)
+		// A request in flight holds the drain open for its grace period.
+		holding := make(chan error, 1)
+		go func() {
+			_, err := httpStatus(c, "http://"+first.Bind("web")+"/hold")
+			holding <- err
+		}()
+		<-held
+		drained := make(chan error, 1)
+		go func() { drained <- server.Shutdown(testkit.HangCtx(t)) }()
+		t.Cleanup(func() {
+			close(release)
+			<-holding
+			<-drained
+		})
+
+		// The first client hears the GOAWAY a round trip after the drain
+		// began, by which time the listener refuses (StopListening is
+		// called in the same instant and only flips a flag).
+		testkit.Eventually(t, "the drain under way", func() bool {
+			code, err := httpStatus(c, "http://"+first.Bind("web")+"/")
+			return err == nil && code >= 500
+		})
+
+		// A long dial timeout: a drain that ignored the handshake would keep
+		// this client waiting for all of it.
+		limits := transport.Limits{DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second}
+		late := m.Start("late", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "web"}}, ClientsSpeakFirst: true, Limits: limits})
+		start := time.Now()
+		code, err := httpStatus(c, "http://"+late.Bind("web")+"/")
+		took := time.Since(start)
+		t.Logf("first request of a new client to the draining peer: %d after %v", code, took)
+		if err != nil || code < 500 {
+			t.Fatalf("request to a draining peer: %d, %v; want a 5xx", code, err)
 		}
-	}))
-	server := m.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"web": m.App("web").URL("http")}})
-	first := m.Start("first", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "web"}}, ClientsSpeakFirst: true})
-	c := testkit.H1Client(t)
-	// A request in flight holds the drain open for its grace period.
-	holding := make(chan error, 1)
-	go func() {
-		_, err := httpStatus(c, "http://"+first.Bind("web")+"/hold")
-		holding <- err
-	}()
-	<-held
-	drained := make(chan error, 1)
-	go func() { drained <- server.Shutdown(testkit.HangCtx(t)) }()
-	t.Cleanup(func() {
-		close(release)
-		<-holding
-		<-drained
+		if took > limits.DialTimeout/5 {
+			t.Fatalf("request to a draining peer failed after %v; want a refusal well within the dial timeout %v", took, limits.DialTimeout)
+		}
 	})
-
-	// The first client hears the GOAWAY a round trip after the drain
-	// began, by which time the listener refuses (StopListening is
-	// called in the same instant and only flips a flag).
-	testkit.Eventually(t, "the drain under way", func() bool {
-		code, err := httpStatus(c, "http://"+first.Bind("web")+"/")
-		return err == nil && code >= 500
-	})
-
-	// A long dial timeout: a drain that ignored the handshake would keep
-	// this client waiting for all of it.
-	limits := transport.Limits{DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second}
-	late := m.Start("late", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "web"}}, ClientsSpeakFirst: true, Limits: limits})
-	start := time.Now()
-	code, err := httpStatus(c, "http://"+late.Bind("web")+"/")
-	took := time.Since(start)
-	t.Logf("first request of a new client to the draining peer: %d after %v", code, took)
-	if err != nil || code < 500 {
-		t.Fatalf("request to a draining peer: %d, %v; want a 5xx", code, err)
-	}
-	if took > limits.DialTimeout/5 {
-		t.Fatalf("request to a draining peer failed after %v; want a refusal well within the dial timeout %v", took, limits.DialTimeout)
-	}
 }

@@ -28,7 +28,9 @@ import (
 	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
+	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
 // nsMesh is a client sidecar (A) and a server sidecar (B) whose QUIC
@@ -45,7 +47,23 @@ var nsServices = []string{"echo", "web", "grpc"}
 
 // newNetnsMesh builds the lab and link with mkLink, then the apps and both
 // sidecars. Everything is torn down by t.Cleanup, the lab last.
+// These tests are about QUIC over a real link: QUIC only (the fallback
+// to TCP has its own, TestNetnsBlockedUDPFallsBackToTCP).
 func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) *nsMesh {
+	t.Helper()
+	return newNetnsMeshWith(t, mkLink, nsOptions{mode: fallback.QUIC, limits: transport.Limits{HandshakeTimeout: time.Second}})
+}
+
+// nsOptions are what differs between the netns meshes: the transport
+// mode of both sidecars, the limits of both, the client's fallback
+// tuning.
+type nsOptions struct {
+	mode     fallback.Mode
+	limits   transport.Limits
+	fallback sidecar.Fallback
+}
+
+func newNetnsMeshWith(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error), o nsOptions) *nsMesh {
 	t.Helper()
 	testkit.NeedNetns(t, netlab.Available)
 	mesh := meshtest.New(t)
@@ -68,15 +86,21 @@ func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) 
 	grpcApp := mesh.GRPCApp("grpc")
 
 	serverAddr := netip.AddrPortFrom(link.AddrB, 4143)
-	m.server = mesh.Start("server", meshtest.Spec{
+	server := meshtest.Spec{
 		ID:         echoID,
 		PacketConn: udpIn(t, lab, link.NSB, serverAddr),
+		Transport:  o.mode,
+		Limits:     o.limits,
 		Routes: map[string]string{
 			"echo": m.tcpApp.URL("tcp"),
 			"web":  web.URL("http"),
 			"grpc": grpcApp.URL("h2c"),
 		},
-	})
+	}
+	if o.mode != fallback.QUIC {
+		server.TCPListener = tcpIn(t, lab, link.NSB, serverAddr)
+	}
+	m.server = mesh.Start("server", server)
 	if got := m.server.InboundAddr().AddrPort(); got != serverAddr {
 		t.Fatalf("server sidecar on %v, want %v", got, serverAddr)
 	}
@@ -86,10 +110,21 @@ func newNetnsMesh(t *testing.T, mkLink func(*netlab.Lab) (*netlab.Link, error)) 
 		binds = append(binds, meshtest.Bind{Service: svc})
 	}
 	m.client = mesh.Start("client", meshtest.Spec{
-		ID:         clientID,
-		PacketConn: udpIn(t, lab, link.NSA, netip.AddrPortFrom(link.AddrA, 0)),
-		Binds:      binds,
-		Limits:     transport.Limits{HandshakeTimeout: time.Second},
+		ID:          clientID,
+		PacketConn:  udpIn(t, lab, link.NSA, netip.AddrPortFrom(link.AddrA, 0)),
+		Binds:       binds,
+		Limits:      o.limits,
+		Transport:   o.mode,
+		Fallback:    o.fallback,
+		TCPListener: tcpIn(t, lab, link.NSA, netip.AddrPortFrom(link.AddrA, 0)),
+		DialTCP: func(ctx context.Context, addr string) (c net.Conn, err error) {
+			err = lab.Do(link.NSA, func() error {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, "tcp", addr)
+				return err
+			})
+			return c, err
+		},
 	})
 	for _, svc := range nsServices {
 		m.binds[svc] = m.client.Bind(svc)
@@ -109,6 +144,20 @@ func udpIn(t *testing.T, lab *netlab.Lab, ns string, addr netip.AddrPort) *net.U
 	}
 	t.Cleanup(func() { c.Close() }) // the sidecar owns it; this covers a failed Start
 	return c
+}
+
+// tcpIn binds a TCP listener inside namespace ns.
+func tcpIn(t *testing.T, lab *netlab.Lab, ns string, addr netip.AddrPort) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := lab.Do(ns, func() (err error) {
+		ln, err = net.Listen("tcp", addr.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 func (m *nsMesh) dial(t *testing.T, svc string) *net.TCPConn {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,8 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/inbound"
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
+	"github.com/quicmesh/quicmesh/transport/h2tcp"
 )
 
 // Deps are what a sidecar is given and uses without owning: neither Start
@@ -40,6 +43,13 @@ type Deps struct {
 	// error). Start takes it over: the sidecar closes it, or Start does
 	// if it fails.
 	PacketConn *net.UDPConn
+	// TCPListener, if set, is the already-bound TCP listener for the TCP
+	// transport's inbound side, in place of binding the UDP socket's
+	// address over TCP. Start takes it over like PacketConn.
+	TCPListener net.Listener
+	// DialTCP, if set, opens the TCP transport's connections to peers
+	// (default: net.Dialer); tests dial from a network namespace.
+	DialTCP func(ctx context.Context, addr string) (net.Conn, error)
 	// Upstream is where the inbound side delivers routed traffic; nil is
 	// the apps on this host (inbound.LocalApps). A gateway plugs in
 	// another cluster's endpoints here.
@@ -64,8 +74,27 @@ type Options struct {
 	// Outbound tunes the outbound proxy (timeouts, detection, limits).
 	Outbound outbound.Options
 	Limits   transport.Limits
+	// Transport is the mesh transport policy (docs/operations.md):
+	// fallback.Auto (default) serves QUIC and TCP on the same port
+	// number and reaches each peer over QUIC, falling back to TCP per
+	// peer when QUIC is blocked; fallback.QUIC serves and dials QUIC
+	// only; fallback.TCP serves and dials only HTTP/2 over TLS over TCP
+	// (the UDP socket is bound but never answers).
+	Transport fallback.Mode
+	// Fallback tunes the auto policy; zero fields take the defaults.
+	Fallback Fallback
 	// QlogDir, if set, receives a qlog trace per QUIC connection.
 	QlogDir string
+}
+
+// Fallback tunes the per-peer choice between QUIC and TCP (see
+// transport/fallback for the defaults).
+type Fallback struct {
+	// RaceDelay is QUIC's head start on first contact with a peer.
+	RaceDelay time.Duration
+	// ReprobeMin and ReprobeMax bound the back-off between QUIC probes
+	// of a peer using TCP because QUIC failed.
+	ReprobeMin, ReprobeMax time.Duration
 }
 
 // Listeners are a sidecar's app-facing TCP listeners. Each has a name,
@@ -179,6 +208,9 @@ func check(deps Deps, opts Options) ([]listenerSpec, error) {
 	if _, ok := deps.Resolver.(discovery.Catalog); opts.Listeners.Transparent != "" && !ok {
 		return nil, fmt.Errorf("sidecar: listener %q (%s): the discovery knows no addresses (use a static file or a control plane)", TransparentListener, opts.Listeners.Transparent)
 	}
+	if _, err := fallback.ParseMode(string(opts.Transport)); err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
+	}
 	return opts.Listeners.specs()
 }
 
@@ -194,7 +226,11 @@ type Sidecar struct {
 	log       *slog.Logger
 	endpoint  *transport.Endpoint
 	pool      *transport.Pool
-	server    *transport.Server
+	server    *transport.Server // nil in TCP-only mode
+	tcpLn     *h2tcp.Listener   // nil in QUIC-only mode
+	tcpPool   *h2tcp.Pool       // nil in QUIC-only mode
+	peers     *fallback.Peers[outbound.PeerConn]
+	inbounds  *listeners
 	cache     *discovery.Cache
 	inbound   *inbound.Server
 	outbound  *outbound.Proxy
@@ -215,6 +251,13 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 		defer func() {
 			if err != nil {
 				deps.PacketConn.Close()
+			}
+		}()
+	}
+	if deps.TCPListener != nil {
+		defer func() {
+			if err != nil {
+				deps.TCPListener.Close()
 			}
 		}()
 	}
@@ -241,19 +284,33 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 		}
 	}()
 
-	s.endpoint, err = transport.Listen(opts.InboundAddr, transport.Config{
-		Identity:   deps.Identity,
-		Authorize:  deps.Authorize,
-		Limits:     opts.Limits,
-		Logger:     deps.Logger,
-		Observer:   deps.Metrics.Handshakes(),
-		PacketConn: deps.PacketConn,
-		QlogDir:    opts.QlogDir,
-	})
+	mode, _ := fallback.ParseMode(string(opts.Transport))
+	tcpLn, err := s.bindMesh(deps, opts, mode)
 	if err != nil {
 		return nil, err
 	}
 	s.pool = transport.NewPool(s.endpoint)
+	tcpCfg := h2tcp.Config{
+		Identity:  deps.Identity,
+		Authorize: deps.Authorize,
+		Limits:    opts.Limits,
+		Logger:    deps.Logger,
+		Observer:  deps.Metrics.Handshakes(),
+		Dial:      deps.DialTCP,
+	}
+	if mode != fallback.QUIC {
+		if s.tcpPool, err = h2tcp.NewPool(tcpCfg); err != nil {
+			return nil, fmt.Errorf("sidecar: %w", err)
+		}
+	}
+	s.peers = fallback.New[outbound.PeerConn](quicDialer{s.pool}, tcpDialer{s.tcpPool}, fallback.Config{
+		Mode:       mode,
+		RaceDelay:  opts.Fallback.RaceDelay,
+		ReprobeMin: opts.Fallback.ReprobeMin,
+		ReprobeMax: opts.Fallback.ReprobeMax,
+		Logger:     deps.Logger.With("dir", "outbound"),
+		Observer:   fallbackObserver{deps.Metrics},
+	})
 	s.cache = discovery.NewCache(deps.Resolver, deps.Logger)
 	name := "unknown"
 	if id, err := identity.LocalID(deps.Identity); err == nil {
@@ -261,7 +318,7 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	}
 	s.outbound = outbound.New(outbound.Config{
 		Discovery: s.cache,
-		Peers:     quicPeers{s.pool},
+		Peers:     meshPeers{fb: s.peers, log: deps.Logger.With("dir", "outbound")},
 		Logger:    deps.Logger.With("dir", "outbound"),
 		Name:      name,
 		Metrics:   deps.Metrics,
@@ -269,13 +326,29 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	})
 	inOpts := opts.Inbound.WithDefaults()
 	inLog := deps.Logger.With("dir", "inbound")
-	s.server = transport.NewServer(s.endpoint, transport.ServerConfig{
-		HeaderTimeout:  inOpts.HeaderTimeout,
-		MaxHeaderBytes: inOpts.MaxHeaderBytes,
-		Logger:         inLog,
-	})
+	var ins []inbound.Listener
+	if mode != fallback.TCP {
+		s.server = transport.NewServer(s.endpoint, transport.ServerConfig{
+			HeaderTimeout:  inOpts.HeaderTimeout,
+			MaxHeaderBytes: inOpts.MaxHeaderBytes,
+			Logger:         inLog,
+		})
+		ins = append(ins, quicListener{s.server})
+		deps.Metrics.AddQUICSource(quicStats(telemetry.Inbound, s.server.QUICStats))
+		deps.Metrics.AddConnSource(telemetry.Inbound, string(fallback.OverQUIC), func() int { return len(s.server.QUICStats()) })
+	}
+	if tcpLn != nil {
+		tcpCfg.Logger = inLog
+		if s.tcpLn, err = h2tcp.Listen(tcpLn, tcpCfg, h2tcp.ServerConfig{HeaderTimeout: inOpts.HeaderTimeout, MaxHeaderBytes: inOpts.MaxHeaderBytes}); err != nil {
+			tcpLn.Close()
+			return nil, fmt.Errorf("sidecar: %w", err)
+		}
+		ins = append(ins, tcpListener{s.tcpLn})
+		deps.Metrics.AddConnSource(telemetry.Inbound, string(fallback.OverTCP), func() int { return len(s.tcpLn.Stats()) })
+	}
+	s.inbounds = newListeners(inLog, ins...)
 	s.inbound, err = inbound.New(inbound.Config{
-		Listener: quicListener{s.server},
+		Listener: s.inbounds,
 		Upstream: deps.Upstream,
 		Logger:   inLog,
 		Name:     name,
@@ -287,9 +360,25 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	}
 	// The transport's verdicts on a peer (a failed dial, a connection
 	// whose peer stopped answering) eject it from balancing at once.
-	s.pool.OnPeerFailure(func(f transport.PeerFailure) { s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason) })
+	//
+	// In auto mode a QUIC failure of the path (no answer) is not the
+	// peer's verdict: the fallback may reach it over TCP, and ejecting it
+	// would starve a peer that only UDP cannot reach. The TCP pool's own
+	// failures (refused, no answer over TCP either) eject it.
+	s.pool.OnPeerFailure(func(f transport.PeerFailure) {
+		if mode == fallback.Auto && fallback.PathReason(f.Reason) {
+			return
+		}
+		s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason)
+	})
+	if s.tcpPool != nil {
+		s.tcpPool.OnPeerFailure(func(f transport.PeerFailure) { s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason) })
+	}
 	deps.Metrics.AddQUICSource(quicStats(telemetry.Outbound, s.pool.QUICStats))
-	deps.Metrics.AddQUICSource(quicStats(telemetry.Inbound, s.server.QUICStats))
+	deps.Metrics.AddConnSource(telemetry.Outbound, string(fallback.OverQUIC), s.pool.Len)
+	if s.tcpPool != nil {
+		deps.Metrics.AddConnSource(telemetry.Outbound, string(fallback.OverTCP), s.tcpPool.Len)
+	}
 
 	for _, sp := range specs {
 		ln, err := net.Listen("tcp", sp.addr)
@@ -325,7 +414,11 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 			}
 		}()
 	}
-	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "binds", len(opts.Listeners.Binds), "routes", len(opts.Inbound.Routes),
+	tcpAddr := "off"
+	if s.tcpLn != nil {
+		tcpAddr = s.tcpLn.Addr().String()
+	}
+	s.log.Info("sidecar started", "inbound", s.endpoint.Addr().String(), "inbound_tcp", tcpAddr, "transport", mode, "binds", len(opts.Listeners.Binds), "routes", len(opts.Inbound.Routes),
 		"authorization", s.inbound.Authorization().String())
 	if info, err := s.endpoint.SocketInfo(); err == nil {
 		level := slog.LevelInfo
@@ -361,6 +454,70 @@ func (s *Sidecar) Authorization() *authz.Policy { return s.inbound.Authorization
 
 // InboundAddr is the bound UDP address for mesh traffic.
 func (s *Sidecar) InboundAddr() *net.UDPAddr { return s.endpoint.Addr() }
+
+// InboundTCPAddr is the bound TCP address of the TCP transport, nil in
+// QUIC-only mode.
+func (s *Sidecar) InboundTCPAddr() net.Addr {
+	if s.tcpLn == nil {
+		return nil
+	}
+	return s.tcpLn.Addr()
+}
+
+// TCPPool exposes the TCP transport's pool (nil in QUIC-only mode), for
+// tests and metrics.
+func (s *Sidecar) TCPPool() *h2tcp.Pool { return s.tcpPool }
+
+// QUICBlocked reports whether the fallback policy uses TCP for the peer
+// at addr with identity want because QUIC failed.
+func (s *Sidecar) QUICBlocked(addr string, want identity.ID) bool { return s.peers.Blocked(addr, want) }
+
+// bindMesh binds the mesh sockets: the UDP one (listening for QUIC unless
+// the mode is TCP-only, where it only reserves the address) and, unless
+// the mode is QUIC-only, the TCP listener on the same IP and port number.
+// An ephemeral UDP port whose number is taken over TCP is bound again.
+func (s *Sidecar) bindMesh(deps Deps, opts Options, mode fallback.Mode) (net.Listener, error) {
+	cfg := transport.Config{
+		Identity:   deps.Identity,
+		Authorize:  deps.Authorize,
+		Limits:     opts.Limits,
+		Logger:     deps.Logger,
+		Observer:   deps.Metrics.Handshakes(),
+		PacketConn: deps.PacketConn,
+		QlogDir:    opts.QlogDir,
+	}
+	bind := transport.Listen
+	if mode == fallback.TCP {
+		bind = transport.NewDialer
+	}
+	for attempt := 0; ; attempt++ {
+		ep, err := bind(opts.InboundAddr, cfg)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case mode == fallback.QUIC:
+			s.endpoint = ep
+			if deps.TCPListener != nil {
+				deps.TCPListener.Close()
+			}
+			return nil, nil
+		case deps.TCPListener != nil:
+			s.endpoint = ep
+			return deps.TCPListener, nil
+		}
+		ln, err := net.Listen("tcp", ep.Addr().String())
+		if err == nil {
+			s.endpoint = ep
+			return ln, nil
+		}
+		ep.Close()
+		ephemeral := deps.PacketConn == nil && strings.HasSuffix(opts.InboundAddr, ":0")
+		if !ephemeral || attempt >= 20 {
+			return nil, fmt.Errorf("sidecar: binding the TCP transport on the UDP port %s: %w", ep.Addr(), err)
+		}
+	}
+}
 
 // ListenerAddr is the bound address of the listener called name, nil if
 // there is none.
@@ -416,7 +573,13 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	// Closing the QUIC listener waits for handshakes in flight; peers must
 	// hear our GOAWAY without waiting for that.
 	wg.Add(3)
-	go func() { defer wg.Done(); s.endpoint.StopListening() }()
+	go func() {
+		defer wg.Done()
+		s.endpoint.StopListening()
+		if s.tcpLn != nil {
+			s.tcpLn.StopListening()
+		}
+	}()
 	go func() { defer wg.Done(); s.inbound.Shutdown(ctx) }()
 	go func() { defer wg.Done(); s.outbound.Shutdown(ctx) }()
 	wg.Wait()
@@ -449,6 +612,18 @@ func (s *Sidecar) Close() error {
 		}
 		if s.pool != nil {
 			s.pool.Close()
+		}
+		if s.tcpPool != nil {
+			s.tcpPool.Close()
+		}
+		if s.peers != nil {
+			s.peers.Close()
+		}
+		if s.tcpLn != nil {
+			s.tcpLn.Close()
+		}
+		if s.inbounds != nil {
+			s.inbounds.close()
 		}
 		if s.cache != nil {
 			s.cache.Close()

@@ -17,6 +17,7 @@ import (
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
 const (
@@ -56,9 +57,9 @@ func clientSpec(id string) meshtest.Spec {
 	}
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t *testing.T, tr fallback.Mode) *mesh {
 	t.Helper()
-	m := &mesh{Mesh: meshtest.New(t)}
+	m := &mesh{Mesh: meshtest.NewOver(t, tr)}
 	m.app = m.TCPApp("echo", nil)
 	m.server = m.Start("server", serverSpec(echoID, "127.0.0.1:0", m.app))
 	m.client = m.Start("client", clientSpec(clientID))
@@ -93,162 +94,172 @@ func roundTrip(t *testing.T, c *net.TCPConn, payload []byte) ([]byte, error) {
 }
 
 func TestTCPPayloadsByteIdentical(t *testing.T) {
-	m := newMesh(t)
-	// The largest is a little more than the default 8 MiB maximum stream
-	// window (and not a multiple of any packet or buffer size), so the
-	// sender must wait for window updates; the 64 MiB it used to be added
-	// run time under the race detector, not coverage.
-	for _, size := range []int{1, 64 << 10, 8<<20 + 12345} {
-		payload := make([]byte, size)
-		rand.NewChaCha8([32]byte{byte(size)}).Read(payload)
-		c := m.dial(t)
-		got, err := roundTrip(t, c, payload)
-		c.Close()
-		if err != nil {
-			t.Fatalf("%d bytes: %v", size, err)
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		m := newMesh(t, mode)
+		// The largest is a little more than the default 8 MiB maximum stream
+		// window (and not a multiple of any packet or buffer size), so the
+		// sender must wait for window updates; the 64 MiB it used to be added
+		// run time under the race detector, not coverage.
+		for _, size := range []int{1, 64 << 10, 8<<20 + 12345} {
+			payload := make([]byte, size)
+			rand.NewChaCha8([32]byte{byte(size)}).Read(payload)
+			c := m.dial(t)
+			got, err := roundTrip(t, c, payload)
+			c.Close()
+			if err != nil {
+				t.Fatalf("%d bytes: %v", size, err)
+			}
+			if len(got) != size || sha256.Sum256(got) != sha256.Sum256(payload) {
+				t.Fatalf("%d bytes: echoed %d bytes, content differs", size, len(got))
+			}
 		}
-		if len(got) != size || sha256.Sum256(got) != sha256.Sum256(payload) {
-			t.Fatalf("%d bytes: echoed %d bytes, content differs", size, len(got))
-		}
-	}
+	})
 }
 
 func TestConcurrentConnectionsShareOneQUICConnection(t *testing.T) {
-	m := newMesh(t)
-	const n = 200
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	start := make(chan struct{})
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := net.Dial("tcp", m.client.Bind("echo"))
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			<-start
-			msg := bytes.Repeat([]byte{byte(i)}, 1000+i)
-			got, err := roundTrip(t, c.(*net.TCPConn), msg)
-			if err != nil {
-				errs <- err
-			} else if !bytes.Equal(got, msg) {
-				errs <- errors.New("payload mismatch")
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	if got := m.client.Pool().Len(); got != 1 {
-		t.Fatalf("client pool holds %d QUIC connections, want 1", got)
-	}
-	if got := m.app.Hits.Load(); got != n {
-		t.Fatalf("app accepted %d connections, want %d", got, n)
-	}
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		m := newMesh(t, mode)
+		const n = 200
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := net.Dial("tcp", m.client.Bind("echo"))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				<-start
+				msg := bytes.Repeat([]byte{byte(i)}, 1000+i)
+				got, err := roundTrip(t, c.(*net.TCPConn), msg)
+				if err != nil {
+					errs <- err
+				} else if !bytes.Equal(got, msg) {
+					errs <- errors.New("payload mismatch")
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if got := m.client.MeshConns(); got != 1 {
+			t.Fatalf("client pool holds %d QUIC connections, want 1", got)
+		}
+		if got := m.app.Hits.Load(); got != n {
+			t.Fatalf("app accepted %d connections, want %d", got, n)
+		}
+	})
 }
 
 func TestHalfClose(t *testing.T) {
-	m := newMesh(t)
-	c := m.dial(t)
-	defer c.Close()
-	if _, err := c.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadDeadline(testkit.HangGuard(t))
-	got, err := io.ReadAll(c)
-	if err != nil || string(got) != "ping" {
-		t.Fatalf("after half-close read %q, %v; want \"ping\"", got, err)
-	}
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		m := newMesh(t, mode)
+		c := m.dial(t)
+		defer c.Close()
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(testkit.HangGuard(t))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "ping" {
+			t.Fatalf("after half-close read %q, %v; want \"ping\"", got, err)
+		}
+	})
 }
 
 // A client reset must reach the app as a reset, not as a clean EOF.
 func TestResetPropagates(t *testing.T) {
-	m := newMesh(t)
-	c := m.dial(t)
-	if _, err := c.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1)
-	c.SetReadDeadline(testkit.HangGuard(t))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatal(err)
-	}
-	c.SetLinger(0)
-	c.Close()
-	// The app's io.Copy ends (with an error) only if the reset travelled.
-	testkit.Eventually(t, "the app connection to end after the client reset", func() bool { return m.app.Bytes.Load() != 0 })
-	if m.app.Bytes.Load() != 1 {
-		t.Fatalf("app connection did not end after client reset (bytes=%d)", m.app.Bytes.Load())
-	}
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		m := newMesh(t, mode)
+		c := m.dial(t)
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1)
+		c.SetReadDeadline(testkit.HangGuard(t))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		c.SetLinger(0)
+		c.Close()
+		// The app's io.Copy ends (with an error) only if the reset travelled.
+		testkit.Eventually(t, "the app connection to end after the client reset", func() bool { return m.app.Bytes.Load() != 0 })
+		if m.app.Bytes.Load() != 1 {
+			t.Fatalf("app connection did not end after client reset (bytes=%d)", m.app.Bytes.Load())
+		}
+	})
 }
 
 func TestFailClosed(t *testing.T) {
-	otherCA := identitytest.NewCA(t, meshtest.TrustDomain)
-	expired := func(t *testing.T, goodCA *identity.CA) identity.Provider {
-		cert, err := goodCA.IssueWithValidity(identity.MustParseID(clientID), time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
-		if err != nil {
-			t.Fatal(err)
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		otherCA := identitytest.NewCA(t, meshtest.TrustDomain)
+		expired := func(t *testing.T, goodCA *identity.CA) identity.Provider {
+			cert, err := goodCA.IssueWithValidity(identity.MustParseID(clientID), time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return identity.NewStaticProvider(cert, goodCA.Pool())
 		}
-		return identity.NewStaticProvider(cert, goodCA.Pool())
-	}
-	tests := []struct {
-		name       string
-		client     func(t *testing.T, goodCA *identity.CA) identity.Provider
-		expectedID string // what discovery says the server is
-		serverID   string // what the server really is
-	}{
-		{"client cert from another CA", func(t *testing.T, goodCA *identity.CA) identity.Provider {
-			p := identitytest.Provider(t, otherCA, clientID)
-			p.Set(mustCert(t, p), goodCA.Pool()) // trusts the server, but the server does not trust it
-			return p
-		}, echoID, echoID},
-		{"expired client cert", expired, echoID, echoID},
-		{"server has the wrong SPIFFE ID", func(t *testing.T, goodCA *identity.CA) identity.Provider {
-			return identitytest.Provider(t, goodCA, clientID)
-		}, echoID, "spiffe://test.local/ns/default/sa/impostor"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m := meshtest.New(t) // its CA is the good one
-			app := m.TCPApp("echo", nil)
-			spec := serverSpec(tt.serverID, "127.0.0.1:0", app)
-			spec.AdvertiseID = tt.expectedID
-			m.Start("server", spec)
-			cspec := clientSpec(clientID)
-			cspec.Identity = tt.client(t, m.CA)
-			client := m.Start("client", cspec)
-			c, err := net.Dial("tcp", client.Bind("echo"))
-			n := 0
-			if err == nil { // else: reset before Dial returned, also a refusal
-				defer c.Close()
-				c.Write([]byte("secret"))
-				c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				n, err = c.Read(make([]byte, 16))
-			}
-			if err == nil || n > 0 {
-				t.Fatalf("read %d bytes, err %v: traffic flowed through a refused connection", n, err)
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatal("client hung instead of getting an error")
-			}
-			if got := app.Hits.Load(); got != 0 {
-				t.Fatalf("app accepted %d connections; want none", got)
-			}
-			if client.Pool().Len() != 0 {
-				t.Fatal("a refused peer connection is pooled")
-			}
-		})
-	}
+		tests := []struct {
+			name       string
+			client     func(t *testing.T, goodCA *identity.CA) identity.Provider
+			expectedID string // what discovery says the server is
+			serverID   string // what the server really is
+		}{
+			{"client cert from another CA", func(t *testing.T, goodCA *identity.CA) identity.Provider {
+				p := identitytest.Provider(t, otherCA, clientID)
+				p.Set(mustCert(t, p), goodCA.Pool()) // trusts the server, but the server does not trust it
+				return p
+			}, echoID, echoID},
+			{"expired client cert", expired, echoID, echoID},
+			{"server has the wrong SPIFFE ID", func(t *testing.T, goodCA *identity.CA) identity.Provider {
+				return identitytest.Provider(t, goodCA, clientID)
+			}, echoID, "spiffe://test.local/ns/default/sa/impostor"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				m := meshtest.NewOver(t, mode) // its CA is the good one
+				app := m.TCPApp("echo", nil)
+				spec := serverSpec(tt.serverID, "127.0.0.1:0", app)
+				spec.AdvertiseID = tt.expectedID
+				m.Start("server", spec)
+				cspec := clientSpec(clientID)
+				cspec.Identity = tt.client(t, m.CA)
+				client := m.Start("client", cspec)
+				c, err := net.Dial("tcp", client.Bind("echo"))
+				n := 0
+				if err == nil { // else: reset before Dial returned, also a refusal
+					defer c.Close()
+					c.Write([]byte("secret"))
+					c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					n, err = c.Read(make([]byte, 16))
+				}
+				if err == nil || n > 0 {
+					t.Fatalf("read %d bytes, err %v: traffic flowed through a refused connection", n, err)
+				}
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("client hung instead of getting an error")
+				}
+				if got := app.Hits.Load(); got != 0 {
+					t.Fatalf("app accepted %d connections; want none", got)
+				}
+				if client.MeshConns() != 0 {
+					t.Fatal("a refused peer connection is pooled")
+				}
+			})
+		}
+	})
 }
 
 func mustCert(t *testing.T, p identity.Provider) *tls.Certificate {
@@ -260,7 +271,7 @@ func mustCert(t *testing.T, p identity.Provider) *tls.Certificate {
 }
 
 func TestPeerDownAndRecovery(t *testing.T) {
-	m := newMesh(t)
+	m := newMesh(t, "")
 	addr := m.server.InboundAddr().String()
 	m.server.Close()
 
@@ -304,22 +315,24 @@ func TestPeerDownAndRecovery(t *testing.T) {
 }
 
 func TestUnknownTargetIsReset(t *testing.T) {
-	m := meshtest.New(t)
-	app := m.TCPApp("echo", nil)
-	server := m.Start("server", serverSpec(echoID, "127.0.0.1:0", app))
-	// The client thinks "other" lives on the server, but the server has
-	// no route for it.
-	m.Resolve("other", server.Endpoint())
-	client := m.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "other"}}})
-	if c, err := net.Dial("tcp", client.Bind("other")); err == nil { // else reset before Dial returned
-		defer c.Close()
-		c.Write([]byte("x"))
-		c.SetReadDeadline(testkit.HangGuard(t))
-		if _, err := c.Read(make([]byte, 1)); err == nil {
-			t.Fatal("read succeeded for a target the server does not route")
+	meshtest.ForEachTransport(t, func(t *testing.T, mode fallback.Mode) {
+		m := meshtest.NewOver(t, mode)
+		app := m.TCPApp("echo", nil)
+		server := m.Start("server", serverSpec(echoID, "127.0.0.1:0", app))
+		// The client thinks "other" lives on the server, but the server has
+		// no route for it.
+		m.Resolve("other", server.Endpoint())
+		client := m.Start("client", meshtest.Spec{ID: clientID, Binds: []meshtest.Bind{{Service: "other"}}})
+		if c, err := net.Dial("tcp", client.Bind("other")); err == nil { // else reset before Dial returned
+			defer c.Close()
+			c.Write([]byte("x"))
+			c.SetReadDeadline(testkit.HangGuard(t))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatal("read succeeded for a target the server does not route")
+			}
 		}
-	}
-	if app.Hits.Load() != 0 {
-		t.Fatal("app reached for an unknown target")
-	}
+		if app.Hits.Load() != 0 {
+			t.Fatal("app reached for an unknown target")
+		}
+	})
 }

@@ -13,6 +13,7 @@
 package meshtest
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/url"
@@ -36,6 +37,7 @@ import (
 	"github.com/quicmesh/quicmesh/proxy/outbound"
 	"github.com/quicmesh/quicmesh/proxy/sidecar"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
 // TrustDomain is the trust domain of every mesh's CA.
@@ -45,6 +47,9 @@ const TrustDomain = "test.local"
 type Mesh struct {
 	t  testing.TB
 	CA *identity.CA
+	// transport is every sidecar's transport mode unless its Spec says
+	// otherwise ("" is the sidecar's default, auto).
+	transport fallback.Mode
 
 	mu       sync.Mutex
 	sidecars map[string]*Sidecar
@@ -72,6 +77,29 @@ func New(t testing.TB) *Mesh {
 	return m
 }
 
+// Transports are the transports end-to-end tests run over, each on its
+// own: QUIC alone and the TCP fallback transport alone (auto, the
+// default, picks QUIC on loopback, so it adds nothing here).
+var Transports = []fallback.Mode{fallback.QUIC, fallback.TCP}
+
+// NewOver is New whose sidecars all use transport mode tr unless their
+// Spec says otherwise.
+func NewOver(t testing.TB, tr fallback.Mode) *Mesh {
+	t.Helper()
+	m := New(t)
+	m.transport = tr
+	return m
+}
+
+// ForEachTransport runs f as a subtest per transport in Transports: the
+// table that makes an end-to-end test run over both.
+func ForEachTransport(t *testing.T, f func(t *testing.T, tr fallback.Mode)) {
+	t.Helper()
+	for _, tr := range Transports {
+		t.Run(string(tr), func(t *testing.T) { f(t, tr) })
+	}
+}
+
 // Bind is one outbound listener of a sidecar.
 type Bind struct {
 	// Name is how the test finds the listener (Sidecar.Bind); default
@@ -94,6 +122,14 @@ type Spec struct {
 	// PacketConn, if set, is the bound socket to use instead.
 	Addr       string
 	PacketConn *net.UDPConn
+	// Transport is its transport mode (default: the mesh's, see NewOver).
+	// TCPListener and DialTCP place its TCP transport elsewhere (another
+	// network namespace), as PacketConn does for QUIC.
+	Transport   fallback.Mode
+	TCPListener net.Listener
+	DialTCP     func(ctx context.Context, addr string) (net.Conn, error)
+	// Fallback tunes the auto transport policy.
+	Fallback sidecar.Fallback
 
 	// Routes maps the services it serves to app addresses in the route
 	// syntax (tcp://, http://, h2c://, or bare to detect). Each service
@@ -184,10 +220,12 @@ func (m *Mesh) Start(name string, spec Spec) *Sidecar {
 // names it (Bind.Name, default its service).
 func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
 	deps := sidecar.Deps{
-		Identity:   spec.Identity,
-		Resolver:   m.res,
-		PacketConn: spec.PacketConn,
-		Logger:     spec.Logger,
+		Identity:    spec.Identity,
+		Resolver:    m.res,
+		PacketConn:  spec.PacketConn,
+		TCPListener: spec.TCPListener,
+		DialTCP:     spec.DialTCP,
+		Logger:      spec.Logger,
 	}
 	if deps.Identity == nil {
 		deps.Identity = identitytest.Provider(m.t, m.CA, spec.ID)
@@ -203,6 +241,11 @@ func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
 		Limits:      spec.Limits,
 		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout, Authorization: spec.Authorization},
 		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout, Resilience: spec.Resilience},
+		Transport:   spec.Transport,
+		Fallback:    spec.Fallback,
+	}
+	if opts.Transport == "" {
+		opts.Transport = m.transport
 	}
 	if opts.InboundAddr == "" && spec.PacketConn == nil {
 		opts.InboundAddr = "127.0.0.1:0"
@@ -291,6 +334,16 @@ func (s *Sidecar) Bind(name string) string {
 // ProxyURL is the URL of the HTTP proxy listener, for http.ProxyURL.
 func (s *Sidecar) ProxyURL() *url.URL {
 	return &url.URL{Scheme: "http", Host: s.HTTPProxyAddr().String()}
+}
+
+// MeshConns is how many peer connections its pools hold, over either
+// transport.
+func (s *Sidecar) MeshConns() int {
+	n := s.Pool().Len()
+	if p := s.TCPPool(); p != nil {
+		n += p.Len()
+	}
+	return n
 }
 
 // Endpoint is where discovery finds this sidecar, as its own identity.

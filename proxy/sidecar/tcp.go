@@ -1,0 +1,221 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/proxy/inbound"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/fallback"
+	"github.com/quicmesh/quicmesh/transport/h2tcp"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+// The TCP transport (transport/h2tcp) and the per-peer choice between it
+// and QUIC (transport/fallback) seen through the proxy's interfaces, as
+// quic.go does for QUIC alone.
+
+// quicDialer and tcpDialer are the two pools as fallback.Dialers of
+// outbound.PeerConn.
+type quicDialer struct{ pool *transport.Pool }
+
+func (d quicDialer) Get(ctx context.Context, addr string, want identity.ID) (outbound.PeerConn, error) {
+	return quicPeers(d).Get(ctx, addr, want)
+}
+
+func (d quicDialer) Unavailable(addr string, want identity.ID) bool {
+	return d.pool.Unavailable(addr, want)
+}
+
+type tcpDialer struct{ pool *h2tcp.Pool }
+
+func (d tcpDialer) Get(ctx context.Context, addr string, want identity.ID) (outbound.PeerConn, error) {
+	pc, err := d.pool.Get(ctx, addr, want)
+	if err != nil {
+		return nil, err
+	}
+	return tcpPeerConn{pc}, nil
+}
+
+func (d tcpDialer) Unavailable(addr string, want identity.ID) bool {
+	return d.pool.Unavailable(addr, want)
+}
+
+func (d tcpDialer) Drain(addr string, want identity.ID) { d.pool.Drain(addr, want) }
+
+type tcpPeerConn struct{ *h2tcp.PeerConn }
+
+func (c tcpPeerConn) OpenTunnel(ctx context.Context, target string) (outbound.TunnelStream, error) {
+	str, err := c.PeerConn.OpenTunnel(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	return str, nil
+}
+
+// meshPeers is the fallback policy as outbound.Peers.
+type meshPeers struct {
+	fb  *fallback.Peers[outbound.PeerConn]
+	log *slog.Logger
+}
+
+func (m meshPeers) Get(ctx context.Context, addr string, want identity.ID) (outbound.PeerConn, error) {
+	c, over, err := m.fb.Get(ctx, addr, want)
+	if err != nil {
+		return nil, err
+	}
+	if over == fallback.OverQUIC && m.fb.Mode() == fallback.Auto {
+		return failover{PeerConn: c, peers: m, addr: addr, want: want}, nil
+	}
+	return c, nil
+}
+
+func (m meshPeers) Unavailable(addr string, want identity.ID) bool {
+	return m.fb.Unavailable(addr, want)
+}
+
+// failover is a QUIC connection handed out in auto mode. When it dies
+// under a request because the peer stopped answering (UDP blocked
+// mid-connection: the QUIC idle timeout fires), an idempotent request
+// without a body is sent once more over whatever the policy picks now,
+// TCP if QUIC is blocked: the outbound proxy retries only requests the
+// peer provably did not process, and after an idle timeout that is
+// unknown, but re-sending an idempotent request is safe (RFC 9110
+// §9.2.2). Tunnels on the dead connection are reset by the idle timeout
+// (docs/design.md, "Fallback to TCP").
+type failover struct {
+	outbound.PeerConn
+	peers meshPeers
+	addr  string
+	want  identity.ID
+}
+
+func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := f.PeerConn.RoundTrip(req)
+	if err == nil || !errors.Is(err, meshcode.ErrIdleTimeout) || !replayable(req) || req.Context().Err() != nil {
+		return resp, err
+	}
+	f.peers.fb.QUICFailed(f.addr, f.want)
+	f.PeerConn.Forget()
+	next, over, gerr := f.peers.fb.Get(req.Context(), f.addr, f.want)
+	if gerr != nil {
+		return nil, err
+	}
+	f.peers.log.Debug("re-sending an idempotent request after the QUIC connection died", "peer", f.addr, "transport", over, "method", req.Method, "error", err)
+	// A copy: the HTTP/3 client may still be reading the original as it
+	// tears the dead request down.
+	return next.RoundTrip(req.Clone(req.Context()))
+}
+
+// replayable: an idempotent method and no body, so sending it again
+// cannot repeat a side effect nor need the body twice.
+func replayable(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// fallbackObserver sends the policy's decisions to the metrics.
+type fallbackObserver struct {
+	m interface {
+		FellBack()
+		Reprobed(bool)
+	}
+}
+
+func (o fallbackObserver) FellBack()        { o.m.FellBack() }
+func (o fallbackObserver) Reprobed(ok bool) { o.m.Reprobed(ok) }
+
+// tcpListener is the TCP transport's listener as inbound.Listener.
+type tcpListener struct{ l *h2tcp.Listener }
+
+func (l tcpListener) Accept(ctx context.Context) (inbound.PeerConn, error) {
+	c, err := l.l.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return tcpServerConn{c}, nil
+}
+
+type tcpServerConn struct{ *h2tcp.ServerConn }
+
+func (c tcpServerConn) Serve(h http.Handler, tunnel func(inbound.TunnelStream, string)) error {
+	return c.ServerConn.Serve(h, func(str *h2tcp.ServerStream, target string) { tunnel(str, target) })
+}
+
+// listeners merges the QUIC and the TCP listener into one
+// inbound.Listener: Accept returns the next connection of either, and
+// wraps net.ErrClosed once both are closed.
+type listeners struct {
+	conns  chan inbound.PeerConn
+	done   chan struct{} // closed when every listener is closed
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	log    *slog.Logger
+}
+
+func newListeners(log *slog.Logger, ls ...inbound.Listener) *listeners {
+	m := &listeners{conns: make(chan inbound.PeerConn), done: make(chan struct{}), log: log}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	for _, l := range ls {
+		m.wg.Add(1)
+		go m.accept(l)
+	}
+	go func() { m.wg.Wait(); close(m.done) }()
+	return m
+}
+
+func (m *listeners) accept(l inbound.Listener) {
+	defer m.wg.Done()
+	for {
+		c, err := l.Accept(m.ctx)
+		if err != nil {
+			if m.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			m.log.Warn("accepting a peer connection failed", "error", err)
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-m.ctx.Done():
+				return
+			}
+			continue
+		}
+		select {
+		case m.conns <- c:
+		case <-m.ctx.Done():
+			c.Close(meshcode.ConnShutdown, "shutting down")
+			return
+		}
+	}
+}
+
+func (m *listeners) Accept(ctx context.Context) (inbound.PeerConn, error) {
+	select {
+	case c := <-m.conns:
+		return c, nil
+	case <-m.done:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// close stops accepting and waits for the accept loops.
+func (m *listeners) close() {
+	m.cancel()
+	<-m.done
+}

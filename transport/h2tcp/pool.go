@@ -1,0 +1,469 @@
+package h2tcp
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/lograte"
+	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+// Config configures a Pool or a Listener.
+type Config struct {
+	// Identity supplies our certificate and the trust roots. Required.
+	Identity identity.Provider
+	// Authorize decides which verified peers may connect to a Listener;
+	// nil accepts any peer of our own trust domain.
+	Authorize identity.Authorizer
+	// Limits are the QUIC transport's: DialTimeout bounds the TCP
+	// connect, HandshakeTimeout the whole dial (TCP, TLS and the peer's
+	// acceptance), IdleTimeout and KeepAlive the HTTP/2 PING health check
+	// (a peer silent for KeepAlive is PINGed; one that does not answer by
+	// IdleTimeout is dead), MaxIncomingStreams the HTTP/2
+	// SETTINGS_MAX_CONCURRENT_STREAMS, MaxHandshakes the TLS handshakes
+	// in progress on a Listener.
+	Limits transport.Limits
+	Logger *slog.Logger
+	// Observer is told about handshakes (for metrics); nil tells no one.
+	Observer transport.Observer
+	// Dial opens the TCP connection to a peer; nil is net.Dialer. Tests
+	// dial from inside a network namespace with it.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Now is the clock for back-off; nil is time.Now.
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Observer == nil {
+		c.Observer = noObserver{}
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Dial == nil {
+		var d net.Dialer
+		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	c.Limits = c.Limits.WithDefaults()
+	return c
+}
+
+type noObserver struct{}
+
+func (noObserver) HandshakeStarted() func()     { return func() {} }
+func (noObserver) HandshakeRetried()            {}
+func (noObserver) HandshakeFailed(bool, string) {}
+
+// pingTimeout is how long the health check waits for a PING's answer:
+// with the PING sent after KeepAlive of silence, a silent peer is
+// declared dead after IdleTimeout, as on QUIC.
+func pingTimeout(l transport.Limits) time.Duration {
+	return max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
+}
+
+type peerKey struct {
+	addr string
+	id   identity.ID
+}
+
+type peerState struct {
+	conn      *PeerConn
+	dialing   chan struct{}
+	lastErr   error
+	failedAt  time.Time
+	failures  int
+	answering bool // the last failure was the peer's answer: probe instead of failing
+}
+
+// Pool keeps one HTTP/2 connection per (peer address, expected identity),
+// coalescing concurrent dials, with the QUIC pool's back-off after a
+// failure (transport.Backoff).
+type Pool struct {
+	cfg       Config
+	tr        *http2.Transport
+	mu        sync.Mutex
+	peers     map[peerKey]*peerState
+	all       map[*PeerConn]struct{} // every open connection, pooled or retired
+	closed    bool
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	logs      *lograte.Limiter
+	onFailure atomic.Pointer[func(transport.PeerFailure)]
+}
+
+// NewPool returns a pool that dials with cfg.
+func NewPool(cfg Config) (*Pool, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("h2tcp: no identity provider: refusing to run without mTLS")
+	}
+	cfg = cfg.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{
+		cfg: cfg,
+		tr: &http2.Transport{
+			// The proxy forwards what the app sent.
+			DisableCompression: true,
+			MaxHeaderListSize:  64 << 10,
+			ReadIdleTimeout:    cfg.Limits.KeepAlive,
+			PingTimeout:        pingTimeout(cfg.Limits),
+		},
+		peers:  make(map[peerKey]*peerState),
+		all:    make(map[*PeerConn]struct{}),
+		ctx:    ctx,
+		cancel: cancel,
+		logs:   lograte.New(0, 0, cfg.Now),
+	}, nil
+}
+
+// OnPeerFailure makes the pool call fn (never with a lock held; fn must
+// not block) when a dial fails or a connection's peer stops answering.
+func (p *Pool) OnPeerFailure(fn func(transport.PeerFailure)) { p.onFailure.Store(&fn) }
+
+func (p *Pool) reportFailure(f transport.PeerFailure) {
+	if fn := p.onFailure.Load(); fn != nil && *fn != nil {
+		(*fn)(f)
+	}
+}
+
+// Get returns the shared connection to the peer at addr that must present
+// identity want, dialing it if needed. A peer that cannot be reached
+// gives an error wrapping meshcode.ErrPeerUnavailable.
+func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerConn, error) {
+	key := peerKey{addr, want}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, transport.ErrPoolClosed
+	}
+	st := p.peers[key]
+	if st == nil {
+		st = &peerState{}
+		p.peers[key] = st
+	}
+	if st.conn != nil {
+		if st.conn.Alive() {
+			pc := st.conn
+			p.mu.Unlock()
+			return pc, nil
+		}
+		if st.conn.conn.ctx.Err() == nil {
+			// GOAWAY received: the peer is draining.
+			p.drainingLocked(st)
+		}
+		p.retireLocked(st.conn)
+	}
+	if st.failures > 0 && !st.answering {
+		since := p.cfg.Now().Sub(st.failedAt)
+		if st.dialing != nil || since < transport.Backoff(st.failures) {
+			err := st.lastErr
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: %s (%s) over TCP: last failed %s ago: %w", meshcode.ErrPeerUnavailable, addr, want, since.Round(time.Millisecond), err)
+		}
+	}
+	if st.dialing == nil {
+		st.dialing = make(chan struct{})
+		p.wg.Add(1)
+		go p.dial(key, st)
+	}
+	dialing := st.dialing
+	p.mu.Unlock()
+
+	select {
+	case <-dialing:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("h2tcp: waiting for connection to %s: %w", addr, ctx.Err())
+	}
+	p.mu.Lock()
+	pc, err := st.conn, st.lastErr
+	p.mu.Unlock()
+	if pc != nil && pc.Alive() {
+		return pc, nil
+	}
+	if err == nil {
+		err = errors.New("connection closed right after the handshake")
+	}
+	return nil, fmt.Errorf("%w: %s (%s) over TCP: %w", meshcode.ErrPeerUnavailable, addr, want, err)
+}
+
+func (p *Pool) drainingLocked(st *peerState) {
+	st.failures = max(st.failures, 1)
+	st.failedAt = p.cfg.Now()
+	st.lastErr = errDraining
+	st.answering = true
+}
+
+var errDraining = errors.New("peer is draining (GOAWAY)")
+
+// Unavailable reports whether the peer is in back-off.
+func (p *Pool) Unavailable(addr string, want identity.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[peerKey{addr, want}]
+	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.cfg.Now().Sub(st.failedAt) < transport.Backoff(st.failures)
+}
+
+func (p *Pool) dial(key peerKey, st *peerState) {
+	defer p.wg.Done()
+	pc, err := p.connect(key)
+	var failure *transport.PeerFailure
+	defer func() {
+		if failure != nil {
+			p.reportFailure(*failure)
+		}
+	}()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer func() { close(st.dialing); st.dialing = nil }()
+	if err == nil && p.closed {
+		pc.cc.Close()
+		err = transport.ErrPoolClosed
+	}
+	if err != nil {
+		if p.closed {
+			st.lastErr = transport.ErrPoolClosed
+			return
+		}
+		reason := transport.HandshakeReason(err)
+		failure = &transport.PeerFailure{Addr: key.addr, Peer: key.id, Reason: reason, Err: err}
+		p.cfg.Observer.HandshakeFailed(true, reason)
+		st.failures++
+		st.lastErr = err
+		st.failedAt = p.cfg.Now()
+		st.answering = reason == transport.ReasonRefused
+		p.logs.Log(p.cfg.Logger, slog.LevelWarn, key.addr+"|tcp|"+reason, "peer dial failed", "transport", "tcp", "peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err)
+		return
+	}
+	st.failures = 0
+	st.lastErr = nil
+	st.conn = pc
+	p.all[pc] = struct{}{}
+	p.wg.Add(1)
+	go p.watch(pc)
+	p.cfg.Logger.Debug("peer connected", "transport", "tcp", "peer", key.addr, "identity", key.id.String())
+}
+
+// watch drops a connection from the pool when it ends: a peer that
+// stopped answering is in back-off as after a failed dial; one that
+// closed the connection (draining, restarting) is probed at once by the
+// next Get. A connection is retired when the certificate it was
+// authenticated with expires.
+func (p *Pool) watch(pc *PeerConn) {
+	defer p.wg.Done()
+	var expiry <-chan time.Time
+	if certs := pc.conn.Conn.(*tls.Conn).ConnectionState().PeerCertificates; len(certs) > 0 {
+		t := time.NewTimer(time.Until(certs[0].NotAfter))
+		defer t.Stop()
+		expiry = t.C
+	}
+	select {
+	case <-pc.conn.ctx.Done():
+	case <-expiry:
+		p.cfg.Logger.Info("retiring peer connection: peer certificate expired", "transport", "tcp", "peer", pc.addr, "identity", pc.peer.String())
+		p.Drain(pc.addr, pc.peer)
+		return
+	}
+	cause := context.Cause(pc.conn.ctx)
+	p.mu.Lock()
+	delete(p.all, pc)
+	st := p.peers[peerKey{pc.addr, pc.peer}]
+	mine := st != nil && st.conn == pc && !p.closed
+	if mine {
+		st.conn = nil
+		if errors.Is(cause, meshcode.ErrIdleTimeout) {
+			st.failures++
+			st.failedAt = p.cfg.Now()
+			st.lastErr = cause
+			st.answering = false
+		} else {
+			p.drainingLocked(st)
+		}
+	}
+	p.mu.Unlock()
+	if mine && errors.Is(cause, meshcode.ErrIdleTimeout) {
+		p.cfg.Logger.Warn("peer stopped answering: connection closed", "transport", "tcp", "peer", pc.addr, "identity", pc.peer.String(), "idle_timeout", p.cfg.Limits.IdleTimeout)
+		p.reportFailure(transport.PeerFailure{Addr: pc.addr, Peer: pc.peer, Reason: transport.ReasonUnresponsive, Err: cause})
+	}
+}
+
+// connect dials TCP, runs the TLS handshake and waits for the peer to
+// answer an HTTP/2 PING: with TLS 1.3 our handshake completes before the
+// server has verified our certificate, and the server answers only once
+// it verified it and took the connection into service (as the QUIC pool
+// waits for HTTP/3 SETTINGS). The whole dial is bounded by the
+// handshake timeout.
+func (p *Pool) connect(key peerKey) (*PeerConn, error) {
+	l := p.cfg.Limits
+	ctx, cancel := context.WithTimeout(p.ctx, l.HandshakeTimeout)
+	defer cancel()
+	fail := func(err error, presented string) error {
+		reason := transport.HandshakeReason(err)
+		if reason == identity.ReasonOther {
+			reason = netReason(err)
+		}
+		return &transport.DialError{Addr: key.addr, Want: key.id, Reason: reason, Presented: presented, Err: fmt.Errorf("over TCP: %w", err)}
+	}
+	dctx, dcancel := context.WithTimeout(ctx, l.DialTimeout)
+	raw, err := p.cfg.Dial(dctx, key.addr)
+	dcancel()
+	if err != nil {
+		return nil, fail(err, "")
+	}
+	tlsConf := identity.ClientConfig(p.cfg.Identity, key.id, []string{ALPN})
+	var presented atomic.Pointer[string]
+	verify := tlsConf.VerifyConnection
+	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if err != nil {
+			id := identity.PresentedID(cs.PeerCertificates)
+			presented.Store(&id)
+		}
+		return err
+	}
+	tc := tls.Client(raw, tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		var who string
+		if id := presented.Load(); id != nil {
+			who = *id
+		}
+		return nil, fail(err, who)
+	}
+	if proto := tc.ConnectionState().NegotiatedProtocol; proto != ALPN {
+		tc.Close()
+		return nil, fail(fmt.Errorf("peer negotiated ALPN %q, want %q", proto, ALPN), "")
+	}
+	wc := newWatchedConn(tc, l.IdleTimeout*3/4)
+	cc, err := p.tr.NewClientConn(wc)
+	if err != nil {
+		wc.Close()
+		return nil, fail(err, "")
+	}
+	if err := cc.Ping(ctx); err != nil {
+		cc.Close()
+		if cause := context.Cause(wc.ctx); cause != nil {
+			err = fmt.Errorf("%w (%w)", err, cause)
+		}
+		err = fmt.Errorf("%w: %w", errNotAccepted, err)
+		return nil, fail(err, "")
+	}
+	return &PeerConn{cc: cc, conn: wc, pool: p, addr: key.addr, peer: key.id}, nil
+}
+
+var errNotAccepted = errors.New("the server did not accept the connection")
+
+// netReason classifies what transport.HandshakeReason does not know: TCP
+// refused (nobody listening, or a draining listener: the peer answered,
+// so the pool probes it again at once), a TLS alert from the peer (it
+// refused our certificate), no acceptance.
+func netReason(err error) string {
+	var op *net.OpError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return transport.ReasonRefused
+	case errors.As(err, &op) && op.Op == "remote error":
+		return transport.ReasonPeerRefused
+	case errors.Is(err, errNotAccepted):
+		return transport.ReasonNotAccepted
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return transport.ReasonTimeout
+	}
+	return identity.ReasonOther
+}
+
+// Drain stops handing out the connection to a peer and closes it once
+// its requests and tunnels have finished: new work goes elsewhere (QUIC,
+// when the fallback policy moves a peer back), work in flight finishes.
+func (p *Pool) Drain(addr string, want identity.ID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st := p.peers[peerKey{addr, want}]; st != nil && st.conn != nil {
+		p.retireLocked(st.conn)
+	}
+}
+
+// Forget drops pc from the pool (a failure showed it broken): the next
+// Get redials; pc closes once its streams have ended.
+func (p *Pool) Forget(pc *PeerConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.retireLocked(pc)
+}
+
+// retireLocked stops handing out pc and closes it gracefully (GOAWAY
+// semantics on our side: streams in flight finish) in the background.
+func (p *Pool) retireLocked(pc *PeerConn) {
+	if st := p.peers[peerKey{pc.addr, pc.peer}]; st != nil && st.conn == pc {
+		st.conn = nil
+	}
+	if p.closed || pc.retiring {
+		return
+	}
+	pc.retiring = true
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		pc.cc.Shutdown(p.ctx)
+		pc.cc.Close()
+	}()
+}
+
+// ConnStats is a snapshot of one connection, for metrics.
+type ConnStats struct {
+	Peer        identity.ID
+	StreamsOpen int
+}
+
+// Stats snapshots every pooled connection.
+func (p *Pool) Stats() []ConnStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []ConnStats
+	for _, st := range p.peers {
+		if st.conn != nil && st.conn.Alive() {
+			out = append(out, ConnStats{Peer: st.conn.peer, StreamsOpen: int(st.conn.active.Load())})
+		}
+	}
+	return out
+}
+
+// Len reports how many live connections the pool holds.
+func (p *Pool) Len() int { return len(p.Stats()) }
+
+// Close closes every connection and waits for dials in flight.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.cancel()
+	var conns []*PeerConn
+	for pc := range p.all {
+		conns = append(conns, pc)
+	}
+	p.mu.Unlock()
+	for _, pc := range conns {
+		pc.cc.Close()
+	}
+	p.wg.Wait()
+	return nil
+}
