@@ -17,6 +17,15 @@ if [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ]; then
   exit 0
 fi
 
+mkdir -p "$dir"
+# One build per machine: a test binary or a second shell that asks while
+# another build runs waits for it instead of compiling the same tree again.
+exec 9>"$dir/.build.lock"
+flock 9
+if [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ]; then
+  echo "$bin"
+  exit 0
+fi
 mkdir -p "$dir/mod"
 cd "$dir/mod"
 # A throwaway module pins the SPIRE version through its go.mod; building
