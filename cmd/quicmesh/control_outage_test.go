@@ -19,6 +19,8 @@ func TestControlPlaneOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 30 s outage; not in -short")
 	}
+	// Mostly waiting: in parallel with the renewal test, which is too.
+	t.Parallel()
 	const outage = 30 * time.Second
 	f := newMeshFixture(t, time.Hour)
 	_, e1 := f.readySidecar("e1", "echo-token", "--http-proxy", "", "--route", "echo.ns="+f.backend("e1"))
@@ -68,6 +70,7 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two renewals of one-minute certificates; not in -short")
 	}
+	t.Parallel()
 	f := newMeshFixture(t, time.Minute)
 	e1p, e1 := f.readySidecar("e1", "echo-token", "--http-proxy", "", "--route", "echo.ns="+f.backend("e1"))
 	f.src.set("echo.ns", &controlpb.Endpoint{Address: e1.Inbound, Identity: echoID, Weight: 1, Ready: true})
