@@ -17,7 +17,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -49,7 +48,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready chan<- string) int {
 	c := cli.New("quicmesh-control", usage, stdout, stderr)
 	listen := c.Flags.String("listen", ":4180", "gRPC listen address")
-	caDir := c.Flags.String("ca-dir", "", "directory holding ca.crt and ca.key of the trust domain's CA (required)")
+	caDir := c.Flags.String("ca-dir", "", "directory holding ca.crt and ca.key of the trust domain's CA, and root.crt if it is an intermediate ('quicmesh ca intermediate') (required)")
 	idFlag := c.Flags.String("id", "", "the control plane's own SPIFFE ID (default spiffe://TRUST_DOMAIN/ns/quicmesh/sa/quicmesh-control)")
 	lifetime := c.Flags.Duration("cert-lifetime", identity.DefaultCertLifetime, "lifetime of workload certificates")
 	audience := c.Flags.String("audience", "quicmesh-control", "audience the sidecars' ServiceAccount tokens must be issued for")
@@ -73,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 	if *inboundPort < 1 || *inboundPort > 65535 {
 		return c.Fail("--inbound-port %d: not a port", *inboundPort)
 	}
-	ca, err := identity.LoadCA(filepath.Join(*caDir, identity.CACertFile), filepath.Join(*caDir, identity.CAKeyFile))
+	ca, err := identity.LoadCADir(*caDir)
 	if err != nil {
 		return c.Fail("--ca-dir: %v", err)
 	}

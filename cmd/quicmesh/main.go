@@ -20,6 +20,7 @@ const usage = `quicmesh — a service-mesh sidecar that carries app traffic over
 Usage:
   quicmesh proxy [flags]          run a sidecar (see docs/operations.md)
   quicmesh init --proxy-uid UID   redirect a pod's TCP through its sidecar (iptables; root)
+  quicmesh inject -f FILE         add the sidecar to Kubernetes workloads (YAML)
   quicmesh ca init [flags]        create a certificate authority
   quicmesh ca issue --id ID ...   issue a workload certificate
 
@@ -29,9 +30,10 @@ apps and the load generator are 'quicmesh-dev demo|echo|bench'.
 
 // commands is the dispatch table; its keys are the only valid commands.
 var commands = map[string]cli.Subcommand{
-	"proxy": runProxy,
-	"ca":    runCA,
-	"init":  runInit,
+	"proxy":  runProxy,
+	"ca":     runCA,
+	"init":   runInit,
+	"inject": runInject,
 }
 
 // movedToDev are the commands quicmesh-dev runs, for a pointer to it

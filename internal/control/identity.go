@@ -99,9 +99,20 @@ func (s *IdentityServer) Certify(ctx context.Context, req *controlpb.CertifyRequ
 		return nil, status.Errorf(codes.Internal, "certify: issuing %s: %v", id, err)
 	}
 	s.logger.Info("certify: issued", "id", id.String(), "not_after", leaf.NotAfter)
+	// With an intermediate CA the chain carries it after the leaf, and
+	// the bundle is the root alone: peers anchor trust in what the
+	// operator keeps offline.
+	chain := [][]byte{leaf.Raw}
+	for _, c := range s.ca.Chain() {
+		chain = append(chain, c.Raw)
+	}
+	var bundle [][]byte
+	for _, c := range s.ca.Roots() {
+		bundle = append(bundle, c.Raw)
+	}
 	return &controlpb.CertifyResponse{
-		Chain:       [][]byte{leaf.Raw},
-		TrustBundle: [][]byte{s.ca.Cert().Raw},
+		Chain:       chain,
+		TrustBundle: bundle,
 		Lifetime:    durationpb.New(leaf.NotAfter.Sub(leaf.NotBefore)),
 	}, nil
 }
