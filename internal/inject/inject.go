@@ -19,8 +19,11 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/quicmesh/quicmesh/internal/intercept"
 )
 
 // Names of what Inject adds; an object that has them already is
@@ -285,7 +288,7 @@ func injectPod(spec map[string]any, cfg Config) error {
 
 	// The proxy goes first: containers start in order, so it is up (not
 	// yet ready) before the app's first connection.
-	spec["containers"] = append([]any{proxyContainer(cfg)}, apps...)
+	spec["containers"] = append([]any{proxyContainer(cfg, apps)}, apps...)
 	if cfg.Intercept {
 		// Last of the init containers: the others (say, one that fetches
 		// configuration) run before their TCP is redirected to a proxy
@@ -296,6 +299,13 @@ func injectPod(spec map[string]any, cfg Config) error {
 		spec["initContainers"] = otherInits
 	} else {
 		delete(spec, "initContainers")
+	}
+	// A projected service-account token needs the pod's account named:
+	// the API server refuses it otherwise (a cluster's ServiceAccount
+	// admission plugin fills in "default", but only if it runs), so name
+	// the account the pod gets anyway.
+	if str(spec, "serviceAccountName") == "" && str(spec, "serviceAccount") == "" {
+		spec["serviceAccountName"] = "default"
 	}
 	spec["volumes"] = append(otherVolumes,
 		map[string]any{
@@ -316,7 +326,7 @@ func injectPod(spec map[string]any, cfg Config) error {
 	return nil
 }
 
-func proxyContainer(cfg Config) map[string]any {
+func proxyContainer(cfg Config, apps []any) map[string]any {
 	args := []any{
 		"proxy",
 		"--control", cfg.Control,
@@ -325,6 +335,18 @@ func proxyContainer(cfg Config) map[string]any {
 		"--inbound", "0.0.0.0:" + strconv.Itoa(cfg.MeshPort),
 		// The kubelet probes /ready and /live on the pod IP.
 		"--admin", "0.0.0.0:" + strconv.Itoa(cfg.AdminPort),
+	}
+	if cfg.Intercept {
+		// The listeners `quicmesh init` redirects the pod's TCP to: without
+		// them the app's connections would meet closed ports.
+		args = append(args,
+			"--transparent", "127.0.0.1:"+strconv.Itoa(intercept.DefaultOutboundPort),
+			"--plain-inbound", "0.0.0.0:"+strconv.Itoa(intercept.DefaultInboundPort))
+		// Peers on the transparent path may reach the app on the ports
+		// its containers declare, and no other.
+		if ports := appPorts(apps); ports != "" {
+			args = append(args, "--app-ports", ports)
+		}
 	}
 	for _, r := range cfg.Routes {
 		args = append(args, "--route", r)
@@ -338,6 +360,8 @@ func proxyContainer(cfg Config) map[string]any {
 		"args":  args,
 		"ports": []any{
 			map[string]any{"name": "quicmesh-mesh", "containerPort": cfg.MeshPort, "protocol": "UDP"},
+			// The TCP fallback transport serves the same port number.
+			map[string]any{"name": "quicmesh-mesh-tcp", "containerPort": cfg.MeshPort, "protocol": "TCP"},
 			map[string]any{"name": "quicmesh-admin", "containerPort": cfg.AdminPort, "protocol": "TCP"},
 		},
 		// Not ready, and serving nothing, until certified.
@@ -355,6 +379,42 @@ func proxyContainer(cfg Config) map[string]any {
 			"capabilities":             map[string]any{"drop": []any{"ALL"}},
 		},
 	}
+}
+
+// appPorts is the TCP ports the app containers declare, comma-separated
+// in order of first appearance.
+func appPorts(apps []any) string {
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range apps {
+		m, _ := c.(map[string]any)
+		ports, _ := m["ports"].([]any)
+		for _, p := range ports {
+			pm, ok := p.(map[string]any)
+			if !ok {
+				continue
+			}
+			if proto, _ := pm["protocol"].(string); proto != "" && proto != "TCP" {
+				continue
+			}
+			var n string
+			switch v := pm["containerPort"].(type) {
+			case json.Number:
+				n = v.String()
+			case float64:
+				n = strconv.Itoa(int(v))
+			case int:
+				n = strconv.Itoa(v)
+			case int64:
+				n = strconv.FormatInt(v, 10)
+			}
+			if n != "" && n != "0" && !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 func initContainer(cfg Config) map[string]any {

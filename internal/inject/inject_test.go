@@ -229,3 +229,31 @@ func TestExampleIsCurrent(t *testing.T) {
 		t.Fatalf("web-injected.yaml is stale; regenerate it (its first line says how). quicmesh inject now makes:\n%s", out)
 	}
 }
+
+// The proxy's --app-ports are the app containers' TCP ports (a UDP port
+// is nobody's on the transparent path), and a pod without a named
+// service account gets "default", which its projected token needs.
+func TestInjectAppPortsAndAccount(t *testing.T) {
+	in := `apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - name: a
+    image: a:1
+    ports: [{containerPort: 8080}, {containerPort: 53, protocol: UDP}, {containerPort: 9090, protocol: TCP}]
+  - name: b
+    image: b:1
+    ports: [{containerPort: 8080}, {containerPort: 7000}]
+`
+	out, _, err := Inject([]byte(in), DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	for _, want := range []string{"- --app-ports\n    - 8080,9090,7000\n", "serviceAccountName: default\n", "- --transparent\n", "- --plain-inbound\n"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("injected pod lacks %q:\n%s", want, s)
+		}
+	}
+}
