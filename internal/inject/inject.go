@@ -361,7 +361,7 @@ func proxyContainer(cfg Config, apps []any) map[string]any {
 		"ports": []any{
 			map[string]any{"name": "quicmesh-mesh", "containerPort": cfg.MeshPort, "protocol": "UDP"},
 			// The TCP fallback transport serves the same port number.
-			map[string]any{"name": "quicmesh-mesh-tcp", "containerPort": cfg.MeshPort, "protocol": "TCP"},
+			map[string]any{"name": "quicmesh-tcp", "containerPort": cfg.MeshPort, "protocol": "TCP"},
 			map[string]any{"name": "quicmesh-admin", "containerPort": cfg.AdminPort, "protocol": "TCP"},
 		},
 		// Not ready, and serving nothing, until certified.

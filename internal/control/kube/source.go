@@ -66,12 +66,14 @@ type SourceOptions struct {
 // are computed; a change recomputes just the services it touches, on one
 // goroutine, and publishes a new immutable set only if it differs.
 type Source struct {
-	opts     SourceOptions
-	logger   *slog.Logger
-	factory  informers.SharedInformerFactory
-	services corelisters.ServiceLister
-	pods     corelisters.PodLister
-	slices   cache.Indexer
+	opts    SourceOptions
+	logger  *slog.Logger
+	factory informers.SharedInformerFactory
+	// stopInformers ends the informers (Wait, or a failed start).
+	stopInformers context.CancelFunc
+	services      corelisters.ServiceLister
+	pods          corelisters.PodLister
+	slices        cache.Indexer
 
 	kick chan struct{} // capacity 1: dirty work is pending
 	done chan struct{}
@@ -169,11 +171,18 @@ func StartSource(ctx context.Context, client kubernetes.Interface, opts SourceOp
 			return nil, fmt.Errorf("kube: event handler: %w", err)
 		}
 	}
-	factory.Start(ctx.Done())
+	// The informers get a context of their own: Shutdown waits for them
+	// to stop, so a failed start must end them itself (with the caller's
+	// context still live, Shutdown would wait for ever: a forbidden kind
+	// hung here instead of failing after SyncTimeout).
+	informerCtx, stopInformers := context.WithCancel(ctx)
+	s.stopInformers = stopInformers
+	factory.Start(informerCtx.Done())
 	syncCtx, cancel := context.WithTimeout(ctx, opts.SyncTimeout)
 	defer cancel()
 	for typ, ok := range factory.WaitForCacheSync(syncCtx.Done()) {
 		if !ok {
+			stopInformers()
 			factory.Shutdown()
 			return nil, fmt.Errorf("kube: the %v cache did not sync within %v: %w", typ, opts.SyncTimeout, syncCtx.Err())
 		}
@@ -185,6 +194,7 @@ func StartSource(ctx context.Context, client kubernetes.Interface, opts SourceOp
 // Wait waits until the Source has stopped after its context ended.
 func (s *Source) Wait() {
 	<-s.done
+	s.stopInformers()
 	s.factory.Shutdown()
 }
 
