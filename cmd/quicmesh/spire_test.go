@@ -320,8 +320,7 @@ func writeDiscovery(t *testing.T, dir, name string, services map[string]string, 
 	return path
 }
 
-// freeUDPPort is a loopback UDP address free at the time of the call.
-// freePort and freeUDPPort pick loopback ports for sidecar processes,
+// freePort and freeMeshPort pick loopback ports for sidecar processes,
 // which must be told their addresses before they start. Another process
 // could take a port between the pick and the bind (the in-process tests
 // bind port 0 instead); the sidecar then exits with "address already in
@@ -335,13 +334,27 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func freeUDPPort(t *testing.T) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// freeMeshPort is a loopback port free for UDP and TCP at once: a
+// sidecar in auto transport mode binds both on its --inbound port number
+// (QUIC and the TCP fallback), so a port free for UDP alone can still
+// fail its start with "address already in use".
+func freeMeshPort(t *testing.T) string {
+	for range 100 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := pc.LocalAddr().String()
+		ln, err := net.Listen("tcp", addr)
+		pc.Close()
+		if err != nil {
+			continue // taken for TCP: pick another
+		}
+		ln.Close()
+		return addr
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	t.Fatal("no loopback port free for both UDP and TCP in 100 tries")
+	return ""
 }
 
 // getAs GETs url through a sidecar and checks that the app saw the
@@ -631,7 +644,7 @@ type sidecarProc struct {
 // service flags, on free loopback ports, logging JSON at debug level.
 func startSidecar(t *testing.T, self, dir, name string, uid int, args ...string) *sidecarProc {
 	t.Helper()
-	s := &sidecarProc{inbound: freeUDPPort(t), admin: freePort(t)}
+	s := &sidecarProc{inbound: freeMeshPort(t), admin: freePort(t)}
 	args = append([]string{"proxy", "--inbound", s.inbound, "--admin", s.admin, "--http-proxy", "",
 		"--log-level", "debug", "--log-format", "json", "--grace", "5s"}, args...)
 	s.process = startProcess(t, dir, name, uid, []string{reexecEnv + "=1"}, self, args...)

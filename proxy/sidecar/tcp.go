@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/quicmesh/quicmesh/transport/fallback"
 	"github.com/quicmesh/quicmesh/transport/h2tcp"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 // The TCP transport (transport/h2tcp) and the per-peer choice between it
@@ -60,6 +62,22 @@ func (c tcpPeerConn) OpenTunnel(ctx context.Context, target string) (outbound.Tu
 	return str, nil
 }
 
+// OpenTunnelPort opens a tunnel whose header carries the original
+// destination port (the transparent path), as quicPeerConn does.
+func (c tcpPeerConn) OpenTunnelPort(ctx context.Context, target string, port uint16) (outbound.TunnelStream, error) {
+	str, err := c.PeerConn.OpenTunnelHeader(ctx, tunnel.Header{Target: target}.WithDestPort(port))
+	if err != nil {
+		return nil, err
+	}
+	return str, nil
+}
+
+// portTunnels is a connection that can carry a destination port
+// (outbound's interface of the same name).
+type portTunnels interface {
+	OpenTunnelPort(ctx context.Context, target string, port uint16) (outbound.TunnelStream, error)
+}
+
 // meshPeers is the fallback policy as outbound.Peers.
 type meshPeers struct {
 	fb  *fallback.Peers[outbound.PeerConn]
@@ -95,6 +113,17 @@ type failover struct {
 	peers meshPeers
 	addr  string
 	want  identity.ID
+}
+
+// OpenTunnelPort passes the transparent path's tunnels through: the
+// embedded interface alone would hide the QUIC connection's method, and
+// the outbound side would refuse every tunnel that names a port.
+func (f failover) OpenTunnelPort(ctx context.Context, target string, port uint16) (outbound.TunnelStream, error) {
+	pt, ok := f.PeerConn.(portTunnels)
+	if !ok {
+		return nil, fmt.Errorf("sidecar: the connection to %s cannot carry a destination port", f.addr)
+	}
+	return pt.OpenTunnelPort(ctx, target, port)
 }
 
 func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {

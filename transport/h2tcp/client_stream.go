@@ -65,7 +65,14 @@ func (b *reqBody) Close() error {
 // waiting for the peer: like the QUIC transport, the app's first bytes
 // follow the header at once. Errors are marked as RoundTrip's are.
 func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, error) {
-	hdr, err := tunnel.Header{Target: target}.AppendTo(make([]byte, 0, 64))
+	return pc.OpenTunnelHeader(ctx, tunnel.Header{Target: target})
+}
+
+// OpenTunnelHeader is OpenTunnel with a whole tunnel header (its
+// extensions: the original destination port of the transparent path).
+func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Stream, error) {
+	target := h.Target
+	hdr, err := h.AppendTo(make([]byte, 0, 64))
 	if err != nil {
 		return nil, fmt.Errorf("h2tcp: tunnel to %s: %w", target, err)
 	}

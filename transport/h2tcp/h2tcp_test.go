@@ -15,6 +15,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -279,5 +280,33 @@ func TestRequestErrorKindsOfClosedConn(t *testing.T) {
 	_, err := pc.RoundTrip(req)
 	if !errors.Is(err, meshcode.ErrNotProcessed) {
 		t.Fatalf("request on a closed connection: %v, want it marked not processed", err)
+	}
+}
+
+// The transparent path's destination port rides in the tunnel header
+// over TCP as over QUIC: the server's stream reports it, and a tunnel
+// without one reports none.
+func TestTunnelCarriesDestPort(t *testing.T) {
+	p := newPair(t, http.NotFoundHandler())
+	pc := p.get(t)
+	for _, tt := range []struct {
+		hdr    tunnel.Header
+		port   uint16
+		hasOne bool
+	}{
+		{tunnel.Header{Target: "web.default"}.WithDestPort(8082), 8082, true},
+		{tunnel.Header{Target: "web.default"}, 0, false},
+	} {
+		str, err := pc.OpenTunnelHeader(testkit.HangCtx(t), tt.hdr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		call := <-p.tunnel
+		port, ok := call.str.DestPort()
+		if call.target != "web.default" || port != tt.port || ok != tt.hasOne {
+			t.Errorf("server got target %q, port %d (%v); want web.default, %d (%v)", call.target, port, ok, tt.port, tt.hasOne)
+		}
+		str.Reset(0)
+		close(call.done)
 	}
 }

@@ -338,6 +338,7 @@ func (c *ServerConn) serveTunnel(w http.ResponseWriter, r *http.Request, tunnelF
 		c.l.cfg.Logger.Log(r.Context(), level, "bad stream start", "transport", "tcp", "peer", c.peer.String(), "error", err)
 		str.Reset(meshcode.BadHeader)
 	} else {
+		str.hdr = hdr
 		tunnelFn(str, hdr.Target)
 	}
 	str.wait()

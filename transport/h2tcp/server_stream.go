@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/transport/meshcode"
+	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 // ServerStream is the inbound end of a tunnel, its header already read:
@@ -20,6 +21,7 @@ import (
 // (frame.go), CloseWrite as a FIN frame, Reset as a RESET frame with the
 // code followed by RST_STREAM.
 type ServerStream struct {
+	hdr  tunnel.Header // what the stream's tunnel header carried
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	body io.ReadCloser
@@ -55,6 +57,11 @@ type ServerStream struct {
 	resetCode atomic.Pointer[meshcode.Code]
 	changed   chan struct{} // a direction finished or the stream was reset
 }
+
+// DestPort is the original destination port the tunnel header carried
+// (tunnel.ExtDestPort), ok false if none: the same as the QUIC
+// transport's streams, so the inbound side delivers by port on both.
+func (s *ServerStream) DestPort() (port uint16, ok bool) { return s.hdr.DestPort() }
 
 func newServerStream(w http.ResponseWriter, r *http.Request) *ServerStream {
 	ctx, cancel := context.WithCancel(r.Context())
