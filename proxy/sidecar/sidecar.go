@@ -360,17 +360,11 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	}
 	// The transport's verdicts on a peer (a failed dial, a connection
 	// whose peer stopped answering) eject it from balancing at once.
-	//
-	// In auto mode a QUIC failure of the path (no answer) is not the
-	// peer's verdict: the fallback may reach it over TCP, and ejecting it
-	// would starve a peer that only UDP cannot reach. The TCP pool's own
-	// failures (refused, no answer over TCP either) eject it.
-	s.pool.OnPeerFailure(func(f transport.PeerFailure) {
-		if mode == fallback.Auto && fallback.PathReason(f.Reason) {
-			return
-		}
-		s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason)
-	})
+	// In auto mode too: a peer whose QUIC path failed may be reachable
+	// over TCP, but until the fallback has switched it the endpoint is
+	// ejected for the back-off (still picked if nothing else is left, and
+	// re-probed), so requests do not wait on a path that just failed.
+	s.pool.OnPeerFailure(func(f transport.PeerFailure) { s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason) })
 	if s.tcpPool != nil {
 		s.tcpPool.OnPeerFailure(func(f transport.PeerFailure) { s.outbound.PeerFailed(f.Addr, f.Peer, f.Reason) })
 	}
