@@ -238,6 +238,14 @@ func (p *Proxy) Serve(ln net.Listener, service string, opaque bool) error {
 			return nil
 		}
 	}
+	return p.acceptLoop(ln, func(tc net.Conn) { p.serveConn(tc, front, service) })
+}
+
+// acceptLoop accepts on ln until it is closed (then nil), tracks each
+// connection and serves it on its own goroutine; a temporary accept
+// error (too many open files) is waited out rather than ending the
+// listener.
+func (p *Proxy) acceptLoop(ln net.Listener, serve func(net.Conn)) error {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -258,7 +266,7 @@ func (p *Proxy) Serve(ln net.Listener, service string, opaque bool) error {
 		}
 		go func() {
 			defer p.conns.served()
-			p.serveConn(tc, front, service)
+			serve(tc)
 		}()
 	}
 }

@@ -75,29 +75,7 @@ func (p *Proxy) ServeTransparent(ln net.Listener, tr Transparent) error {
 	if !p.start(front) {
 		return nil
 	}
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("outbound: accepting on %s: %w", ln.Addr(), err)
-		}
-		tc, ok := p.conns.track(conn)
-		if !ok {
-			conn.Close()
-			continue
-		}
-		go func() {
-			defer p.conns.served()
-			p.serveTransparent(tc, front, &tr)
-		}()
-	}
+	return p.acceptLoop(ln, func(tc net.Conn) { p.serveTransparent(tc, front, &tr) })
 }
 
 func originalTCP(c net.Conn) (netip.AddrPort, error) {
