@@ -11,6 +11,7 @@
 #   bash bench/run.sh            # full run, ~15 min on 2 cores (+3 min the first time: Caddy build)
 #   bash bench/run.sh --quick    # smoke: direct and quicmesh only, 1 s per load; docs untouched
 #   bash bench/run.sh --loads http1-max,tcp-bulk --rounds 1   # a subset; docs untouched
+#   bash bench/run.sh --targets direct,quicmesh,quicmesh-tcp --conds "0% loss,2% loss"   # likewise
 #
 # Every server listens on 127.0.0.1 or inside the network namespaces the
 # runner creates (bench/netlab) and deletes; the EXIT trap stops the runner
@@ -30,7 +31,7 @@ PARTIAL=0
 for a in "$@"; do
 	case $a in
 	--quick) QUICK=1 ;;
-	--loads | --loads=* | --rounds | --rounds=*) PARTIAL=1 ;;
+	--loads | --loads=* | --rounds | --rounds=* | --targets | --targets=* | --conds | --conds=*) PARTIAL=1 ;;
 	esac
 done
 

@@ -193,12 +193,27 @@ func DiscoveryJSON(services map[string]Endpoint) ([]byte, error) {
 // serves the echo app of that kind.
 func QuicmeshService(app string) string { return "echo-" + app }
 
-// QuicmeshInboundArgs are the "quicmesh proxy" arguments of the inbound
-// sidecar (B) serving apps (kind -> app address) on the UDP address inbound.
-func QuicmeshInboundArgs(id, inbound string, apps map[string]string) []string {
+// quicmeshCommonArgs are the "quicmesh proxy" arguments both sidecars of
+// a pair share. transport is the --transport mode ("" = the default,
+// auto). The log level is warn: a sidecar that switches a peer between
+// QUIC and TCP logs it at that level, and the logs (bench/out/work/logs)
+// are how a reader checks which transport a row really measured; nothing
+// is logged at warn per request unless requests fail.
+func quicmeshCommonArgs(id, inbound, transport string) []string {
 	a := []string{"proxy",
 		"--cert", id + ".crt", "--key", id + ".key", "--bundle", bundleOf(id),
-		"--inbound", inbound, "--admin", "", "--http-proxy", "", "--grace", "1s", "--log-level", "error"}
+		"--inbound", inbound, "--admin", "", "--http-proxy", "", "--grace", "1s", "--log-level", "warn"}
+	if transport != "" {
+		a = append(a, "--transport", transport)
+	}
+	return a
+}
+
+// QuicmeshInboundArgs are the "quicmesh proxy" arguments of the inbound
+// sidecar (B) serving apps (kind -> app address) on the address inbound
+// (UDP, TCP or both, by transport: see quicmeshCommonArgs).
+func QuicmeshInboundArgs(id, inbound, transport string, apps map[string]string) []string {
+	a := quicmeshCommonArgs(id, inbound, transport)
 	for _, kind := range []string{"http1", "grpc", "tcp"} {
 		if addr, ok := apps[kind]; ok {
 			if kind == "tcp" {
@@ -214,14 +229,11 @@ func QuicmeshInboundArgs(id, inbound string, apps map[string]string) []string {
 }
 
 // QuicmeshOutboundArgs are the "quicmesh proxy" arguments of the outbound
-// sidecar (A): one listener per app kind (kind -> listen address),
-// reaching B through the discovery file. TCP listeners are opaque (no
-// protocol detection).
-func QuicmeshOutboundArgs(id, inbound, discovery string, fronts map[string]string) []string {
-	a := []string{"proxy",
-		"--cert", id + ".crt", "--key", id + ".key", "--bundle", bundleOf(id),
-		"--inbound", inbound, "--admin", "", "--http-proxy", "", "--grace", "1s", "--log-level", "error",
-		"--discovery-file", discovery}
+// sidecar (A) on mesh transport transport: one listener per app kind
+// (kind -> listen address), reaching B through the discovery file. TCP
+// listeners are opaque (no protocol detection).
+func QuicmeshOutboundArgs(id, inbound, transport, discovery string, fronts map[string]string) []string {
+	a := append(quicmeshCommonArgs(id, inbound, transport), "--discovery-file", discovery)
 	for _, kind := range []string{"http1", "grpc", "tcp"} {
 		if addr, ok := fronts[kind]; ok {
 			v := addr + "=" + QuicmeshService(kind)

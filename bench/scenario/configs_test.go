@@ -109,12 +109,23 @@ func TestDiscoveryJSON(t *testing.T) {
 }
 
 func TestQuicmeshArgs(t *testing.T) {
-	in := strings.Join(QuicmeshInboundArgs("/q/b/echo", "127.0.0.1:4143", map[string]string{"grpc": "127.0.0.1:9001", "tcp": "127.0.0.1:9002"}), " ")
+	in := strings.Join(QuicmeshInboundArgs("/q/b/echo", "127.0.0.1:4143", "", map[string]string{"grpc": "127.0.0.1:9001", "tcp": "127.0.0.1:9002"}), " ")
 	mustContain(t, "inbound args", in, "proxy --cert /q/b/echo.crt --key /q/b/echo.key --bundle /q/b/bundle.crt",
-		"--inbound 127.0.0.1:4143", "--admin  --http-proxy ", "--route echo-grpc=127.0.0.1:9001", "--route echo-tcp=tcp://127.0.0.1:9002")
-	out := strings.Join(QuicmeshOutboundArgs("/q/a/client", "127.0.0.1:4144", "/s.json", map[string]string{"http1": "127.0.0.1:7000", "tcp": "127.0.0.1:7002"}), " ")
+		"--inbound 127.0.0.1:4143", "--admin  --http-proxy ", "--log-level warn", "--route echo-grpc=127.0.0.1:9001", "--route echo-tcp=tcp://127.0.0.1:9002")
+	out := strings.Join(QuicmeshOutboundArgs("/q/a/client", "127.0.0.1:4144", "", "/s.json", map[string]string{"http1": "127.0.0.1:7000", "tcp": "127.0.0.1:7002"}), " ")
 	mustContain(t, "outbound args", out, "--cert /q/a/client.crt", "--bundle /q/a/bundle.crt", "--discovery-file /s.json",
 		"--bind 127.0.0.1:7000=echo-http1 ", "--bind 127.0.0.1:7002=echo-tcp,opaque")
+	// The default transport is the binary's own (auto): no flag.
+	for name, args := range map[string]string{"inbound": in, "outbound": out} {
+		if strings.Contains(args, "--transport") {
+			t.Errorf("%s args with the default transport name one: %s", name, args)
+		}
+	}
+	// A pinned transport reaches both sides.
+	in = strings.Join(QuicmeshInboundArgs("/q/b/echo", "127.0.0.1:4143", "tcp", map[string]string{"http1": "127.0.0.1:9000"}), " ")
+	out = strings.Join(QuicmeshOutboundArgs("/q/a/client", "127.0.0.1:4144", "tcp", "/s.json", map[string]string{"http1": "127.0.0.1:7000"}), " ")
+	mustContain(t, "inbound args, TCP transport", in, "--transport tcp", "--route echo-http1=127.0.0.1:9000")
+	mustContain(t, "outbound args, TCP transport", out, "--transport tcp", "--discovery-file /s.json")
 	if bundleOf("client") != "bundle.crt" {
 		t.Error("bundleOf without a directory")
 	}

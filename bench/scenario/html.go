@@ -132,7 +132,7 @@ func writeHTMLTable(b *bytes.Buffer, t table) {
 
 // palette gives each target (and tool) a stable colour.
 var palette = map[string]string{
-	Direct: "#6e7781", Quicmesh: "#0969da", CaddyH3: "#1a7f37", HAProxyH2: "#bf8700", Stunnel: "#cf222e",
+	Direct: "#6e7781", Quicmesh: "#0969da", QuicmeshTCP: "#54aeff", CaddyH3: "#1a7f37", HAProxyH2: "#bf8700", Stunnel: "#cf222e",
 	"fortio": "#8250df", "quicmesh bench": "#0969da",
 }
 

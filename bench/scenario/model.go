@@ -12,15 +12,18 @@ import (
 // Target names: the ways a request can travel from the load generator to
 // the echo app.
 const (
-	Direct    = "direct"     // straight to the app
-	Quicmesh  = "quicmesh"   // two quicmesh sidecars over mTLS QUIC
-	CaddyH3   = "caddy-h3"   // two Caddy 2.11 reverse proxies, HTTP/3 mTLS between them
-	HAProxyH2 = "haproxy-h2" // two haproxy, HTTP/2 (or TCP) over mTLS between them
-	Stunnel   = "stunnel"    // two stunnel, TLS over TCP between them
+	Direct   = "direct"   // straight to the app
+	Quicmesh = "quicmesh" // two quicmesh sidecars, default transport (auto: mTLS QUIC; TCP only for a peer QUIC cannot reach)
+	// The same pair pinned to the TCP fallback transport (--transport
+	// tcp): HTTP/2 over TLS 1.3 over TCP between the sidecars.
+	QuicmeshTCP = "quicmesh-tcp"
+	CaddyH3     = "caddy-h3"   // two Caddy 2.11 reverse proxies, HTTP/3 mTLS between them
+	HAProxyH2   = "haproxy-h2" // two haproxy, HTTP/2 (or TCP) over mTLS between them
+	Stunnel     = "stunnel"    // two stunnel, TLS over TCP between them
 )
 
 // Targets lists every target in report order.
-var Targets = []string{Direct, Quicmesh, CaddyH3, HAProxyH2, Stunnel}
+var Targets = []string{Direct, Quicmesh, QuicmeshTCP, CaddyH3, HAProxyH2, Stunnel}
 
 // TargetHop says what travels between the two sidecars of target when it
 // carries app ("http1", "grpc" or "tcp").
@@ -33,6 +36,11 @@ func TargetHop(target, app string) string {
 			return "mTLS QUIC, one stream per TCP connection"
 		}
 		return "mTLS QUIC, HTTP/3"
+	case QuicmeshTCP:
+		if app == "tcp" {
+			return "HTTP/2 mTLS over TCP, one CONNECT stream per TCP connection"
+		}
+		return "HTTP/2 mTLS over TCP (quicmesh's fallback transport)"
 	case CaddyH3:
 		return "HTTP/3 mTLS"
 	case HAProxyH2:

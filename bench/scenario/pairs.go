@@ -43,28 +43,9 @@ type pairKind struct {
 
 // pairKinds are the targets that run a sidecar pair (Direct runs none).
 var pairKinds = map[string]pairKind{
-	Quicmesh: {
-		Proc: "quicmesh",
-		Bin:  func(o *Options) string { return o.Bin },
-		Sides: func(s pairSetup) ([]string, []string, error) {
-			uA, err := s.ClientAddr()
-			if err != nil {
-				return nil, nil, err
-			}
-			disco, err := DiscoveryJSON(map[string]Endpoint{QuicmeshService(s.App): {Addr: s.Peer, Identity: s.Mesh.IDB}})
-			if err != nil {
-				return nil, nil, err
-			}
-			dpath, err := s.Work.writeConf("services-"+s.Tag+".json", string(disco))
-			if err != nil {
-				return nil, nil, err
-			}
-			b := append([]string{s.Bin}, QuicmeshInboundArgs(s.Mesh.B, s.Peer, map[string]string{s.App: s.AppAddr})...)
-			a := append([]string{s.Bin}, QuicmeshOutboundArgs(s.Mesh.A, uA, dpath, map[string]string{s.App: s.Front})...)
-			return b, a, nil
-		},
-	},
-	CaddyH3: caddyKind(""),
+	Quicmesh:    quicmeshKind("quicmesh", ""),
+	QuicmeshTCP: quicmeshKind("quicmesh-tcp", "tcp"),
+	CaddyH3:     caddyKind(""),
 	HAProxyH2: {
 		Proc:    "haproxy",
 		Bin:     func(o *Options) string { return o.HAProxy },
@@ -79,6 +60,34 @@ var pairKinds = map[string]pairKind{
 		Sides: confPair("stunnel-%s-%s.conf", StunnelInbound, StunnelOutbound,
 			func(bin, conf string) []string { return []string{bin, conf} }),
 	},
+}
+
+// quicmeshKind is a pair of quicmesh sidecars (processes proc-a and
+// proc-b) on the mesh transport mode transport ("" = the default, auto).
+// Both sides get the same mode: pinned to one transport, the inbound
+// side listens only on it, so a row cannot silently measure the other.
+func quicmeshKind(proc, transport string) pairKind {
+	return pairKind{
+		Proc: proc,
+		Bin:  func(o *Options) string { return o.Bin },
+		Sides: func(s pairSetup) ([]string, []string, error) {
+			uA, err := s.ClientAddr()
+			if err != nil {
+				return nil, nil, err
+			}
+			disco, err := DiscoveryJSON(map[string]Endpoint{QuicmeshService(s.App): {Addr: s.Peer, Identity: s.Mesh.IDB}})
+			if err != nil {
+				return nil, nil, err
+			}
+			dpath, err := s.Work.writeConf("services-"+s.Tag+".json", string(disco))
+			if err != nil {
+				return nil, nil, err
+			}
+			b := append([]string{s.Bin}, QuicmeshInboundArgs(s.Mesh.B, s.Peer, transport, map[string]string{s.App: s.AppAddr})...)
+			a := append([]string{s.Bin}, QuicmeshOutboundArgs(s.Mesh.A, uA, transport, dpath, map[string]string{s.App: s.Front})...)
+			return b, a, nil
+		},
+	}
 }
 
 // caddyKind is the Caddy HTTP/3 pair; a non-empty accessLog makes the

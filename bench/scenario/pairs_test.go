@@ -93,6 +93,8 @@ func TestLauncherAvailable(t *testing.T) {
 	}{
 		{none, Direct, "tcp", true, ""},
 		{none, Quicmesh, "tcp", true, ""},
+		{none, QuicmeshTCP, "tcp", true, ""},
+		{none, QuicmeshTCP, "grpc", true, ""},
 		{all, CaddyH3, "http1", true, ""},
 		{all, CaddyH3, "grpc", true, ""},
 		{all, CaddyH3, "tcp", false, "Caddy's reverse proxy carries HTTP only"},
@@ -113,6 +115,13 @@ func TestLauncherAvailable(t *testing.T) {
 			t.Errorf("target %s: pair kind defined = %v", tg, ok)
 		}
 	}
+	// Each quicmesh pair's processes are named after its target, so the
+	// two transports' CPU and RSS columns cannot be mixed up.
+	for _, tg := range []string{Quicmesh, QuicmeshTCP} {
+		if k := pairKinds[tg]; k.Proc != tg {
+			t.Errorf("target %s runs processes %s-a/-b", tg, k.Proc)
+		}
+	}
 	if len(pairKinds) != len(Targets)-1 {
 		t.Errorf("%d pair kinds for %d targets", len(pairKinds), len(Targets))
 	}
@@ -131,9 +140,13 @@ func TestPairKindSides(t *testing.T) {
 		files        map[string]string // file -> expected content
 	}{
 		{Quicmesh,
-			append([]string{"/b/quicmesh"}, QuicmeshInboundArgs("/q/b/echo", p.Peer, map[string]string{"grpc": p.AppAddr})...),
-			append([]string{"/b/quicmesh"}, QuicmeshOutboundArgs("/q/a/client", "10.77.90.1:9000", conf("services-T.json"), map[string]string{"grpc": p.Front})...),
+			append([]string{"/b/quicmesh"}, QuicmeshInboundArgs("/q/b/echo", p.Peer, "", map[string]string{"grpc": p.AppAddr})...),
+			append([]string{"/b/quicmesh"}, QuicmeshOutboundArgs("/q/a/client", "10.77.90.1:9000", "", conf("services-T.json"), map[string]string{"grpc": p.Front})...),
 			map[string]string{"services-T.json": `"addr": "10.77.90.2:7100"`}},
+		{QuicmeshTCP,
+			append([]string{"/b/quicmesh"}, QuicmeshInboundArgs("/q/b/echo", p.Peer, "tcp", map[string]string{"grpc": p.AppAddr})...),
+			append([]string{"/b/quicmesh"}, QuicmeshOutboundArgs("/q/a/client", "10.77.90.1:9000", "tcp", conf("services-T.json"), map[string]string{"grpc": p.Front})...),
+			map[string]string{"services-T.json": `"identity": "spiffe://bench.local/ns/bench/sa/echo"`}},
 		{CaddyH3,
 			[]string{"/b/caddy", "run", "--config", conf("Caddyfile-b-T"), "--adapter", "caddyfile"},
 			[]string{"/b/caddy", "run", "--config", conf("Caddyfile-a-T"), "--adapter", "caddyfile"},

@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -134,5 +135,86 @@ func TestPlans(t *testing.T) {
 	}
 	if _, err := p.Only([]string{"nope"}); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("Only(unknown) error = %v", err)
+	}
+}
+
+// TestPlanTCPTransport: the TCP transport runs beside QUIC, in the same
+// phase, in every load issue 13's record needs.
+func TestPlanTCPTransport(t *testing.T) {
+	p := DefaultPlan()
+	for _, id := range []string{LoadHTTP1Max, LoadHTTP1Rate, LoadGRPCMax, LoadLossyGRPC, LoadLossyTCP} {
+		l, ok := (&Results{Loads: p.Loads}).LoadByID(id)
+		if !ok || !slices.Contains(l.Targets, Quicmesh) || !slices.Contains(l.Targets, QuicmeshTCP) {
+			t.Errorf("%s: targets %v, want quicmesh and quicmesh-tcp", id, l.Targets)
+		}
+		if l.Group == GroupLoopback && !slices.Contains(l.Targets, HAProxyH2) {
+			t.Errorf("%s: targets %v, want the haproxy HTTP/2 pair beside them", id, l.Targets)
+		}
+	}
+}
+
+func TestPlanWithTargets(t *testing.T) {
+	p := DefaultPlan()
+	got, err := p.WithTargets([]string{" direct", QuicmeshTCP, Quicmesh, "", QuicmeshTCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Loads) != len(p.Loads) {
+		t.Errorf("%d loads kept, want all %d", len(got.Loads), len(p.Loads))
+	}
+	for i, l := range got.Loads {
+		var want []string
+		switch l.Group {
+		case GroupLoopback:
+			want = []string{Direct, QuicmeshTCP, Quicmesh}
+		case GroupLossy:
+			want = []string{QuicmeshTCP, Quicmesh}
+		default:
+			want = p.Loads[i].Targets
+		}
+		if !reflect.DeepEqual(l.Targets, want) {
+			t.Errorf("%s: targets %v, want %v", l.ID, l.Targets, want)
+		}
+	}
+	// TCP loads get the TCP transport too (its CONNECT tunnels).
+	if l, _ := (&Results{Loads: got.Loads}).LoadByID(LoadTCPBulk); !slices.Contains(l.Targets, QuicmeshTCP) {
+		t.Errorf("tcp-bulk targets %v", l.Targets)
+	}
+	// The receiver's loads are not modified.
+	if !reflect.DeepEqual(p.Loads, DefaultPlan().Loads) {
+		t.Error("WithTargets modified its receiver")
+	}
+	// Direct only: the lossy loads have nothing left and are dropped.
+	d, err := p.WithTargets([]string{Direct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range d.Loads {
+		if l.Group == GroupLossy {
+			t.Errorf("lossy load %s kept with targets %v", l.ID, l.Targets)
+		}
+	}
+	if _, err := p.WithTargets([]string{Quicmesh, "envoy", "linkerd"}); err == nil || !strings.HasPrefix(err.Error(), `unknown target "envoy", "linkerd"`) {
+		t.Errorf("unknown targets: %v", err)
+	}
+}
+
+func TestPlanOnlyConds(t *testing.T) {
+	p := DefaultPlan()
+	c, err := p.OnlyConds([]string{"2% loss", "0% loss"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Conds) != 2 || c.Conds[0].LossPct != 0 || c.Conds[1].LossPct != 2 || c.Conds[1].Delay != 0 {
+		t.Errorf("conditions %+v", c.Conds)
+	}
+	if len(p.Conds) != 5 {
+		t.Error("OnlyConds modified its receiver")
+	}
+	if c.Estimate() >= p.Estimate() {
+		t.Errorf("two conditions estimated %s, all five %s", c.Estimate(), p.Estimate())
+	}
+	if _, err := p.OnlyConds([]string{"2%"}); err == nil || err.Error() != `unknown condition "2%"` {
+		t.Errorf("unknown condition: %v", err)
 	}
 }

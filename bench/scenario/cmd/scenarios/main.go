@@ -36,6 +36,8 @@ func run() int {
 		reportOnly string
 		rounds     int
 		only       string
+		targets    string
+		conds      string
 		notes      listFlag
 	)
 	fs := flag.NewFlagSet("scenarios", flag.ContinueOnError)
@@ -47,6 +49,8 @@ func run() int {
 	fs.StringVar(&reportOnly, "report", "", "render the reports from this results.json instead of measuring")
 	fs.IntVar(&rounds, "rounds", 0, "rounds per load and condition (0 = plan default)")
 	fs.StringVar(&only, "loads", "", "comma-separated load IDs to run (default: all of the plan)")
+	fs.StringVar(&targets, "targets", "", "comma-separated targets to run every load on instead of each load's own, e.g. direct,quicmesh,quicmesh-tcp,haproxy-h2 (direct is left out of the lossy loads; the cross-checks keep theirs)")
+	fs.StringVar(&conds, "conds", "", `comma-separated lossy-link conditions, e.g. "0% loss,2% loss" (default: all of the plan)`)
 	fs.StringVar(&opt.Caddy, "caddy", lookGo("caddy"), "Caddy 2.11 binary (empty: skip Caddy)")
 	fs.StringVar(&opt.HAProxy, "haproxy", look("haproxy"), "haproxy binary (empty: skip)")
 	fs.StringVar(&opt.Stunnel, "stunnel", look("stunnel4", "stunnel"), "stunnel binary (empty: skip)")
@@ -82,10 +86,20 @@ func run() int {
 			opt.Plan.LossyRounds = rounds
 			opt.Plan.CrossRounds = rounds
 		}
-		if only != "" {
+		for _, sel := range []struct {
+			flag, value string
+			apply       func(scenario.Plan, []string) (scenario.Plan, error)
+		}{
+			{"--loads", only, scenario.Plan.Only},
+			{"--targets", targets, scenario.Plan.WithTargets},
+			{"--conds", conds, scenario.Plan.OnlyConds},
+		} {
+			if sel.value == "" {
+				continue
+			}
 			var err error
-			if opt.Plan, err = opt.Plan.Only(strings.Split(only, ",")); err != nil {
-				return fail("--loads: %v", err)
+			if opt.Plan, err = sel.apply(opt.Plan, strings.Split(sel.value, ",")); err != nil {
+				return fail("%s: %v", sel.flag, err)
 			}
 		}
 		opt.Notes = notes
