@@ -58,7 +58,7 @@ func (rc *recorder) logRun(l Load, cond, target string, round int, run Run) {
 		where += " [" + cond + "]"
 	}
 	if run.Error != "" {
-		rc.logf("%s r%d %-10s error: %s", where, round, target, run.Error)
+		rc.logf("%s r%d %-12s error: %s", where, round, target, run.Error)
 		return
 	}
 	if res := run.Result; res != nil {
@@ -66,10 +66,10 @@ func (rc *recorder) logRun(l Load, cond, target string, round int, run Run) {
 		for _, p := range res.Processes {
 			cpu += p.CPUMicrosPerRequest
 		}
-		rc.logf("%s r%d %-10s %9.0f rps  p50 %6d µs  p99 %7d µs  errors %d  unsent %d  proxy CPU %.0f µs/req  %.1f MiB/s  other CPU %.2f cores",
+		rc.logf("%s r%d %-12s %9.0f rps  p50 %6d µs  p99 %7d µs  errors %d  unsent %d  proxy CPU %.0f µs/req  %.1f MiB/s  other CPU %.2f cores",
 			where, round, target, res.RPS, res.LatencyUS.P50, res.LatencyUS.P99, res.ErrorTotal, res.Unsent, cpu, res.BytesPerSecond/(1<<20), run.OtherCores)
 	}
 	if f := run.Fortio; f != nil {
-		rc.logf("%s r%d %-10s fortio %7.0f qps  p50 %6.0f µs  p99 %7.0f µs  errors %d", where, round, target, f.ActualQPS, f.Percentile(50), f.Percentile(99), f.Errors)
+		rc.logf("%s r%d %-12s fortio %7.0f qps  p50 %6.0f µs  p99 %7.0f µs  errors %d", where, round, target, f.ActualQPS, f.Percentile(50), f.Percentile(99), f.Errors)
 	}
 }
