@@ -61,8 +61,12 @@ func removeBuiltBinaries() {
 }
 
 // smokePlan is three loopback loads (closed-loop HTTP/1.1, open-loop
-// gRPC, TCP round trips) of 300 ms on direct, quicmesh and an absent peer,
-// and a cross-check and a lossy load that must be skipped with a note.
+// gRPC, TCP round trips) of 1 s after a 500 ms warm-up on direct, quicmesh
+// and an absent peer, and a cross-check and a lossy load that must be
+// skipped with a note. The window is not about figures: it only has to
+// hold requests on a busy machine, where 300 ms windows after 100 ms of
+// warm-up came out empty for quicmesh (its first connection's handshake
+// outlasted both at load 20 on 2 cores).
 func smokePlan(t *testing.T) Plan {
 	t.Helper()
 	p, err := DefaultPlan().Only([]string{LoadHTTP1Max, LoadGRPCRate, LoadTCPRR, LoadCrossCheck, LoadLossyTCP})
@@ -70,7 +74,7 @@ func smokePlan(t *testing.T) Plan {
 		t.Fatal(err)
 	}
 	for i := range p.Loads {
-		p.Loads[i].Duration, p.Loads[i].Warmup = 300*time.Millisecond, 100*time.Millisecond
+		p.Loads[i].Duration, p.Loads[i].Warmup = time.Second, 500*time.Millisecond
 		if p.Loads[i].Group == GroupLoopback {
 			p.Loads[i].Targets = []string{Direct, Quicmesh, HAProxyH2}
 		}
