@@ -22,6 +22,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/bench/netlab"
 	"github.com/quicmesh/quicmesh/internal/testkit"
+	"golang.org/x/sys/unix"
 )
 
 func newLab(t *testing.T) *netlab.Lab {
@@ -185,8 +186,41 @@ func (k *counter) send(t *testing.T, from *net.UDPConn, to netip.AddrPort, tag b
 		}
 	}
 	time.Sleep(settle)
+	// A starved reading goroutine may not have read what already arrived:
+	// wait until the socket's receive queue is empty and the count has
+	// stopped moving, so a busy machine delays the answer instead of
+	// changing it.
+	deadline := time.Now().Add(10 * time.Second)
 	got, _ := k.get(tag)
+	for time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		now, _ := k.get(tag)
+		if now == got && k.queued(t) == 0 {
+			break
+		}
+		got = now
+	}
 	return got
+}
+
+// queued is how many bytes wait unread in the counter's socket (SIOCINQ).
+func (k *counter) queued(t *testing.T) int {
+	t.Helper()
+	raw, err := k.c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var ioctlErr error
+	if err := raw.Control(func(fd uintptr) {
+		n, ioctlErr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ioctlErr != nil {
+		t.Fatalf("SIOCINQ: %v", ioctlErr)
+	}
+	return n
 }
 
 func TestNetnsPairUDPEchoAcrossNamespaces(t *testing.T) {
