@@ -43,9 +43,9 @@ func alpnExt(protos ...string) []byte {
 func clientHelloWith(exts ...[]byte) []byte {
 	body := []byte{0x03, 0x03}
 	body = append(body, bytes.Repeat([]byte{0x5a}, 32)...) // random
-	body = append(body, u8vec(nil)...)                       // legacy_session_id
-	body = append(body, u16vec([]byte{0x13, 0x01})...)       // TLS_AES_128_GCM_SHA256
-	body = append(body, u8vec([]byte{0})...)                 // null compression
+	body = append(body, u8vec(nil)...)                     // legacy_session_id
+	body = append(body, u16vec([]byte{0x13, 0x01})...)     // TLS_AES_128_GCM_SHA256
+	body = append(body, u8vec([]byte{0})...)               // null compression
 	if exts != nil {
 		body = append(body, u16vec(bytes.Join(exts, nil))...)
 	}
@@ -116,9 +116,9 @@ type replayConn struct {
 	r        *bytes.Reader
 }
 
-func (c *replayConn) Read(p []byte) (int, error)      { return c.r.Read(p) }
-func (c *replayConn) Write(p []byte) (int, error)     { return len(p), nil }
-func (c *replayConn) Close() error                    { return nil }
+func (c *replayConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *replayConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *replayConn) Close() error                     { return nil }
 func (c *replayConn) SetDeadline(time.Time) error      { return nil }
 func (c *replayConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *replayConn) SetWriteDeadline(time.Time) error { return nil }
