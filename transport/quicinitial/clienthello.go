@@ -147,6 +147,9 @@ func parseServerName(data []byte) (string, error) {
 // other than printable ASCII, a trailing dot (which crypto/tls refuses
 // too).
 func checkHostName(host []byte) error {
+	if len(host) == 0 {
+		return fmt.Errorf("%w: empty server name", ErrMalformedHello)
+	}
 	if len(host) > maxHostNameLen {
 		return fmt.Errorf("%w: server name of %d bytes", ErrMalformedHello, len(host))
 	}

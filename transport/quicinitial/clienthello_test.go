@@ -92,7 +92,13 @@ func goClientHello(t testing.TB, cfg *tls.Config) []byte {
 // refuses the message. The message is handed to a real tls.Server over a
 // connection that replays it, and the handshake is stopped in
 // GetConfigForClient, the first thing that sees the parsed hello.
+//
+// Only msg is handed over: a message whose length field says otherwise
+// counts as refused (crypto/tls would read a longer or shorter message).
 func cryptoTLSParse(msg []byte) (serverName string, alpn []string, ok bool) {
+	if len(msg) < 4 || int(msg[1])<<16|int(msg[2])<<8|int(msg[3]) != len(msg)-4 {
+		return "", nil, false
+	}
 	var records []byte
 	for rest := msg; len(rest) > 0; {
 		n := min(len(rest), 1<<14) // the largest plaintext record
@@ -260,7 +266,7 @@ func checkAgreesWithCryptoTLS(t testing.TB, msg []byte) bool {
 	}
 	h, err := ParseClientHello(msg)
 	if err != nil {
-		if checkHostName([]byte(goName)) == nil || goName == "" {
+		if goName == "" || checkHostName([]byte(goName)) == nil {
 			t.Fatalf("crypto/tls reads %q %q from a ClientHello this parser refuses: %v\n%x", goName, goALPN, err, msg)
 		}
 		return true
