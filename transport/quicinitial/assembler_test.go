@@ -107,6 +107,10 @@ func TestFeed(t *testing.T) {
 			{datagram: datagram(seal(t, sealSpec{dcid: testDCID, scid: testSCID, pn: 300, pnLen: 2, payload: cryptoFrameBytes(0, part1)}))},
 			{datagram: datagram(seal(t, sealSpec{dcid: testDCID, scid: testSCID, pn: 301, pnLen: 1, payload: cryptoFrameBytes(1000, part2)})), done: true},
 		}},
+		{"Initial with a token (from NEW_TOKEN or a Retry)", Limits{}, []step{
+			{datagram: datagram(seal(t, sealSpec{dcid: testDCID, scid: testSCID, token: bytes.Repeat([]byte{0x7a}, 90), payload: cryptoFrameBytes(0, part1)}))}, ok1,
+		}},
+		{"ACK-only Initial", Limits{}, []step{{datagram: datagram(initial(t, 5, []byte{frameACK, 0, 0, 0, 0}))}, ok0, ok1}},
 		{"packets past the 8th of a datagram are ignored", Limits{}, []step{
 			{datagram: datagram(p0, initial(t, 2, []byte{framePing}), initial(t, 3, []byte{framePing}), initial(t, 4, []byte{framePing}),
 				initial(t, 5, []byte{framePing}), initial(t, 6, []byte{framePing}), initial(t, 7, []byte{framePing}), zeroRTT(10), p1)},
