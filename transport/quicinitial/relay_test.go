@@ -46,11 +46,12 @@ func TestRelayAfterParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// The client closes only once the server has accepted: quic-go drops
+	// a connection closed while it waits to be accepted.
 	accepted := make(chan error, 1)
 	go func() {
-		conn, err := ln.Accept(ctx)
+		conn, err := ln.Accept(ctx) // returns once the handshake is complete
 		if err == nil {
-			<-conn.HandshakeComplete()
 			err = conn.CloseWithError(0, "")
 		}
 		accepted <- err
@@ -68,10 +69,10 @@ func TestRelayAfterParse(t *testing.T) {
 	if got := conn.ConnectionState().TLS.NegotiatedProtocol; got != "quicmesh/1" {
 		t.Errorf("negotiated %q", got)
 	}
-	_ = conn.CloseWithError(0, "")
 	if err := <-accepted; err != nil {
 		t.Errorf("server: %v", err)
 	}
+	_ = conn.CloseWithError(0, "")
 	chi := <-seen
 	h := gw.hello()
 	if h.ServerName != chi.ServerName || h.ServerName != "svc.example" || len(h.ALPN) != len(chi.SupportedProtos) {
