@@ -103,8 +103,8 @@ type Assembler struct {
 
 // Feed takes one UDP datagram of the flow, in any order, duplicates
 // included. It decrypts the Initial packets in it (skipping coalesced
-// 0-RTT and Handshake packets, and packets of other connections after the
-// first), adds their CRYPTO data, and once the ClientHello is complete
+// 0-RTT and Handshake packets, packets of other connections after the
+// first, and any past the 8th), adds their CRYPTO data, and once the ClientHello is complete
 // returns it with complete == true; from then on Feed returns the same
 // Hello without looking at what it is given. The datagram is not
 // modified or retained. Hello's slices must not be modified.
