@@ -44,6 +44,12 @@ type fileConfig struct {
 		// Authorization is who may call each route; the only part of
 		// the file a running sidecar re-reads (authzwatch.go).
 		Authorization *authz.Spec `json:"authorization"`
+		// The transparent path's inbound side (flags --plain-inbound,
+		// --plain-policy, --app-host, --app-ports).
+		PlainListen string `json:"plain_listen"`
+		PlainPolicy string `json:"plain_policy"`
+		AppHost     string `json:"app_host"`
+		AppPorts    []int  `json:"app_ports"`
 	} `json:"inbound"`
 	Outbound struct {
 		Binds []struct {
@@ -54,6 +60,7 @@ type fileConfig struct {
 		HTTPProxy     *string  `json:"http_proxy"`
 		DetectTimeout duration `json:"detect_timeout"`
 		MaxInFlight   int      `json:"max_in_flight"`
+		Transparent   string   `json:"transparent"` // --transparent
 	} `json:"outbound"`
 	Discovery struct {
 		Static string `json:"static"`

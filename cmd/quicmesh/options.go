@@ -573,39 +573,59 @@ func (m merger) limits(o *proxyOptions) error {
 	return nil
 }
 
-// transparent gathers the transparent path's settings (flags only): its
-// two listeners, the plain TCP policy, and the app's ports and address.
+// transparent gathers the transparent path's settings (a flag beats its
+// config key): its two listeners, the plain TCP policy, and the app's
+// ports and address.
 func (m merger) transparent(o *proxyOptions) error {
-	f := m.f
+	f, in := m.f, &m.fc.Inbound
 	l := &o.sidecar.Listeners
-	l.Transparent, l.PlainInbound = f.transparent, f.plainInbound
-	for _, s := range []struct{ flag, addr string }{{"transparent", f.transparent}, {"plain-inbound", f.plainInbound}} {
-		if s.addr == "" {
+	for _, s := range []struct {
+		flag, key, flagVal, fileVal string
+		dst                         *string
+	}{
+		{"transparent", "outbound.transparent", f.transparent, m.fc.Outbound.Transparent, &l.Transparent},
+		{"plain-inbound", "inbound.plain_listen", f.plainInbound, in.PlainListen, &l.PlainInbound},
+	} {
+		addr := m.pick(s.flag, s.flagVal, s.fileVal)
+		if addr == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(s.addr); err != nil {
-			return fmt.Errorf("--%s %s: not a HOST:PORT address", s.flag, s.addr)
+		name := m.name(s.flag, s.key, s.fileVal != "")
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %s: not a HOST:PORT address", name, addr)
 		}
-		o.names.listeners = append(o.names.listeners, listenSetting{"--" + s.flag + " " + s.addr, s.addr})
+		*s.dst = addr
+		o.names.listeners = append(o.names.listeners, listenSetting{name + " " + addr, addr})
 	}
-	policy, err := inbound.ParsePlainPolicy(f.plainPolicy)
+	policy, err := inbound.ParsePlainPolicy(m.pick("plain-policy", f.plainPolicy, in.PlainPolicy))
 	if err != nil {
-		return fmt.Errorf("--plain-policy: %w", err)
+		return fmt.Errorf("%s: %w", m.name("plain-policy", "inbound.plain_policy", in.PlainPolicy != ""), err)
 	}
 	if l.PlainInbound != "" {
 		l.PlainPolicy = policy // meaningless without the listener
 	}
-	if f.appHost != "" {
-		if _, err := netip.ParseAddr(f.appHost); err != nil {
-			return fmt.Errorf("--app-host %s: not an IP address", f.appHost)
+	if host := m.pick("app-host", f.appHost, in.AppHost); host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%s %s: not an IP address", m.name("app-host", "inbound.app_host", in.AppHost != ""), host)
 		}
+		o.sidecar.Inbound.AppHost = host
 	}
-	o.sidecar.Inbound.AppHost = f.appHost
-	if f.appPorts != "" {
+	switch {
+	case m.set["app-ports"] || len(in.AppPorts) == 0:
+		if f.appPorts == "" {
+			break
+		}
 		for _, p := range strings.Split(f.appPorts, ",") {
 			n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
 			if err != nil || n == 0 {
 				return fmt.Errorf("--app-ports %s: %q is not a port", f.appPorts, p)
+			}
+			o.sidecar.Inbound.AppPorts = append(o.sidecar.Inbound.AppPorts, uint16(n))
+		}
+	default:
+		for _, n := range in.AppPorts {
+			if n <= 0 || n > 65535 {
+				return fmt.Errorf(`config "inbound.app_ports": %d is not a port`, n)
 			}
 			o.sidecar.Inbound.AppPorts = append(o.sidecar.Inbound.AppPorts, uint16(n))
 		}

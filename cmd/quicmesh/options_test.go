@@ -249,6 +249,34 @@ func TestMergeProxyOptions(t *testing.T) {
 		{name: "transport by flag beats the file", file: `{"transport": {"mode": "tcp"}}`, args: append([]string{"--transport", "quic"}, id...),
 			want: func(o *proxyOptions) { o.sidecar.Transport = fallback.QUIC }},
 
+		// The transparent path: config keys, flags beating them.
+		{
+			name: "transparent path from the file",
+			file: `{"outbound": {"transparent": "127.0.0.1:4145"}, "inbound": {"plain_listen": "0.0.0.0:4146", "plain_policy": "strict", "app_host": "10.0.0.7", "app_ports": [8080, 9090]}}`,
+			args: id,
+			want: func(o *proxyOptions) {
+				o.sidecar.Listeners.Transparent, o.sidecar.Listeners.PlainInbound = "127.0.0.1:4145", "0.0.0.0:4146"
+				o.sidecar.Listeners.PlainPolicy = inbound.PlainStrict
+				o.sidecar.Inbound.AppHost, o.sidecar.Inbound.AppPorts = "10.0.0.7", []uint16{8080, 9090}
+				o.names.listeners = append(o.names.listeners,
+					listenSetting{`config "outbound.transparent" 127.0.0.1:4145`, "127.0.0.1:4145"},
+					listenSetting{`config "inbound.plain_listen" 0.0.0.0:4146`, "0.0.0.0:4146"})
+			},
+		},
+		{
+			name: "transparent path flags beat the file",
+			file: `{"outbound": {"transparent": "127.0.0.1:4145"}, "inbound": {"plain_listen": "0.0.0.0:4146", "plain_policy": "strict", "app_host": "10.0.0.7", "app_ports": [8080]}}`,
+			args: append([]string{"--transparent", "127.0.0.1:5145", "--plain-inbound", "0.0.0.0:5146", "--plain-policy", "permissive", "--app-host", "10.0.0.8", "--app-ports", "7070"}, id...),
+			want: func(o *proxyOptions) {
+				o.sidecar.Listeners.Transparent, o.sidecar.Listeners.PlainInbound = "127.0.0.1:5145", "0.0.0.0:5146"
+				o.sidecar.Listeners.PlainPolicy = inbound.PlainPermissive
+				o.sidecar.Inbound.AppHost, o.sidecar.Inbound.AppPorts = "10.0.0.8", []uint16{7070}
+				o.names.listeners = append(o.names.listeners,
+					listenSetting{"--transparent 127.0.0.1:5145", "127.0.0.1:5145"},
+					listenSetting{"--plain-inbound 0.0.0.0:5146", "0.0.0.0:5146"})
+			},
+		},
+
 		// Identity sources: the command line, then the file, then the
 		// environment; the first that names one decides.
 		{name: "Workload API by flag", args: []string{"--spiffe-socket", sock}, env: "unix:///env.sock", want: spiffeFrom("--spiffe-socket", sock)},
@@ -303,6 +331,14 @@ func TestMergeProxyOptions(t *testing.T) {
 				controlOptions{addr: ctl, ca: "ca.crt", id: identity.MustParseID("spiffe://other.test/cp"), tokenFile: "/flag/token"})},
 		{name: "unknown transport", file: `{"transport": {"mode": "sctp"}}`, args: id,
 			wantErr: `config "transport.mode": fallback: transport "sctp": want quic, tcp or auto`},
+		{name: "transparent listener in the file not an address", file: `{"outbound": {"transparent": "4145"}}`, args: id,
+			wantErr: `config "outbound.transparent" 4145: not a HOST:PORT address`},
+		{name: "plain policy in the file unknown", file: `{"inbound": {"plain_listen": ":4146", "plain_policy": "lax"}}`, args: id,
+			wantErr: `config "inbound.plain_policy": plain TCP policy "lax": want permissive or strict`},
+		{name: "app host in the file not an IP", file: `{"inbound": {"app_host": "localhost"}}`, args: id,
+			wantErr: `config "inbound.app_host" localhost: not an IP address`},
+		{name: "app port in the file out of range", file: `{"inbound": {"app_ports": [8080, 70000]}}`, args: id,
+			wantErr: `config "inbound.app_ports": 70000 is not a port`},
 		{name: "control plane without its CA", args: []string{"--control", ctl},
 			wantErr: "--control: no CA to verify the control plane with: set --control-ca (or control.ca), e.g. the mesh CA's ca.crt"},
 		{name: "control plane address without port", file: `{"control": {"address": "control.quicmesh", "ca": "ca.crt"}}`,
