@@ -19,6 +19,7 @@ import (
 // meshServer is a listening endpoint serving HTTP/3 requests and tunnels
 // as the inbound proxy does, through transport.Server. Requests and
 // tunnels are held open until the test ends; started reports each one.
+// Other requests are answered at once, or after ?sleep=<duration>.
 type meshServer struct {
 	ep      *transport.Endpoint
 	started chan struct{}
@@ -42,6 +43,13 @@ func startMeshServer(t *testing.T, prov identity.Provider, udp *net.UDPConn, lim
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
 			hold(r.Context())
+		}
+		// ?sleep=3s: an app that is slow to answer.
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+			}
 		}
 	})
 	srv := transport.NewServer(ep, transport.ServerConfig{})

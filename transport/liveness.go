@@ -26,10 +26,11 @@ import (
 //     ACK even when its app is slow to answer;
 //   - it declares the peer dead only after nothing at all (packets
 //     counted by quic-go, ACKs included) arrived for the timeout (or
-//     three probe timeouts if the path is slower) across polls that all
-//     ran on time: a poll late by more than half the timeout means this
-//     process was starved, the peer's packets may be waiting unread in
-//     the socket, and the watch starts over.
+//     three probe timeouts if the path is slower) as counted by its
+//     polls, each crediting at most one poll interval: polls that run
+//     late (this process starved of CPU, the peer's packets perhaps
+//     waiting unread in the socket) stretch the wait, and one late by
+//     more than a whole interval starts the watch over.
 //
 // One goroutine per Pool polls every connection that has work.
 
@@ -39,7 +40,16 @@ type livenessState struct {
 	watching bool
 	received uint64    // PacketsReceived at the last progress
 	since    time.Time // last progress seen, or the watch's (re)start
-	pinged   time.Time // first PING of this silence; zero if none yet
+	// quiet is the silence since then as the watch credits it: each
+	// poll that saw no progress adds the time since the previous poll,
+	// but never more than one poll interval, so a process that runs
+	// its polls late (starved of CPU: the peer's packets may sit unread
+	// in the socket) takes longer to declare a peer dead instead of
+	// sooner.
+	quiet time.Duration
+	// pinged is quiet when the first PING of this silence was sent;
+	// negative if none yet.
+	pinged time.Duration
 	// pinging: a PING is being queued (SendDatagram can block while the
 	// connection's datagram queue is full; one goroutine per connection).
 	pinging atomic.Bool
@@ -85,14 +95,22 @@ func (p *Pool) watchLiveness() {
 		case <-timer.C:
 		}
 		now := time.Now()
-		starved := now.Sub(last)-poll > timeout/2
+		elapsed := now.Sub(last)
 		last = now
+		// Late by more than a whole interval: this process did not
+		// run for that long, nor perhaps did the code that reads the
+		// peer's packets. Measured with -race, every core hogged and a
+		// load average of 15 on 2 cores, polls late by 300-400 ms
+		// went with ACKs to our PINGs arriving over a second late:
+		// starting over is what keeps such a stall from looking like
+		// the peer's silence (docs/design.md, "Failure detection").
+		starved := elapsed-poll > poll
 		if starved {
 			p.livenessStarved.Add(1)
 		}
 		conns = p.watchedConns(conns[:0])
 		for _, pc := range conns {
-			p.checkLiveness(pc, now, starved)
+			p.checkLiveness(pc, now, min(elapsed, poll), starved)
 		}
 		clear(conns)
 		timer.Reset(poll)
@@ -117,29 +135,33 @@ func (p *Pool) watchedConns(dst []*PeerConn) []*PeerConn {
 	return dst
 }
 
-func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, starved bool) {
+// checkLiveness looks at pc after a poll that credits the silence with
+// credit, or found this process starved.
+func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit time.Duration, starved bool) {
 	w := &pc.liveness
 	st := pc.Conn.ConnectionStats()
 	if !w.watching || starved || st.PacketsReceived != w.received {
 		w.watching = true
 		w.received = st.PacketsReceived
 		w.since = now
-		w.pinged = time.Time{}
+		w.quiet = 0
+		w.pinged = -1
 		return
 	}
+	w.quiet += credit
 	pings := pc.Conn.ConnectionState().SupportsDatagrams.Remote
-	silent := now.Sub(w.since)
 	deadline := livenessDeadline(p.ep.limits, st, pings)
-	if pings && silent >= deadline/2 {
+	if pings && w.quiet >= deadline/2 {
 		// Half the deadline heard nothing: PING, and on every poll
 		// after that (a lost PING is probed again by QUIC's PTO anyway,
 		// but a fresh one costs nothing and does not depend on it). Not
 		// sooner: a tunnel idle for hours would cost a PING and an ACK
 		// every other poll.
-		if w.pinged.IsZero() {
-			w.pinged = now
+		if w.pinged < 0 {
+			w.pinged = w.quiet
 		}
 		if w.pinging.CompareAndSwap(false, true) {
+			p.livenessPings.Add(1)
 			go func() {
 				defer w.pinging.Store(false)
 				pc.Conn.SendDatagram(nil) // fails only once the connection is closed
@@ -148,36 +170,37 @@ func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, starved bool) {
 	}
 	// Dead: silent for the deadline, and the peer had half of it to
 	// answer a PING.
-	if silent < deadline || pings && (w.pinged.IsZero() || now.Sub(w.pinged) < deadline/2) {
+	if w.quiet < deadline || pings && (w.pinged < 0 || w.quiet-w.pinged < deadline/2) {
 		return
 	}
-	p.declareDead(pc, silent, deadline)
+	p.declareDead(pc, now.Sub(w.since), deadline, st)
 }
 
 // declareDead closes pc, whose peer sent nothing for silent while work
 // was outstanding: like an idle timeout, but found by the watch. The
 // peer goes into back-off and is reported before the connection closes,
 // so that the requests failing with it are not sent straight back to it.
-func (p *Pool) declareDead(pc *PeerConn, silent, deadline time.Duration) {
+func (p *Pool) declareDead(pc *PeerConn, silent, deadline time.Duration, st quic.ConnectionStats) {
 	err := meshcode.Mark(fmt.Errorf("transport: peer %s (%s) sent nothing for %v with %d requests or tunnels outstanding (liveness timeout %v)",
 		pc.addr, pc.peer, silent.Round(time.Millisecond), pc.active.Load(), deadline.Round(time.Millisecond)), meshcode.ErrConnDead, meshcode.ErrIdleTimeout)
 	p.livenessDeclared.Add(1)
 	if p.markFailed(pc, err) {
 		p.ep.logger.Warn("peer stopped answering: connection closed", "peer", pc.addr, "identity", pc.peer.String(),
-			"silent", silent.Round(time.Millisecond), "liveness_timeout", deadline.Round(time.Millisecond), "outstanding", pc.active.Load())
+			"silent", silent.Round(time.Millisecond), "liveness_timeout", deadline.Round(time.Millisecond), "outstanding", pc.active.Load(),
+			"rtt", st.SmoothedRTT, "packets_sent", st.PacketsSent, "packets_received", st.PacketsReceived)
 		p.reportFailure(PeerFailure{Addr: pc.addr, Peer: pc.peer, Reason: ReasonUnresponsive, Err: err})
 	}
 	pc.Conn.CloseWithError(ConnCodeUnresponsive, "peer unresponsive")
 }
 
 // LivenessStats counts what the watch did since the pool started: how
-// often it found this process starved (and started over) and how many
-// connections it declared dead.
+// often it found this process starved (and started over), how many PINGs
+// it sent and how many connections it declared dead.
 type LivenessStats struct {
-	Starved, Declared uint64
+	Starved, Pings, Declared uint64
 }
 
 // LivenessStats returns the watch's counters.
 func (p *Pool) LivenessStats() LivenessStats {
-	return LivenessStats{Starved: p.livenessStarved.Load(), Declared: p.livenessDeclared.Load()}
+	return LivenessStats{Starved: p.livenessStarved.Load(), Pings: p.livenessPings.Load(), Declared: p.livenessDeclared.Load()}
 }

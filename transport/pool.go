@@ -184,6 +184,7 @@ type Pool struct {
 	// the pool may still carry work), for the liveness watch.
 	live             map[*PeerConn]struct{}
 	livenessStarved  atomic.Uint64
+	livenessPings    atomic.Uint64
 	livenessDeclared atomic.Uint64
 }
 
