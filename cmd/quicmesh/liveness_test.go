@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -31,20 +30,6 @@ import (
 // -race.
 
 const webID = "spiffe://test.local/web"
-
-// buildQuicmesh builds cmd/quicmesh into dir.
-func buildQuicmesh(t *testing.T, dir string) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("building quicmesh: %v", err)
-	}
-	out := filepath.Join(dir, "quicmesh")
-	if b, err := exec.Command(goBin, "build", "-o", out, "github.com/quicmesh/quicmesh/cmd/quicmesh").CombinedOutput(); err != nil {
-		t.Fatalf("building quicmesh: %v\n%s", err, b)
-	}
-	return out
-}
 
 // meshProc is a sidecar process with its identity files.
 type meshProc struct {
@@ -205,7 +190,7 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // TestSidecarProcessFailures runs the failure scenarios against one
 // build of the sidecar.
 func TestSidecarProcessFailures(t *testing.T) {
-	bin := buildQuicmesh(t, t.TempDir())
+	bin := testkit.BuildQuicmesh(t, t.TempDir())
 	t.Run("kill -9 one of two endpoints", func(t *testing.T) { kill9OneOfTwoEndpoints(t, bin) })
 	for _, newKey := range []bool{false, true} {
 		t.Run(fmt.Sprintf("kill -9 the only endpoint, restart with new key %v", newKey), func(t *testing.T) { kill9OnlyEndpoint(t, bin, newKey) })
