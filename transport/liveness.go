@@ -2,6 +2,7 @@ package transport
 
 import (
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,10 @@ type livenessState struct {
 	pinging atomic.Bool
 }
 
+// LogStarved is the message logged (rate-limited) when the watch finds
+// this process starved and starts over.
+const LogStarved = "liveness watch started over: this process did not run for a while"
+
 // livenessPoll is how often the watch looks at connections with work.
 func livenessPoll(timeout time.Duration) time.Duration {
 	return max(timeout/4, 10*time.Millisecond)
@@ -107,6 +112,9 @@ func (p *Pool) watchLiveness() {
 		starved := elapsed-poll > poll
 		if starved {
 			p.livenessStarved.Add(1)
+			// An operator should know: detection is slower while it
+			// lasts (the idle timeout remains), and so is everything else.
+			p.logs.Log(p.ep.logger, slog.LevelInfo, "liveness|starved", LogStarved, "late", (elapsed - poll).Round(time.Millisecond), "poll", poll)
 		}
 		conns = p.watchedConns(conns[:0])
 		for _, pc := range conns {
