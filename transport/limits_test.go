@@ -54,7 +54,15 @@ func TestFailureDetectionDefaults(t *testing.T) {
 	if l.KeepAlive > l.IdleTimeout/3 {
 		t.Errorf("keep-alive %v leaves fewer than three PINGs per idle timeout %v", l.KeepAlive, l.IdleTimeout)
 	}
+	// The liveness watch: about a second, well under the idle timeout
+	// (which stays the backstop), and its PINGs need DATAGRAM support.
+	if l.LivenessTimeout != time.Second || l.LivenessTimeout > l.IdleTimeout/3 {
+		t.Errorf("liveness timeout %v (idle timeout %v); want 1 s", l.LivenessTimeout, l.IdleTimeout)
+	}
 	qc := l.quicConfig()
+	if !qc.EnableDatagrams {
+		t.Error("DATAGRAM frames disabled: the liveness watch cannot PING")
+	}
 	if qc.HandshakeIdleTimeout != l.DialTimeout || qc.MaxIdleTimeout != l.IdleTimeout || qc.KeepAlivePeriod != l.KeepAlive {
 		t.Errorf("quic config %v/%v/%v does not carry the limits", qc.HandshakeIdleTimeout, qc.MaxIdleTimeout, qc.KeepAlivePeriod)
 	}

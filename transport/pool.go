@@ -70,7 +70,9 @@ type PeerConn struct {
 	addr string
 	peer identity.ID
 
-	active atomic.Int64 // requests and tunnels in flight, for metrics
+	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch
+	// liveness is the liveness watch's state (liveness.go).
+	liveness livenessState
 }
 
 // Addr is the peer's address as dialled.
@@ -96,7 +98,8 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // Begin counts one request or tunnel on the connection until the returned
-// function is called.
+// function is called. The liveness watch (Limits.LivenessTimeout) looks
+// only at connections with work counted here.
 func (pc *PeerConn) Begin() (end func()) {
 	pc.active.Add(1)
 	return func() { pc.active.Add(-1) }
@@ -177,6 +180,12 @@ type Pool struct {
 	// logs rate-limits dial-failure lines per peer and reason.
 	logs      *lograte.Limiter
 	onFailure atomic.Pointer[func(PeerFailure)]
+	// live holds every open connection, pooled or not (one dropped from
+	// the pool may still carry work), for the liveness watch.
+	live             map[*PeerConn]struct{}
+	livenessStarved  atomic.Uint64
+	livenessPings    atomic.Uint64
+	livenessDeclared atomic.Uint64
 }
 
 // OnPeerFailure makes the pool call fn (from its own goroutines, never
@@ -194,7 +203,7 @@ func (p *Pool) reportFailure(f PeerFailure) {
 // NewPool creates a pool that dials through ep.
 func NewPool(ep *Endpoint) *Pool {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{
+	p := &Pool{
 		ep: ep,
 		// The proxy forwards what the app sent: never add Accept-Encoding
 		// or transparently decompress.
@@ -204,7 +213,13 @@ func NewPool(ep *Endpoint) *Pool {
 		cancel: cancel,
 		now:    ep.cfg.Now,
 		logs:   lograte.New(0, 0, ep.cfg.Now),
+		live:   make(map[*PeerConn]struct{}),
 	}
+	if ep.limits.LivenessTimeout > 0 {
+		p.dialsWG.Add(1)
+		go p.watchLiveness()
+	}
+	return p
 }
 
 // Get returns the shared connection to the peer at addr that must present
@@ -315,6 +330,7 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	st.failures = 0
 	st.lastErr = nil
 	st.conn = pc
+	p.live[pc] = struct{}{}
 	conn := pc.Conn
 	// A connection is only as good as the certificate it was
 	// authenticated with: retire it when the peer's certificate expires.
@@ -383,6 +399,9 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 		switch err := context.Cause(pc.Conn.Context()); {
 		case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == ConnCodeShutdown:
 			p.markDraining(pc)
+		case errors.As(err, &ae) && !ae.Remote && ae.ErrorCode == ConnCodeUnresponsive:
+			// The liveness watch closed it, and has put the peer in
+			// back-off and reported it already.
 		case errors.As(err, &it):
 			err = meshcode.Mark(fmt.Errorf("transport: peer %s (%s) stopped answering: %w", pc.addr, pc.peer, err), meshcode.ErrConnDead, meshcode.ErrIdleTimeout)
 			if p.markFailed(pc, err) {
@@ -391,6 +410,9 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 			}
 		}
 		p.Forget(pc)
+		p.mu.Lock()
+		delete(p.live, pc)
+		p.mu.Unlock()
 	}()
 	for {
 		str, err := pc.Conn.AcceptUniStream(context.Background())

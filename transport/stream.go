@@ -74,7 +74,10 @@ func meshError(err error) error {
 	if se, ok := errors.AsType[*quic.StreamError](err); ok {
 		return &meshcode.StreamError{Code: meshcode.Code(se.ErrorCode), Remote: se.Remote, Err: err}
 	}
-	if _, ok := errors.AsType[*quic.ApplicationError](err); ok {
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok {
+		if declaredDead(ae) {
+			return meshcode.Mark(err, meshcode.ErrIdleTimeout, meshcode.ErrConnDead)
+		}
 		return meshcode.Mark(err, meshcode.ErrConnClosed)
 	}
 	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
@@ -101,7 +104,16 @@ func requestError(err error) error {
 	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
 		kinds = append(kinds, meshcode.ErrIdleTimeout)
 	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && declaredDead(ae) {
+		kinds = append(kinds, meshcode.ErrIdleTimeout)
+	}
 	return meshcode.Mark(err, kinds...)
+}
+
+// declaredDead reports whether ae is our liveness watch closing the
+// connection: the peer stopped answering, as for an idle timeout.
+func declaredDead(ae *quic.ApplicationError) bool {
+	return !ae.Remote && ae.ErrorCode == ConnCodeUnresponsive
 }
 
 // h3RequestRejected is HTTP/3's H3_REQUEST_REJECTED: the server did not
@@ -144,5 +156,6 @@ func refused(err error) bool {
 func connectionDead(err error) bool {
 	var sr *quic.StatelessResetError
 	var it *quic.IdleTimeoutError
-	return errors.As(err, &sr) || errors.As(err, &it) || errors.Is(err, ErrStreamNotOpened)
+	var ae *quic.ApplicationError
+	return errors.As(err, &sr) || errors.As(err, &it) || errors.Is(err, ErrStreamNotOpened) || errors.As(err, &ae) && declaredDead(ae)
 }

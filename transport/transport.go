@@ -48,6 +48,9 @@ const (
 	ConnCodeShutdown   = quic.ApplicationErrorCode(meshcode.ConnShutdown)
 	ConnCodeIdentity   = quic.ApplicationErrorCode(meshcode.ConnIdentity)
 	ConnCodePoolClosed = quic.ApplicationErrorCode(meshcode.ConnPoolClosed)
+	// ConnCodeUnresponsive closes a connection the liveness watch
+	// declared dead (Limits.LivenessTimeout).
+	ConnCodeUnresponsive = quic.ApplicationErrorCode(meshcode.ConnUnresponsive)
 )
 
 // Limits are the QUIC knobs we set deliberately; zero values take the
@@ -112,6 +115,19 @@ type Limits struct {
 	// lost PING is retransmitted at the probe timeout several times
 	// before IdleTimeout declares the peer dead.
 	KeepAlive time.Duration
+	// LivenessTimeout is the dialing side's fast failure detection:
+	// while requests or tunnels are outstanding on a connection we
+	// dialled, a peer that sends nothing (not even an ACK of the PINGs
+	// the watch sends once it hears nothing for a quarter of this) for
+	// this long is declared dead: the connection is closed, what was in
+	// flight fails marked meshcode.ErrConnDead and ErrIdleTimeout, the
+	// peer goes into back-off and is reported (ReasonUnresponsive).
+	// Default 1s; negative disables it. It never fires for a stall of
+	// this process (a poll of the watch late by half of it starts the
+	// watch over), which is why it can be this much shorter than
+	// IdleTimeout; three probe timeouts apply if longer. docs/design.md,
+	// "Failure detection".
+	LivenessTimeout time.Duration
 
 	// MaxHandshakes caps inbound handshakes in progress (connections a
 	// client has started and Accept has not yet returned); beyond it new
@@ -135,6 +151,7 @@ const (
 	DefaultDialTimeout      = time.Second
 	DefaultHandshakeTimeout = 3 * time.Second
 	DefaultIdleTimeout      = 5 * time.Second
+	DefaultLivenessTimeout  = time.Second
 )
 
 // WithDefaults returns l with every zero field set to its default, for
@@ -169,6 +186,9 @@ func (l Limits) withDefaults() Limits {
 	if l.KeepAlive == 0 {
 		l.KeepAlive = l.IdleTimeout / 4
 	}
+	if l.LivenessTimeout == 0 {
+		l.LivenessTimeout = DefaultLivenessTimeout
+	}
 	if l.MaxHandshakes <= 0 {
 		l.MaxHandshakes = DefaultMaxHandshakes
 	}
@@ -190,6 +210,11 @@ func (l Limits) quicConfig() *quic.Config {
 		MaxStreamReceiveWindow:         l.StreamReceiveWindow,
 		InitialConnectionReceiveWindow: l.ConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     l.ConnectionReceiveWindow,
+		// The liveness watch's PINGs are empty DATAGRAM frames. Nobody
+		// reads them on the receiving side: quic-go keeps at most 128
+		// (a few KiB) per connection and drops the rest, and the packet
+		// is acknowledged either way, which is all the watch wants.
+		EnableDatagrams: true,
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,21 +20,6 @@ import (
 	"github.com/quicmesh/quicmesh/internal/intercept"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 )
-
-// buildQuicmesh builds the sidecar binary into dir: the lab runs it as a
-// process of its own, as the proxy UID.
-func buildQuicmesh(t *testing.T, dir string) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("building quicmesh: %v", err)
-	}
-	out := filepath.Join(dir, "quicmesh")
-	if b, err := exec.Command(goBin, "build", "-o", out, "github.com/quicmesh/quicmesh/cmd/quicmesh").CombinedOutput(); err != nil {
-		t.Fatalf("building quicmesh: %v\n%s", err, b)
-	}
-	return out
-}
 
 // metricsOf returns the admin metrics of pod's sidecar.
 func metricsOf(t *testing.T, cl *cluster.Cluster, pod string) string {
@@ -62,7 +46,8 @@ func TestLabTransparentMesh(t *testing.T) {
 	testkit.NeedNetns(t, netlab.Available)
 	testkit.NeedNetns(t, func() error { _, err := exec.LookPath("setpriv"); return err })
 	testkit.NeedNetns(t, func() error { _, err := exec.LookPath("curl"); return err })
-	bin := buildQuicmesh(t, t.TempDir())
+	// The lab runs the sidecar as a process of its own, as the proxy UID.
+	bin := testkit.BuildQuicmesh(t, t.TempDir())
 	// The lab's apps and clients are copies of this test binary: they
 	// must run quicmesh-dev, not the tests.
 	t.Setenv(reexecEnv, "1")

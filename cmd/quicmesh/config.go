@@ -97,6 +97,7 @@ type fileConfig struct {
 		HandshakeTimeout   duration `json:"handshake_timeout"`
 		IdleTimeout        duration `json:"idle_timeout"`
 		KeepAlive          duration `json:"keep_alive"`
+		LivenessTimeout    duration `json:"liveness_timeout"`
 		ConnectTimeout     duration `json:"connect_timeout"`
 		AppConnectTimeout  duration `json:"app_connect_timeout"`
 		HeaderTimeout      duration `json:"header_timeout"`

@@ -548,6 +548,10 @@ func (m merger) limits(o *proxyOptions) error {
 		}
 	}
 	o.grace = m.f.grace
+	liveness := lim.LivenessTimeout.Duration
+	if liveness == 0 && lim.LivenessTimeout.set() {
+		liveness = -1 // "0s" turns the liveness watch off
+	}
 	o.sidecar.Limits = transport.Limits{
 		MaxIncomingStreams:      lim.MaxStreamsPerPeer,
 		StreamReceiveWindow:     lim.StreamWindowBytes,
@@ -555,6 +559,7 @@ func (m merger) limits(o *proxyOptions) error {
 		HandshakeTimeout:        lim.HandshakeTimeout.Duration,
 		IdleTimeout:             lim.IdleTimeout.Duration,
 		KeepAlive:               lim.KeepAlive.Duration,
+		LivenessTimeout:         liveness,
 		MaxHandshakes:           lim.MaxHandshakes,
 		RetryThreshold:          lim.RetryThreshold,
 	}

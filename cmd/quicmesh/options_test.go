@@ -223,13 +223,13 @@ func TestMergeProxyOptions(t *testing.T) {
 		},
 		{
 			name: "limits and the rest",
-			file: `{"limits": {"max_streams_per_peer": 50, "stream_window_bytes": 1024, "conn_window_bytes": 4096, "handshake_timeout": "3s", "idle_timeout": "1m", "keep_alive": "10s",
+			file: `{"limits": {"max_streams_per_peer": 50, "stream_window_bytes": 1024, "conn_window_bytes": 4096, "handshake_timeout": "3s", "idle_timeout": "1m", "keep_alive": "10s", "liveness_timeout": "2s",
 				"app_connect_timeout": "1s", "header_timeout": "5s", "app_idle_timeout": "2m", "max_header_bytes": 8192, "inbound_max_in_flight": 7},
 				"outbound": {"max_in_flight": 9}, "debug": {"qlog_dir": "/tmp/q"}}`,
 			args: append([]string{"--grace", "5s", "--admin-shutdown", "--connect-timeout", "4s"}, id...),
 			want: func(o *proxyOptions) {
 				o.sidecar.Limits = transport.Limits{MaxIncomingStreams: 50, StreamReceiveWindow: 1024, ConnectionReceiveWindow: 4096,
-					HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute, KeepAlive: 10 * time.Second}
+					HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute, KeepAlive: 10 * time.Second, LivenessTimeout: 2 * time.Second}
 				o.sidecar.Outbound = outbound.Options{ConnectTimeout: 4 * time.Second, Detect: detect.Config{Timeout: time.Second},
 					MaxInFlight: 9, HeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 8192}
 				o.sidecar.Inbound = inbound.Options{Routes: inbound.Routes{}, Authorization: authz.Default(), ConnectTimeout: time.Second, HeaderTimeout: 5 * time.Second, MaxInFlight: 7}
@@ -237,6 +237,8 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		},
 
+		{name: "liveness watch off", file: `{"limits": {"liveness_timeout": "0s"}}`, args: id,
+			want: func(o *proxyOptions) { o.sidecar.Limits.LivenessTimeout = -1 }},
 		{
 			name: "transport from the file, race delay by flag",
 			file: `{"transport": {"mode": "tcp", "race_delay": "1s", "reprobe_min": "2s", "reprobe_max": "1m"}}`,

@@ -335,7 +335,12 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 		}
 		return err
 	}
-	tc := tls.Client(raw, tlsConf)
+	// The kernel completes a TCP connect to a frozen peer (SIGSTOP, a
+	// hung process) on its own; what the peer's process says first is
+	// its TLS ServerHello. Wait for that no longer than QUIC waits for
+	// any answer (DialTimeout), not the whole handshake timeout.
+	raw.SetReadDeadline(time.Now().Add(l.DialTimeout))
+	tc := tls.Client(&firstAnswer{Conn: raw}, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		var who string
@@ -366,6 +371,22 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 }
 
 var errNotAccepted = errors.New("the server did not accept the connection")
+
+// firstAnswer lifts the read deadline connect sets once the peer has sent
+// its first bytes.
+type firstAnswer struct {
+	net.Conn
+	answered bool // only the connection's one reader touches it
+}
+
+func (c *firstAnswer) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.answered {
+		c.answered = true
+		c.Conn.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
 
 // netReason classifies what transport.HandshakeReason does not know: TCP
 // refused (nobody listening, or a draining listener: the peer answered,

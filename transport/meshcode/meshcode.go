@@ -37,6 +37,10 @@ const (
 	ConnShutdown   ConnCode = 0x51d0 // the sidecar is shutting down
 	ConnIdentity   ConnCode = 0x51d1 // retired: the peer certificate it was authenticated with expired
 	ConnPoolClosed ConnCode = 0x51d2 // the dialing pool closed
+	// ConnUnresponsive: the dialing side's liveness watch heard nothing
+	// from the peer for its timeout while work was outstanding (the peer
+	// rarely receives it: it is usually gone or cut off).
+	ConnUnresponsive ConnCode = 0x51d3
 )
 
 // A StreamError is a tunnel stream that was reset, by the peer (Remote)
@@ -68,7 +72,10 @@ var (
 	// closed by either side's application (a connection code, or the
 	// HTTP layer closing it).
 	ErrConnClosed = errors.New("mesh connection closed")
-	// ErrIdleTimeout: the connection timed out for lack of traffic.
+	// ErrIdleTimeout: the connection timed out for lack of traffic: the
+	// idle timeout, or the dialing side's liveness watch (the peer sent
+	// nothing while work was outstanding). The peer may have processed
+	// what was in flight.
 	ErrIdleTimeout = errors.New("mesh connection idle timeout")
 	// ErrNotProcessed: the peer provably did not process the request or
 	// tunnel (it was draining or closing, rejected the stream, or the

@@ -1,0 +1,132 @@
+package transport_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/transport"
+)
+
+// hogCPU keeps every core busy until the test ends, on top of whatever
+// else the machine runs: the starvation that made a 1 s idle timeout
+// close live connections (docs/design.md, "Failure detection").
+func hogCPU(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range max(2, runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for n := 0; ctx.Err() == nil; n++ {
+				_ = n * n
+			}
+		})
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// The liveness watch never declares a live peer dead, on a node starved
+// of CPU (every core hogged, the race detector, whatever else the machine
+// runs): not a peer whose app answers slowly (its connection silent for
+// three times the liveness timeout but for the ACKs of our PINGs), nor
+// one with an idle tunnel, nor one busy serving a stream of requests.
+// Without the PINGs the slow requests fail: the peer would have nothing
+// to answer for longer than the timeout.
+func TestLivenessSparesLivePeersUnderCPUStarvation(t *testing.T) {
+	testkit.CheckLeaks(t)
+	ca := identitytest.NewCA(t, "t.local")
+	quiet := startMeshServer(t, identitytest.Provider(t, ca, serverID), nil, transport.Limits{})
+	busy := startMeshServer(t, identitytest.Provider(t, ca, serverID), nil, transport.Limits{})
+	// Default liveness, but a dial (before the hogs start) must not
+	// fail the test on a machine loaded by other jobs.
+	p := newPool(t, ca, transport.Limits{DialTimeout: 10 * time.Second, HandshakeTimeout: 10 * time.Second})
+	failed := failures(p)
+	limits := quiet.ep.Limits()
+	quietConn := get(t, p, quiet.ep.Addr().String())
+	busyConn := get(t, p, busy.ep.Addr().String())
+	hogCPU(t)
+
+	soak := 5 * time.Second
+	slow := 3 * limits.LivenessTimeout
+	ctx, cancel := context.WithTimeout(context.Background(), soak)
+	defer cancel()
+	var wg sync.WaitGroup
+	var slowDone, busyDone atomic.Int64
+	errs := make(chan error, 100)
+	roundTrip := func(pc *transport.PeerConn, url string) error {
+		defer pc.Begin()()
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		resp, err := pc.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	// An idle tunnel for the whole soak.
+	endTunnel := quietConn.Begin()
+	str, err := quietConn.OpenTunnel(context.Background(), "svc:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	str.Write([]byte("x"))
+	<-quiet.started
+	// Slow requests, two at a time, started until the soak ends.
+	for range 2 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if err := roundTrip(quietConn, "https://peer/?sleep="+slow.String()); err != nil {
+					errs <- fmt.Errorf("slow request: %w", err)
+					return
+				}
+				slowDone.Add(1)
+			}
+		})
+	}
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if err := roundTrip(busyConn, "https://peer/"); err != nil {
+					errs <- fmt.Errorf("busy request: %w", err)
+					return
+				}
+				busyDone.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	str.Reset(0)
+	endTunnel()
+	close(errs)
+	lv := p.LivenessStats()
+	t.Logf("%v soak, %d hogs: %d slow requests (%v each), %d busy requests; watch %+v", soak, max(2, runtime.GOMAXPROCS(0)), slowDone.Load(), slow, busyDone.Load(), lv)
+	for err := range errs {
+		t.Error(err)
+	}
+	if lv.Declared != 0 || !quietConn.Alive() || !busyConn.Alive() {
+		t.Fatalf("live peers declared dead: %+v (quiet connection alive: %v, busy: %v)", lv, quietConn.Alive(), busyConn.Alive())
+	}
+	select {
+	case f := <-failed:
+		t.Fatalf("a live peer reported failed: %+v", f)
+	default:
+	}
+	if slowDone.Load() == 0 || busyDone.Load() == 0 {
+		t.Fatal("the soak completed no requests")
+	}
+	// The slow requests must have needed the PINGs (else the test
+	// proves nothing about them), unless the starved watch kept starting
+	// over: then it never got far enough to send one.
+	if lv.Pings == 0 && lv.Starved == 0 {
+		t.Fatal("the watch sent no PING while the slow requests were silent")
+	}
+}
