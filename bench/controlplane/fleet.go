@@ -63,21 +63,27 @@ type fleet struct {
 func newFleet(cfg Config, cluster *kubetest.Cluster, addr string, ca *identity.CA) *fleet {
 	f := &fleet{
 		cfg: cfg, cluster: cluster, addr: addr, anchors: ca.Pool(),
-		cpID:     identity.ID{TrustDomain: ca.TrustDomain(), Path: "/ns/quicmesh/sa/quicmesh-control"},
-		watches:  make([][]int, cfg.Sidecars),
-		watchers: make([]int, cfg.Services),
-		track:    tracker{changes: map[int]*change{}},
+		cpID:  identity.ID{TrustDomain: ca.TrustDomain(), Path: "/ns/quicmesh/sa/quicmesh-control"},
+		track: tracker{changes: map[int]*change{}},
 	}
-	// A fixed seed: runs follow the same services.
-	rng := mrand.New(mrand.NewPCG(14, 14))
-	for i := range f.watches {
-		f.watches[i] = rng.Perm(cfg.Services)[:cfg.WatchesPerSidecar]
-		for _, k := range f.watches[i] {
-			f.watchers[k]++
-		}
-	}
+	f.watches, f.watchers = assignWatches(cfg)
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
+}
+
+// assignWatches picks the services each sidecar follows with Watch, at
+// random with a fixed seed (runs follow the same ones), and counts the
+// Watch streams of each service.
+func assignWatches(cfg Config) (watches [][]int, watchers []int) {
+	watches, watchers = make([][]int, cfg.Sidecars), make([]int, cfg.Services)
+	rng := mrand.New(mrand.NewPCG(14, 14))
+	for i := range watches {
+		watches[i] = rng.Perm(cfg.Services)[:cfg.WatchesPerSidecar]
+		for _, k := range watches[i] {
+			watchers[k]++
+		}
+	}
+	return watches, watchers
 }
 
 // connect starts every sidecar and returns once each stream has delivered
@@ -87,7 +93,7 @@ func (f *fleet) connect(ctx context.Context) error {
 }
 
 func (f *fleet) start(ctx context.Context, i int) error {
-	token, err := f.cluster.RequestToken(ctx, namespace, sidecarAccount(i), audience, time.Hour)
+	token, err := f.cluster.RequestToken(ctx, f.cfg.Namespace, sidecarAccount(i), audience, time.Hour)
 	if err != nil {
 		return err
 	}
@@ -134,7 +140,7 @@ func (f *fleet) start(ctx context.Context, i int) error {
 		}
 	}
 	for _, k := range f.watches[i] {
-		stream, err := client.Watch(f.ctx, &controlpb.WatchRequest{Service: serviceName(k) + "." + namespace})
+		stream, err := client.Watch(f.ctx, &controlpb.WatchRequest{Service: serviceName(k) + "." + f.cfg.Namespace})
 		if err != nil {
 			return fmt.Errorf("controlplane: sidecar %d: watch %s: %w", i, serviceName(k), err)
 		}
@@ -232,7 +238,7 @@ func (f *fleet) churn(ctx context.Context, client kubernetes.Interface, objs []*
 		sl.Endpoints[0].Zone = ptr.To(churnZonePrefix + strconv.Itoa(seq))
 		sent := time.Now()
 		f.track.sent(seq, index+f.watchers[k], sent)
-		out, err := client.DiscoveryV1().EndpointSlices(namespace).Update(ctx, sl, metav1.UpdateOptions{})
+		out, err := client.DiscoveryV1().EndpointSlices(cfg.Namespace).Update(ctx, sl, metav1.UpdateOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("controlplane: churn: updating %s: %w", sl.Name, err)
 		}

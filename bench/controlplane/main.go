@@ -44,6 +44,7 @@ func cliMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := defaultConfig()
+	fs.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "namespace of the objects the run creates")
 	fs.IntVar(&cfg.Services, "services", cfg.Services, "Services, each with one EndpointSlice")
 	fs.IntVar(&cfg.Endpoints, "endpoints", cfg.Endpoints, "endpoints (pods) per service")
 	fs.IntVar(&cfg.Sidecars, "sidecars", cfg.Sidecars, "simulated sidecars, each on its own connection")
@@ -106,7 +107,7 @@ func cliMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func defaultConfig() Config {
 	return Config{
-		Services: 1000, Endpoints: 10, Sidecars: 200, WatchesPerSidecar: 5, Index: true,
+		Namespace: "cpbench", Services: 1000, Endpoints: 10, Sidecars: 200, WatchesPerSidecar: 5, Index: true,
 		Idle: 10 * time.Second, Steady: 30 * time.Second, Churn: 30 * time.Second, Rate: 10,
 	}
 }

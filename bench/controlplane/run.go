@@ -31,7 +31,6 @@ import (
 )
 
 const (
-	namespace   = "cpbench"
 	trustDomain = "cpbench.test"
 	audience    = "quicmesh-control"
 	// workers bounds the object creations and sidecar connections in
@@ -41,6 +40,8 @@ const (
 
 // Config sizes a run.
 type Config struct {
+	// Namespace holds the objects the run creates.
+	Namespace                                        string
 	Services, Endpoints, Sidecars, WatchesPerSidecar int
 	Index                                            bool
 	Idle, Steady, Churn                              time.Duration
@@ -50,6 +51,8 @@ type Config struct {
 
 func (c Config) check() error {
 	switch {
+	case c.Namespace == "":
+		return errors.New("-namespace is required")
 	case c.Services < 1 || c.Endpoints < 1 || c.Sidecars < 1:
 		return errors.New("-services, -endpoints and -sidecars must be at least 1")
 	case c.Endpoints > 1000:
@@ -164,6 +167,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 // one EndpointSlice of them, all ready. It returns the slices as created,
 // which the churn updates.
 func populate(ctx context.Context, client kubernetes.Interface, cfg Config) ([]*discoveryv1.EndpointSlice, error) {
+	namespace := cfg.Namespace
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("controlplane: namespace: %w", err)
 	}
