@@ -307,6 +307,9 @@ func (t *tracker) stats() *ChurnStats {
 	st := &ChurnStats{Deliveries: len(t.deliveries), Delivery: quantiles(t.deliveries)}
 	var all []time.Duration
 	for _, c := range t.changes {
+		if c.want == 0 {
+			continue // no stream follows the service (no WatchIndex, no Watch of it)
+		}
 		if c.got >= c.want {
 			all = append(all, c.last.Sub(c.sent))
 		} else {

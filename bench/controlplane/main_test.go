@@ -87,6 +87,9 @@ func TestRunSmall(t *testing.T) {
 	if ch.Deliveries != want || ch.Undelivered != 0 || ch.AllWatchers.N != ch.Changes {
 		t.Fatalf("%d deliveries, %d undelivered, %d changes complete; want %d, 0, %d", ch.Deliveries, ch.Undelivered, ch.AllWatchers.N, want, ch.Changes)
 	}
+	if ch.AllWatchers.P50 <= 0 || ch.Delivery.P50 <= 0 {
+		t.Errorf("delivery times not positive: until the last stream p50 %v ms, each stream p50 %v ms", ch.AllWatchers.P50, ch.Delivery.P50)
+	}
 	if res.IndexSnapshotBytes <= 0 {
 		t.Errorf("index snapshot of %d bytes", res.IndexSnapshotBytes)
 	}

@@ -46,8 +46,9 @@ type ChurnStats struct {
 	// Delivery is each (change, watching stream) pair: from just before
 	// the Update call to the stream's message carrying it.
 	Delivery Quantiles `json:"delivery"`
-	// AllWatchers is per change: until the last stream that follows the
-	// service (every WatchIndex, and its Watch streams) had it.
+	// AllWatchers is per change that some stream follows: until the
+	// last stream that follows the service (every WatchIndex, and its
+	// Watch streams) had it.
 	AllWatchers Quantiles `json:"all_watchers"`
 	// CPUMillisPerChange is the control plane's CPU during the churn
 	// phase divided by the changes.
