@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/internal/controlpb"
 )
@@ -72,7 +74,7 @@ func (r *Resolver) followCatalog(ctx context.Context, out *discovery.LatestCatal
 func (r *Resolver) readCatalog(ctx context.Context, out *discovery.LatestCatalog) (delivered bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := r.client.WatchIndex(sctx, &controlpb.WatchIndexRequest{})
+	stream, err := r.client.WatchIndex(sctx, &controlpb.WatchIndexRequest{}, grpc.MaxCallRecvMsgSize(maxMessageBytes))
 	if err != nil {
 		return false, fmt.Errorf("controlplane: watch catalog: %w", err)
 	}

@@ -51,6 +51,16 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// maxMessageBytes bounds one stream message the resolver accepts. A
+// snapshot is one message: the catalog's holds every endpoint of the
+// cluster, about 115 bytes each (1,149,562 bytes for 1,000 services × 10
+// endpoints, docs/benchmarks.md), so gRPC's default of 4 MiB refused the
+// catalog of a cluster of some 36,000 endpoints and the transparent path
+// never synced. 64 MiB is room for over half a million; the control plane
+// is authenticated (controlclient), so the bound is against mistakes, not
+// attacks.
+const maxMessageBytes = 64 << 20
+
 // Resolver resolves NAME.NAMESPACE service names through the control plane.
 type Resolver struct {
 	client Watcher
@@ -83,7 +93,7 @@ func NewWithOptions(client Watcher, opts Options) *Resolver {
 // unknown service is an error wrapping discovery.ErrUnknownService.
 func (r *Resolver) Resolve(ctx context.Context, name string) (discovery.Watch, error) {
 	sctx, cancel := context.WithCancel(ctx)
-	stream, err := r.client.Watch(sctx, &controlpb.WatchRequest{Service: name})
+	stream, err := r.client.Watch(sctx, &controlpb.WatchRequest{Service: name}, grpc.MaxCallRecvMsgSize(maxMessageBytes))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("controlplane: watch %q: %w", name, err)

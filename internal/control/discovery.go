@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -66,6 +67,7 @@ type DiscoveryServer struct {
 	src       Source
 	authorize Authorizer
 	logger    *slog.Logger
+	catalog   catalogFeed
 }
 
 // NewDiscoveryServer returns a Discovery service over src; authorize runs
@@ -74,7 +76,7 @@ func NewDiscoveryServer(src Source, authorize Authorizer, logger *slog.Logger) *
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &DiscoveryServer{src: src, authorize: authorize, logger: logger}
+	return &DiscoveryServer{src: src, authorize: authorize, logger: logger, catalog: catalogFeed{src: src}}
 }
 
 // CheckServiceName validates NAME.NAMESPACE: two DNS labels.
@@ -175,25 +177,82 @@ func (s *DiscoveryServer) WatchIndex(_ *controlpb.WatchIndexRequest, stream cont
 	if err := s.authorize(ctx); err != nil {
 		return err
 	}
-	cat, changed := s.src.Catalog()
-	if err := stream.Send(&controlpb.IndexUpdate{Kind: controlpb.Kind_SNAPSHOT, Services: sortedServices(cat)}); err != nil {
+	sent := s.catalog.current()
+	if err := stream.Send(&controlpb.IndexUpdate{Kind: controlpb.Kind_SNAPSHOT, Services: sortedServices(sent.cat)}); err != nil {
 		return err
 	}
-	sent := cat
 	for {
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
-		case <-changed:
+		case <-sent.changed:
 		}
-		cat, changed = s.src.Catalog()
-		for _, u := range catalogChanges(sent, cat) {
+		cur := s.catalog.current()
+		for _, u := range cur.since(sent) {
 			if err := stream.Send(u); err != nil {
 				return err
 			}
 		}
-		sent = cat
+		sent = cur
 	}
+}
+
+// catalogFeed follows the Source's catalog for all WatchIndex streams, so
+// that the difference between one catalog and the next is computed once
+// per change, not once per stream: it takes a pass over every service,
+// and with 1,000 services and 200 streams that was half the control
+// plane's CPU per change (docs/benchmarks.md, "Control plane (issue
+// 14)"). A stream that fell more than one version behind (it was busy
+// sending) computes its own difference, so it still skips intermediate
+// states instead of replaying them, and no stream holds up another.
+type catalogFeed struct {
+	src Source
+
+	mu     sync.Mutex
+	latest *catalogVersion // nil until the first stream
+}
+
+// catalogVersion is one catalog the feed saw. Only the latest is kept by
+// the feed; each stream keeps the one it last sent.
+type catalogVersion struct {
+	seq     uint64
+	cat     Catalog
+	changed <-chan struct{} // closed once the Source has a newer catalog
+	// updates turn version seq-1 into this one.
+	updates []*controlpb.IndexUpdate
+}
+
+// current returns the latest version, making a new one if the Source's
+// catalog changed since the feed last looked.
+func (f *catalogFeed) current() *catalogVersion {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.latest == nil {
+		cat, changed := f.src.Catalog()
+		f.latest = &catalogVersion{cat: cat, changed: changed}
+	}
+	for {
+		select {
+		case <-f.latest.changed:
+		default:
+			return f.latest
+		}
+		prev := f.latest
+		cat, changed := f.src.Catalog()
+		f.latest = &catalogVersion{seq: prev.seq + 1, cat: cat, changed: changed, updates: catalogChanges(prev.cat, cat)}
+	}
+}
+
+// since returns the updates that turn old, an earlier version of the same
+// feed, into v: the shared ones when old is v's predecessor.
+func (v *catalogVersion) since(old *catalogVersion) []*controlpb.IndexUpdate {
+	switch v.seq {
+	case old.seq:
+		return nil
+	case old.seq + 1:
+		return v.updates
+	}
+	return catalogChanges(old.cat, v.cat)
 }
 
 // catalogChanges returns the updates that turn old into cur: removals,

@@ -118,6 +118,17 @@ func Get(t testing.TB) *Cluster {
 	return shared
 }
 
+// Binaries returns the directory holding kube-apiserver and etcd, as
+// tests find it (for tools, such as bench/controlplane, that start a
+// Cluster themselves), or an error saying why there is none.
+func Binaries() (string, error) {
+	dir, why := binaries()
+	if dir == "" {
+		return "", errors.New("kubetest: " + why)
+	}
+	return dir, nil
+}
+
 // binaries finds the directory holding kube-apiserver and etcd:
 // $QUICMESH_K8S_BIN, or .ci/k8s.sh's cache if it is already built (a test
 // never starts the many-minute build itself). It returns "" and the
@@ -427,19 +438,32 @@ func (c *Cluster) RequestToken(ctx context.Context, ns, sa, audience string, exp
 // component run with it fails if it needs more than its role grants.
 func (c *Cluster) BoundClient(t testing.TB, ns, sa string, rules []rbacv1.PolicyRule) *rest.Config {
 	t.Helper()
-	ctx := context.Background()
-	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	cfg, err := c.Bind(context.Background(), ns, sa, rules)
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.ServiceAccount(t, ns, sa)
+	return cfg
+}
+
+// Bind is BoundClient returning the error: it creates namespace ns and
+// service account sa if needed, binds sa cluster-wide to a ClusterRole of
+// rules (replacing an earlier one of the same name) and returns a client
+// configuration with a token of sa for the API server.
+func (c *Cluster) Bind(ctx context.Context, ns, sa string, rules []rbacv1.PolicyRule) (*rest.Config, error) {
+	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("kubetest: creating namespace %s: %w", ns, err)
+	}
+	if _, err := c.Admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("kubetest: creating service account %s/%s: %w", ns, sa, err)
+	}
 	name := ns + ":" + sa
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}
 	if _, err := c.Admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
 		if _, err := c.Admin.RbacV1().ClusterRoles().Update(ctx, role, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
+			return nil, fmt.Errorf("kubetest: updating cluster role %s: %w", name, err)
 		}
 	} else if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("kubetest: creating cluster role %s: %w", name, err)
 	}
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -447,27 +471,39 @@ func (c *Cluster) BoundClient(t testing.TB, ns, sa string, rules []rbacv1.Policy
 		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: sa}},
 	}
 	if _, err := c.Admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
+		return nil, fmt.Errorf("kubetest: creating cluster role binding %s: %w", name, err)
 	}
 	// A token for the API server itself (its default audience is the issuer).
+	token, err := c.RequestToken(ctx, ns, sa, Issuer, time.Hour)
+	if err != nil {
+		return nil, err
+	}
 	cfg := rest.AnonymousClientConfig(c.AdminConfig)
-	cfg.BearerToken = c.Token(t, ns, sa, Issuer, time.Hour)
+	cfg.BearerToken = token
 	cfg.QPS, cfg.Burst = 1000, 1000
-	return cfg
+	return cfg, nil
 }
 
 // Kubeconfig writes cfg (a bearer-token configuration) as a kubeconfig
 // file for a component run as its own process, and returns its path.
 func Kubeconfig(t testing.TB, cfg *rest.Config) string {
 	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := WriteKubeconfig(cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// WriteKubeconfig is Kubeconfig writing to path.
+func WriteKubeconfig(cfg *rest.Config, path string) error {
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.TLSClientConfig.CAData}
 	kc.AuthInfos["test"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
 	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
 	kc.CurrentContext = "test"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
+		return fmt.Errorf("kubetest: writing kubeconfig: %w", err)
 	}
-	return path
+	return nil
 }
