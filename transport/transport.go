@@ -314,7 +314,7 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 		}
 	}
 	raiseBuffers(udp)
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: statelessResetKey(cfg.Identity)}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: statelessResetKey(cfg.Identity), ConnectionIDGenerator: newConnIDs()}
 	limits := cfg.Limits.withDefaults()
 	qc := limits.quicConfig()
 	if cfg.QlogDir != "" {

@@ -4,14 +4,17 @@
 // terminating TLS, so the caller's connection stays end to end with the
 // destination sidecar (docs/design.md, "Gateway: bridging clusters").
 //
-// A flow is one client address: the relay keeps a flow table keyed by
-// it, with one UDP socket towards the destination per flow (so replies
-// find their client by the socket they arrive on), expires idle flows,
-// and bounds the number of flows, of flows still waiting for their
-// ClientHello, and of the bytes each of those may buffer.
+// A flow is one QUIC connection: the relay keeps a flow table keyed by
+// the client's address and the connection IDs of its packets (one
+// sidecar dials every peer from one UDP socket), with one UDP socket
+// towards the destination per flow (so replies find their client by the
+// socket they arrive on), expires idle flows, and bounds the number of
+// flows, of flows still waiting for their ClientHello, and of the bytes
+// each of those may buffer.
 package gateway
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,7 +25,13 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/internal/lograte"
+	"github.com/quicmesh/quicmesh/transport"
 )
+
+// ErrSkipDatagram is wrapped by a HelloReader's error that concerns the
+// datagram only (forged, damaged, of another connection): the relay
+// drops it and the flow goes on. Any other error ends the flow.
+var ErrSkipDatagram = errors.New("gateway: datagram skipped")
 
 // A HelloReader reads the server name out of one client's first
 // datagrams. It is stateful: a ClientHello may span several Initial
@@ -90,18 +99,28 @@ type Relay struct {
 	logs *lograte.Limiter
 	base time.Time
 
-	mu      sync.Mutex
-	flows   map[netip.AddrPort]*flow
-	pending int // flows in flows still waiting for their ClientHello
+	mu sync.Mutex
+	// clients holds the flows by client address. One address may carry
+	// several connections: a sidecar dials every peer from its one UDP
+	// socket, so its connections to two endpoints behind this gateway
+	// share an address and are told apart by connection ID.
+	clients map[netip.AddrPort][]*flow
+	flows   int // in clients
+	pending int // flows still waiting for their ClientHello
 	closed  bool
 
 	wg   sync.WaitGroup
 	stop chan struct{}
 }
 
-// flow is one client address's connection through the gateway.
+// maxConnIDs bounds the connection IDs remembered per flow: the client's
+// original one and those the destination sent in long-header packets
+// (its first Initial, a Retry): a handful in a normal handshake.
+const maxConnIDs = 8
+
+// flow is one QUIC connection through the gateway.
 type flow struct {
-	client netip.AddrPort
+	client  netip.AddrPort
 	created time.Time // set before the flow is in the table; read-only
 	// Used by the read loop only, until up is published.
 	reader       HelloReader
@@ -109,8 +128,17 @@ type flow struct {
 	bufferedSize int
 
 	up       atomic.Pointer[net.UDPConn] // nil while pending
-	dst      netip.AddrPort
-	lastSeen atomic.Int64 // ns since Relay.base, either direction
+	dst      netip.AddrPort              // set before up is published
+	lastSeen atomic.Int64                // ns since Relay.base, either direction
+
+	// Guarded by Relay.mu. cids are connection IDs that name this flow in
+	// the client's packets; key is the destination's routing prefix, the
+	// first transport.ConnIDPrefixLen bytes of the first connection ID it
+	// chose, which every ID it issues for the connection starts with
+	// (transport's connection ID generator), so the client's packets
+	// keep matching after it moves to a new connection ID.
+	cids [][]byte
+	key  []byte
 }
 
 // New starts relaying on cfg.Conn; Close stops it.
@@ -119,7 +147,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, errors.New("gateway: Conn and Router are required")
 	}
 	if cfg.NewHelloReader == nil {
-		return nil, errors.New("gateway: NewHelloReader is required")
+		cfg.NewHelloReader = NewInitialReader
 	}
 	if cfg.DialUpstream == nil {
 		cfg.DialUpstream = func(dst netip.AddrPort) (*net.UDPConn, error) {
@@ -152,10 +180,10 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r := &Relay{
 		cfg: cfg, conn: cfg.Conn, log: cfg.Logger, m: cfg.Metrics,
-		logs:  lograte.New(0, 0, cfg.Now),
-		base:  cfg.Now(),
-		flows: map[netip.AddrPort]*flow{},
-		stop:  make(chan struct{}),
+		logs:    lograte.New(0, 0, cfg.Now),
+		base:    cfg.Now(),
+		clients: map[netip.AddrPort][]*flow{},
+		stop:    make(chan struct{}),
 	}
 	r.wg.Add(2)
 	go r.readLoop()
@@ -170,7 +198,7 @@ func (r *Relay) Addr() net.Addr { return r.conn.LocalAddr() }
 func (r *Relay) Flows() (relayed, pending int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.flows) - r.pending, r.pending
+	return r.flows - r.pending, r.pending
 }
 
 // Close stops the relay: the listening socket and every flow's socket
@@ -182,16 +210,18 @@ func (r *Relay) Close() error {
 		return nil
 	}
 	r.closed = true
-	flows := r.flows
-	r.flows = map[netip.AddrPort]*flow{}
+	clients := r.clients
+	r.clients = map[netip.AddrPort][]*flow{}
 	r.m.flowsPending.Sub(float64(r.pending))
-	r.m.flowsRelayed.Sub(float64(len(flows) - r.pending))
-	r.pending = 0
+	r.m.flowsRelayed.Sub(float64(r.flows - r.pending))
+	r.flows, r.pending = 0, 0
 	r.mu.Unlock()
 	close(r.stop)
 	err := r.conn.Close()
-	for _, f := range flows {
-		r.closeFlow(f)
+	for _, fs := range clients {
+		for _, f := range fs {
+			closeFlow(f)
+		}
 	}
 	r.wg.Wait()
 	return err
@@ -217,71 +247,135 @@ func (r *Relay) readLoop() {
 			r.log.Debug("gateway: read error", "err", err)
 			continue
 		}
+		b := buf[:n]
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		r.mu.Lock()
-		f := r.flows[src]
+		f := r.lookup(src, b)
 		r.mu.Unlock()
-		if f != nil {
-			if up := f.up.Load(); up != nil {
-				f.lastSeen.Store(r.since())
-				if _, err := up.Write(buf[:n]); err != nil {
-					r.drop(DropUpstream)
-					continue
-				}
-				r.m.bytesToDest.Add(float64(n))
+		switch {
+		case f == nil:
+			r.newFlow(src, b)
+		case f.up.Load() == nil:
+			r.handshake(f, b)
+		default:
+			f.lastSeen.Store(r.since())
+			if _, err := f.up.Load().Write(b); err != nil {
+				r.drop(DropUpstream)
 				continue
 			}
+			r.m.bytesToDest.Add(float64(n))
 		}
-		r.handshake(src, f, buf[:n])
 	}
+}
+
+// lookup finds the flow of a client's datagram by the connection ID it
+// is sent to. Called with r.mu held.
+func (r *Relay) lookup(src netip.AddrPort, b []byte) *flow {
+	fs := r.clients[src]
+	if len(fs) == 0 || len(b) == 0 {
+		return nil
+	}
+	if b[0]&0x80 != 0 { // long header: the DCID's length is on the wire
+		dcid, _, ok := longHeaderConnIDs(b)
+		if !ok {
+			return nil
+		}
+		for _, f := range fs {
+			for _, c := range f.cids {
+				if bytes.Equal(c, dcid) {
+					return f
+				}
+			}
+		}
+		for _, f := range fs {
+			if f.key != nil && bytes.HasPrefix(dcid, f.key) {
+				return f
+			}
+		}
+		return nil
+	}
+	// Short header: the DCID starts at byte 1 and its length is known
+	// only to the destination, so match by prefix.
+	id := b[1:]
+	for _, f := range fs {
+		if f.key != nil && bytes.HasPrefix(id, f.key) {
+			return f
+		}
+	}
+	for _, f := range fs {
+		for _, c := range f.cids {
+			if bytes.HasPrefix(id, c) {
+				return f
+			}
+		}
+	}
+	// A destination whose connection IDs carry no routing prefix (not a
+	// quicmesh sidecar) may have been moved to an ID we never saw: with
+	// one connection from this address, it can only be that one.
+	if len(fs) == 1 && fs[0].up.Load() != nil {
+		return fs[0]
+	}
+	return nil
+}
+
+// newFlow starts a flow for a client Initial of a connection the relay
+// does not know.
+func (r *Relay) newFlow(src netip.AddrPort, b []byte) {
+	dcid, ok := initialConnID(b)
+	if !ok {
+		r.drop(DropNotInitial)
+		return
+	}
+	r.mu.Lock()
+	switch {
+	case r.closed:
+		r.mu.Unlock()
+		return
+	case r.flows >= r.cfg.MaxFlows:
+		r.mu.Unlock()
+		r.drop(DropFlowsFull)
+		r.logs.Log(r.log, slog.LevelWarn, "flows_full", "gateway: flow table full; new connection dropped", "max_flows", r.cfg.MaxFlows, "client", src.String())
+		return
+	case r.pending >= r.cfg.MaxPendingFlows:
+		r.mu.Unlock()
+		r.drop(DropPendingFull)
+		r.logs.Log(r.log, slog.LevelWarn, "pending_full", "gateway: too many handshakes in progress; new connection dropped", "max_pending_flows", r.cfg.MaxPendingFlows, "client", src.String())
+		return
+	}
+	f := &flow{client: src, reader: r.cfg.NewHelloReader(), created: r.cfg.Now(), cids: [][]byte{bytes.Clone(dcid)}}
+	f.lastSeen.Store(r.since())
+	r.clients[src] = append(r.clients[src], f)
+	r.flows++
+	r.pending++
+	r.mu.Unlock()
+	r.m.flowsPending.Inc()
+	r.handshake(f, b)
 }
 
 // handshake handles a datagram of a flow that is not relayed yet: it
 // feeds the flow's ClientHello reader and, once the server name is
 // known, routes the flow and sends on what it buffered.
-func (r *Relay) handshake(src netip.AddrPort, f *flow, b []byte) {
-	if f == nil {
-		if !looksLikeInitial(b) {
-			r.drop(DropNotInitial)
-			return
-		}
-		r.mu.Lock()
-		switch {
-		case r.closed:
-			r.mu.Unlock()
-			return
-		case len(r.flows) >= r.cfg.MaxFlows:
-			r.mu.Unlock()
-			r.drop(DropFlowsFull)
-			r.logs.Log(r.log, slog.LevelWarn, "flows_full", "gateway: flow table full; new connection dropped", "max_flows", r.cfg.MaxFlows, "client", src.String())
-			return
-		case r.pending >= r.cfg.MaxPendingFlows:
-			r.mu.Unlock()
-			r.drop(DropPendingFull)
-			r.logs.Log(r.log, slog.LevelWarn, "pending_full", "gateway: too many handshakes in progress; new connection dropped", "max_pending_flows", r.cfg.MaxPendingFlows, "client", src.String())
-			return
-		}
-		f = &flow{client: src, reader: r.cfg.NewHelloReader(), created: r.cfg.Now()}
-		f.lastSeen.Store(r.since())
-		r.flows[src] = f
-		r.pending++
-		r.m.flowsPending.Inc()
-		r.mu.Unlock()
-	}
+func (r *Relay) handshake(f *flow, b []byte) {
+	src := f.client
 	if f.bufferedSize+len(b) > r.cfg.MaxPendingBytes {
-		r.removePending(f)
+		r.remove(f)
 		r.drop(DropPendingBytes)
 		r.logs.Log(r.log, slog.LevelWarn, "pending_bytes", "gateway: ClientHello not complete within the pending byte limit; flow dropped", "client", src.String(), "max_pending_bytes", r.cfg.MaxPendingBytes)
 		return
 	}
 	name, complete, err := f.reader.Feed(b)
 	if err != nil {
-		r.removePending(f)
 		r.drop(DropBadInitial)
+		if errors.Is(err, ErrSkipDatagram) && len(f.buffered) > 0 {
+			// This datagram only (forged, damaged, another
+			// connection's): the flow goes on without it.
+			return
+		}
+		r.remove(f)
 		r.logs.Log(r.log, slog.LevelDebug, "bad_initial", "gateway: unreadable Initial; flow dropped", "client", src.String(), "err", err)
 		return
 	}
-	f.buffered = append(f.buffered, append([]byte(nil), b...))
+	f.buffered = append(f.buffered, bytes.Clone(b))
 	f.bufferedSize += len(b)
 	f.lastSeen.Store(r.since())
 	if !complete {
@@ -289,14 +383,14 @@ func (r *Relay) handshake(src netip.AddrPort, f *flow, b []byte) {
 	}
 	dst, err := r.cfg.Router.Route(name)
 	if err != nil {
-		r.removePending(f)
+		r.remove(f)
 		r.drop(DropNoRoute)
 		r.logs.Log(r.log, slog.LevelWarn, "no_route|"+name, "gateway: no route for server name; connection dropped", "client", src.String(), "server_name", name, "err", err)
 		return
 	}
 	up, err := r.cfg.DialUpstream(dst)
 	if err != nil {
-		r.removePending(f)
+		r.remove(f)
 		r.drop(DropUpstream)
 		r.logs.Log(r.log, slog.LevelWarn, "dial|"+dst.String(), "gateway: cannot open a socket to the destination; connection dropped", "client", src.String(), "server_name", name, "destination", dst.String(), "err", err)
 		return
@@ -311,7 +405,7 @@ func (r *Relay) handshake(src netip.AddrPort, f *flow, b []byte) {
 	f.buffered, f.bufferedSize, f.reader = nil, 0, nil
 	f.dst = dst
 	r.mu.Lock()
-	if r.closed || r.flows[src] != f {
+	if r.closed || !r.holds(f) {
 		// Closed, or expired while it was being routed.
 		r.mu.Unlock()
 		up.Close()
@@ -328,13 +422,102 @@ func (r *Relay) handshake(src netip.AddrPort, f *flow, b []byte) {
 	go r.readUpstream(f, up)
 }
 
-// looksLikeInitial is the cheap test a datagram from an unknown address
-// must pass before it costs a flow: a long header (first bit set) of at
-// least 1200 bytes (RFC 9000 §14.1: a client pads every datagram with an
-// Initial to 1200 bytes, and a server discards smaller ones) and not a
-// version negotiation packet (version 0).
-func looksLikeInitial(b []byte) bool {
-	return len(b) >= 1200 && b[0]&0x80 != 0 && (b[1]|b[2]|b[3]|b[4]) != 0
+// holds reports whether f is in the table. Called with r.mu held.
+func (r *Relay) holds(f *flow) bool {
+	for _, g := range r.clients[f.client] {
+		if g == f {
+			return true
+		}
+	}
+	return false
+}
+
+// unlink takes f out of the table, if it is there, and fixes the counts.
+// Called with r.mu held.
+func (r *Relay) unlink(f *flow) bool {
+	fs := r.clients[f.client]
+	for i, g := range fs {
+		if g != f {
+			continue
+		}
+		fs = append(fs[:i:i], fs[i+1:]...)
+		if len(fs) == 0 {
+			delete(r.clients, f.client)
+		} else {
+			r.clients[f.client] = fs
+		}
+		r.flows--
+		if f.up.Load() == nil {
+			r.pending--
+			r.m.flowsPending.Dec()
+		} else {
+			r.m.flowsRelayed.Dec()
+		}
+		return true
+	}
+	return false
+}
+
+// remove forgets a flow that never got relayed.
+func (r *Relay) remove(f *flow) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unlink(f)
+}
+
+// learn records a connection ID the destination chose, from one of its
+// long-header packets: the client's next packets are sent to it.
+func (r *Relay) learn(f *flow, scid []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if f.key == nil && len(scid) >= transport.ConnIDPrefixLen {
+		f.key = bytes.Clone(scid[:transport.ConnIDPrefixLen])
+	}
+	for _, c := range f.cids {
+		if bytes.Equal(c, scid) {
+			return
+		}
+	}
+	if len(f.cids) < maxConnIDs {
+		f.cids = append(f.cids, bytes.Clone(scid))
+	}
+}
+
+// initialConnID is the cheap test a datagram must pass before it costs a
+// flow, and returns the client's Destination Connection ID: a long header
+// (first bit set) of at least 1200 bytes (RFC 9000 §14.1: a client pads
+// every datagram with an Initial to 1200 bytes, and a server discards
+// smaller ones), not a version negotiation packet (version 0). Whether
+// it really is an Initial is the HelloReader's to find out.
+func initialConnID(b []byte) ([]byte, bool) {
+	if len(b) < 1200 || b[0]&0x80 == 0 || b[1]|b[2]|b[3]|b[4] == 0 {
+		return nil, false
+	}
+	dcid, _, ok := longHeaderConnIDs(b)
+	return dcid, ok
+}
+
+// longHeaderConnIDs reads the connection IDs of a long-header packet
+// (RFC 8999 §5.1: they are in the clear, each at most 255 bytes in any
+// version). The slices alias b.
+func longHeaderConnIDs(b []byte) (dcid, scid []byte, ok bool) {
+	if len(b) < 6 || b[0]&0x80 == 0 {
+		return nil, nil, false
+	}
+	p := 5
+	dl := int(b[p])
+	p++
+	if len(b) < p+dl+1 {
+		return nil, nil, false
+	}
+	dcid = b[p : p+dl]
+	p += dl
+	sl := int(b[p])
+	p++
+	if len(b) < p+sl {
+		return nil, nil, false
+	}
+	return dcid, b[p : p+sl], true
 }
 
 // readUpstream relays the destination's datagrams to the flow's client
@@ -353,6 +536,11 @@ func (r *Relay) readUpstream(f *flow, up *net.UDPConn) {
 			continue
 		}
 		f.lastSeen.Store(r.since())
+		if buf[0]&0x80 != 0 {
+			if _, scid, ok := longHeaderConnIDs(buf[:n]); ok && len(scid) > 0 {
+				r.learn(f, scid)
+			}
+		}
 		if _, err := r.conn.WriteToUDPAddrPort(buf[:n], f.client); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -361,17 +549,6 @@ func (r *Relay) readUpstream(f *flow, up *net.UDPConn) {
 			continue
 		}
 		r.m.bytesToClnt.Add(float64(n))
-	}
-}
-
-// removePending forgets a flow that never got relayed.
-func (r *Relay) removePending(f *flow) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.flows[f.client] == f {
-		delete(r.flows, f.client)
-		r.pending--
-		r.m.flowsPending.Dec()
 	}
 }
 
@@ -399,30 +576,27 @@ func (r *Relay) expire() {
 	idle, pendingMax := int64(r.cfg.IdleTimeout), int64(r.cfg.PendingTimeout)
 	var gone []*flow
 	r.mu.Lock()
-	for k, f := range r.flows {
-		relayed := f.up.Load() != nil
-		switch {
-		case relayed && now-f.lastSeen.Load() > idle:
-			r.m.flowsRelayed.Dec()
-		case !relayed && now-int64(f.created.Sub(r.base)) > pendingMax:
-			r.pending--
-			r.m.flowsPending.Dec()
-		default:
-			continue
+	for _, fs := range r.clients {
+		for _, f := range fs {
+			if f.up.Load() != nil && now-f.lastSeen.Load() > idle ||
+				f.up.Load() == nil && now-int64(f.created.Sub(r.base)) > pendingMax {
+				gone = append(gone, f)
+			}
 		}
-		delete(r.flows, k)
-		gone = append(gone, f)
+	}
+	for _, f := range gone {
+		r.unlink(f)
 	}
 	r.mu.Unlock()
 	for _, f := range gone {
 		r.log.Debug("gateway: flow expired", "client", f.client.String(), "destination", f.dst.String())
-		r.closeFlow(f)
+		closeFlow(f)
 	}
 }
 
 // closeFlow closes a flow's socket, which ends its reader. For flows
 // taken out of the table (or of a closed relay).
-func (r *Relay) closeFlow(f *flow) {
+func closeFlow(f *flow) {
 	if up := f.up.Load(); up != nil {
 		up.Close()
 	}

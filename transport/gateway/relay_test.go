@@ -28,6 +28,9 @@ func (h *fakeHello) Feed(b []byte) (string, bool, error) {
 	if bytes.Contains(b, []byte("BAD")) {
 		return "", false, errors.New("unreadable")
 	}
+	if bytes.Contains(b, []byte("SKIP")) {
+		return "", false, fmt.Errorf("%w: forged", ErrSkipDatagram)
+	}
 	if _, rest, ok := bytes.Cut(b, []byte("SNI=")); ok {
 		name, _, _ := bytes.Cut(rest, []byte(";"))
 		h.name = string(name)
@@ -38,13 +41,23 @@ func (h *fakeHello) Feed(b []byte) (string, bool, error) {
 	return h.name, true, nil
 }
 
-// initial is a datagram that passes looksLikeInitial carrying text.
-func initial(text string) []byte {
+// initial is a datagram that looks like a client Initial to the relay,
+// to connection ID dcid, carrying text.
+func initialTo(dcid, text string) []byte {
 	b := make([]byte, 1200)
 	b[0], b[4] = 0xc0, 1 // long header, Initial, version 1
-	copy(b[5:], text)
+	b[5] = byte(len(dcid))
+	n := 6 + copy(b[6:], dcid)
+	b[n] = 0 // no SCID
+	copy(b[n+1:], text)
 	return b
 }
+
+// initial is initialTo a fixed connection ID.
+func initial(text string) []byte { return initialTo("dcid0001", text) }
+
+// short is a short-header packet to connection ID dcid.
+func short(dcid, text string) []byte { return []byte("\x40" + dcid + text) }
 
 // mapRouter routes server names by a fixed map.
 type mapRouter map[string]netip.AddrPort
@@ -57,21 +70,26 @@ func (m mapRouter) Route(name string) (netip.AddrPort, error) {
 }
 
 // upstream is a destination: it records what it receives and answers
-// each datagram with "echo:" and its first 32 bytes.
+// each datagram with a long-header packet from connection ID scid,
+// carrying "echo:" and the datagram's first 32 bytes.
 type upstream struct {
 	conn *net.UDPConn
+	scid string
 	mu   sync.Mutex
 	got  [][]byte
 	from map[string]bool
 }
 
-func newUpstream(t *testing.T) *upstream {
+func newUpstream(t *testing.T) *upstream { return newUpstreamID(t, "srv0rand") }
+
+func newUpstreamID(t *testing.T, scid string) *upstream {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &upstream{conn: c, from: map[string]bool{}}
+	u := &upstream{conn: c, scid: scid, from: map[string]bool{}}
+	hdr := append([]byte{0xe0, 0, 0, 0, 1, 0, byte(len(scid))}, scid...)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -85,7 +103,7 @@ func newUpstream(t *testing.T) *upstream {
 			u.got = append(u.got, append([]byte(nil), buf[:n]...))
 			u.from[from.String()] = true
 			u.mu.Unlock()
-			c.WriteToUDPAddrPort(append([]byte("echo:"), buf[:min(n, 32)]...), from)
+			c.WriteToUDPAddrPort(append(append(bytes.Clone(hdr), "echo:"...), buf[:min(n, 32)]...), from)
 		}
 	}()
 	t.Cleanup(func() { c.Close(); <-done })
@@ -163,7 +181,8 @@ func (h *harness) send(c *net.UDPConn, b []byte) {
 	}
 }
 
-// recv waits for the relay's next datagram to c.
+// recv waits for the relay's next datagram to c and returns what
+// follows the destination's header.
 func (h *harness) recv(c *net.UDPConn) string {
 	h.t.Helper()
 	c.SetReadDeadline(testkit.HangGuard(h.t))
@@ -172,7 +191,11 @@ func (h *harness) recv(c *net.UDPConn) string {
 	if err != nil {
 		h.t.Fatalf("reading the relay's answer: %v", err)
 	}
-	return string(buf[:n])
+	_, scid, ok := longHeaderConnIDs(buf[:n])
+	if !ok {
+		h.t.Fatalf("the relay's answer %q is not the destination's", buf[:n])
+	}
+	return string(buf[7+len(scid) : n])
 }
 
 func (h *harness) drops(reason string) float64 {
@@ -248,6 +271,74 @@ func TestClientHelloOverSeveralDatagrams(t *testing.T) {
 		t.Fatalf("destination got %d datagrams, want part1 then part2", len(got))
 	}
 	h.waitFlows(1, 0)
+}
+
+// A sidecar dials every peer from one socket: its connections to two
+// endpoints behind the gateway share the client address and are told
+// apart by the connection IDs the destinations chose, whose prefix
+// stays when the client moves to another of them.
+func TestConnectionsFromOneAddressByConnectionID(t *testing.T) {
+	a, b := newUpstreamID(t, "aaaa-rand-01"), newUpstreamID(t, "bbbb-rand-01")
+	h := newHarness(t, mapRouter{"a": a.addr(), "b": b.addr()}, nil)
+	c := h.client()
+	h.send(c, initialTo("client-1", "SNI=a;"))
+	h.recv(c)
+	h.send(c, initialTo("client-2", "SNI=b;"))
+	h.recv(c)
+	h.waitFlows(2, 0)
+
+	handshake := append([]byte{0xe0, 0, 0, 0, 1, 12}, "bbbb-rand-01\x00hs"...)
+	for _, p := range [][]byte{
+		short("aaaa-rand-01", "to-a-1"),
+		short("bbbb-moved-77", "to-b-1"), // another ID of b's: same prefix
+		short("aaaa-moved-42", "to-a-2"),
+		handshake,
+		initialTo("client-1", "to-a-3"), // a retransmitted Initial
+	} {
+		h.send(c, p)
+		h.recv(c)
+	}
+	has := func(u *upstream, text string) bool {
+		for _, d := range u.received() {
+			if bytes.Contains(d, []byte(text)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, text := range []string{"to-a-1", "to-a-2", "to-a-3"} {
+		if !has(a, text) || has(b, text) {
+			t.Errorf("%q reached a: %v, b: %v; want a only", text, has(a, text), has(b, text))
+		}
+	}
+	for _, text := range []string{"to-b-1", "hs"} {
+		if !has(b, text) || has(a, text) {
+			t.Errorf("%q reached b: %v, a: %v; want b only", text, has(b, text), has(a, text))
+		}
+	}
+	// An ID neither destination chose is no one's.
+	before := h.drops(DropNotInitial)
+	h.send(c, short("zzzz-rand-01", "lost"))
+	h.waitDrops(DropNotInitial, before+1)
+	if has(a, "lost") || has(b, "lost") {
+		t.Error("a packet to an unknown connection ID was relayed")
+	}
+}
+
+func TestSkippedDatagramKeepsTheFlow(t *testing.T) {
+	a := newUpstream(t)
+	h := newHarness(t, mapRouter{"a": a.addr()}, nil)
+	c := h.client()
+	h.send(c, initial("SNI=a;MORE"))
+	h.send(c, initial("SKIP"))
+	h.waitDrops(DropBadInitial, 1)
+	h.waitFlows(0, 1)
+	h.send(c, initial("end"))
+	h.recv(c)
+	h.recv(c)
+	if got := a.received(); len(got) != 2 || bytes.Contains(got[1], []byte("SKIP")) {
+		t.Fatalf("destination got %d datagrams; want the two that were not skipped", len(got))
+	}
 }
 
 func TestGarbageIsDroppedAndFlowsCarryOn(t *testing.T) {
