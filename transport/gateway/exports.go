@@ -208,27 +208,29 @@ func resolveUDP(ctx context.Context, addr string) (netip.AddrPort, error) {
 }
 
 // Route returns where a connection with serverName goes: the endpoint it
-// names, or for a service's name one of its ready endpoints in turn.
+// names (an endpoint of any exported service), or for a service's name
+// one of its ready endpoints in turn.
 func (x *Exports) Route(serverName string) (netip.AddrPort, error) {
 	service, label, err := ParseName(serverName)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	x.mu.Lock()
+	defer x.mu.Unlock()
+	if service == "" {
+		for _, t := range x.tables {
+			if ap, ok := t.byLabel[label]; ok {
+				return ap, nil
+			}
+		}
+		return netip.AddrPort{}, fmt.Errorf("%w: no exported service has endpoint %s", ErrNoEndpoint, label)
+	}
 	t := x.tables[service]
-	x.mu.Unlock()
 	if t == nil {
 		return netip.AddrPort{}, fmt.Errorf("%w: %q", ErrNotExported, service)
 	}
-	if label == "" {
-		if len(t.ready) == 0 {
-			return netip.AddrPort{}, fmt.Errorf("%w: service %q has no ready endpoint", ErrNoEndpoint, service)
-		}
-		return t.ready[(t.next.Add(1)-1)%uint64(len(t.ready))], nil
+	if len(t.ready) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%w: service %q has no ready endpoint", ErrNoEndpoint, service)
 	}
-	ap, ok := t.byLabel[label]
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("%w: service %q has no endpoint %s", ErrNoEndpoint, service, label)
-	}
-	return ap, nil
+	return t.ready[(t.next.Add(1)-1)%uint64(len(t.ready))], nil
 }

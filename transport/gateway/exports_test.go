@@ -27,8 +27,7 @@ func TestExportsRouteOnlyExportedServices(t *testing.T) {
 	<-x.Ready()
 
 	route := func(name string) (netip.AddrPort, error) { return x.Route(name) }
-	n1, _ := EndpointName("orders.shop", e1)
-	n2, _ := EndpointName("orders.shop", e2)
+	n1, n2 := EndpointName(e1), EndpointName(e2)
 	if ap, err := route(n1); err != nil || ap.String() != e1.Addr {
 		t.Errorf("Route(%q) = %v, %v; want %s", n1, ap, err, e1.Addr)
 	}
@@ -49,9 +48,12 @@ func TestExportsRouteOnlyExportedServices(t *testing.T) {
 	}
 	// Known to discovery but not exported: the export list is the
 	// gateway's allow-list.
-	dbName, _ := EndpointName("db.shop", secret)
+	if _, err := route(EndpointName(secret)); !errors.Is(err, ErrNoEndpoint) {
+		t.Errorf("Route(endpoint of a service not exported) = %v, want ErrNoEndpoint", err)
+	}
+	dbName, _ := ServiceName("db.shop")
 	if _, err := route(dbName); !errors.Is(err, ErrNotExported) {
-		t.Errorf("Route(not exported) = %v, want ErrNotExported", err)
+		t.Errorf("Route(service not exported) = %v, want ErrNotExported", err)
 	}
 	if _, err := route("test.local"); !errors.Is(err, ErrNotGatewayName) {
 		t.Errorf("Route(a trust domain) = %v, want ErrNotGatewayName", err)
@@ -65,7 +67,7 @@ func TestExportsRouteOnlyExportedServices(t *testing.T) {
 		_, err := route(n1)
 		return errors.Is(err, ErrNoEndpoint)
 	})
-	ln, _ := EndpointName("later.shop", later)
+	ln := EndpointName(later)
 	testkit.Eventually(t, "later.shop routed", func() bool {
 		ap, err := route(ln)
 		return err == nil && ap.String() == later.Addr

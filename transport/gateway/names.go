@@ -44,14 +44,20 @@ func ServiceName(service string) (string, error) {
 	return join(anyLabel, service)
 }
 
-// EndpointName is the server name that reaches one endpoint of service
-// through a gateway: <EndpointLabel>.<service>.gw.quicmesh.invalid. An
-// importing cluster that lists each endpoint under its own name balances
-// requests over them itself (one connection each), as it does locally.
-func EndpointName(service string, ep discovery.Endpoint) (string, error) {
-	return join(EndpointLabel(ep), service)
+// EndpointName is the server name that reaches one endpoint through a
+// gateway: <EndpointLabel>.gw.quicmesh.invalid. An importing cluster
+// that lists each endpoint under its own name balances requests over
+// them itself, as it does locally. The name does not say which service:
+// the gateway could not hold a connection to one service anyway (the
+// requests in it are encrypted), so a caller keeps one connection per
+// destination sidecar whatever it calls there, as it does in-cluster, and
+// which services it may call is the destination sidecar's authorization
+// policy's to decide.
+func EndpointName(ep discovery.Endpoint) string {
+	return EndpointLabel(ep) + "." + Suffix
 }
 
+// ServiceName's first label.
 func join(first, service string) (string, error) {
 	if service == "" {
 		return "", errors.New("gateway: empty service name")
@@ -67,8 +73,8 @@ func join(first, service string) (string, error) {
 // the form ServiceName or EndpointName make.
 var ErrNotGatewayName = errors.New("gateway: not a gateway server name")
 
-// ParseName splits a server name made by ServiceName or EndpointName
-// into the service and the endpoint label ("" for ServiceName's).
+// ParseName reads a server name made by ServiceName (the service, and
+// endpoint "") or EndpointName (the endpoint label, and service "").
 // Upper case is folded: DNS names are case-insensitive.
 func ParseName(name string) (service, endpoint string, err error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
@@ -76,33 +82,26 @@ func ParseName(name string) (service, endpoint string, err error) {
 	if !ok {
 		return "", "", fmt.Errorf("%w: %q is not under %s", ErrNotGatewayName, name, Suffix)
 	}
-	first, service, ok := strings.Cut(rest, ".")
-	if !ok || service == "" {
-		return "", "", fmt.Errorf("%w: %q names no service", ErrNotGatewayName, name)
-	}
+	first, service, _ := strings.Cut(rest, ".")
 	switch {
-	case first == anyLabel:
+	case first == anyLabel && service != "":
 		return service, "", nil
-	case strings.HasPrefix(first, endpointPrefix) && len(first) == len(endpointPrefix)+12:
-		return service, first, nil
+	case service == "" && strings.HasPrefix(first, endpointPrefix) && len(first) == len(endpointPrefix)+12:
+		return "", first, nil
 	}
-	return "", "", fmt.Errorf("%w: %q: first label %q is neither %q nor an endpoint label", ErrNotGatewayName, name, first, anyLabel)
+	return "", "", fmt.Errorf("%w: %q is neither %s.<service>.%s nor an endpoint's name", ErrNotGatewayName, name, anyLabel, Suffix)
 }
 
-// Imports returns how another cluster reaches the exported service's
-// endpoints through a gateway at advertise (the address the other
+// Imports returns how another cluster reaches an exported service's
+// endpoints eps through a gateway at advertise (the address the other
 // cluster can reach): one endpoint per ready endpoint of eps, at
 // advertise with its EndpointName and its own identity, weight and
 // zone. This is the service's entry in the importing cluster's
 // discovery (its static file, say).
-func Imports(service string, eps []discovery.Endpoint, advertise string) ([]discovery.Endpoint, error) {
+func Imports(eps []discovery.Endpoint, advertise string) []discovery.Endpoint {
 	var out []discovery.Endpoint
 	for _, ep := range discovery.Ready(eps) {
-		name, err := EndpointName(service, ep)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, discovery.Endpoint{Addr: advertise, ServerName: name, Identity: ep.Identity, Weight: ep.Weight, Zone: ep.Zone})
+		out = append(out, discovery.Endpoint{Addr: advertise, ServerName: EndpointName(ep), Identity: ep.Identity, Weight: ep.Weight, Zone: ep.Zone})
 	}
-	return out, nil
+	return out
 }
