@@ -347,8 +347,8 @@ func (r *Relay) newFlow(src netip.AddrPort, b []byte) {
 	r.clients[src] = append(r.clients[src], f)
 	r.flows++
 	r.pending++
+	r.m.flowsPending.Inc() // under the lock: the gauges agree with Flows
 	r.mu.Unlock()
-	r.m.flowsPending.Inc()
 	r.handshake(f, b)
 }
 
@@ -413,10 +413,10 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	}
 	r.pending--
 	f.up.Store(up)
-	r.mu.Unlock()
 	r.m.flowsPending.Dec()
 	r.m.flowsRelayed.Inc()
 	r.m.flowsTotal.Inc()
+	r.mu.Unlock()
 	r.log.Debug("gateway: flow routed", "client", src.String(), "server_name", name, "destination", dst.String())
 	r.wg.Add(1)
 	go r.readUpstream(f, up)
