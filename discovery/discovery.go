@@ -155,6 +155,36 @@ func Ready(eps []Endpoint) []Endpoint {
 	return out
 }
 
+// Local reports whether the endpoint is of this cluster: one dialled
+// directly, not through another cluster's gateway (no ServerName).
+func (e Endpoint) Local() bool { return e.ServerName == "" }
+
+// PreferLocal is the federation rule: a service may list endpoints of
+// this cluster and endpoints of other clusters (reached through their
+// gateways) under one name; the remote ones get traffic only while no
+// local one is listed. It returns the local endpoints of eps if there is
+// one, else eps, without allocating when eps is all local or all remote.
+// Apply it to ready endpoints (Ready first): a local endpoint that is not
+// ready does not hold traffic back from the remote ones.
+func PreferLocal(eps []Endpoint) []Endpoint {
+	local := 0
+	for _, e := range eps {
+		if e.Local() {
+			local++
+		}
+	}
+	if local == 0 || local == len(eps) {
+		return eps
+	}
+	out := make([]Endpoint, 0, local)
+	for _, e := range eps {
+		if e.Local() {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Service is one service with everything a cluster knows about it.
 type Service struct {
 	// Name is name.namespace for a cluster service (orders.shop), or any

@@ -209,3 +209,60 @@ func TestGatewayCannotImpersonateTheDestination(t *testing.T) {
 		t.Fatal("the gateway routed nothing: the failure was not the impostor's")
 	}
 }
+
+// A federated service: east lists its own endpoint of "web" and west's
+// through the gateway under one name. Requests stay local while the
+// local endpoint is listed, move to west when it is gone and come back
+// when it returns, with no failed request under a steady stream of GETs.
+func TestFederatedServiceFailsOverToTheGateway(t *testing.T) {
+	m := meshtest.NewOver(t, fallback.QUIC)
+	local := m.HTTPApp("local", meshtest.H1, nil)
+	remote := m.HTTPApp("remote", meshtest.H1, nil)
+	eastSrv := m.Start("east-server", meshtest.Spec{ID: "spiffe://test.local/ns/east/sa/server", Routes: map[string]string{"web": local.URL("http")}})
+	westSrv := m.Start("west", meshtest.Spec{ID: westID, Routes: map[string]string{"web": remote.URL("http")}})
+	westRes := static.NewFromMap(map[string][]discovery.Endpoint{"web": {westSrv.Endpoint()}})
+	t.Cleanup(func() { westRes.Close() })
+	gw, _ := startGateway(t, export(t, westRes, "web"))
+	imported := gateway.Imports([]discovery.Endpoint{westSrv.Endpoint()}, gw)
+	federated := append([]discovery.Endpoint{eastSrv.Endpoint()}, imported...)
+	m.Resolve("web", federated...)
+	east := m.Start("east", meshtest.Spec{ID: eastID, ClientsSpeakFirst: true, Binds: []meshtest.Bind{{Service: "web"}}})
+
+	c := testkit.H1Client(t)
+	var failed []string
+	get := func() {
+		resp, err := c.Get("http://" + east.Bind("web") + "/")
+		if err != nil {
+			failed = append(failed, err.Error())
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			failed = append(failed, resp.Status+" "+resp.Header.Get(httpx.HeaderProxyError))
+		}
+	}
+	until := func(what string, app *meshtest.App) {
+		t.Helper()
+		before := app.Hits.Load()
+		testkit.Eventually(t, what, func() bool { get(); return app.Hits.Load() > before })
+	}
+	until("requests served locally", local)
+	if n := remote.Hits.Load(); n != 0 {
+		t.Fatalf("west served %d requests while the local endpoint was listed", n)
+	}
+	m.Resolve("web", imported...) // the local endpoints are gone
+	until("requests served by west through the gateway", remote)
+	localHits := local.Hits.Load()
+	for range 20 {
+		get()
+	}
+	if n := local.Hits.Load() - localHits; n != 0 {
+		t.Fatalf("%d requests went to the removed local endpoint", n)
+	}
+	m.Resolve("web", federated...) // back
+	until("requests served locally again", local)
+	if len(failed) > 0 {
+		t.Fatalf("%d requests failed across the failovers, first: %s", len(failed), failed[0])
+	}
+}
