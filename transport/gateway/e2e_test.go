@@ -266,3 +266,85 @@ func TestFederatedServiceFailsOverToTheGateway(t *testing.T) {
 		t.Fatalf("%d requests failed across the failovers, first: %s", len(failed), failed[0])
 	}
 }
+
+// Garbage sent to the gateway's port (short packets, long headers that do
+// not decrypt, Initials of names it does not route) is dropped and
+// counted, and costs the relayed traffic of the other cluster nothing:
+// every request made during the flood succeeds.
+func TestGarbageFloodDoesNotDisturbRelayedTraffic(t *testing.T) {
+	m := meshtest.NewOver(t, fallback.QUIC)
+	web := m.HTTPApp("web", meshtest.H1, nil)
+	westSrv := m.Start("west", meshtest.Spec{ID: westID, Routes: map[string]string{"web": web.URL("http")}})
+	westRes := static.NewFromMap(map[string][]discovery.Endpoint{"web": {westSrv.Endpoint()}})
+	t.Cleanup(func() { westRes.Close() })
+	gw, reg := startGateway(t, export(t, westRes, "web"))
+	m.Resolve("web", gateway.Imports([]discovery.Endpoint{westSrv.Endpoint()}, gw)...)
+	east := m.Start("east", meshtest.Spec{ID: eastID, ClientsSpeakFirst: true, Binds: []meshtest.Bind{{Service: "web"}}})
+	c := testkit.H1Client(t)
+	getOK := func() {
+		t.Helper()
+		resp, err := c.Get("http://" + east.Bind("web") + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d during the flood: %s", resp.StatusCode, resp.Header.Get(httpx.HeaderProxyError))
+		}
+	}
+	getOK() // the connection through the gateway is up
+
+	stop := make(chan struct{})
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		var socks []*net.UDPConn
+		for range 32 {
+			s, err := net.Dial("udp", gw)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			socks = append(socks, s.(*net.UDPConn))
+		}
+		junk := make([]byte, 1300)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for j := range junk {
+				junk[j] = byte(i*31 + j*7)
+			}
+			switch i % 3 {
+			case 0: // short header garbage
+				junk[0] = 0x40
+			case 1: // a long header Initial that does not decrypt
+				junk[0], junk[1], junk[2], junk[3], junk[4], junk[5] = 0xc3, 0, 0, 0, 1, 8
+			case 2: // too short to be an Initial
+				junk[0] = 0xc3
+				socks[i%len(socks)].Write(junk[:300])
+				continue
+			}
+			socks[i%len(socks)].Write(junk)
+		}
+	}()
+	for range 50 {
+		getOK()
+	}
+	close(stop)
+	<-flooded
+	for _, reason := range []string{gateway.DropNotInitial, gateway.DropBadInitial} {
+		if n := testkit.MetricSum(t, reg, "quicmesh_gateway_dropped_datagrams_total", "reason", reason); n == 0 {
+			t.Errorf("no %s drops counted during the flood", reason)
+		}
+	}
+	testkit.Eventually(t, "no pending flow left by the garbage", func() bool {
+		return testkit.MetricSum(t, reg, "quicmesh_gateway_flows", "state", "pending") == 0
+	})
+	if got := testkit.MetricSum(t, reg, "quicmesh_gateway_flows", "state", "relayed"); got != 1 {
+		t.Errorf("quicmesh_gateway_flows{state=relayed} = %v, want east's one connection", got)
+	}
+}
