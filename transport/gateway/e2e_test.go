@@ -115,39 +115,9 @@ func TestGatewayCarriesHTTPGRPCAndTCPEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("gRPC", func(t *testing.T) {
-		conn, err := echo.Dial(east.Bind("grpc"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		var hdr metadata.MD
-		out, err := echo.EchoUnary(testkit.HangCtx(t), conn, []byte("hello west"), grpc.Header(&hdr))
-		if err != nil || string(out) != "hello west" {
-			t.Fatalf("EchoUnary = %q, %v", out, err)
-		}
-		if got := hdr.Get(echo.MDPeerIdentity); len(got) != 1 || got[0] != eastID {
-			t.Fatalf("west's gRPC app saw the caller as %v, want %q", got, eastID)
-		}
-		msgs, err := echo.StreamN(testkit.HangCtx(t), conn, []byte("s"), 50)
-		if err != nil || len(msgs) != 50 {
-			t.Fatalf("server stream: %d messages, %v", len(msgs), err)
-		}
-	})
-
+	t.Run("gRPC", func(t *testing.T) { checkGRPC(t, east.Bind("grpc"), 50) })
 	t.Run("TCP", func(t *testing.T) {
-		c, err := net.Dial("tcp", east.Bind("tcp"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		payload := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
-		go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
-		c.SetReadDeadline(testkit.HangGuard(t))
-		got, err := io.ReadAll(c)
-		if err != nil || !bytes.Equal(got, payload) {
-			t.Fatalf("TCP echo through the gateway: %d of %d bytes back, %v", len(got), len(payload), err)
-		}
+		checkTCPEcho(t, east.Bind("tcp"), bytes.Repeat([]byte("0123456789abcdef"), 64<<10)) // 1 MiB
 	})
 
 	// One QUIC connection per west sidecar, whatever east calls there,
@@ -157,6 +127,46 @@ func TestGatewayCarriesHTTPGRPCAndTCPEndToEnd(t *testing.T) {
 	}
 	if got := testkit.MetricSum(t, reg, "quicmesh_gateway_bytes_total", "direction", "to_destination"); got < 1<<20 {
 		t.Errorf("gateway relayed %v bytes to west, want at least the 1 MiB of the TCP test", got)
+	}
+}
+
+// checkGRPC calls west's gRPC echo app through east's bind: unary (whose
+// app must see east's identity) and a server stream of n messages.
+func checkGRPC(t *testing.T, bind string, n int) {
+	t.Helper()
+	conn, err := echo.Dial(bind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var hdr metadata.MD
+	out, err := echo.EchoUnary(testkit.HangCtx(t), conn, []byte("hello west"), grpc.Header(&hdr))
+	if err != nil || string(out) != "hello west" {
+		t.Fatalf("EchoUnary = %q, %v", out, err)
+	}
+	if got := hdr.Get(echo.MDPeerIdentity); len(got) != 1 || got[0] != eastID {
+		t.Fatalf("west's gRPC app saw the caller as %v, want %q", got, eastID)
+	}
+	msgs, err := echo.StreamN(testkit.HangCtx(t), conn, []byte("s"), n)
+	if err != nil || len(msgs) != n {
+		t.Fatalf("server stream: %d of %d messages, %v", len(msgs), n, err)
+	}
+}
+
+// checkTCPEcho sends payload through east's opaque bind to west's TCP
+// echo app and wants it back whole.
+func checkTCPEcho(t *testing.T, bind string, payload []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", bind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+	c.SetReadDeadline(testkit.HangGuard(t))
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("TCP echo through the gateway: %d of %d bytes back, %v", len(got), len(payload), err)
 	}
 }
 

@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/quicmesh/quicmesh/bench/netlab"
 	"github.com/quicmesh/quicmesh/discovery"
@@ -123,33 +121,8 @@ func TestNetnsGatewayBridgesTwoClusters(t *testing.T) {
 		t.Fatalf("west's app saw the caller as %q, want %q", got, eastID)
 	}
 
-	conn, err := echo.Dial(east.Bind("grpc"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var hdr metadata.MD
-	if out, err := echo.EchoUnary(testkit.HangCtx(t), conn, []byte("hi"), grpc.Header(&hdr)); err != nil || string(out) != "hi" {
-		t.Fatalf("gRPC unary: %q, %v", out, err)
-	}
-	if got := hdr.Get(echo.MDPeerIdentity); len(got) != 1 || got[0] != eastID {
-		t.Fatalf("west's gRPC app saw %v, want %q", got, eastID)
-	}
-	if msgs, err := echo.StreamN(testkit.HangCtx(t), conn, []byte("s"), 20); err != nil || len(msgs) != 20 {
-		t.Fatalf("gRPC stream: %d messages, %v", len(msgs), err)
-	}
-
-	c, err := net.Dial("tcp", east.Bind("tcp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	payload := bytes.Repeat([]byte("tcp through the gateway "), 10000)
-	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
-	c.SetReadDeadline(testkit.HangGuard(t))
-	if got, err := io.ReadAll(c); err != nil || !bytes.Equal(got, payload) {
-		t.Fatalf("TCP echo: %d of %d bytes, %v", len(got), len(payload), err)
-	}
+	checkGRPC(t, east.Bind("grpc"), 20)
+	checkTCPEcho(t, east.Bind("tcp"), bytes.Repeat([]byte("tcp through the gateway "), 10000))
 	if got := testkit.MetricSum(t, reg, "quicmesh_gateway_flows", "state", "relayed"); got != 1 {
 		t.Errorf("quicmesh_gateway_flows{state=relayed} = %v, want 1", got)
 	}
