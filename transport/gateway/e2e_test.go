@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -31,7 +33,7 @@ const (
 
 // startGateway runs a gateway relay on loopback routing with router, and
 // returns its address and metrics.
-func startGateway(t *testing.T, router gateway.Router) (string, *prometheus.Registry) {
+func startGateway(t testing.TB, router gateway.Router) (string, *prometheus.Registry) {
 	t.Helper()
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -48,7 +50,7 @@ func startGateway(t *testing.T, router gateway.Router) (string, *prometheus.Regi
 
 // export runs the Exports router of west's services over res until the
 // test ends.
-func export(t *testing.T, res discovery.Resolver, services ...string) *gateway.Exports {
+func export(t testing.TB, res discovery.Resolver, services ...string) *gateway.Exports {
 	t.Helper()
 	x := gateway.NewExports(res, services, testkit.DebugLogger())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -168,6 +170,15 @@ func checkTCPEcho(t *testing.T, bind string, payload []byte) {
 	if err != nil || !bytes.Equal(got, payload) {
 		t.Fatalf("TCP echo through the gateway: %d of %d bytes back, %v", len(got), len(payload), err)
 	}
+}
+
+// processCPU is the CPU time (user and system) this process used so far.
+func processCPU(t testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func westEndpoints(res *static.Resolver, svc string) []discovery.Endpoint {
@@ -356,5 +367,41 @@ func TestGarbageFloodDoesNotDisturbRelayedTraffic(t *testing.T) {
 	})
 	if got := testkit.MetricSum(t, reg, "quicmesh_gateway_flows", "state", "relayed"); got != 1 {
 		t.Errorf("quicmesh_gateway_flows{state=relayed} = %v, want east's one connection", got)
+	}
+}
+
+// BenchmarkGatewayHop is a sequential HTTP/1.1 GET from east's app to
+// west's, directly (one sidecar hop, as in-cluster) and through the
+// gateway: the difference is the relay's added latency and CPU.
+func BenchmarkGatewayHop(b *testing.B) {
+	for _, via := range []string{"direct", "gateway"} {
+		b.Run(via, func(b *testing.B) {
+			m := meshtest.NewOver(b, fallback.QUIC)
+			web := m.HTTPApp("web", meshtest.H1, nil)
+			westSrv := m.Start("west", meshtest.Spec{ID: westID, Routes: map[string]string{"web": web.URL("http")}})
+			if via == "gateway" {
+				westRes := static.NewFromMap(map[string][]discovery.Endpoint{"web": {westSrv.Endpoint()}})
+				b.Cleanup(func() { westRes.Close() })
+				gw, _ := startGateway(b, export(b, westRes, "web"))
+				m.Resolve("web", gateway.Imports([]discovery.Endpoint{westSrv.Endpoint()}, gw)...)
+			}
+			east := m.Start("east", meshtest.Spec{ID: eastID, ClientsSpeakFirst: true, Binds: []meshtest.Bind{{Service: "web"}}})
+			c := testkit.H1Client(b)
+			url := "http://" + east.Bind("web") + "/"
+			cpu0 := processCPU(b)
+			n := 0
+			for b.Loop() {
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				n++
+			}
+			// Everything in the process: both sidecars, the apps, the
+			// client and, through the gateway, the relay.
+			b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(n), "cpu-µs/op")
+		})
 	}
 }
