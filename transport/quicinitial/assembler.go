@@ -19,6 +19,12 @@ const (
 	DefaultMaxCryptoBytes = 16 << 10
 )
 
+// maxPacketsPerDatagram bounds the coalesced packets Feed looks at in one
+// datagram. A client's datagram holds one Initial, perhaps followed by a
+// 0-RTT packet; without a bound, a 64 KiB datagram of tiny forged
+// Initials would cost a thousand decryptions.
+const maxPacketsPerDatagram = 8
+
 // Limits bound what one flow may cost before its ClientHello is complete:
 // Initial keys are public, so anyone can send well-formed Initials, and a
 // gateway must not buffer or decrypt without end for them.
@@ -123,7 +129,7 @@ func (a *Assembler) Feed(datagram []byte) (Hello, bool, error) {
 	if len(datagram) < MinDatagramSize {
 		return Hello{}, false, fmt.Errorf("%w: datagram of %d bytes, below %d", ErrNotInitial, len(datagram), MinDatagramSize)
 	}
-	for p := 0; p < len(datagram); {
+	for p, n := 0, 0; p < len(datagram) && n < maxPacketsPerDatagram; n++ {
 		first := p == 0
 		h, err := parseLongHeader(datagram[p:])
 		if err != nil {

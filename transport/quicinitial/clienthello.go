@@ -18,17 +18,21 @@ const (
 // ParseClientHello reads the server name and ALPN protocols from one TLS
 // handshake message, which must be a complete ClientHello (msg_type 1,
 // its 3-byte length, and exactly that many bytes of body). Only
-// ServerName and ALPN of the result are set. The structure is checked as
-// far as it is walked: every vector against what remains, no trailing
-// bytes, no second server_name or ALPN extension, no second host name, no
-// empty ALPN protocol; a server name must be printable ASCII without a
-// trailing dot (Go's crypto/tls refuses the same). Nothing else is
-// validated: the destination's TLS stack does that.
+// ServerName and ALPN of the result are set.
+//
+// The structure is checked as far as it is walked — every vector against
+// what remains, no trailing bytes, at most one server_name and one ALPN
+// extension, one host name, no empty protocol name — and is never
+// stricter than Go's crypto/tls (TestParseClientHelloAgreesWithCryptoTLS),
+// with one exception: a server name must be at most 255 bytes of
+// printable ASCII without a trailing dot. Everything else is the
+// destination's TLS stack to judge.
 //
 // The server name is returned as the client sent it; DNS names compare
 // case-insensitively, so route on strings.ToLower of it. An empty
 // ServerName means the client sent none (Go's client sends none when the
-// name it dials is an IP address).
+// name it dials is an IP address). With Encrypted Client Hello it is the
+// outer, public name.
 func ParseClientHello(msg []byte) (Hello, error) {
 	var h Hello
 	if len(msg) < 4 {
@@ -46,20 +50,24 @@ func ParseClientHello(msg []byte) (Hello, error) {
 		return h, fmt.Errorf("%w: truncated before the session ID", ErrMalformedHello)
 	}
 	b = b[34:]
-	sessionID, b, ok := vec8(b)
-	if !ok || len(sessionID) > 32 {
+	// legacy_session_id, cipher_suites, legacy_compression_methods: only
+	// their framing matters here. (Their contents are the destination's
+	// to judge; being no stricter than Go's crypto/tls keeps the gateway
+	// from refusing what the destination would accept.)
+	_, b, ok := vec8(b)
+	if !ok {
 		return h, fmt.Errorf("%w: bad legacy_session_id", ErrMalformedHello)
 	}
 	suites, b, ok := vec16(b)
-	if !ok || len(suites) < 2 || len(suites)%2 != 0 {
+	if !ok || len(suites)%2 != 0 {
 		return h, fmt.Errorf("%w: bad cipher_suites", ErrMalformedHello)
 	}
-	compression, b, ok := vec8(b)
-	if !ok || len(compression) < 1 {
+	if _, b, ok = vec8(b); !ok {
 		return h, fmt.Errorf("%w: bad legacy_compression_methods", ErrMalformedHello)
 	}
-	// TLS 1.3, the only TLS QUIC runs, needs extensions (supported_versions
-	// at least), so a ClientHello without them is not one QUIC can carry.
+	if len(b) == 0 {
+		return h, nil // no extensions, so no server name or ALPN
+	}
 	exts, b, ok := vec16(b)
 	if !ok {
 		return h, fmt.Errorf("%w: bad extensions", ErrMalformedHello)
@@ -128,18 +136,32 @@ func parseServerName(data []byte) (string, error) {
 	if host == nil {
 		return "", nil
 	}
+	if err := checkHostName(host); err != nil {
+		return "", err
+	}
+	return string(host), nil
+}
+
+// checkHostName refuses server names that cannot be DNS names and would
+// only burden a routing table or a log line: longer than 255 bytes, bytes
+// other than printable ASCII, a trailing dot (which crypto/tls refuses
+// too).
+func checkHostName(host []byte) error {
+	if len(host) == 0 {
+		return fmt.Errorf("%w: empty server name", ErrMalformedHello)
+	}
 	if len(host) > maxHostNameLen {
-		return "", fmt.Errorf("%w: server name of %d bytes", ErrMalformedHello, len(host))
+		return fmt.Errorf("%w: server name of %d bytes", ErrMalformedHello, len(host))
 	}
 	for _, c := range host {
 		if c <= ' ' || c >= 0x7f {
-			return "", fmt.Errorf("%w: server name byte 0x%02x", ErrMalformedHello, c)
+			return fmt.Errorf("%w: server name byte 0x%02x", ErrMalformedHello, c)
 		}
 	}
 	if host[len(host)-1] == '.' {
-		return "", fmt.Errorf("%w: server name with a trailing dot", ErrMalformedHello)
+		return fmt.Errorf("%w: server name with a trailing dot", ErrMalformedHello)
 	}
-	return string(host), nil
+	return nil
 }
 
 // parseALPN reads an ALPN extension's ProtocolNameList (RFC 7301 section

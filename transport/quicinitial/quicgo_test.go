@@ -26,7 +26,7 @@ type firstFlight struct {
 // recordFirstFlight dials a recording UDP socket on loopback with quic-go
 // and returns the client's first flight. The dial is abandoned once the
 // ClientHello is complete; nothing answers it.
-func recordFirstFlight(t *testing.T, tlsConf *tls.Config, quicConf *quic.Config) firstFlight {
+func recordFirstFlight(t testing.TB, tlsConf *tls.Config, quicConf *quic.Config) firstFlight {
 	t.Helper()
 	ctx := testkit.HangCtx(t)
 	server, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -163,7 +163,7 @@ func TestQuicGoClientHello(t *testing.T) {
 // checkOrders feeds the first flight reversed, with every datagram twice,
 // and interleaved with other connections' and broken datagrams: the Hello
 // is the same, and complete exactly when the last distinct datagram is in.
-func checkOrders(t *testing.T, ff firstFlight) {
+func checkOrders(t testing.TB, ff firstFlight) {
 	t.Helper()
 	n := len(ff.datagrams)
 	reversed := slices.Clone(ff.datagrams)

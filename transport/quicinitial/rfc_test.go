@@ -159,7 +159,9 @@ func TestDecodePacketNumber(t *testing.T) {
 		{0xa82f30ea, true, 0x9b32, 2, 0xa82f9b32, "RFC 9000 A.3 example"},
 		{0, false, 0, 1, 0, "first packet"},
 		{0, false, 2, 4, 2, "RFC 9001 example: first packet seen has number 2"},
-		{0xff, true, 0x01, 1, 0x101, "wraps forward"},
+		{0xff, true, 0x01, 1, 0x101, "next window"},
+		{0x1ef, true, 0x05, 1, 0x205, "wraps forward"},
+		{0x3ffffffffffffffe, true, 0x00, 1, 0x3fffffffffffff00, "no wrap past 2^62"},
 		{0x100, true, 0xff, 1, 0xff, "a late packet just below"},
 		{5, true, 3, 1, 3, "retransmitted earlier packet"},
 	} {
