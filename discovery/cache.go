@@ -296,8 +296,11 @@ func (c *Cache) consume(e *cacheEntry, w Watch, cur *[]Endpoint, gotUpdate *bool
 	}
 }
 
-// newSnapshot publishes the ready endpoints of eps; the set itself stays
-// in run's cur, which later updates apply to.
+// newSnapshot publishes the ready endpoints of eps, the local ones only
+// while there is one (PreferLocal: a federated service fails over to
+// other clusters when its local endpoints are gone, and back when they
+// return); the set itself stays in run's cur, which later updates apply
+// to.
 func newSnapshot(name string, eps []Endpoint, live bool) *cacheSnapshot {
 	if len(eps) == 0 {
 		return &cacheSnapshot{live: live, err: fmt.Errorf("discovery: service %q: %w", name, ErrNoEndpoints)}
@@ -306,7 +309,7 @@ func newSnapshot(name string, eps []Endpoint, live bool) *cacheSnapshot {
 	if len(ready) == 0 {
 		return &cacheSnapshot{live: live, err: fmt.Errorf("discovery: service %q: none of its %d endpoints is ready: %w", name, len(eps), ErrNoEndpoints)}
 	}
-	return &cacheSnapshot{eps: ready, live: live}
+	return &cacheSnapshot{eps: PreferLocal(ready), live: live}
 }
 
 // sleep waits for the current backoff (with jitter) and doubles it. It

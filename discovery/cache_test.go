@@ -667,3 +667,42 @@ func TestCacheServesReadyOnly(t *testing.T) {
 		})
 	}
 }
+
+func remote(addr, name string) Endpoint {
+	e := ep(addr)
+	e.ServerName = name
+	return e
+}
+
+// TestCacheFederatedFailover: a service with local endpoints and
+// endpoints of another cluster (through its gateway) serves the local
+// ones while one is ready, the remote ones when none is, and the local
+// ones again when they return.
+func TestCacheFederatedFailover(t *testing.T) {
+	f := newFake("echo")
+	c := newTestCache(t, f)
+	res := make(chan []Endpoint, 1)
+	go func() {
+		e, _ := get(t, c, "echo")
+		res <- e
+	}()
+	w := f.nextWatch(t)
+	w.send(Reset, ep("a:1"), remote("gw:4443", "e-1.gw"), remote("gw:4443", "e-2.gw"), ep("b:2"))
+	if got := addrsOf(<-res); !reflect.DeepEqual(got, []string{"a:1", "b:2"}) {
+		t.Fatalf("first = %v, want the local a:1 b:2", got)
+	}
+	for _, s := range []struct {
+		name string
+		kind UpdateKind
+		eps  []Endpoint
+		want []string
+	}{
+		{"a local one goes", Remove, []Endpoint{ep("a:1")}, []string{"b:2"}},
+		{"the last local one is not ready: remote", Add, []Endpoint{notReady("b:2")}, []string{"gw:4443", "gw:4443"}},
+		{"a local one is back", Add, []Endpoint{ep("c:3")}, []string{"c:3"}},
+		{"all local ones removed", Remove, []Endpoint{ep("c:3"), ep("b:2")}, []string{"gw:4443", "gw:4443"}},
+	} {
+		w.send(s.kind, s.eps...)
+		eventuallyGet(t, c, "echo", s.want...)
+	}
+}

@@ -38,6 +38,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 var (
@@ -51,8 +52,15 @@ var (
 
 // Endpoint is one peer proxy serving a service.
 type Endpoint struct {
-	// Addr is the peer proxy's QUIC (UDP) address, host:port.
+	// Addr is the peer proxy's QUIC (UDP) address, host:port: for an
+	// endpoint of another cluster, its gateway's address.
 	Addr string `json:"addr"`
+	// ServerName is the TLS server name (SNI) to send when dialing Addr.
+	// Empty for a sidecar dialled directly; set for an endpoint reached
+	// through a gateway, which routes the connection by it without
+	// terminating TLS (docs/design.md, "Gateway: bridging clusters").
+	// Identity is still what the peer behind the gateway must prove.
+	ServerName string `json:"server_name,omitempty"`
 	// Identity is the SPIFFE ID the peer must present; the connection is
 	// refused during the handshake if it presents any other.
 	Identity string `json:"identity"`
@@ -78,8 +86,32 @@ type Endpoint struct {
 }
 
 // Key identifies an endpoint within a set; two endpoints with the same key
-// are the same peer.
-func (e Endpoint) Key() string { return e.Addr + "|" + e.Identity }
+// are the same peer. Endpoints behind one gateway share Addr and differ
+// by ServerName, so the key is built from DialAddr.
+func (e Endpoint) Key() string { return e.DialAddr() + "|" + e.Identity }
+
+// DialAddr is the peer address a transport dials: Addr, or
+// "ServerName@Addr" for an endpoint reached through a gateway. It is what
+// the proxy hands the transport's pool, so the pool keeps one connection
+// per (address, server name, identity) without knowing about gateways;
+// SplitDialAddr takes it apart again.
+func (e Endpoint) DialAddr() string {
+	if e.ServerName == "" {
+		return e.Addr
+	}
+	return e.ServerName + "@" + e.Addr
+}
+
+// SplitDialAddr splits a peer address made by DialAddr into the address
+// to send packets to and the server name to send ("" when there is none).
+// A server name is a host name and never contains '@'; an address may
+// (an IPv6 zone), so the split is at the first '@'.
+func SplitDialAddr(peer string) (addr, serverName string) {
+	if name, rest, ok := strings.Cut(peer, "@"); ok {
+		return rest, name
+	}
+	return peer, ""
+}
 
 // Ready reports whether the endpoint may receive balanced traffic.
 func (e Endpoint) Ready() bool { return !e.NotReady }
@@ -87,7 +119,7 @@ func (e Endpoint) Ready() bool { return !e.NotReady }
 // Equal reports whether e and o are the same in every field, so that a
 // change of any of them (readiness included) is a change of the set.
 func (e Endpoint) Equal(o Endpoint) bool {
-	if e.Addr != o.Addr || e.Identity != o.Identity || e.Weight != o.Weight || e.Zone != o.Zone ||
+	if e.Addr != o.Addr || e.ServerName != o.ServerName || e.Identity != o.Identity || e.Weight != o.Weight || e.Zone != o.Zone ||
 		e.PodIP != o.PodIP || e.NotReady != o.NotReady || !slices.Equal(e.Ports, o.Ports) ||
 		len(e.Metadata) != len(o.Metadata) {
 		return false
@@ -117,6 +149,36 @@ func Ready(eps []Endpoint) []Endpoint {
 	out := make([]Endpoint, 0, n)
 	for _, e := range eps {
 		if e.Ready() {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Local reports whether the endpoint is of this cluster: one dialled
+// directly, not through another cluster's gateway (no ServerName).
+func (e Endpoint) Local() bool { return e.ServerName == "" }
+
+// PreferLocal is the federation rule: a service may list endpoints of
+// this cluster and endpoints of other clusters (reached through their
+// gateways) under one name; the remote ones get traffic only while no
+// local one is listed. It returns the local endpoints of eps if there is
+// one, else eps, without allocating when eps is all local or all remote.
+// Apply it to ready endpoints (Ready first): a local endpoint that is not
+// ready does not hold traffic back from the remote ones.
+func PreferLocal(eps []Endpoint) []Endpoint {
+	local := 0
+	for _, e := range eps {
+		if e.Local() {
+			local++
+		}
+	}
+	if local == 0 || local == len(eps) {
+		return eps
+	}
+	out := make([]Endpoint, 0, local)
+	for _, e := range eps {
+		if e.Local() {
 			out = append(out, e)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
@@ -338,7 +339,7 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 		}
 	}
 	raiseBuffers(udp)
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: statelessResetKey(cfg.Identity)}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: statelessResetKey(cfg.Identity), ConnectionIDGenerator: newConnIDs()}
 	limits := cfg.Limits.withDefaults()
 	qc := limits.quicConfig()
 	if cfg.QlogDir != "" {
@@ -390,16 +391,25 @@ func (e *Endpoint) Accept(ctx context.Context) (*quic.Conn, error) {
 
 func (e *Endpoint) stopped() bool { return e.stopAccept.Err() != nil }
 
-// Dial opens a new connection to a peer that must present identity want.
+// Dial opens a new connection to the peer at addr (a peer address as
+// discovery.Endpoint.DialAddr makes it) that must present identity want.
 // Most callers want Pool.Get, which shares connections.
 func (e *Endpoint) Dial(ctx context.Context, addr string, want identity.ID) (*quic.Conn, error) {
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	// A peer behind a gateway is "server-name@gateway-address": packets
+	// go to the gateway, which routes the connection by the SNI of our
+	// Initial and relays it to the peer without terminating TLS
+	// (docs/design.md, "Gateway: bridging clusters").
+	hostPort, serverName := discovery.SplitDialAddr(addr)
+	udpAddr, err := net.ResolveUDPAddr("udp", hostPort)
 	if err != nil {
 		return nil, fmt.Errorf("transport: resolving peer %q: %w", addr, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.limits.HandshakeTimeout)
 	defer cancel()
 	tlsConf := identity.ClientConfig(e.cfg.Identity, want, []string{ALPN})
+	if serverName != "" {
+		tlsConf.ServerName = serverName
+	}
 	var presented atomic.Pointer[string] // who the server claimed to be, if we refused it
 	verify := tlsConf.VerifyConnection
 	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {

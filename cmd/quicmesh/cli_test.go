@@ -63,10 +63,14 @@ func TestCommandLineContract(t *testing.T) {
 		{"quicmesh --help", []string{"--help"}, help, "quicmesh proxy [flags]"},
 		{"quicmesh -h", []string{"-h"}, help, "quicmesh proxy [flags]"},
 		{"quicmesh help", []string{"help"}, help, "quicmesh proxy [flags]"},
-		{"quicmesh", nil, usage, "quicmesh: missing command (want ca, init, inject or proxy); see 'quicmesh --help'"},
+		{"quicmesh", nil, usage, "quicmesh: missing command (want ca, gateway, init, inject or proxy); see 'quicmesh --help'"},
 		{"quicmesh moved command", []string{"demo"}, usage, `quicmesh: "demo" is a quicmesh-dev command: run 'quicmesh-dev demo'`},
 		{"quicmesh unknown command", []string{"frob"}, usage, `quicmesh: unknown command "frob"`},
 		{"quicmesh unknown flag", []string{"--frob"}, usage, "quicmesh: unknown flag --frob"},
+
+		{"gateway --help", []string{"gateway", "--help"}, help, "Usage: quicmesh gateway"},
+		{"gateway unknown flag", []string{"gateway", "--frob"}, usage, "quicmesh gateway: unknown flag --frob; see 'quicmesh gateway --help'"},
+		{"gateway without exports", []string{"gateway", "--discovery-file", "x.json"}, config, "quicmesh gateway: --export is required"},
 
 		{"proxy --help", []string{"proxy", "--help"}, help, "-http-proxy string"},
 		{"proxy -h", []string{"proxy", "-h"}, help, "Usage: quicmesh proxy"},

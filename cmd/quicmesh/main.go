@@ -19,6 +19,7 @@ const usage = `quicmesh — a service-mesh sidecar that carries app traffic over
 
 Usage:
   quicmesh proxy [flags]          run a sidecar (see docs/operations.md)
+  quicmesh gateway [flags]        relay other clusters' sidecars to exported services
   quicmesh init --proxy-uid UID   redirect a pod's TCP through its sidecar (iptables; root)
   quicmesh inject -f FILE         add the sidecar to Kubernetes workloads (YAML)
   quicmesh ca init [flags]        create a certificate authority
@@ -30,10 +31,11 @@ apps and the load generator are 'quicmesh-dev demo|echo|bench'.
 
 // commands is the dispatch table; its keys are the only valid commands.
 var commands = map[string]cli.Subcommand{
-	"proxy":  runProxy,
-	"ca":     runCA,
-	"init":   runInit,
-	"inject": runInject,
+	"proxy":   runProxy,
+	"gateway": runGateway,
+	"ca":      runCA,
+	"init":    runInit,
+	"inject":  runInject,
 }
 
 // movedToDev are the commands quicmesh-dev runs, for a pointer to it

@@ -531,8 +531,8 @@ func (p *parser) claimPodIP(l loc, ep discovery.Endpoint, off int64) error {
 // endpoint reads one endpoint; podOff is the offset of its pod_ip.
 func (p *parser) endpoint(l loc) (ep discovery.Endpoint, podOff int64, err error) {
 	start := p.dec.InputOffset()
-	var addrOff, idOff, portsOff int64
-	haveAddr, haveID := false, false
+	var addrOff, idOff, portsOff, snOff int64
+	haveAddr, haveID, haveSN := false, false, false
 	err = p.object(l, "an endpoint", "field", func(key string, off int64) error {
 		fl := l.field(key)
 		var err error
@@ -540,6 +540,9 @@ func (p *parser) endpoint(l loc) (ep discovery.Endpoint, podOff int64, err error
 		case "addr":
 			haveAddr, addrOff = true, off
 			ep.Addr, err = p.str(fl, "addr")
+		case "server_name":
+			haveSN, snOff = true, off
+			ep.ServerName, err = p.str(fl, "server_name")
 		case "identity":
 			haveID, idOff = true, off
 			ep.Identity, err = p.str(fl, "identity")
@@ -574,6 +577,13 @@ func (p *parser) endpoint(l loc) (ep discovery.Endpoint, podOff int64, err error
 	}
 	if err := validateAddr(ep.Addr); err != nil {
 		return ep, podOff, p.errAt(l.field("addr"), addrOff, "invalid addr %q: %v", ep.Addr, err)
+	}
+	if haveSN {
+		// The name a gateway routes by is sent in the clear as TLS SNI:
+		// a lower-case DNS name, as a service name is.
+		if err := validateServiceName(ep.ServerName); err != nil {
+			return ep, podOff, p.errAt(l.field("server_name"), snOff, "invalid server_name %q: %v", ep.ServerName, err)
+		}
 	}
 	if !haveID || ep.Identity == "" {
 		if !haveID {

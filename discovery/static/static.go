@@ -53,6 +53,11 @@
 //     host must be non-empty and the port a number in 1-65535.
 //   - identity (required): the SPIFFE ID the peer must present; it must
 //     start with "spiffe://" and name a trust domain.
+//   - server_name (optional): the TLS server name to send, for an
+//     endpoint of another cluster reached through its gateway (addr is
+//     then the gateway's address, identity still the endpoint's): a
+//     lower-case DNS name as a service name is. Endpoints that differ
+//     only by server_name are different peers.
 //   - weight (optional): an integer in 0-4294967295; 0 or absent means 1.
 //   - zone (optional): a locality label.
 //   - metadata (optional): an object of string values, passed through.

@@ -30,7 +30,9 @@ type endpointSet struct {
 func parseEndpoints(raw []discovery.Endpoint) *endpointSet {
 	s := &endpointSet{raw: raw, eps: make([]endpoint, len(raw)), keys: make([]balance.Endpoint, len(raw))}
 	for i, e := range raw {
-		s.eps[i].addr = e.Addr
+		// The peer address the transport dials: it names the server name
+		// too for an endpoint behind a gateway.
+		s.eps[i].addr = e.DialAddr()
 		id, err := identity.ParseID(e.Identity)
 		if err != nil {
 			s.eps[i].idErr = fmt.Errorf("endpoint %s has an invalid identity: %w", e.Addr, err)

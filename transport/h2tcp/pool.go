@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/lograte"
 	"github.com/quicmesh/quicmesh/transport"
@@ -318,13 +319,20 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 		}
 		return &transport.DialError{Addr: key.addr, Want: key.id, Reason: reason, Presented: presented, Err: fmt.Errorf("over TCP: %w", err)}
 	}
+	// A peer behind a gateway is "server-name@gateway-address": the
+	// gateway routes by the SNI (docs/design.md, "Gateway: bridging
+	// clusters").
+	addr, serverName := discovery.SplitDialAddr(key.addr)
 	dctx, dcancel := context.WithTimeout(ctx, l.DialTimeout)
-	raw, err := p.cfg.Dial(dctx, key.addr)
+	raw, err := p.cfg.Dial(dctx, addr)
 	dcancel()
 	if err != nil {
 		return nil, fail(err, "")
 	}
 	tlsConf := identity.ClientConfig(p.cfg.Identity, key.id, []string{ALPN})
+	if serverName != "" {
+		tlsConf.ServerName = serverName
+	}
 	var presented atomic.Pointer[string]
 	verify := tlsConf.VerifyConnection
 	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
