@@ -43,16 +43,23 @@ func (r Result) Failed() bool {
 	return r.Status >= 500 || (r.GRPCStatus != "" && r.GRPCStatus != "0")
 }
 
-// Forward sends out through rt and copies the response to w. It returns
-// what was sent, or an error if no response header arrived (the caller
-// then writes an error response with WriteError). A failure after
-// the header was sent aborts the client's stream with http.ErrAbortHandler
-// so a truncated body is never mistaken for a complete one.
+// Forward sends out through rt and copies the response to w. out is
+// the request w answers, prepared by PrepareOutgoing (it keeps the
+// protocol version the request arrived with). It returns what was sent,
+// or an error if no response header arrived (the caller then writes an
+// error response with WriteError). A failure after the header was sent
+// aborts the client's stream with http.ErrAbortHandler so a truncated
+// body is never mistaken for a complete one.
 func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opts Options) (Result, error) {
-	// Bidirectional streaming over HTTP/1.1 needs full duplex; h2 and h3
-	// have it anyway, and the call fails harmlessly there.
 	rc := http.NewResponseController(w)
-	_ = rc.EnableFullDuplex()
+	if out.ProtoMajor == 1 {
+		// Bidirectional streaming over HTTP/1.1 needs full duplex; h2
+		// and h3 have it anyway. Asked of their writers, the call fails
+		// with an error built by fmt.Errorf, which cost ~10 % of the
+		// inbound sidecar's CPU per request (docs/benchmarks.md, "Where
+		// a request's CPU goes").
+		_ = rc.EnableFullDuplex()
+	}
 
 	var wroteInfo sync.Mutex
 	trace := &httptrace.ClientTrace{
