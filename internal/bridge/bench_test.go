@@ -85,4 +85,5 @@ func BenchmarkForward(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	b.ReportMetric(float64(w.flushes)/float64(b.N), "flushes/op")
 }

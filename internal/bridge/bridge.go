@@ -121,7 +121,14 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 }
 
 // copyFlushing streams body to w, flushing after every read so streamed
-// responses (gRPC, server-sent events) are not held back.
+// responses (gRPC, server-sent events) are not held back. Bytes that
+// arrive with the end of the body are not flushed: the server sends
+// them as the handler returns, which the caller does next, together
+// with the end of the response (HTTP/3: the last DATA frame and the
+// stream's FIN in one packet rather than two; HTTP/1.1: a small body of
+// unknown length gets a Content-Length instead of chunks). net/http's
+// client and quic-go's return io.EOF with the last bytes when the end
+// has arrived with them.
 func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -132,8 +139,10 @@ func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) erro
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
-			if ferr := rc.Flush(); ferr != nil {
-				return ferr
+			if err != io.EOF {
+				if ferr := rc.Flush(); ferr != nil {
+					return ferr
+				}
 			}
 		}
 		if err == io.EOF {
