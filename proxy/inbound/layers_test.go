@@ -161,7 +161,7 @@ func TestMeasure(t *testing.T) {
 	}{
 		{"a response", func(*httpCall) (bridge.Result, error) { return bridge.Result{Status: 200}, nil }},
 		{"a switch, recorded when the connection changes hands", func(c *httpCall) (bridge.Result, error) {
-			c.switched(bridge.Result{Status: 101})
+			c.recordResponse(bridge.Result{Status: 101})
 			return bridge.Result{Status: 101}, nil
 		}},
 		{"a failure", func(*httpCall) (bridge.Result, error) { return bridge.Result{}, fail(bridge.BadGateway, "x") }},
