@@ -103,7 +103,7 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 	w.WriteHeader(resp.StatusCode)
 	if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified || out.Method == http.MethodHead {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	} else if err := copyFlushing(w, rc, resp.Body); err != nil {
+	} else if err := copyFlushing(w, rc, resp.Body, resp); err != nil {
 		// Headers are gone; the only honest signal left is to abort.
 		panic(http.ErrAbortHandler)
 	}
@@ -128,8 +128,13 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 // stream's FIN in one packet rather than two; HTTP/1.1: a small body of
 // unknown length gets a Content-Length instead of chunks). net/http's
 // client and quic-go's return io.EOF with the last bytes when the end
-// has arrived with them.
-func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) error {
+// has arrived with them. A response with trailers (resp.Trailer, filled
+// by the client at the end of the body) is flushed as before: quic-go's
+// HTTP/3 server gives a response not yet sent when the handler returns a
+// Content-Length (responseWriter.Finish), and the trailers after it were
+// lost between the sidecars (TestHTTP1ThroughMesh, "chunked request body
+// and response trailers", over both transports).
+func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader, resp *http.Response) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -139,7 +144,7 @@ func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) erro
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
-			if err != io.EOF {
+			if err != io.EOF || len(resp.Trailer) > 0 {
 				if ferr := rc.Flush(); ferr != nil {
 					return ferr
 				}

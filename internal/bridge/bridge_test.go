@@ -184,7 +184,7 @@ func (b *chunkedBody) Read(p []byte) (int, error) {
 func TestCopyFlushingStreamsAllButTheEnd(t *testing.T) {
 	w := &sinkWriter{h: http.Header{}}
 	body := &chunkedBody{chunks: []string{"a", "b", "c"}, w: w}
-	if err := copyFlushing(w, http.NewResponseController(w), body); err != nil {
+	if err := copyFlushing(w, http.NewResponseController(w), body, &http.Response{}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []int{0, 1, 2}; !slices.Equal(body.flushed, want) {
@@ -194,3 +194,4 @@ func TestCopyFlushingStreamsAllButTheEnd(t *testing.T) {
 		t.Errorf("%d flushes, want 2 (none for the chunk that came with io.EOF)", w.flushes)
 	}
 }
+
