@@ -194,4 +194,3 @@ func TestCopyFlushingStreamsAllButTheEnd(t *testing.T) {
 		t.Errorf("%d flushes, want 2 (none for the chunk that came with io.EOF)", w.flushes)
 	}
 }
-
