@@ -193,4 +193,15 @@ func TestCopyFlushingStreamsAllButTheEnd(t *testing.T) {
 	if w.flushes != 2 {
 		t.Errorf("%d flushes, want 2 (none for the chunk that came with io.EOF)", w.flushes)
 	}
+
+	// With trailers, the last chunk is flushed too (see copyFlushing).
+	w = &sinkWriter{h: http.Header{}}
+	body = &chunkedBody{chunks: []string{"a", "b"}, w: w}
+	withTrailers := &http.Response{Trailer: http.Header{"Grpc-Status": {"0"}}}
+	if err := copyFlushing(w, http.NewResponseController(w), body, withTrailers); err != nil {
+		t.Fatal(err)
+	}
+	if w.flushes != 2 {
+		t.Errorf("%d flushes with trailers, want 2 (one per chunk)", w.flushes)
+	}
 }
