@@ -43,16 +43,23 @@ func (r Result) Failed() bool {
 	return r.Status >= 500 || (r.GRPCStatus != "" && r.GRPCStatus != "0")
 }
 
-// Forward sends out through rt and copies the response to w. It returns
-// what was sent, or an error if no response header arrived (the caller
-// then writes an error response with WriteError). A failure after
-// the header was sent aborts the client's stream with http.ErrAbortHandler
-// so a truncated body is never mistaken for a complete one.
+// Forward sends out through rt and copies the response to w. out is
+// the request w answers, prepared by PrepareOutgoing (it keeps the
+// protocol version the request arrived with). It returns what was sent,
+// or an error if no response header arrived (the caller then writes an
+// error response with WriteError). A failure after the header was sent
+// aborts the client's stream with http.ErrAbortHandler so a truncated
+// body is never mistaken for a complete one.
 func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opts Options) (Result, error) {
-	// Bidirectional streaming over HTTP/1.1 needs full duplex; h2 and h3
-	// have it anyway, and the call fails harmlessly there.
 	rc := http.NewResponseController(w)
-	_ = rc.EnableFullDuplex()
+	if out.ProtoMajor == 1 {
+		// Bidirectional streaming over HTTP/1.1 needs full duplex; h2
+		// and h3 have it anyway. Asked of their writers, the call fails
+		// with an error built by fmt.Errorf, which cost ~10 % of the
+		// inbound sidecar's CPU per request (docs/benchmarks.md, "Where
+		// a request's CPU goes").
+		_ = rc.EnableFullDuplex()
+	}
 
 	var wroteInfo sync.Mutex
 	trace := &httptrace.ClientTrace{
@@ -96,7 +103,7 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 	w.WriteHeader(resp.StatusCode)
 	if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified || out.Method == http.MethodHead {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	} else if err := copyFlushing(w, rc, resp.Body); err != nil {
+	} else if err := copyFlushing(w, rc, resp.Body, resp); err != nil {
 		// Headers are gone; the only honest signal left is to abort.
 		panic(http.ErrAbortHandler)
 	}
@@ -114,8 +121,20 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 }
 
 // copyFlushing streams body to w, flushing after every read so streamed
-// responses (gRPC, server-sent events) are not held back.
-func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) error {
+// responses (gRPC, server-sent events) are not held back. Bytes that
+// arrive with the end of the body are not flushed: the server sends
+// them as the handler returns, which the caller does next, together
+// with the end of the response (HTTP/3: the last DATA frame and the
+// stream's FIN in one packet rather than two; HTTP/1.1: a small body of
+// unknown length gets a Content-Length instead of chunks). net/http's
+// client and quic-go's return io.EOF with the last bytes when the end
+// has arrived with them. A response with trailers (resp.Trailer, filled
+// by the client at the end of the body) is flushed as before: quic-go's
+// HTTP/3 server gives a response not yet sent when the handler returns a
+// Content-Length (responseWriter.Finish), and the trailers after it were
+// lost between the sidecars (TestHTTP1ThroughMesh, "chunked request body
+// and response trailers", over both transports).
+func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader, resp *http.Response) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -125,8 +144,10 @@ func copyFlushing(w io.Writer, rc *http.ResponseController, body io.Reader) erro
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
-			if ferr := rc.Flush(); ferr != nil {
-				return ferr
+			if err != io.EOF || len(resp.Trailer) > 0 {
+				if ferr := rc.Flush(); ferr != nil {
+					return ferr
+				}
 			}
 		}
 		if err == io.EOF {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -153,3 +155,53 @@ func (d deadlineOnly) Deadline() (time.Time, bool) { return d.dl, true }
 func (deadlineOnly) Done() <-chan struct{}         { return nil }
 func (deadlineOnly) Err() error                    { return nil }
 func (deadlineOnly) Value(any) any                 { return nil }
+
+// chunkedBody hands out one chunk per Read, the last one with io.EOF,
+// and records how many flushes w had seen before each Read.
+type chunkedBody struct {
+	chunks  []string
+	w       *sinkWriter
+	flushed []int
+}
+
+func (b *chunkedBody) Read(p []byte) (int, error) {
+	b.flushed = append(b.flushed, b.w.flushes)
+	if len(b.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, b.chunks[0])
+	b.chunks = b.chunks[1:]
+	if len(b.chunks) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestCopyFlushingStreamsAllButTheEnd: every chunk is flushed before
+// the next is awaited (a streamed response is not held back), but the
+// chunk that comes with the end of the body is left to the server,
+// which sends it with the end of the response.
+func TestCopyFlushingStreamsAllButTheEnd(t *testing.T) {
+	w := &sinkWriter{h: http.Header{}}
+	body := &chunkedBody{chunks: []string{"a", "b", "c"}, w: w}
+	if err := copyFlushing(w, http.NewResponseController(w), body, &http.Response{}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{0, 1, 2}; !slices.Equal(body.flushed, want) {
+		t.Errorf("flushes seen before each read = %v, want %v", body.flushed, want)
+	}
+	if w.flushes != 2 {
+		t.Errorf("%d flushes, want 2 (none for the chunk that came with io.EOF)", w.flushes)
+	}
+
+	// With trailers, the last chunk is flushed too (see copyFlushing).
+	w = &sinkWriter{h: http.Header{}}
+	body = &chunkedBody{chunks: []string{"a", "b"}, w: w}
+	withTrailers := &http.Response{Trailer: http.Header{"Grpc-Status": {"0"}}}
+	if err := copyFlushing(w, http.NewResponseController(w), body, withTrailers); err != nil {
+		t.Fatal(err)
+	}
+	if w.flushes != 2 {
+		t.Errorf("%d flushes with trailers, want 2 (one per chunk)", w.flushes)
+	}
+}

@@ -40,8 +40,9 @@ const (
 	// HeaderService names the service the outbound sidecar resolved, for
 	// the inbound one.
 	HeaderService = "Quicmesh-Service"
-	// HeaderOrigProto says how the app spoke to its sidecar (h1 or h2),
-	// so the far side can speak the same to its app when not configured.
+	// HeaderOrigProto says how the app spoke to its sidecar, so the far
+	// side can speak the same to its app when not configured: "h2", or
+	// absent for HTTP/1 (an "h1" from older sidecars means the same).
 	HeaderOrigProto = "Quicmesh-Orig-Proto"
 	// HeaderDestPort carries the port the app originally dialled on the
 	// transparent path (a service's virtual IP or a pod IP), so that the

@@ -87,7 +87,7 @@ type chainHandler struct{ chain httpLayer }
 func (h chainHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &httpCall{w: w, r: r}
 	if c.tun = tunnelFrom(r.Context()); c.tun != nil {
-		c.peer = c.tun.info.peer
+		c.peer, c.peerName = c.tun.info.peer, c.tun.info.peerName
 	}
 	h.chain.serveHTTP(c)
 }
@@ -95,10 +95,11 @@ func (h chainHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // peerHTTP is the HTTP chain as the handler of one peer connection's
 // HTTP requests: the peer's verified identity travels with each.
 type peerHTTP struct {
-	chain httpLayer
-	peer  identity.ID
+	chain    httpLayer
+	peer     identity.ID
+	peerName string // peer.String(), made once per connection
 }
 
 func (h peerHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.chain.serveHTTP(&httpCall{w: w, r: r, peer: h.peer})
+	h.chain.serveHTTP(&httpCall{w: w, r: r, peer: h.peer, peerName: h.peerName})
 }

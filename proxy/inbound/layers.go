@@ -31,9 +31,11 @@ type httpCall struct {
 	r *http.Request
 	// peer is the identity the peer proved to the transport; tun is the
 	// tunnel the request was parsed from, nil for a request the peer's
-	// connection carried as HTTP.
-	peer identity.ID
-	tun  *streamConn
+	// connection carried as HTTP. peerName is peer as text, made once
+	// per connection or tunnel ("" until then: see peerText).
+	peer     identity.ID
+	peerName string
+	tun      *streamConn
 
 	target    string // the routing key (identify)
 	origProto string // what the far app spoke: "h1", "h2", or "" if unknown (identify)
@@ -42,10 +44,31 @@ type httpCall struct {
 	destPort    uint16
 	badDestPort bool
 	route       route // (routeHTTP)
-	// switched records the response in metrics at once when the
-	// connection changes hands: the call then lasts the whole session
-	// (measure).
-	switched func(bridge.Result)
+	// metrics and start are where and since when the call is measured,
+	// recorded whether its response has been (measure, recordResponse).
+	// Fields rather than a closure: one allocation fewer per request.
+	metrics  *telemetry.Metrics
+	start    time.Time
+	recorded bool
+}
+
+// peerText is the peer's identity as text.
+func (c *httpCall) peerText() string {
+	if c.peerName == "" && !c.peer.IsZero() {
+		c.peerName = c.peer.String()
+	}
+	return c.peerName
+}
+
+// recordResponse records the response in the golden metrics, once: at
+// once when the connection changes hands (switchProtocols; the call then
+// lasts the whole session), else when the chain returns (measure).
+func (c *httpCall) recordResponse(res bridge.Result) {
+	if c.metrics == nil || c.recorded {
+		return
+	}
+	c.recorded = true
+	c.metrics.ResponseDone(telemetry.Inbound, c.peerText(), c.target, bridge.Proto(c.r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(c.start))
 }
 
 // httpLayer is one layer of the chain.
@@ -141,17 +164,10 @@ type measure struct {
 }
 
 func (l measure) serveHTTP(c *httpCall) (bridge.Result, error) {
-	start := time.Now()
+	c.metrics, c.start = l.metrics, time.Now()
 	l.metrics.RequestStarted(telemetry.Inbound, c.target)
-	recorded := false
-	c.switched = func(res bridge.Result) {
-		if !recorded {
-			recorded = true
-			l.metrics.ResponseDone(telemetry.Inbound, c.peer.String(), c.target, bridge.Proto(c.r), res.Status, res.GRPCStatus, bridge.Class(res), time.Since(start))
-		}
-	}
 	res, err := l.next.serveHTTP(c)
-	c.switched(res)
+	c.recordResponse(res)
 	return res, err
 }
 
@@ -225,7 +241,7 @@ func (l forward) serveHTTP(c *httpCall) (bridge.Result, error) {
 	}
 	out := bridge.PrepareOutgoing(ctx, r, "http", addr)
 	if !c.peer.IsZero() {
-		out.Header.Set(httpx.HeaderPeerIdentity, c.peer.String())
+		out.Header[httpx.HeaderPeerIdentity] = []string{c.peerText()}
 	}
 	rt := roundTripper(func(req *http.Request) (*http.Response, error) { return l.up.RoundTrip(req, h2c) })
 	res, err := bridge.Forward(c.w, out, rt, bridge.Options{StripResponseMesh: true})

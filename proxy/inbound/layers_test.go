@@ -161,7 +161,7 @@ func TestMeasure(t *testing.T) {
 	}{
 		{"a response", func(*httpCall) (bridge.Result, error) { return bridge.Result{Status: 200}, nil }},
 		{"a switch, recorded when the connection changes hands", func(c *httpCall) (bridge.Result, error) {
-			c.switched(bridge.Result{Status: 101})
+			c.recordResponse(bridge.Result{Status: 101})
 			return bridge.Result{Status: 101}, nil
 		}},
 		{"a failure", func(*httpCall) (bridge.Result, error) { return bridge.Result{}, fail(bridge.BadGateway, "x") }},
@@ -345,6 +345,8 @@ func TestForward(t *testing.T) {
 	}{
 		{"auto route, HTTP/1.1 caller: HTTP/1.1", ProtoAuto, "h1", nil, fakeUpstream{status: 200}, false, 0, false},
 		{"auto route, HTTP/2 caller: h2c", ProtoAuto, "h2", nil, fakeUpstream{status: 200}, true, 0, false},
+		// The outbound side sends Quicmesh-Orig-Proto only for h2.
+		{"auto route, no orig proto: HTTP/1.1", ProtoAuto, "", nil, fakeUpstream{status: 200}, false, 0, false},
 		{"auto route, gRPC: h2c", ProtoAuto, "", grpc, fakeUpstream{status: 200}, true, 0, false},
 		{"http route, HTTP/2 caller: HTTP/1.1", ProtoHTTP, "h2", nil, fakeUpstream{status: 200}, false, 0, false},
 		{"h2c route, HTTP/1.1 caller: h2c", ProtoH2C, "h1", nil, fakeUpstream{status: 200}, true, 0, false},

@@ -67,7 +67,7 @@ func (l switchProtocols) serveHTTP(c *httpCall) (bridge.Result, error) {
 
 	out := bridge.PrepareOutgoing(r.Context(), r, "http", addr)
 	if !c.peer.IsZero() {
-		out.Header.Set(httpx.HeaderPeerIdentity, c.peer.String())
+		out.Header[httpx.HeaderPeerIdentity] = []string{c.peerText()}
 	}
 	upgrade := httpx.UpgradeType(r.Header)
 	if r.Method != http.MethodConnect {
@@ -131,14 +131,14 @@ func (l switchProtocols) serveHTTP(c *httpCall) (bridge.Result, error) {
 		}
 	}
 	res := bridge.Result{Status: resp.StatusCode}
-	c.switched(res)
+	c.recordResponse(res)
 	// Below the framing inspector: what follows is not HTTP. Reading
 	// through the detection replay keeps any byte it still holds.
 	var src net.Conn = conn
 	if u, ok := src.(interface{ NetConn() net.Conn }); ok {
 		src = u.NetConn()
 	}
-	closed := l.metrics.TCPOpen(telemetry.Inbound, c.peer.String(), c.target)
+	closed := l.metrics.TCPOpen(telemetry.Inbound, c.peerText(), c.target)
 	sres := splice.Run(app, readThrough{r: src, Stream: c.tun.str})
 	closed(sres.Received, sres.Sent, splice.ErrClass(sres.Err))
 	return res, nil

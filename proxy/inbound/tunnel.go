@@ -39,6 +39,7 @@ import (
 // tunnelInfo is what the inbound side knows about a tunnel for itself.
 type tunnelInfo struct {
 	peer     identity.ID
+	peerName string // peer.String(), made once per tunnel
 	target   string // the tunnel header's target: the routing key
 	destPort uint16 // the destination port the header carried, 0 if none
 }
@@ -329,7 +330,7 @@ func (l deliverTunnel) serveTunnel(t *tunnelCall) error {
 	if t.route.proto == ProtoTCP {
 		return l.spliceToApp(t, t.str)
 	}
-	sc := newStreamConn(t.str, t.conn.LocalAddr(), t.conn.RemoteAddr(), tunnelInfo{peer: t.peer, target: t.target, destPort: t.destPort})
+	sc := newStreamConn(t.str, t.conn.LocalAddr(), t.conn.RemoteAddr(), tunnelInfo{peer: t.peer, peerName: t.peer.String(), target: t.target, destPort: t.destPort})
 	detected, c, err := detect.DetectServer(sc, detect.Config{Timeout: l.headerTimeout})
 	if err != nil {
 		// Silence, or a first word that never ends: a slow HTTP client

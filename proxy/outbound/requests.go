@@ -168,11 +168,7 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	}
 	end := pc.Begin()
 	out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
-	out.Header.Set(httpx.HeaderService, t.service)
-	out.Header.Set(httpx.HeaderOrigProto, origProto(r))
-	if t.port != 0 {
-		out.Header.Set(httpx.HeaderDestPort, strconv.Itoa(int(t.port)))
-	}
+	setMeshHeaders(out.Header, r, t)
 	res, err := bridge.Forward(w, out, pc, bridge.Options{})
 	end()
 	// A client that went away says nothing about the endpoint; our own
@@ -189,9 +185,19 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	return outcome{peer: pc, key: pk.ep.Key, err: &forwardError{peer: pc, err: err}}
 }
 
-func origProto(r *http.Request) string {
+// setMeshHeaders adds the fields the far sidecar routes by. Each costs
+// QPACK work on both sides of every request (quic-go's encoder has no
+// dynamic table, so a name and value not in the static table are
+// Huffman-coded and decoded every time), so a field whose absence says
+// the same is left out: Quicmesh-Orig-Proto is sent only for h2, as the
+// inbound side treats a missing one like h1 (it switches to h2c only
+// for "h2" or gRPC).
+func setMeshHeaders(h http.Header, r *http.Request, t target) {
+	h[httpx.HeaderService] = []string{t.service}
 	if r.ProtoMajor == 2 {
-		return "h2"
+		h[httpx.HeaderOrigProto] = []string{"h2"}
 	}
-	return "h1"
+	if t.port != 0 {
+		h[httpx.HeaderDestPort] = []string{strconv.Itoa(int(t.port))}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -156,7 +157,7 @@ func TestForwarder(t *testing.T) {
 			if !tt.wantErr && (rec.Code != tt.status || o.res.Status != tt.status || o.peer == nil) {
 				t.Fatalf("wrote %d, result %+v, peer %v; want %d from the peer", rec.Code, o.res, o.peer, tt.status)
 			}
-			if (sent != nil) != tt.headers || (sent != nil && (sent.Header.Get(httpx.HeaderService) != "web" || sent.Header.Get(httpx.HeaderOrigProto) != "h1" || sent.URL.Host != "web:80")) {
+			if (sent != nil) != tt.headers || (sent != nil && (sent.Header.Get(httpx.HeaderService) != "web" || sent.Header[httpx.HeaderOrigProto] != nil || sent.URL.Host != "web:80")) {
 				t.Errorf("peer got %v", sent)
 			}
 			reports := bal.got()
@@ -177,3 +178,28 @@ type idleTimeout struct{}
 func (idleTimeout) Error() string   { return "timeout: no recent network activity" }
 func (idleTimeout) Timeout() bool   { return true }
 func (idleTimeout) Temporary() bool { return false }
+
+// The mesh fields: the service always, the app's protocol only when it
+// is h2 (the far side takes a missing one for h1), the destination port
+// only on the transparent path.
+func TestSetMeshHeaders(t *testing.T) {
+	tests := []struct {
+		name  string
+		major int
+		port  uint16
+		want  http.Header
+	}{
+		{"HTTP/1.1", 1, 0, http.Header{"Quicmesh-Service": {"web"}}},
+		{"h2", 2, 0, http.Header{"Quicmesh-Service": {"web"}, "Quicmesh-Orig-Proto": {"h2"}}},
+		{"transparent", 1, 8080, http.Header{"Quicmesh-Service": {"web"}, "Quicmesh-Dest-Port": {"8080"}}},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.ProtoMajor = tt.major
+		h := http.Header{}
+		setMeshHeaders(h, r, target{service: "web", authority: "web:80", port: tt.port})
+		if !reflect.DeepEqual(h, tt.want) {
+			t.Errorf("%s: mesh fields %v, want %v", tt.name, h, tt.want)
+		}
+	}
+}
