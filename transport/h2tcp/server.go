@@ -30,6 +30,10 @@ type ServerConfig struct {
 	MaxHeaderBytes int
 }
 
+// maxFrameSize is the largest HTTP/2 frame a Listener accepts
+// (SETTINGS_MAX_FRAME_SIZE): the protocol's default and minimum, 16 KiB.
+const maxFrameSize = 16 << 10
+
 // Listener accepts mesh connections over TCP: it runs the TLS handshakes
 // (mutual, TLS 1.3 only, ALPN ALPN, the peer verified and authorized by
 // identity.ServerConfig exactly as on QUIC) and hands out the connections
@@ -277,8 +281,16 @@ func (c *ServerConn) Serve(h http.Handler, tunnelFn func(str *ServerStream, targ
 		// The per-peer budget of the QUIC transport.
 		MaxUploadBufferPerConnection: int32(min(lim.ConnectionReceiveWindow, 1<<31-1)),
 		MaxUploadBufferPerStream:     1 << 20,
-		ReadIdleTimeout:              lim.KeepAlive,
-		PingTimeout:                  pingTimeout(lim),
+		// The HTTP/2 default frame size, not x/net/http2's 1 MiB: the
+		// peer's x/net/http2 Transport holds a request-body buffer of
+		// min(our SETTINGS_MAX_FRAME_SIZE, 512 KiB) for as long as a
+		// request body with no Content-Length (gRPC, every tunnel) is
+		// open, so 1 MiB cost 512 KiB per stream in the outbound sidecar
+		// (docs/benchmarks.md, issue 13). Larger frames buy nothing here:
+		// TLS cuts them into 16 KiB records anyway.
+		MaxReadFrameSize: maxFrameSize,
+		ReadIdleTimeout:  lim.KeepAlive,
+		PingTimeout:      pingTimeout(lim),
 	}
 	if err := http2.ConfigureServer(hs, h2s); err != nil {
 		c.conn.Close()
