@@ -131,6 +131,7 @@ type servicePolicyConfig struct {
 	MaxRetries            *int     `json:"max_retries"`
 	RetryOn               []int    `json:"retry_on"`
 	RetryGRPCMethods      []string `json:"retry_grpc_methods"`
+	RetryOnGRPC           []string `json:"retry_on_grpc"`
 	RetryBodyBytes        *int     `json:"retry_body_bytes"`
 	RetryBudget           struct {
 		Ratio        *float64 `json:"ratio"`

@@ -706,6 +706,7 @@ func (c servicePolicyConfig) policy(key string) (outbound.ServicePolicy, error) 
 		MaxRetries:            orNone(c.MaxRetries),
 		RetryOn:               c.RetryOn,
 		RetryGRPCMethods:      c.RetryGRPCMethods,
+		RetryOnGRPC:           c.RetryOnGRPC,
 		RetryBodyBytes:        orNone(c.RetryBodyBytes),
 		RetryBudget:           outbound.RetryBudget{Ratio: orNone(c.RetryBudget.Ratio), MinPerSecond: orNone(c.RetryBudget.MinPerSecond)},
 	}

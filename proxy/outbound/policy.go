@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,13 @@ type ServicePolicy struct {
 	// is sent again (to another endpoint if there is one), within the
 	// retry budget. Default none.
 	RetryOn []int
+	// RetryOnGRPC are gRPC status codes ("UNAVAILABLE", or the number
+	// 14) after which a call of a RetryGRPCMethods method is sent again,
+	// within the retry budget, when the status came in a Trailers-Only
+	// response: then the app has seen nothing of it. A status that ends
+	// a response with messages is passed on (they are the app's already).
+	// Default none.
+	RetryOnGRPC []string
 	// RetryGRPCMethods are gRPC methods that may be retried like
 	// idempotent HTTP requests: "/package.Service/Method", or
 	// "/package.Service/*" for all of a service's. Only unary methods:
@@ -102,6 +110,9 @@ func (p ServicePolicy) over(base ServicePolicy) ServicePolicy {
 	}
 	if p.RetryGRPCMethods == nil {
 		p.RetryGRPCMethods = base.RetryGRPCMethods
+	}
+	if p.RetryOnGRPC == nil {
+		p.RetryOnGRPC = base.RetryOnGRPC
 	}
 	if p.RetryBodyBytes == 0 {
 		p.RetryBodyBytes = base.RetryBodyBytes
@@ -158,6 +169,11 @@ func (p ServicePolicy) Validate() error {
 			return fmt.Errorf("retry status %d: only 4xx and 5xx statuses can be retried", code)
 		}
 	}
+	for _, name := range p.RetryOnGRPC {
+		if _, err := parseGRPCCode(name); err != nil {
+			return err
+		}
+	}
 	for _, m := range p.RetryGRPCMethods {
 		svc, method, ok := strings.Cut(strings.TrimPrefix(m, "/"), "/")
 		if !strings.HasPrefix(m, "/") || !ok || svc == "" || method == "" || strings.Contains(method, "/") ||
@@ -175,8 +191,10 @@ func (p ServicePolicy) Validate() error {
 type servicePolicy struct {
 	ServicePolicy
 	retryOn map[int]bool
-	budget  *retryBudget
-	pending atomic.Int64
+	// retryOnGRPC holds the RetryOnGRPC codes as grpc-status values.
+	retryOnGRPC map[string]bool
+	budget      *retryBudget
+	pending     atomic.Int64
 }
 
 // retryableGRPC reports whether the gRPC method at path is marked
@@ -218,7 +236,12 @@ func (p *policies) make(service string) *servicePolicy {
 		eff = sp.over(p.res.Default)
 	}
 	eff = eff.effective()
-	sp := &servicePolicy{ServicePolicy: eff, retryOn: make(map[int]bool)}
+	sp := &servicePolicy{ServicePolicy: eff, retryOn: make(map[int]bool), retryOnGRPC: make(map[string]bool)}
+	for _, name := range eff.RetryOnGRPC {
+		if code, err := parseGRPCCode(name); err == nil { // Validate reported the others
+			sp.retryOnGRPC[strconv.Itoa(code)] = true
+		}
+	}
 	for _, c := range eff.RetryOn {
 		sp.retryOn[c] = true
 	}
@@ -297,3 +320,22 @@ type timeoutError string
 
 func (e timeoutError) Error() string { return string(e) }
 func (timeoutError) Timeout() bool   { return true }
+
+// grpcCodes are the gRPC status codes by name (grpc/codes; the sidecar
+// does not link gRPC's packages for these sixteen names).
+var grpcCodes = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+	"UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+// parseGRPCCode reads a gRPC status code given by name (any case) or
+// number; OK is not a failure and cannot be retried.
+func parseGRPCCode(s string) (int, error) {
+	code, err := strconv.Atoi(s)
+	if err != nil {
+		code = slices.Index(grpcCodes[:], strings.ToUpper(s))
+	}
+	if code <= 0 || code >= len(grpcCodes) {
+		return 0, fmt.Errorf("gRPC retry status %q: want a gRPC status code other than OK, e.g. UNAVAILABLE or 14", s)
+	}
+	return code, nil
+}

@@ -130,8 +130,9 @@ const (
 // GOAWAY, closing connection, stateless reset) and its body can be
 // replayed; always when it is idempotent and its connection died under
 // it (the peer may have seen it, which idempotence makes harmless); and
-// on the service's RetryOn statuses when it is idempotent and the retry
-// budget allows. Failures to connect are retried on other endpoints by
+// on the service's RetryOn statuses (RetryOnGRPC codes in a gRPC
+// Trailers-Only response) when it is idempotent and the retry budget
+// allows. Failures to connect are retried on other endpoints by
 // the connector already.
 type retries struct {
 	log     *slog.Logger
@@ -160,9 +161,11 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 		}
 		aw := w
 		var hold *holdWriter
-		if again && idempotent && len(sp.retryOn) > 0 {
-			hold = &holdWriter{ResponseWriter: w, base: w.Header().Clone(), retry: func(code int) bool {
-				if !sp.retryOn[code] {
+		if again && idempotent && (len(sp.retryOn) > 0 || len(sp.retryOnGRPC) > 0) {
+			hold = &holdWriter{ResponseWriter: w, base: w.Header().Clone(), retry: func(code int, h http.Header) bool {
+				// A gRPC status in the response header is a Trailers-Only
+				// response: nothing of it reached the app yet.
+				if !sp.retryOn[code] && !(code == http.StatusOK && sp.retryOnGRPC[h.Get("Grpc-Status")]) {
 					return false
 				}
 				if !sp.budget.withdraw() {
@@ -261,7 +264,7 @@ func bodyless(r *http.Request) bool {
 type holdWriter struct {
 	http.ResponseWriter
 	base  http.Header // the header before the attempt
-	retry func(code int) bool
+	retry func(code int, header http.Header) bool
 	held  bool
 	sent  bool
 }
@@ -271,7 +274,7 @@ func (h *holdWriter) WriteHeader(code int) {
 	case h.held:
 	case code < 200 || h.sent:
 		h.ResponseWriter.WriteHeader(code)
-	case h.retry(code):
+	case h.retry(code, h.ResponseWriter.Header()):
 		h.held = true
 		h.restore()
 	default:

@@ -29,6 +29,9 @@ import (
 type attempt struct {
 	err    error
 	status int
+	// grpcHeader: a gRPC status in the response header (Trailers-Only);
+	// grpcTrailer: one in the trailers, after the body.
+	grpcHeader, grpcTrailer string
 }
 
 // scripted is a next stage that plays attempts in order (the last one
@@ -59,9 +62,15 @@ func (s *scripted) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	}
 	w.Header().Set("Attempt", key)
 	w.Header().Set("Trailer", "X-T")
+	if a.grpcHeader != "" {
+		w.Header().Set("Grpc-Status", a.grpcHeader)
+	}
 	w.WriteHeader(a.status)
 	io.WriteString(w, key)
 	w.Header().Set(http.TrailerPrefix+"X-T", key)
+	if a.grpcTrailer != "" {
+		w.Header().Set(http.TrailerPrefix+"Grpc-Status", a.grpcTrailer)
+	}
 	return outcome{peer: s.peer, key: key, res: bridge.Result{Status: a.status}}
 }
 
@@ -96,6 +105,7 @@ func TestRetries(t *testing.T) {
 		attempts  []attempt
 		calls     int
 		status    int    // the app's status; 0: the outcome is an error
+		grpc      string // the app's Grpc-Status header ("" none: a held attempt's must not leak)
 		reasons   string // retries by reason, "reason=n,..."
 		exhausted int    // budget exhausted
 	}{
@@ -121,6 +131,28 @@ func TestRetries(t *testing.T) {
 		{name: "503 configured", req: get, policy: ServicePolicy{RetryOn: []int{503}}, attempts: []attempt{unavailable, ok}, calls: 2, status: 200, reasons: "status=1"},
 		{name: "503 every time: the last one is answered", req: get, policy: ServicePolicy{RetryOn: []int{503}}, attempts: []attempt{unavailable}, calls: 3, status: 503, reasons: "status=2"},
 		{name: "503 to a POST", req: post(""), policy: ServicePolicy{RetryOn: []int{503}}, attempts: []attempt{unavailable, ok}, calls: 1, status: 503},
+		{name: "gRPC UNAVAILABLE, Trailers-Only", req: grpcReq("/pkg.Svc/Get", "msg"),
+			policy:   ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/*"}, RetryOnGRPC: []string{"unavailable"}},
+			attempts: []attempt{{status: 200, grpcHeader: "14"}, ok}, calls: 2, status: 200, reasons: "status=1"},
+		{name: "gRPC code by number", req: grpcReq("/pkg.Svc/Get", "msg"),
+			policy:   ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/Get"}, RetryOnGRPC: []string{"14"}},
+			attempts: []attempt{{status: 200, grpcHeader: "14"}, ok}, calls: 2, status: 200, reasons: "status=1"},
+		{name: "gRPC UNAVAILABLE every time: the last one is answered", req: grpcReq("/pkg.Svc/Get", "msg"),
+			policy:   ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/*"}, RetryOnGRPC: []string{"UNAVAILABLE"}},
+			attempts: []attempt{{status: 200, grpcHeader: "14"}}, calls: 3, status: 200, grpc: "14", reasons: "status=2"},
+		{name: "gRPC status after messages is passed on", req: grpcReq("/pkg.Svc/Get", "msg"),
+			policy:   ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/*"}, RetryOnGRPC: []string{"UNAVAILABLE"}},
+			attempts: []attempt{{status: 200, grpcTrailer: "14"}, ok}, calls: 1, status: 200},
+		{name: "gRPC code not configured", req: grpcReq("/pkg.Svc/Get", "msg"),
+			policy:   ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/*"}, RetryOnGRPC: []string{"UNAVAILABLE"}},
+			attempts: []attempt{{status: 200, grpcHeader: "13"}, ok}, calls: 1, status: 200, grpc: "13"},
+		{name: "gRPC method not retryable", req: grpcReq("/pkg.Other/Get", "msg"),
+			policy:   ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/*"}, RetryOnGRPC: []string{"UNAVAILABLE"}},
+			attempts: []attempt{{status: 200, grpcHeader: "14"}, ok}, calls: 1, status: 200, grpc: "14"},
+		{name: "gRPC UNAVAILABLE, budget spent", req: grpcReq("/pkg.Svc/Get", "msg"),
+			policy: ServicePolicy{RetryGRPCMethods: []string{"/pkg.Svc/*"}, RetryOnGRPC: []string{"UNAVAILABLE"},
+				RetryBudget: RetryBudget{Ratio: -1, MinPerSecond: -1}},
+			attempts: []attempt{{status: 200, grpcHeader: "14"}, ok}, calls: 1, status: 200, grpc: "14", exhausted: 1},
 		{name: "503, budget spent", req: get, policy: ServicePolicy{RetryOn: []int{503}, RetryBudget: RetryBudget{Ratio: -1, MinPerSecond: -1}},
 			attempts: []attempt{unavailable, ok}, calls: 1, status: 503, exhausted: 1},
 	}
@@ -170,6 +202,9 @@ func TestRetries(t *testing.T) {
 				last := "ep" + string(rune('0'+tt.calls-1))
 				if o.err != nil || rec.Code != tt.status || rec.Body.String() != last || rec.Header().Get("Attempt") != last || rec.Header().Get(http.TrailerPrefix+"X-T") != last {
 					t.Fatalf("app got %d %q (header %v), error %v; want %d from %s alone", rec.Code, rec.Body.String(), rec.Header(), o.err, tt.status, last)
+				}
+				if got := rec.Header().Get("Grpc-Status"); got != tt.grpc {
+					t.Fatalf("app got Grpc-Status %q, want %q", got, tt.grpc)
 				}
 			}
 			if o.peer != peer {
@@ -344,6 +379,10 @@ func TestResilienceValidate(t *testing.T) {
 		{"status", Resilience{Services: map[string]ServicePolicy{"web": {RetryOn: []int{200}}}}, `service "web": retry status 200`},
 		{"method", Resilience{Default: ServicePolicy{RetryGRPCMethods: []string{"a.B/C"}}}, `default policy: gRPC method "a.B/C"`},
 		{"wildcard", Resilience{Default: ServicePolicy{RetryGRPCMethods: []string{"/a.B/Get*"}}}, `gRPC method "/a.B/Get*"`},
+		{"gRPC codes", Resilience{Default: ServicePolicy{RetryOnGRPC: []string{"UNAVAILABLE", "resource_exhausted", "14", "16"}}}, ""},
+		{"gRPC OK", Resilience{Default: ServicePolicy{RetryOnGRPC: []string{"OK"}}}, `gRPC retry status "OK"`},
+		{"gRPC unknown name", Resilience{Default: ServicePolicy{RetryOnGRPC: []string{"UNAVAIL"}}}, `gRPC retry status "UNAVAIL"`},
+		{"gRPC code out of range", Resilience{Default: ServicePolicy{RetryOnGRPC: []string{"17"}}}, `gRPC retry status "17"`},
 		{"ratio", Resilience{Default: ServicePolicy{RetryBudget: RetryBudget{Ratio: 11}}}, "retry budget ratio 11"},
 	}
 	for _, tt := range tests {

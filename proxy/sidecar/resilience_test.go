@@ -13,6 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
@@ -220,6 +225,58 @@ func TestRetryBudgetBoundsLoad(t *testing.T) {
 	}
 	if testkit.MetricSum(t, client.Metrics, "quicmesh_retry_budget_exhausted_total") == 0 {
 		t.Fatal("the budget was never exhausted")
+	}
+}
+
+// A gRPC app that answers every other call UNAVAILABLE (a Trailers-Only
+// response: the app's client has seen nothing of it) is retried by the
+// sidecar for a method marked retryable with UNAVAILABLE in
+// retry_on_grpc, so every call succeeds; without retry_on_grpc half fail,
+// and an unmarked method is never resent.
+func TestGRPCStatusRetries(t *testing.T) {
+	m := meshtest.New(t)
+	var calls atomic.Int64
+	flaky := m.GRPCApp("grpc", grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if calls.Add(1)%2 == 1 {
+			return nil, status.Error(codes.Unavailable, "flaky: try again")
+		}
+		return h(ctx, req)
+	}))
+	m.Start("server", meshtest.Spec{ID: echoID, Routes: map[string]string{"retried": flaky.URL(""), "plain": flaky.URL(""), "other": flaky.URL("")}})
+	client := m.Start("client", meshtest.Spec{ID: clientID, ClientsSpeakFirst: true,
+		Binds: []meshtest.Bind{{Service: "retried"}, {Service: "plain"}, {Service: "other"}},
+		Resilience: outbound.Resilience{Services: map[string]outbound.ServicePolicy{
+			"retried": {RetryGRPCMethods: []string{"/" + echo.ServiceName + "/*"}, RetryOnGRPC: []string{"UNAVAILABLE"}},
+			"plain":   {RetryGRPCMethods: []string{"/" + echo.ServiceName + "/*"}},
+			"other":   {RetryGRPCMethods: []string{"/other.Service/*"}, RetryOnGRPC: []string{"UNAVAILABLE"}},
+		}}})
+	const n = 40
+	run := func(svc string) (failed int, hits int64) {
+		cc := testkit.GRPCConn(t, client.Bind(svc))
+		before := flaky.Hits.Load()
+		for i := range n {
+			got, err := echo.EchoUnary(testkit.HangCtx(t), cc, fmt.Appendf(nil, "call %d", i))
+			switch {
+			case status.Code(err) == codes.Unavailable:
+				failed++
+			case err != nil:
+				t.Fatalf("%s: call %d: %v", svc, i, err)
+			case string(got) != fmt.Sprintf("call %d", i):
+				t.Fatalf("%s: call %d echoed %q", svc, i, got)
+			}
+		}
+		return failed, flaky.Hits.Load() - before
+	}
+	if failed, hits := run("retried"); failed != 0 || hits != 2*n {
+		t.Fatalf("retry_on_grpc UNAVAILABLE: %d of %d calls failed, the app saw %d; want none failed, each failing call sent twice (%d)", failed, n, hits, 2*n)
+	}
+	if got := testkit.MetricSum(t, client.Metrics, "quicmesh_retries_total", "reason", "status"); got != n {
+		t.Fatalf("retries_total{reason=status} = %v, want %d", got, n)
+	}
+	for _, svc := range []string{"plain", "other"} {
+		if failed, hits := run(svc); failed != n/2 || hits != n {
+			t.Fatalf("%s: %d of %d calls failed, the app saw %d; want every other call to fail, none resent", svc, failed, n, hits)
+		}
 	}
 }
 

@@ -85,12 +85,13 @@ func (m *Mesh) HTTPApp(name string, proto Proto, h http.Handler) *App {
 	return a
 }
 
-// GRPCApp is the gRPC echo app (echo.StartGRPC), counting its calls.
-func (m *Mesh) GRPCApp(name string) *App {
+// GRPCApp is the gRPC echo app (echo.StartGRPC), counting its calls;
+// opts come after the counting interceptors (e.g. one that fails calls).
+func (m *Mesh) GRPCApp(name string, opts ...grpc.ServerOption) *App {
 	m.t.Helper()
 	ln := testkit.Listen(m.t)
 	a := m.addApp(name, ln)
-	srv := echo.StartGRPC(ln,
+	srv := echo.StartGRPC(ln, append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			a.Hits.Add(1)
 			return h(ctx, req)
@@ -98,7 +99,7 @@ func (m *Mesh) GRPCApp(name string) *App {
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			a.Hits.Add(1)
 			return h(srv, ss)
-		}))
+		})}, opts...)...)
 	m.t.Cleanup(func() { srv.Close() })
 	return a
 }
