@@ -206,11 +206,9 @@ func TestSidecarProcessFailures(t *testing.T) {
 	for _, newKey := range []bool{false, true} {
 		t.Run(fmt.Sprintf("kill -9 the only endpoint, restart with new key %v", newKey), func(t *testing.T) { kill9OnlyEndpoint(t, bin, newKey) })
 	}
-	// QUIC only: in auto mode the requests in flight at the freeze also
-	// try TCP (one more connect timeout), and while the peer stays
-	// frozen requests kept taking seconds (p99 4 s, 260 in flight at
-	// 300/s, measured at load 25): the fallback policy's to improve.
-	t.Run("SIGSTOP the only endpoint", func(t *testing.T) { frozenEndpoint(t, bin, "quic") })
+	for _, mode := range []string{"quic", "auto"} {
+		t.Run("SIGSTOP the only endpoint, transport "+mode, func(t *testing.T) { frozenEndpoint(t, bin, mode) })
+	}
 }
 
 // One of a service's two endpoints is killed (kill -9 of its sidecar)

@@ -131,7 +131,7 @@ func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err == nil || !errors.Is(err, meshcode.ErrIdleTimeout) || !replayable(req) || req.Context().Err() != nil {
 		return resp, err
 	}
-	f.peers.fb.QUICFailed(f.addr, f.want)
+	f.peers.fb.QUICFailed(f.addr, f.want, smoothedRTT(f.PeerConn))
 	f.PeerConn.Forget()
 	next, over, gerr := f.peers.fb.Get(req.Context(), f.addr, f.want)
 	if gerr != nil {
@@ -141,6 +141,15 @@ func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
 	// A copy: the HTTP/3 client may still be reading the original as it
 	// tears the dead request down.
 	return next.RoundTrip(req.Clone(req.Context()))
+}
+
+// smoothedRTT is a QUIC connection's smoothed RTT, 0 for another kind:
+// the fallback policy sizes its wait for TCP on it.
+func smoothedRTT(c outbound.PeerConn) time.Duration {
+	if q, ok := c.(quicPeerConn); ok {
+		return q.Conn.ConnectionStats().SmoothedRTT
+	}
+	return 0
 }
 
 // replayable: an idempotent method and no body, so sending it again

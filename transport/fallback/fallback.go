@@ -11,7 +11,12 @@
 //     and used over TCP; QUIC is re-probed in the background with
 //     exponential back-off (ReprobeMin doubling to ReprobeMax);
 //   - when a probe succeeds, new work goes to QUIC and the TCP connection
-//     drains (work in flight finishes on it).
+//     drains (work in flight finishes on it);
+//   - a peer whose QUIC connection stopped answering is given a short
+//     TCP wait (QUICFailed): a live peer answers TLS within a few round
+//     trips, a frozen one never does;
+//   - a peer that failed over both transports for lack of an answer is
+//     in back-off: Get fails at once, one probe at a time.
 //
 // Both transports run the same mutual TLS with the same identity checks,
 // so falling back never weakens authentication: an attacker who blocks
@@ -27,6 +32,7 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // Mode is the transport policy.
@@ -127,6 +133,25 @@ type peer struct {
 	lastQUIC bool          // the last connection handed out was QUIC
 	interval time.Duration // the next re-probe wait
 	probing  bool
+
+	// tcpWait, when set, bounds how long a Get waits for TCP: QUIC's
+	// connection to the peer stopped answering (QUICFailed), and until a
+	// connection works again the peer is suspect. Cleared on success.
+	tcpWait time.Duration
+	// Both transports failed for lack of an answer (a frozen or
+	// partitioned peer): during the back-off after failedAt, and while
+	// the one Get that probes it is in flight, Get fails at once.
+	failures int
+	failedAt time.Time
+	lastErr  error
+	dialing  bool
+}
+
+// downBackoff is the back-off of a peer that failed over both
+// transports: the pools' schedule (transport.Backoff, 100 ms doubling to
+// 500 ms), so a thawed peer is reached as soon as either pool would.
+func downBackoff(failures int) time.Duration {
+	return min(100*time.Millisecond<<min(failures-1, 10), 500*time.Millisecond)
 }
 
 // Peers hands out connections to peers over QUIC or TCP by the policy.
@@ -190,10 +215,33 @@ func (p *Peers[C]) Get(ctx context.Context, addr string, want identity.ID) (C, T
 		st = &peer{}
 		p.peers[k] = st
 	}
+	probe := false
+	if st.failures > 0 {
+		since := time.Since(st.failedAt)
+		if st.dialing || since < downBackoff(st.failures) {
+			err := st.lastErr
+			p.mu.Unlock()
+			var zero C
+			return zero, OverQUIC, fmt.Errorf("%w: %s (%s): no answer over QUIC nor TCP %s ago: %w", meshcode.ErrPeerUnavailable, addr, want, since.Round(time.Millisecond), err)
+		}
+		// This Get probes the peer; the others fail at once meanwhile.
+		st.dialing, probe = true, true
+	}
+	p.mu.Unlock()
+	c, over, err := p.get(ctx, k)
+	p.settle(ctx, k, probe, err)
+	return c, over, err
+}
+
+// get is Get in auto mode once the peer is not in back-off.
+func (p *Peers[C]) get(ctx context.Context, k key) (C, Transport, error) {
+	addr, want := k.addr, k.id
+	p.mu.Lock()
+	st := p.peers[k]
 	blocked, lastQUIC := st.blocked, st.lastQUIC
 	p.mu.Unlock()
 	if blocked {
-		c, err := p.tcp.Get(ctx, addr, want)
+		c, err := p.tcpGet(ctx, k)
 		if err == nil {
 			return c, OverTCP, nil
 		}
@@ -216,6 +264,83 @@ func (p *Peers[C]) Get(ctx context.Context, addr string, want identity.ID) (C, T
 	}
 	return p.race(ctx, k)
 }
+
+// settle records the outcome of an auto-mode Get: a success clears the
+// peer's suspicion and back-off; a failure of both transports that was
+// no answer at all (a frozen or partitioned peer, not one that refused
+// us) puts it in back-off, so that retries and further requests fail at
+// once instead of each paying a dial. probe: this Get was the one let
+// through after the back-off; Gets that started before the back-off and
+// fail later do not extend it.
+func (p *Peers[C]) settle(ctx context.Context, k key, probe bool, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[k]
+	if st == nil {
+		return
+	}
+	if probe {
+		st.dialing = false
+	}
+	if err == nil {
+		st.failures, st.lastErr, st.tcpWait = 0, nil, 0
+		return
+	}
+	// A caller that gave up says nothing about the peer.
+	if !bothSilent(err) || ctx.Err() != nil || p.ctx.Err() != nil || (st.failures > 0 && !probe) {
+		return
+	}
+	st.failures++
+	st.failedAt = time.Now()
+	st.lastErr = err
+	if st.failures == 1 {
+		p.cfg.Logger.Warn("peer answers neither over QUIC nor over TCP: failing its requests at once during back-off", "peer", k.addr, "identity", k.id.String(), "error", err)
+	}
+}
+
+// bothSilent reports whether err joins a QUIC and a TCP failure that
+// were both the path's (nothing answered), as race and the blocked path
+// return them.
+func bothSilent(err error) bool {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return false
+	}
+	errs := j.Unwrap()
+	if len(errs) != 2 {
+		return false
+	}
+	return pathFailure(errs[0]) && pathFailure(errs[1])
+}
+
+// tcpGet gets the TCP connection, waiting no longer than the peer's
+// suspect wait when QUIC's connection to it just stopped answering. The
+// pool's dial goes on (bounded by its own dial timeout) and is what the
+// next Get finds.
+func (p *Peers[C]) tcpGet(ctx context.Context, k key) (C, error) {
+	p.mu.Lock()
+	wait := time.Duration(0)
+	if st := p.peers[k]; st != nil {
+		wait = st.tcpWait
+	}
+	p.mu.Unlock()
+	if wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, wait, fmt.Errorf("%w: no TCP connection within %v of QUIC's liveness failure", errSuspectWait, wait))
+		defer cancel()
+	}
+	c, err := p.tcp.Get(ctx, k.addr, k.id)
+	if err != nil && ctx.Err() != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errSuspectWait) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+	}
+	return c, err
+}
+
+// errSuspectWait: a TCP connection to a peer whose QUIC connection just
+// stopped answering did not come within the short wait.
+var errSuspectWait = errors.New("fallback: TCP did not answer in time")
 
 type result[C Conn] struct {
 	c   C
@@ -264,7 +389,7 @@ func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		c, err := p.tcp.Get(rctx, k.addr, k.id)
+		c, err := p.tcpGet(rctx, k)
 		tcpDone <- result[C]{c, err}
 	}()
 	var tcpRes *result[C]
@@ -365,14 +490,31 @@ func (p *Peers[C]) block(k key, quicErr error) {
 }
 
 // QUICFailed tells the policy that a connection it handed out over QUIC
-// died under its work (the peer stopped answering): the next Get races
-// again instead of trusting the QUIC pool.
-func (p *Peers[C]) QUICFailed(addr string, want identity.ID) {
+// died under its work (the peer stopped answering; rtt is that
+// connection's smoothed RTT, 0 if unknown): the next Get races again
+// instead of trusting the QUIC pool, and until a connection works again
+// it waits for TCP no longer than SuspectWait(rtt). A live peer whose
+// UDP is dropped answers the TCP dial within a few round trips; a frozen
+// one (SIGSTOP, a hung process) has its kernel complete the connect and
+// then never sends its TLS ServerHello, and each request sent to it
+// would otherwise wait the whole dial timeout on top of the liveness
+// watch's second.
+func (p *Peers[C]) QUICFailed(addr string, want identity.ID, rtt time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if st := p.peers[key{addr, want}]; st != nil {
 		st.lastQUIC = false
+		st.tcpWait = p.SuspectWait(rtt)
 	}
+}
+
+// SuspectWait is how long a Get waits for TCP after QUIC's connection to
+// the peer stopped answering: twice the race delay (500 ms by default,
+// twice what the policy already allows a live peer's QUIC handshake),
+// or 8 smoothed RTTs on a slower path (connect, TLS and the acceptance
+// PING are 3 round trips).
+func (p *Peers[C]) SuspectWait(rtt time.Duration) time.Duration {
+	return max(2*p.cfg.RaceDelay, 8*rtt)
 }
 
 // reprobe dials QUIC to a blocked peer with back-off until it works (or
@@ -444,17 +586,29 @@ func (p *Peers[C]) Blocked(addr string, want identity.ID) bool {
 }
 
 // Unavailable reports whether the transport the peer would use next is
-// in back-off.
+// in back-off (in auto mode: or the peer itself, both transports having
+// failed).
 func (p *Peers[C]) Unavailable(addr string, want identity.ID) bool {
 	switch {
 	case p.cfg.Mode == TCP:
 		return p.tcp.Unavailable(addr, want)
 	case p.cfg.Mode == QUIC:
 		return p.quic.Unavailable(addr, want)
+	case p.down(addr, want):
+		return true
 	case p.Blocked(addr, want):
 		return p.tcp.Unavailable(addr, want)
 	}
 	return p.quic.Unavailable(addr, want) && p.tcp.Unavailable(addr, want)
+}
+
+// down reports whether the peer is in the back-off after failing over
+// both transports.
+func (p *Peers[C]) down(addr string, want identity.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[key{addr, want}]
+	return st != nil && st.failures > 0 && !st.dialing && time.Since(st.failedAt) < downBackoff(st.failures)
 }
 
 // Close stops the re-probers and waits for attempts in flight; the pools

@@ -10,6 +10,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -125,5 +126,86 @@ func TestModesUseOneTransport(t *testing.T) {
 	}
 	if _, err := ParseMode("sctp"); err == nil {
 		t.Fatal("ParseMode accepted sctp")
+	}
+}
+
+// A peer whose QUIC connection stopped answering and whose kernel takes
+// the TCP connect while its process never answers (SIGSTOP): the request
+// re-sent after the liveness failure waits for TCP no longer than the
+// suspect wait, then the peer is in back-off and further Gets fail at
+// once without a dial, until a probe finds it answering again.
+func TestFrozenPeerFailsFastAfterQUICDied(t *testing.T) {
+	q, tc := &fake{name: "quic"}, &fake{name: "tcp"}
+	p := New[conn](q, tc, Config{RaceDelay: 50 * time.Millisecond})
+	defer p.Close()
+	if _, over, err := p.Get(testkit.HangCtx(t), "a", want); err != nil || over != OverQUIC {
+		t.Fatalf("healthy peer: %v %v", over, err)
+	}
+	// Frozen: the QUIC pool is in back-off after the liveness failure,
+	// a TCP dial gets no TLS answer until its context ends.
+	q.set(0, reasonErr("unresponsive"))
+	tc.set(time.Hour, nil)
+	p.QUICFailed("a", want, time.Millisecond)
+	wait := p.SuspectWait(time.Millisecond)
+	start := time.Now()
+	_, _, err := p.Get(testkit.HangCtx(t), "a", want)
+	took := time.Since(start)
+	if err == nil || !errors.Is(err, errSuspectWait) {
+		t.Fatalf("Get to a frozen peer: %v, want the suspect wait's error", err)
+	}
+	if took < wait {
+		t.Fatalf("Get gave up on TCP after %v, before the suspect wait %v", took, wait)
+	}
+	t.Logf("failed after %v (suspect wait %v)", took.Round(time.Millisecond), wait)
+	if !p.Unavailable("a", want) {
+		t.Fatal("a peer that answered over neither transport is not reported unavailable")
+	}
+	dq, dt := q.dials.Load(), tc.dials.Load()
+	if _, _, err := p.Get(testkit.HangCtx(t), "a", want); !errors.Is(err, meshcode.ErrPeerUnavailable) {
+		t.Fatalf("Get during the back-off: %v, want ErrPeerUnavailable", err)
+	}
+	if q.dials.Load() != dq || tc.dials.Load() != dt {
+		t.Fatal("a Get during the back-off dialled")
+	}
+	// Thawed: the first Get after the back-off probes and gets through.
+	q.set(0, nil)
+	testkit.Eventually(t, "the back-off over", func() bool { return !p.Unavailable("a", want) })
+	if _, over, err := p.Get(testkit.HangCtx(t), "a", want); err != nil || over != OverQUIC {
+		t.Fatalf("thawed peer: %v %v", over, err)
+	}
+	if p.down("a", want) {
+		t.Fatal("the peer stayed in back-off after a success")
+	}
+}
+
+// A live peer whose UDP became blocked answers TCP within the suspect
+// wait: the request moves to TCP and the peer is marked QUIC-blocked,
+// not put in back-off.
+func TestBlockedUDPAfterQUICDiedMovesToTCP(t *testing.T) {
+	q, tc := &fake{name: "quic"}, &fake{name: "tcp"}
+	p := New[conn](q, tc, Config{RaceDelay: 50 * time.Millisecond, ReprobeMin: time.Hour})
+	defer p.Close()
+	if _, _, err := p.Get(testkit.HangCtx(t), "a", want); err != nil {
+		t.Fatal(err)
+	}
+	q.set(0, reasonErr("unresponsive"))
+	tc.set(5*time.Millisecond, nil)
+	p.QUICFailed("a", want, time.Millisecond)
+	if c, over, err := p.Get(testkit.HangCtx(t), "a", want); err != nil || over != OverTCP || c != "tcp" {
+		t.Fatalf("Get after QUIC died with TCP open: %v %v %v", c, over, err)
+	}
+	if !p.Blocked("a", want) || p.Unavailable("a", want) {
+		t.Fatalf("blocked %v, unavailable %v; want QUIC-blocked and available", p.Blocked("a", want), p.Unavailable("a", want))
+	}
+}
+
+func TestSuspectWaitScalesWithRTT(t *testing.T) {
+	p := New[conn](&fake{}, &fake{}, Config{})
+	defer p.Close()
+	if got := p.SuspectWait(0); got != 2*DefaultRaceDelay {
+		t.Errorf("SuspectWait(0) = %v, want %v", got, 2*DefaultRaceDelay)
+	}
+	if got := p.SuspectWait(200 * time.Millisecond); got != 1600*time.Millisecond {
+		t.Errorf("SuspectWait(200ms) = %v, want 1.6s", got)
 	}
 }
