@@ -352,9 +352,11 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 // sidecar's goroutines and open files stay bounded instead of growing
 // with the requests that would otherwise hang, and traffic returns once
 // the endpoint is thawed (SIGCONT). In auto mode a request in flight at
-// the freeze also tries TCP after the liveness watch gave up on QUIC
-// (the kernel accepts the connect; the frozen process never sends its
-// ServerHello), which costs it one more connect timeout.
+// the freeze is re-sent towards TCP after the liveness watch gave up on
+// QUIC (the kernel accepts the connect; the frozen process never sends
+// its ServerHello): the fallback policy waits for that no longer than
+// its suspect wait (500 ms) and then fails the peer's requests at once
+// during its back-off, so the bound is the same as over QUIC alone.
 //
 // The 2 s are the liveness timeout (1 s), up to two polls of the watch,
 // and the failure reaching the app; a loaded machine (measured: load 25
@@ -369,9 +371,6 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 	client := startMeshProc(t, bin, dir, "client", "", ccert, ckey, cbundle, "--discovery-file", discoveryFile(t, dir, srv.inbound), "--bind", bind+"=web", "--transport", mode)
 	limits := transport.Limits{}.WithDefaults()
 	bound := 2*limits.LivenessTimeout + time.Second/2
-	if mode == "auto" {
-		bound = limits.LivenessTimeout + limits.DialTimeout + time.Second
-	}
 	resources := func() (goroutines, fds float64) {
 		return client.metric(t, "go_goroutines"), client.metric(t, "process_open_fds")
 	}
