@@ -120,6 +120,8 @@ type Config struct {
 	ProbeTimeout time.Duration
 	Logger       *slog.Logger
 	Observer     Observer
+	// Now is the clock of the peers' back-off; nil is time.Now.
+	Now func() time.Time
 }
 
 type key struct {
@@ -190,6 +192,9 @@ func New[C Conn](quic, tcp Dialer[C], cfg Config) *Peers[C] {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Peers[C]{quic: quic, tcp: tcp, cfg: cfg, peers: map[key]*peer{}, ctx: ctx, cancel: cancel}
 }
@@ -217,7 +222,7 @@ func (p *Peers[C]) Get(ctx context.Context, addr string, want identity.ID) (C, T
 	}
 	probe := false
 	if st.failures > 0 {
-		since := time.Since(st.failedAt)
+		since := p.cfg.Now().Sub(st.failedAt)
 		if st.dialing || since < downBackoff(st.failures) {
 			err := st.lastErr
 			p.mu.Unlock()
@@ -291,7 +296,7 @@ func (p *Peers[C]) settle(ctx context.Context, k key, probe bool, err error) {
 		return
 	}
 	st.failures++
-	st.failedAt = time.Now()
+	st.failedAt = p.cfg.Now()
 	st.lastErr = err
 	if st.failures == 1 {
 		p.cfg.Logger.Warn("peer answers neither over QUIC nor over TCP: failing its requests at once during back-off", "peer", k.addr, "identity", k.id.String(), "error", err)
@@ -608,7 +613,7 @@ func (p *Peers[C]) down(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[key{addr, want}]
-	return st != nil && st.failures > 0 && !st.dialing && time.Since(st.failedAt) < downBackoff(st.failures)
+	return st != nil && st.failures > 0 && !st.dialing && p.cfg.Now().Sub(st.failedAt) < downBackoff(st.failures)
 }
 
 // Close stops the re-probers and waits for attempts in flight; the pools

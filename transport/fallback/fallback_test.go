@@ -136,7 +136,11 @@ func TestModesUseOneTransport(t *testing.T) {
 // once without a dial, until a probe finds it answering again.
 func TestFrozenPeerFailsFastAfterQUICDied(t *testing.T) {
 	q, tc := &fake{name: "quic"}, &fake{name: "tcp"}
-	p := New[conn](q, tc, Config{RaceDelay: 50 * time.Millisecond})
+	// The back-off's clock stands still until the test moves it: a
+	// loaded machine must not end the back-off between two checks.
+	var clock atomic.Int64
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	p := New[conn](q, tc, Config{RaceDelay: 50 * time.Millisecond, Now: now})
 	defer p.Close()
 	if _, over, err := p.Get(testkit.HangCtx(t), "a", want); err != nil || over != OverQUIC {
 		t.Fatalf("healthy peer: %v %v", over, err)
@@ -167,9 +171,31 @@ func TestFrozenPeerFailsFastAfterQUICDied(t *testing.T) {
 	if q.dials.Load() != dq || tc.dials.Load() != dt {
 		t.Fatal("a Get during the back-off dialled")
 	}
+	// After the back-off one Get probes; the others fail at once
+	// meanwhile.
+	clock.Add(int64(downBackoff(1)))
+	q.set(time.Hour, nil) // a QUIC dial in flight until its context ends
+	ctx, cancel := context.WithCancel(testkit.HangCtx(t))
+	probed := make(chan error, 1)
+	go func() { _, _, err := p.Get(ctx, "a", want); probed <- err }()
+	testkit.Eventually(t, "the probe dialling", func() bool { return q.dials.Load() > dq })
+	dq = q.dials.Load()
+	if _, _, err := p.Get(testkit.HangCtx(t), "a", want); !errors.Is(err, meshcode.ErrPeerUnavailable) || q.dials.Load() != dq {
+		t.Fatalf("Get during the probe: %v, %d more QUIC dials; want ErrPeerUnavailable and none", err, q.dials.Load()-dq)
+	}
+	cancel()
+	if err := <-probed; err == nil {
+		t.Fatal("a cancelled probe succeeded")
+	}
+	// A caller that gave up says nothing of the peer: no new back-off.
+	if p.Unavailable("a", want) {
+		t.Fatal("a cancelled probe put the peer in back-off")
+	}
 	// Thawed: the first Get after the back-off probes and gets through.
 	q.set(0, nil)
-	testkit.Eventually(t, "the back-off over", func() bool { return !p.Unavailable("a", want) })
+	if p.Unavailable("a", want) {
+		t.Fatal("the peer still unavailable after its back-off")
+	}
 	if _, over, err := p.Get(testkit.HangCtx(t), "a", want); err != nil || over != OverQUIC {
 		t.Fatalf("thawed peer: %v %v", over, err)
 	}
