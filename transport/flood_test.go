@@ -183,7 +183,11 @@ type flood struct {
 	Control atomic.Bool
 	sent    atomic.Int64 // attack packets, not control ones
 	started time.Time
-	wg      sync.WaitGroup
+	// maxGap is the longest time between two pacing ticks of a sender
+	// since the last TakeMaxGap, in nanoseconds: the ticks are 5 ms
+	// apart, so a long gap means the process did not get a core.
+	maxGap atomic.Int64
+	wg     sync.WaitGroup
 }
 
 func startFlood(ctx context.Context, t testing.TB, target *net.UDPAddr, pkts [][]byte, rate, sources int) *flood {
@@ -207,11 +211,18 @@ func startFlood(ctx context.Context, t testing.TB, target *net.UDPAddr, pkts [][
 			tick := time.NewTicker(5 * time.Millisecond)
 			defer tick.Stop()
 			start, sent, next := time.Now(), 0, s
+			last := start
 			for {
 				select {
 				case <-ctx.Done():
 					return
 				case now := <-tick.C:
+					// The time it ran, not the tick's (when it was due).
+					woke := time.Now()
+					gap := int64(woke.Sub(last))
+					last = woke
+					for m := f.maxGap.Load(); gap > m && !f.maxGap.CompareAndSwap(m, gap); m = f.maxGap.Load() {
+					}
 					due := int(now.Sub(start).Seconds() * float64(rate) / senders)
 					for ; sent < due; sent++ {
 						c, pkt := conns[next%len(conns)], pkts[next%len(pkts)]
@@ -238,6 +249,10 @@ func startFlood(ctx context.Context, t testing.TB, target *net.UDPAddr, pkts [][
 	})
 	return f
 }
+
+// TakeMaxGap returns the longest gap between two pacing ticks since the
+// previous call.
+func (f *flood) TakeMaxGap() time.Duration { return time.Duration(f.maxGap.Swap(0)) }
 
 // wait waits for the senders (ctx must be done) and reports how many
 // attack packets they sent.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +32,15 @@ const (
 	// much control time; longer than the 3 s handshake timeout, so state
 	// created early has to expire while the flood goes on.
 	floodDuration = 4 * time.Second
+	// floodStarved is a wait to run that marks a latency window as
+	// starved: five times Go's 10 ms preemption slice, so only a process
+	// without a core (or a runtime with thousands of runnable
+	// goroutines) waits that long.
+	floodStarved = 50 * time.Millisecond
+	// floodCleanWindows is how many windows of each kind must be clean
+	// (at load 15, half the windows or more were starved); the flood
+	// ends at the hang guard if they never are.
+	floodCleanWindows = int(floodDuration / (500 * time.Millisecond))
 	// floodHeapGrowth bounds live heap growth during the flood.
 	floodHeapGrowth = 64 << 20
 	// floodRSSGrowth bounds RSS growth (the race detector's shadow memory
@@ -224,41 +234,101 @@ func testInitialFlood(t *testing.T, kind floodKind) {
 	// windows (same rate and sockets, packets the server drops on sight),
 	// and each legitimate request is filed under the window it ran in.
 	// The difference is what the server pays for attack packets.
+	//
+	// A window in which this process was starved of CPU is set aside,
+	// whatever its kind: a p99 over a few hundred requests is decided by
+	// a handful of such waits, which the other jobs on a 2-core machine
+	// deal out at random (one attack window's 89 ms against 17 ms in the
+	// control windows failed a run; another run's generator reached only
+	// half its rate). Starved means: the flood's senders, which tick
+	// every 5 ms in both kinds of window, went floodStarved without a
+	// tick, or testkit.SchedWatch saw a wait that long, or the window's
+	// own timer was that late.
+	// The flood goes on until each kind has floodCleanWindows clean
+	// windows. Starvation the attack causes is not hidden by that: attack
+	// windows starved much more often than control windows fail the test.
 	const window = 500 * time.Millisecond
-	floodCtx, stopFlood := context.WithTimeout(ctx, 2*floodDuration)
+	floodCtx, stopFlood := context.WithDeadline(ctx, testkit.HangGuard(t))
 	defer stopFlood()
 	f := startFlood(floodCtx, t, srv.Addr(), pkts, floodRate(), 500)
 	f.Control.Store(true)
+	var (
+		mu                sync.Mutex
+		windowID          int
+		cur               []time.Duration // the current window's samples
+		during, baseline  []time.Duration // from clean windows
+		clean, starved    [2]int          // by kind: [attack, control]
+		floodTime         time.Duration
+		freshDialErr      error
+		freshDialAttempts int
+		freshDialDone     atomic.Bool
+	)
+	kindOf := func(control bool) int {
+		if control {
+			return 1
+		}
+		return 0
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		tick := time.NewTicker(window)
-		defer tick.Stop()
+		sched := testkit.NewSchedWatch()
+		defer sched.Stop()
+		start := time.Now()
+		next := start.Add(window)
+		timer := time.NewTimer(window)
+		defer timer.Stop()
 		for {
 			select {
 			case <-floodCtx.Done():
 				return
-			case <-tick.C:
+			case <-timer.C:
+				now := time.Now() // when this ran; the channel carries when it was due
+				late := now.Sub(next) >= floodStarved
+				mu.Lock()
+				k := kindOf(f.Control.Load())
+				gap := f.TakeMaxGap() >= floodStarved
+				if sched.Starved(floodStarved) || late || gap {
+					starved[k]++
+				} else {
+					clean[k]++
+					if k == 1 {
+						baseline = append(baseline, cur...)
+					} else {
+						during = append(during, cur...)
+					}
+				}
+				cur, windowID = cur[:0], windowID+1
 				f.Control.Store(!f.Control.Load())
+				done := now.Sub(start) >= 2*floodDuration && min(clean[0], clean[1]) >= floodCleanWindows && freshDialDone.Load()
+				if done {
+					floodTime = now.Sub(start)
+				}
+				mu.Unlock()
+				if done {
+					stopFlood()
+					return
+				}
+				next = time.Now().Add(window)
+				timer.Reset(window)
 			}
 		}
 	})
-	var during, baseline []time.Duration
 	var legitErr error
 	wg.Go(func() {
 		for floodCtx.Err() == nil {
-			control := f.Control.Load()
+			mu.Lock()
+			id := windowID
+			mu.Unlock()
 			rtt, err := roundTrip(ctx, conn)
 			if err != nil {
 				legitErr = err
 				return
 			}
-			switch {
-			case control != f.Control.Load(): // straddled a switch
-			case control:
-				baseline = append(baseline, rtt)
-			default:
-				during = append(during, rtt)
+			mu.Lock()
+			if id == windowID { // else it straddled a switch
+				cur = append(cur, rtt)
 			}
+			mu.Unlock()
 			// Nearly back to back: thousands of samples per side, so a p99
 			// is not decided by the handful of scheduler stalls a busy
 			// machine deals out at random, while leaving the server most
@@ -267,16 +337,32 @@ func testInitialFlood(t *testing.T, kind floodKind) {
 			time.Sleep(time.Millisecond)
 		}
 	})
-	var freshDialErr error
 	wg.Go(func() {
-		// A peer dialling for the first time during the flood gets in.
+		// A peer dialling for the first time during the flood gets in,
+		// within the dial timeout. An attempt that fails while this
+		// process was starved is made again while the flood goes on:
+		// the flood's packets then fill the server's socket buffer and
+		// the dial's are dropped as on an overloaded host, whatever the
+		// server does (a dial timed out once at load 15). A server that
+		// never lets a new peer in fails at the hang guard.
+		defer freshDialDone.Store(true)
 		time.Sleep(floodDuration)
-		c, err := newClient().Dial(ctx, srv.Addr().String(), identity.MustParseID(serverID))
-		if err == nil {
-			_, err = roundTrip(ctx, c)
-			c.CloseWithError(0, "")
+		for attempt := 1; ; attempt++ {
+			sched := testkit.NewSchedWatch()
+			c, err := newClient().Dial(ctx, srv.Addr().String(), identity.MustParseID(serverID))
+			if err == nil {
+				_, err = roundTrip(ctx, c)
+				c.CloseWithError(0, "")
+			}
+			starved := sched.Starved(floodStarved)
+			sched.Stop()
+			mu.Lock()
+			freshDialErr, freshDialAttempts = err, attempt
+			mu.Unlock()
+			if err == nil || !starved || floodCtx.Err() != nil {
+				return
+			}
 		}
-		freshDialErr = err
 	})
 
 	peak := base
@@ -307,8 +393,12 @@ sampling:
 	tick.Stop()
 	sent := f.wait()
 	wg.Wait()
-	rate := float64(sent) / floodDuration.Seconds()
-	t.Logf("%s: %d attack packets at %.0f/s from 500 source ports in %v windows over %v, alternating with control windows", kind, sent, rate, window, 2*floodDuration)
+	if floodTime == 0 {
+		floodTime = time.Since(f.started)
+	}
+	rate := float64(sent) / (floodTime.Seconds() / 2)
+	t.Logf("%s: %d attack packets at %.0f/s from 500 source ports in %v windows over %v, alternating with control windows; windows clean/starved (a wait of %v or more): attack %d/%d, control %d/%d",
+		kind, sent, rate, window, floodTime.Round(time.Millisecond), floodStarved, clean[0], starved[0], clean[1], starved[1])
 	t.Logf("peak growth: heap %+.1f MiB, RSS %+.1f MiB, goroutines %+d (baseline heap %.1f MiB, RSS %.1f MiB, %d goroutines)",
 		mib(peak.heap-base.heap), mib(peak.rss-base.rss), peak.goroutines-base.goroutines, mib(base.heap), mib(base.rss), base.goroutines)
 	if exceeded != "" {
@@ -318,11 +408,20 @@ sampling:
 	if rate < 0.8*float64(floodRate()) {
 		t.Logf("the generator reached only %.0f of %d packets/s on this machine", rate, floodRate())
 	}
+	if freshDialAttempts > 1 {
+		t.Logf("the new peer's dial was made %d times: earlier attempts failed while the process was starved", freshDialAttempts)
+	}
 	if legitErr != nil {
 		t.Fatalf("legitimate request failed during the flood: %v", legitErr)
 	}
 	if freshDialErr != nil {
-		t.Fatalf("a new peer could not connect during the flood: %v", freshDialErr)
+		t.Fatalf("a new peer could not connect during the flood (attempt %d): %v", freshDialAttempts, freshDialErr)
+	}
+	if starved[0] > 2*starved[1]+2 {
+		t.Errorf("%d attack windows starved against %d control windows: the attack starves the process", starved[0], starved[1])
+	}
+	if min(clean[0], clean[1]) < floodCleanWindows {
+		t.Fatalf("only %d attack and %d control windows of %d were not starved by the hang guard", clean[0], clean[1], windowID)
 	}
 	p99, baseP99 := percentile(during, 0.99), percentile(baseline, 0.99)
 	t.Logf("legitimate requests: in control windows p50 %v p99 %v (n=%d); in attack windows p50 %v p99 %v (n=%d)",

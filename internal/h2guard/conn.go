@@ -26,15 +26,18 @@ type Limit struct {
 	PerStream float64 // default 0.5
 }
 
+// DefaultLimit is what a zero field of Limit stands for.
+var DefaultLimit = Limit{Burst: 200, PerSecond: 100, PerStream: 0.5}
+
 func (l Limit) withDefaults() Limit {
 	if l.Burst <= 0 {
-		l.Burst = 200
+		l.Burst = DefaultLimit.Burst
 	}
 	if l.PerSecond <= 0 {
-		l.PerSecond = 100
+		l.PerSecond = DefaultLimit.PerSecond
 	}
 	if l.PerStream <= 0 {
-		l.PerStream = 0.5
+		l.PerStream = DefaultLimit.PerStream
 	}
 	return l
 }
@@ -42,6 +45,10 @@ func (l Limit) withDefaults() Limit {
 // ErrAbusive is returned by Read once a connection has been found
 // abusive; the server then closes it.
 var ErrAbusive = errors.New("h2guard: stream resets at an abusive rate")
+
+// ReadAhead is the most the guard reads from the client at once: the
+// streams opened in one read earn their tokens together.
+const ReadAhead = 16 << 10
 
 // goAwayTimeout bounds writing the GOAWAY to a client that may not read.
 const goAwayTimeout = 250 * time.Millisecond
@@ -88,7 +95,7 @@ func Wrap(c net.Conn, lim Limit, onAbuse func()) *Conn {
 	return &Conn{
 		Conn:    c,
 		onAbuse: onAbuse,
-		rbuf:    make([]byte, 16<<10),
+		rbuf:    make([]byte, ReadAhead),
 		in:      newSplitter(true),
 		handed:  newSplitter(true),
 		out:     newSplitter(false),

@@ -1,10 +1,15 @@
 package sidecar_test
 
 import (
+	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,23 +31,12 @@ func TestFirstRequestAfterPeerRestartSucceeds(t *testing.T) {
 	m := meshtest.New(t)
 	app := m.HTTPApp("echo", meshtest.H1, nil)
 	serverIdentity := identitytest.Provider(t, m.CA, echoID) // same key before and after: same stateless reset key
-	startPeer := func(udp *net.UDPConn) *meshtest.Sidecar {
-		return m.Start("server", meshtest.Spec{ID: echoID, Identity: serverIdentity, PacketConn: udp, Routes: map[string]string{"echo": app.URL("http")}})
+	startPeer := func(udp *net.UDPConn, tcp net.Listener) *meshtest.Sidecar {
+		return m.Start("server", meshtest.Spec{ID: echoID, Identity: serverIdentity, PacketConn: udp, TCPListener: tcp, Routes: map[string]string{"echo": app.URL("http")}})
 	}
-	bindUDP := func(addr string) *net.UDPConn {
-		a, err := net.ResolveUDPAddr("udp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		udp, err := net.ListenUDP("udp", a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return udp
-	}
-	udp := bindUDP("127.0.0.1:0")
+	udp, tcp := fixedMeshPort(t)
 	addr := udp.LocalAddr().String()
-	peer := startPeer(udp)
+	peer := startPeer(udp, tcp)
 
 	client := m.Start("client", clientSpec(clientID))
 	c := testkit.H1Client(t)
@@ -62,11 +56,58 @@ func TestFirstRequestAfterPeerRestartSucceeds(t *testing.T) {
 
 	udp.Close() // crash: the socket vanishes, nothing is sent
 	peer.Close()
-	startPeer(bindUDP(addr))
+	// The restarted sidecar binds the TCP port itself, as in production.
+	again, err := net.ListenUDP("udp", udp.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatalf("binding %s again: %v", addr, err)
+	}
+	startPeer(again, nil)
 
 	if code, body := get(); code != http.StatusOK {
 		t.Fatalf("first request after the peer restarted: %d %s", code, body)
 	}
+}
+
+// fixedMeshPort binds a mesh port pair (UDP and TCP, same number) the
+// way a deployment has one: a fixed number outside the kernel's
+// ephemeral range, so that it can be bound again after a restart. A port
+// from the ephemeral range (what binding port 0 gives) cannot: any
+// process's outgoing TCP connection may be given that number as its
+// local port while the sidecar is down, and a listener cannot bind a
+// port a connected socket holds, SO_REUSEADDR or not (it failed once,
+// "address already in use", on a busy machine). Below the range only an
+// explicit bind takes a port, so a number that binds now is ours.
+func fixedMeshPort(t *testing.T) (*net.UDPConn, net.Listener) {
+	t.Helper()
+	lo := 32768 // Linux's default ip_local_port_range starts here
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
+	}
+	if lo <= 2048 {
+		t.Skipf("no port numbers below the ephemeral range (it starts at %d)", lo)
+	}
+	var errs []error
+	for range 50 {
+		port := lo/2 + rand.IntN(lo-lo/2)
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		tcp, err := net.Listen("tcp", udp.LocalAddr().String())
+		if err != nil {
+			udp.Close()
+			errs = append(errs, err)
+			continue
+		}
+		return udp, tcp
+	}
+	t.Fatalf("no free port pair below the ephemeral range: %v", errors.Join(errs...))
+	return nil, nil
 }
 
 // During a partition every request fails the same way; the sidecar logs

@@ -1,0 +1,96 @@
+package testkit
+
+import (
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// SchedWatch tells whether this process was starved of CPU between two
+// calls: whether any goroutine waited runnable for at least a given time
+// before it ran, by the runtime's scheduling-latency histogram (sampled
+// by the runtime, so cheap to keep), or a goroutine of its own that
+// wakes every millisecond went that long without running. The histogram
+// sees waits in Go's run queue only: a goroutine whose thread the OS does
+// not run, or one woken by the network poller while no thread polls,
+// does not show there (a flood test had 100-200 ms requests in windows
+// the histogram called clean). On a 2-core machine shared with
+// other jobs a thread can wait 100 ms for a core; a latency measured
+// across such a wait says nothing about the code under test. Tests that
+// bound a real timing property keep the bound and measure it only over
+// intervals SchedWatch calls clean (skip and redo the others), comparing
+// how often each side of a comparison was starved so that starvation the
+// code under test causes is not hidden.
+type SchedWatch struct {
+	mu     sync.Mutex
+	sample []metrics.Sample
+	prev   []uint64
+	maxGap atomic.Int64 // longest time between two wake-ups, ns
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+const schedLatencies = "/sched/latencies:seconds"
+
+// NewSchedWatch starts watching from now. Stop it when done.
+func NewSchedWatch() *SchedWatch {
+	w := &SchedWatch{sample: []metrics.Sample{{Name: schedLatencies}}, stop: make(chan struct{}), done: make(chan struct{})}
+	w.Starved(0) // the baseline
+	go w.wake()
+	return w
+}
+
+// wake runs every millisecond and records the longest time between two
+// of its runs.
+func (w *SchedWatch) wake() {
+	defer close(w.done)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-tick.C:
+		}
+		now := time.Now() // when it ran, not when the tick was due
+		gap := int64(now.Sub(last))
+		last = now
+		for m := w.maxGap.Load(); gap > m && !w.maxGap.CompareAndSwap(m, gap); m = w.maxGap.Load() {
+		}
+	}
+}
+
+// Stop ends the watch's goroutine.
+func (w *SchedWatch) Stop() {
+	close(w.stop)
+	<-w.done
+}
+
+// Starved reports whether a goroutine waited runnable for at least limit
+// since the previous call (or NewSchedWatch), and starts a new interval.
+// A runtime without the histogram never reports starvation.
+func (w *SchedWatch) Starved(limit time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	metrics.Read(w.sample)
+	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return false
+	}
+	h := w.sample[0].Value.Float64Histogram()
+	if len(w.prev) != len(h.Counts) {
+		w.prev = make([]uint64, len(h.Counts))
+	}
+	var late uint64
+	for i, c := range h.Counts {
+		// Counts[i] is for [Buckets[i], Buckets[i+1]): count a bucket
+		// only when all of it is at least limit.
+		if h.Buckets[i] >= limit.Seconds() {
+			late += c - w.prev[i]
+		}
+		w.prev[i] = c
+	}
+	gap := time.Duration(w.maxGap.Swap(0))
+	return limit > 0 && (late > 0 || gap >= limit)
+}
