@@ -161,6 +161,9 @@ type Spec struct {
 	// ConnectTimeout bounds the wait for a peer connection and stream.
 	MaxInFlight    int
 	ConnectTimeout time.Duration
+	// AppConnectTimeout bounds the inbound side's dial of the local app
+	// (0: the default).
+	AppConnectTimeout time.Duration
 	// Resilience is its outbound failure policy (timeouts, retries,
 	// breakers, failure accrual).
 	Resilience outbound.Resilience
@@ -239,7 +242,7 @@ func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
 	opts := sidecar.Options{
 		InboundAddr: spec.Addr,
 		Limits:      spec.Limits,
-		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout, Authorization: spec.Authorization},
+		Inbound:     inbound.Options{HeaderTimeout: spec.HeaderTimeout, Authorization: spec.Authorization, ConnectTimeout: spec.AppConnectTimeout},
 		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout, Resilience: spec.Resilience},
 		Transport:   spec.Transport,
 		Fallback:    spec.Fallback,
