@@ -212,24 +212,32 @@ func TestSidecarProcessFailures(t *testing.T) {
 	}
 }
 
+// twoEndpointsUnderLoad starts service web on two sidecars (s1, s2) and a
+// client sidecar, and GETs through the client at up to 500/s until both
+// endpoints have served some.
+func twoEndpointsUnderLoad(t *testing.T, bin string) (s1, s2, client *meshProc, l *rateLoad, hits1, hits2 *atomic.Int64) {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key, bundle := workload(t, dir, webID, "web")
+	ccert, ckey, cbundle := workload(t, dir, "spiffe://test.local/client", "client")
+	app1, hits1 := okApp(t)
+	app2, hits2 := okApp(t)
+	s1 = startMeshProc(t, bin, dir, "s1", "", cert, key, bundle, "--route", "web=http://"+app1)
+	s2 = startMeshProc(t, bin, dir, "s2", "", cert, key, bundle, "--route", "web=http://"+app2)
+	bind := freePort(t)
+	client = startMeshProc(t, bin, dir, "client", "", ccert, ckey, cbundle, "--discovery-file", discoveryFile(t, dir, s1.inbound, s2.inbound), "--bind", bind+"=web")
+	l = startRateLoad(t, "http://"+bind+"/", 500, 64)
+	testkit.Eventually(t, "both endpoints serving", func() bool { return hits1.Load() > 50 && hits2.Load() > 50 })
+	return s1, s2, client, l, hits1, hits2
+}
+
 // One of a service's two endpoints is killed (kill -9 of its sidecar)
 // while the client sidecar carries GETs at up to 500/s: no GET fails.
 // What was in flight to the dead endpoint fails over once the liveness
 // watch declares the connection dead (about a second), and the failure
 // accrual keeps new requests away from it.
 func kill9OneOfTwoEndpoints(t *testing.T, bin string) {
-	dir := t.TempDir()
-	cert, key, bundle := workload(t, dir, webID, "web")
-	ccert, ckey, cbundle := workload(t, dir, "spiffe://test.local/client", "client")
-	app1, hits1 := okApp(t)
-	app2, hits2 := okApp(t)
-	s1 := startMeshProc(t, bin, dir, "s1", "", cert, key, bundle, "--route", "web=http://"+app1)
-	s2 := startMeshProc(t, bin, dir, "s2", "", cert, key, bundle, "--route", "web=http://"+app2)
-	bind := freePort(t)
-	startMeshProc(t, bin, dir, "client", "", ccert, ckey, cbundle, "--discovery-file", discoveryFile(t, dir, s1.inbound, s2.inbound), "--bind", bind+"=web")
-
-	l := startRateLoad(t, "http://"+bind+"/", 500, 64)
-	testkit.Eventually(t, "both endpoints serving", func() bool { return hits1.Load() > 50 && hits2.Load() > 50 })
+	_, s2, _, l, hits1, hits2 := twoEndpointsUnderLoad(t, bin)
 	s2.kill9(t)
 	killed := time.Now()
 	// Past the first ejection period (1 s) and its probe, under load.
@@ -263,18 +271,7 @@ func kill9OneOfTwoEndpoints(t *testing.T, bin string) {
 // new ones, so new requests go to the other endpoint within a round
 // trip; what it was serving finishes.
 func drainOneOfTwoEndpoints(t *testing.T, bin string) {
-	dir := t.TempDir()
-	cert, key, bundle := workload(t, dir, webID, "web")
-	ccert, ckey, cbundle := workload(t, dir, "spiffe://test.local/client", "client")
-	app1, hits1 := okApp(t)
-	app2, hits2 := okApp(t)
-	s1 := startMeshProc(t, bin, dir, "s1", "", cert, key, bundle, "--route", "web=http://"+app1)
-	s2 := startMeshProc(t, bin, dir, "s2", "", cert, key, bundle, "--route", "web=http://"+app2)
-	bind := freePort(t)
-	client := startMeshProc(t, bin, dir, "client", "", ccert, ckey, cbundle, "--discovery-file", discoveryFile(t, dir, s1.inbound, s2.inbound), "--bind", bind+"=web")
-
-	l := startRateLoad(t, "http://"+bind+"/", 500, 64)
-	testkit.Eventually(t, "both endpoints serving", func() bool { return hits1.Load() > 50 && hits2.Load() > 50 })
+	_, s2, client, l, hits1, hits2 := twoEndpointsUnderLoad(t, bin)
 	// A normal stretch to compare with, then the drain.
 	normalFrom := time.Now()
 	testkit.Eventually(t, "500 GETs served normally", func() bool { return time.Since(normalFrom) > 2*time.Second && l.served() > 500 })
