@@ -3,12 +3,12 @@ package transport
 import (
 	"fmt"
 	"log/slog"
-	"runtime/metrics"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quicmesh/quicmesh/internal/schedlat"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
@@ -93,7 +93,15 @@ func (p *Pool) watchLiveness() {
 	timer := time.NewTimer(poll)
 	defer timer.Stop()
 	last := time.Now()
-	sched := newSchedWatch()
+	// A poll on time is not enough to rule out starvation: in a busy
+	// process the watch's goroutine may run while those that read and
+	// process the peer's packets wait in the run queue, so the ACK to
+	// our PING is there but not yet counted. TestLimitsUnderAbuse
+	// (-race, 400 held requests and 20 MiB of oversize headers parsed at
+	// once) saw a live peer declared dead after 1.16 s of "silence" with
+	// every poll on time. So a goroutine that waited a whole poll
+	// interval to run also counts as starvation.
+	sched := schedlat.New()
 	var conns []*PeerConn
 	for {
 		select {
@@ -111,7 +119,7 @@ func (p *Pool) watchLiveness() {
 		// went with ACKs to our PINGs arriving over a second late:
 		// starting over is what keeps such a stall from looking like
 		// the peer's silence (docs/design.md, "Failure detection").
-		starved := elapsed-poll > poll || sched.stalled(poll)
+		starved := elapsed-poll > poll || sched.Waited(poll)
 		if starved {
 			p.livenessStarved.Add(1)
 			// An operator should know: detection is slower while it
@@ -213,48 +221,4 @@ type LivenessStats struct {
 // LivenessStats returns the watch's counters.
 func (p *Pool) LivenessStats() LivenessStats {
 	return LivenessStats{Starved: p.livenessStarved.Load(), Pings: p.livenessPings.Load(), Declared: p.livenessDeclared.Load()}
-}
-
-// schedWatch tells whether this process's goroutines waited long to run.
-// A poll that runs on time is not enough to rule out starvation: in a
-// busy process the watch's goroutine may run while those that read and
-// process the peer's packets wait in the run queue, so the ACK to our
-// PING is there but not yet counted. TestLimitsUnderAbuse (-race, 400
-// held requests and 20 MiB of oversize headers parsed at once) saw a live
-// peer declared dead after 1.16 s of "silence" with every poll on time.
-// The runtime's scheduling-latency histogram (sampled by the runtime, so
-// cheap to keep) says whether any goroutine waited that long.
-type schedWatch struct {
-	sample []metrics.Sample
-	prev   []uint64
-}
-
-const schedLatencies = "/sched/latencies:seconds"
-
-func newSchedWatch() *schedWatch {
-	s := &schedWatch{sample: []metrics.Sample{{Name: schedLatencies}}}
-	s.stalled(0) // the baseline
-	return s
-}
-
-// stalled reports whether a goroutine waited runnable for at least limit
-// since the previous call.
-func (s *schedWatch) stalled(limit time.Duration) bool {
-	metrics.Read(s.sample)
-	if s.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-		return false // not in this runtime: rely on the poll's lateness
-	}
-	h := s.sample[0].Value.Float64Histogram()
-	if len(s.prev) != len(h.Counts) {
-		s.prev = make([]uint64, len(h.Counts))
-	}
-	var late uint64
-	for i, c := range h.Counts {
-		// Counts[i] is for [Buckets[i], Buckets[i+1]).
-		if h.Buckets[i] >= limit.Seconds() {
-			late += c - s.prev[i]
-		}
-		s.prev[i] = c
-	}
-	return limit > 0 && late > 0
 }

@@ -1,10 +1,11 @@
 package testkit
 
 import (
-	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/quicmesh/quicmesh/internal/schedlat"
 )
 
 // SchedWatch tells whether this process was starved of CPU between two
@@ -24,19 +25,15 @@ import (
 // code under test causes is not hidden.
 type SchedWatch struct {
 	mu     sync.Mutex
-	sample []metrics.Sample
-	prev   []uint64
+	lat    *schedlat.Watch
 	maxGap atomic.Int64 // longest time between two wake-ups, ns
 	stop   chan struct{}
 	done   chan struct{}
 }
 
-const schedLatencies = "/sched/latencies:seconds"
-
 // NewSchedWatch starts watching from now. Stop it when done.
 func NewSchedWatch() *SchedWatch {
-	w := &SchedWatch{sample: []metrics.Sample{{Name: schedLatencies}}, stop: make(chan struct{}), done: make(chan struct{})}
-	w.Starved(0) // the baseline
+	w := &SchedWatch{lat: schedlat.New(), stop: make(chan struct{}), done: make(chan struct{})}
 	go w.wake()
 	return w
 }
@@ -74,23 +71,7 @@ func (w *SchedWatch) Stop() {
 func (w *SchedWatch) Starved(limit time.Duration) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	metrics.Read(w.sample)
-	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-		return false
-	}
-	h := w.sample[0].Value.Float64Histogram()
-	if len(w.prev) != len(h.Counts) {
-		w.prev = make([]uint64, len(h.Counts))
-	}
-	var late uint64
-	for i, c := range h.Counts {
-		// Counts[i] is for [Buckets[i], Buckets[i+1]): count a bucket
-		// only when all of it is at least limit.
-		if h.Buckets[i] >= limit.Seconds() {
-			late += c - w.prev[i]
-		}
-		w.prev[i] = c
-	}
+	late := w.lat.Waited(limit)
 	gap := time.Duration(w.maxGap.Swap(0))
-	return limit > 0 && (late > 0 || gap >= limit)
+	return limit > 0 && (late || gap >= limit)
 }
