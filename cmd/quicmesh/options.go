@@ -467,7 +467,11 @@ func authorization(fc *fileConfig, f *proxyFlags, set map[string]bool, routes in
 	}
 	for _, name := range p.Routes() {
 		if _, ok := routes[name]; !ok {
-			return nil, fmt.Errorf(`config "inbound.authorization.routes.%s": no such inbound route (inbound.routes, --route)`, name)
+			key := "routes"
+			if _, ok := spec.Routes[name]; !ok {
+				key = "http_routes"
+			}
+			return nil, fmt.Errorf(`config "inbound.authorization.%s.%s": no such inbound route (inbound.routes, --route)`, key, name)
 		}
 	}
 	return p, nil

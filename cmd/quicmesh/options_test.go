@@ -109,6 +109,16 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		},
 		{
+			name: "HTTP rules from the file",
+			file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"http_routes": {"api": [{"name": "admin", "path_prefix": "/admin", "methods": ["POST"], "allow": ["spiffe://test.local/ops"]}]}}}}`,
+			args: id,
+			want: func(o *proxyOptions) {
+				o.sidecar.Inbound.Routes = inbound.Routes{"api": "127.0.0.1:1"}
+				o.sidecar.Inbound.Authorization = mustPolicy(t, authz.Spec{HTTPRoutes: map[string][]authz.HTTPRoute{"api": {
+					{Name: "admin", PathPrefix: "/admin", Methods: []string{"POST"}, Allow: []string{"spiffe://test.local/ops"}}}}})
+			},
+		},
+		{
 			name: "--default-inbound-policy beats the file's default, keeps its routes",
 			file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"default": "deny", "routes": {"api": ["deny"]}}}}`,
 			args: append([]string{"--default-inbound-policy", "unauthenticated"}, id...),
@@ -413,6 +423,10 @@ func TestMergeProxyOptions(t *testing.T) {
 			wantErr: `config "discovery.dns": dns: min TTL 1m0s is above max TTL 1s`},
 		{name: "authorization for a route not served", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"routes": {"apj": ["deny"]}}}}`, args: id,
 			wantErr: `config "inbound.authorization.routes.apj": no such inbound route (inbound.routes, --route)`},
+		{name: "HTTP rules for a route not served", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"http_routes": {"apj": [{"path": "/", "allow": ["deny"]}]}}}}`, args: id,
+			wantErr: `config "inbound.authorization.http_routes.apj": no such inbound route (inbound.routes, --route)`},
+		{name: "an HTTP rule with a bad path", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"http_routes": {"api": [{"path": "/a/../b", "allow": ["deny"]}]}}}}`, args: id,
+			wantErr: `config "inbound.authorization": authorization http_routes for route "api": rule "#0": path: "/a/../b" is not a canonical path (no empty, . or .. segments, no ; \ or %)`},
 		{name: "bad caller in the file", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"routes": {"api": ["spiffe://test.local"]}}}}`, args: id,
 			wantErr: `config "inbound.authorization": authorization for route "api": "spiffe://test.local" names a trust domain, not a workload: write "spiffe://test.local/*" for any identity in it`},
 		{name: "empty caller list in the file", file: `{"inbound": {"routes": {"api": "127.0.0.1:1"}, "authorization": {"routes": {"api": []}}}}`, args: id,

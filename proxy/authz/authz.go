@@ -1,4 +1,5 @@
-// Package authz is the inbound authorization policy: per inbound route,
+// Package authz is the inbound authorization policy: per inbound route
+// (and, for HTTP and gRPC, per path and method: http.go),
 // which callers may reach the app behind it. Linkerd's Server and
 // AuthorizationPolicy resources are the model, reduced to what a sidecar
 // configured by a file needs: a default for every route and, per route,
@@ -69,6 +70,10 @@ type Spec struct {
 	// Routes maps an inbound route (a key of the sidecar's routes) to the
 	// callers allowed to reach it.
 	Routes map[string][]string `json:"routes,omitempty"`
+	// HTTPRoutes maps an inbound route to rules for some of its HTTP
+	// requests and gRPC calls, by path and method (http.go); requests
+	// none of them matches, and tunnels, follow Routes and Default.
+	HTTPRoutes map[string][]HTTPRoute `json:"http_routes,omitempty"`
 }
 
 // Decision is the outcome of Decide.
@@ -79,6 +84,9 @@ type Decision struct {
 	// Rule is the route whose own rule decided, or "" when the default
 	// did (for logs).
 	Rule string
+	// HTTPRoute is the name of the route's HTTPRoute that decided, ""
+	// if none did.
+	HTTPRoute string
 }
 
 // Policy is a parsed Spec. The zero value is not usable: use Parse or
@@ -86,6 +94,7 @@ type Decision struct {
 type Policy struct {
 	def    *rule
 	routes map[string]*rule
+	http   map[string][]*httpRule
 	spec   Spec // what was parsed, normalised, for Spec and logs
 }
 
@@ -98,6 +107,7 @@ type rule struct {
 	ids     map[identity.ID]struct{}
 	domains map[string]struct{}
 	name    string // the route, "" for the default
+	http    string // the HTTPRoute's name, "" for a route's own rule
 }
 
 // Default is the policy of a sidecar that configures none: DefaultRule
@@ -142,6 +152,21 @@ func Parse(spec Spec) (*Policy, error) {
 		}
 		p.routes[name] = r
 		p.spec.Routes[name] = slices.Clone(entries)
+	}
+	for _, name := range slices.Sorted(maps.Keys(spec.HTTPRoutes)) {
+		if name == "" {
+			return nil, errors.New("authorization: http_routes for a route with an empty name")
+		}
+		hrs, err := parseHTTPRoutes(name, spec.HTTPRoutes[name])
+		if err != nil {
+			return nil, fmt.Errorf("authorization http_routes for route %q: %w", name, err)
+		}
+		if p.http == nil {
+			p.http = make(map[string][]*httpRule, len(spec.HTTPRoutes))
+			p.spec.HTTPRoutes = make(map[string][]HTTPRoute, len(spec.HTTPRoutes))
+		}
+		p.http[name] = hrs
+		p.spec.HTTPRoutes[name] = cloneHTTPRoutes(spec.HTTPRoutes[name])
 	}
 	return p, nil
 }
@@ -216,7 +241,7 @@ func (p *Policy) Decide(route string, peer identity.ID) Decision {
 }
 
 func (r *rule) decide(peer identity.ID) Decision {
-	d := Decision{Rule: r.name}
+	d := Decision{Rule: r.name, HTTPRoute: r.http}
 	switch {
 	case r.unauthenticated:
 		d.Allow, d.Reason = true, ReasonUnauthenticated
@@ -238,8 +263,21 @@ func (r *rule) decide(peer identity.ID) Decision {
 	return d
 }
 
-// Routes are the routes the policy names, sorted.
-func (p *Policy) Routes() []string { return slices.Sorted(maps.Keys(p.routes)) }
+// Routes are the routes the policy names, in Routes or HTTPRoutes,
+// sorted.
+func (p *Policy) Routes() []string {
+	names := slices.Collect(maps.Keys(p.routes))
+	for name := range p.http {
+		if _, ok := p.routes[name]; !ok {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// HTTPRoutes are the routes that have HTTPRoutes, sorted.
+func (p *Policy) HTTPRoutes() []string { return slices.Sorted(maps.Keys(p.http)) }
 
 // Spec is the policy as parsed, with the default filled in: Parse(p.Spec())
 // is a policy that decides as p does.
@@ -248,11 +286,24 @@ func (p *Policy) Spec() Spec {
 	for k, v := range p.spec.Routes {
 		s.Routes[k] = slices.Clone(v)
 	}
+	if p.spec.HTTPRoutes != nil {
+		s.HTTPRoutes = make(map[string][]HTTPRoute, len(p.spec.HTTPRoutes))
+		for k, v := range p.spec.HTTPRoutes {
+			s.HTTPRoutes[k] = cloneHTTPRoutes(v)
+		}
+	}
 	return s
 }
 
 // String summarises the policy for logs: the default and how many routes
 // have their own rule.
 func (p *Policy) String() string {
-	return fmt.Sprintf("default %s, %d route rule(s)", p.spec.Default, len(p.routes))
+	n := 0
+	for _, hrs := range p.http {
+		n += len(hrs)
+	}
+	if n == 0 {
+		return fmt.Sprintf("default %s, %d route rule(s)", p.spec.Default, len(p.routes))
+	}
+	return fmt.Sprintf("default %s, %d route rule(s), %d HTTP route rule(s)", p.spec.Default, len(p.routes), n)
 }

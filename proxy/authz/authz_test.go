@@ -175,14 +175,8 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s), "spiffe://test.local/ns/default/sa/web", "api")
 	}
 	f.Fuzz(func(t *testing.T, data []byte, peerText, route string) {
-		var spec Spec
-		dec := json.NewDecoder(bytes.NewReader(data))
-		dec.DisallowUnknownFields()
-		if dec.Decode(&spec) != nil {
-			return
-		}
-		p, err := Parse(spec)
-		if err != nil {
+		spec, p, ok := fuzzPolicy(data)
+		if !ok {
 			return
 		}
 		peer, err := identity.ParseID(peerText)
@@ -224,6 +218,18 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%s: %+v before the round trip, %+v after", data, a, b)
 		}
 	})
+}
+
+// fuzzPolicy reads a fuzzer's config text as a Spec, strictly as the
+// sidecar does, and parses it; ok is false if either fails.
+func fuzzPolicy(data []byte) (spec Spec, p *Policy, ok bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if dec.Decode(&spec) != nil {
+		return spec, nil, false
+	}
+	p, err := Parse(spec)
+	return spec, p, err == nil
 }
 
 // BenchmarkDecide is the per-request cost of the policy: a route with a

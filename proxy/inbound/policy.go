@@ -3,6 +3,7 @@ package inbound
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync/atomic"
 
 	"github.com/quicmesh/quicmesh/identity"
@@ -52,19 +53,41 @@ func (p *policy) set(pol *authz.Policy) error {
 			return fmt.Errorf("authorization for route %q: no such inbound route", name)
 		}
 	}
+	for _, name := range pol.HTTPRoutes() {
+		if p.routes[name].proto == ProtoTCP {
+			// Its requests are refused and its tunnels have no path:
+			// the rules could never apply.
+			return fmt.Errorf("authorization http_routes for route %q: a tcp:// route carries no HTTP requests", name)
+		}
+	}
 	p.cur.Store(pol)
 	return nil
 }
 
-// decide judges one request or tunnel to rt from peer, counts the
-// decision and logs a denial.
+// decide judges one tunnel to rt from peer, counts the decision and
+// logs a denial.
 func (p *policy) decide(rt route, peer identity.ID, proto string) authz.Decision {
-	d := p.cur.Load().Decide(rt.name, peer)
+	return p.record(rt, peer, proto, p.cur.Load().Decide(rt.name, peer))
+}
+
+// decideHTTP judges one HTTP request or gRPC call to rt from peer, by
+// the route's HTTP rules for its method and path if it has any.
+func (p *policy) decideHTTP(rt route, peer identity.ID, proto string, r *http.Request) authz.Decision {
+	return p.record(rt, peer, proto, p.cur.Load().DecideHTTP(rt.name, r.Method, r.URL.Path, r.URL.RawPath, peer))
+}
+
+// record counts decision d and logs it if it is a denial.
+func (p *policy) record(rt route, peer identity.ID, proto string, d authz.Decision) authz.Decision {
 	p.metrics.AuthzDecision(rt.name, proto, d.Allow, d.Reason)
 	if !d.Allow {
 		caller := callerName(peer)
 		rule := "route"
-		if d.Rule == "" {
+		switch {
+		case d.HTTPRoute != "":
+			rule = "http_route " + d.HTTPRoute
+		case d.Reason == authz.ReasonPathNotCanonical:
+			rule = "path check"
+		case d.Rule == "":
 			rule = "default"
 		}
 		p.denials.Log(p.log, slog.LevelInfo, rt.name+" "+caller+" "+d.Reason, "authorization denied",
@@ -85,6 +108,9 @@ func callerName(peer identity.ID) string {
 // route and the reason, so that a misconfiguration is found from the
 // client side without the server's logs.
 func denial(rt route, peer identity.ID, d authz.Decision) string {
+	if d.HTTPRoute != "" {
+		return fmt.Sprintf("%s is not authorized for route %q, HTTP rule %q (%s)", callerName(peer), rt.name, d.HTTPRoute, d.Reason)
+	}
 	return fmt.Sprintf("%s is not authorized for route %q (%s)", callerName(peer), rt.name, d.Reason)
 }
 
@@ -101,7 +127,7 @@ func (l authorize) serveHTTP(c *httpCall) (bridge.Result, error) {
 	if bridge.IsGRPC(c.r) {
 		proto = "grpc"
 	}
-	if d := l.policy.decide(c.route, c.peer, proto); !d.Allow {
+	if d := l.policy.decideHTTP(c.route, c.peer, proto, c.r); !d.Allow {
 		return bridge.Result{}, fail(bridge.Forbidden, "%s", denial(c.route, c.peer, d))
 	}
 	return l.next.serveHTTP(c)

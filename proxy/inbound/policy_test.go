@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -102,13 +103,7 @@ func TestAuthorize(t *testing.T) {
 			next := &nextHTTP{res: bridge.Result{Status: 204}}
 			c, w := newCall("POST", tt.route, tt.header)
 			c.peer, c.route = tt.peer, rt
-			res, err := mapErrors{next: authorize{next: next, policy: pol}, who: "inbound test"}.serveHTTP(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if (next.called != nil) != tt.wantNext {
-				t.Fatalf("next called: %v, want %v", next.called != nil, tt.wantNext)
-			}
+			res := serveAuthorize(t, pol, c, next, tt.wantNext)
 			decision := "allow"
 			if !tt.wantNext {
 				decision = "deny"
@@ -129,6 +124,20 @@ func TestAuthorize(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serveAuthorize runs c through the (policy) layer under mapErrors, as in
+// the chain, and checks whether it reached next.
+func serveAuthorize(t *testing.T, pol *policy, c *httpCall, next *nextHTTP, wantNext bool) bridge.Result {
+	t.Helper()
+	res, err := mapErrors{next: authorize{next: next, policy: pol}, who: "inbound test"}.serveHTTP(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if (next.called != nil) != wantNext {
+		t.Fatalf("next called: %v, want %v", next.called != nil, wantNext)
+	}
+	return res
 }
 
 // The tunnel (policy) layer, under mapResets as in the chain: a denied
@@ -255,5 +264,111 @@ func TestDenyLog(t *testing.T) {
 		if !strings.Contains(lines[i], want) {
 			t.Errorf("line %q does not contain %q", lines[i], want)
 		}
+	}
+}
+
+// The HTTP (policy) layer judges by the route's HTTP rules for the
+// request's method and path: HTTP/1.1 gets 403 and gRPC
+// PERMISSION_DENIED naming the rule, a request the rules do not cover
+// follows the route's rule, and a path an app could read otherwise is
+// refused; each decision is counted once.
+func TestAuthorizeHTTPRoutes(t *testing.T) {
+	routes, err := parseRoutes(Routes{"web": "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := authz.Spec{
+		Routes: map[string][]string{"web": {testPeer.String(), otherPeer.String()}},
+		HTTPRoutes: map[string][]authz.HTTPRoute{"web": {
+			{Name: "admin", PathPrefix: "/admin", Allow: []string{testPeer.String()}},
+			{Name: "purge", Path: "/pkg.Cache/Purge", Allow: []string{authz.Deny}},
+		}},
+	}
+	grpc := http.Header{"Content-Type": {"application/grpc"}}
+	tests := []struct {
+		name       string
+		method     string
+		target     string
+		peer       identity.ID
+		header     http.Header
+		wantNext   bool
+		wantStatus int
+		wantGRPC   string
+		proto      string
+		reason     string
+		wantMsg    string // in the refusal
+	}{
+		{"admin, listed", "POST", "/admin/users", testPeer, nil, true, 0, "", "http", authz.ReasonID, ""},
+		{"admin, not listed", "POST", "/admin/users", otherPeer, nil, false, http.StatusForbidden, "", "http", authz.ReasonNotAllowed, `for route "web", HTTP rule "admin" (not_allowed)`},
+		{"outside the rules", "GET", "/shop", otherPeer, nil, true, 0, "", "http", authz.ReasonID, ""},
+		{"not canonical", "GET", "/shop/../admin", testPeer, nil, false, http.StatusForbidden, "", "http", authz.ReasonPathNotCanonical, `for route "web" (path_not_canonical)`},
+		{"gRPC method denied", "POST", "/pkg.Cache/Purge", testPeer, grpc, false, http.StatusOK, "7", "grpc", authz.ReasonDenyAll, `HTTP rule "purge" (deny)`},
+		{"gRPC other method", "POST", "/pkg.Cache/Get", otherPeer, grpc, true, 0, "", "grpc", authz.ReasonID, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			p, err := authz.Parse(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol, err := newPolicy(Config{Logger: discard, Metrics: telemetry.New(reg), Options: Options{Authorization: p}}, routes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt, _ := pol.routes.lookup("web")
+			next := &nextHTTP{res: bridge.Result{Status: 204}}
+			c, w := newCall(tt.method, "web", tt.header)
+			c.r.URL, err = url.ParseRequestURI(tt.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.peer, c.route = tt.peer, rt
+			serveAuthorize(t, pol, c, next, tt.wantNext)
+			decision := "allow"
+			if !tt.wantNext {
+				decision = "deny"
+				if w.Code != tt.wantStatus || w.Header().Get("Grpc-Status") != tt.wantGRPC {
+					t.Fatalf("status %d, grpc-status %q; want %d, %q", w.Code, w.Header().Get("Grpc-Status"), tt.wantStatus, tt.wantGRPC)
+				}
+				if msg := w.Header().Get(httpx.HeaderProxyError) + w.Header().Get("Grpc-Message"); !strings.Contains(msg, tt.wantMsg) {
+					t.Errorf("refusal %q does not contain %q", msg, tt.wantMsg)
+				}
+			}
+			if got := decisions(t, reg, "web", tt.proto, decision, tt.reason); got != 1 {
+				t.Errorf("decisions{route=web,proto=%s,decision=%s,reason=%s} = %v, want 1", tt.proto, decision, tt.reason, got)
+			}
+			if got := metricSum(t, reg, "quicmesh_authz_decisions_total"); got != 1 {
+				t.Errorf("%v decisions counted in all, want 1", got)
+			}
+		})
+	}
+}
+
+// HTTP rules for a tcp:// route could never apply (its HTTP requests are
+// refused, its tunnels have no path): such a policy is not put in force.
+func TestHTTPRoutesOnTCPRouteRefused(t *testing.T) {
+	s, err := New(Config{Options: Options{Routes: Routes{"web": "127.0.0.1:1", "db": "tcp://127.0.0.1:2"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	bad, err := authz.Parse(authz.Spec{HTTPRoutes: map[string][]authz.HTTPRoute{"db": {{Path: "/", Allow: []string{authz.Deny}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.Authorization()
+	if err := s.SetAuthorization(bad); err == nil || !strings.Contains(err.Error(), `route "db": a tcp:// route carries no HTTP requests`) {
+		t.Fatalf("SetAuthorization with HTTP rules on a tcp:// route: %v", err)
+	}
+	if s.Authorization() != before {
+		t.Fatal("a refused policy replaced the one in force")
+	}
+	good, err := authz.Parse(authz.Spec{HTTPRoutes: map[string][]authz.HTTPRoute{"web": {{Path: "/", Allow: []string{authz.Deny}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetAuthorization(good); err != nil {
+		t.Fatalf("HTTP rules on an HTTP route: %v", err)
 	}
 }

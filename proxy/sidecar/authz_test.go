@@ -67,7 +67,13 @@ func newAuthzMesh(t *testing.T) *authzMesh {
 // proxy's error header.
 func (m *authzMesh) get(t *testing.T, id string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(testkit.HangCtx(t), "GET", "http://"+m.clients[id].Bind("web")+"/", nil)
+	return m.request(t, id, "GET", "/")
+}
+
+// request sends method to target through id's sidecar's web bind.
+func (m *authzMesh) request(t *testing.T, id, method, target string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(testkit.HangCtx(t), method, "http://"+m.clients[id].Bind("web")+target, nil)
 	resp, err := m.httpClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET as %s: %v", id, err)
@@ -207,4 +213,93 @@ func TestAuthorizationThroughMesh(t *testing.T) {
 		t.Fatal("a policy for an unknown route was put in force")
 	}
 	m.expect(t, frontendID, false, 3)
+}
+
+// HTTP rules (per path and method, per gRPC method) put in force on a
+// running sidecar: a caller admitted to a route is refused the paths and
+// the gRPC method another caller alone may use, with 403 or
+// PERMISSION_DENIED naming the rule, and the app sees nothing of it; a
+// path spelled to slip past a rule is refused; tunnels, which have no
+// path, follow the route's rule; and taking the rules out again admits
+// the caller.
+func TestHTTPRouteAuthorizationThroughMesh(t *testing.T) {
+	m := newAuthzMesh(t)
+	both := []string{frontendID, intruderID}
+	spec := authz.Spec{
+		Routes: map[string][]string{"web": both, "grpc": both, "tcp": both},
+		HTTPRoutes: map[string][]authz.HTTPRoute{
+			"web":  {{Name: "admin", PathPrefix: "/admin", Methods: []string{"GET", "POST"}, Allow: []string{frontendID}}},
+			"grpc": {{Name: "echo", Path: echo.MethodEcho, Allow: []string{frontendID}}},
+		},
+	}
+	withRules, err := authz.Parse(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.server.SetAuthorization(withRules); err != nil {
+		t.Fatal(err)
+	}
+
+	type step struct {
+		id, method, target string
+		want               int
+		wantMsg            string // in the refusal
+	}
+	for _, s := range []step{
+		{frontendID, "GET", "/admin/users", http.StatusOK, ""},
+		{intruderID, "GET", "/", http.StatusOK, ""},
+		{intruderID, "GET", "/administrator", http.StatusOK, ""},
+		{intruderID, "PUT", "/admin/users", http.StatusOK, ""},
+		{intruderID, "GET", "/admin/users", http.StatusForbidden, intruderID + ` is not authorized for route "web", HTTP rule "admin" (not_allowed)`},
+		{intruderID, "POST", "/admin", http.StatusForbidden, `HTTP rule "admin" (not_allowed)`},
+		{intruderID, "GET", "/x/../admin/users", http.StatusForbidden, `route "web" (path_not_canonical)`},
+		{intruderID, "GET", "/admin;x/users", http.StatusForbidden, `(path_not_canonical)`},
+		{intruderID, "GET", "/admin%2Fusers", http.StatusForbidden, `(path_not_canonical)`},
+	} {
+		hits := m.web.Hits.Load()
+		code, msg := m.request(t, s.id, s.method, s.target)
+		if code != s.want || !strings.Contains(msg, s.wantMsg) {
+			t.Errorf("%s %s as %s: %d (%s); want %d with %q", s.method, s.target, s.id, code, msg, s.want, s.wantMsg)
+		}
+		if refused, seen := s.want == http.StatusForbidden, m.web.Hits.Load() != hits; refused == seen {
+			t.Errorf("%s %s as %s: the app saw it: %v, refused: %v", s.method, s.target, s.id, seen, refused)
+		}
+	}
+
+	if err := m.call(t, frontendID); err != nil {
+		t.Errorf("gRPC Echo as the caller its rule lists: %v", err)
+	}
+	grpcHits := m.grpcApp.Hits.Load()
+	err = m.call(t, intruderID)
+	if s, _ := status.FromError(err); s.Code() != codes.PermissionDenied || !strings.Contains(s.Message(), `HTTP rule "echo" (not_allowed)`) {
+		t.Errorf("gRPC Echo as a caller its rule does not list: %v; want PERMISSION_DENIED naming the rule", err)
+	}
+	if m.grpcApp.Hits.Load() != grpcHits {
+		t.Error("the gRPC app saw a refused call")
+	}
+	c, err := m.dialTCP(t, intruderID)
+	if err == nil {
+		err = echoOnce(t, c, "tunnel")
+	}
+	if err != nil {
+		t.Errorf("a tunnel of a caller the route's rule admits: %v", err)
+	}
+	waitMetric(t, m.server.Metrics, decisionSeries("web", "http", "deny", authz.ReasonPathNotCanonical), 3)
+	waitMetric(t, m.server.Metrics, decisionSeries("web", "http", "deny", authz.ReasonNotAllowed), 2)
+	waitMetric(t, m.server.Metrics, decisionSeries("grpc", "grpc", "deny", authz.ReasonNotAllowed), 1)
+
+	spec.HTTPRoutes = nil
+	without, err := authz.Parse(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.server.SetAuthorization(without); err != nil {
+		t.Fatal(err)
+	}
+	if code, msg := m.request(t, intruderID, "GET", "/admin/users"); code != http.StatusOK {
+		t.Errorf("GET /admin/users as %s once the rules are gone: %d (%s)", intruderID, code, msg)
+	}
+	if err := m.call(t, intruderID); err != nil {
+		t.Errorf("gRPC Echo as %s once the rules are gone: %v", intruderID, err)
+	}
 }
