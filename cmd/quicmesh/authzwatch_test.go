@@ -76,6 +76,7 @@ func TestWatchAuthorization(t *testing.T) {
 		route string
 		peer  identity.ID
 		allow bool
+		path  string // a GET of path (DecideHTTP), "" for the route's rule
 	}
 	steps := []struct {
 		name    string
@@ -85,19 +86,23 @@ func TestWatchAuthorization(t *testing.T) {
 		restart bool    // a "needs a restart" warning is logged
 	}{
 		{"as started: the file's rule, the flag's default", initial, "",
-			[]check{{"api", web, true}, {"api", batch, false}, {"db", web, false}}, false},
+			[]check{{"api", web, true, ""}, {"api", batch, false, ""}, {"db", web, false, ""}}, false},
 		{"a new rule for api", conf(`{"routes": {"api": ["spiffe://test.local/batch"], "db": ["all-authenticated"]}}`), "",
-			[]check{{"api", web, false}, {"api", batch, true}, {"db", web, true}}, false},
+			[]check{{"api", web, false, ""}, {"api", batch, true, ""}, {"db", web, true, ""}}, false},
 		{"a half-written file", `{"inbound": {`, "unexpected EOF",
-			[]check{{"api", batch, true}, {"db", web, true}}, false},
+			[]check{{"api", batch, true, ""}, {"db", web, true, ""}}, false},
 		{"an unknown caller", conf(`{"routes": {"api": ["everyone"]}}`), `unknown caller "everyone"`,
-			[]check{{"api", batch, true}}, false},
+			[]check{{"api", batch, true, ""}}, false},
 		{"a route not served", conf(`{"default": "unauthenticated", "routes": {"apj": ["deny"]}}`), `"inbound.authorization.routes.apj": no such inbound route`,
-			[]check{{"api", batch, true}, {"api", identity.ID{}, false}}, false},
+			[]check{{"api", batch, true, ""}, {"api", identity.ID{}, false, ""}}, false},
 		{"a file default the flag overrides", conf(`{"default": "unauthenticated"}`), "",
-			[]check{{"api", web, false}, {"api", identity.ID{}, false}, {"db", batch, false}}, false},
+			[]check{{"api", web, false, ""}, {"api", identity.ID{}, false, ""}, {"db", batch, false, ""}}, false},
+		{"HTTP rules for api", conf(`{"routes": {"api": ["spiffe://test.local/*"]}, "http_routes": {"api": [{"path_prefix": "/admin", "allow": ["spiffe://test.local/web"]}]}}`), "",
+			[]check{{"api", batch, true, ""}, {"api", batch, true, "/shop"}, {"api", batch, false, "/admin/x"}, {"api", web, true, "/admin/x"}}, false},
+		{"HTTP rules for the tcp route", conf(`{"http_routes": {"db": [{"path": "/", "allow": ["deny"]}]}}`), "a tcp:// route carries no HTTP requests",
+			[]check{{"api", batch, false, "/admin/x"}, {"api", web, true, "/admin/x"}}, false},
 		{"another key changed too", `{"inbound": {` + routes + `, "listen": "127.0.0.1:9"}}`, "",
-			[]check{{"api", web, false}}, true},
+			[]check{{"api", web, false, ""}}, true},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -118,8 +123,12 @@ func TestWatchAuthorization(t *testing.T) {
 				}
 			}
 			for _, c := range st.checks {
-				if d := srv.Authorization().Decide(c.route, c.peer); d.Allow != c.allow {
-					t.Errorf("%s from %q: %+v, want allow %v", c.route, c.peer, d, c.allow)
+				d := srv.Authorization().Decide(c.route, c.peer)
+				if c.path != "" {
+					d = srv.Authorization().DecideHTTP(c.route, "GET", c.path, "", c.peer)
+				}
+				if d.Allow != c.allow {
+					t.Errorf("%s %s from %q: %+v, want allow %v", c.route, c.path, c.peer, d, c.allow)
 				}
 			}
 			if got := logs.Count("only the authorization policy is applied without a restart") > restartBefore; got != st.restart {
