@@ -345,6 +345,15 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 	}
 	cancel()
 	s.log.Debug("goaway sent", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams())
+	if n := pc.conn.ActiveStreams(); n > 0 {
+		// Said when the drain begins, not when it ends: an operator (and
+		// whoever owns a long-lived tunnel) learns at once which peers
+		// hold work that the end of the grace period will reset.
+		if deadline, ok := ctx.Deadline(); ok {
+			s.log.Info("draining: peer connection has requests or tunnels open; those still open at the deadline are reset",
+				"peer", pc.peer.String(), "streams", n, "deadline", deadline.UTC().Format(time.RFC3339Nano))
+		}
+	}
 	t := time.NewTicker(25 * time.Millisecond)
 	defer t.Stop()
 	quietSince := time.Now()
