@@ -41,6 +41,17 @@ type HelloReader interface {
 	Feed(datagram []byte) (serverName string, complete bool, err error)
 }
 
+// A Refuser is a HelloReader that can also build the datagram that
+// refuses its flow's connection once the ClientHello is complete: the
+// QUIC Initial parser's is a CONNECTION_CLOSE (CONNECTION_REFUSED) in an
+// Initial packet (quicinitial.CloseInitial). The relay sends it when it
+// cannot route a flow, so the client's dial fails within a round trip
+// and it tries another endpoint, instead of retransmitting its Initials
+// into silence until its handshake timeout.
+type Refuser interface {
+	Refusal(reason string) ([]byte, error)
+}
+
 // Defaults of Config's limits.
 const (
 	// DefaultIdleTimeout is well above the mesh's QUIC idle timeout (5 s,
@@ -384,6 +395,7 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	dst, err := r.cfg.Router.Route(name)
 	if err != nil {
 		r.remove(f)
+		r.refuse(f, "no route") // before the count: tests wait on it
 		r.drop(DropNoRoute)
 		r.logs.Log(r.log, slog.LevelWarn, "no_route|"+name, "gateway: no route for server name; connection dropped", "client", src.String(), "server_name", name, "err", err)
 		return
@@ -391,6 +403,7 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	up, err := r.cfg.DialUpstream(dst)
 	if err != nil {
 		r.remove(f)
+		r.refuse(f, "destination unavailable")
 		r.drop(DropUpstream)
 		r.logs.Log(r.log, slog.LevelWarn, "dial|"+dst.String(), "gateway: cannot open a socket to the destination; connection dropped", "client", src.String(), "server_name", name, "destination", dst.String(), "err", err)
 		return
@@ -420,6 +433,28 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	r.log.Debug("gateway: flow routed", "client", src.String(), "server_name", name, "destination", dst.String())
 	r.wg.Add(1)
 	go r.readUpstream(f, up)
+}
+
+// refuse tells a flow's client that its connection is refused, if the
+// flow's HelloReader can say so (a Refuser). The refusal is smaller than
+// the client's Initial (1200 bytes at least), so a spoofed source gains
+// no amplification from it.
+func (r *Relay) refuse(f *flow, reason string) {
+	rf, ok := f.reader.(Refuser)
+	if !ok {
+		return
+	}
+	b, err := rf.Refusal("quicmesh gateway: " + reason)
+	if err != nil {
+		r.log.Debug("gateway: cannot build a refusal", "client", f.client.String(), "err", err)
+		return
+	}
+	// Counted before it is sent, so that whoever sees the refusal sees
+	// the count too.
+	r.m.refusals.Inc()
+	if _, err := r.conn.WriteToUDPAddrPort(b, f.client); err != nil {
+		r.log.Debug("gateway: cannot send a refusal", "client", f.client.String(), "err", err)
+	}
 }
 
 // holds reports whether f is in the table. Called with r.mu held.
