@@ -39,6 +39,7 @@ type Metrics struct {
 	flowsPending prometheus.Gauge
 	flowsRelayed prometheus.Gauge
 	refusals     prometheus.Counter
+	takeovers    prometheus.Counter
 }
 
 // NewMetrics registers the gateway's metrics with reg (nil: not
@@ -67,6 +68,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "quicmesh_gateway_refusals_total",
 			Help: "Connections the gateway refused with a CONNECTION_CLOSE (CONNECTION_REFUSED) in an Initial, so that the client tries another endpoint at once: no route for the server name, or no socket to the destination.",
 		}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quicmesh_gateway_takeovers_total",
+			Help: "Connections taken over by their connection ID prefix (routed by another gateway, now arriving here) whose destination answered.",
+		}),
 	}
 	dropVec := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quicmesh_gateway_dropped_datagrams_total",
@@ -76,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.drops[r] = dropVec.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(flows, m.flowsTotal, bytes, dropVec, m.refusals)
+		reg.MustRegister(flows, m.flowsTotal, bytes, dropVec, m.refusals, m.takeovers)
 	}
 	return m
 }
