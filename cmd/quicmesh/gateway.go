@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,7 +25,7 @@ import (
 const defaultGatewayListen = "0.0.0.0:4443"
 
 const gatewayUsage = `Usage: quicmesh gateway --discovery-file FILE --export SERVICE [--export SERVICE ...] [flags]
-       quicmesh gateway --discovery-file FILE --export SERVICE ... --print-imports ADVERTISE_ADDR
+       quicmesh gateway --discovery-file FILE --export SERVICE ... --print-imports ADVERTISE_ADDR[,ADVERTISE_ADDR...]
 
 Runs a cluster gateway: other clusters' sidecars reach this cluster's
 exported services through it. It relays each QUIC connection, by the TLS
@@ -37,7 +38,10 @@ itself (docs/design.md, "Gateway: bridging clusters"). Only endpoints of
 --print-imports prints, as a discovery file for the importing cluster, the
 exported services with their endpoints reached through the gateway at
 ADVERTISE_ADDR (the gateway's address as the other cluster reaches it), and
-exits.
+exits. With several addresses (a cluster's gateways, comma-separated), each
+endpoint is listed once per gateway: the importing sidecars balance over
+the gateways and fail over when one dies (docs/design.md, "Two gateways
+per cluster").
 
 Flags:
 `
@@ -49,7 +53,7 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 	file := c.Flags.String("discovery-file", "", "this cluster's static discovery `FILE` (required)")
 	var exports listFlag
 	c.Flags.Var(&exports, "export", "a `SERVICE` of this cluster that other clusters may call (repeatable, at least one)")
-	printImports := c.Flags.String("print-imports", "", "print the import file for a gateway reached at `ADVERTISE_ADDR` and exit")
+	printImports := c.Flags.String("print-imports", "", "print the import file for gateways reached at `ADVERTISE_ADDR[,ADVERTISE_ADDR...]` and exit")
 	idle := c.Flags.Duration("idle-timeout", gateway.DefaultIdleTimeout, "a flow that carried nothing for this long is forgotten (above the mesh's QUIC idle timeout)")
 	maxFlows := c.Flags.Int("max-flows", gateway.DefaultMaxFlows, "most connections relayed at once")
 	maxPending := c.Flags.Int("max-pending-flows", gateway.DefaultMaxPendingFlows, "most connections waiting for the rest of their ClientHello")
@@ -145,10 +149,13 @@ func serveGateway(logger *slog.Logger, lv *slog.LevelVar, file string, exports [
 }
 
 // printImportFile writes the import file for the exported services of
-// file, reached through a gateway at advertise.
+// file, reached through the gateways at advertise (comma-separated).
 func printImportFile(w io.Writer, file string, exports []string, advertise string) error {
-	if _, _, err := net.SplitHostPort(advertise); err != nil {
-		return fmt.Errorf("--print-imports %q: %w", advertise, err)
+	gateways := strings.Split(advertise, ",")
+	for _, a := range gateways {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("--print-imports %q: %w", a, err)
+		}
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {
@@ -167,9 +174,9 @@ func printImportFile(w io.Writer, file string, exports []string, advertise strin
 		if !ok {
 			return fmt.Errorf("--export %s: no such service in %s", name, file)
 		}
-		eps := gateway.Imports(svc.Endpoints, advertise)
-		if eps == nil {
-			eps = []discovery.Endpoint{}
+		eps := []discovery.Endpoint{}
+		for _, a := range gateways {
+			eps = append(eps, gateway.Imports(svc.Endpoints, a)...)
 		}
 		out[name] = service{Endpoints: eps}
 	}

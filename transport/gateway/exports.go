@@ -207,6 +207,26 @@ func resolveUDP(ctx context.Context, addr string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ips[0].Unmap(), uint16(p)), nil
 }
 
+// Destinations lists the addresses of every exported endpoint, each
+// once: where the relay learns the routing prefixes of connection IDs
+// (Relay's probes), so it can take over connections another gateway of
+// the cluster routed.
+func (x *Exports) Destinations() []netip.AddrPort {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	seen := map[netip.AddrPort]bool{}
+	var out []netip.AddrPort
+	for _, t := range x.tables {
+		for _, ap := range t.byLabel {
+			if !seen[ap] {
+				seen[ap] = true
+				out = append(out, ap)
+			}
+		}
+	}
+	return out
+}
+
 // Route returns where a connection with serverName goes: the endpoint it
 // names (an endpoint of any exported service), or for a service's name
 // one of its ready endpoints in turn.

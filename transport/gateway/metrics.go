@@ -38,6 +38,8 @@ type Metrics struct {
 	drops        map[string]prometheus.Counter
 	flowsPending prometheus.Gauge
 	flowsRelayed prometheus.Gauge
+	refusals     prometheus.Counter
+	takeovers    prometheus.Counter
 }
 
 // NewMetrics registers the gateway's metrics with reg (nil: not
@@ -62,6 +64,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		drops:        map[string]prometheus.Counter{},
 		flowsPending: flows.WithLabelValues("pending"),
 		flowsRelayed: flows.WithLabelValues("relayed"),
+		refusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quicmesh_gateway_refusals_total",
+			Help: "Connections the gateway refused with a CONNECTION_CLOSE (CONNECTION_REFUSED) in an Initial, so that the client tries another endpoint at once: no route for the server name, or no socket to the destination.",
+		}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quicmesh_gateway_takeovers_total",
+			Help: "Connections taken over by their connection ID prefix (routed by another gateway, now arriving here) whose destination answered.",
+		}),
 	}
 	dropVec := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "quicmesh_gateway_dropped_datagrams_total",
@@ -71,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.drops[r] = dropVec.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(flows, m.flowsTotal, bytes, dropVec)
+		reg.MustRegister(flows, m.flowsTotal, bytes, dropVec, m.refusals, m.takeovers)
 	}
 	return m
 }

@@ -41,6 +41,17 @@ type HelloReader interface {
 	Feed(datagram []byte) (serverName string, complete bool, err error)
 }
 
+// A Refuser is a HelloReader that can also build the datagram that
+// refuses its flow's connection once the ClientHello is complete: the
+// QUIC Initial parser's is a CONNECTION_CLOSE (CONNECTION_REFUSED) in an
+// Initial packet (quicinitial.CloseInitial). The relay sends it when it
+// cannot route a flow, so the client's dial fails within a round trip
+// and it tries another endpoint, instead of retransmitting its Initials
+// into silence until its handshake timeout.
+type Refuser interface {
+	Refusal(reason string) ([]byte, error)
+}
+
 // Defaults of Config's limits.
 const (
 	// DefaultIdleTimeout is well above the mesh's QUIC idle timeout (5 s,
@@ -83,6 +94,11 @@ type Config struct {
 	MaxFlows        int
 	MaxPendingFlows int
 	MaxPendingBytes int
+	// ProbeInterval is how often the relay probes every exported endpoint
+	// for its connection ID prefix (takeover.go), when the Router lists
+	// them (Destinations): 0 is a third of IdleTimeout, so a route is
+	// refreshed before it expires; negative turns probing off.
+	ProbeInterval time.Duration
 
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -106,8 +122,14 @@ type Relay struct {
 	// share an address and are told apart by connection ID.
 	clients map[netip.AddrPort][]*flow
 	flows   int // in clients
-	pending int // flows still waiting for their ClientHello
+	pending int // flows still waiting for their ClientHello (or, taken over, for the destination's answer)
 	closed  bool
+	// routes maps the routing prefix of a destination's connection IDs
+	// to its address: learned from the flows this relay routed and from
+	// probes of every exported endpoint (probe.go), so that a connection
+	// another gateway of the cluster routed can be taken over when its
+	// packets arrive here (takeOver).
+	routes map[string]route
 
 	wg   sync.WaitGroup
 	stop chan struct{}
@@ -118,10 +140,23 @@ type Relay struct {
 // (its first Initial, a Retry): a handful in a normal handshake.
 const maxConnIDs = 8
 
+// route is where connection IDs with one routing prefix go.
+type route struct {
+	dst  netip.AddrPort
+	seen int64 // ns since Relay.base: last learned or used
+}
+
 // flow is one QUIC connection through the gateway.
 type flow struct {
 	client  netip.AddrPort
 	created time.Time // set before the flow is in the table; read-only
+	// takenOver: the flow started with a short-header packet whose
+	// connection ID prefix names a destination (takeOver), not with a
+	// ClientHello. Set before the flow is in the table; read-only.
+	takenOver bool
+	// answered: the destination has sent something on a taken-over flow,
+	// which then stops counting as pending.
+	answered atomic.Bool
 	// Used by the read loop only, until up is published.
 	reader       HelloReader
 	buffered     [][]byte
@@ -139,6 +174,9 @@ type flow struct {
 	// keep matching after it moves to a new connection ID.
 	cids [][]byte
 	key  []byte
+	// pending: counted in Relay.pending (no ClientHello read yet, or
+	// taken over and not answered yet). Guarded by Relay.mu.
+	pending bool
 }
 
 // New starts relaying on cfg.Conn; Close stops it.
@@ -169,6 +207,9 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.MaxPendingBytes <= 0 {
 		cfg.MaxPendingBytes = DefaultMaxPendingBytes
 	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = cfg.IdleTimeout / 3
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -183,11 +224,16 @@ func New(cfg Config) (*Relay, error) {
 		logs:    lograte.New(0, 0, cfg.Now),
 		base:    cfg.Now(),
 		clients: map[netip.AddrPort][]*flow{},
+		routes:  map[string]route{},
 		stop:    make(chan struct{}),
 	}
 	r.wg.Add(2)
 	go r.readLoop()
 	go r.expireLoop()
+	if d, ok := cfg.Router.(Destinations); ok && cfg.ProbeInterval >= 0 {
+		r.wg.Add(1)
+		go r.probeLoop(d)
+	}
 	return r, nil
 }
 
@@ -297,6 +343,7 @@ func (r *Relay) lookup(src netip.AddrPort, b []byte) *flow {
 	// Short header: the DCID starts at byte 1 and its length is known
 	// only to the destination, so match by prefix.
 	id := b[1:]
+	knownPrefix := false
 	for _, f := range fs {
 		if f.key != nil && bytes.HasPrefix(id, f.key) {
 			return f
@@ -309,10 +356,15 @@ func (r *Relay) lookup(src netip.AddrPort, b []byte) *flow {
 			}
 		}
 	}
+	if len(id) >= transport.ConnIDPrefixLen {
+		_, knownPrefix = r.routes[string(id[:transport.ConnIDPrefixLen])]
+	}
 	// A destination whose connection IDs carry no routing prefix (not a
 	// quicmesh sidecar) may have been moved to an ID we never saw: with
-	// one connection from this address, it can only be that one.
-	if len(fs) == 1 && fs[0].up.Load() != nil {
+	// one connection from this address, it can only be that one. Unless
+	// the prefix is a known sidecar's: then it is a connection of this
+	// address that another gateway routed (takeOver).
+	if len(fs) == 1 && fs[0].up.Load() != nil && !knownPrefix {
 		return fs[0]
 	}
 	return nil
@@ -323,7 +375,9 @@ func (r *Relay) lookup(src netip.AddrPort, b []byte) *flow {
 func (r *Relay) newFlow(src netip.AddrPort, b []byte) {
 	dcid, ok := initialConnID(b)
 	if !ok {
-		r.drop(DropNotInitial)
+		if !r.takeOver(src, b) {
+			r.drop(DropNotInitial)
+		}
 		return
 	}
 	r.mu.Lock()
@@ -342,7 +396,7 @@ func (r *Relay) newFlow(src netip.AddrPort, b []byte) {
 		r.logs.Log(r.log, slog.LevelWarn, "pending_full", "gateway: too many handshakes in progress; new connection dropped", "max_pending_flows", r.cfg.MaxPendingFlows, "client", src.String())
 		return
 	}
-	f := &flow{client: src, reader: r.cfg.NewHelloReader(), created: r.cfg.Now(), cids: [][]byte{bytes.Clone(dcid)}}
+	f := &flow{client: src, reader: r.cfg.NewHelloReader(), created: r.cfg.Now(), cids: [][]byte{bytes.Clone(dcid)}, pending: true}
 	f.lastSeen.Store(r.since())
 	r.clients[src] = append(r.clients[src], f)
 	r.flows++
@@ -384,6 +438,7 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	dst, err := r.cfg.Router.Route(name)
 	if err != nil {
 		r.remove(f)
+		r.refuse(f, "no route") // before the count: tests wait on it
 		r.drop(DropNoRoute)
 		r.logs.Log(r.log, slog.LevelWarn, "no_route|"+name, "gateway: no route for server name; connection dropped", "client", src.String(), "server_name", name, "err", err)
 		return
@@ -391,6 +446,7 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	up, err := r.cfg.DialUpstream(dst)
 	if err != nil {
 		r.remove(f)
+		r.refuse(f, "destination unavailable")
 		r.drop(DropUpstream)
 		r.logs.Log(r.log, slog.LevelWarn, "dial|"+dst.String(), "gateway: cannot open a socket to the destination; connection dropped", "client", src.String(), "server_name", name, "destination", dst.String(), "err", err)
 		return
@@ -412,6 +468,7 @@ func (r *Relay) handshake(f *flow, b []byte) {
 		return
 	}
 	r.pending--
+	f.pending = false
 	f.up.Store(up)
 	r.m.flowsPending.Dec()
 	r.m.flowsRelayed.Inc()
@@ -420,6 +477,28 @@ func (r *Relay) handshake(f *flow, b []byte) {
 	r.log.Debug("gateway: flow routed", "client", src.String(), "server_name", name, "destination", dst.String())
 	r.wg.Add(1)
 	go r.readUpstream(f, up)
+}
+
+// refuse tells a flow's client that its connection is refused, if the
+// flow's HelloReader can say so (a Refuser). The refusal is smaller than
+// the client's Initial (1200 bytes at least), so a spoofed source gains
+// no amplification from it.
+func (r *Relay) refuse(f *flow, reason string) {
+	rf, ok := f.reader.(Refuser)
+	if !ok {
+		return
+	}
+	b, err := rf.Refusal("quicmesh gateway: " + reason)
+	if err != nil {
+		r.log.Debug("gateway: cannot build a refusal", "client", f.client.String(), "err", err)
+		return
+	}
+	// Counted before it is sent, so that whoever sees the refusal sees
+	// the count too.
+	r.m.refusals.Inc()
+	if _, err := r.conn.WriteToUDPAddrPort(b, f.client); err != nil {
+		r.log.Debug("gateway: cannot send a refusal", "client", f.client.String(), "err", err)
+	}
 }
 
 // holds reports whether f is in the table. Called with r.mu held.
@@ -447,7 +526,7 @@ func (r *Relay) unlink(f *flow) bool {
 			r.clients[f.client] = fs
 		}
 		r.flows--
-		if f.up.Load() == nil {
+		if f.pending {
 			r.pending--
 			r.m.flowsPending.Dec()
 		} else {
@@ -472,6 +551,7 @@ func (r *Relay) learn(f *flow, scid []byte) {
 	defer r.mu.Unlock()
 	if f.key == nil && len(scid) >= transport.ConnIDPrefixLen {
 		f.key = bytes.Clone(scid[:transport.ConnIDPrefixLen])
+		r.learnRoute(f.key, f.dst)
 	}
 	for _, c := range f.cids {
 		if bytes.Equal(c, scid) {
@@ -536,6 +616,9 @@ func (r *Relay) readUpstream(f *flow, up *net.UDPConn) {
 			continue
 		}
 		f.lastSeen.Store(r.since())
+		if f.takenOver && !f.answered.Load() {
+			r.answered(f)
+		}
 		if buf[0]&0x80 != 0 {
 			if _, scid, ok := longHeaderConnIDs(buf[:n]); ok && len(scid) > 0 {
 				r.learn(f, scid)
@@ -578,10 +661,21 @@ func (r *Relay) expire() {
 	r.mu.Lock()
 	for _, fs := range r.clients {
 		for _, f := range fs {
-			if f.up.Load() != nil && now-f.lastSeen.Load() > idle ||
-				f.up.Load() == nil && now-int64(f.created.Sub(r.base)) > pendingMax {
+			seen := f.lastSeen.Load()
+			if !f.pending && now-seen > idle ||
+				f.pending && now-int64(f.created.Sub(r.base)) > pendingMax {
 				gone = append(gone, f)
+				continue
 			}
+			// A live flow keeps its destination's route.
+			if rt, ok := r.routes[string(f.key)]; ok && f.key != nil && rt.dst == f.dst && rt.seen < seen {
+				r.routes[string(f.key)] = route{dst: rt.dst, seen: seen}
+			}
+		}
+	}
+	for k, rt := range r.routes {
+		if now-rt.seen > idle {
+			delete(r.routes, k)
 		}
 	}
 	for _, f := range gone {

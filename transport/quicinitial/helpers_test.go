@@ -34,19 +34,6 @@ func mustHex(t testing.TB, s string) []byte {
 	return b
 }
 
-// appendVarint appends v in QUIC's variable-length encoding, shortest form.
-func appendVarint(b []byte, v uint64) []byte {
-	switch {
-	case v < 1<<6:
-		return append(b, byte(v))
-	case v < 1<<14:
-		return append(b, 0x40|byte(v>>8), byte(v))
-	case v < 1<<30:
-		return append(b, 0x80|byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-	}
-	return append(b, 0xc0|byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32), byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-}
-
 // cryptoFrameBytes is a CRYPTO frame carrying data at off.
 func cryptoFrameBytes(off uint64, data []byte) []byte {
 	b := appendVarint([]byte{frameCrypto}, off)
@@ -111,14 +98,7 @@ func seal(t testing.TB, s sealSpec) []byte {
 	for i := s.pnLen - 1; i >= 0; i-- {
 		hdr = append(hdr, byte(s.pn>>(8*i)))
 	}
-	nonce := keys.nonce(s.pn)
-	pkt := keys.aead.Seal(hdr, nonce[:], payload, hdr)
-	var mask [aesBlock]byte
-	keys.hp.Encrypt(mask[:], pkt[pnOff+4:pnOff+4+sampleLen])
-	pkt[0] ^= mask[0] & 0x0f
-	for i := range s.pnLen {
-		pkt[pnOff+i] ^= mask[1+i]
-	}
+	pkt := keys.seal(hdr, pnOff, s.pnLen, s.pn, payload)
 	return pkt
 }
 

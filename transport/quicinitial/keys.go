@@ -24,17 +24,29 @@ const (
 	sampleLen = 16
 )
 
-// initialKeys are a client's Initial packet protection keys for one
-// Destination Connection ID.
+// initialKeys are one side's Initial packet protection keys for one
+// Destination Connection ID (the client's original one).
 type initialKeys struct {
 	aead cipher.AEAD  // AES-128-GCM
 	hp   cipher.Block // AES-128 for the header protection mask
 	iv   [ivLen]byte
 }
 
+// The labels of RFC 9001 section 5.2's two Initial secrets.
+const (
+	labelClient = "client in"
+	labelServer = "server in"
+)
+
 // clientInitialSecret is RFC 9001 section 5.2's client_initial_secret:
 // HKDF-Extract(salt, DCID), then HKDF-Expand-Label "client in".
 func clientInitialSecret(version uint32, dcid []byte) ([]byte, error) {
+	return initialSecret(version, dcid, labelClient)
+}
+
+// initialSecret is the Initial secret of one side: label is labelClient
+// or labelServer.
+func initialSecret(version uint32, dcid []byte, label string) ([]byte, error) {
 	salt := saltV1
 	if version == Version2 {
 		salt = saltV2
@@ -43,14 +55,20 @@ func clientInitialSecret(version uint32, dcid []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initial secret: %w", err)
 	}
-	return expandLabel(initial, "client in", sha256.Size)
+	return expandLabel(initial, label, sha256.Size)
 }
 
-// newInitialKeys derives the key, IV and header protection key from the
-// client's Initial secret; v2 uses its own labels (RFC 9369 section
-// 3.3.2) so that a v1 parser cannot read v2 Initials by accident.
+// newInitialKeys derives the client's Initial keys: what its packets are
+// protected with.
 func newInitialKeys(version uint32, dcid []byte) (*initialKeys, error) {
-	secret, err := clientInitialSecret(version, dcid)
+	return newInitialKeysFor(version, dcid, labelClient)
+}
+
+// newInitialKeysFor derives the key, IV and header protection key from
+// one side's Initial secret; v2 uses its own labels (RFC 9369 section
+// 3.3.2) so that a v1 parser cannot read v2 Initials by accident.
+func newInitialKeysFor(version uint32, dcid []byte, side string) (*initialKeys, error) {
+	secret, err := initialSecret(version, dcid, side)
 	if err != nil {
 		return nil, err
 	}
