@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/lograte"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
@@ -71,6 +72,13 @@ type PeerConn struct {
 	peer identity.ID
 
 	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch
+	// viaGateway: the peer is reached through a gateway (not probed for
+	// port unreachable).
+	viaGateway bool
+	// declared: the liveness watch declared the peer dead.
+	declared atomic.Bool
+	// datagrams: the peer accepts DATAGRAM frames, the watch's PINGs.
+	datagrams bool
 	// liveness is the liveness watch's state (liveness.go).
 	liveness livenessState
 }
@@ -98,8 +106,8 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // Begin counts one request or tunnel on the connection until the returned
-// function is called. The liveness watch (Limits.LivenessTimeout) looks
-// only at connections with work counted here.
+// function is called. The liveness watch (Limits.LivenessTimeout) tells
+// busy connections from idle ones by it.
 func (pc *PeerConn) Begin() (end func()) {
 	pc.active.Add(1)
 	return func() { pc.active.Add(-1) }
@@ -182,10 +190,12 @@ type Pool struct {
 	onFailure atomic.Pointer[func(PeerFailure)]
 	// live holds every open connection, pooled or not (one dropped from
 	// the pool may still carry work), for the liveness watch.
-	live             map[*PeerConn]struct{}
-	livenessStarved  atomic.Uint64
-	livenessPings    atomic.Uint64
-	livenessDeclared atomic.Uint64
+	live                map[*PeerConn]struct{}
+	livenessStarved     atomic.Uint64
+	livenessPings       atomic.Uint64
+	livenessDeclared    atomic.Uint64
+	livenessProbes      atomic.Uint64
+	livenessUnreachable atomic.Uint64
 }
 
 // OnPeerFailure makes the pool call fn (from its own goroutines, never
@@ -357,13 +367,15 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 		return nil, err
 	}
 	raw := p.h3.NewRawClientConn(conn)
-	pc := &PeerConn{Conn: conn, h3: raw.ClientConn, pool: p, addr: key.addr, peer: key.id}
+	_, serverName := discovery.SplitDialAddr(key.addr)
+	pc := &PeerConn{Conn: conn, h3: raw.ClientConn, pool: p, addr: key.addr, peer: key.id, viaGateway: serverName != ""}
 	go p.acceptUni(pc, raw)
 	timer := time.NewTimer(p.ep.limits.HandshakeTimeout)
 	defer timer.Stop()
 	var cause error
 	select {
 	case <-raw.ReceivedSettings():
+		pc.datagrams = conn.ConnectionState().SupportsDatagrams.Remote
 		return pc, nil
 	case <-conn.Context().Done():
 		cause = context.Cause(conn.Context())

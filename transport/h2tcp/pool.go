@@ -30,9 +30,11 @@ type Config struct {
 	Authorize identity.Authorizer
 	// Limits are the QUIC transport's: DialTimeout bounds the TCP
 	// connect, HandshakeTimeout the whole dial (TCP, TLS and the peer's
-	// acceptance), IdleTimeout and KeepAlive the HTTP/2 PING health check
-	// (a peer silent for KeepAlive is PINGed; one that does not answer by
-	// IdleTimeout is dead), MaxIncomingStreams the HTTP/2
+	// acceptance), LivenessTimeout the liveness watch (liveness.go: as
+	// over QUIC, a peer silent for it is dead), IdleTimeout and KeepAlive
+	// x/net/http2's PING health check behind it (a peer silent for
+	// KeepAlive is PINGed; one that does not answer by IdleTimeout is
+	// dead), MaxIncomingStreams the HTTP/2
 	// SETTINGS_MAX_CONCURRENT_STREAMS, MaxHandshakes the TLS handshakes
 	// in progress on a Listener.
 	Limits transport.Limits
@@ -70,11 +72,12 @@ func (noObserver) HandshakeStarted() func()     { return func() {} }
 func (noObserver) HandshakeRetried()            {}
 func (noObserver) HandshakeFailed(bool, string) {}
 
-// pingTimeout is how long the health check waits for a PING's answer:
-// with the PING sent after KeepAlive of silence, a silent peer is
-// declared dead after IdleTimeout, as on QUIC.
-func pingTimeout(l transport.Limits) time.Duration {
-	return max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
+// idleHealthCheck is x/net/http2's PING health check set to the QUIC
+// idle timeout: a peer silent for KeepAlive is PINGed, one that has not
+// answered by IdleTimeout is dead. The accepting side relies on it; the
+// dialling side's liveness watch (liveness.go) is faster.
+func idleHealthCheck(l transport.Limits) (readIdle, pingTimeout time.Duration) {
+	return l.KeepAlive, max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
 }
 
 type peerKey struct {
@@ -106,6 +109,16 @@ type Pool struct {
 	wg        sync.WaitGroup
 	logs      *lograte.Limiter
 	onFailure atomic.Pointer[func(transport.PeerFailure)]
+	// The liveness watch's counters (liveness.go); declared counts
+	// connections closed because their peer stopped answering, found by
+	// the watch or x/net/http2's health check.
+	declared, livenessPings, livenessStarved atomic.Uint64
+}
+
+// LivenessStats counts what the liveness watch did since the pool
+// started (liveness.go).
+func (p *Pool) LivenessStats() transport.LivenessStats {
+	return transport.LivenessStats{Declared: p.declared.Load(), Pings: p.livenessPings.Load(), Starved: p.livenessStarved.Load()}
 }
 
 // NewPool returns a pool that dials with cfg.
@@ -115,21 +128,27 @@ func NewPool(cfg Config) (*Pool, error) {
 	}
 	cfg = cfg.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{
+	readIdle, pingTimeout := idleHealthCheck(cfg.Limits)
+	p := &Pool{
 		cfg: cfg,
 		tr: &http2.Transport{
 			// The proxy forwards what the app sent.
 			DisableCompression: true,
 			MaxHeaderListSize:  64 << 10,
-			ReadIdleTimeout:    cfg.Limits.KeepAlive,
-			PingTimeout:        pingTimeout(cfg.Limits),
+			ReadIdleTimeout:    readIdle,
+			PingTimeout:        pingTimeout,
 		},
 		peers:  make(map[peerKey]*peerState),
 		all:    make(map[*PeerConn]struct{}),
 		ctx:    ctx,
 		cancel: cancel,
 		logs:   lograte.New(0, 0, cfg.Now),
-	}, nil
+	}
+	if cfg.Limits.LivenessTimeout > 0 {
+		p.wg.Add(1)
+		go p.watchLiveness()
+	}
+	return p, nil
 }
 
 // OnPeerFailure makes the pool call fn (never with a lock held; fn must
@@ -297,7 +316,8 @@ func (p *Pool) watch(pc *PeerConn) {
 	}
 	p.mu.Unlock()
 	if mine && errors.Is(cause, meshcode.ErrIdleTimeout) {
-		p.cfg.Logger.Warn("peer stopped answering: connection closed", "transport", "tcp", "peer", pc.addr, "identity", pc.peer.String(), "idle_timeout", p.cfg.Limits.IdleTimeout)
+		p.declared.Add(1)
+		p.cfg.Logger.Warn("peer stopped answering: connection closed", "transport", "tcp", "peer", pc.addr, "identity", pc.peer.String(), "liveness_timeout", p.cfg.Limits.LivenessTimeout, "error", cause)
 		p.reportFailure(transport.PeerFailure{Addr: pc.addr, Peer: pc.peer, Reason: transport.ReasonUnresponsive, Err: cause})
 	}
 }
