@@ -160,17 +160,9 @@ type peerKey struct {
 }
 
 type peerState struct {
-	conn     *PeerConn
-	dialing  chan struct{} // closed when the dial in flight finishes
-	lastErr  error
-	failedAt time.Time
-	failures int
-	// answering: the last failure was the peer's own answer (it refused
-	// the handshake, or announced a drain), so a probe costs one round
-	// trip: Get probes during the back-off instead of failing, which
-	// Unavailable still reports so the balancer prefers other endpoints.
-	// It finds a peer that restarted as soon as one is needed.
-	answering bool
+	conn    *PeerConn
+	dialing chan struct{} // closed when the dial in flight finishes
+	PeerBackoff
 }
 
 // Pool keeps one connection per (peer address, expected identity) and
@@ -253,18 +245,17 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return pc, nil
 		}
 		st.conn = nil
-		if st.failures > 0 && !st.answering {
+		if silent, since := st.Silent(p.now()); silent {
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
 			// Read under the lock: a dial in flight updates them.
-			err, since := st.lastErr, p.now().Sub(st.failedAt)
-			ago := since.Round(time.Millisecond)
+			err, ago := st.LastErr, since.Round(time.Millisecond)
 			if st.dialing != nil {
 				p.mu.Unlock()
 				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
-			if wait := backoff(st.failures); since < wait {
+			if st.Holding(p.now()) {
 				p.mu.Unlock()
 				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
@@ -283,7 +274,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return nil, fmt.Errorf("transport: waiting for connection to %s: %w", addr, ctx.Err())
 		}
 		p.mu.Lock()
-		pc, err := st.conn, st.lastErr
+		pc, err := st.conn, st.LastErr
 		p.mu.Unlock()
 		if pc != nil && pc.Alive() {
 			return pc, nil
@@ -315,17 +306,14 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	defer func() { close(st.dialing); st.dialing = nil }()
 	if err != nil {
 		if p.closed {
-			st.lastErr = ErrPoolClosed
+			st.LastErr = ErrPoolClosed
 			return
 		}
 		reason := HandshakeReason(err)
 		failure = &PeerFailure{Addr: key.addr, Peer: key.id, Reason: reason, Err: err}
 		p.ep.cfg.Observer.HandshakeFailed(true, reason)
-		st.failures++
-		st.lastErr = err
-		st.failedAt = p.now()
-		st.answering = reason == ReasonRefused
-		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err}
+		st.Fail(err, p.now(), reason == ReasonRefused)
+		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.Failures, "error", err}
 		if de, ok := errors.AsType[*DialError](err); ok && de.Presented != "" {
 			args = append(args, "presented_identity", de.Presented)
 		}
@@ -334,11 +322,10 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	}
 	if p.closed {
 		pc.Conn.CloseWithError(ConnCodePoolClosed, "pool closed")
-		st.lastErr = ErrPoolClosed
+		st.LastErr = ErrPoolClosed
 		return
 	}
-	st.failures = 0
-	st.lastErr = nil
+	st.Reset()
 	st.conn = pc
 	p.live[pc] = struct{}{}
 	conn := pc.Conn
@@ -466,10 +453,7 @@ func (p *Pool) markDraining(pc *PeerConn) {
 		return
 	}
 	st.conn = nil
-	st.failures = max(st.failures, 1)
-	st.failedAt = p.now()
-	st.lastErr = errDraining
-	st.answering = true
+	st.Drain(errDraining, p.now())
 }
 
 var errDraining = errors.New("peer is draining")
@@ -491,10 +475,7 @@ func (p *Pool) markFailed(pc *PeerConn, err error) bool {
 		p.peers[key] = st
 	}
 	st.conn = nil
-	st.failures++
-	st.failedAt = p.now()
-	st.lastErr = err
-	st.answering = false
+	st.Fail(err, p.now(), false)
 	return true
 }
 
@@ -525,7 +506,7 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.now().Sub(st.failedAt) < backoff(st.failures)
+	return st != nil && st.conn == nil && st.dialing == nil && st.Holding(p.now())
 }
 
 // Backoff is how long new requests to a peer fail at once after its
@@ -600,7 +581,7 @@ func (p *Pool) Forget(pc *PeerConn) {
 func (p *Pool) sweep() {
 	now := p.now()
 	for k, st := range p.peers {
-		if st.conn == nil && st.dialing == nil && (st.failures == 0 || now.Sub(st.failedAt) > maxBackoff) {
+		if st.conn == nil && st.dialing == nil && st.Expired(now) {
 			delete(p.peers, k)
 		}
 	}

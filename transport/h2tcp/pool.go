@@ -86,12 +86,9 @@ type peerKey struct {
 }
 
 type peerState struct {
-	conn      *PeerConn
-	dialing   chan struct{}
-	lastErr   error
-	failedAt  time.Time
-	failures  int
-	answering bool // the last failure was the peer's answer: probe instead of failing
+	conn    *PeerConn
+	dialing chan struct{}
+	transport.PeerBackoff
 }
 
 // Pool keeps one HTTP/2 connection per (peer address, expected identity),
@@ -188,10 +185,9 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 		}
 		p.retireLocked(st.conn)
 	}
-	if st.failures > 0 && !st.answering {
-		since := p.cfg.Now().Sub(st.failedAt)
-		if st.dialing != nil || since < transport.Backoff(st.failures) {
-			err := st.lastErr
+	if silent, since := st.Silent(p.cfg.Now()); silent {
+		if st.dialing != nil || st.Holding(p.cfg.Now()) {
+			err := st.LastErr
 			p.mu.Unlock()
 			return nil, fmt.Errorf("%w: %s (%s) over TCP: last failed %s ago: %w", meshcode.ErrPeerUnavailable, addr, want, since.Round(time.Millisecond), err)
 		}
@@ -210,7 +206,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 		return nil, fmt.Errorf("h2tcp: waiting for connection to %s: %w", addr, ctx.Err())
 	}
 	p.mu.Lock()
-	pc, err := st.conn, st.lastErr
+	pc, err := st.conn, st.LastErr
 	p.mu.Unlock()
 	if pc != nil && pc.Alive() {
 		return pc, nil
@@ -222,10 +218,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 }
 
 func (p *Pool) drainingLocked(st *peerState) {
-	st.failures = max(st.failures, 1)
-	st.failedAt = p.cfg.Now()
-	st.lastErr = errDraining
-	st.answering = true
+	st.Drain(errDraining, p.cfg.Now())
 }
 
 var errDraining = errors.New("peer is draining (GOAWAY)")
@@ -235,7 +228,7 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.cfg.Now().Sub(st.failedAt) < transport.Backoff(st.failures)
+	return st != nil && st.conn == nil && st.dialing == nil && st.Holding(p.cfg.Now())
 }
 
 func (p *Pool) dial(key peerKey, st *peerState) {
@@ -256,21 +249,17 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	}
 	if err != nil {
 		if p.closed {
-			st.lastErr = transport.ErrPoolClosed
+			st.LastErr = transport.ErrPoolClosed
 			return
 		}
 		reason := transport.HandshakeReason(err)
 		failure = &transport.PeerFailure{Addr: key.addr, Peer: key.id, Reason: reason, Err: err}
 		p.cfg.Observer.HandshakeFailed(true, reason)
-		st.failures++
-		st.lastErr = err
-		st.failedAt = p.cfg.Now()
-		st.answering = reason == transport.ReasonRefused
-		p.logs.Log(p.cfg.Logger, slog.LevelWarn, key.addr+"|tcp|"+reason, "peer dial failed", "transport", "tcp", "peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err)
+		st.Fail(err, p.cfg.Now(), reason == transport.ReasonRefused)
+		p.logs.Log(p.cfg.Logger, slog.LevelWarn, key.addr+"|tcp|"+reason, "peer dial failed", "transport", "tcp", "peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.Failures, "error", err)
 		return
 	}
-	st.failures = 0
-	st.lastErr = nil
+	st.Reset()
 	st.conn = pc
 	p.all[pc] = struct{}{}
 	p.wg.Add(1)
@@ -306,10 +295,7 @@ func (p *Pool) watch(pc *PeerConn) {
 	if mine {
 		st.conn = nil
 		if errors.Is(cause, meshcode.ErrIdleTimeout) {
-			st.failures++
-			st.failedAt = p.cfg.Now()
-			st.lastErr = cause
-			st.answering = false
+			st.Fail(cause, p.cfg.Now(), false)
 		} else {
 			p.drainingLocked(st)
 		}
