@@ -116,10 +116,11 @@ func (s *Silence) Dead(deadline time.Duration, pings bool) bool {
 // LivenessPolls paces a liveness watch: a poll every quarter of the
 // timeout, telling each whether this process was starved.
 type LivenessPolls struct {
-	poll  time.Duration
-	timer *time.Timer
-	last  time.Time
-	sched *schedlat.Watch
+	poll   time.Duration
+	timer  *time.Timer
+	last   time.Time
+	sched  *schedlat.Watch
+	polled bool // Next returned a poll: the timer is re-armed at the next call
 }
 
 // NewLivenessPolls starts pacing polls for timeout; Stop it when done.
@@ -146,13 +147,20 @@ func (w *LivenessPolls) Stop() { w.timer.Stop() }
 // time, the silence it credits a quiet connection with (the time since
 // the previous poll, at most one interval), whether this process was
 // starved (every connection's watch starts over) and how late it ran.
+//
+// The timer is re-armed when Next is called again, after the caller
+// looked at its connections: time spent looking counts as lateness, so a
+// process too slow to get through its connections counts as starved.
 func (w *LivenessPolls) Next(ctx context.Context) (now time.Time, credit time.Duration, starved bool, late time.Duration, ok bool) {
+	if w.polled {
+		w.timer.Reset(w.poll)
+	}
 	select {
 	case <-ctx.Done():
 		return now, 0, false, 0, false
 	case <-w.timer.C:
 	}
-	defer w.timer.Reset(w.poll)
+	w.polled = true
 	now = time.Now()
 	elapsed := now.Sub(w.last)
 	w.last = now
