@@ -130,3 +130,43 @@ func TestLivenessSparesLivePeersUnderCPUStarvation(t *testing.T) {
 		t.Fatal("the watch sent no PING while the slow requests were silent")
 	}
 }
+
+// What the liveness watch costs on an idle connection, measured side by
+// side with a pool that runs without it (QUIC's keep-alive alone): the
+// watch PINGs after half the liveness timeout of silence, so an idle
+// connection carries about one PING and its ACK per half timeout plus a
+// poll (750 ms with the defaults), instead of keep-alive PINGs from
+// both sides per KeepAlive (1.25 s). The bound is generous for a loaded
+// machine but catches a watch that PINGs every poll or faster.
+func TestLivenessCostOnIdleConnection(t *testing.T) {
+	testkit.CheckLeaks(t)
+	ca := identitytest.NewCA(t, "t.local")
+	srv := startMeshServer(t, identitytest.Provider(t, ca, serverID), nil, transport.Limits{})
+	// Default liveness, but a dial must not fail the test on a machine
+	// loaded by other jobs.
+	dial := transport.Limits{DialTimeout: 10 * time.Second, HandshakeTimeout: 10 * time.Second}
+	watched := get(t, newPool(t, ca, dial), srv.ep.Addr().String())
+	dial.LivenessTimeout = -1
+	unwatched := get(t, newPool(t, ca, dial), srv.ep.Addr().String())
+	limits := srv.ep.Limits()
+	// Past the handshake's own packets (ACKs, HTTP/3 SETTINGS).
+	time.Sleep(limits.LivenessTimeout)
+	w0, u0 := watched.Conn.ConnectionStats().PacketsSent, unwatched.Conn.ConnectionStats().PacketsSent
+	start := time.Now()
+	time.Sleep(3 * limits.LivenessTimeout)
+	secs := time.Since(start).Seconds()
+	w := float64(watched.Conn.ConnectionStats().PacketsSent-w0) / secs
+	u := float64(unwatched.Conn.ConnectionStats().PacketsSent-u0) / secs
+	t.Logf("idle connection, packets/s sent by the dialling side: %.2f with the liveness watch (timeout %v), %.2f with the keep-alive alone (%v)", w, limits.LivenessTimeout, u, limits.KeepAlive)
+	// A PING every poll would be 4/s with the defaults, ACKs of the
+	// server's packets on top. Measured over 3 s (a handful of packets,
+	// so noisy), -race at load 35: 1.3-4.0/s with the watch, 2.3-3.7/s
+	// with the keep-alive alone, whose PINGs both sides send. The bound
+	// catches a watch that PINGs much faster than its half timeout.
+	if perPoll := float64(time.Second) / float64(limits.LivenessTimeout/4); w >= 2*perPoll {
+		t.Fatalf("the liveness watch sends %.2f packets/s on an idle connection; want under two per poll (%.0f/s)", w, 2*perPoll)
+	}
+	if !watched.Alive() || !unwatched.Alive() {
+		t.Fatal("an idle connection to a live peer died")
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/lograte"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
@@ -71,6 +72,13 @@ type PeerConn struct {
 	peer identity.ID
 
 	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch
+	// viaGateway: the peer is reached through a gateway (not probed for
+	// port unreachable).
+	viaGateway bool
+	// declared: the liveness watch declared the peer dead.
+	declared atomic.Bool
+	// datagrams: the peer accepts DATAGRAM frames, the watch's PINGs.
+	datagrams bool
 	// liveness is the liveness watch's state (liveness.go).
 	liveness livenessState
 }
@@ -98,8 +106,8 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // Begin counts one request or tunnel on the connection until the returned
-// function is called. The liveness watch (Limits.LivenessTimeout) looks
-// only at connections with work counted here.
+// function is called. The liveness watch (Limits.LivenessTimeout) tells
+// busy connections from idle ones by it.
 func (pc *PeerConn) Begin() (end func()) {
 	pc.active.Add(1)
 	return func() { pc.active.Add(-1) }
@@ -152,17 +160,9 @@ type peerKey struct {
 }
 
 type peerState struct {
-	conn     *PeerConn
-	dialing  chan struct{} // closed when the dial in flight finishes
-	lastErr  error
-	failedAt time.Time
-	failures int
-	// answering: the last failure was the peer's own answer (it refused
-	// the handshake, or announced a drain), so a probe costs one round
-	// trip: Get probes during the back-off instead of failing, which
-	// Unavailable still reports so the balancer prefers other endpoints.
-	// It finds a peer that restarted as soon as one is needed.
-	answering bool
+	conn    *PeerConn
+	dialing chan struct{} // closed when the dial in flight finishes
+	PeerBackoff
 }
 
 // Pool keeps one connection per (peer address, expected identity) and
@@ -182,10 +182,12 @@ type Pool struct {
 	onFailure atomic.Pointer[func(PeerFailure)]
 	// live holds every open connection, pooled or not (one dropped from
 	// the pool may still carry work), for the liveness watch.
-	live             map[*PeerConn]struct{}
-	livenessStarved  atomic.Uint64
-	livenessPings    atomic.Uint64
-	livenessDeclared atomic.Uint64
+	live                map[*PeerConn]struct{}
+	livenessStarved     atomic.Uint64
+	livenessPings       atomic.Uint64
+	livenessDeclared    atomic.Uint64
+	livenessProbes      atomic.Uint64
+	livenessUnreachable atomic.Uint64
 }
 
 // OnPeerFailure makes the pool call fn (from its own goroutines, never
@@ -243,18 +245,17 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return pc, nil
 		}
 		st.conn = nil
-		if st.failures > 0 && !st.answering {
+		if silent, since := st.Silent(p.now()); silent {
 			// The peer failed recently: during the back-off and while the
 			// probe that ends it is in flight, fail at once rather than
 			// keep callers waiting on a peer that is likely down.
 			// Read under the lock: a dial in flight updates them.
-			err, since := st.lastErr, p.now().Sub(st.failedAt)
-			ago := since.Round(time.Millisecond)
+			err, ago := st.LastErr, since.Round(time.Millisecond)
 			if st.dialing != nil {
 				p.mu.Unlock()
 				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
-			if wait := backoff(st.failures); since < wait {
+			if st.Holding(p.now()) {
 				p.mu.Unlock()
 				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
@@ -273,7 +274,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return nil, fmt.Errorf("transport: waiting for connection to %s: %w", addr, ctx.Err())
 		}
 		p.mu.Lock()
-		pc, err := st.conn, st.lastErr
+		pc, err := st.conn, st.LastErr
 		p.mu.Unlock()
 		if pc != nil && pc.Alive() {
 			return pc, nil
@@ -305,17 +306,14 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	defer func() { close(st.dialing); st.dialing = nil }()
 	if err != nil {
 		if p.closed {
-			st.lastErr = ErrPoolClosed
+			st.LastErr = ErrPoolClosed
 			return
 		}
 		reason := HandshakeReason(err)
 		failure = &PeerFailure{Addr: key.addr, Peer: key.id, Reason: reason, Err: err}
 		p.ep.cfg.Observer.HandshakeFailed(true, reason)
-		st.failures++
-		st.lastErr = err
-		st.failedAt = p.now()
-		st.answering = reason == ReasonRefused
-		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err}
+		st.Fail(err, p.now(), reason == ReasonRefused)
+		args := []any{"peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.Failures, "error", err}
 		if de, ok := errors.AsType[*DialError](err); ok && de.Presented != "" {
 			args = append(args, "presented_identity", de.Presented)
 		}
@@ -324,11 +322,10 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	}
 	if p.closed {
 		pc.Conn.CloseWithError(ConnCodePoolClosed, "pool closed")
-		st.lastErr = ErrPoolClosed
+		st.LastErr = ErrPoolClosed
 		return
 	}
-	st.failures = 0
-	st.lastErr = nil
+	st.Reset()
 	st.conn = pc
 	p.live[pc] = struct{}{}
 	conn := pc.Conn
@@ -357,13 +354,15 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 		return nil, err
 	}
 	raw := p.h3.NewRawClientConn(conn)
-	pc := &PeerConn{Conn: conn, h3: raw.ClientConn, pool: p, addr: key.addr, peer: key.id}
+	_, serverName := discovery.SplitDialAddr(key.addr)
+	pc := &PeerConn{Conn: conn, h3: raw.ClientConn, pool: p, addr: key.addr, peer: key.id, viaGateway: serverName != ""}
 	go p.acceptUni(pc, raw)
 	timer := time.NewTimer(p.ep.limits.HandshakeTimeout)
 	defer timer.Stop()
 	var cause error
 	select {
 	case <-raw.ReceivedSettings():
+		pc.datagrams = conn.ConnectionState().SupportsDatagrams.Remote
 		return pc, nil
 	case <-conn.Context().Done():
 		cause = context.Cause(conn.Context())
@@ -454,10 +453,7 @@ func (p *Pool) markDraining(pc *PeerConn) {
 		return
 	}
 	st.conn = nil
-	st.failures = max(st.failures, 1)
-	st.failedAt = p.now()
-	st.lastErr = errDraining
-	st.answering = true
+	st.Drain(errDraining, p.now())
 }
 
 var errDraining = errors.New("peer is draining")
@@ -479,10 +475,7 @@ func (p *Pool) markFailed(pc *PeerConn, err error) bool {
 		p.peers[key] = st
 	}
 	st.conn = nil
-	st.failures++
-	st.failedAt = p.now()
-	st.lastErr = err
-	st.answering = false
+	st.Fail(err, p.now(), false)
 	return true
 }
 
@@ -513,7 +506,7 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.now().Sub(st.failedAt) < backoff(st.failures)
+	return st != nil && st.conn == nil && st.dialing == nil && st.Holding(p.now())
 }
 
 // Backoff is how long new requests to a peer fail at once after its
@@ -588,7 +581,7 @@ func (p *Pool) Forget(pc *PeerConn) {
 func (p *Pool) sweep() {
 	now := p.now()
 	for k, st := range p.peers {
-		if st.conn == nil && st.dialing == nil && (st.failures == 0 || now.Sub(st.failedAt) > maxBackoff) {
+		if st.conn == nil && st.dialing == nil && st.Expired(now) {
 			delete(p.peers, k)
 		}
 	}

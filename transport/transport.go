@@ -272,6 +272,9 @@ type Endpoint struct {
 	logger    *slog.Logger
 	listening bool
 	gate      *handshakeGate
+	// probe: port-unreachable probes (unreachable.go) reach the peers
+	// this endpoint's socket reaches.
+	probe bool
 	// stopAccept ends when StopListening is called; refusing tracks the
 	// goroutine that then refuses handshakes completing after it.
 	stopAccept context.Context
@@ -356,6 +359,7 @@ func newEndpoint(addr string, cfg Config) (*Endpoint, error) {
 		tr:       tr,
 		quicConf: qc,
 		logger:   cfg.Logger,
+		probe:    probeSocketsReachPeers(udp, cfg.PacketConn == nil),
 	}, nil
 }
 
@@ -420,9 +424,31 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, want identity.ID) (*qu
 		}
 		return err
 	}
+	if e.probe && serverName == "" {
+		// A peer whose process is gone never answers our Initial: the
+		// dial would wait for the dial timeout. Its host says so at
+		// once, to a probe that can hear it.
+		var unreachable context.CancelCauseFunc
+		ctx, unreachable = context.WithCancelCause(ctx)
+		probed := make(chan struct{})
+		go func() {
+			defer close(probed)
+			if probeUnreachable(ctx, udpAddr, e.limits.DialTimeout) {
+				unreachable(errPortUnreachable)
+			}
+		}()
+		defer func() { unreachable(nil); <-probed }()
+	}
 	conn, err := e.tr.Dial(ctx, udpAddr, tlsConf, e.quicConf)
 	if err != nil {
-		de := &DialError{Addr: addr, Want: want, Reason: HandshakeReason(err), Err: err}
+		reason := HandshakeReason(err)
+		if cause := context.Cause(ctx); errors.Is(cause, errPortUnreachable) {
+			reason = ReasonUnreachable
+			if !errors.Is(err, errPortUnreachable) {
+				err = fmt.Errorf("%w (%w)", cause, err)
+			}
+		}
+		de := &DialError{Addr: addr, Want: want, Reason: reason, Err: err}
 		if id := presented.Load(); id != nil {
 			de.Presented = *id
 		}

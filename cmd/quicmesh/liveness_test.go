@@ -4,6 +4,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,6 +31,14 @@ import (
 // -race.
 
 const webID = "spiffe://test.local/web"
+
+// The SIGSTOP test's partition: 20 s at 300 GETs/s in make test; make
+// bench runs it for 60 s at 500/s, the bound on what the client
+// sidecar holds (docs/testing.md, "Process failure tests").
+var (
+	partitionFor  = flag.Duration("partition", 20*time.Second, "how long the SIGSTOP process test keeps the endpoint frozen")
+	partitionRate = flag.Int("partition-rate", 300, "GETs per second the SIGSTOP process test offers")
+)
 
 // meshProc is a sidecar process with its identity files.
 type meshProc struct {
@@ -364,12 +373,15 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 	// (the endpoint in back-off); none hung.
 	var failed int
 	var slowestFail time.Duration
+	var slowestStart time.Time
 	var failTook []time.Duration
 	firstOK := time.Time{}
 	for _, o := range outcomes {
 		if o.err != "" {
 			failed++
-			slowestFail = max(slowestFail, o.took)
+			if o.took > slowestFail {
+				slowestFail, slowestStart = o.took, o.start
+			}
 			failTook = append(failTook, o.took)
 		} else if o.start.After(back) && (firstOK.IsZero() || o.start.Add(o.took).Before(firstOK)) {
 			firstOK = o.start.Add(o.took)
@@ -383,8 +395,8 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 			lateFail = append(lateFail, fmt.Sprintf("started %v after the restart: %s", o.start.Sub(back).Round(time.Millisecond), o.err))
 		}
 	}
-	t.Logf("%d requests, %d failed (p50 %v, p99 %v, slowest %v); restarted process ready %v after its start; first request served %v after it was ready",
-		len(outcomes), failed, percentile(failTook, 0.5).Round(time.Millisecond), percentile(failTook, 0.99).Round(time.Millisecond), slowestFail.Round(time.Millisecond),
+	t.Logf("%d requests, %d failed (p50 %v, p99 %v, slowest %v, started %v after the kill); restarted process ready %v after its start; first request served %v after it was ready",
+		len(outcomes), failed, percentile(failTook, 0.5).Round(time.Millisecond), percentile(failTook, 0.99).Round(time.Millisecond), slowestFail.Round(time.Millisecond), slowestStart.Sub(killed).Round(time.Millisecond),
 		back.Sub(restartAt).Round(time.Millisecond), firstOK.Sub(back).Round(time.Millisecond))
 	if client.starved(t) {
 		t.Logf("the client sidecar was starved of CPU (%q in its log): timing not asserted", transport.LogStarved)
@@ -393,12 +405,13 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 	if failed == 0 {
 		t.Fatalf("no request failed while the only endpoint was down for %v", back.Sub(killed))
 	}
-	// 2 s, the bound for a partition: the liveness timeout
-	// (1 s) plus up to two polls is what in-flight requests take, the
-	// others fail at once or within the connect timeout of a probe
-	// (1 s); plus half a second for a loaded machine (one run of 16 at
-	// load 10 took 2.24 s, p99 1.23 s).
-	if bound := 2*limits.LivenessTimeout + time.Second/2; slowestFail > bound {
+	// 1 s, the bound: the killed sidecar's port answers ICMP
+	// port unreachable, which the liveness watch's probe hears after
+	// one silent poll (250 ms; requests in flight at the kill fail
+	// within two polls), and so does the probe of every dial to it:
+	// measured p99 0.39-0.48 s, slowest 0.41-0.50 s (load 15), where
+	// silence alone (the liveness timeout and its polls) took 1.2 s.
+	if bound := limits.LivenessTimeout; slowestFail > bound {
 		t.Errorf("a request to the dead endpoint took %v to fail; want at most %v", slowestFail, bound)
 	}
 	if d := firstOK.Sub(back); d > time.Second {
@@ -410,7 +423,8 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 }
 
 // The only endpoint's sidecar is frozen (SIGSTOP: its sockets stay open,
-// nothing answers) for 20 s under load: every request fails within 2 s
+// nothing answers) for -partition (20 s) under -partition-rate GETs/s
+// (300): every request fails within 2 s
 // (in flight: the liveness watch; later ones at once, the peer in
 // back-off, or within the connect timeout of a probe), the client
 // sidecar's goroutines and open files stay bounded instead of growing
@@ -440,7 +454,7 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 	}
 
 	const inFlight = 512 // room for requests to pile up if they hung
-	l := startRateLoad(t, "http://"+bind+"/", 300, inFlight)
+	l := startRateLoad(t, "http://"+bind+"/", *partitionRate, inFlight)
 	testkit.Eventually(t, "the endpoint serving", func() bool { return hits.Load() > 200 })
 	var healthyG, healthyF float64
 	for range 3 {
@@ -456,7 +470,7 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 	// must not grow with the length of the partition.
 	var peakG, peakF, maxG, maxF float64
 	var maxInFlight int64
-	for time.Since(frozen) < 20*time.Second {
+	for time.Since(frozen) < *partitionFor {
 		time.Sleep(time.Second)
 		g, f := resources()
 		peakG, peakF = max(peakG, g), max(peakF, f)
@@ -490,8 +504,8 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 			slow = append(slow, fmt.Sprintf("started %v into the freeze, failed after %v: %s", o.start.Sub(frozen).Round(time.Millisecond), o.took.Round(time.Millisecond), o.err))
 		}
 	}
-	t.Logf("during the 20 s freeze: %d requests failed (p50 %v, p99 %v, slowest %v), at most %d in flight; client sidecar: goroutines %v healthy / %v at the freeze / %v at most after it, open files %v / %v / %v; traffic back %v after the thaw",
-		len(during), percentile(during, 0.5).Round(time.Millisecond), percentile(during, 0.99).Round(time.Millisecond), percentile(during, 1).Round(time.Millisecond),
+	t.Logf("during the %v freeze at %d GETs/s: %d requests failed (p50 %v, p99 %v, slowest %v), at most %d in flight; client sidecar: goroutines %v healthy / %v at the freeze / %v at most after it, open files %v / %v / %v; traffic back %v after the thaw",
+		*partitionFor, *partitionRate, len(during), percentile(during, 0.5).Round(time.Millisecond), percentile(during, 0.99).Round(time.Millisecond), percentile(during, 1).Round(time.Millisecond),
 		maxInFlight, healthyG, peakG, maxG, healthyF, peakF, maxF, back.Round(time.Millisecond))
 	if client.starved(t) {
 		t.Logf("the client sidecar was starved of CPU (%q in its log): timing not asserted", transport.LogStarved)
@@ -505,7 +519,8 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 	}
 	// Hanging requests (the 60 s idle timeout of old) would have filled
 	// the load's 512 slots and grown the sidecar by over a thousand
-	// goroutines and hundreds of files in 20 s.
+	// goroutines and hundreds of files in 20 s. The bound does not grow
+	// with the partition's length: what the sidecar holds must not.
 	if maxInFlight >= inFlight || maxG > 2*healthyG+300 || maxF > 2*healthyF+100 {
 		t.Errorf("resources grew during the freeze: %d requests in flight, goroutines %v (healthy %v), open files %v (healthy %v)", maxInFlight, maxG, healthyG, maxF, healthyF)
 	}

@@ -29,6 +29,10 @@
 //	quicmesh_quic_packets_lost_total{direction,peer}                            counter (scrape time)
 //	quicmesh_quic_packets_sent_total{direction,peer}                            counter (scrape time)
 //	quicmesh_quic_streams_open{direction,peer}                                  gauge (scrape time)
+//	quicmesh_peer_liveness_failures_total{transport,reason}                     counter (scrape time, outbound)
+//	quicmesh_peer_liveness_pings_total{transport}                               counter (scrape time, outbound)
+//	quicmesh_peer_liveness_probes_total{transport}                              counter (scrape time, outbound)
+//	quicmesh_peer_liveness_starved_total{transport}                             counter (scrape time, outbound)
 //
 // # Label values and cardinality
 //
@@ -140,6 +144,7 @@ type Metrics struct {
 	admission    handshakeAdmission
 	transparent  transparentMetrics
 	transport    transportMetrics
+	liveness     *livenessCollector
 
 	peers, services, protos, grpcStatus *limiter
 	handshakeReasons, shedReasons       *limiter
@@ -240,6 +245,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.admission = newHandshakeAdmission(reg)
 	m.transparent = newTransparentMetrics(reg)
 	m.transport = newTransportMetrics(reg)
+	m.liveness = newLivenessCollector(reg)
 	return m
 }
 

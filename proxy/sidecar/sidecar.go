@@ -370,8 +370,16 @@ func Start(deps Deps, opts Options) (_ *Sidecar, err error) {
 	}
 	deps.Metrics.AddQUICSource(quicStats(telemetry.Outbound, s.pool.QUICStats))
 	deps.Metrics.AddConnSource(telemetry.Outbound, string(fallback.OverQUIC), s.pool.Len)
+	deps.Metrics.AddLivenessSource(string(fallback.OverQUIC), func() telemetry.LivenessCounts {
+		st := s.pool.LivenessStats()
+		return telemetry.LivenessCounts{Unresponsive: st.Declared - st.Unreachable, Unreachable: st.Unreachable, Pings: st.Pings, Probes: st.Probes, Starved: st.Starved}
+	})
 	if s.tcpPool != nil {
 		deps.Metrics.AddConnSource(telemetry.Outbound, string(fallback.OverTCP), s.tcpPool.Len)
+		deps.Metrics.AddLivenessSource(string(fallback.OverTCP), func() telemetry.LivenessCounts {
+			st := s.tcpPool.LivenessStats()
+			return telemetry.LivenessCounts{Unresponsive: st.Declared, Pings: st.Pings, Starved: st.Starved}
+		})
 	}
 
 	for _, sp := range specs {

@@ -460,7 +460,9 @@ func pathFailure(err error) bool {
 // well be reachable over TCP.
 func PathReason(reason string) bool {
 	switch reason {
-	case "timeout", "other", "not_accepted", "unresponsive":
+	case "timeout", "other", "not_accepted", "unresponsive", "unreachable":
+		// "unreachable": ICMP port unreachable, which a firewall that
+		// rejects UDP sends as well as a host whose peer is gone.
 		return true
 	}
 	return false

@@ -107,6 +107,7 @@ type PeerConn struct {
 
 	active   atomic.Int64
 	retiring bool // guarded by pool.mu
+	liveness livenessState
 }
 
 // Addr is the peer's address as dialled; Peer the identity it proved.

@@ -1,8 +1,11 @@
 package h2tcp
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // A frozen peer (SIGSTOP): the kernel completes the TCP connect, the
@@ -63,4 +67,164 @@ func TestDialToFrozenPeerFailsWithinDialTimeout(t *testing.T) {
 		t.Fatalf("dial to a frozen peer failed after %v; want about the dial timeout %v (handshake timeout %v)", took, limits.DialTimeout, limits.HandshakeTimeout)
 	}
 	t.Logf("dial to a frozen peer failed after %v: %v", took, err)
+}
+
+// freezingRelay forwards TCP connections to target until frozen: then it
+// stops forwarding in both directions, as a peer frozen by SIGSTOP (or a
+// partition) looks from the dialling side.
+type freezingRelay struct {
+	ln     net.Listener
+	frozen chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+func newFreezingRelay(t *testing.T, target string) *freezingRelay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &freezingRelay{ln: ln, frozen: make(chan struct{})}
+	var mu sync.Mutex
+	var conns []net.Conn
+	r.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, up)
+			mu.Unlock()
+			r.wg.Go(func() { r.copy(up, c) })
+			r.wg.Go(func() { r.copy(c, up) })
+		}
+	})
+	t.Cleanup(func() {
+		r.freeze()
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+func (r *freezingRelay) Addr() string { return r.ln.Addr().String() }
+
+func (r *freezingRelay) freeze() { r.once.Do(func() { close(r.frozen) }) }
+
+func (r *freezingRelay) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		select {
+		case <-r.frozen:
+			return // what was read is swallowed, as a frozen process would
+		default:
+		}
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A peer that freezes after the connection is up (SIGSTOP, a partition)
+// is declared dead by the liveness watch (HTTP/2 PINGs) within the
+// liveness timeout, as over QUIC, busy connection or quiet: the connection ends
+// marked as an idle timeout, a request in flight fails marked
+// ErrConnDead, the peer is reported unresponsive and is in back-off.
+func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
+	testkit.CheckLeaks(t)
+	for _, busy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("request in flight %v", busy), func(t *testing.T) {
+			release := make(chan struct{})
+			started := make(chan struct{}, 1)
+			p := newPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				started <- struct{}{}
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}))
+			t.Cleanup(func() { close(release) })
+			failed := make(chan transport.PeerFailure, 4)
+			p.pool.OnPeerFailure(func(f transport.PeerFailure) { failed <- f })
+			relay := newFreezingRelay(t, p.ln.Addr().String())
+			limits := p.pool.cfg.Limits
+			pc, err := p.pool.Get(testkit.HangCtx(t), relay.Addr(), p.want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reqErr chan error
+			if busy {
+				reqErr = make(chan error, 1)
+				go func() {
+					req, _ := http.NewRequest(http.MethodGet, "https://peer/hold", nil)
+					resp, err := pc.RoundTrip(req)
+					if err == nil {
+						resp.Body.Close()
+					}
+					reqErr <- err
+				}()
+				<-started
+			}
+			relay.freeze()
+			frozen := time.Now()
+			select {
+			case <-pc.Context().Done():
+			case <-time.After(time.Until(testkit.HangGuard(t))):
+				t.Fatal("the connection to a frozen peer never ended")
+			}
+			took := time.Since(frozen)
+			cause := context.Cause(pc.Context())
+			t.Logf("declared dead %v after the freeze (liveness timeout %v): %v", took, limits.LivenessTimeout, cause)
+			if !errors.Is(cause, meshcode.ErrIdleTimeout) {
+				t.Fatalf("connection ended with %v; want it marked ErrIdleTimeout", cause)
+			}
+			// The timeout and a poll of the watch, plus scheduling on
+			// a loaded machine; far below the idle timeout (5 s) that
+			// applied before. A watch that found this process starved
+			// started over, which only delays it.
+			lv := p.pool.LivenessStats()
+			if bound := limits.LivenessTimeout * 2; took > bound && lv.Starved == 0 {
+				t.Fatalf("declared dead after %v (watch %+v); want within %v (liveness timeout %v)", took, lv, bound, limits.LivenessTimeout)
+			}
+			if took > limits.IdleTimeout {
+				t.Fatalf("declared dead after %v (watch %+v): not by the liveness watch (idle timeout %v)", took, lv, limits.IdleTimeout)
+			}
+			if busy {
+				if err := <-reqErr; !errors.Is(err, meshcode.ErrConnDead) {
+					t.Fatalf("request in flight failed with %v; want it marked ErrConnDead", err)
+				}
+			}
+			select {
+			case f := <-failed:
+				if f.Reason != transport.ReasonUnresponsive || f.Addr != relay.Addr() {
+					t.Fatalf("reported %+v", f)
+				}
+			case <-time.After(time.Until(testkit.HangGuard(t))):
+				t.Fatal("the frozen peer was not reported")
+			}
+			if n := p.pool.LivenessStats().Declared; n != 1 {
+				t.Fatalf("%d connections declared dead; want 1", n)
+			}
+			if !p.pool.Unavailable(relay.Addr(), p.want) {
+				t.Fatal("the frozen peer is not in back-off")
+			}
+		})
+	}
 }

@@ -30,9 +30,11 @@ type Config struct {
 	Authorize identity.Authorizer
 	// Limits are the QUIC transport's: DialTimeout bounds the TCP
 	// connect, HandshakeTimeout the whole dial (TCP, TLS and the peer's
-	// acceptance), IdleTimeout and KeepAlive the HTTP/2 PING health check
-	// (a peer silent for KeepAlive is PINGed; one that does not answer by
-	// IdleTimeout is dead), MaxIncomingStreams the HTTP/2
+	// acceptance), LivenessTimeout the liveness watch (liveness.go: as
+	// over QUIC, a peer silent for it is dead), IdleTimeout and KeepAlive
+	// x/net/http2's PING health check behind it (a peer silent for
+	// KeepAlive is PINGed; one that does not answer by IdleTimeout is
+	// dead), MaxIncomingStreams the HTTP/2
 	// SETTINGS_MAX_CONCURRENT_STREAMS, MaxHandshakes the TLS handshakes
 	// in progress on a Listener.
 	Limits transport.Limits
@@ -70,11 +72,12 @@ func (noObserver) HandshakeStarted() func()     { return func() {} }
 func (noObserver) HandshakeRetried()            {}
 func (noObserver) HandshakeFailed(bool, string) {}
 
-// pingTimeout is how long the health check waits for a PING's answer:
-// with the PING sent after KeepAlive of silence, a silent peer is
-// declared dead after IdleTimeout, as on QUIC.
-func pingTimeout(l transport.Limits) time.Duration {
-	return max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
+// idleHealthCheck is x/net/http2's PING health check set to the QUIC
+// idle timeout: a peer silent for KeepAlive is PINGed, one that has not
+// answered by IdleTimeout is dead. The accepting side relies on it; the
+// dialling side's liveness watch (liveness.go) is faster.
+func idleHealthCheck(l transport.Limits) (readIdle, pingTimeout time.Duration) {
+	return l.KeepAlive, max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
 }
 
 type peerKey struct {
@@ -83,12 +86,9 @@ type peerKey struct {
 }
 
 type peerState struct {
-	conn      *PeerConn
-	dialing   chan struct{}
-	lastErr   error
-	failedAt  time.Time
-	failures  int
-	answering bool // the last failure was the peer's answer: probe instead of failing
+	conn    *PeerConn
+	dialing chan struct{}
+	transport.PeerBackoff
 }
 
 // Pool keeps one HTTP/2 connection per (peer address, expected identity),
@@ -106,6 +106,16 @@ type Pool struct {
 	wg        sync.WaitGroup
 	logs      *lograte.Limiter
 	onFailure atomic.Pointer[func(transport.PeerFailure)]
+	// The liveness watch's counters (liveness.go); declared counts
+	// connections closed because their peer stopped answering, found by
+	// the watch or x/net/http2's health check.
+	declared, livenessPings, livenessStarved atomic.Uint64
+}
+
+// LivenessStats counts what the liveness watch did since the pool
+// started (liveness.go).
+func (p *Pool) LivenessStats() transport.LivenessStats {
+	return transport.LivenessStats{Declared: p.declared.Load(), Pings: p.livenessPings.Load(), Starved: p.livenessStarved.Load()}
 }
 
 // NewPool returns a pool that dials with cfg.
@@ -115,21 +125,27 @@ func NewPool(cfg Config) (*Pool, error) {
 	}
 	cfg = cfg.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{
+	readIdle, pingTimeout := idleHealthCheck(cfg.Limits)
+	p := &Pool{
 		cfg: cfg,
 		tr: &http2.Transport{
 			// The proxy forwards what the app sent.
 			DisableCompression: true,
 			MaxHeaderListSize:  64 << 10,
-			ReadIdleTimeout:    cfg.Limits.KeepAlive,
-			PingTimeout:        pingTimeout(cfg.Limits),
+			ReadIdleTimeout:    readIdle,
+			PingTimeout:        pingTimeout,
 		},
 		peers:  make(map[peerKey]*peerState),
 		all:    make(map[*PeerConn]struct{}),
 		ctx:    ctx,
 		cancel: cancel,
 		logs:   lograte.New(0, 0, cfg.Now),
-	}, nil
+	}
+	if cfg.Limits.LivenessTimeout > 0 {
+		p.wg.Add(1)
+		go p.watchLiveness()
+	}
+	return p, nil
 }
 
 // OnPeerFailure makes the pool call fn (never with a lock held; fn must
@@ -169,10 +185,9 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 		}
 		p.retireLocked(st.conn)
 	}
-	if st.failures > 0 && !st.answering {
-		since := p.cfg.Now().Sub(st.failedAt)
-		if st.dialing != nil || since < transport.Backoff(st.failures) {
-			err := st.lastErr
+	if silent, since := st.Silent(p.cfg.Now()); silent {
+		if st.dialing != nil || st.Holding(p.cfg.Now()) {
+			err := st.LastErr
 			p.mu.Unlock()
 			return nil, fmt.Errorf("%w: %s (%s) over TCP: last failed %s ago: %w", meshcode.ErrPeerUnavailable, addr, want, since.Round(time.Millisecond), err)
 		}
@@ -191,7 +206,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 		return nil, fmt.Errorf("h2tcp: waiting for connection to %s: %w", addr, ctx.Err())
 	}
 	p.mu.Lock()
-	pc, err := st.conn, st.lastErr
+	pc, err := st.conn, st.LastErr
 	p.mu.Unlock()
 	if pc != nil && pc.Alive() {
 		return pc, nil
@@ -203,10 +218,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 }
 
 func (p *Pool) drainingLocked(st *peerState) {
-	st.failures = max(st.failures, 1)
-	st.failedAt = p.cfg.Now()
-	st.lastErr = errDraining
-	st.answering = true
+	st.Drain(errDraining, p.cfg.Now())
 }
 
 var errDraining = errors.New("peer is draining (GOAWAY)")
@@ -216,7 +228,7 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn == nil && st.dialing == nil && st.failures > 0 && p.cfg.Now().Sub(st.failedAt) < transport.Backoff(st.failures)
+	return st != nil && st.conn == nil && st.dialing == nil && st.Holding(p.cfg.Now())
 }
 
 func (p *Pool) dial(key peerKey, st *peerState) {
@@ -237,21 +249,17 @@ func (p *Pool) dial(key peerKey, st *peerState) {
 	}
 	if err != nil {
 		if p.closed {
-			st.lastErr = transport.ErrPoolClosed
+			st.LastErr = transport.ErrPoolClosed
 			return
 		}
 		reason := transport.HandshakeReason(err)
 		failure = &transport.PeerFailure{Addr: key.addr, Peer: key.id, Reason: reason, Err: err}
 		p.cfg.Observer.HandshakeFailed(true, reason)
-		st.failures++
-		st.lastErr = err
-		st.failedAt = p.cfg.Now()
-		st.answering = reason == transport.ReasonRefused
-		p.logs.Log(p.cfg.Logger, slog.LevelWarn, key.addr+"|tcp|"+reason, "peer dial failed", "transport", "tcp", "peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.failures, "error", err)
+		st.Fail(err, p.cfg.Now(), reason == transport.ReasonRefused)
+		p.logs.Log(p.cfg.Logger, slog.LevelWarn, key.addr+"|tcp|"+reason, "peer dial failed", "transport", "tcp", "peer", key.addr, "identity", key.id.String(), "reason", reason, "failures", st.Failures, "error", err)
 		return
 	}
-	st.failures = 0
-	st.lastErr = nil
+	st.Reset()
 	st.conn = pc
 	p.all[pc] = struct{}{}
 	p.wg.Add(1)
@@ -287,17 +295,15 @@ func (p *Pool) watch(pc *PeerConn) {
 	if mine {
 		st.conn = nil
 		if errors.Is(cause, meshcode.ErrIdleTimeout) {
-			st.failures++
-			st.failedAt = p.cfg.Now()
-			st.lastErr = cause
-			st.answering = false
+			st.Fail(cause, p.cfg.Now(), false)
 		} else {
 			p.drainingLocked(st)
 		}
 	}
 	p.mu.Unlock()
 	if mine && errors.Is(cause, meshcode.ErrIdleTimeout) {
-		p.cfg.Logger.Warn("peer stopped answering: connection closed", "transport", "tcp", "peer", pc.addr, "identity", pc.peer.String(), "idle_timeout", p.cfg.Limits.IdleTimeout)
+		p.declared.Add(1)
+		p.cfg.Logger.Warn("peer stopped answering: connection closed", "transport", "tcp", "peer", pc.addr, "identity", pc.peer.String(), "liveness_timeout", p.cfg.Limits.LivenessTimeout, "error", cause)
 		p.reportFailure(transport.PeerFailure{Addr: pc.addr, Peer: pc.peer, Reason: transport.ReasonUnresponsive, Err: cause})
 	}
 }

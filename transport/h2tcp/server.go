@@ -289,9 +289,8 @@ func (c *ServerConn) Serve(h http.Handler, tunnelFn func(str *ServerStream, targ
 		// (docs/benchmarks.md, issue 13). Larger frames buy nothing here:
 		// TLS cuts them into 16 KiB records anyway.
 		MaxReadFrameSize: maxFrameSize,
-		ReadIdleTimeout:  lim.KeepAlive,
-		PingTimeout:      pingTimeout(lim),
 	}
+	h2s.ReadIdleTimeout, h2s.PingTimeout = idleHealthCheck(lim)
 	if err := http2.ConfigureServer(hs, h2s); err != nil {
 		c.conn.Close()
 		return fmt.Errorf("h2tcp: serving %s: %w", c.conn.RemoteAddr(), err)
