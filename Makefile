@@ -47,9 +47,11 @@ UNITFLAGS ?=
 # The real-SPIRE test (cmd/quicmesh TestSPIRE) needs spire-server and
 # spire-agent: .ci/spire.sh builds them once per machine into
 # ~/.cache/quicmesh and prints where; a no-op when they are cached. The
-# control-plane tests need kube-apiserver and etcd: .ci/k8s.sh, the same way.
+# control-plane tests need kube-apiserver and etcd: .ci/k8s.sh, the same way;
+# the HTTP/3 edge test (transport/gateway TestCaddyHTTP3ThroughTheGateway)
+# needs Caddy: .ci/caddy.sh.
 unit:
-	QUICMESH_SPIRE_BIN="$$(bash .ci/spire.sh)" QUICMESH_K8S_BIN="$$(bash .ci/k8s.sh)" $(GO) test -race -count=1 -timeout 12m $(UNITFLAGS) $(PKGS)
+	QUICMESH_SPIRE_BIN="$$(bash .ci/spire.sh)" QUICMESH_K8S_BIN="$$(bash .ci/k8s.sh)" QUICMESH_CADDY_BIN="$$(bash .ci/caddy.sh)" $(GO) test -race -count=1 -timeout 12m $(UNITFLAGS) $(PKGS)
 
 # Every fuzz target in the tree (seed corpus first, then FUZZTIME).
 fuzz-smoke fuzz:

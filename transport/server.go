@@ -74,7 +74,7 @@ func (s *Server) Accept(ctx context.Context) (*ServerConn, error) {
 		return nil, err
 	}
 	peer, _ := peerID(conn)
-	return &ServerConn{srv: s, conn: conn, peer: peer}, nil
+	return &ServerConn{srv: s, conn: conn, peer: peer, plain: isPlainHTTP3(conn)}, nil
 }
 
 // QUICStats snapshots every connection being served; StreamsOpen counts
@@ -99,6 +99,9 @@ type ServerConn struct {
 	conn   *quic.Conn
 	peer   identity.ID
 	active atomic.Int64 // streams being served
+	// plain: the peer negotiated ALPN "h3", not the mesh's: a plain
+	// HTTP/3 client, whose every stream is a request (h3edge.go).
+	plain bool
 }
 
 // Peer is the identity the peer proved.
@@ -199,7 +202,7 @@ func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target strin
 // and hands it on.
 func (c *ServerConn) serveStream(raw *http3.RawServerConn, str *quic.Stream, serveTunnel func(*Stream, string), log *slog.Logger) {
 	str.SetReadDeadline(time.Now().Add(c.srv.cfg.HeaderTimeout))
-	kind, hdr, err := readStreamStart(str)
+	kind, hdr, err := readStreamStart(str, !c.plain)
 	str.SetReadDeadline(time.Time{})
 	switch {
 	case err != nil:
@@ -234,8 +237,10 @@ type peekReader interface {
 // readStreamStart classifies a stream by its first varint: HTTP/3 request
 // streams start with a HEADERS frame (type 0x01), tunnels with
 // tunnel.FrameType. For an HTTP/3 request nothing is consumed; for a
-// tunnel, exactly its header.
-func readStreamStart(str peekReader) (streamKind, tunnel.Header, error) {
+// tunnel, exactly its header. Without tunnels (a plain HTTP/3 client)
+// every stream that sends a first byte is an HTTP/3 request: a frame type
+// HTTP/3 does not define is then HTTP/3's to ignore, never a tunnel.
+func readStreamStart(str peekReader, tunnels bool) (streamKind, tunnel.Header, error) {
 	var first [8]byte // the longest varint
 	if _, err := str.Peek(first[:1]); err != nil {
 		return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
@@ -246,7 +251,7 @@ func readStreamStart(str peekReader) (streamKind, tunnel.Header, error) {
 			return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
 		}
 	}
-	if !tunnel.IsTunnel(first[:n]) {
+	if !tunnels || !tunnel.IsTunnel(first[:n]) {
 		return streamHTTP3, tunnel.Header{}, nil
 	}
 	hdr, err := tunnel.Read(str)

@@ -35,8 +35,14 @@ func FuzzStreamStart(f *testing.F) {
 	f.Add(append(quicvarint.Append(nil, tunnel.FrameType), 0xff)) // bad length
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// A plain HTTP/3 client's stream is never a tunnel, and nothing of
+		// it is consumed before the HTTP/3 server reads it.
+		plain := &peekBuffer{r: bytes.NewReader(data)}
+		if kind, _, err := readStreamStart(plain, false); err == nil && (kind != streamHTTP3 || plain.r.Len() != len(data)) {
+			t.Fatalf("plain HTTP/3 stream taken as kind %d, %d bytes consumed", kind, len(data)-plain.r.Len())
+		}
 		p := &peekBuffer{r: bytes.NewReader(data)}
-		kind, hdr, err := readStreamStart(p)
+		kind, hdr, err := readStreamStart(p, true)
 		consumed := len(data) - p.r.Len()
 		if err != nil {
 			return

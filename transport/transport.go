@@ -259,6 +259,10 @@ type Config struct {
 	// Listen or NewDialer: for sockets made elsewhere (another network
 	// namespace, socket activation). The Endpoint takes ownership.
 	PacketConn *net.UDPConn
+	// AcceptH3: the listener also negotiates ALPN "h3", for plain HTTP/3
+	// clients that present a mesh certificate (h3edge.go). Off by
+	// default: a port that speaks only the mesh ALPN refuses them.
+	AcceptH3 bool
 }
 
 // Endpoint owns the UDP socket that all QUIC traffic of a sidecar uses.
@@ -301,7 +305,7 @@ func Listen(addr string, cfg Config) (*Endpoint, error) {
 	gate := newHandshakeGate(e.limits, e.cfg.Observer, e.logger, e.cfg.Now)
 	e.tr.VerifySourceAddress = gate.verifySourceAddress
 	e.tr.ConnContext = gate.connContext
-	tlsConf := gate.serverTLSConfig(identity.ServerConfig(cfg.Identity, authz, []string{ALPN}))
+	tlsConf := gate.serverTLSConfig(identity.ServerConfig(cfg.Identity, authz, listenProtos(cfg.AcceptH3)))
 	ln, err := e.tr.Listen(tlsConf, e.quicConf)
 	if err != nil {
 		e.Close()

@@ -50,6 +50,9 @@ type fileConfig struct {
 		PlainPolicy string `json:"plain_policy"`
 		AppHost     string `json:"app_host"`
 		AppPorts    []int  `json:"app_ports"`
+		// H3: plain HTTP/3 clients with a mesh certificate (flag
+		// --inbound-h3; h3edge.go).
+		H3 bool `json:"h3"`
 	} `json:"inbound"`
 	Outbound struct {
 		Binds []struct {

@@ -174,6 +174,9 @@ func mergeProxyOptions(fc *fileConfig, f *proxyFlags, set map[string]bool) (prox
 	if err := m.transport(&o); err != nil {
 		return proxyOptions{}, err
 	}
+	if err := m.inboundH3(&o); err != nil {
+		return proxyOptions{}, err
+	}
 	o.allowShutdown = f.allowShutdown
 	return o, nil
 }

@@ -260,6 +260,12 @@ func TestMergeProxyOptions(t *testing.T) {
 		},
 		{name: "transport by flag beats the file", file: `{"transport": {"mode": "tcp"}}`, args: append([]string{"--transport", "quic"}, id...),
 			want: func(o *proxyOptions) { o.sidecar.Transport = fallback.QUIC }},
+		{name: "plain HTTP/3 from the file", file: `{"inbound": {"h3": true}}`, args: id,
+			want: func(o *proxyOptions) { o.sidecar.InboundH3 = true }},
+		{name: "plain HTTP/3 by flag", args: append([]string{"--inbound-h3"}, id...),
+			want: func(o *proxyOptions) { o.sidecar.InboundH3 = true }},
+		{name: "plain HTTP/3 off by flag beats the file", file: `{"inbound": {"h3": true}}`, args: append([]string{"--inbound-h3=false"}, id...),
+			want: func(o *proxyOptions) {}},
 
 		// The transparent path: config keys, flags beating them.
 		{
@@ -341,6 +347,10 @@ func TestMergeProxyOptions(t *testing.T) {
 			args: append([]string{"--control-id", "spiffe://other.test/cp", "--control-token", "/flag/token"}, ctlArgs...),
 			want: controlFrom("--control", "--control-ca", "--control-token",
 				controlOptions{addr: ctl, ca: "ca.crt", id: identity.MustParseID("spiffe://other.test/cp"), tokenFile: "/flag/token"})},
+		{name: "plain HTTP/3 without QUIC", file: `{"inbound": {"h3": true}}`, args: append([]string{"--transport", "tcp"}, id...),
+			wantErr: `config "inbound.h3": HTTP/3 needs QUIC, and transport mode tcp serves none`},
+		{name: "plain HTTP/3 by flag without QUIC", file: `{"transport": {"mode": "tcp"}}`, args: append([]string{"--inbound-h3"}, id...),
+			wantErr: `--inbound-h3: HTTP/3 needs QUIC, and transport mode tcp serves none`},
 		{name: "unknown transport", file: `{"transport": {"mode": "sctp"}}`, args: id,
 			wantErr: `config "transport.mode": fallback: transport "sctp": want quic, tcp or auto`},
 		{name: "transparent listener in the file not an address", file: `{"outbound": {"transparent": "4145"}}`, args: id,

@@ -53,6 +53,7 @@ type proxyFlags struct {
 	allowShutdown                          bool
 	qlogDir                                string
 	defaultPolicy                          string
+	inboundH3                              bool
 	// The transparent path (a pod with quicmesh init's rules).
 	transparent, plainInbound, plainPolicy, appHost string
 	appPorts                                        string
@@ -119,6 +120,7 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.StringVar(&f.transport, "transport", "auto", "mesh transport: auto (QUIC, falling back per peer to HTTP/2 over TLS over TCP when QUIC is blocked; serves both on the --inbound port number), quic (QUIC only) or tcp (HTTP/2 over TCP only)")
 	fs.DurationVar(&f.raceDelay, "race-delay", 0, "with --transport auto: QUIC's head start over TCP on first contact with a peer (default 250ms)")
 	fs.StringVar(&f.qlogDir, "qlog-dir", "", "write a qlog trace per QUIC connection into this directory (debugging; costly)")
+	fs.BoolVar(&f.inboundH3, "inbound-h3", false, "the --inbound QUIC port also accepts plain HTTP/3 clients (ALPN h3) that present a mesh certificate, routed by :authority under the same authorization policy; needs QUIC (not --transport tcp)")
 	fs.BoolVar(&f.allowShutdown, "admin-shutdown", false, "allow POST /shutdown on the admin server to start a graceful shutdown")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "bound on reaching a peer for one connection (default 5s)")
 	fs.StringVar(&f.defaultPolicy, "default-inbound-policy", "", "who may call a route the config's inbound.authorization does not name: all-authenticated (the default), unauthenticated, deny, spiffe://TD/* or one SPIFFE ID")

@@ -98,8 +98,9 @@ type peerHTTP struct {
 	chain    httpLayer
 	peer     identity.ID
 	peerName string // peer.String(), made once per connection
+	plain    bool   // a plain HTTP/3 client, not a sidecar (h3edge.go)
 }
 
 func (h peerHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.chain.serveHTTP(&httpCall{w: w, r: r, peer: h.peer, peerName: h.peerName})
+	h.chain.serveHTTP(&httpCall{w: w, r: r, peer: h.peer, peerName: h.peerName, plain: h.plain})
 }

@@ -275,7 +275,7 @@ func (s *Server) serveConn(pc *peerConn) {
 		delete(s.conns, pc)
 		s.mu.Unlock()
 	}()
-	pc.conn.Serve(peerHTTP{chain: s.http, peer: pc.peer, peerName: pc.peer.String()}, func(str TunnelStream, target string) {
+	pc.conn.Serve(peerHTTP{chain: s.http, peer: pc.peer, peerName: pc.peer.String(), plain: isPlainHTTP3(pc.conn)}, func(str TunnelStream, target string) {
 		s.tunnel.serveTunnel(&tunnelCall{str: str, conn: pc.conn, peer: pc.peer, target: target, log: pc.log})
 	})
 }

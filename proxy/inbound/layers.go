@@ -36,6 +36,9 @@ type httpCall struct {
 	peer     identity.ID
 	peerName string
 	tun      *streamConn
+	// plain: the request came from a plain HTTP/3 client, not a sidecar,
+	// so nothing in its header is what a sidecar asserts (identify).
+	plain bool
 
 	target    string // the routing key (identify)
 	origProto string // what the far app spoke: "h1", "h2", or "" if unknown (identify)
@@ -121,6 +124,12 @@ func (l identify) serveHTTP(c *httpCall) (bridge.Result, error) {
 		if c.r.ProtoMajor == 2 {
 			c.origProto = "h2"
 		}
+	} else if c.plain {
+		// A plain HTTP/3 client names its service by :authority, as any
+		// HTTP client does; the mesh headers it may have sent (the
+		// service, the far app's protocol, a destination port) are what
+		// a sidecar asserts, so they are ignored, then stripped below.
+		c.target = c.r.Host
 	} else {
 		c.target = c.r.Header.Get(httpx.HeaderService)
 		c.origProto = c.r.Header.Get(httpx.HeaderOrigProto)

@@ -85,6 +85,12 @@ type Options struct {
 	Fallback Fallback
 	// QlogDir, if set, receives a qlog trace per QUIC connection.
 	QlogDir string
+	// InboundH3: the QUIC listener also accepts plain HTTP/3 clients
+	// (ALPN "h3") that present a mesh certificate, routed by :authority
+	// through the same identity checks and authorization policy as
+	// sidecars' requests (docs/design.md, "Standard HTTP/3 at the edge").
+	// Off by default.
+	InboundH3 bool
 }
 
 // Fallback tunes the per-peer choice between QUIC and TCP (see
@@ -487,6 +493,7 @@ func (s *Sidecar) bindMesh(deps Deps, opts Options, mode fallback.Mode) (net.Lis
 		Observer:   deps.Metrics.Handshakes(),
 		PacketConn: deps.PacketConn,
 		QlogDir:    opts.QlogDir,
+		AcceptH3:   opts.InboundH3,
 	}
 	bind := transport.Listen
 	if mode == fallback.TCP {

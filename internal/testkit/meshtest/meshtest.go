@@ -169,6 +169,8 @@ type Spec struct {
 	Resilience outbound.Resilience
 
 	Limits transport.Limits
+	// InboundH3 makes its listener accept plain HTTP/3 clients too.
+	InboundH3 bool
 	// Logger receives the sidecar's logs (default testkit.DebugLogger).
 	Logger *slog.Logger
 }
@@ -246,6 +248,7 @@ func (m *Mesh) config(spec Spec) (sidecar.Deps, sidecar.Options) {
 		Outbound:    outbound.Options{MaxInFlight: spec.MaxInFlight, ConnectTimeout: spec.ConnectTimeout, Resilience: spec.Resilience},
 		Transport:   spec.Transport,
 		Fallback:    spec.Fallback,
+		InboundH3:   spec.InboundH3,
 	}
 	if opts.Transport == "" {
 		opts.Transport = m.transport
