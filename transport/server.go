@@ -182,19 +182,91 @@ func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target strin
 			}()
 		}
 	}()
+	// Streams are served by workers that stay for the next stream (see
+	// workers): a fresh goroutine per stream grows its stack 8 → 16 → 32
+	// KiB in the app round trip, copying it each time.
+	w := newWorkers(conn.Context().Done(), &streams, func(str *quic.Stream) {
+		c.serveStream(raw, str, tunnel, log)
+		c.active.Add(-1)
+	})
 	for {
 		str, err := conn.AcceptStream(conn.Context())
 		if err != nil {
 			log.Debug("peer connection ended", "error", err)
 			return nil
 		}
-		streams.Add(1)
 		c.active.Add(1)
-		go func() {
-			defer streams.Done()
-			defer c.active.Add(-1)
-			c.serveStream(raw, str, tunnel, log)
-		}()
+		w.run(str)
+	}
+}
+
+// Bounds of a connection's idle stream workers: enough to keep one per
+// request in flight at the loads a sidecar pair sees, few enough that a
+// burst of streams does not leave hundreds of parked goroutines (and
+// their stacks) behind it.
+const (
+	maxIdleWorkers = 64
+	workerIdle     = 10 * time.Second
+)
+
+// workers are the goroutines serving one connection's streams. A worker
+// that finishes a job waits (up to idleFor) for the next one and serves
+// it on the stack it already grew; a job that finds no idle worker gets a
+// new one, so jobs never wait for each other. Workers end when done is
+// closed; wg counts them.
+type workers[T any] struct {
+	work    chan T // unbuffered: a send succeeds only to an idle worker
+	done    <-chan struct{}
+	wg      *sync.WaitGroup
+	serve   func(T)
+	maxIdle int32
+	idleFor time.Duration
+
+	idle atomic.Int32 // workers waiting for a job
+	live atomic.Int32 // workers running
+}
+
+func newWorkers[T any](done <-chan struct{}, wg *sync.WaitGroup, serve func(T)) *workers[T] {
+	return &workers[T]{work: make(chan T), done: done, wg: wg, serve: serve, maxIdle: maxIdleWorkers, idleFor: workerIdle}
+}
+
+// run hands job to an idle worker, or to a new one.
+func (w *workers[T]) run(job T) {
+	select {
+	case w.work <- job:
+		return
+	default:
+	}
+	w.wg.Add(1)
+	w.live.Add(1)
+	go w.loop(job)
+}
+
+func (w *workers[T]) loop(job T) {
+	defer w.wg.Done()
+	defer w.live.Add(-1)
+	var idle *time.Timer
+	for {
+		w.serve(job)
+		if w.idle.Add(1) > w.maxIdle {
+			w.idle.Add(-1)
+			return
+		}
+		if idle == nil {
+			idle = time.NewTimer(w.idleFor)
+		} else {
+			idle.Reset(w.idleFor)
+		}
+		select {
+		case job = <-w.work:
+			w.idle.Add(-1)
+		case <-idle.C:
+			w.idle.Add(-1)
+			return
+		case <-w.done:
+			w.idle.Add(-1)
+			return
+		}
 	}
 }
 

@@ -133,6 +133,10 @@ func sameKeys(a, b map[int]string) bool {
 
 var goroutineHeader = regexp.MustCompile(`^goroutine (\d+) \[`)
 
+// Stacks returns the stack of every goroutine (header line first), by
+// goroutine ID, for a test that waits for goroutines to reach a state.
+func Stacks() map[int]string { return goroutines() }
+
 // goroutines returns the stack of every goroutine, by goroutine ID.
 func goroutines() map[int]string {
 	buf := make([]byte, 1<<20)
