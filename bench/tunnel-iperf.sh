@@ -108,8 +108,10 @@ start_stunnel() {
 		"$head" "$fr" "$pb" "$d/cli.crt" "$d/cli.key" "$d/ca.crt" >"$d/a.conf"
 	stunnel4 "$d/b.conf" 2>"$OUT/stunnel-b.log" &
 	PIDS+=($!)
+	SIDEPIDS[stunnel-b]=$!
 	stunnel4 "$d/a.conf" 2>"$OUT/stunnel-a.log" &
 	PIDS+=($!)
+	SIDEPIDS[stunnel-a]=$!
 	FRONT[stunnel]=$fr
 }
 
@@ -145,6 +147,28 @@ else:
 EOF
 }
 
+# cpu NAME: user+system CPU seconds used so far by both proxies of NAME
+# (0 for direct), from /proc/PID/stat.
+cpu() {
+	local t=0 p
+	for p in ${SIDEPIDS[$1-a]:-} ${SIDEPIDS[$1-b]:-}; do
+		t=$(awk -v t="$t" -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); print t + ($12 + $13) / hz}' "/proc/$p/stat")
+	done
+	echo "$t"
+}
+
+# cpugb FILE C0 C1: both proxies' CPU seconds per GB carried (all
+# directions; includes the -O 1 warm-up second, whose bytes iperf3 omits,
+# so it is a slight overestimate, the same for every target).
+cpugb() {
+	python3 - "$@" <<'EOF'
+import json, sys
+e = json.load(open(sys.argv[1]))["end"]
+b = e["sum_received"]["bytes"] + e.get("sum_received_bidir_reverse", {}).get("bytes", 0)
+print("%.2f" % ((float(sys.argv[3]) - float(sys.argv[2])) / (b / 1e9)) if b else "nan")
+EOF
+}
+
 RES=$OUT/results.txt
 : >"$RES"
 echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, rounds=$ROUNDS secs=$SECS" | tee -a "$RES"
@@ -155,9 +179,11 @@ for r in $(seq "$ROUNDS"); do
 			[[ $m == down ]] && flag="-R"
 			[[ $m == bidir ]] && flag="--bidir"
 			f=$OUT/$n-$m-r$r.json
+			c0=$(cpu "$n")
 			timeout $((SECS + 30)) iperf3 -c 127.0.0.1 -p "${FRONT[$n]}" -t "$SECS" -O 1 $flag -J >"$f" || { echo "$n $m r$r: iperf3 failed" >&2; continue; }
+			c1=$(cpu "$n")
 			load=$(cut -d' ' -f1 /proc/loadavg)
-			echo "$r $m $n $(gbps "$f" "$m") load=$load" | tee -a "$RES"
+			echo "$r $m $n $(gbps "$f" "$m") cpu_s_per_GB=$(cpugb "$f" "$c0" "$c1") load=$load" | tee -a "$RES"
 		done
 	done
 done
@@ -176,7 +202,7 @@ if [[ $PROFILE == 1 ]]; then
 	done
 fi
 
-echo "# medians (Gbit/s; bidir: client→server / server→client)"
+echo "# medians (Gbit/s; bidir: client→server / server→client; last: both proxies' CPU s per GB)"
 python3 - "$RES" <<'EOF'
 import sys, statistics, collections
 runs = collections.defaultdict(list)
@@ -184,7 +210,7 @@ for line in open(sys.argv[1]):
     if line.startswith("#"):
         continue
     f = line.split()
-    vals = [float(x) for x in f[3:] if not x.startswith("load=")]
+    vals = [float(x.split("=")[-1]) for x in f[3:] if not x.startswith("load=")]
     runs[(f[1], f[2])].append(vals)
 for (m, n), v in sorted(runs.items()):
     med = [statistics.median(c) for c in zip(*v)]
