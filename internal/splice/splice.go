@@ -17,8 +17,8 @@ import (
 // 1,000 idle tunnels near 64 MiB worst case. A bulk transfer wants a large
 // one: every Write to a QUIC stream is a hand-off to the connection's
 // send loop (and every Write to TCP a syscall): between two sidecar
-// processes this scheme cut the sidecars' CPU per byte by 6 % one-way and
-// 12 % in both directions at once (medians of interleaved A/B runs,
+// processes this scheme cut the sidecars' CPU per byte by 5 % one-way and
+// 10 % in both directions at once (medians of interleaved A/B runs,
 // docs/benchmarks.md, "One TCP tunnel between processes"); a buffer of
 // 256 KiB throughout did better still (23 % both ways) but would hold
 // 512 KiB per idle tunnel. A loop switches to the large buffer
