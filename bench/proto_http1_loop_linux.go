@@ -529,13 +529,12 @@ func (t *http1Target) rawPreconnect(ctx context.Context) {
 	if err != nil || ra.Zone != "" {
 		return
 	}
-	var sa unix.Sockaddr
+	// A unix.Sockaddr is written by Connect (its raw form): one per dial.
 	family := unix.AF_INET
-	if ip4 := ra.IP.To4(); ip4 != nil {
-		sa = &unix.SockaddrInet4{Port: ra.Port, Addr: [4]byte(ip4)}
-	} else {
+	sa := func() unix.Sockaddr { return &unix.SockaddrInet4{Port: ra.Port, Addr: [4]byte(ra.IP.To4())} }
+	if ra.IP.To4() == nil {
 		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: ra.Port, Addr: [16]byte(ra.IP.To16())}
+		sa = func() unix.Sockaddr { return &unix.SockaddrInet6{Port: ra.Port, Addr: [16]byte(ra.IP.To16())} }
 	}
 	timeout := t.timeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -544,7 +543,7 @@ func (t *http1Target) rawPreconnect(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, c := range t.conns {
 		wg.Go(func() {
-			if fd, err := rawDial(family, sa, timeout); err == nil {
+			if fd, err := rawDial(family, sa(), timeout); err == nil {
 				c.fd = fd
 			}
 		})
