@@ -393,6 +393,9 @@ func (l *h1Loop) parse(lc *h1LoopConn, now time.Time) {
 				if err := l.t.arm(lc.c, lc.deadline); err != nil {
 					return 0, err
 				}
+				// lc.head, not h: a closure over h would move every
+				// response's head to the heap.
+				h := &lc.head
 				n, err := h.discardBody(lc.c.br)
 				return l.t.conclude(lc.c, n, h.keepAlive() && err == nil && !h.untilClose(), h.status, err)
 			})
