@@ -184,6 +184,20 @@ type selfTimedRequester interface {
 	selfTimed()
 }
 
+// eventLooper is implemented by targets that can run the closed loop of
+// many workers on a few event loops instead of one goroutine each (see
+// proto_http1_loop_linux.go for why).
+type eventLooper interface {
+	// looping reports whether this run uses the event loops; it was
+	// decided from the Config when the target was created, so that
+	// preconnect sets up the loops' connections.
+	looping() bool
+	// runLoops runs the closed loop of ws on goroutines of wg until the
+	// run ends. A worker that leaves its event loop (an unusual response,
+	// an error) continues in e.closedLoop on a goroutine of wg.
+	runLoops(e *engine, ws []worker, wg *sync.WaitGroup)
+}
+
 // target creates the requesters of a run and owns shared connections.
 type target interface {
 	requester(worker int) requester
@@ -309,20 +323,31 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 
 	e.stats = newWorkerStats(cfg.Concurrency)
 	ax := startAux(ctx, cfg, e.stats)
-	var wg sync.WaitGroup
+	ws := make([]worker, len(rqs))
 	for i, rq := range rqs {
-		w := worker{rq: rq, st: e.stats[i]}
-		_, w.selfTimed = rq.(selfTimedRequester)
-		wg.Go(func() {
-			defer rq.close()
-			if cfg.Rate > 0 {
-				e.openLoop(w)
-			} else {
-				e.closedLoop(w)
-			}
-		})
+		ws[i] = worker{rq: rq, st: e.stats[i]}
+		_, ws[i].selfTimed = rq.(selfTimedRequester)
 	}
-	wg.Wait()
+	var wg sync.WaitGroup
+	if l, ok := t.(eventLooper); ok && l.looping() {
+		l.runLoops(e, ws, &wg)
+		wg.Wait()
+		for _, rq := range rqs {
+			rq.close()
+		}
+	} else {
+		for _, w := range ws {
+			wg.Go(func() {
+				defer w.rq.close()
+				if cfg.Rate > 0 {
+					e.openLoop(w)
+				} else {
+					e.closedLoop(w)
+				}
+			})
+		}
+		wg.Wait()
+	}
 	finished := e.clock.Now()
 	ax.stop()
 
@@ -463,7 +488,6 @@ func (e *engine) closedLoop(w worker) {
 
 // one performs a request and records it.
 func (e *engine) one(w worker, from time.Time, inWindow bool) {
-	st := w.st
 	var (
 		n    int64
 		err  error
@@ -485,6 +509,13 @@ func (e *engine) one(w worker, from time.Time, inWindow bool) {
 		}
 		cancel()
 	}
+	e.record(w.st, from, done, inWindow, n, err, kind)
+}
+
+// record counts one finished request of a worker: started at from,
+// finished at done, with n payload bytes, or failed with err of the given
+// kind. The event loops (proto_http1_loop_linux.go) record through it too.
+func (e *engine) record(st *workerStats, from, done time.Time, inWindow bool, n int64, err error, kind string) {
 	st.live.Add(1)
 	if err != nil {
 		st.liveErr.Add(1)

@@ -111,4 +111,18 @@ python3 - "$RES" "${TOOLS[@]}" <<-'EOF'
 	    r = [x for x in rows if x[0] == t]
 	    med = lambda i: statistics.median(float(x[i]) for x in r)
 	    print(f"{t:8s} req/s {med(2):8.0f}  gen CPU µs/req {med(4):6.1f}  app CPU µs/req {med(5):6.1f}  (n={len(r)}, req/s range {min(float(x[2]) for x in r):.0f}-{max(float(x[2]) for x in r):.0f})")
+	# Ratios within each round (the tools ran back to back), then their
+	# medians: less exposed to load that changes between rounds.
+	ref = "fortio" if any(x[0] == "fortio" for x in rows) else None
+	if ref:
+	    print(f"# medians of per-round ratios to {ref}")
+	    byround = {}
+	    for x in rows:
+	        byround.setdefault(x[1], {})[x[0]] = x
+	    for t in sys.argv[2:]:
+	        if t == ref:
+	            continue
+	        rr = [(float(d[t][2]) / float(d[ref][2]), float(d[t][4]) / float(d[ref][4])) for d in byround.values() if t in d and ref in d]
+	        if rr:
+	            print(f"{t:8s} req/s / {ref} {statistics.median(a for a, _ in rr):5.2f}  gen CPU per req / {ref} {statistics.median(b for _, b in rr):5.2f}  (rounds {len(rr)}; req/s ratios {', '.join(f'{a:.2f}' for a, _ in rr)})")
 EOF

@@ -42,6 +42,10 @@ type http1Target struct {
 	conns   []*h1Conn
 	free    chan *h1Conn // nil when every worker owns a connection
 
+	// loop: the closed loop runs on event loops over raw sockets
+	// (proto_http1_loop_linux.go) instead of a goroutine per worker.
+	loop bool
+
 	// aborted is set once the run's request context ends: in-flight reads
 	// and writes are cut by a past deadline, and no new request starts.
 	aborted   atomic.Bool
@@ -51,11 +55,13 @@ type http1Target struct {
 }
 
 // h1Conn is one connection slot. Only the worker holding the slot uses c
-// and br; mu orders deadline changes against abort.
+// and br; mu orders deadline changes against abort. While an event loop
+// owns the slot, its connection is the raw socket fd instead (-1: none).
 type h1Conn struct {
 	mu sync.Mutex
 	c  net.Conn
 	br *bufio.Reader
+	fd int
 }
 
 // h1ReadBuffer is the size of a connection's read buffer, and so the
@@ -85,7 +91,7 @@ func newHTTP1Target(cfg Config) (*http1Target, error) {
 	t.req = b.Bytes()
 	t.conns = make([]*h1Conn, cfg.Connections)
 	for i := range t.conns {
-		t.conns[i] = &h1Conn{}
+		t.conns[i] = &h1Conn{fd: -1}
 	}
 	if cfg.Connections < cfg.Concurrency {
 		t.free = make(chan *h1Conn, len(t.conns))
@@ -93,6 +99,7 @@ func newHTTP1Target(cfg Config) (*http1Target, error) {
 			t.free <- c
 		}
 	}
+	t.loop = h1EventLoops && cfg.Rate == 0 && cfg.Clock == SystemClock && t.free == nil
 	return t, nil
 }
 
@@ -104,7 +111,13 @@ func (t *http1Target) requester(worker int) requester {
 	return r
 }
 
+func (t *http1Target) looping() bool { return t.loop }
+
 func (t *http1Target) preconnect(ctx context.Context) {
+	if t.loop {
+		t.rawPreconnect(ctx)
+		return
+	}
 	var wg sync.WaitGroup
 	for _, c := range t.conns {
 		wg.Go(func() {
@@ -286,6 +299,12 @@ func (t *http1Target) roundTrip(c *h1Conn) (int64, error) {
 		return 0, err
 	}
 	n, keep, status, err := readResponse(c.br)
+	return t.conclude(c, n, keep, status, err)
+}
+
+// conclude finishes a request on c whose response was read (n body bytes,
+// keep: c may carry another request) or failed with err.
+func (t *http1Target) conclude(c *h1Conn, n int64, keep bool, status int, err error) (int64, error) {
 	if err != nil {
 		c.drop()
 		return n, err

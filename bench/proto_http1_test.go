@@ -138,14 +138,21 @@ func TestHTTP1Connections(t *testing.T) {
 // It returns the target URL.
 func stallingServer(t *testing.T) string {
 	t.Helper()
+	return connServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
+// connServer runs handle on every accepted connection, closes them all at
+// the end of the test and waits for its goroutines. It returns the URL.
+func connServer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
 	ln := testkit.Listen(t)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var conns []net.Conn
+	conns := map[net.Conn]bool{}
 	t.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
-		for _, c := range conns {
+		for c := range conns {
 			c.Close()
 		}
 		mu.Unlock()
@@ -158,9 +165,17 @@ func stallingServer(t *testing.T) string {
 				return
 			}
 			mu.Lock()
-			conns = append(conns, c)
+			conns[c] = true
 			mu.Unlock()
-			wg.Go(func() { io.Copy(io.Discard, c) })
+			wg.Go(func() {
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+				}()
+				handle(c)
+			})
 		}
 	})
 	return "http://" + ln.Addr().String() + "/"

@@ -81,6 +81,7 @@ func buildReport(res *Results) report {
 			"Every target gets the same load in interleaved rounds (%s, order rotated each round); figures are medians over rounds and "+
 			"\"× direct\" compares with the no-proxy runs of the same rounds. "+
 			"Proxy CPU is the sum over both sidecar processes of user+system CPU time (from /proc) during the measured window divided by the requests in it; "+
+			"generator CPU is the load generator's own (getrusage of its process over the same window) per request: where it comes near the cores the machine has to spare, the generator, not the target, limits the row; "+
 			"peak RSS is each sidecar's largest VmRSS sampled every 250 ms during the window (largest over rounds). "+
 			"Open-loop latency is measured from each request's intended send time (coordinated omission corrected). "+
 			"Whole-process figures: the load generator, both proxies and the app share the machine's cores.", roundsNote(res)),
@@ -231,6 +232,15 @@ func cpuCell(s Summary) string {
 	return fmtFloat1(s.CPUPerReq)
 }
 
+// genCell is the load generator's own CPU per request (median over
+// rounds), "–" when the generator did not report it.
+func genCell(s Summary) string {
+	if math.IsNaN(s.GenCPUPerReq) || s.GenCPUPerReq <= 0 {
+		return "–"
+	}
+	return fmtFloat1(s.GenCPUPerReq)
+}
+
 func errorRow(s Summary, ncols int, lead ...string) []string {
 	row := append([]string(nil), lead...)
 	msg := "no result"
@@ -264,9 +274,9 @@ func loopbackSection(res *Results, l Load, sums []Summary) section {
 	case bulk:
 		t = table{Head: []string{"target", "hop", "Gbit/s", "× direct", "chunk p50 µs", "chunk p99 µs", "failed", "proxy CPU µs per 64 KiB chunk (A+B)", "peak RSS MiB (A / B)"}, Left: 2}
 	case l.Open():
-		t = table{Head: []string{"target", "hop", "achieved req/s", "p50 µs", "p99 µs", "p99.9 µs", "p99 × direct", "generator send lag p50 / p99 µs", "failed", "unsent", "proxy CPU µs/req (A+B)", "peak RSS MiB (A / B)"}, Left: 2}
+		t = table{Head: []string{"target", "hop", "achieved req/s", "p50 µs", "p99 µs", "p99.9 µs", "p99 × direct", "generator send lag p50 / p99 µs", "failed", "unsent", "proxy CPU µs/req (A+B)", "generator CPU µs/req", "peak RSS MiB (A / B)"}, Left: 2}
 	default:
-		t = table{Head: []string{"target", "hop", "req/s (range over rounds)", "× direct", "p50 µs", "p99 µs", "p99.9 µs", "failed", "proxy CPU µs/req (A+B)", "peak RSS MiB (A / B)"}, Left: 2}
+		t = table{Head: []string{"target", "hop", "req/s (range over rounds)", "× direct", "p50 µs", "p99 µs", "p99.9 µs", "failed", "proxy CPU µs/req (A+B)", "generator CPU µs/req", "peak RSS MiB (A / B)"}, Left: 2}
 	}
 	var pct []series
 	var bars []series
@@ -289,11 +299,11 @@ func loopbackSection(res *Results, l Load, sums []Summary) section {
 			bars = append(bars, series{Name: tg, Values: []float64{s.BytesPerSec * 8 / 1e9}})
 		case l.Open():
 			t.Rows = append(t.Rows, []string{tg, TargetHop(tg, l.App()), fmtInt(s.RPS), fmtInt(s.P50), fmtInt(s.P99), fmtInt(s.P999),
-				ratio(s.P99, d.P99), lagCell(s), failedCell(s), strconv.FormatInt(s.Unsent, 10), cpuCell(s), rssCell(s)})
+				ratio(s.P99, d.P99), lagCell(s), failedCell(s), strconv.FormatInt(s.Unsent, 10), cpuCell(s), genCell(s), rssCell(s)})
 			pct = append(pct, series{Name: tg, Values: pctValues(s)})
 		default:
 			t.Rows = append(t.Rows, []string{tg, TargetHop(tg, l.App()), rpsCell(s), ratio(s.RPS, d.RPS), fmtInt(s.P50), fmtInt(s.P99), fmtInt(s.P999),
-				failedCell(s), cpuCell(s), rssCell(s)})
+				failedCell(s), cpuCell(s), genCell(s), rssCell(s)})
 			bars = append(bars, series{Name: tg, Values: []float64{s.RPS}})
 			pct = append(pct, series{Name: tg, Values: pctValues(s)})
 		}
