@@ -115,7 +115,7 @@ func (r *Result) writeMarkdown(w io.Writer) {
 		for _, s := range f.Steps {
 			fmt.Fprintf(w, "| %d | %.0f | %s | %.1f | %.0f | %s |\n", s.Flows, s.GatewayFlows, mib(s.RSSKiB), s.HeapInuse/(1<<20), s.Goroutines, s.LoadAvg)
 		}
-		fmt.Fprintf(w, "\nPer flow: %.1f KiB of RSS, %.1f KiB of heap.\n", f.PerFlowRSSKiB, f.PerFlowHeapKiB)
+		fmt.Fprintf(w, "\nPer flow: %.1f KiB of RSS, %.1f KiB of heap (from the first row to the last). Dials retried: %d.\n", f.PerFlowRSSKiB, f.PerFlowHeapKiB, f.DialRetries)
 	}
 }
 
