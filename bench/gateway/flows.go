@@ -250,11 +250,13 @@ func (m *mesh) flows(ctx context.Context, n int, log *slog.Logger) (*FlowsResult
 		if err := sample(target); err != nil {
 			return res, err
 		}
-		if got := res.Steps[len(res.Steps)-1].GatewayFlows; int(got) != base+target {
-			return res, fmt.Errorf("the gateway holds %v flows with %d opened (+%d of the sidecars), want equal", got, target, base)
+		res.DialRetries = retries.Load()
+		// A dial that failed half-way may leave a flow in the gateway
+		// until its idle timeout: more flows than connections is that.
+		if got := res.Steps[len(res.Steps)-1].GatewayFlows; int(got) < base+target {
+			return res, fmt.Errorf("the gateway holds %v flows with %d connections open through it (+%d of the sidecars)", got, target, base)
 		}
 	}
 	res.DialSeconds = time.Since(start).Seconds()
-	res.DialRetries = retries.Load()
 	return res, nil
 }
