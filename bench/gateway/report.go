@@ -81,7 +81,7 @@ func mib(kib uint64) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
 func (r *Result) writeMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, %s.\n\n", r.Machine.CPU, r.Machine.CPUs, r.Machine.Go)
 	if len(r.Latency) > 0 {
-		fmt.Fprintf(w, "**Latency and CPU per request**, HTTP/1.1 GET at %.0f req/s (16 connections), %s per load after %s warmup:\n\n", r.Config.LatencyRate, r.Config.Duration, r.Config.Warmup)
+		fmt.Fprintf(w, "**Latency and CPU per request**, HTTP/1.1 GETs one at a time (a closed loop of one worker), %s per load after %s warmup:\n\n", r.Config.Duration, r.Config.Warmup)
 		fmt.Fprintln(w, "| path | req/s | errors | p50 ms | p90 ms | p99 ms | client µs/req | gateway µs/req | server µs/req | mesh total µs/req | load1 |")
 		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 		for _, l := range r.Latency {

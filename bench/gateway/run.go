@@ -258,13 +258,24 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (*Result, error) {
 	return res, nil
 }
 
-// latency: the same rate directly and through the gateway, alternated.
+// paths are the two paths in the order round r runs them: alternated, so
+// that neither always runs first (on a cold app connection pool, say).
+func paths(r int) []string {
+	if r%2 == 1 {
+		return []string{"gateway", "direct"}
+	}
+	return []string{"direct", "gateway"}
+}
+
+// latency: one request at a time (a closed loop of one worker on one
+// connection), directly and through the gateway, --rounds times: the
+// hop's added latency without queueing of the load's own making.
 func latency(ctx context.Context, cfg config, m *mesh, res *Result, log *slog.Logger) error {
-	log.Info("latency phase", "rate", cfg.LatencyRate, "rounds", cfg.Rounds)
-	for range cfg.Rounds {
-		for _, path := range []string{"direct", "gateway"} {
-			l, err := m.load(ctx, path, bench.Config{Proto: bench.ProtoHTTP1, Rate: cfg.LatencyRate,
-				Concurrency: 16, Connections: 16, Duration: cfg.Duration, Warmup: cfg.Warmup})
+	log.Info("latency phase", "rounds", cfg.Rounds)
+	for r := range cfg.Rounds {
+		for _, path := range paths(r) {
+			l, err := m.load(ctx, path, bench.Config{Proto: bench.ProtoHTTP1,
+				Concurrency: 1, Connections: 1, Duration: cfg.Duration, Warmup: cfg.Warmup})
 			if err != nil {
 				return err
 			}
@@ -279,14 +290,16 @@ func latency(ctx context.Context, cfg config, m *mesh, res *Result, log *slog.Lo
 // last one is answered), which measures what the path reaches without
 // the open loop's queue of late requests when it is overloaded.
 func capacity(ctx context.Context, cfg config, m *mesh, res *Result, log *slog.Logger) error {
-	log.Info("capacity phase", "workers", cfg.Workers)
-	for _, path := range []string{"direct", "gateway"} {
-		l, err := m.load(ctx, path, bench.Config{Proto: bench.ProtoHTTP1,
-			Concurrency: cfg.Workers, Connections: cfg.Workers, Duration: cfg.Duration, Warmup: cfg.Warmup})
-		if err != nil {
-			return err
+	log.Info("capacity phase", "workers", cfg.Workers, "rounds", cfg.Rounds)
+	for r := range cfg.Rounds {
+		for _, path := range paths(r) {
+			l, err := m.load(ctx, path, bench.Config{Proto: bench.ProtoHTTP1,
+				Concurrency: cfg.Workers, Connections: cfg.Workers, Duration: cfg.Duration, Warmup: cfg.Warmup})
+			if err != nil {
+				return err
+			}
+			res.Capacity = append(res.Capacity, l)
 		}
-		res.Capacity = append(res.Capacity, l)
 	}
 	return nil
 }
