@@ -70,7 +70,7 @@ func cliMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfg := config{}
 	fs.StringVar(&cfg.Bin, "bin", "bin/quicmesh", "the quicmesh binary (go build -o bin/quicmesh ./cmd/quicmesh)")
-	fs.StringVar(&cfg.Work, "work", "", "directory for certificates, discovery files and process logs (default: a temporary one, removed at the end)")
+	fs.StringVar(&cfg.Work, "work", "", "directory in which each run makes its own for certificates, discovery files and process logs, kept (default: a temporary one, removed at the end)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured window of each load")
 	fs.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "uncounted warmup before each load")
 	fs.IntVar(&cfg.Rounds, "rounds", 2, "latency and capacity phases: rounds of each path (the order alternates)")
@@ -109,9 +109,19 @@ func cliMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		defer os.RemoveAll(dir)
 		cfg.Work = dir
-	} else if err := os.MkdirAll(cfg.Work, 0o755); err != nil {
-		fmt.Fprintf(stderr, "gateway: %v\n", err)
-		return 1
+	} else {
+		// A new directory per run inside it: kept (the processes' logs
+		// are there), and a second run never meets the first's CA.
+		if err := os.MkdirAll(cfg.Work, 0o755); err != nil {
+			fmt.Fprintf(stderr, "gateway: %v\n", err)
+			return 1
+		}
+		dir, err := os.MkdirTemp(cfg.Work, "run-")
+		if err != nil {
+			fmt.Fprintf(stderr, "gateway: %v\n", err)
+			return 1
+		}
+		cfg.Work = dir
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	res, err := run(ctx, cfg, log)
