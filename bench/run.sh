@@ -145,6 +145,19 @@ fi
 fortio_arg=(--fortio "")
 [[ -x $FORTIO ]] && fortio_arg=(--fortio "$FORTIO")
 
+# The gateway's capacity and footprint (issue 16): its own processes on
+# loopback, about 4 minutes, before the scenarios, whose budget is what is
+# left. Full runs only; its tables go to $OUT/gateway.md (copied by hand
+# into docs/benchmarks.md, "Gateway (issue 16)").
+if [[ $QUICK == 0 && $PARTIAL == 0 ]]; then
+	log "gateway bench (bench/gateway): $OUT/gateway.md"
+	$GO build -o "$OUT/gatewaybench" ./bench/gateway
+	if ! "$OUT/gatewaybench" --bin bin/quicmesh --json "$OUT/gateway.json" --work "$OUT/gateway-work" >"$OUT/gateway.md" 2>"$OUT/gateway.log"; then
+		log "WARNING: the gateway bench failed (see $OUT/gateway.log)"
+		notes+=(--note "The gateway bench (bench/gateway) failed; see bench/out/gateway.log.")
+	fi
+fi
+
 lossy=true
 if [[ $(id -u) -ne 0 ]]; then
 	lossy=false

@@ -181,3 +181,33 @@ func shellQuote(argv []string) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// Process is a process started by StartProcess: the runner's process
+// handling (own process group, killed with the parent, output in a log
+// file) for the bench's other commands (bench/gateway).
+type Process struct{ p *proc }
+
+// StartProcess starts argv as name with its output in logPath.
+func StartProcess(name, logPath string, argv ...string) (*Process, error) {
+	p, err := startProc(name, "", logPath, nil, argv...)
+	if err != nil {
+		return nil, err
+	}
+	return &Process{p}, nil
+}
+
+// PID is the process ID.
+func (p *Process) PID() int { return p.p.PID() }
+
+// Done is closed when the process has exited; Err is then its exit.
+func (p *Process) Done() <-chan struct{} { return p.p.done }
+
+// Err is the process's exit status, once Done is closed.
+func (p *Process) Err() error { return p.p.err }
+
+// Stop sends SIGTERM to the process group, then SIGKILL after a grace of
+// a few seconds, and waits for the exit.
+func (p *Process) Stop() { p.p.stop(stopGrace) }
+
+// Tail is the last n bytes of the process's log.
+func (p *Process) Tail(n int) string { return p.p.tail(n) }

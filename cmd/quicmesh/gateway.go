@@ -57,6 +57,7 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 	idle := c.Flags.Duration("idle-timeout", gateway.DefaultIdleTimeout, "a flow that carried nothing for this long is forgotten (above the mesh's QUIC idle timeout)")
 	maxFlows := c.Flags.Int("max-flows", gateway.DefaultMaxFlows, "most connections relayed at once")
 	maxPending := c.Flags.Int("max-pending-flows", gateway.DefaultMaxPendingFlows, "most connections waiting for the rest of their ClientHello")
+	maxPendingIP := c.Flags.Int("max-pending-per-ip", gateway.DefaultMaxPendingPerIP, "most connections from one IP address waiting for the rest of their ClientHello")
 	logLevel := c.Flags.String("log-level", "info", "debug, info, warn or error")
 	logFormat := c.Flags.String("log-format", "text", "text or json")
 	if code, ok := c.Parse(args); !ok {
@@ -67,8 +68,8 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 		return c.Fail("--discovery-file is required: the services this gateway exports are resolved there")
 	case len(exports) == 0:
 		return c.Fail("--export is required: at least one service other clusters may call")
-	case *maxFlows <= 0 || *maxPending <= 0:
-		return c.Fail("--max-flows and --max-pending-flows must be positive")
+	case *maxFlows <= 0 || *maxPending <= 0 || *maxPendingIP <= 0:
+		return c.Fail("--max-flows, --max-pending-flows and --max-pending-per-ip must be positive")
 	case *idle <= 0:
 		return c.Fail("--idle-timeout must be positive")
 	}
@@ -87,7 +88,7 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 	}
 	logger, lv := newLogger(stderr, level, *logFormat == "json")
 	if err := serveGateway(logger, lv, *file, exports, *listen, *admin, gateway.Config{
-		IdleTimeout: *idle, MaxFlows: *maxFlows, MaxPendingFlows: *maxPending,
+		IdleTimeout: *idle, MaxFlows: *maxFlows, MaxPendingFlows: *maxPending, MaxPendingPerIP: *maxPendingIP,
 	}); err != nil {
 		return c.Fail("%v", err)
 	}

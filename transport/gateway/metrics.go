@@ -19,6 +19,9 @@ const (
 	// DropPendingFull: MaxPendingFlows flows are already waiting for the
 	// rest of their ClientHello.
 	DropPendingFull = "pending_full"
+	// DropPendingPerIP: MaxPendingPerIP flows from the datagram's source
+	// IP address are already waiting for the rest of their ClientHello.
+	DropPendingPerIP = "pending_per_ip"
 	// DropPendingBytes: a flow sent more than MaxPendingBytes before its
 	// ClientHello was complete; the flow is dropped.
 	DropPendingBytes = "pending_bytes"
@@ -27,7 +30,7 @@ const (
 	DropUpstream = "upstream_error"
 )
 
-var dropReasons = []string{DropNotInitial, DropBadInitial, DropNoRoute, DropFlowsFull, DropPendingFull, DropPendingBytes, DropUpstream}
+var dropReasons = []string{DropNotInitial, DropBadInitial, DropNoRoute, DropFlowsFull, DropPendingFull, DropPendingPerIP, DropPendingBytes, DropUpstream}
 
 // Metrics are the gateway's Prometheus metrics.
 type Metrics struct {

@@ -70,6 +70,13 @@ const (
 	// what a flood of Initials from spoofed addresses can take, kept
 	// apart from MaxFlows so that it never takes relayed flows' places.
 	DefaultMaxPendingFlows = 1024
+	// DefaultMaxPendingPerIP bounds the pending flows of one client IP
+	// address, so that one source flooding Initials (a remote cluster
+	// sending garbage) cannot take every pending place and keep the
+	// other clusters' new connections out. A cluster's sidecars behind
+	// one NAT address start far fewer handshakes at once: each is
+	// pending for one round trip.
+	DefaultMaxPendingPerIP = 64
 	// DefaultMaxPendingBytes bounds what one pending flow buffers: a
 	// ClientHello with post-quantum key shares spans two or three
 	// 1200-byte Initials, retransmissions included.
@@ -93,6 +100,7 @@ type Config struct {
 	PendingTimeout  time.Duration
 	MaxFlows        int
 	MaxPendingFlows int
+	MaxPendingPerIP int
 	MaxPendingBytes int
 	// ProbeInterval is how often the relay probes every exported endpoint
 	// for its connection ID prefix (takeover.go), when the Router lists
@@ -123,7 +131,10 @@ type Relay struct {
 	clients map[netip.AddrPort][]*flow
 	flows   int // in clients
 	pending int // flows still waiting for their ClientHello (or, taken over, for the destination's answer)
-	closed  bool
+	// pendingByIP counts pending flows per client IP address (only
+	// addresses with some).
+	pendingByIP map[netip.Addr]int
+	closed      bool
 	// routes maps the routing prefix of a destination's connection IDs
 	// to its address: learned from the flows this relay routed and from
 	// probes of every exported endpoint (probe.go), so that a connection
@@ -204,6 +215,9 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.MaxPendingFlows <= 0 {
 		cfg.MaxPendingFlows = DefaultMaxPendingFlows
 	}
+	if cfg.MaxPendingPerIP <= 0 {
+		cfg.MaxPendingPerIP = DefaultMaxPendingPerIP
+	}
 	if cfg.MaxPendingBytes <= 0 {
 		cfg.MaxPendingBytes = DefaultMaxPendingBytes
 	}
@@ -221,11 +235,12 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r := &Relay{
 		cfg: cfg, conn: cfg.Conn, log: cfg.Logger, m: cfg.Metrics,
-		logs:    lograte.New(0, 0, cfg.Now),
-		base:    cfg.Now(),
-		clients: map[netip.AddrPort][]*flow{},
-		routes:  map[string]route{},
-		stop:    make(chan struct{}),
+		logs:        lograte.New(0, 0, cfg.Now),
+		base:        cfg.Now(),
+		clients:     map[netip.AddrPort][]*flow{},
+		pendingByIP: map[netip.Addr]int{},
+		routes:      map[string]route{},
+		stop:        make(chan struct{}),
 	}
 	r.wg.Add(2)
 	go r.readLoop()
@@ -261,6 +276,7 @@ func (r *Relay) Close() error {
 	r.m.flowsPending.Sub(float64(r.pending))
 	r.m.flowsRelayed.Sub(float64(r.flows - r.pending))
 	r.flows, r.pending = 0, 0
+	clear(r.pendingByIP)
 	r.mu.Unlock()
 	close(r.stop)
 	err := r.conn.Close()
@@ -395,12 +411,18 @@ func (r *Relay) newFlow(src netip.AddrPort, b []byte) {
 		r.drop(DropPendingFull)
 		r.logs.Log(r.log, slog.LevelWarn, "pending_full", "gateway: too many handshakes in progress; new connection dropped", "max_pending_flows", r.cfg.MaxPendingFlows, "client", src.String())
 		return
+	case r.pendingByIP[src.Addr()] >= r.cfg.MaxPendingPerIP:
+		r.mu.Unlock()
+		r.drop(DropPendingPerIP)
+		r.logs.Log(r.log, slog.LevelWarn, "pending_per_ip|"+src.Addr().String(), "gateway: too many handshakes in progress from one address; new connection dropped", "max_pending_per_ip", r.cfg.MaxPendingPerIP, "client", src.String())
+		return
 	}
 	f := &flow{client: src, reader: r.cfg.NewHelloReader(), created: r.cfg.Now(), cids: [][]byte{bytes.Clone(dcid)}, pending: true}
 	f.lastSeen.Store(r.since())
 	r.clients[src] = append(r.clients[src], f)
 	r.flows++
 	r.pending++
+	r.pendingByIP[src.Addr()]++
 	r.m.flowsPending.Inc() // under the lock: the gauges agree with Flows
 	r.mu.Unlock()
 	r.handshake(f, b)
@@ -467,8 +489,7 @@ func (r *Relay) handshake(f *flow, b []byte) {
 		up.Close()
 		return
 	}
-	r.pending--
-	f.pending = false
+	r.notPending(f)
 	f.up.Store(up)
 	r.m.flowsPending.Dec()
 	r.m.flowsRelayed.Inc()
@@ -501,6 +522,16 @@ func (r *Relay) refuse(f *flow, reason string) {
 	}
 }
 
+// notPending counts f out of the pending flows. Called with r.mu held.
+func (r *Relay) notPending(f *flow) {
+	f.pending = false
+	r.pending--
+	ip := f.client.Addr()
+	if r.pendingByIP[ip]--; r.pendingByIP[ip] <= 0 {
+		delete(r.pendingByIP, ip)
+	}
+}
+
 // holds reports whether f is in the table. Called with r.mu held.
 func (r *Relay) holds(f *flow) bool {
 	for _, g := range r.clients[f.client] {
@@ -527,7 +558,7 @@ func (r *Relay) unlink(f *flow) bool {
 		}
 		r.flows--
 		if f.pending {
-			r.pending--
+			r.notPending(f)
 			r.m.flowsPending.Dec()
 		} else {
 			r.m.flowsRelayed.Dec()
@@ -600,19 +631,35 @@ func longHeaderConnIDs(b []byte) (dcid, scid []byte, ok bool) {
 	return dcid, b[p : p+sl], true
 }
 
+// maxUpstreamDatagram is the largest datagram relayed from a destination
+// to its client: above the 1452 bytes that quic-go, the mesh's QUIC
+// stack, sends and reads at most, and above an Ethernet MTU. A larger
+// one (which only another QUIC stack would send) is dropped.
+const maxUpstreamDatagram = 2048
+
 // readUpstream relays the destination's datagrams to the flow's client
 // until the flow's socket is closed.
 func (r *Relay) readUpstream(f *flow, up *net.UDPConn) {
 	defer r.wg.Done()
-	buf := make([]byte, 64<<10)
+	// On this goroutine's stack: a flow costs its goroutine, a small
+	// stack and a socket, nothing on the heap (measured in
+	// docs/benchmarks.md, "Gateway (issue 16)": a 64 KiB buffer here
+	// grew every flow's stack to 128 KiB).
+	var buf [maxUpstreamDatagram + 1]byte
 	for {
-		n, err := up.Read(buf)
+		n, err := up.Read(buf[:])
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			// ECONNREFUSED from an ICMP port unreachable: the destination
 			// sidecar is restarting. The flow stays; QUIC decides.
+			continue
+		}
+		if n > maxUpstreamDatagram {
+			// Truncated: the client could not have read it whole
+			// anyway (quic-go reads at most 1452 bytes a datagram).
+			r.drop(DropUpstream)
 			continue
 		}
 		f.lastSeen.Store(r.since())

@@ -79,6 +79,9 @@ func (r *Relay) takeOver(src netip.AddrPort, b []byte) bool {
 		case r.pending >= r.cfg.MaxPendingFlows:
 			r.drop(DropPendingFull)
 			return true
+		case r.pendingByIP[src.Addr()] >= r.cfg.MaxPendingPerIP:
+			r.drop(DropPendingPerIP)
+			return true
 		}
 		return false
 	}
@@ -112,6 +115,7 @@ func (r *Relay) takeOver(src netip.AddrPort, b []byte) bool {
 	r.clients[src] = append(r.clients[src], f)
 	r.flows++
 	r.pending++
+	r.pendingByIP[src.Addr()]++
 	r.m.flowsPending.Inc()
 	r.mu.Unlock()
 	r.log.Info("gateway: connection taken over by its connection ID", "client", src.String(), "destination", rt.dst.String())
@@ -134,8 +138,7 @@ func (r *Relay) answered(f *flow) {
 		return
 	}
 	f.answered.Store(true)
-	f.pending = false
-	r.pending--
+	r.notPending(f)
 	r.m.flowsPending.Dec()
 	r.m.flowsRelayed.Inc()
 	r.m.flowsTotal.Inc()
