@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -106,98 +105,6 @@ func discoveryFile(t *testing.T, dir string, addrs ...string) string {
 	return path
 }
 
-// outcome is one request of a rateLoad.
-type outcome struct {
-	start time.Time
-	took  time.Duration
-	err   string // empty: 200
-}
-
-// rateLoad offers GETs at about rate per second with at most maxInFlight
-// outstanding (a machine that cannot keep up is offered less), and keeps
-// every outcome.
-type rateLoad struct {
-	mu       sync.Mutex
-	outcomes []outcome
-	inFlight atomic.Int64
-	stop     chan struct{}
-	wg       sync.WaitGroup
-}
-
-func startRateLoad(t *testing.T, url string, rate, maxInFlight int) *rateLoad {
-	// Idle keep-alive connections beyond a few are closed, as most
-	// clients do: each is a socket and a goroutine in the sidecar, which
-	// the partition test counts.
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}, Timeout: time.Minute}
-	t.Cleanup(c.CloseIdleConnections)
-	l := &rateLoad{stop: make(chan struct{})}
-	sem := make(chan struct{}, maxInFlight)
-	l.wg.Go(func() {
-		tick := time.NewTicker(time.Second / time.Duration(rate))
-		defer tick.Stop()
-		for {
-			select {
-			case <-l.stop:
-				return
-			case <-tick.C:
-			}
-			select {
-			case sem <- struct{}{}:
-			default:
-				continue
-			}
-			l.inFlight.Add(1)
-			l.wg.Go(func() {
-				defer func() { <-sem; l.inFlight.Add(-1) }()
-				o := outcome{start: time.Now()}
-				resp, err := c.Get(url)
-				if err != nil {
-					o.err = err.Error()
-				} else {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						o.err = fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get("Quicmesh-Proxy-Error"))
-					}
-				}
-				o.took = time.Since(o.start)
-				l.mu.Lock()
-				l.outcomes = append(l.outcomes, o)
-				l.mu.Unlock()
-			})
-		}
-	})
-	t.Cleanup(func() { l.finish() })
-	return l
-}
-
-// finish stops the load and returns every outcome, by start time.
-func (l *rateLoad) finish() []outcome {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	slices.SortFunc(l.outcomes, func(a, b outcome) int { return a.start.Compare(b.start) })
-	return l.outcomes
-}
-
-// served counts the outcomes so far that were 200.
-func (l *rateLoad) served() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, o := range l.outcomes {
-		if o.err == "" {
-			n++
-		}
-	}
-	return n
-}
-
 func percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
@@ -224,7 +131,7 @@ func TestSidecarProcessFailures(t *testing.T) {
 // twoEndpointsUnderLoad starts service web on two sidecars (s1, s2) and a
 // client sidecar, and GETs through the client at up to 500/s until both
 // endpoints have served some.
-func twoEndpointsUnderLoad(t *testing.T, bin string) (s1, s2, client *meshProc, l *rateLoad, hits1, hits2 *atomic.Int64) {
+func twoEndpointsUnderLoad(t *testing.T, bin string) (s1, s2, client *meshProc, l *testkit.RateLoad, hits1, hits2 *atomic.Int64) {
 	t.Helper()
 	dir := t.TempDir()
 	cert, key, bundle := workload(t, dir, webID, "web")
@@ -235,7 +142,7 @@ func twoEndpointsUnderLoad(t *testing.T, bin string) (s1, s2, client *meshProc, 
 	s2 = startMeshProc(t, bin, dir, "s2", "", cert, key, bundle, "--route", "web=http://"+app2)
 	bind := freePort(t)
 	client = startMeshProc(t, bin, dir, "client", "", ccert, ckey, cbundle, "--discovery-file", discoveryFile(t, dir, s1.inbound, s2.inbound), "--bind", bind+"=web")
-	l = startRateLoad(t, "http://"+bind+"/", 500, 64)
+	l = testkit.StartRateLoad(t, "http://"+bind+"/", 500, 64)
 	testkit.Eventually(t, "both endpoints serving", func() bool { return hits1.Load() > 50 && hits2.Load() > 50 })
 	return s1, s2, client, l, hits1, hits2
 }
@@ -250,22 +157,22 @@ func kill9OneOfTwoEndpoints(t *testing.T, bin string) {
 	s2.kill9(t)
 	killed := time.Now()
 	// Past the first ejection period (1 s) and its probe, under load.
-	served := l.served()
-	testkit.Eventually(t, "load served after the kill", func() bool { return time.Since(killed) > 5*time.Second && l.served() > served+200 })
-	outcomes := l.finish()
+	served := l.Served()
+	testkit.Eventually(t, "load served after the kill", func() bool { return time.Since(killed) > 5*time.Second && l.Served() > served+200 })
+	outcomes := l.Finish()
 
 	var failed []string
 	var slowest time.Duration
 	var lat []time.Duration
 	for _, o := range outcomes {
-		lat = append(lat, o.took)
-		slowest = max(slowest, o.took)
-		if o.err != "" {
-			failed = append(failed, fmt.Sprintf("started %v after the kill, failed after %v: %s", o.start.Sub(killed).Round(time.Millisecond), o.took.Round(time.Millisecond), o.err))
+		lat = append(lat, o.Took)
+		slowest = max(slowest, o.Took)
+		if o.Err != "" {
+			failed = append(failed, fmt.Sprintf("started %v after the kill, failed after %v: %s", o.Start.Sub(killed).Round(time.Millisecond), o.Took.Round(time.Millisecond), o.Err))
 		}
 	}
 	t.Logf("%d GETs over %v (%d after the kill, served by s1 %d / s2 %d); p50 %v, p99 %v, slowest %v",
-		len(outcomes), time.Since(outcomes[0].start).Round(time.Second), len(outcomes)-countBefore(outcomes, killed), hits1.Load(), hits2.Load(),
+		len(outcomes), time.Since(outcomes[0].Start).Round(time.Second), len(outcomes)-countBefore(outcomes, killed), hits1.Load(), hits2.Load(),
 		percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond), slowest.Round(time.Millisecond))
 	if len(failed) > 0 {
 		t.Fatalf("%d of %d GETs failed; first: %s", len(failed), len(outcomes), strings.Join(failed[:min(len(failed), 5)], "; "))
@@ -283,30 +190,30 @@ func drainOneOfTwoEndpoints(t *testing.T, bin string) {
 	_, s2, client, l, hits1, hits2 := twoEndpointsUnderLoad(t, bin)
 	// A normal stretch to compare with, then the drain.
 	normalFrom := time.Now()
-	testkit.Eventually(t, "500 GETs served normally", func() bool { return time.Since(normalFrom) > 2*time.Second && l.served() > 500 })
+	testkit.Eventually(t, "500 GETs served normally", func() bool { return time.Since(normalFrom) > 2*time.Second && l.Served() > 500 })
 	s2.cmd.Process.Signal(syscall.SIGTERM)
 	term := time.Now()
-	served := l.served()
+	served := l.Served()
 	select {
 	case <-s2.done:
 	case <-time.After(time.Until(testkit.HangGuard(t))):
 		t.Fatal("the drained sidecar did not exit")
 	}
 	exited := time.Since(term)
-	testkit.Eventually(t, "load served after the drain", func() bool { return l.served() > served+500 })
-	outcomes := l.finish()
+	testkit.Eventually(t, "load served after the drain", func() bool { return l.Served() > served+500 })
+	outcomes := l.Finish()
 
 	var normal, draining []time.Duration
 	var failed []string
 	for _, o := range outcomes {
 		switch {
-		case o.start.After(normalFrom) && o.start.Before(term):
-			normal = append(normal, o.took)
-		case !o.start.Before(term) && o.start.Before(term.Add(exited)):
-			draining = append(draining, o.took)
+		case o.Start.After(normalFrom) && o.Start.Before(term):
+			normal = append(normal, o.Took)
+		case !o.Start.Before(term) && o.Start.Before(term.Add(exited)):
+			draining = append(draining, o.Took)
 		}
-		if o.err != "" {
-			failed = append(failed, fmt.Sprintf("started %v after SIGTERM, failed after %v: %s", o.start.Sub(term).Round(time.Millisecond), o.took.Round(time.Millisecond), o.err))
+		if o.Err != "" {
+			failed = append(failed, fmt.Sprintf("started %v after SIGTERM, failed after %v: %s", o.Start.Sub(term).Round(time.Millisecond), o.Took.Round(time.Millisecond), o.Err))
 		}
 	}
 	p99, drainP99 := percentile(normal, 0.99), percentile(draining, 0.99)
@@ -327,10 +234,10 @@ func drainOneOfTwoEndpoints(t *testing.T, bin string) {
 	}
 }
 
-func countBefore(os []outcome, t time.Time) int {
+func countBefore(os []testkit.Outcome, t time.Time) int {
 	n := 0
 	for _, o := range os {
-		if o.start.Before(t) {
+		if o.Start.Before(t) {
 			n++
 		}
 	}
@@ -353,7 +260,7 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 	client := startMeshProc(t, bin, dir, "client", "", ccert, ckey, cbundle, "--discovery-file", discoveryFile(t, dir, srv.inbound), "--bind", bind+"=web")
 	limits := transport.Limits{}.WithDefaults()
 
-	l := startRateLoad(t, "http://"+bind+"/", 200, 64)
+	l := testkit.StartRateLoad(t, "http://"+bind+"/", 200, 64)
 	testkit.Eventually(t, "the endpoint serving", func() bool { return hits.Load() > 50 })
 	srv.kill9(t)
 	killed := time.Now()
@@ -364,9 +271,9 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 	restartAt := time.Now()
 	startMeshProc(t, bin, dir, "server-again", srv.inbound, cert, key, bundle, "--route", "web=http://"+app)
 	back := time.Now()
-	served := l.served()
-	testkit.Eventually(t, "load served after the restart", func() bool { return l.served() > served+200 })
-	outcomes := l.finish()
+	served := l.Served()
+	testkit.Eventually(t, "load served after the restart", func() bool { return l.Served() > served+200 })
+	outcomes := l.Finish()
 
 	// Requests that failed: each within the liveness timeout plus
 	// the watch's polls (those in flight at the kill) or at once
@@ -377,22 +284,22 @@ func kill9OnlyEndpoint(t *testing.T, bin string, newKey bool) {
 	var failTook []time.Duration
 	firstOK := time.Time{}
 	for _, o := range outcomes {
-		if o.err != "" {
+		if o.Err != "" {
 			failed++
-			if o.took > slowestFail {
-				slowestFail, slowestStart = o.took, o.start
+			if o.Took > slowestFail {
+				slowestFail, slowestStart = o.Took, o.Start
 			}
-			failTook = append(failTook, o.took)
-		} else if o.start.After(back) && (firstOK.IsZero() || o.start.Add(o.took).Before(firstOK)) {
-			firstOK = o.start.Add(o.took)
+			failTook = append(failTook, o.Took)
+		} else if o.Start.After(back) && (firstOK.IsZero() || o.Start.Add(o.Took).Before(firstOK)) {
+			firstOK = o.Start.Add(o.Took)
 		}
 	}
 	var lateFail []string
 	for _, o := range outcomes {
 		// Failures well after the endpoint was back are not the
 		// outage's.
-		if o.err != "" && o.start.After(back.Add(2*time.Second)) {
-			lateFail = append(lateFail, fmt.Sprintf("started %v after the restart: %s", o.start.Sub(back).Round(time.Millisecond), o.err))
+		if o.Err != "" && o.Start.After(back.Add(2*time.Second)) {
+			lateFail = append(lateFail, fmt.Sprintf("started %v after the restart: %s", o.Start.Sub(back).Round(time.Millisecond), o.Err))
 		}
 	}
 	t.Logf("%d requests, %d failed (p50 %v, p99 %v, slowest %v, started %v after the kill); restarted process ready %v after its start; first request served %v after it was ready",
@@ -454,7 +361,7 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 	}
 
 	const inFlight = 512 // room for requests to pile up if they hung
-	l := startRateLoad(t, "http://"+bind+"/", *partitionRate, inFlight)
+	l := testkit.StartRateLoad(t, "http://"+bind+"/", *partitionRate, inFlight)
 	testkit.Eventually(t, "the endpoint serving", func() bool { return hits.Load() > 200 })
 	var healthyG, healthyF float64
 	for range 3 {
@@ -477,14 +384,14 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 		if time.Since(frozen) > bound+2*time.Second {
 			maxG, maxF = max(maxG, g), max(maxF, f)
 		}
-		maxInFlight = max(maxInFlight, l.inFlight.Load())
+		maxInFlight = max(maxInFlight, l.InFlight())
 	}
 	srv.cmd.Process.Signal(syscall.SIGCONT)
 	thawed := time.Now()
-	served := l.served()
-	testkit.Eventually(t, "load served after the thaw", func() bool { return l.served() > served+100 })
+	served := l.Served()
+	testkit.Eventually(t, "load served after the thaw", func() bool { return l.Served() > served+100 })
 	back := time.Since(thawed)
-	outcomes := l.finish()
+	outcomes := l.Finish()
 
 	var during []time.Duration
 	var slow []string
@@ -493,15 +400,15 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 		// Requests started within the bound of the thaw may be served
 		// after it: a request may wait up to the bound for its answer
 		// (one started 2.3 s before the thaw, in auto mode, was).
-		if o.start.Before(frozen) || o.start.After(thawed.Add(-bound)) {
+		if o.Start.Before(frozen) || o.Start.After(thawed.Add(-bound)) {
 			continue
 		}
-		during = append(during, o.took)
-		if o.err == "" {
+		during = append(during, o.Took)
+		if o.Err == "" {
 			servedDuring++
 		}
-		if o.took > bound {
-			slow = append(slow, fmt.Sprintf("started %v into the freeze, failed after %v: %s", o.start.Sub(frozen).Round(time.Millisecond), o.took.Round(time.Millisecond), o.err))
+		if o.Took > bound {
+			slow = append(slow, fmt.Sprintf("started %v into the freeze, failed after %v: %s", o.Start.Sub(frozen).Round(time.Millisecond), o.Took.Round(time.Millisecond), o.Err))
 		}
 	}
 	t.Logf("during the %v freeze at %d GETs/s: %d requests failed (p50 %v, p99 %v, slowest %v), at most %d in flight; client sidecar: goroutines %v healthy / %v at the freeze / %v at most after it, open files %v / %v / %v; traffic back %v after the thaw",

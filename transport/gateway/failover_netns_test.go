@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,7 +17,6 @@ import (
 	"github.com/quicmesh/quicmesh/bench/netlab"
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/discovery/static"
-	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
 	"github.com/quicmesh/quicmesh/transport"
@@ -96,13 +93,13 @@ func TestNetnsGatewayFailover(t *testing.T) {
 	// dial again: the liveness timeout and a poll, then a dial.
 	detect := limits.LivenessTimeout + limits.LivenessTimeout/4 + limits.DialTimeout
 
-	load := startGets(t, "http://"+east.Bind("web")+"/", 500, 200)
+	load := testkit.StartRateLoad(t, "http://"+east.Bind("web")+"/", 500, 200)
 	// Both gateways carry a connection before one goes.
 	testkit.Eventually(t, "a relayed flow on each gateway", func() bool {
 		return testkit.MetricSum(t, regA, "quicmesh_gateway_flows", "state", "relayed") >= 1 &&
 			testkit.MetricSum(t, regB, "quicmesh_gateway_flows", "state", "relayed") >= 1
 	})
-	testkit.Eventually(t, "requests served", func() bool { return load.served() >= 100 })
+	testkit.Eventually(t, "requests served", func() bool { return load.Served() >= 100 })
 	// Tunnels are opened once the connections exist, so that a dial
 	// starved past its timeout on a loaded machine is not mistaken for
 	// what this test is about.
@@ -140,7 +137,7 @@ func TestNetnsGatewayFailover(t *testing.T) {
 		}
 		return time.Since(killed) > 2*detect
 	})
-	outcomes := load.finish()
+	outcomes := load.Finish()
 	for _, tn := range tunnels {
 		tn.close()
 	}
@@ -149,11 +146,11 @@ func TestNetnsGatewayFailover(t *testing.T) {
 	var slowest time.Duration
 	var slowestAt time.Duration
 	for _, o := range outcomes {
-		if o.err != "" {
-			failed = append(failed, fmt.Sprintf("%v after the kill: %s", o.start.Sub(killed).Round(time.Millisecond), o.err))
+		if o.Err != "" {
+			failed = append(failed, fmt.Sprintf("%v after the kill: %s", o.Start.Sub(killed).Round(time.Millisecond), o.Err))
 		}
-		if o.took > slowest && o.start.Add(o.took).After(killed) {
-			slowest, slowestAt = o.took, o.start.Sub(killed)
+		if o.Took > slowest && o.Start.Add(o.Took).After(killed) {
+			slowest, slowestAt = o.Took, o.Start.Sub(killed)
 		}
 	}
 	var broken []time.Duration
@@ -217,87 +214,6 @@ func startNetnsRelay(t *testing.T, lab *netlab.Lab, listenNS, upNS string, addr 
 	}
 	t.Cleanup(func() { r.Close() })
 	return r, reg
-}
-
-// getLoad offers GETs at about rate per second with at most maxInFlight
-// outstanding (a machine that cannot keep up is offered less).
-type getLoad struct {
-	mu       sync.Mutex
-	outcomes []getOutcome
-	stop     chan struct{}
-	wg       sync.WaitGroup
-}
-
-type getOutcome struct {
-	start time.Time
-	took  time.Duration
-	err   string // "" for a 200
-}
-
-func startGets(t *testing.T, url string, rate, maxInFlight int) *getLoad {
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}, Timeout: time.Until(testkit.HangGuard(t))}
-	t.Cleanup(c.CloseIdleConnections)
-	l := &getLoad{stop: make(chan struct{})}
-	sem := make(chan struct{}, maxInFlight)
-	l.wg.Go(func() {
-		tick := time.NewTicker(time.Second / time.Duration(rate))
-		defer tick.Stop()
-		for {
-			select {
-			case <-l.stop:
-				return
-			case <-tick.C:
-			}
-			select {
-			case sem <- struct{}{}:
-			default:
-				continue
-			}
-			l.wg.Go(func() {
-				defer func() { <-sem }()
-				o := getOutcome{start: time.Now()}
-				if resp, err := c.Get(url); err != nil {
-					o.err = err.Error()
-				} else {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						o.err = fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get(httpx.HeaderProxyError))
-					}
-				}
-				o.took = time.Since(o.start)
-				l.mu.Lock()
-				l.outcomes = append(l.outcomes, o)
-				l.mu.Unlock()
-			})
-		}
-	})
-	t.Cleanup(func() { l.finish() })
-	return l
-}
-
-func (l *getLoad) finish() []getOutcome {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.outcomes
-}
-
-func (l *getLoad) served() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, o := range l.outcomes {
-		if o.err == "" {
-			n++
-		}
-	}
-	return n
 }
 
 // tunnel is a long-lived TCP connection through east's opaque bind to

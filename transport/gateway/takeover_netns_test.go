@@ -90,7 +90,7 @@ func TestNetnsGatewayTakeoverKeepsTunnels(t *testing.T) {
 		Binds:      []meshtest.Bind{{Service: "web"}, {Service: "tcp", Opaque: true}}})
 	limits := transport.Limits{}.WithDefaults()
 
-	load := startGets(t, "http://"+east.Bind("web")+"/", 500, 200)
+	load := testkit.StartRateLoad(t, "http://"+east.Bind("web")+"/", 500, 200)
 	testkit.Eventually(t, "east's connection relayed by A", func() bool {
 		return testkit.MetricSum(t, regA, "quicmesh_gateway_flows", "state", "relayed") == 1
 	})
@@ -102,7 +102,7 @@ func TestNetnsGatewayTakeoverKeepsTunnels(t *testing.T) {
 	for i := range tunnels {
 		tunnels[i] = openTunnel(t, east.Bind("tcp"), 100*time.Millisecond)
 	}
-	testkit.Eventually(t, "requests served", func() bool { return load.served() >= 100 })
+	testkit.Eventually(t, "requests served", func() bool { return load.Served() >= 100 })
 	for _, tn := range tunnels {
 		testkit.Eventually(t, "tunnel echoes", func() bool {
 			if tn.ended() {
@@ -131,7 +131,7 @@ func TestNetnsGatewayTakeoverKeepsTunnels(t *testing.T) {
 	// be noticed and replaced, so a takeover that silently failed would
 	// show as failed or slow requests, not go unseen.
 	time.Sleep(limits.LivenessTimeout + limits.DialTimeout)
-	outcomes := load.finish()
+	outcomes := load.Finish()
 	var gap time.Duration
 	alive := 0
 	for _, tn := range tunnels {
@@ -144,11 +144,11 @@ func TestNetnsGatewayTakeoverKeepsTunnels(t *testing.T) {
 	var failed []string
 	var slowest time.Duration
 	for _, o := range outcomes {
-		if o.err != "" {
-			failed = append(failed, fmt.Sprintf("%v after the kill: %s", o.start.Sub(killed).Round(time.Millisecond), o.err))
+		if o.Err != "" {
+			failed = append(failed, fmt.Sprintf("%v after the kill: %s", o.Start.Sub(killed).Round(time.Millisecond), o.Err))
 		}
-		if o.start.Add(o.took).After(killed) {
-			slowest = max(slowest, o.took)
+		if o.Start.Add(o.Took).After(killed) {
+			slowest = max(slowest, o.Took)
 		}
 	}
 	t.Logf("gateway A killed, route moved to B: %d GETs, %d failed, slowest ending after the kill %v; tunnels %d of %d survived, longest pause between echoes %v (one every 100 ms)",
