@@ -37,15 +37,7 @@ import (
 func TestNetnsGatewayFailover(t *testing.T) {
 	testkit.NeedNetns(t, netlab.Available)
 	m := meshtest.NewOver(t, fallback.QUIC)
-	lab, err := netlab.New("gwfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing the lab: %v", err)
-		}
-	})
+	lab := newLab(t, "gwfo")
 	// East reaches the gateways' namespace on two links (one address per
 	// gateway); the gateways reach west on a third. Nothing forwards.
 	eastA, err := lab.Pair("east", "gw", "10.78.1.0/24")

@@ -30,15 +30,7 @@ import (
 func TestNetnsGatewayBridgesTwoClusters(t *testing.T) {
 	testkit.NeedNetns(t, netlab.Available)
 	m := meshtest.NewOver(t, fallback.QUIC)
-	lab, err := netlab.New("gw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing the lab: %v", err)
-		}
-	})
+	lab := newLab(t, "gw")
 	eastLink, err := lab.Pair("east", "gw", "10.77.1.0/24") // A: east's pod, B: the gateway's east side
 	if err != nil {
 		t.Fatal(err)
@@ -126,4 +118,19 @@ func TestNetnsGatewayBridgesTwoClusters(t *testing.T) {
 	if got := testkit.MetricSum(t, reg, "quicmesh_gateway_flows", "state", "relayed"); got != 1 {
 		t.Errorf("quicmesh_gateway_flows{state=relayed} = %v, want 1", got)
 	}
+}
+
+// newLab builds a network-namespace lab removed when the test ends.
+func newLab(t *testing.T, name string) *netlab.Lab {
+	t.Helper()
+	lab, err := netlab.New(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing the lab: %v", err)
+		}
+	})
+	return lab
 }

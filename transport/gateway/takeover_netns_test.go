@@ -27,15 +27,7 @@ import (
 func TestNetnsGatewayTakeoverKeepsTunnels(t *testing.T) {
 	testkit.NeedNetns(t, netlab.Available)
 	m := meshtest.NewOver(t, fallback.QUIC)
-	lab, err := netlab.New("gwto")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing the lab: %v", err)
-		}
-	})
+	lab := newLab(t, "gwto")
 	eastA, err := lab.Pair("east", "gwa", "10.79.1.0/24")
 	if err != nil {
 		t.Fatal(err)
