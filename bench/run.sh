@@ -124,7 +124,9 @@ if [[ $QUICK == 0 ]]; then
 fi
 
 log "building bin/quicmesh, bin/quicmesh-dev and the scenario runner"
-$GO build -o bin/quicmesh ./cmd/quicmesh
+# Without cgo, as the Makefile builds it (SIDECAR_ENV): the RSS figures are
+# those of the static sidecar binary.
+CGO_ENABLED=0 $GO build -o bin/quicmesh ./cmd/quicmesh
 $GO build -o bin/quicmesh-dev ./cmd/quicmesh-dev
 $GO build -o "$OUT/scenarios" ./bench/scenario/cmd/scenarios
 

@@ -65,3 +65,45 @@ func TestSidecarBinaryLinksNoDevTools(t *testing.T) {
 		}
 	}
 }
+
+// The Makefile and bench/run.sh build the sidecar with CGO_ENABLED=0: a
+// static binary maps no libc or ld.so, ~1.6 MB less RSS per sidecar
+// (docs/benchmarks.md, "Sidecar memory"). That is only safe while every
+// package the sidecar links that has cgo files is one whose cgo-less build
+// does the same job: runtime/cgo (not linked without cgo at all) and net
+// (Go's own resolver instead of getaddrinfo; on Linux it is the default
+// with cgo too). A new dependency with cgo files fails here, so whoever
+// adds it decides whether the static build still does what it should.
+func TestSidecarNeedsNoCgo(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the dependency check needs the go command: %v", err)
+	}
+	cmd := exec.Command(goTool, "list", "-deps", "-f", "{{.ImportPath}} {{len .CgoFiles}}", ".")
+	// List what a cgo build would compile, whatever the environment says.
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 100 {
+		t.Fatalf("go list -deps listed %d packages; that is not the sidecar's dependency list:\n%s", len(lines), out)
+	}
+	withoutCgoFallback := map[string]bool{"runtime/cgo": true, "net": true}
+	var cgoPkgs []string
+	for _, line := range lines {
+		pkg, n, _ := strings.Cut(line, " ")
+		if n != "0" {
+			cgoPkgs = append(cgoPkgs, pkg)
+			if !withoutCgoFallback[pkg] {
+				t.Errorf("the sidecar links %s, which has cgo files: check that its CGO_ENABLED=0 build (Makefile, bench/run.sh) still works the same, then list it here", pkg)
+			}
+		}
+	}
+	// net has cgo files on every platform this runs on: seeing none means
+	// the template above no longer reports them, and the check is blind.
+	if !slices.Contains(cgoPkgs, "net") {
+		t.Fatalf("go list reported no cgo files for net (packages with cgo files: %v): the check cannot see cgo dependencies", cgoPkgs)
+	}
+}
