@@ -8,6 +8,7 @@
 #   ROUNDS=5 SECS=8 bash bench/tunnel-iperf.sh
 #   BINS="old=/tmp/q-old new=/tmp/q-new" TARGETS="quicmesh" bash bench/tunnel-iperf.sh   # A/B of two sidecar builds
 #   PROFILE=1 bash bench/tunnel-iperf.sh            # also CPU profiles of both sidecars (one 'up' run) into $OUT
+#   VETH_MTU=9000 bash bench/tunnel-iperf.sh        # the two sides in two network namespaces joined by a veth pair
 #
 # "up" is client → server (iperf3 -c), "down" is -R, "bidir" is --bidir
 # (both directions at once on one tunnel each: the figure "each way").
@@ -15,6 +16,13 @@
 # `apt-get install -y iperf3 stunnel4` (done here if missing and we are
 # root). Everything listens on 127.0.0.1. Prints one line per run and a
 # median table at the end; raw iperf3 JSON stays in $OUT.
+#
+# With VETH_MTU set (root only), the client side (iperf3 -c and the
+# outbound sidecar or stunnel) runs in one network namespace and the
+# server side (iperf3 -s and the inbound one) in another, created here and
+# deleted on exit, joined by a veth pair with that MTU and addresses in
+# 10.217.0.0/30: the hop between the proxies then crosses a link whose MTU
+# is not loopback's 65,536, and "direct" is iperf3 across the veth.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +31,7 @@ SECS=${SECS:-5}
 MODES=${MODES:-up down bidir}
 TARGETS=${TARGETS:-direct stunnel quicmesh}
 OUT=${OUT:-bench/out/tunnel-iperf}
+VETH_MTU=${VETH_MTU:-}
 PROFILE=${PROFILE:-0}
 GO=${GO:-go}
 
@@ -42,12 +51,31 @@ fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
+NSA=() NSB=() # command prefixes: client side, server side
+SRV=127.0.0.1 PEER=127.0.0.1 CLI=127.0.0.1 # iperf3 server's address; the inbound proxy's; the outbound one's
+NSNAMES=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	for n in "${NSNAMES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
+if [[ -n $VETH_MTU ]]; then
+	[[ $(id -u) == 0 ]] || { echo "VETH_MTU needs root (network namespaces)" >&2; exit 1; }
+	nsa=qm17a-$$ nsb=qm17b-$$
+	ip netns add "$nsa" && NSNAMES+=("$nsa")
+	ip netns add "$nsb" && NSNAMES+=("$nsb")
+	ip -n "$nsa" link add qm17a type veth peer name qm17b netns "$nsb"
+	ip -n "$nsa" addr add 10.217.0.1/30 dev qm17a
+	ip -n "$nsb" addr add 10.217.0.2/30 dev qm17b
+	ip -n "$nsa" link set qm17a mtu "$VETH_MTU" up
+	ip -n "$nsb" link set qm17b mtu "$VETH_MTU" up
+	ip -n "$nsa" link set lo up
+	ip -n "$nsb" link set lo up
+	NSA=(ip netns exec "$nsa") NSB=(ip netns exec "$nsb")
+	SRV=10.217.0.2 PEER=10.217.0.2 CLI=10.217.0.1
+fi
 
 if [[ -z ${BINS:-} ]]; then
 	$GO build -o "$WORK/quicmesh" ./cmd/quicmesh
@@ -78,24 +106,24 @@ Q=$(echo "$BINS" | awk '{print $1}' | cut -d= -f2)
 "$Q" ca issue --ca-dir "$WORK/ca" --id spiffe://cluster.local/ns/bench/sa/b --name b --out "$WORK" >/dev/null
 
 APP=$(port)
-iperf3 -s -B 127.0.0.1 -p "$APP" >/dev/null 2>&1 &
+"${NSB[@]}" iperf3 -s -B "$SRV" -p "$APP" >/dev/null 2>&1 &
 PIDS+=($!)
 
-declare -A FRONT SIDEPIDS
+declare -A FRONT SIDEPIDS HOST # HOST: where iperf3 -c connects (127.0.0.1 but for direct across a veth)
 start_quicmesh() { # name bin
 	local name=$1 bin=$2 pa pb fr
 	pa=$(port) pb=$(port) fr=$(port)
 	local admA=127.0.0.1:$(port) admB=127.0.0.1:$(port)
 	cat >"$WORK/disc-$name.json" <<EOF
-{"services": {"iperf": {"endpoints": [{"addr": "127.0.0.1:$pb", "identity": "spiffe://cluster.local/ns/bench/sa/b"}]}}}
+{"services": {"iperf": {"endpoints": [{"addr": "$PEER:$pb", "identity": "spiffe://cluster.local/ns/bench/sa/b"}]}}}
 EOF
-	"$bin" proxy --cert "$WORK/b.crt" --key "$WORK/b.key" --bundle "$WORK/bundle.crt" --inbound "127.0.0.1:$pb" \
+	"${NSB[@]}" "$bin" proxy --cert "$WORK/b.crt" --key "$WORK/b.key" --bundle "$WORK/bundle.crt" --inbound "$PEER:$pb" \
 		--admin "$admB" --http-proxy "" --grace 1s --log-level warn --transport quic \
-		--route "iperf=tcp://127.0.0.1:$APP" 2>"$OUT/$name-b.log" &
+		--route "iperf=tcp://$SRV:$APP" 2>"$OUT/$name-b.log" &
 	PIDS+=($!)
 	SIDEPIDS[$name-b]=$!
 	ADMIN[$name-b]=$admB
-	"$bin" proxy --cert "$WORK/a.crt" --key "$WORK/a.key" --bundle "$WORK/bundle.crt" --inbound "127.0.0.1:$pa" \
+	"${NSA[@]}" "$bin" proxy --cert "$WORK/a.crt" --key "$WORK/a.key" --bundle "$WORK/bundle.crt" --inbound "$CLI:$pa" \
 		--admin "$admA" --http-proxy "" --grace 1s --log-level warn --transport quic \
 		--discovery-file "$WORK/disc-$name.json" --bind "127.0.0.1:$fr=iperf,opaque" 2>"$OUT/$name-a.log" &
 	PIDS+=($!)
@@ -115,14 +143,14 @@ start_stunnel() {
 		-keyout "$d/cli.key" -out "$d/cli.crt" >/dev/null 2>&1
 	cat "$d/srv.crt" "$d/cli.crt" >"$d/ca.crt"
 	local head=$'foreground = yes\npid =\ndebug = warning\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n\n[pair]\n'
-	printf '%saccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\ncert = %s\nkey = %s\nCAfile = %s\nverifyChain = yes\nrequireCert = yes\n' \
-		"$head" "$pb" "$APP" "$d/srv.crt" "$d/srv.key" "$d/ca.crt" >"$d/b.conf"
-	printf '%sclient = yes\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\ncert = %s\nkey = %s\nCAfile = %s\nverifyChain = yes\ncheckHost = peer.test\nsni = peer.test\n' \
-		"$head" "$fr" "$pb" "$d/cli.crt" "$d/cli.key" "$d/ca.crt" >"$d/a.conf"
-	stunnel4 "$d/b.conf" 2>"$OUT/stunnel-b.log" &
+	printf '%saccept = %s:%s\nconnect = %s:%s\ncert = %s\nkey = %s\nCAfile = %s\nverifyChain = yes\nrequireCert = yes\n' \
+		"$head" "$PEER" "$pb" "$SRV" "$APP" "$d/srv.crt" "$d/srv.key" "$d/ca.crt" >"$d/b.conf"
+	printf '%sclient = yes\naccept = 127.0.0.1:%s\nconnect = %s:%s\ncert = %s\nkey = %s\nCAfile = %s\nverifyChain = yes\ncheckHost = peer.test\nsni = peer.test\n' \
+		"$head" "$fr" "$PEER" "$pb" "$d/cli.crt" "$d/cli.key" "$d/ca.crt" >"$d/a.conf"
+	"${NSB[@]}" stunnel4 "$d/b.conf" 2>"$OUT/stunnel-b.log" &
 	PIDS+=($!)
 	SIDEPIDS[stunnel-b]=$!
-	stunnel4 "$d/a.conf" 2>"$OUT/stunnel-a.log" &
+	"${NSA[@]}" stunnel4 "$d/a.conf" 2>"$OUT/stunnel-a.log" &
 	PIDS+=($!)
 	SIDEPIDS[stunnel-a]=$!
 	FRONT[stunnel]=$fr
@@ -131,7 +159,7 @@ start_stunnel() {
 ALL=()
 for t in $TARGETS; do
 	case $t in
-	direct) FRONT[direct]=$APP ALL+=(direct) ;;
+	direct) FRONT[direct]=$APP HOST[direct]=$SRV ALL+=(direct) ;;
 	stunnel) start_stunnel && ALL+=(stunnel) ;;
 	quicmesh) for nb in $BINS; do start_quicmesh "${nb%%=*}" "${nb#*=}" && ALL+=("${nb%%=*}"); done ;;
 	*) echo "unknown target $t" >&2; exit 2 ;;
@@ -142,7 +170,7 @@ done
 for n in "${ALL[@]}"; do
 	ok=0
 	for _ in $(seq 100); do
-		timeout 5 iperf3 -c 127.0.0.1 -p "${FRONT[$n]}" -n 64K >/dev/null 2>&1 && ok=1 && break
+		timeout 5 "${NSA[@]}" iperf3 -c "${HOST[$n]:-127.0.0.1}" -p "${FRONT[$n]}" -n 64K >/dev/null 2>&1 && ok=1 && break
 		sleep 0.1
 	done
 	for side in a b; do
@@ -194,7 +222,7 @@ EOF
 
 RES=$OUT/results.txt
 : >"$RES"
-echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, rounds=$ROUNDS secs=$SECS" | tee -a "$RES"
+echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, rounds=$ROUNDS secs=$SECS${VETH_MTU:+, veth MTU $VETH_MTU}" | tee -a "$RES"
 for r in $(seq "$ROUNDS"); do
 	for m in $MODES; do
 		for n in "${ALL[@]}"; do
@@ -203,7 +231,7 @@ for r in $(seq "$ROUNDS"); do
 			[[ $m == bidir ]] && flag="--bidir"
 			f=$OUT/$n-$m-r$r.json
 			c0=$(cpu "$n")
-			timeout $((SECS + 30)) iperf3 -c 127.0.0.1 -p "${FRONT[$n]}" -t "$SECS" -O 1 $flag -J >"$f" || { echo "$n $m r$r: iperf3 failed" >&2; continue; }
+			timeout $((SECS + 30)) "${NSA[@]}" iperf3 -c "${HOST[$n]:-127.0.0.1}" -p "${FRONT[$n]}" -t "$SECS" -O 1 $flag -J >"$f" || { echo "$n $m r$r: iperf3 failed" >&2; continue; }
 			c1=$(cpu "$n")
 			load=$(cut -d' ' -f1 /proc/loadavg)
 			echo "$r $m $n $(gbps "$f" "$m") cpu_s_per_GB=$(cpugb "$f" "$c0" "$c1") load=$load" | tee -a "$RES"
@@ -214,11 +242,11 @@ done
 if [[ $PROFILE == 1 ]]; then
 	for nb in $BINS; do
 		n=${nb%%=*}
-		iperf3 -c 127.0.0.1 -p "${FRONT[$n]}" -t $((SECS + 2)) >/dev/null &
+		"${NSA[@]}" iperf3 -c 127.0.0.1 -p "${FRONT[$n]}" -t $((SECS + 2)) >/dev/null &
 		ip=$!
 		sleep 1
-		curl -s "http://${ADMIN[$n-a]}/debug/pprof/profile?seconds=$SECS" >"$OUT/$n-a.pprof" &
-		curl -s "http://${ADMIN[$n-b]}/debug/pprof/profile?seconds=$SECS" >"$OUT/$n-b.pprof" &
+		"${NSA[@]}" curl -s "http://${ADMIN[$n-a]}/debug/pprof/profile?seconds=$SECS" >"$OUT/$n-a.pprof" &
+		"${NSB[@]}" curl -s "http://${ADMIN[$n-b]}/debug/pprof/profile?seconds=$SECS" >"$OUT/$n-b.pprof" &
 		wait $ip
 		wait
 		echo "profiles: $OUT/$n-a.pprof (outbound, sends) $OUT/$n-b.pprof (inbound, receives)"
