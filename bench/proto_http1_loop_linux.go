@@ -8,9 +8,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
-	"log/slog"
 	"runtime"
 	"sync"
 	"time"
@@ -397,6 +397,7 @@ func (l *h1Loop) setTimer(t time.Time) {
 func (l *h1Loop) monotonic(t time.Time) time.Duration {
 	return l.mono0 + t.Sub(l.clock0)
 }
+
 // h1YieldEvery is how often a loop passes through the Go scheduler. A
 // goroutine that runs 10 ms (the runtime's forcePreemptNS) without going
 // through the scheduler, even if mostly blocked in epoll_wait, is
