@@ -184,17 +184,17 @@ type selfTimedRequester interface {
 	selfTimed()
 }
 
-// eventLooper is implemented by targets that can run the closed loop of
-// many workers on a few event loops instead of one goroutine each (see
-// proto_http1_loop_linux.go for why).
+// eventLooper is implemented by targets that can run the request loops
+// (closed or open) of many workers on a few event loops instead of one
+// goroutine each (see proto_http1_loop_linux.go for why).
 type eventLooper interface {
 	// looping reports whether this run uses the event loops; it was
 	// decided from the Config when the target was created, so that
 	// preconnect sets up the loops' connections.
 	looping() bool
-	// runLoops runs the closed loop of ws on goroutines of wg until the
-	// run ends. A worker that leaves its event loop (an unusual response,
-	// an error) continues in e.closedLoop on a goroutine of wg.
+	// runLoops runs the request loops of ws on goroutines of wg until
+	// the run ends. A worker that leaves its event loop (an unusual
+	// response, an error) continues in e.runWorker on a goroutine of wg.
 	runLoops(e *engine, ws []worker, wg *sync.WaitGroup)
 }
 
@@ -264,6 +264,10 @@ type engine struct {
 	stats   []*workerStats
 }
 
+// testHookRunStart, if set (by tests, before Run), is told the start of
+// the run's clock: the open loop's slot i is intended for start + i/Rate.
+var testHookRunStart func(start time.Time)
+
 // Run executes one benchmark and returns its result. Failing requests are
 // counted in the result, not returned as errors; Run fails only for an
 // invalid Config or when ctx is done before anything was measured. If ctx
@@ -306,6 +310,9 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 
 	e := &engine{cfg: cfg, clock: cfg.Clock, ctx: ctx}
 	e.start = e.clock.Now()
+	if testHookRunStart != nil {
+		testHookRunStart(e.start)
+	}
 	e.warmEnd = e.start.Add(cfg.Warmup)
 	e.end = e.warmEnd.Add(cfg.Duration)
 	e.sched = Schedule{Start: e.start, Rate: cfg.Rate}
@@ -339,11 +346,7 @@ func runTarget(ctx context.Context, cfg Config, t target) (*Result, error) {
 		for _, w := range ws {
 			wg.Go(func() {
 				defer w.rq.close()
-				if cfg.Rate > 0 {
-					e.openLoop(w)
-				} else {
-					e.closedLoop(w)
-				}
+				e.runWorker(w)
 			})
 		}
 		wg.Wait()
@@ -437,42 +440,69 @@ type worker struct {
 	selfTimed bool // rq is a selfTimedRequester
 }
 
+// runWorker runs w's request loop of the run's load model on the calling
+// goroutine until the run ends for it.
+func (e *engine) runWorker(w worker) {
+	if e.cfg.Rate > 0 {
+		e.openLoop(w)
+	} else {
+		e.closedLoop(w)
+	}
+}
+
 // openLoop takes scheduled slots until the schedule or the run ends.
 func (e *engine) openLoop(w worker) {
-	st := w.st
 	for {
-		i := e.next.Add(1) - 1
-		intended := e.sched.At(i)
-		if !intended.Before(e.end) {
+		intended, ok := e.claim(e.clock.Now())
+		if !ok {
 			return
 		}
-		now := e.clock.Now()
-		if !now.Before(e.end) {
-			// The run is over with slots still queued: they stay unsent
-			// (reported as Result.Unsent).
-			return
-		}
-		if now.Before(intended) {
-			if e.clock.SleepUntil(e.ctx, intended) != nil {
-				return
-			}
-			now = e.clock.Now()
-		}
-		// Latency counts from the intended send time whatever delayed the
-		// send (busy workers, or the generator's own timer lateness), as
-		// wrk2 does: that is the coordinated omission correction. How late
-		// the generator itself was is reported apart, as send_lag_us, so a
-		// reader can tell its share.
-		inWindow := !intended.Before(e.warmEnd)
-		if inWindow {
-			st.issued++
-			st.lag.Record(now.Sub(intended))
-		}
-		e.one(w, intended, inWindow)
-		if e.ctx.Err() != nil {
+		if !e.sendAt(w, intended) {
 			return
 		}
 	}
+}
+
+// claim takes the next slot of the schedule for a free worker at now and
+// returns its intended send time; ok is false when the run is over for
+// the worker: the slot is past the end of the run, or the run is over
+// with slots still queued (they stay unsent, reported as Result.Unsent).
+// Every worker claims a slot as soon as it is free, so the free workers
+// hold the next slots in order, and a slot that finds every worker busy
+// is claimed late. The event loops claim through it too.
+func (e *engine) claim(now time.Time) (intended time.Time, ok bool) {
+	intended = e.sched.At(e.next.Add(1) - 1)
+	return intended, intended.Before(e.end) && now.Before(e.end)
+}
+
+// sendAt sends w's claimed slot at its intended time and records it. It
+// reports false if the run was interrupted.
+func (e *engine) sendAt(w worker, intended time.Time) bool {
+	now := e.clock.Now()
+	if now.Before(intended) {
+		if e.clock.SleepUntil(e.ctx, intended) != nil {
+			return false
+		}
+		now = e.clock.Now()
+	}
+	inWindow := e.issue(w.st, intended, now)
+	e.one(w, intended, inWindow)
+	return e.ctx.Err() == nil
+}
+
+// issue accounts for the send, at now, of the slot intended for intended
+// and reports whether it belongs to the measured window. Latency counts
+// from the intended send time whatever delayed the send (busy workers, or
+// the generator's own timer lateness), as wrk2 does: that is the
+// coordinated omission correction. How late the generator itself was is
+// reported apart, as send_lag_us, so a reader can tell its share.
+func (e *engine) issue(st *workerStats, intended, now time.Time) (inWindow bool) {
+	inWindow = !intended.Before(e.warmEnd)
+	if inWindow {
+		st.issued++
+		st.lag.Record(now.Sub(intended))
+	}
+	return inWindow
 }
 
 // closedLoop sends back to back until the run ends.

@@ -42,7 +42,7 @@ type http1Target struct {
 	conns   []*h1Conn
 	free    chan *h1Conn // nil when every worker owns a connection
 
-	// loop: the closed loop runs on event loops over raw sockets
+	// loop: the request loops run on event loops over raw sockets
 	// (proto_http1_loop_linux.go) instead of a goroutine per worker.
 	loop bool
 
@@ -99,7 +99,7 @@ func newHTTP1Target(cfg Config) (*http1Target, error) {
 			t.free <- c
 		}
 	}
-	t.loop = h1EventLoops && cfg.Rate == 0 && cfg.Clock == SystemClock && t.free == nil
+	t.loop = h1EventLoops && cfg.Clock == SystemClock && t.free == nil
 	return t, nil
 }
 

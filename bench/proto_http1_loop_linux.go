@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"runtime"
@@ -17,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Event loops for the HTTP/1.1 closed loop.
+// Event loops for the HTTP/1.1 closed and open loops.
 //
 // Why: with a goroutine per worker, each request costs the generator a
 // write, a read that finds nothing yet (EAGAIN), a park of the goroutine,
@@ -41,6 +42,18 @@ import (
 // The sockets are raw (not net.Conn) so that they are not also in the Go
 // runtime's epoll set: there, every response would wake the scheduler's
 // poller too. A handed-over socket becomes a net.Conn (net.FileConn).
+//
+// The open loop (--rate) runs the same way. Each worker of a loop claims
+// the next slot of the run's schedule as soon as it is free (engine.claim,
+// as on the goroutine path, so both paths share one schedule); the loop
+// keeps its claimed slots in order and a timerfd armed, at an absolute
+// time, for the earliest. A goroutine per worker sleeping until its slot
+// cost the generator 124-199 µs of CPU per request at 1,000 req/s (a Go
+// timer, a nanosleep and the scheduler's wake-ups for every request), and
+// sent 70 µs late at the median. A timerfd is used rather than
+// epoll_wait's timeout because that timeout has millisecond resolution
+// (epoll_pwait2's has nanoseconds, but the kernel adds the thread's timer
+// slack, 50 µs by default), while a timerfd's timer has no slack.
 
 // h1EventLoops enables the event loops; tests turn it off to compare the
 // two paths.
@@ -64,6 +77,11 @@ type h1LoopConn struct {
 	bodyLeft int64 // -1: the head is not parsed yet
 	n        int64
 	gone     bool // handed over, failed or finished: not the loop's any more
+
+	// Open loop: waiting is set while the worker holds a claimed slot,
+	// intended for intended, and has no request in flight.
+	waiting  bool
+	intended time.Time
 }
 
 type h1Loop struct {
@@ -77,9 +95,23 @@ type h1Loop struct {
 	hsrc   bytes.Reader // a complete response head, parsed through hb
 	hb     *bufio.Reader
 
+	// Open loop only (open is e.cfg.Rate > 0).
+	open   bool
+	timer  int           // timerfd (CLOCK_MONOTONIC), -1 in the closed loop
+	queue  h1SlotQueue   // workers waiting for their claimed slot, in slot order
+	armed  time.Time     // when timer is set to expire; zero: not set
+	clock0 time.Time     // clock0 was at or before CLOCK_MONOTONIC mono0
+	mono0  time.Duration // (see monotonic)
+
 	mu     sync.Mutex // orders the wake-up write against closing wake
 	closed bool
 }
+
+// Event data of the epoll set that are not connections.
+const (
+	h1EvWake  = -1
+	h1EvTimer = -2
+)
 
 // runLoops splits ws over h1LoopCount event loops. Workers whose
 // loop cannot be set up run on goroutines.
@@ -97,7 +129,7 @@ func (t *http1Target) runLoops(e *engine, ws []worker, wg *sync.WaitGroup) {
 			// the workers still run, on the goroutine path.
 			for j := range part {
 				c := t.conns[i+j*n]
-				l := &h1Loop{t: t, e: e, wg: wg, ep: -1}
+				l := &h1Loop{t: t, e: e, wg: wg, ep: -1, wake: -1, timer: -1}
 				l.handover(&h1LoopConn{w: part[j], c: c}, nil)
 			}
 			continue
@@ -119,22 +151,54 @@ func h1LoopCount(procs int) int {
 	return max(1, procs/2)
 }
 
-func newH1Loop(t *http1Target, e *engine, wg *sync.WaitGroup) (*h1Loop, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
+func newH1Loop(t *http1Target, e *engine, wg *sync.WaitGroup) (l *h1Loop, err error) {
+	l = &h1Loop{t: t, e: e, wg: wg, ep: -1, wake: -1, timer: -1, open: e.cfg.Rate > 0}
+	defer func() {
+		if err != nil {
+			l.closeFDs()
+		}
+	}()
+	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(ep)
+	if l.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}); err != nil {
-		unix.Close(ep)
-		unix.Close(wake)
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, l.wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: h1EvWake}); err != nil {
 		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
-	return &h1Loop{t: t, e: e, wg: wg, ep: ep, wake: wake, hb: bufio.NewReaderSize(nil, h1ReadBuffer)}, nil
+	if l.open {
+		if l.timer, err = unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK); err != nil {
+			return nil, fmt.Errorf("timerfd_create: %w", err)
+		}
+		// Edge-triggered: an expiry is reported once, and the timer is
+		// never read; setting it again clears its expiry count.
+		if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, l.timer, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: h1EvTimer}); err != nil {
+			return nil, fmt.Errorf("epoll_ctl timerfd: %w", err)
+		}
+		// Go's monotonic clock is CLOCK_MONOTONIC; a time.Time's reading
+		// of it is not exported, so the loop maps times through one pair
+		// of readings. Reading the kernel clock second makes the mapping
+		// late by the few nanoseconds between them, never early.
+		l.clock0 = time.Now()
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			return nil, fmt.Errorf("clock_gettime: %w", err)
+		}
+		l.mono0 = time.Duration(ts.Nano())
+	}
+	l.hb = bufio.NewReaderSize(nil, h1ReadBuffer)
+	return l, nil
+}
+
+// closeFDs closes the loop's epoll set, eventfd and timerfd.
+func (l *h1Loop) closeFDs() {
+	for _, fd := range []*int{&l.timer, &l.wake, &l.ep} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
 }
 
 // add gives the loop worker w and its connection slot c.
@@ -155,6 +219,43 @@ func (l *h1Loop) add(w worker, c *h1Conn) {
 	l.active++
 }
 
+// h1SlotQueue is a loop's workers waiting for their claimed slots, in
+// slot order: a loop claims slots one after the other, so the order of
+// its claims is the order of their send times. A ring buffer: a worker is
+// in it at most once.
+type h1SlotQueue struct {
+	q          []*h1LoopConn
+	head, size int
+}
+
+func (q *h1SlotQueue) push(lc *h1LoopConn) {
+	if q.size == len(q.q) {
+		// Grow (only up to the loop's number of workers).
+		nq := make([]*h1LoopConn, max(2*len(q.q), 8))
+		for i := range q.size {
+			nq[i] = q.q[(q.head+i)%len(q.q)]
+		}
+		q.q, q.head = nq, 0
+	}
+	q.q[(q.head+q.size)%len(q.q)] = lc
+	q.size++
+}
+
+func (q *h1SlotQueue) peek() *h1LoopConn {
+	if q.size == 0 {
+		return nil
+	}
+	return q.q[q.head]
+}
+
+func (q *h1SlotQueue) pop() *h1LoopConn {
+	lc := q.q[q.head]
+	q.q[q.head] = nil
+	q.head = (q.head + 1) % len(q.q)
+	q.size--
+	return lc
+}
+
 func (l *h1Loop) run() {
 	stop := context.AfterFunc(l.e.reqCtx, l.signal)
 	defer func() {
@@ -162,8 +263,9 @@ func (l *h1Loop) run() {
 		l.mu.Lock()
 		l.closed = true
 		unix.Close(l.wake)
+		l.wake = -1
 		l.mu.Unlock()
-		unix.Close(l.ep)
+		l.closeFDs()
 		// Requests still in flight are cut off by the end of the run,
 		// as on the goroutine path: not counted.
 		for _, lc := range l.conns {
@@ -183,41 +285,57 @@ func (l *h1Loop) run() {
 		}
 		l.start(lc, now)
 	}
-	events := make([]unix.EpollEvent, len(l.conns)+1)
+	events := make([]unix.EpollEvent, len(l.conns)+2)
 	yielded := now
 	for l.active > 0 {
-		n, err := unix.EpollWait(l.ep, events, l.waitMillis(now))
-		now = time.Now()
-		if now.Sub(yielded) >= time.Millisecond {
-			// A goroutine that runs 10 ms without going through the
-			// scheduler is preempted by sysmon, which then polls every
-			// 20 µs for a millisecond or more; in a perf profile that
-			// was 7 % of the generator's samples. Yielding now and then
-			// costs far less.
+		if l.open {
+			l.dispatch(now)
+		}
+		if now.Sub(yielded) >= h1YieldEvery {
+			// Right after the sends, with the most time to the next.
 			runtime.Gosched()
 			yielded = now
 		}
+		n, err := unix.EpollWait(l.ep, events, l.waitMillis(now))
+		now = time.Now()
 		if err != nil && err != unix.EINTR {
 			// Not expected with valid arguments. The requests in flight
 			// start again on the goroutine path on new connections.
 			for _, lc := range l.conns {
 				if !lc.gone {
 					l.closeFD(lc)
-					l.handover(lc, lc.w.rq.do)
+					if lc.waiting {
+						l.handover(lc, nil)
+					} else {
+						l.handover(lc, lc.w.rq.do)
+					}
 				}
 			}
 			return
 		}
-		if !now.Before(l.e.end) {
+		if !l.open && !now.Before(l.e.end) {
+			// The closed loop ends with the run; the open loop sends
+			// the slots it claimed and waits for their responses.
 			return
 		}
 		for _, ev := range events[:max(n, 0)] {
-			if ev.Fd < 0 {
+			switch ev.Fd {
+			case h1EvWake:
 				return // the run was interrupted
+			case h1EvTimer:
+				l.armed = time.Time{} // expired: dispatch sets it again
+				continue
 			}
 			lc := l.conns[ev.Fd]
 			switch {
 			case lc.gone:
+			case lc.waiting:
+				// Between requests: the server closed the idle
+				// connection, or sent something unasked. The goroutine
+				// path deals with either when it sends the claimed slot
+				// (a closed connection is redialed, as there), and the
+				// loop does not spin on a readable socket meanwhile.
+				l.handover(lc, nil)
 			case lc.writing:
 				l.write(lc)
 			default:
@@ -225,12 +343,75 @@ func (l *h1Loop) run() {
 			}
 		}
 		for _, lc := range l.conns {
-			if !lc.gone && !now.Before(lc.deadline) {
+			if !lc.gone && !lc.waiting && !now.Before(lc.deadline) {
 				l.fail(lc, fmt.Errorf("http1 request: %w", os.ErrDeadlineExceeded), false)
 			}
 		}
 	}
 }
+
+// dispatch sends the claimed slots that are due at now and sets the
+// timer for the next one.
+func (l *h1Loop) dispatch(now time.Time) {
+	for {
+		lc := l.queue.peek()
+		if lc == nil {
+			return
+		}
+		if lc.gone {
+			l.queue.pop() // handed over with its slot
+			continue
+		}
+		if now.Before(lc.intended) {
+			l.setTimer(lc.intended)
+			return
+		}
+		l.queue.pop()
+		lc.waiting = false
+		l.send(lc, lc.intended, now, l.e.issue(lc.w.st, lc.intended, now))
+	}
+}
+
+// setTimer makes the timer expire at t (unless it is set for t already).
+func (l *h1Loop) setTimer(t time.Time) {
+	if t.Equal(l.armed) {
+		return
+	}
+	its := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(l.monotonic(t)))}
+	if err := unix.TimerfdSettime(l.timer, unix.TFD_TIMER_ABSTIME, &its, nil); err != nil {
+		// Not expected with a valid time; without the timer the loop
+		// would sleep through its slots, so its workers go on, with
+		// their claimed slots, on the goroutine path.
+		slog.Error("bench: timerfd_settime failed; the open loop continues on goroutines", "err", err)
+		for l.queue.size > 0 {
+			if lc := l.queue.pop(); !lc.gone {
+				l.handover(lc, nil)
+			}
+		}
+		return
+	}
+	l.armed = t
+}
+
+// monotonic returns t on CLOCK_MONOTONIC, never earlier than t.
+func (l *h1Loop) monotonic(t time.Time) time.Duration {
+	return l.mono0 + t.Sub(l.clock0)
+}
+
+// h1YieldEvery is how often a loop passes through the Go scheduler. A
+// goroutine that runs 10 ms (the runtime's forcePreemptNS) without going
+// through the scheduler, even if mostly blocked in epoll_wait, is
+// preempted by sysmon, which takes its P and then polls every 20 µs for a
+// millisecond or more; in a perf profile that was 7 % of the generator's
+// samples. But a runtime.Gosched is a thread hand-off: it puts the
+// goroutine on the global run queue and wakes another thread to take it
+// (two futex calls, two context switches; perf record -e
+// syscalls:sys_enter_futex -g, all in goschedImpl). Once a millisecond,
+// that was a futex per request of the open loop at 1,000 req/s, and
+// under load the wait for the woken thread became send lag. Every 5 ms
+// keeps the scheduler tick moving within sysmon's 10 ms at a fifth of
+// the cost.
+const h1YieldEvery = 5 * time.Millisecond
 
 // signal wakes the loop up when the run's request context ends.
 func (l *h1Loop) signal() {
@@ -242,14 +423,22 @@ func (l *h1Loop) signal() {
 	}
 }
 
-// waitMillis is epoll_wait's timeout: until the first request deadline or
-// the end of the run, rounded up so that the loop does not wake too early.
+// waitMillis is epoll_wait's timeout: until the first request deadline
+// or, in the closed loop, the end of the run, rounded up so that the loop
+// does not wake too early; -1 (no timeout) in an open loop without
+// requests in flight, whose timer wakes it for its next slot.
 func (l *h1Loop) waitMillis(now time.Time) int {
-	next := l.e.end
+	var next time.Time
+	if !l.open {
+		next = l.e.end
+	}
 	for _, lc := range l.conns {
-		if !lc.gone && lc.deadline.Before(next) {
+		if !lc.gone && !lc.waiting && (next.IsZero() || lc.deadline.Before(next)) {
 			next = lc.deadline
 		}
+	}
+	if next.IsZero() {
+		return -1
 	}
 	d := next.Sub(now)
 	if d <= 0 {
@@ -258,14 +447,30 @@ func (l *h1Loop) waitMillis(now time.Time) int {
 	return int(min((d+time.Millisecond-1)/time.Millisecond, 1<<30))
 }
 
-// start sends the next request of lc's worker, unless the run is over.
+// start begins the next request of lc's worker, unless the run is over
+// for it: at once in the closed loop; in the open loop it claims the next
+// slot, and dispatch sends it when it is due.
 func (l *h1Loop) start(lc *h1LoopConn, now time.Time) {
+	if l.open {
+		intended, ok := l.e.claim(now)
+		if !ok {
+			l.finish(lc)
+			return
+		}
+		lc.waiting, lc.intended = true, intended
+		l.queue.push(lc)
+		return
+	}
 	if !now.Before(l.e.end) {
 		l.finish(lc)
 		return
 	}
-	lc.from, lc.deadline = now, now.Add(l.t.timeout)
-	lc.inWindow = !now.Before(l.e.warmEnd)
+	l.send(lc, now, now, !now.Before(l.e.warmEnd))
+}
+
+// send writes lc's request at now, its latency counted from from.
+func (l *h1Loop) send(lc *h1LoopConn, from, now time.Time, inWindow bool) {
+	lc.from, lc.deadline, lc.inWindow = from, now.Add(l.t.timeout), inWindow
 	lc.wrote, lc.got, lc.bodyLeft, lc.n = 0, false, -1, 0
 	l.write(lc)
 }
@@ -511,6 +716,8 @@ func (l *h1Loop) handover(lc *h1LoopConn, pending func(context.Context) (int64, 
 		}
 	}
 	from, inWindow, w, e := lc.from, lc.inWindow, lc.w, l.e
+	waiting, intended := lc.waiting, lc.intended
+	lc.waiting = false
 	l.wg.Go(func() {
 		if pending != nil {
 			n, err := pending(e.reqCtx)
@@ -520,7 +727,10 @@ func (l *h1Loop) handover(lc *h1LoopConn, pending func(context.Context) (int64, 
 			}
 			e.record(w.st, from, time.Now(), inWindow, n, err, kind)
 		}
-		e.closedLoop(w)
+		if waiting && !e.sendAt(w, intended) {
+			return // the slot claimed on the loop is sent first
+		}
+		e.runWorker(w)
 	})
 }
 

@@ -546,8 +546,10 @@ func crossSection(res *Results, l Load, sums []Summary) section {
 	}
 	sec.Paras = append(sec.Paras, "Why the tools can differ: quicmesh bench keeps one schedule for all workers and, like wrk2, times every request from its "+
 		"*intended* send time, whatever made it leave late: a busy worker, or the generator's own timer wake-up lateness, which it reports apart as "+
-		"the send lag (bench/SCHEMA.md, `send_lag_us`). fortio paces each connection separately at rate/connections and starts the clock when it actually sends, "+
-		"so its own lateness is not in its figures. fortio's histogram is bucketed (here 10 µs buckets, `-r 0.00001`; its default 1 ms buckets "+
+		"the send lag (bench/SCHEMA.md, `send_lag_us`). Its event loops wake for each send on a timerfd, which has no timer slack: the lag is what "+
+		"the kernel takes to give the loop a CPU, tens of µs on an idle machine, milliseconds when the machine is overloaded. "+
+		"fortio paces each connection separately at rate/connections and starts the clock when it actually sends, "+
+		"so its own lateness, however large, is not in its figures. fortio's histogram is bucketed (here 10 µs buckets, `-r 0.00001`; its default 1 ms buckets "+
 		"would interpolate every sub-millisecond latency inside one bucket), quicmesh bench's is log-linear within 0.4 %. The HTTP clients differ too "+
 		"(fortio's own; quicmesh bench's own lean HTTP/1.1 client on a raw connection).")
 	if ok && !c.Agree {

@@ -187,3 +187,47 @@ func BenchmarkHTTP1ClosedLoop(b *testing.B) {
 		})
 	}
 }
+
+// h1SlotQueue keeps its workers in the order they were pushed across
+// wrap-arounds and growth.
+func TestH1SlotQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ops  string // p: push the next worker, o: pop (checked in order)
+	}{
+		{"empty", ""},
+		{"fill to the first size", "pppppppp" + "oooooooo"},
+		{"grow", "ppppppppppppppppp" + "ooooooooooooooooo"},
+		{"wrap then grow", "pppppooo" + "pppppppppppp" + "oooooooooooooo"},
+		{"interleaved", "popopppooppopooo"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var q h1SlotQueue
+			conns := make([]*h1LoopConn, len(tc.ops))
+			for i := range conns {
+				conns[i] = &h1LoopConn{idx: int32(i)}
+			}
+			pushed, popped := 0, 0
+			for _, op := range tc.ops {
+				if op == 'p' {
+					q.push(conns[pushed])
+					pushed++
+					continue
+				}
+				if head := q.peek(); head != conns[popped] {
+					t.Fatalf("peek: got %v, want worker %d", head, popped)
+				}
+				if got := q.pop(); got != conns[popped] {
+					t.Fatalf("pop: got worker %d, want %d", got.idx, popped)
+				}
+				popped++
+			}
+			if q.size != pushed-popped {
+				t.Errorf("size %d, want %d", q.size, pushed-popped)
+			}
+			if pushed == popped && q.peek() != nil {
+				t.Error("peek of an empty queue is not nil")
+			}
+		})
+	}
+}
