@@ -75,15 +75,88 @@ func BenchmarkForward(b *testing.B) {
 		"User-Agent":       {"Go-http-client/1.1"},
 		"Quicmesh-Service": {"web"},
 	}
+	benchForward(b, in, rt, "")
+}
+
+// benchForward forwards in through rt to a sink writer b.N times, as a
+// sidecar does each request, and checks the gRPC status of each result.
+func benchForward(b *testing.B, in *http.Request, rt http.RoundTripper, grpcStatus string) {
 	w := &sinkWriter{h: http.Header{}}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
 		clear(w.h)
 		out := PrepareOutgoing(ctx, in, "http", "127.0.0.1:8080")
-		if _, err := Forward(w, out, rt, Options{StripResponseMesh: true}); err != nil {
+		res, err := Forward(w, out, rt, Options{StripResponseMesh: true})
+		if err != nil {
 			b.Fatal(err)
+		}
+		if res.GRPCStatus != grpcStatus {
+			b.Fatalf("grpc-status %q, want %q", res.GRPCStatus, grpcStatus)
 		}
 	}
 	b.ReportMetric(float64(w.flushes)/float64(b.N), "flushes/op")
+}
+
+// grpcBody is a unary gRPC response body as HTTP/2 and HTTP/3 clients
+// hand it out: the message in one Read, then io.EOF alone, with the
+// trailers filled into resp.Trailer at the end (they arrive after the
+// message, so the client cannot announce them).
+type grpcBody struct {
+	msg     []byte
+	read    bool
+	resp    *http.Response
+	trailer http.Header
+}
+
+func (b *grpcBody) Read(p []byte) (int, error) {
+	if !b.read {
+		b.read = true
+		return copy(p, b.msg), nil
+	}
+	b.resp.Trailer = b.trailer
+	return 0, io.EOF
+}
+func (b *grpcBody) Close() error { return nil }
+
+// grpcTransport answers every request with the same unary gRPC
+// response: a 133-byte message (the sidecar benchmark's 128-byte echo)
+// and the trailers grpc-go sends.
+type grpcTransport struct {
+	resp http.Response
+	body grpcBody
+}
+
+func (t *grpcTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	resp := t.resp
+	t.body.read, t.body.resp = false, &resp
+	resp.Body = &t.body
+	return &resp, nil
+}
+
+// BenchmarkForwardGRPC is BenchmarkForward for a unary gRPC call over
+// HTTP/2 or HTTP/3 on both sides (proxy/sidecar's BenchmarkGRPCUnary
+// does it end to end).
+func BenchmarkForwardGRPC(b *testing.B) {
+	rt := &grpcTransport{
+		resp: http.Response{StatusCode: http.StatusOK, ProtoMajor: 2, Header: http.Header{"Content-Type": {"application/grpc"}}},
+		body: grpcBody{
+			msg:     make([]byte, 5+128),
+			trailer: http.Header{"Grpc-Status": {"0"}, "Grpc-Message": {""}},
+		},
+	}
+	in, err := http.NewRequest(http.MethodPost, "https://grpc/echo.Echo/Unary", strings.NewReader("x"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Proto, in.ProtoMajor, in.ProtoMinor = "HTTP/3.0", 3, 0
+	in.ContentLength = -1
+	in.Header = http.Header{
+		"Content-Type":     {"application/grpc"},
+		"Te":               {"trailers"},
+		"User-Agent":       {"grpc-go/1.85.0"},
+		"Grpc-Timeout":     {"9999m"},
+		"Quicmesh-Service": {"grpc"},
+	}
+	benchForward(b, in, rt, "0")
 }

@@ -61,33 +61,16 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 		_ = rc.EnableFullDuplex()
 	}
 
-	var wroteInfo sync.Mutex
-	trace := &httptrace.ClientTrace{
-		Got1xxResponse: func(code int, header textproto.MIMEHeader) error {
-			if code == http.StatusContinue || code == http.StatusSwitchingProtocols {
-				return nil
-			}
-			wroteInfo.Lock()
-			defer wroteInfo.Unlock()
-			h := w.Header()
-			for k, vv := range header {
-				h[k] = vv
-			}
-			w.WriteHeader(code)
-			for k := range header {
-				h.Del(k)
-			}
-			return nil
-		},
-	}
-	out = out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
+	info := &infoWriter{w: w}
+	info.trace.Got1xxResponse = info.got1xx
+	out = out.WithContext(httptrace.WithClientTrace(out.Context(), &info.trace))
 	resp, err := rt.RoundTrip(out)
 	if err != nil {
 		return Result{}, err
 	}
 	defer resp.Body.Close()
-	wroteInfo.Lock()
-	defer wroteInfo.Unlock()
+	info.mu.Lock()
+	defer info.mu.Unlock()
 
 	h := w.Header()
 	for k, vv := range resp.Header {
@@ -111,13 +94,56 @@ func Forward(w http.ResponseWriter, out *http.Request, rt http.RoundTripper, opt
 		if opts.StripResponseMesh && httpx.IsMeshHeader(k) {
 			continue
 		}
-		h[http.TrailerPrefix+k] = vv
+		h[trailerKey(k)] = vv
 	}
 	res := Result{Status: resp.StatusCode, GRPCStatus: resp.Header.Get("Grpc-Status")}
 	if res.GRPCStatus == "" {
 		res.GRPCStatus = resp.Trailer.Get("Grpc-Status")
 	}
 	return res, nil
+}
+
+// infoWriter passes 1xx responses other than 100 and 101 on to w while
+// the round trip waits for the final response; the response itself is
+// written under mu, so the two never interleave. One allocation holds
+// the lock and the trace (they were three, on every request).
+type infoWriter struct {
+	mu    sync.Mutex
+	w     http.ResponseWriter
+	trace httptrace.ClientTrace
+}
+
+func (iw *infoWriter) got1xx(code int, header textproto.MIMEHeader) error {
+	if code == http.StatusContinue || code == http.StatusSwitchingProtocols {
+		return nil
+	}
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	h := iw.w.Header()
+	for k, vv := range header {
+		h[k] = vv
+	}
+	iw.w.WriteHeader(code)
+	for k := range header {
+		h.Del(k)
+	}
+	return nil
+}
+
+// trailerKey is the key under which a ResponseWriter takes k as a trailer
+// not announced in the header ("Trailer:" + k, which HTTP/2 and HTTP/3
+// servers both read). gRPC's trailers always arrive that way; their keys
+// are constants, so a gRPC response costs no allocation per trailer.
+func trailerKey(k string) string {
+	switch k {
+	case "Grpc-Status":
+		return http.TrailerPrefix + "Grpc-Status"
+	case "Grpc-Message":
+		return http.TrailerPrefix + "Grpc-Message"
+	case "Grpc-Status-Details-Bin":
+		return http.TrailerPrefix + "Grpc-Status-Details-Bin"
+	}
+	return http.TrailerPrefix + k
 }
 
 // copyFlushing streams body to w, flushing after every read so streamed

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"slices"
 	"strings"
 	"testing"
@@ -203,5 +205,109 @@ func TestCopyFlushingStreamsAllButTheEnd(t *testing.T) {
 	}
 	if w.flushes != 2 {
 		t.Errorf("%d flushes with trailers, want 2 (one per chunk)", w.flushes)
+	}
+}
+
+// codesWriter records the status codes written to it and the header
+// at each, as an HTTP/2 or HTTP/3 server would send them.
+type codesWriter struct {
+	sinkWriter
+	codes   []int
+	headers []http.Header
+}
+
+func (w *codesWriter) WriteHeader(code int) {
+	w.codes = append(w.codes, code)
+	w.headers = append(w.headers, w.h.Clone())
+}
+
+// infoTransport answers with the 1xx responses infos, through the
+// request's client trace, and then with resp.
+type infoTransport struct {
+	infos []int
+	resp  *http.Response
+}
+
+func (t *infoTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	for _, code := range t.infos {
+		if err := httptrace.ContextClientTrace(r.Context()).Got1xxResponse(code, textproto.MIMEHeader{"Link": {"</a.css>"}}); err != nil {
+			return nil, err
+		}
+	}
+	return t.resp, nil
+}
+
+// TestForwardTrailersAndInformational: trailers that arrive after the
+// body (gRPC's, and any other) reach the writer under "Trailer:" keys,
+// mesh trailers are dropped from an app's response, and 1xx responses
+// other than 100 and 101 are passed on before the final one with their
+// own header only.
+func TestForwardTrailersAndInformational(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		infos   []int
+		trailer http.Header
+		want    http.Header // the writer's "Trailer:" keys after Forward
+		codes   []int
+	}{
+		{
+			name:    "gRPC status",
+			trailer: http.Header{"Grpc-Status": {"0"}, "Grpc-Message": {""}},
+			want:    http.Header{"Trailer:Grpc-Status": {"0"}, "Trailer:Grpc-Message": {""}},
+			codes:   []int{200},
+		},
+		{
+			name:    "gRPC error with details",
+			trailer: http.Header{"Grpc-Status": {"5"}, "Grpc-Message": {"not%20found"}, "Grpc-Status-Details-Bin": {"CAU"}},
+			want:    http.Header{"Trailer:Grpc-Status": {"5"}, "Trailer:Grpc-Message": {"not%20found"}, "Trailer:Grpc-Status-Details-Bin": {"CAU"}},
+			codes:   []int{200},
+		},
+		{
+			name:    "other trailers, mesh one dropped",
+			trailer: http.Header{"Checksum": {"abc"}, "Quicmesh-Peer": {"forged"}},
+			want:    http.Header{"Trailer:Checksum": {"abc"}},
+			codes:   []int{200},
+		},
+		{
+			name:  "early hints passed, 100 not",
+			infos: []int{100, 103},
+			want:  http.Header{},
+			codes: []int{103, 200},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{StatusCode: 200, ProtoMajor: 2, Header: http.Header{"Content-Type": {"application/grpc"}}}
+			resp.Body = &grpcBody{msg: []byte("msg"), resp: resp, trailer: tc.trailer}
+			w := &codesWriter{sinkWriter: sinkWriter{h: http.Header{}}}
+			in := httptest.NewRequest(http.MethodPost, "http://grpc/echo.Echo/Unary", strings.NewReader("x"))
+			in.Header.Set("Content-Type", "application/grpc")
+			res, err := Forward(w, PrepareOutgoing(context.Background(), in, "http", "127.0.0.1:1"), &infoTransport{infos: tc.infos, resp: resp}, Options{StripResponseMesh: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(w.codes, tc.codes) {
+				t.Errorf("status codes written %v, want %v", w.codes, tc.codes)
+			}
+			if len(tc.codes) > 1 {
+				if got := w.headers[0].Get("Link"); got != "</a.css>" {
+					t.Errorf("1xx header Link = %q, want </a.css>", got)
+				}
+				if got := w.headers[1].Get("Link"); got != "" {
+					t.Errorf("final header kept the 1xx's Link %q", got)
+				}
+			}
+			got := http.Header{}
+			for k, vv := range w.h {
+				if strings.HasPrefix(k, http.TrailerPrefix) {
+					got[k] = vv
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("trailers %v, want %v", got, tc.want)
+			}
+			if want := tc.trailer.Get("Grpc-Status"); res.GRPCStatus != want {
+				t.Errorf("result grpc-status %q, want %q", res.GRPCStatus, want)
+			}
+		})
 	}
 }
