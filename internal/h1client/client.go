@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"runtime"
 	"sync"
 	"time"
 
@@ -151,9 +152,7 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	noBody := o.body == nil
 	replayable := noBody && (replayableMethod(o.method) || len(req.Header["Idempotency-Key"]) > 0 || len(req.Header["X-Idempotency-Key"]) > 0)
 	for attempt := 0; ; attempt++ {
-		// A request that cannot be sent again gets a pooled connection
-		// only after checking that the app has not closed it.
-		cn, err := c.getConn(ctx, req.URL.Host, attempt > 0, !noBody || !replayable)
+		cn, err := c.getConn(ctx, req.URL.Host, attempt > 0)
 		if err != nil {
 			closeBody(o.body)
 			return nil, fmt.Errorf("h1client: %w", err)
@@ -316,22 +315,31 @@ func probe(body io.ReadCloser) (io.ReadCloser, error) {
 		n, err := body.Read(b[:])
 		ch <- probeResult{b: b[0], n: n, err: err}
 	}()
-	t := time.NewTimer(probeTimeout)
+	// Usually the body has ended already (an HTTP/3 request whose
+	// stream ended with its header): yield to the probe once, and there
+	// is its answer, without a timer or a wait.
+	runtime.Gosched()
+	var r probeResult
 	select {
-	case r := <-ch:
-		t.Stop()
-		if r.n == 0 && r.err == io.EOF {
-			body.Close()
-			return nil, nil
+	case r = <-ch:
+	default:
+		t := time.NewTimer(probeTimeout)
+		select {
+		case r = <-ch:
+			t.Stop()
+		case <-t.C:
+			return &probedBody{ReadCloser: body, ch: ch}, nil
 		}
-		if r.n == 0 && r.err != nil {
-			body.Close()
-			return nil, fmt.Errorf("h1client: reading request body: %w", r.err)
-		}
-		return &probedBody{ReadCloser: body, first: r, got: true}, nil
-	case <-t.C:
-		return &probedBody{ReadCloser: body, ch: ch}, nil
 	}
+	if r.n == 0 && r.err == io.EOF {
+		body.Close()
+		return nil, nil
+	}
+	if r.n == 0 && r.err != nil {
+		body.Close()
+		return nil, fmt.Errorf("h1client: reading request body: %w", r.err)
+	}
+	return &probedBody{ReadCloser: body, first: r, got: true}, nil
 }
 
 // probedBody is a body whose first byte probe has read (or is reading).
@@ -365,15 +373,19 @@ func (p *probedBody) Read(b []byte) (int, error) {
 }
 
 // getConn returns a pooled connection to addr, or dials one; fresh
-// skips the pool. check makes sure a pooled connection is still open.
-func (c *Client) getConn(ctx context.Context, addr string, fresh, check bool) (*conn, error) {
+// skips the pool. A pooled connection is used only if the app has sent
+// nothing on it since: neither its close nor bytes nobody asked for
+// (net/http learns the same from the read loop it keeps blocked on
+// every idle connection; what comes after this check is the keep-alive
+// race RoundTrip retries).
+func (c *Client) getConn(ctx context.Context, addr string, fresh bool) (*conn, error) {
 	if !fresh {
 		for {
 			cn := c.take(addr)
 			if cn == nil {
 				break
 			}
-			if check && !cn.alive() {
+			if !cn.alive() {
 				cn.abort()
 				continue
 			}
@@ -394,7 +406,7 @@ func (cn *conn) alive() bool {
 	if cn.br.Buffered() > 0 {
 		return false
 	}
-	return peekAlive(cn.nc)
+	return cn.peek.peekAlive()
 }
 
 // take pops the most recently used idle connection to addr, closing

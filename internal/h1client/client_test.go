@@ -507,3 +507,23 @@ func TestConcurrentLoad(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestUnsolicitedBytesNotReused: bytes an app sends after a response (a
+// body on a 204, say) make its connection unusable; the next request
+// goes on a fresh one instead of reading them as its response.
+func TestUnsolicitedBytesNotReused(t *testing.T) {
+	testkit.CheckLeaks(t)
+	sent := make(chan struct{}, 4)
+	addr := cannedServer(t, false, func(string) string {
+		defer func() { sent <- struct{}{} }()
+		return "HTTP/1.1 204 No Content\r\n\r\nstray bytes"
+	})
+	c := newTestClient(t, Config{})
+	for i := range 3 {
+		resp, _, err := get(t, c, testkit.HangCtx(t), "GET", "http://"+addr+"/", nil)
+		if err != nil || resp.StatusCode != 204 {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		<-sent
+	}
+}

@@ -34,6 +34,7 @@ type conn struct {
 	idleAt time.Time
 	reused bool
 	abortF func() // conn.abort as a func value made once, for context.AfterFunc
+	peek   *peeker
 
 	// The exchange in progress.
 	// state is the exchange's generation (high 32 bits) and the number
@@ -54,6 +55,7 @@ func newConn(cl *Client, nc net.Conn, key string) *conn {
 	cn := &conn{cl: cl, nc: nc, key: key, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10)}
 	cn.hr = headReader{br: cn.br, limit: cl.cfg.MaxResponseHeaderBytes}
 	cn.abortF = cn.abort
+	cn.peek = newPeeker(nc)
 	return cn
 }
 

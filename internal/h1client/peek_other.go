@@ -4,7 +4,11 @@ package h1client
 
 import "net"
 
-// peekAlive cannot look at the socket without blocking here: a closed
+// peeker cannot look at the socket without blocking here: a closed
 // pooled connection shows as a failed request, retried on a fresh
 // connection when it is safe (see Client.RoundTrip).
-func peekAlive(net.Conn) bool { return true }
+type peeker struct{}
+
+func newPeeker(net.Conn) *peeker { return &peeker{} }
+
+func (*peeker) peekAlive() bool { return true }
