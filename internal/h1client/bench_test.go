@@ -1,7 +1,6 @@
 package h1client
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -19,27 +18,8 @@ func benchApp(b *testing.B) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: Thu, 03 Dec 2026 08:00:00 GMT\r\nContent-Length: 13\r\n\r\nHello, world!")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := readRequestHead(br); err != nil {
-						return
-					}
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	resp := "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: Thu, 03 Dec 2026 08:00:00 GMT\r\nContent-Length: 13\r\n\r\nHello, world!"
+	go serveRaw(ln, func(string) (string, bool) { return resp, true })
 	return ln.Addr().String()
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -21,28 +22,33 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 func cannedServer(t *testing.T, close bool, respond func(head string) string) string {
 	t.Helper()
 	ln := testkit.Listen(t)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					head, err := readRequestHead(br)
-					if err != nil {
-						return
-					}
-					if _, err := io.WriteString(c, respond(head)); err != nil || close {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	go serveRaw(ln, func(head string) (string, bool) { return respond(head), !close })
 	return ln.Addr().String()
+}
+
+// serveRaw answers each request head read on each connection accepted
+// from ln with what respond returns, until it says not to go on.
+func serveRaw(ln net.Listener, respond func(head string) (resp string, more bool)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for {
+				head, err := readRequestHead(br)
+				if err != nil {
+					return
+				}
+				resp, more := respond(head)
+				if _, err := io.WriteString(c, resp); err != nil || !more {
+					return
+				}
+			}
+		}()
+	}
 }
 
 // readRequestHead reads a request head (no body: the raw servers here
