@@ -62,7 +62,7 @@ func TestRequests(t *testing.T) {
 	app := startApp(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s host=%s cl=%d te=%v body=%q trailer=%v close=%v ua=%q",
-			r.Method, r.RequestURI, r.Host, r.ContentLength, r.TransferEncoding, b, r.Trailer, r.Close, r.UserAgent())
+			r.Method, r.RequestURI, r.Host, r.ContentLength, r.TransferEncoding, b, r.Trailer, r.Close, r.Header["User-Agent"])
 	})
 	c := newTestClient(t, Config{MaxIdleConnsPerHost: 4})
 	ctx := testkit.HangCtx(t)
@@ -77,39 +77,44 @@ func TestRequests(t *testing.T) {
 			r, _ := http.NewRequestWithContext(ctx, "GET", base+"/a?b=c", nil)
 			r.Host = "svc.example"
 			return r
-		}, `GET /a?b=c host=svc.example cl=0 te=[] body="" trailer=map[] close=false ua=""`},
+		}, `GET /a?b=c host=svc.example cl=0 te=[] body="" trailer=map[] close=false ua=[]`},
 		{"POST with length", func() *http.Request {
 			r, _ := http.NewRequestWithContext(ctx, "POST", base+"/p", strings.NewReader("hello"))
 			return r
-		}, `POST /p host=` + app.addr + ` cl=5 te=[] body="hello" trailer=map[] close=false ua=""`},
+		}, `POST /p host=` + app.addr + ` cl=5 te=[] body="hello" trailer=map[] close=false ua=[]`},
 		{"POST without body", func() *http.Request {
 			r, _ := http.NewRequestWithContext(ctx, "POST", base+"/p", nil)
 			return r
-		}, `POST /p host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=false ua=""`},
+		}, `POST /p host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=false ua=[]`},
 		{"POST chunked with trailers", func() *http.Request {
 			r, _ := http.NewRequestWithContext(ctx, "POST", base+"/p", io.NopCloser(strings.NewReader("streamed")))
 			r.ContentLength = -1
 			r.Trailer = http.Header{"X-Sum": nil}
 			r.Body = &fillTrailer{ReadCloser: r.Body, t: r.Trailer}
 			return r
-		}, `POST /p host=` + app.addr + ` cl=-1 te=[chunked] body="streamed" trailer=map[X-Sum:[7]] close=false ua=""`},
+		}, `POST /p host=` + app.addr + ` cl=-1 te=[chunked] body="streamed" trailer=map[X-Sum:[7]] close=false ua=[]`},
 		{"GET with an empty body of unknown length", func() *http.Request {
 			// What an HTTP/3 GET looks like: a body, no length, nothing in it.
 			r, _ := http.NewRequestWithContext(ctx, "GET", base+"/g", io.NopCloser(strings.NewReader("")))
 			r.ContentLength = -1
 			return r
-		}, `GET /g host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=false ua=""`},
+		}, `GET /g host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=false ua=[]`},
 		{"DELETE with a body of unknown length", func() *http.Request {
 			r, _ := http.NewRequestWithContext(ctx, "DELETE", base+"/d", io.NopCloser(strings.NewReader("x")))
 			r.ContentLength = -1
 			return r
-		}, `DELETE /d host=` + app.addr + ` cl=-1 te=[chunked] body="x" trailer=map[] close=false ua=""`},
+		}, `DELETE /d host=` + app.addr + ` cl=-1 te=[chunked] body="x" trailer=map[] close=false ua=[]`},
+		{"empty user agent means none", func() *http.Request {
+			r, _ := http.NewRequestWithContext(ctx, "GET", base+"/n", nil)
+			r.Header["User-Agent"] = []string{""}
+			return r
+		}, `GET /n host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=false ua=[]`},
 		{"user agent and close", func() *http.Request {
 			r, _ := http.NewRequestWithContext(ctx, "GET", base+"/u", nil)
 			r.Header.Set("User-Agent", "app/1")
 			r.Close = true
 			return r
-		}, `GET /u host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=true ua="app/1"`},
+		}, `GET /u host=` + app.addr + ` cl=0 te=[] body="" trailer=map[] close=true ua=["app/1"]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -244,6 +244,11 @@ func writeFields(bw *bufio.Writer, h http.Header, what string, skip bool) error 
 			return fmt.Errorf("h1client: invalid %s field name %q", what, k)
 		}
 		for _, v := range vv {
+			if skip && v == "" && strings.EqualFold(k, "User-Agent") {
+				// net/http's rule: an empty User-Agent means none
+				// (httpx.KeepUserAgentAbsent relies on it).
+				continue
+			}
 			if !httpguts.ValidHeaderFieldValue(v) {
 				return fmt.Errorf("h1client: invalid %s field value for %q", what, k)
 			}
