@@ -166,7 +166,14 @@ func (b *body) readTrailers() error {
 		}
 		return unexpected(err)
 	}
-	if len(buf) <= 2 { // no trailer fields: only the empty line
+	// CRLF only, as for chunk lines: net/http refuses a trailer section
+	// that does not end in CRLF CRLF.
+	for i, c := range buf {
+		if c == '\n' && (i == 0 || buf[i-1] != '\r') {
+			return protoErr("trailer section with a bare LF")
+		}
+	}
+	if len(buf) == 2 { // no trailer fields: only the empty line
 		return nil
 	}
 	t := make(http.Header)

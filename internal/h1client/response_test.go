@@ -130,6 +130,7 @@ func TestResponses(t *testing.T) {
 		{name: "chunk size overflow", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", status: 200, wantErr: "chunk size too large", proto: true},
 		{name: "chunk size with junk", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n", status: 200, wantErr: "bad chunk size", proto: true},
 		{name: "chunk line with bare LF", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", status: 200, wantErr: "bare LF", proto: true},
+		{name: "trailer with bare LF", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-A: 1\n\r\n", status: 200, body: "ok", wantErr: "bare LF", proto: true},
 		{name: "chunk without CRLF", resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXY0\r\n\r\n", status: 200, body: "hello", wantErr: "not followed by CRLF", proto: true},
 		{name: "obs-fold", resp: "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n", wantErr: "obsolete line folding", proto: true},
 		{name: "space before colon", resp: "HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 0\r\n\r\n", wantErr: "invalid header field name", proto: true},
