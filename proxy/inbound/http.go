@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/internal/h1client"
 )
 
 // Upstream is where the inbound side delivers a peer's traffic once
@@ -28,9 +29,15 @@ type Upstream interface {
 // LocalApps is the Upstream of a sidecar: the apps on this host, with
 // pooled connections to them: keep-alive for HTTP/1.1, multiplexed
 // connections with bounded receive windows for h2c.
+//
+// HTTP/1.1 goes through h1client, which reads and writes on the
+// request's own goroutine instead of net/http's two loops per
+// connection (docs/benchmarks.md, "Lean app-side HTTP/1.1 client");
+// what it does not do (see h1client.fallbackReason) goes to net/http's
+// Transport, set up with the same limits.
 type LocalApps struct {
 	dial net.Dialer // tunnels and switched protocols
-	h1   *http.Transport
+	h1   *h1client.Client
 	h2c  *h2cPool
 }
 
@@ -46,22 +53,38 @@ func NewLocalApps(connectTimeout time.Duration, streamWindow, streamsPerConn int
 	if streamsPerConn <= 0 {
 		streamsPerConn = DefaultAppStreamsPerConn
 	}
+	std := &http.Transport{
+		Proxy:               nil,
+		DialContext:         dialer.DialContext,
+		MaxIdleConns:        appMaxIdleConns,
+		MaxIdleConnsPerHost: appMaxIdleConnsPerHost,
+		IdleConnTimeout:     appIdleConnTimeout,
+		DisableCompression:  true,
+		// Never HTTP/2 over this transport: h2c has its own.
+		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
+		MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
+	}
 	return &LocalApps{
 		dial: net.Dialer{Timeout: connectTimeout},
-		h1: &http.Transport{
-			Proxy:               nil,
-			DialContext:         dialer.DialContext,
-			MaxIdleConns:        1024,
-			MaxIdleConnsPerHost: 256,
-			IdleConnTimeout:     90 * time.Second,
-			DisableCompression:  true,
-			// Never HTTP/2 over this transport: h2c has its own.
-			TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
-			MaxResponseHeaderBytes: 64 << 10,
-		},
+		h1: h1client.New(h1client.Config{
+			Dial:                   dialer.DialContext,
+			MaxIdleConns:           appMaxIdleConns,
+			MaxIdleConnsPerHost:    appMaxIdleConnsPerHost,
+			IdleConnTimeout:        appIdleConnTimeout,
+			MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
+			Fallback:               std,
+		}),
 		h2c: newH2CPool(dialer.DialContext, streamWindow, streamsPerConn),
 	}
 }
+
+// Limits of the HTTP/1.1 connections to the apps.
+const (
+	appMaxIdleConns           = 1024
+	appMaxIdleConnsPerHost    = 256
+	appIdleConnTimeout        = 90 * time.Second
+	appMaxResponseHeaderBytes = 64 << 10
+)
 
 func (l *LocalApps) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	return l.dial.DialContext(ctx, "tcp", addr)
