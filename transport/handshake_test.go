@@ -61,8 +61,8 @@ const (
 // floodCPURatio bounds the process CPU an attack window may use against
 // a control window before starvation in attack windows is laid at the
 // server's door (see testInitialFlood). Measured under -race with two
-// busy loops at load 12-25: 1.01-1.15x for valid Initials (each answered
-// by a Retry), 0.99-1.08x for garbage.
+// busy loops at load 12-25, 8 runs: 0.99-1.15x, valid Initials (each answered
+// by a Retry) and garbage alike.
 const floodCPURatio = 2
 
 // processCPU is the CPU time this process has used, user and system.
