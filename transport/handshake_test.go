@@ -61,7 +61,7 @@ const (
 // floodCPURatio bounds the process CPU an attack window may use against
 // a control window before starvation in attack windows is laid at the
 // server's door (see testInitialFlood). Measured under -race with two
-// busy loops at load 12-25, 8 runs: 0.99-1.15x, valid Initials (each answered
+// busy loops at load 8-25, 13 runs: 0.98-1.23x, valid Initials (each answered
 // by a Retry) and garbage alike.
 const floodCPURatio = 2
 
