@@ -444,11 +444,31 @@ func (ca *CA) Pool() *x509.CertPool {
 // returned chain is the leaf, with Leaf populated, then Chain() (nothing
 // for a root CA); peers hold the roots in their bundle.
 func (ca *CA) Issue(id ID, lifetime time.Duration) (*tls.Certificate, error) {
+	return ca.IssueWith(id, lifetime, LeafOptions{})
+}
+
+// LeafOptions are what a workload certificate may carry beyond its SPIFFE
+// ID.
+type LeafOptions struct {
+	// DNSNames are added as DNS SANs (each checked by ParseDNSName), for
+	// clients outside the mesh that verify a host name, such as a
+	// standard HTTP/3 client of a sidecar's inbound.h3 listener. They are
+	// no identity: peers in the mesh authenticate and authorize the URI
+	// SAN alone.
+	DNSNames []string
+}
+
+// IssueWith is Issue with opts.
+func (ca *CA) IssueWith(id ID, lifetime time.Duration, opts LeafOptions) (*tls.Certificate, error) {
+	dnsNames, err := parseDNSNames(opts.DNSNames)
+	if err != nil {
+		return nil, err
+	}
 	notBefore, notAfter, err := ca.validity(id, lifetime)
 	if err != nil {
 		return nil, err
 	}
-	return ca.issue(id, notBefore, notAfter)
+	return ca.issue(id, notBefore, notAfter, dnsNames)
 }
 
 // Certify is Issue for a key the workload holds: it signs pub (from a
@@ -460,7 +480,7 @@ func (ca *CA) Certify(id ID, pub crypto.PublicKey, lifetime time.Duration) (*x50
 	if err != nil {
 		return nil, err
 	}
-	return ca.sign(id, pub, notBefore, notAfter)
+	return ca.sign(id, pub, notBefore, notAfter, nil)
 }
 
 // validity is the window Issue and Certify give a leaf: from a minute ago
@@ -494,13 +514,18 @@ func (ca *CA) IssueWithValidity(id ID, notBefore, notAfter time.Time) (*tls.Cert
 	if !notAfter.After(notBefore) {
 		return nil, fmt.Errorf("identity: cannot issue %s: NotAfter %s is not after NotBefore %s", id, notAfter.Format(time.RFC3339), notBefore.Format(time.RFC3339))
 	}
-	return ca.issue(id, notBefore, notAfter)
+	return ca.issue(id, notBefore, notAfter, nil)
 }
 
 // IssuePEM is Issue returning PEM: the leaf certificate and its PKCS #8
 // private key.
 func (ca *CA) IssuePEM(id ID, lifetime time.Duration) (certPEM, keyPEM []byte, err error) {
-	cert, err := ca.Issue(id, lifetime)
+	return ca.IssuePEMWith(id, lifetime, LeafOptions{})
+}
+
+// IssuePEMWith is IssuePEM with opts.
+func (ca *CA) IssuePEMWith(id ID, lifetime time.Duration, opts LeafOptions) (certPEM, keyPEM []byte, err error) {
+	cert, err := ca.IssueWith(id, lifetime, opts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -518,12 +543,12 @@ func encodeTLSCertificate(cert *tls.Certificate) (certPEM, keyPEM []byte, err er
 	return certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
-func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, error) {
+func (ca *CA) issue(id ID, notBefore, notAfter time.Time, dnsNames []string) (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("identity: generating key: %w", err)
 	}
-	leaf, err := ca.sign(id, key.Public(), notBefore, notAfter)
+	leaf, err := ca.sign(id, key.Public(), notBefore, notAfter, dnsNames)
 	if err != nil {
 		return nil, err
 	}
@@ -534,7 +559,8 @@ func (ca *CA) issue(id ID, notBefore, notAfter time.Time) (*tls.Certificate, err
 	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
 }
 
-func (ca *CA) sign(id ID, pub crypto.PublicKey, notBefore, notAfter time.Time) (*x509.Certificate, error) {
+// sign makes the leaf; dnsNames were checked by parseDNSNames.
+func (ca *CA) sign(id ID, pub crypto.PublicKey, notBefore, notAfter time.Time, dnsNames []string) (*x509.Certificate, error) {
 	if id.IsZero() {
 		return nil, errors.New("identity: cannot issue a certificate for an empty ID")
 	}
@@ -562,6 +588,7 @@ func (ca *CA) sign(id ID, pub crypto.PublicKey, notBefore, notAfter time.Time) (
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              dnsNames,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {

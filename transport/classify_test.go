@@ -52,6 +52,7 @@ func TestHandshakeReason(t *testing.T) {
 		{"our own TLS alert", &quic.TransportError{Remote: false, ErrorCode: 0x12a}, identity.ReasonOther},
 		{"listener refused: overloaded or draining", &quic.TransportError{Remote: true, ErrorCode: quic.ConnectionRefused}, transport.ReasonRefused},
 		{"handshake timeout", &quic.HandshakeTimeoutError{}, transport.ReasonTimeout},
+		{"no answer within the dial timeout", &quic.IdleTimeoutError{}, transport.ReasonTimeout},
 		{"dial deadline", fmt.Errorf("dial: %w", context.DeadlineExceeded), transport.ReasonTimeout},
 		{"other", errors.New("boom"), identity.ReasonOther},
 	}

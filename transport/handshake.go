@@ -40,7 +40,8 @@ const (
 	// because it did not accept our certificate.
 	ReasonPeerRefused = "peer_refused"
 	// ReasonTimeout: the handshake did not finish within the handshake
-	// timeout.
+	// timeout, or the peer sent nothing for the dial timeout (a peer
+	// that is down, frozen or partitioned away).
 	ReasonTimeout = "timeout"
 	// ReasonNotAccepted: the server finished its TLS handshake but closed
 	// the connection instead of serving it (draining, shutting down), or
@@ -61,10 +62,13 @@ func HandshakeReason(err error) string {
 	}
 	var te *quic.TransportError
 	var ht *quic.HandshakeTimeoutError
+	// quic-go ends a handshake that heard nothing for the handshake idle
+	// timeout (Limits.DialTimeout) with an IdleTimeoutError.
+	var it *quic.IdleTimeoutError
 	switch {
 	case errors.Is(err, errNotAccepted):
 		return ReasonNotAccepted
-	case errors.As(err, &ht), errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &ht), errors.As(err, &it), errors.Is(err, context.DeadlineExceeded):
 		return ReasonTimeout
 	case errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused:
 		return ReasonRefused

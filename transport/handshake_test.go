@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,6 +57,22 @@ const (
 	// detector) at most this far above baseline.
 	floodReturnSlack = 32 << 20
 )
+
+// floodCPURatio bounds the process CPU an attack window may use against
+// a control window before starvation in attack windows is laid at the
+// server's door (see testInitialFlood). Measured under -race with two
+// busy loops at load 8-25, 13 runs: 0.98-1.23x, valid Initials (each answered
+// by a Retry) and garbage alike.
+const floodCPURatio = 2
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // floodRate is the attack rate in packets per second. The race detector
 // makes the server's work per packet many times dearer, so the rate is
@@ -255,9 +272,10 @@ func testInitialFlood(t *testing.T, kind floodKind) {
 	var (
 		mu                sync.Mutex
 		windowID          int
-		cur               []time.Duration // the current window's samples
-		during, baseline  []time.Duration // from clean windows
-		clean, starved    [2]int          // by kind: [attack, control]
+		cur               []time.Duration  // the current window's samples
+		during, baseline  []time.Duration  // from clean windows
+		clean, starved    [2]int           // by kind: [attack, control]
+		cpu               [2]time.Duration // process CPU time, by kind
 		floodTime         time.Duration
 		freshDialErr      error
 		freshDialAttempts int
@@ -275,6 +293,7 @@ func testInitialFlood(t *testing.T, kind floodKind) {
 		defer sched.Stop()
 		start := time.Now()
 		next := start.Add(window)
+		cpuMark := processCPU()
 		timer := time.NewTimer(window)
 		defer timer.Stop()
 		for {
@@ -286,6 +305,8 @@ func testInitialFlood(t *testing.T, kind floodKind) {
 				late := now.Sub(next) >= floodStarved
 				mu.Lock()
 				k := kindOf(f.Control.Load())
+				c := processCPU()
+				cpu[k], cpuMark = cpu[k]+c-cpuMark, c
 				gap := f.TakeMaxGap() >= floodStarved
 				if sched.Starved(floodStarved) || late || gap {
 					starved[k]++
@@ -313,14 +334,31 @@ func testInitialFlood(t *testing.T, kind floodKind) {
 			}
 		}
 	})
-	var legitErr error
+	var (
+		legitErr     error
+		legitStarved int // requests that timed out while this process was starved
+	)
 	wg.Go(func() {
+		sched := testkit.NewSchedWatch()
+		defer sched.Stop()
 		for floodCtx.Err() == nil {
 			mu.Lock()
 			id := windowID
 			mu.Unlock()
+			sched.Starved(0) // the request's interval starts
 			rtt, err := roundTrip(ctx, conn)
 			if err != nil {
+				// As for the fresh dial below: a request that timed out
+				// while this process was starved of CPU (two busy loops
+				// plus load 20 on the 2 cores: 71 of 80 attack windows
+				// starved, and a request missed roundTrip's 5 s) says
+				// nothing about the server, as long as the connection
+				// lives. One that failed while the process ran, or
+				// whose connection the flood killed, fails the test.
+				if conn.Context().Err() == nil && sched.Starved(floodStarved) {
+					legitStarved++
+					continue
+				}
 				legitErr = err
 				return
 			}
@@ -411,14 +449,34 @@ sampling:
 	if freshDialAttempts > 1 {
 		t.Logf("the new peer's dial was made %d times: earlier attempts failed while the process was starved", freshDialAttempts)
 	}
+	if legitStarved > 0 {
+		t.Logf("%d legitimate requests timed out while the process was starved, on a connection that lived on", legitStarved)
+	}
 	if legitErr != nil {
 		t.Fatalf("legitimate request failed during the flood: %v", legitErr)
 	}
 	if freshDialErr != nil {
 		t.Fatalf("a new peer could not connect during the flood (attempt %d): %v", freshDialAttempts, freshDialErr)
 	}
-	if starved[0] > 2*starved[1]+2 {
-		t.Errorf("%d attack windows starved against %d control windows: the attack starves the process", starved[0], starved[1])
+	// CPU the process used per window of each kind: what answering the
+	// attack's packets costs beyond dropping the control's.
+	var cpuPer [2]time.Duration
+	for k := range cpuPer {
+		cpuPer[k] = cpu[k] / time.Duration(max(clean[k]+starved[k], 1))
+	}
+	t.Logf("process CPU per %v window: attack %v, control %v (%.2fx)", window, cpuPer[0].Round(time.Millisecond), cpuPer[1].Round(time.Millisecond),
+		float64(cpuPer[0])/float64(max(cpuPer[1], 1)))
+	// On a machine with CPU to spare the attack's packets must not make
+	// this process wait to run more often. On one without (load 33 on 2
+	// cores), whatever extra CPU the attack windows need, a Retry per
+	// valid Initial, shows up as waits too: there the comparison of waits
+	// failed runs of a server that bounds its work correctly. So the
+	// waits count against the server only if its CPU use per attack
+	// window is also out of line with the control windows'
+	// (floodCPURatio).
+	if starved[0] > 2*starved[1]+2 && cpuPer[0] > floodCPURatio*cpuPer[1] {
+		t.Errorf("%d attack windows starved against %d control windows, attack windows using %v of CPU against %v: the attack starves the process",
+			starved[0], starved[1], cpuPer[0], cpuPer[1])
 	}
 	if min(clean[0], clean[1]) < floodCleanWindows {
 		t.Fatalf("only %d attack and %d control windows of %d were not starved by the hang guard", clean[0], clean[1], windowID)

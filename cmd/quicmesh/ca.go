@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/quicmesh/quicmesh/identity"
@@ -115,12 +116,18 @@ OUT/NAME.crt, OUT/NAME.key and OUT/bundle.crt (each atomically, so a
 running sidecar picks up the new files). With an intermediate CA
 (--ca-dir holds root.crt) NAME.crt is the leaf followed by the
 intermediate, and bundle.crt the root.
+
+--dns adds DNS names for clients outside the mesh that verify a host
+name (a standard HTTP/3 client of inbound.h3); the mesh authenticates
+and authorizes the SPIFFE ID alone.
 `, stdout, stderr)
 	dir := c.Flags.String("ca-dir", "ca", "directory holding ca.crt and ca.key (and root.crt for an intermediate)")
 	idFlag := c.Flags.String("id", "", "SPIFFE ID of the workload, e.g. spiffe://cluster.local/ns/default/sa/web (required)")
 	out := c.Flags.String("out", ".", "directory to write NAME.crt, NAME.key and bundle.crt into")
 	name := c.Flags.String("name", "workload", "file name stem for the certificate and key")
 	lifetime := c.Flags.Duration("lifetime", identity.DefaultCertLifetime, "certificate validity")
+	var dnsNames listFlag
+	c.Flags.Var(&dnsNames, "dns", "a DNS name (RFC 1123, no wildcard) to add as a DNS SAN, e.g. web.example.org; repeat for more")
 	if code, ok := c.Parse(args); !ok {
 		return code
 	}
@@ -131,13 +138,18 @@ intermediate, and bundle.crt the root.
 	if err != nil {
 		return c.Fail("--id: %v", err)
 	}
+	for _, n := range dnsNames {
+		if _, err := identity.ParseDNSName(n); err != nil {
+			return c.Fail("--dns %s: %v", n, err)
+		}
+	}
 	ca, err := identity.LoadCADir(*dir)
 	if err != nil {
 		return c.Fail("--ca-dir: %v", err)
 	}
-	certPEM, keyPEM, err := ca.IssuePEM(id, *lifetime)
+	certPEM, keyPEM, err := ca.IssuePEMWith(id, *lifetime, identity.LeafOptions{DNSNames: dnsNames})
 	if err != nil {
-		return c.Fail("--lifetime %s: %v", *lifetime, err)
+		return c.Fail("issuing %s: %v", id, err)
 	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return c.Fail("--out: %v", err)
@@ -162,6 +174,10 @@ intermediate, and bundle.crt the root.
 			return c.Fail("--out: %v", err)
 		}
 	}
-	fmt.Fprintf(stdout, "issued %s (valid %s) -> %s, %s, %s\n", id, *lifetime, files[0].path, files[1].path, files[2].path)
+	var dns string
+	if len(dnsNames) > 0 {
+		dns = " with DNS names " + strings.Join(dnsNames, ", ")
+	}
+	fmt.Fprintf(stdout, "issued %s%s (valid %s) -> %s, %s, %s\n", id, dns, *lifetime, files[0].path, files[1].path, files[2].path)
 	return cli.ExitOK
 }

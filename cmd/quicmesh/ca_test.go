@@ -83,3 +83,56 @@ func readFile(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// TestCAIssueDNSNames: --dns adds DNS SANs that a standard client
+// verifying a host name against the bundle accepts, beside the SPIFFE ID
+// that stays the certificate's identity; a name that is no host name is
+// refused before anything is written.
+func TestCAIssueDNSNames(t *testing.T) {
+	dir := t.TempDir()
+	caDir, out := filepath.Join(dir, "ca"), filepath.Join(dir, "edge")
+	if code, _, errs := runCmd("ca", "init", "--dir", caDir, "--trust-domain", "test.local"); code != 0 {
+		t.Fatalf("ca init: exit %d: %s", code, errs)
+	}
+	code, stdout, errs := runCmd("ca", "issue", "--ca-dir", caDir, "--id", "spiffe://test.local/ns/a/sa/web", "--out", out,
+		"--dns", "web.example.org", "--dns", "Edge.Example.org")
+	if code != 0 {
+		t.Fatalf("ca issue --dns: exit %d: %s", code, errs)
+	}
+	if !strings.Contains(stdout, "with DNS names web.example.org, Edge.Example.org") {
+		t.Errorf("ca issue --dns said %q; want the DNS names named", stdout)
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(out, "workload.crt"), filepath.Join(out, "workload.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := x509.NewCertPool()
+	if !bundle.AppendCertsFromPEM(readFile(t, filepath.Join(out, "bundle.crt"))) {
+		t.Fatal("bundle.crt holds no certificate")
+	}
+	for _, host := range []string{"web.example.org", "edge.example.org"} {
+		if _, err := pair.Leaf.Verify(x509.VerifyOptions{Roots: bundle, DNSName: host}); err != nil {
+			t.Errorf("verifying %s against bundle.crt: %v", host, err)
+		}
+	}
+	if _, err := pair.Leaf.Verify(x509.VerifyOptions{Roots: bundle, DNSName: "api.example.org"}); err == nil {
+		t.Error("the certificate verified for a DNS name it was not issued for")
+	}
+	if id, err := identity.IDFromCert(pair.Leaf); err != nil || id.String() != "spiffe://test.local/ns/a/sa/web" {
+		t.Fatalf("leaf ID %v (%v)", id, err)
+	}
+
+	for _, tt := range []struct{ name, wantErr string }{
+		{"*.example.org", `quicmesh ca issue: --dns *.example.org: identity: DNS name "*.example.org": wildcards are not issued; name each host the workload serves`},
+		{"web_1.example.org", `quicmesh ca issue: --dns web_1.example.org: identity: DNS name "web_1.example.org": label "web_1" has '_': want letters, digits and hyphens`},
+	} {
+		bad := filepath.Join(dir, "bad")
+		code, _, errs := runCmd("ca", "issue", "--ca-dir", caDir, "--id", "spiffe://test.local/ns/a/sa/web", "--out", bad, "--dns", tt.name)
+		if code != 1 || !strings.Contains(errs, tt.wantErr) {
+			t.Errorf("ca issue --dns %s: exit %d: %s; want exit 1 and %q", tt.name, code, errs, tt.wantErr)
+		}
+		if _, err := os.Stat(bad); !os.IsNotExist(err) {
+			t.Errorf("ca issue --dns %s wrote %s (%v)", tt.name, bad, err)
+		}
+	}
+}

@@ -97,6 +97,7 @@ type fileConfig struct {
 		MaxStreamsPerPeer  int64    `json:"max_streams_per_peer"`
 		StreamWindowBytes  uint64   `json:"stream_window_bytes"`
 		ConnWindowBytes    uint64   `json:"conn_window_bytes"`
+		DialTimeout        duration `json:"dial_timeout"`
 		HandshakeTimeout   duration `json:"handshake_timeout"`
 		IdleTimeout        duration `json:"idle_timeout"`
 		KeepAlive          duration `json:"keep_alive"`

@@ -555,6 +555,9 @@ func (m merger) limits(o *proxyOptions) error {
 		}
 	}
 	o.grace = m.f.grace
+	if err := checkDialTimeout(lim.DialTimeout, lim.HandshakeTimeout.Duration); err != nil {
+		return err
+	}
 	liveness := lim.LivenessTimeout.Duration
 	if liveness == 0 && lim.LivenessTimeout.set() {
 		liveness = -1 // "0s" turns the liveness watch off
@@ -563,6 +566,7 @@ func (m merger) limits(o *proxyOptions) error {
 		MaxIncomingStreams:      lim.MaxStreamsPerPeer,
 		StreamReceiveWindow:     lim.StreamWindowBytes,
 		ConnectionReceiveWindow: lim.ConnWindowBytes,
+		DialTimeout:             lim.DialTimeout.Duration,
 		HandshakeTimeout:        lim.HandshakeTimeout.Duration,
 		IdleTimeout:             lim.IdleTimeout.Duration,
 		KeepAlive:               lim.KeepAlive.Duration,
@@ -582,6 +586,27 @@ func (m merger) limits(o *proxyOptions) error {
 	o.sidecar.Inbound.ConnectTimeout = lim.AppConnectTimeout.Duration
 	o.sidecar.Inbound.HeaderTimeout = lim.HeaderTimeout.Duration
 	o.sidecar.Inbound.MaxInFlight = lim.InboundMaxInFlight
+	return nil
+}
+
+// checkDialTimeout rejects a limits.dial_timeout the transport would not
+// honour as written: "0s" (the transport would take it for the default,
+// which the operator did not ask for) and one above the handshake
+// timeout (which bounds the whole dial, so the transport would silently
+// lower it).
+func checkDialTimeout(dial duration, handshake time.Duration) error {
+	if !dial.set() {
+		return nil
+	}
+	if dial.Duration == 0 {
+		return fmt.Errorf(`config "limits.dial_timeout": must be positive (omit it for the default, %v)`, transport.DefaultDialTimeout)
+	}
+	if handshake == 0 {
+		handshake = transport.DefaultHandshakeTimeout
+	}
+	if dial.Duration > handshake {
+		return fmt.Errorf(`config "limits.dial_timeout" %v: longer than "limits.handshake_timeout" (%v), which bounds the whole dial`, dial.Duration, handshake)
+	}
 	return nil
 }
 

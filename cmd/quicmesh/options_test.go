@@ -247,6 +247,12 @@ func TestMergeProxyOptions(t *testing.T) {
 			},
 		},
 
+		{name: "dial timeout", file: `{"limits": {"dial_timeout": "250ms"}}`, args: id,
+			want: func(o *proxyOptions) { o.sidecar.Limits.DialTimeout = 250 * time.Millisecond }},
+		{name: "dial timeout up to a raised handshake timeout", file: `{"limits": {"dial_timeout": "5s", "handshake_timeout": "10s"}}`, args: id,
+			want: func(o *proxyOptions) {
+				o.sidecar.Limits.DialTimeout, o.sidecar.Limits.HandshakeTimeout = 5*time.Second, 10*time.Second
+			}},
 		{name: "liveness watch off", file: `{"limits": {"liveness_timeout": "0s"}}`, args: id,
 			want: func(o *proxyOptions) { o.sidecar.Limits.LivenessTimeout = -1 }},
 		{
@@ -347,6 +353,12 @@ func TestMergeProxyOptions(t *testing.T) {
 			args: append([]string{"--control-id", "spiffe://other.test/cp", "--control-token", "/flag/token"}, ctlArgs...),
 			want: controlFrom("--control", "--control-ca", "--control-token",
 				controlOptions{addr: ctl, ca: "ca.crt", id: identity.MustParseID("spiffe://other.test/cp"), tokenFile: "/flag/token"})},
+		{name: "dial timeout 0s", file: `{"limits": {"dial_timeout": "0s"}}`, args: id,
+			wantErr: `config "limits.dial_timeout": must be positive (omit it for the default, 1s)`},
+		{name: "dial timeout above the default handshake timeout", file: `{"limits": {"dial_timeout": "4s"}}`, args: id,
+			wantErr: `config "limits.dial_timeout" 4s: longer than "limits.handshake_timeout" (3s), which bounds the whole dial`},
+		{name: "dial timeout above the handshake timeout", file: `{"limits": {"dial_timeout": "2s", "handshake_timeout": "1s"}}`, args: id,
+			wantErr: `config "limits.dial_timeout" 2s: longer than "limits.handshake_timeout" (1s), which bounds the whole dial`},
 		{name: "plain HTTP/3 without QUIC", file: `{"inbound": {"h3": true}}`, args: append([]string{"--transport", "tcp"}, id...),
 			wantErr: `config "inbound.h3": HTTP/3 needs QUIC, and transport mode tcp serves none`},
 		{name: "plain HTTP/3 by flag without QUIC", file: `{"transport": {"mode": "tcp"}}`, args: append([]string{"--inbound-h3"}, id...),

@@ -2,19 +2,10 @@ package gateway_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -131,7 +122,8 @@ func TestPlainHTTP3ThroughTheGateway(t *testing.T) {
 // 403, and a Quicmesh-Peer-Identity the caller forges does not reach the
 // app. A standard client authenticates the server by DNS name, so west's
 // certificate carries the gateway name it is dialled by next to its
-// SPIFFE ID (what a SPIRE registration entry's -dns gives;
+// SPIFFE ID (the built-in CA's LeafOptions.DNSNames, `quicmesh ca issue
+// --dns`; a SPIRE registration entry's -dns gives the same;
 // docs/design.md, "Standard HTTP/3 at the edge").
 func TestCaddyHTTP3ThroughTheGateway(t *testing.T) {
 	caddy := caddyBinary(t)
@@ -140,16 +132,28 @@ func TestCaddyHTTP3ThroughTheGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	root := newTestRoot(t, "test.local")
-	west := root.issue(t, westID, sni)
-	w := newH3West(t, identity.NewStaticProvider(west, root.pool()))
+	root, err := identity.NewCA("test.local", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	west, err := root.IssueWith(identity.MustParseID(westID), time.Hour, identity.LeafOptions{DNSNames: []string{sni}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newH3West(t, identity.NewStaticProvider(west, root.Pool()))
 	rootPEM := filepath.Join(dir, "root.pem")
-	writePEM(t, rootPEM, "CERTIFICATE", root.cert.Raw)
+	writeFile(t, rootPEM, root.BundlePEM())
 	sites := ""
 	ports := map[string]string{}
 	for _, caller := range []string{eastID, impostorID} {
 		name := caller[strings.LastIndex(caller, "/")+1:]
-		cert, key := root.issuePEM(t, dir, name, caller)
+		certPEM, keyPEM, err := root.IssuePEM(identity.MustParseID(caller), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, key := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		writeFile(t, cert, certPEM)
+		writeFile(t, key, keyPEM)
 		ports[caller] = freePort(t)
 		sites += fmt.Sprintf(`
 http://127.0.0.1:%s {
@@ -266,92 +270,9 @@ func freePort(t *testing.T) string {
 	return port
 }
 
-// testRoot is a trust root that issues SPIFFE certificates with DNS
-// names too, which the mesh's CA does not (a SPIRE server does, for
-// entries registered with -dns).
-type testRoot struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestRoot(t *testing.T, td string) *testRoot {
+func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test root " + td},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-		URIs: []*url.URL{{Scheme: "spiffe", Host: td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testRoot{cert: cert, key: key}
-}
-
-func (r *testRoot) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(r.cert)
-	return p
-}
-
-// issue certifies id, with dnsNames as DNS SANs.
-func (r *testRoot) issue(t *testing.T, id string, dnsNames ...string) *tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{u}, DNSNames: dnsNames,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.cert, key.Public(), r.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
-
-// issuePEM certifies id into dir/name.crt and dir/name.key.
-func (r *testRoot) issuePEM(t *testing.T, dir, name, id string) (certPath, keyPath string) {
-	t.Helper()
-	c := r.issue(t, id)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPath, keyPath = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	writePEM(t, certPath, "CERTIFICATE", c.Certificate[0])
-	writePEM(t, keyPath, "PRIVATE KEY", keyDER)
-	return certPath, keyPath
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
