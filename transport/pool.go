@@ -94,7 +94,15 @@ func (pc *PeerConn) Peer() identity.ID { return pc.peer }
 // meshcode.ErrNotProcessed; those that prove the connection dead,
 // meshcode.ErrConnDead.
 func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := pc.h3.RoundTrip(req)
+	var resp *http.Response
+	var err error
+	ok := false
+	if bodyless(req) {
+		resp, ok, err = pc.roundTripBodyless(req)
+	}
+	if !ok {
+		resp, err = pc.h3.RoundTrip(req)
+	}
 	if err != nil {
 		return nil, requestError(err)
 	}

@@ -75,7 +75,7 @@ func (s *server) waitAccepted(t *testing.T) int64 {
 	return s.accepted.Load()
 }
 
-func newPool(t *testing.T, ca *identity.CA, limits transport.Limits) *transport.Pool {
+func newPool(t testing.TB, ca *identity.CA, limits transport.Limits) *transport.Pool {
 	t.Helper()
 	ep, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, clientID), Limits: limits})
 	if err != nil {

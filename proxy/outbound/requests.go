@@ -154,9 +154,11 @@ type forwarder struct {
 
 func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outcome {
 	ctx := r.Context()
-	connectCtx, cancel := context.WithTimeout(ctx, f.timeout)
+	// Bounded by the connect timeout; its timer is made only if the
+	// connection is not ready (lazyDeadline).
+	connectCtx := withLazyTimeout(ctx, f.timeout)
 	pc, pk, err := f.connector.connectTarget(connectCtx, t)
-	cancel()
+	connectCtx.release()
 	if err != nil {
 		return outcome{err: err}
 	}

@@ -80,7 +80,7 @@ func (tm timeouts) serve(w http.ResponseWriter, r *http.Request, t target) outco
 		defer cancel(nil)
 		timer := time.AfterFunc(sp.ResponseHeaderTimeout, func() { cancel(errHeaderTimeout) })
 		defer timer.Stop()
-		w = &headerWatch{ResponseWriter: w, arrived: func() { timer.Stop() }}
+		w = &headerWatch{ResponseWriter: w, timer: timer}
 	}
 	o := tm.next.serve(w, r.WithContext(ctx), t)
 	if o.err == nil || parentDone() {
@@ -97,21 +97,21 @@ func (tm timeouts) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	return o
 }
 
-// headerWatch calls arrived when the final response header is written.
+// headerWatch stops timer when the final response header is written.
 type headerWatch struct {
 	http.ResponseWriter
-	arrived func()
+	timer *time.Timer
 }
 
 func (h *headerWatch) WriteHeader(code int) {
 	if code >= 200 {
-		h.arrived()
+		h.timer.Stop()
 	}
 	h.ResponseWriter.WriteHeader(code)
 }
 
 func (h *headerWatch) Write(p []byte) (int, error) {
-	h.arrived()
+	h.timer.Stop()
 	return h.ResponseWriter.Write(p)
 }
 

@@ -1,0 +1,190 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/transport"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
+)
+
+// startHTTPServer serves HTTP/3 requests with h through transport.Server,
+// as the inbound proxy does, until the test ends; it returns the address.
+func startHTTPServer(tb testing.TB, ca *identity.CA, h http.Handler) string {
+	tb.Helper()
+	ep, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(tb, ca, serverID)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := transport.NewServer(ep, transport.ServerConfig{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := srv.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			wg.Go(func() { c.Serve(h, func(str *transport.Stream, _ string) { str.Reset(meshcode.Reset) }) })
+		}
+	})
+	tb.Cleanup(func() { ep.Close(); wg.Wait() })
+	return ep.Addr().String()
+}
+
+// TestRoundTripWithoutBody covers the path of requests without a body
+// (PeerConn.RoundTrip without quic-go's per-request goroutine) next to
+// the same requests with one, which take quic-go's RoundTrip: both must
+// answer alike, relay 1xx responses, and end on cancellation.
+func TestRoundTripWithoutBody(t *testing.T) {
+	testkit.CheckLeaks(t)
+	ca := identitytest.NewCA(t, "t.local")
+	held := make(chan struct{}, 1)
+	released := make(chan error, 1)
+	addr := startHTTPServer(t, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case "/hold":
+			held <- struct{}{}
+			<-r.Context().Done()
+			released <- context.Cause(r.Context())
+			return
+		case "/hints":
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			w.Header().Del("Link")
+		}
+		w.Header().Set("X-Method", r.Method)
+		w.Header().Set("X-Body", string(body))
+		w.Write([]byte("hello " + r.URL.Path))
+	}))
+	p := newPool(t, ca, transport.Limits{})
+	pc, err := p.Get(context.Background(), addr, identity.MustParseID(serverID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, method, path, body string
+		want                     string // response body
+		hints                    int    // 103 responses seen by the trace
+	}{
+		{name: "GET", method: "GET", path: "/a", want: "hello /a"},
+		{name: "HEAD", method: "HEAD", path: "/a", want: ""},
+		{name: "DELETE", method: "DELETE", path: "/d", want: "hello /d"},
+		{name: "POST with a body (quic-go's path)", method: "POST", path: "/p", body: "data", want: "hello /p"},
+		{name: "early hints", method: "GET", path: "/hints", want: "hello /hints", hints: 1},
+		{name: "early hints with a body (quic-go's path)", method: "PUT", path: "/hints", body: "x", want: "hello /hints", hints: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hints []string
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				hints = append(hints, h.Get("Link"))
+				return nil
+			}}
+			ctx := httptrace.WithClientTrace(context.Background(), trace)
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req, err := http.NewRequestWithContext(ctx, tc.method, "https://web"+tc.path, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := pc.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != 200 || string(got) != tc.want || resp.Request != req {
+				t.Fatalf("status %d, body %q, request %p; want 200, %q, %p", resp.StatusCode, got, resp.Request, tc.want, req)
+			}
+			if m, b := resp.Header.Get("X-Method"), resp.Header.Get("X-Body"); tc.method != "HEAD" && (m != tc.method || b != tc.body) {
+				t.Fatalf("the server saw %s with body %q", m, b)
+			}
+			if len(hints) != tc.hints || tc.hints > 0 && hints[0] != "</style.css>; rel=preload" {
+				t.Fatalf("1xx responses seen: %q, want %d with the Link field", hints, tc.hints)
+			}
+		})
+	}
+
+	t.Run("cancelled while waiting for the response", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://web/hold", nil)
+		go func() { <-held; cancel() }()
+		resp, err := pc.RoundTrip(req)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, %v; want context.Canceled", resp, err)
+		}
+		// The server's request ends: the stream was reset.
+		if cause := <-released; cause == nil {
+			t.Fatal("the server's request context ended without a cause")
+		}
+	})
+}
+
+// BenchmarkPeerConnRoundTrip is one GET through PeerConn.RoundTrip to a
+// transport.Server on loopback, the response body read and closed:
+// allocs/op and goroutines/op are the client's and the server's (the
+// same process); the server's are constant across client changes.
+func BenchmarkPeerConnRoundTrip(b *testing.B) {
+	ca := identitytest.NewCA(b, "t.local")
+	addr := startHTTPServer(b, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	}))
+	p := newPool(b, ca, transport.Limits{})
+	pc, err := p.Get(context.Background(), addr, identity.MustParseID(serverID))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "https://web/", nil)
+	before := goroutinesCreated()
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := pc.RoundTrip(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	b.ReportMetric(float64(goroutinesCreated()-before)/float64(b.N), "goroutines/op")
+}
+
+// goroutinesCreated counts the goroutines started so far in the process.
+func goroutinesCreated() uint64 {
+	// runtime/metrics has no counter of created goroutines; the
+	// scheduler's goid allocation is not exported either, so start a
+	// goroutine and read its ID.
+	ch := make(chan uint64)
+	go func() { ch <- currentGoroutineID() }()
+	return <-ch
+}
+
+// currentGoroutineID parses the calling goroutine's ID from its stack.
+func currentGoroutineID() uint64 {
+	var buf [64]byte
+	s := string(buf[:runtime.Stack(buf[:], false)])
+	s = strings.TrimPrefix(s, "goroutine ")
+	var id uint64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			break
+		}
+		id = id*10 + uint64(c-'0')
+	}
+	return id
+}
