@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -126,11 +125,11 @@ func TestEndpointDeathLosesNoIdempotentRequest(t *testing.T) {
 	m.Start("s1", meshtest.Spec{ID: echoID, Routes: map[string]string{"web": live.URL("http")}})
 	// s2's UDP socket is ours to close: its sidecar then falls silent
 	// at once, without a CONNECTION_CLOSE, as after kill -9.
-	sock, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Start("s2", meshtest.Spec{ID: echoID, PacketConn: sock, Routes: map[string]string{"web": doomed.URL("http")}})
+	// The TCP transport's port comes with it: a UDP port from the
+	// ephemeral range can be some client connection's TCP port at that
+	// moment (a make test run failed on it: "address already in use").
+	sock, tcp := fixedMeshPort(t)
+	m.Start("s2", meshtest.Spec{ID: echoID, PacketConn: sock, TCPListener: tcp, Routes: map[string]string{"web": doomed.URL("http")}})
 	var logs testkit.LogBuffer
 	// No response-header timeout: at load 40 on 2 cores (-race) queueing
 	// alone took some requests past its 30 s default; what this test
