@@ -226,11 +226,16 @@ func drainOneOfTwoEndpoints(t *testing.T, bin string) {
 	if len(draining) < 20 {
 		t.Fatalf("only %d GETs while s2 drained: nothing measured", len(draining))
 	}
-	// The p99 of the drain window against twice the normal one: single
-	// slow requests on a shared machine are scheduling, not the drain,
-	// and the client's starvation line says when timing cannot hold.
-	if drainP99 > 2*p99 && !client.starved(t) {
-		t.Fatalf("GETs while an endpoint drained: p99 %v, more than twice the normal p99 %v", drainP99, p99)
+	// The p99 of the drain window against twice the normal one, and
+	// against the slowest GET of the normal window: the drain window has
+	// ~100 GETs, so its p99 is its second slowest, and one scheduling
+	// hiccup of a busy machine put it at 2.7x the normal p99 in a make
+	// test run (28 ms, 10 ms). A drain that stalls requests (a wait for
+	// a timeout, a redial) takes longer than anything the normal window
+	// saw; the client's starvation line says when timing cannot hold.
+	normalMax := slices.Max(append(normal, 0))
+	if drainP99 > 2*p99 && drainP99 > normalMax && !client.starved(t) {
+		t.Fatalf("GETs while an endpoint drained: p99 %v, more than twice the normal p99 %v and above the normal window's slowest %v", drainP99, p99, normalMax)
 	}
 }
 
