@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -91,28 +90,6 @@ func frozenTCPPeer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		accepted []net.Conn
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			accepted = append(accepted, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		for _, c := range accepted {
-			c.Close()
-		}
-	})
+	testkit.SilentTCP(t, ln)
 	return ln.Addr().String()
 }

@@ -28,27 +28,7 @@ func TestDialToFrozenPeerFailsWithinDialTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var accepted []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := tcp.Accept() // and never a byte back
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			accepted = append(accepted, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		tcp.Close()
-		wg.Wait()
-		for _, c := range accepted {
-			c.Close()
-		}
-	})
+	testkit.SilentTCP(t, tcp) // and never a byte back
 	limits := transport.Limits{DialTimeout: 500 * time.Millisecond, HandshakeTimeout: 10 * time.Second}
 	pool, err := NewPool(Config{Identity: identitytest.Provider(t, ca, clientID), Limits: limits})
 	if err != nil {
