@@ -8,6 +8,7 @@
 #   ROUNDS=5 SECS=8 bash bench/tunnel-iperf.sh
 #   BINS="old=/tmp/q-old new=/tmp/q-new" TARGETS="quicmesh" bash bench/tunnel-iperf.sh   # A/B of two sidecar builds
 #   PROFILE=1 bash bench/tunnel-iperf.sh            # also CPU profiles of both sidecars (one 'up' run) into $OUT
+#   STRACE=1 ROUNDS=0 bash bench/tunnel-iperf.sh    # syscalls per MB of both sidecars (strace -c -f, one 'up' run)
 #   VETH_MTU=9000 bash bench/tunnel-iperf.sh        # the two sides in two network namespaces joined by a veth pair
 #
 # "up" is client → server (iperf3 -c), "down" is -R, "bidir" is --bidir
@@ -246,10 +247,45 @@ if [[ $PROFILE == 1 ]]; then
 		ip=$!
 		sleep 1
 		"${NSA[@]}" curl -s "http://${ADMIN[$n-a]}/debug/pprof/profile?seconds=$SECS" >"$OUT/$n-a.pprof" &
+		pa=$!
 		"${NSB[@]}" curl -s "http://${ADMIN[$n-b]}/debug/pprof/profile?seconds=$SECS" >"$OUT/$n-b.pprof" &
-		wait $ip
-		wait
+		pb=$!
+		# Only these three: a bare wait would also wait for the
+		# sidecars and the iperf3 server, which run until cleanup.
+		wait $ip $pa $pb
 		echo "profiles: $OUT/$n-a.pprof (outbound, sends) $OUT/$n-b.pprof (inbound, receives)"
+	done
+fi
+
+# STRACE=1: syscall counts of both sidecars (strace -c -f) over one
+# 'up' run of SECS seconds, per MB carried (strace slows the sidecars:
+# compare counts per MB, not the throughput of that run).
+if [[ ${STRACE:-0} == 1 ]]; then
+	command -v strace >/dev/null || { echo "STRACE=1 needs strace" >&2; exit 1; }
+	for nb in $BINS; do
+		n=${nb%%=*}
+		st=()
+		for side in a b; do
+			strace -c -f -o "$OUT/$n-$side.strace" -p "${SIDEPIDS[$n-$side]}" 2>/dev/null &
+			st+=($!)
+		done
+		sleep 1 # strace attaches to every thread
+		"${NSA[@]}" iperf3 -c "${HOST[$n]:-127.0.0.1}" -p "${FRONT[$n]}" -t "$SECS" -J >"$OUT/$n-strace.json" || true
+		kill -INT "${st[@]}"
+		wait "${st[@]}" || true
+		python3 - "$OUT/$n-strace.json" "$OUT/$n-a.strace" "$OUT/$n-b.strace" "$n" <<'PY'
+import json, sys
+mb = json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"] / 1e6
+print("# %s: syscalls per MB over %.0f MB, 'up' (under strace)" % (sys.argv[4], mb))
+for side, f in (("outbound", sys.argv[2]), ("inbound", sys.argv[3])):
+    rows = []
+    for line in open(f):
+        p = line.split()
+        if len(p) >= 5 and p[0][0].isdigit() and p[-1] != "total":
+            rows.append((int(p[3]), p[-1]))
+    rows.sort(reverse=True)
+    print("  %-8s %s" % (side, ", ".join("%s %.1f" % (name, c / mb) for c, name in rows[:8])))
+PY
 	done
 fi
 
