@@ -1,7 +1,9 @@
 package main
 
 import (
+	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -105,5 +107,61 @@ func TestSidecarNeedsNoCgo(t *testing.T) {
 	// the template above no longer reports them, and the check is blind.
 	if !slices.Contains(cgoPkgs, "net") {
 		t.Fatalf("go list reported no cgo files for net (packages with cgo files: %v): the check cannot see cgo dependencies", cgoPkgs)
+	}
+}
+
+// The sidecar is built with gRPC's grpcnotrace tag (Makefile SIDECAR_TAGS,
+// and bench/run.sh the same way). Without it gRPC links golang.org/x/net/trace
+// (its request tracing, which runs only after grpc.EnableTracing = true)
+// and with it text/template, whose method calls by name at run time make
+// the linker keep every exported method of every type in the binary:
+// 4.6 MB more file and ~2 MB more RSS per sidecar (docs/benchmarks.md,
+// "Sidecar memory at 1,000 req/s"). This fails if the two builds drift
+// apart, if something else pulls in a template package or the tracing
+// package, or if the tag stops mattering (then drop it).
+func TestSidecarBuildTags(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the dependency check needs the go command: %v", err)
+	}
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^SIDECAR_TAGS := (\S+)$`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("the Makefile sets no SIDECAR_TAGS")
+	}
+	tags := string(m[1])
+	if !strings.Contains(string(makefile), "$(SIDECAR_ENV) $(GO) build -tags $(SIDECAR_TAGS) -o $(BIN) ./cmd/quicmesh\n") {
+		t.Error("the Makefile does not build the sidecar with -tags $(SIDECAR_TAGS)")
+	}
+	runSh, err := os.ReadFile("../../bench/run.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "CGO_ENABLED=0 $GO build -tags " + tags + " -o bin/quicmesh ./cmd/quicmesh\n"; !strings.Contains(string(runSh), want) {
+		t.Errorf("bench/run.sh does not build the sidecar as the Makefile does: want the line %q", want)
+	}
+	deps := func(tags string) []string {
+		t.Helper()
+		out, err := exec.Command(goTool, "list", "-deps", "-tags", tags, ".").Output()
+		if err != nil {
+			t.Fatalf("go list -deps -tags %q: %v", tags, err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) < 100 {
+			t.Fatalf("go list -deps -tags %q listed %d packages; that is not the sidecar's dependency list:\n%s", tags, len(lines), out)
+		}
+		return lines
+	}
+	const tracing = "golang.org/x/net/trace"
+	if !slices.Contains(deps(""), tracing) {
+		t.Errorf("without -tags %s the sidecar no longer links %s: the tag may no longer be needed (measure, then drop it from the Makefile, bench/run.sh and this test)", tags, tracing)
+	}
+	for _, pkg := range deps(tags) {
+		if pkg == tracing || pkg == "text/template" || pkg == "html/template" {
+			t.Errorf("the sidecar built with -tags %s links %s (find the importer with go list -deps -f '{{.ImportPath}} {{.Imports}}')", tags, pkg)
+		}
 	}
 }
