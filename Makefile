@@ -33,8 +33,8 @@ SIDECAR_ENV := CGO_ENABLED=0
 # tracing, only ever on after grpc.EnableTracing = true, which quicmesh never
 # sets) and with it text/template, whose dynamic method lookups make the
 # linker keep every exported method of every type: 4.6 MB smaller file,
-# ~2 MB less RSS per sidecar (docs/benchmarks.md, "Sidecar memory: the
-# binary's pages"). bench/run.sh uses the same tags, and cmd/quicmesh
+# ~2 MB less RSS per sidecar (docs/benchmarks.md, "Sidecar memory at
+# 1,000 req/s"). bench/run.sh uses the same tags, and cmd/quicmesh
 # TestSidecarBuildTags checks that both do.
 SIDECAR_TAGS := grpcnotrace
 
