@@ -14,6 +14,12 @@
 # /proc/PID/smaps_rollup:  phase side VmRSS VmHWM Pss Anonymous
 # "idle" is two seconds after both sidecars are ready; "load" follows 5 s
 # of HTTP/1.1 and 5 s of gRPC, 16 concurrent requests each, through them.
+# With RATE set (RATE=1000 bash bench/footprint.sh ...), "load" is instead
+# HTTP/1.1 at RATE req/s (open loop, 32 workers, 1 s warm-up + 6 s, as
+# make bench's http1-1k), and each load line ends with the sidecar's CPU
+# (user + system) per request in µs over the warm-up and the 6 s.
+# Build SIDECAR_BIN as the Makefile does (make build: CGO_ENABLED=0,
+# SIDECAR_TAGS), or the figures are not those of the shipped sidecar.
 set -euo pipefail
 SC=$(realpath "$1") DEV=$(realpath "$2")
 TMP=$(mktemp -d)
@@ -70,7 +76,21 @@ load() { # proto target: 5 s, 16 concurrent; fails unless every request succeede
 	echo "# load $1: $n requests, $e errors"
 	[[ $n -gt 0 && $e -eq 0 ]] || { echo "load $1 failed: $(cat a.log b.log)" >&2; exit 1; }
 }
-load http1 "http://$BIND/"
-load grpc "$GBIND"
-mem load client "$PA"
-mem load server "$PB"
+if [[ -z ${RATE:-} ]]; then
+	load http1 "http://$BIND/"
+	load grpc "$GBIND"
+	mem load client "$PA"
+	mem load server "$PB"
+	exit 0
+fi
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime
+ta=$(ticks "$PA") tb=$(ticks "$PB")
+"$DEV" bench --proto http1 --target "http://$BIND/" --rate "$RATE" --concurrency 32 --duration 6s --warmup 1s \
+	--quiet --no-progress --json rate.json
+n=$(sed -n 's/^  "requests": \([0-9]*\),$/\1/p' rate.json)
+e=$(sed -n 's/^  "error_total": \([0-9]*\),$/\1/p' rate.json)
+echo "# load http1 at $RATE req/s: $n requests, $e errors; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+[[ $n -gt 0 && $e -eq 0 ]] || { echo "load failed: $(cat a.log b.log)" >&2; exit 1; }
+hz=$(getconf CLK_TCK)
+echo "$(mem load client "$PA") $((($(ticks "$PA") - ta) * 1000000 / hz / n))"
+echo "$(mem load server "$PB") $((($(ticks "$PB") - tb) * 1000000 / hz / n))"

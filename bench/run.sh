@@ -124,9 +124,9 @@ if [[ $QUICK == 0 ]]; then
 fi
 
 log "building bin/quicmesh, bin/quicmesh-dev and the scenario runner"
-# Without cgo, as the Makefile builds it (SIDECAR_ENV): the RSS figures are
-# those of the static sidecar binary.
-CGO_ENABLED=0 $GO build -o bin/quicmesh ./cmd/quicmesh
+# Without cgo and with the tags the Makefile builds it with (SIDECAR_ENV,
+# SIDECAR_TAGS): the RSS figures are those of the sidecar binary users get.
+CGO_ENABLED=0 $GO build -tags grpcnotrace -o bin/quicmesh ./cmd/quicmesh
 $GO build -o bin/quicmesh-dev ./cmd/quicmesh-dev
 $GO build -o "$OUT/scenarios" ./bench/scenario/cmd/scenarios
 

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"debug/elf"
+	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -105,5 +108,126 @@ func TestSidecarNeedsNoCgo(t *testing.T) {
 	// the template above no longer reports them, and the check is blind.
 	if !slices.Contains(cgoPkgs, "net") {
 		t.Fatalf("go list reported no cgo files for net (packages with cgo files: %v): the check cannot see cgo dependencies", cgoPkgs)
+	}
+}
+
+// The sidecar is built with gRPC's grpcnotrace tag (Makefile SIDECAR_TAGS,
+// and bench/run.sh the same way). Without it gRPC links golang.org/x/net/trace
+// (its request tracing, which runs only after grpc.EnableTracing = true)
+// and with it text/template, whose method calls by name at run time make
+// the linker keep every exported method of every type in the binary:
+// 4.6 MB more file and ~2 MB more RSS per sidecar (docs/benchmarks.md,
+// "Sidecar memory at 1,000 req/s"). This fails if the two builds drift
+// apart, if something else pulls in a template package or the tracing
+// package, or if the tag stops mattering (then drop it).
+func TestSidecarBuildTags(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the dependency check needs the go command: %v", err)
+	}
+	makefile, tags := sidecarTags(t)
+	if !strings.Contains(makefile, "$(SIDECAR_ENV) $(GO) build -tags $(SIDECAR_TAGS) -o $(BIN) ./cmd/quicmesh\n") {
+		t.Error("the Makefile does not build the sidecar with -tags $(SIDECAR_TAGS)")
+	}
+	runSh, err := os.ReadFile("../../bench/run.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "CGO_ENABLED=0 $GO build -tags " + tags + " -o bin/quicmesh ./cmd/quicmesh\n"; !strings.Contains(string(runSh), want) {
+		t.Errorf("bench/run.sh does not build the sidecar as the Makefile does: want the line %q", want)
+	}
+	deps := func(tags string) []string {
+		t.Helper()
+		out, err := exec.Command(goTool, "list", "-deps", "-tags", tags, ".").Output()
+		if err != nil {
+			t.Fatalf("go list -deps -tags %q: %v", tags, err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) < 100 {
+			t.Fatalf("go list -deps -tags %q listed %d packages; that is not the sidecar's dependency list:\n%s", tags, len(lines), out)
+		}
+		return lines
+	}
+	const tracing = "golang.org/x/net/trace"
+	if !slices.Contains(deps(""), tracing) {
+		t.Errorf("without -tags %s the sidecar no longer links %s: the tag may no longer be needed (measure, then drop it from the Makefile, bench/run.sh and this test)", tags, tracing)
+	}
+	for _, pkg := range deps(tags) {
+		if pkg == tracing || pkg == "text/template" || pkg == "html/template" {
+			t.Errorf("the sidecar built with -tags %s links %s (find the importer with go list -deps -f '{{.ImportPath}} {{.Imports}}')", tags, pkg)
+		}
+	}
+}
+
+// sidecarTags returns the Makefile and its SIDECAR_TAGS.
+func sidecarTags(t *testing.T) (makefile, tags string) {
+	t.Helper()
+	b, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^SIDECAR_TAGS := (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("the Makefile sets no SIDECAR_TAGS")
+	}
+	return string(b), string(m[1])
+}
+
+// A sidecar's file-backed RSS is about the size of the binary's loaded,
+// read-only segments: under load 92 % of .text, all of .rodata and 81 %
+// of .gopclntab are resident, whichever code runs (docs/benchmarks.md,
+// "Sidecar memory at 1,000 req/s"). This builds the sidecar as the
+// Makefile does and checks two things: the linker still drops exported
+// methods nothing calls (a package that calls methods by a name computed
+// at run time, as text/template does, makes it keep all of them: 3 MB
+// of text, rodata and pclntab), and those segments stay within a budget
+// with ~9 % headroom over 16.6 MiB (2026-12-03), so a dependency that adds
+// megabytes to every sidecar is a decision, not an accident.
+func TestSidecarBinarySize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("links the sidecar binary")
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the size check needs the go command: %v", err)
+	}
+	_, tags := sidecarTags(t)
+	bin := t.TempDir() + "/quicmesh"
+	cmd := exec.Command(goTool, "build", "-tags", tags, "-o", bin, ".")
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0") // Makefile SIDECAR_ENV
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Exported methods of types the sidecar uses, which it never calls.
+	canaries := map[string]bool{"strings.(*Builder).Cap": false, "regexp.(*Regexp).LiteralPrefix": false}
+	for _, s := range syms {
+		if _, ok := canaries[s.Name]; ok {
+			canaries[s.Name] = true
+		}
+	}
+	for name, linked := range canaries {
+		if linked {
+			t.Errorf("the sidecar links %s, which nothing calls: some package calls methods by a run-time name (reflect Value.MethodByName or Type.Method), and the linker keeps every exported method; find it with go build -ldflags=-dumpdep", name)
+		}
+	}
+	var loaded uint64
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_W == 0 {
+			loaded += p.Filesz
+		}
+	}
+	const budget = 18_500 << 10
+	t.Logf("read-only loaded segments: %d KiB (budget %d KiB)", loaded>>10, budget>>10)
+	if loaded > budget {
+		t.Errorf("the sidecar's read-only loaded segments are %d KiB, over the %d KiB budget: nearly all of them are resident in every sidecar; see what grew (go tool nm -size -sort size) before raising the budget", loaded>>10, budget>>10)
 	}
 }
