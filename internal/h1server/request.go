@@ -78,6 +78,9 @@ func parseHead(head []byte) (parsed, error) {
 	// One string for every name and value of the head.
 	s := string(head[:len(head)-2])
 	eol := strings.IndexByte(s, '\r')
+	if s[eol+1] != '\n' {
+		return p, errRequestLine // a bare CR
+	}
 	line := s[:eol]
 	rest := s[eol+2:]
 

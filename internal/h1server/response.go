@@ -93,10 +93,15 @@ func (w *response) writeInformational(code int) {
 
 func writeStatusLine(bw *bufio.Writer, code int) {
 	bw.WriteString("HTTP/1.1 ")
-	var b [3]byte
-	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	var b [20]byte
+	writeInt(bw, b[:0], int64(code), 10)
 	bw.WriteByte(' ')
-	bw.WriteString(http.StatusText(code))
+	if text := http.StatusText(code); text != "" {
+		bw.WriteString(text)
+	} else {
+		bw.WriteString("status code ")
+		writeInt(bw, b[:0], int64(code), 10)
+	}
 	bw.WriteString("\r\n")
 }
 
@@ -170,8 +175,8 @@ func (w *response) Write(p []byte) (int, error) {
 func (w *response) writeBody(p []byte) {
 	bw := w.c.bw
 	if w.chunked {
-		var b [16]byte
-		bw.Write(strconv.AppendInt(b[:0], int64(len(p)), 16))
+		var b [20]byte
+		writeInt(bw, b[:0], int64(len(p)), 16)
 		bw.WriteString("\r\n")
 		bw.Write(p)
 		_, err := bw.WriteString("\r\n")
@@ -287,7 +292,7 @@ func (w *response) commit(final bool, first []byte) {
 func writeLength(bw *bufio.Writer, n int64) {
 	var b [20]byte
 	bw.WriteString("Content-Length: ")
-	bw.Write(strconv.AppendInt(b[:0], n, 10))
+	writeInt(bw, b[:0], n, 10)
 	bw.WriteString("\r\n")
 }
 
@@ -303,9 +308,7 @@ func (w *response) finish() bool {
 	bw := w.c.bw
 	if w.chunked && !w.failed {
 		bw.WriteString("0\r\n")
-		if w.trailers {
-			w.writeTrailers()
-		}
+		w.writeTrailers()
 		if _, err := bw.WriteString("\r\n"); err != nil {
 			w.failed = true
 		}
@@ -322,7 +325,19 @@ func (w *response) finish() bool {
 // writeTrailers writes the declared trailers and the TrailerPrefix ones.
 func (w *response) writeTrailers() {
 	h, bw := w.header, w.c.bw
-	t := make(http.Header)
+	var t http.Header
+	if !w.trailers {
+		for k := range h {
+			if strings.HasPrefix(k, http.TrailerPrefix) {
+				w.trailers = true
+				break
+			}
+		}
+		if !w.trailers {
+			return
+		}
+	}
+	t = make(http.Header)
 	for _, v := range h["Trailer"] {
 		for _, k := range strings.Split(v, ",") {
 			k = http.CanonicalHeaderKey(trimBlanks(k))
@@ -357,4 +372,12 @@ func (d *dateCache) get() []byte {
 	v := &dateValue{sec: now.Unix(), b: now.UTC().AppendFormat(nil, http.TimeFormat)}
 	d.v.Store(v)
 	return v.b
+}
+
+// writeInt writes n in base without an allocation: bufio.Writer.Write
+// would make buf escape, WriteByte does not.
+func writeInt(bw *bufio.Writer, buf []byte, n int64, base int) {
+	for _, c := range strconv.AppendInt(buf, n, base) {
+		bw.WriteByte(c)
+	}
 }

@@ -106,6 +106,7 @@ type conn struct {
 	cancel   context.CancelFunc
 
 	pending []byte
+	resp    response
 }
 
 var errWriteFailed = errors.New("h1server: writing the response failed")
@@ -290,7 +291,10 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 	if cap(c.pending) == 0 {
 		c.pending = make([]byte, 0, bufSize)
 	}
-	w := &response{c: c, req: r, header: make(http.Header), pending: c.pending[:0]}
+	// The writer is reused: like net/http's, it may not be used after
+	// the handler returns.
+	w := &c.resp
+	*w = response{c: c, req: r, header: make(http.Header), pending: c.pending[:0]}
 	if !c.runHandler(w, r) {
 		c.unwatch()
 		c.bw.Flush() // what was committed, as net/http's final flush
@@ -334,15 +338,16 @@ func (c *conn) watch() {
 	if c.watchEnd == nil {
 		c.watchEnd = make(chan struct{}, 1)
 	}
-	cancel := c.cancel
-	go func() {
-		_, err := c.br.Peek(1)
-		if err != nil && !isTimeout(err) {
-			c.gone.Store(true)
-			cancel()
-		}
-		c.watchEnd <- struct{}{}
-	}()
+	go c.watchRead()
+}
+
+func (c *conn) watchRead() {
+	_, err := c.br.Peek(1)
+	if err != nil && !isTimeout(err) {
+		c.gone.Store(true)
+		c.cancel()
+	}
+	c.watchEnd <- struct{}{}
 }
 
 // unwatch stops the watch and waits for it.
