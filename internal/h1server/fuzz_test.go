@@ -197,4 +197,3 @@ func isTokenString(s string) bool {
 	}
 	return s != ""
 }
-

@@ -98,6 +98,8 @@ type conn struct {
 	ctx   context.Context
 	raddr string
 	state atomic.Int32
+	// deadline: a read deadline is set on nc.
+	deadline bool
 
 	// The watch for the app's disconnect while a handler runs.
 	watching bool
@@ -213,43 +215,39 @@ func (c *conn) serve() bool {
 }
 
 // readHead waits for the next request head and returns it, still in the
-// read buffer.
+// read buffer. Deadlines cost a timer update each, so they are set only
+// where they bound a wait: the idle wait for the first byte, and the
+// rest of a head that did not arrive with it (the first head on a
+// connection is bounded from the start). A head that arrives in one
+// piece costs one deadline and one clear.
 func (c *conn) readHead(first bool) ([]byte, error) {
 	s := c.srv
-	if c.br.Buffered() == 0 {
-		// Idle until the next request's first byte.
-		if !first {
-			if !c.state.CompareAndSwap(stateActive, stateIdle) {
-				return nil, net.ErrClosed
-			}
-			if d := s.cfg.IdleTimeout; d > 0 {
-				c.nc.SetReadDeadline(time.Now().Add(d))
-			}
-		} else if d := s.cfg.ReadHeaderTimeout; d > 0 {
-			c.nc.SetReadDeadline(time.Now().Add(d))
-		}
-		_, err := c.br.Peek(1)
-		if !c.state.CompareAndSwap(stateIdle, stateActive) && c.state.Load() == stateClosed {
+	switch {
+	case first:
+		c.setDeadline(s.cfg.ReadHeaderTimeout)
+	case c.br.Buffered() == 0:
+		if !c.state.CompareAndSwap(stateActive, stateIdle) {
 			return nil, net.ErrClosed
 		}
-		if err != nil {
-			return nil, err
-		}
-		if !first {
-			if d := s.cfg.ReadHeaderTimeout; d > 0 {
-				c.nc.SetReadDeadline(time.Now().Add(d))
-			}
-		}
-	} else if d := s.cfg.ReadHeaderTimeout; d > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(d))
+		c.setDeadline(s.cfg.IdleTimeout)
+	}
+	if c.deadline && c.br.Buffered() > 0 {
+		c.setDeadline(0)
 	}
 	limit := bufSize
 	if m := s.cfg.MaxHeaderBytes; m > 0 && m < limit {
 		limit = m
 	}
 	scanned := 0
+	headTimer := first
 	for {
-		b, _ := c.br.Peek(c.br.Buffered())
+		b, err := c.br.Peek(max(c.br.Buffered(), 1))
+		if !first && c.state.Load() != stateActive && !c.state.CompareAndSwap(stateIdle, stateActive) {
+			return nil, net.ErrClosed // closed by Shutdown while idle
+		}
+		if err != nil {
+			return nil, err
+		}
 		end, err := findHeadEnd(b, scanned)
 		if err != nil {
 			return nil, err
@@ -258,17 +256,36 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 			if end > limit {
 				return nil, errHeaderTooLarge
 			}
-			c.nc.SetReadDeadline(time.Time{})
+			if c.deadline {
+				c.setDeadline(0)
+			}
 			return b[:end], nil
 		}
 		if len(b) >= limit {
 			return nil, errHeadTooLarge
+		}
+		if !headTimer {
+			headTimer = true
+			c.setDeadline(s.cfg.ReadHeaderTimeout)
 		}
 		scanned = max(len(b)-1, 0)
 		if _, err := c.br.Peek(len(b) + 1); err != nil && c.br.Buffered() == len(b) {
 			return nil, err
 		}
 	}
+}
+
+// setDeadline sets the read deadline d from now, or clears it (d 0).
+func (c *conn) setDeadline(d time.Duration) {
+	if d <= 0 {
+		if c.deadline {
+			c.nc.SetReadDeadline(time.Time{})
+			c.deadline = false
+		}
+		return
+	}
+	c.nc.SetReadDeadline(time.Now().Add(d))
+	c.deadline = true
 }
 
 // serveRequest runs the handler for one request and ends its response;
@@ -357,8 +374,8 @@ func (c *conn) unwatch() {
 	}
 	c.watching = false
 	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.deadline = true // readHead replaces or clears it
 	<-c.watchEnd
-	c.nc.SetReadDeadline(time.Time{})
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -371,6 +388,7 @@ func isTimeout(err error) bool {
 // fallback.
 func (c *conn) handOff() bool {
 	c.nc.SetReadDeadline(time.Time{})
+	c.deadline = false
 	n := c.br.Buffered()
 	buf, _ := c.br.Peek(n)
 	pc := &prefixConn{Conn: c.nc, prefix: append([]byte(nil), buf...)}
