@@ -312,13 +312,22 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 	// the handler returns.
 	w := &c.resp
 	*w = response{c: c, req: r, header: make(http.Header), pending: c.pending[:0]}
-	if !c.runHandler(w, r) {
-		c.unwatch()
+	ok := c.runHandler(w, r)
+	if b != nil {
+		// Whoever still holds the body (a request-body writer the
+		// handler started) gets an error from now on, as from net/http,
+		// and its end no longer starts a watch: the connection's reader
+		// is this goroutine's again.
+		b.mu.Lock()
+		b.closed, b.onEOF = true, nil
+		b.mu.Unlock()
+	}
+	c.unwatch()
+	if !ok {
 		c.bw.Flush() // what was committed, as net/http's final flush
 		return false
 	}
 	keep = w.finish()
-	c.unwatch()
 	if c.gone.Load() {
 		return false
 	}
