@@ -56,7 +56,10 @@ import (
 // InspectConn (or InspectListener) with http.Server.ConnContext set to
 // ConnContext: Guard then also rejects, with 400 and before next runs,
 // CL+TE, TE in HTTP/1.0, obs-fold, bare-LF heads, and chunk-framing errors
-// that arrive together with the head.
+// that arrive together with the head. internal/h1server (the client
+// sidecar's HTTP/1.1 server) parses each head once instead: it serves only
+// heads that pass these checks and hands every other one, with the rest of
+// its connection, to an http.Server behind InspectConn.
 
 // DefaultMaxHeaderListSize bounds the size of a request's fields as
 // ValidateRequest measures it: the sum over all fields of len(name) +

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/quicmesh/quicmesh/internal/detect"
+	"github.com/quicmesh/quicmesh/internal/h1server"
 	"github.com/quicmesh/quicmesh/internal/h2guard"
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/splice"
@@ -130,6 +131,7 @@ type httpFront struct {
 	p       *Proxy
 	h1      *http.Server
 	h1conns *httpx.ConnListener
+	lean    *h1server.Server // HTTP/1.1 first; h1 (behind the inspector) takes what it declines
 	h2      *http2.Server
 	h1done  chan struct{}
 	handler http.Handler
@@ -147,6 +149,17 @@ func (p *Proxy) newHTTPFront(service string) *httpFront {
 		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
 		ErrorLog:          nil,
 	}
+	f.lean = h1server.New(h1server.Config{
+		Handler: f.handler,
+		// The fallback path as before: net/http behind the framing
+		// inspector, from the head the lean server declined.
+		Fallback:          func(c net.Conn) { f.h1conns.Push(httpx.InspectConn(c)) },
+		ConnContext:       withConnTarget,
+		ReadHeaderTimeout: p.cfg.HeaderTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		Log:               p.log,
+	})
 	f.h2 = &http2.Server{
 		IdleTimeout:          p.cfg.IdleTimeout,
 		MaxReadFrameSize:     1 << 20,
@@ -226,8 +239,16 @@ func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
 		ctx := withConnTarget(context.Background(), conn)
 		f.h2.ServeConn(g, &http2.ServeConnOpts{Context: h2guard.NewContext(ctx, g), Handler: f.handler, BaseConfig: f.h1})
 	default:
-		f.h1conns.Push(httpx.InspectConn(conn))
+		f.lean.ServeConn(conn)
 	}
+}
+
+// shutdown drains both HTTP/1 servers (and, through h1, HTTP/2).
+func (f *httpFront) shutdown(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { defer close(done); f.lean.Shutdown(ctx) }()
+	f.h1.Shutdown(ctx)
+	<-done
 }
 
 func (f *httpFront) close() {

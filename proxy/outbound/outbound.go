@@ -313,7 +313,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, f := range fronts {
 		wg.Add(1)
-		go func() { defer wg.Done(); f.h1.Shutdown(ctx) }()
+		go func() { defer wg.Done(); f.shutdown(ctx) }()
 	}
 	wg.Wait()
 	done := make(chan struct{})
