@@ -186,13 +186,43 @@ func kill9OneOfTwoEndpoints(t *testing.T, bin string) {
 // The draining sidecar sends GOAWAY on the connection it has and refuses
 // new ones, so new requests go to the other endpoint within a round
 // trip; what it was serving finishes.
+//
+// The drain lasts as long as s2 takes to finish what it serves (a few
+// hundred ms); a loaded machine can run the load generator so slowly that
+// fewer than 20 GETs start in it (16 at load 40, the GETs' p50 214 ms),
+// or stop this process, which sends and times the GETs, long enough to
+// make one of a window of ~50 GETs (its p99 is its slowest) slower than
+// anything in the normal window (90 ms against 62 ms at load 38): then
+// nothing was measured, and the scenario runs again with new sidecars,
+// until the hang guard. A drain that stalls requests still fails: it
+// does so in an attempt in which this process ran.
 func drainOneOfTwoEndpoints(t *testing.T, bin string) {
+	guard := testkit.HangGuard(t)
+	for attempt := 1; ; attempt++ {
+		measured := false
+		t.Run(fmt.Sprintf("attempt %d", attempt), func(t *testing.T) { measured = drainOnce(t, bin) })
+		if measured || t.Failed() {
+			return
+		}
+		if time.Now().After(guard) {
+			t.Fatalf("%d attempts, each with fewer than 20 GETs while s2 drained, or too slow a GET while this process was starved: nothing measured", attempt)
+		}
+	}
+}
+
+// drainOnce runs drainOneOfTwoEndpoints's scenario once; false: its
+// timing was not measured (fewer than 20 GETs started while s2 drained,
+// or the check failed while this process was starved).
+func drainOnce(t *testing.T, bin string) (measured bool) {
 	_, s2, client, l, hits1, hits2 := twoEndpointsUnderLoad(t, bin)
 	// A normal stretch to compare with, then the drain.
 	normalFrom := time.Now()
 	testkit.Eventually(t, "500 GETs served normally", func() bool { return time.Since(normalFrom) > 2*time.Second && l.Served() > 500 })
+	sw := testkit.NewSchedWatch()
+	defer sw.Stop()
 	s2.cmd.Process.Signal(syscall.SIGTERM)
 	term := time.Now()
+	sw.Starved(0) // the drain's interval starts
 	served := l.Served()
 	select {
 	case <-s2.done:
@@ -224,7 +254,8 @@ func drainOneOfTwoEndpoints(t *testing.T, bin string) {
 		t.Fatalf("%d of %d GETs failed; first: %s", len(failed), len(outcomes), strings.Join(failed[:min(len(failed), 5)], "; "))
 	}
 	if len(draining) < 20 {
-		t.Fatalf("only %d GETs while s2 drained: nothing measured", len(draining))
+		t.Logf("only %d GETs while s2 drained: nothing measured, running it again", len(draining))
+		return false
 	}
 	// The p99 of the drain window against twice the normal one, and
 	// against the slowest GET of the normal window: the drain window has
@@ -235,8 +266,13 @@ func drainOneOfTwoEndpoints(t *testing.T, bin string) {
 	// saw; the client's starvation line says when timing cannot hold.
 	normalMax := slices.Max(append(normal, 0))
 	if drainP99 > 2*p99 && drainP99 > normalMax && !client.starved(t) {
+		if sw.Starved(drainP99 / 2) {
+			t.Logf("drain p99 %v (normal p99 %v, slowest %v) while this process waited %v or more to run: measured again", drainP99, p99, normalMax, drainP99/2)
+			return false
+		}
 		t.Fatalf("GETs while an endpoint drained: p99 %v, more than twice the normal p99 %v and above the normal window's slowest %v", drainP99, p99, normalMax)
 	}
+	return true
 }
 
 func countBefore(os []testkit.Outcome, t time.Time) int {

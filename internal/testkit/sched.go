@@ -27,6 +27,7 @@ type SchedWatch struct {
 	mu     sync.Mutex
 	lat    *schedlat.Watch
 	maxGap atomic.Int64 // longest time between two wake-ups, ns
+	lost   atomic.Int64 // time past due at the wake-ups, summed, ns
 	stop   chan struct{}
 	done   chan struct{}
 }
@@ -39,7 +40,8 @@ func NewSchedWatch() *SchedWatch {
 }
 
 // wake runs every millisecond and records the longest time between two
-// of its runs.
+// of its runs, and how long past due its runs were in all (a run past
+// due is one the process wanted to make and could not: its time lost).
 func (w *SchedWatch) wake() {
 	defer close(w.done)
 	tick := time.NewTicker(time.Millisecond)
@@ -54,6 +56,9 @@ func (w *SchedWatch) wake() {
 		now := time.Now() // when it ran, not when the tick was due
 		gap := int64(now.Sub(last))
 		last = now
+		if late := gap - int64(time.Millisecond); late > 0 {
+			w.lost.Add(late)
+		}
 		for m := w.maxGap.Load(); gap > m && !w.maxGap.CompareAndSwap(m, gap); m = w.maxGap.Load() {
 		}
 	}
@@ -73,5 +78,18 @@ func (w *SchedWatch) Starved(limit time.Duration) bool {
 	defer w.mu.Unlock()
 	late := w.lat.Waited(limit)
 	gap := time.Duration(w.maxGap.Swap(0))
+	w.lost.Store(0)
 	return limit > 0 && (late || gap >= limit)
+}
+
+// Lost is how long, in all, the watch's own goroutine waited to run
+// past its 1 ms ticks since the previous Starved call (or
+// NewSchedWatch): the wall time in which this process could not run
+// even a goroutine that only wakes up. On an oversubscribed machine
+// most of it is made of many short waits, none of them long enough for
+// Starved: a step with many hand-offs between goroutines (a handshake
+// through a relay) then takes longer by about this much although no
+// single wait was long. It does not reset the interval.
+func (w *SchedWatch) Lost() time.Duration {
+	return time.Duration(w.lost.Load())
 }

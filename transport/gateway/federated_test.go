@@ -13,6 +13,7 @@ import (
 	"github.com/quicmesh/quicmesh/internal/httpx"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
+	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/fallback"
 	"github.com/quicmesh/quicmesh/transport/gateway"
 )
@@ -46,24 +47,38 @@ type outcome struct {
 // within it when the local endpoints return. No request fails; no
 // request started after a switch completed goes to the side it left.
 // A switch slower than the bound while this process was starved of CPU
-// is measured again (at most 5 times), as it says nothing of quicmesh.
+// (testkit.SchedWatch: one long wait, or waits adding up to more than
+// the switch's excess over the bound) is measured again, until the hang
+// guard, as it says nothing of quicmesh (at load 40 one run took 4
+// attempts).
 func TestFederatedFailoverWithinBound(t *testing.T) {
 	m := meshtest.NewOver(t, fallback.QUIC)
+	// The sidecars' dials (of their apps, and east's of west through
+	// the gateway, and its wait for a connection) wait until the hang
+	// guard: at load 38-44 (-race, two CPU hogs) a loopback dial outlasted
+	// the 2 s default and 20 requests got 504, a dial through the gateway
+	// during which the process lost 4.2 s waiting for CPU missed the 3 s
+	// handshake timeout and 110 requests got 502, and a request waited
+	// past the 5 s connect timeout in a 5.1 s switch (4.7 s lost), which
+	// is not what this test asks about. A slow dial still shows: the
+	// switch it is part of is timed.
+	appConnect := time.Until(testkit.HangGuard(t))
+	dialLimits := transport.Limits{DialTimeout: appConnect, HandshakeTimeout: appConnect}
 	var local []discovery.Endpoint
 	for i := range 2 {
 		app := m.HTTPApp(fmt.Sprintf("east-web-%d", i), meshtest.H1, servedBy("east"))
-		sc := m.Start(fmt.Sprintf("east-server-%d", i), meshtest.Spec{ID: "spiffe://test.local/ns/east/sa/server", Routes: map[string]string{"web": app.URL("http")}})
+		sc := m.Start(fmt.Sprintf("east-server-%d", i), meshtest.Spec{ID: "spiffe://test.local/ns/east/sa/server", AppConnectTimeout: appConnect, Routes: map[string]string{"web": app.URL("http")}})
 		local = append(local, sc.Endpoint())
 	}
 	remote := m.HTTPApp("west-web", meshtest.H1, servedBy("west"))
-	westSrv := m.Start("west", meshtest.Spec{ID: westID, Routes: map[string]string{"web": remote.URL("http")}})
+	westSrv := m.Start("west", meshtest.Spec{ID: westID, AppConnectTimeout: appConnect, Limits: dialLimits, Routes: map[string]string{"web": remote.URL("http")}})
 	westRes := static.NewFromMap(map[string][]discovery.Endpoint{"web": {westSrv.Endpoint()}})
 	t.Cleanup(func() { westRes.Close() })
 	gw, reg := startGateway(t, export(t, westRes, "web"))
 	imported := gateway.Imports([]discovery.Endpoint{westSrv.Endpoint()}, gw)
 	federated := append(append([]discovery.Endpoint(nil), local...), imported...)
 	m.Resolve("web", federated...)
-	east := m.Start("east", meshtest.Spec{ID: eastID, ClientsSpeakFirst: true, Binds: []meshtest.Bind{{Service: "web"}}})
+	east := m.Start("east", meshtest.Spec{ID: eastID, ClientsSpeakFirst: true, Limits: dialLimits, ConnectTimeout: appConnect, Binds: []meshtest.Bind{{Service: "web"}}})
 	url := "http://" + east.Bind("web") + "/"
 
 	var (
@@ -161,25 +176,38 @@ func TestFederatedFailoverWithinBound(t *testing.T) {
 	sw := testkit.NewSchedWatch()
 	defer sw.Stop()
 	passed := false
-	for attempt := 1; attempt <= 5 && !passed; attempt++ {
+	guard := testkit.HangGuard(t)
+	attempt := 0
+	for !passed && time.Now().Before(guard) {
+		attempt++
 		sw.Starved(0)
 		away, done := switchTo("west", imported)
-		awayStarved := sw.Starved(federatedSwitchBound / 4)
+		awayLost, awayStarved := sw.Lost(), sw.Starved(federatedSwitchBound/4)
 		settle("west", done)
 		sw.Starved(0)
 		back, done := switchTo("east", federated)
-		backStarved := sw.Starved(federatedSwitchBound / 4)
+		backLost, backStarved := sw.Lost(), sw.Starved(federatedSwitchBound/4)
 		settle("east", done)
-		t.Logf("attempt %d: to west through the gateway in %s, back in %s", attempt, away.Round(time.Millisecond), back.Round(time.Millisecond))
+		ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+		t.Logf("attempt %d: to west through the gateway in %s (%s lost waiting for CPU), back in %s (%s lost)", attempt, ms(away), ms(awayLost), ms(back), ms(backLost))
+		// A slow switch says nothing of quicmesh when the process was
+		// starved in one long wait, or when it lost waiting for CPU at
+		// least the time the switch took beyond the bound (at load 30 a
+		// switch took 1.16 s with no wait of 250 ms: a handshake through
+		// the gateway hands off between goroutines dozens of times).
+		excused := func(took, lost time.Duration, starved bool) bool {
+			return took <= federatedSwitchBound || starved || took-lost <= federatedSwitchBound
+		}
 		switch {
 		case away <= federatedSwitchBound && back <= federatedSwitchBound:
 			passed = true
-		case (away > federatedSwitchBound && !awayStarved) || (back > federatedSwitchBound && !backStarved):
-			t.Fatalf("switch to west %s, back %s: want each within %s (the process was not starved)", away, back, federatedSwitchBound)
+		case !excused(away, awayLost, awayStarved) || !excused(back, backLost, backStarved):
+			t.Fatalf("switch to west %s (%s lost waiting for CPU), back %s (%s lost): want each within %s (the process was not starved)",
+				away, awayLost, back, backLost, federatedSwitchBound)
 		}
 	}
 	if !passed {
-		t.Fatalf("5 attempts, each slower than %s while the process was starved of CPU", federatedSwitchBound)
+		t.Fatalf("%d attempts until the hang guard, each slower than %s while the process was starved of CPU", attempt, federatedSwitchBound)
 	}
 	stopCallers()
 	var failed []string
