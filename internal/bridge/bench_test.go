@@ -138,12 +138,25 @@ func (t *grpcTransport) RoundTrip(*http.Request) (*http.Response, error) {
 // HTTP/2 or HTTP/3 on both sides (proxy/sidecar's BenchmarkGRPCUnary
 // does it end to end).
 func BenchmarkForwardGRPC(b *testing.B) {
+	benchForwardGRPC(b, http.Header{"Grpc-Status": {"0"}, "Grpc-Message": {""}})
+}
+
+// BenchmarkForwardGRPCMetadata is BenchmarkForwardGRPC with the app's
+// own trailer metadata as well: the five trailers the echo app of
+// proxy/sidecar's benchmarks sends.
+func BenchmarkForwardGRPCMetadata(b *testing.B) {
+	benchForwardGRPC(b, http.Header{
+		"Grpc-Status": {"0"}, "Grpc-Message": {""},
+		"Echo-Trailer": {"done"}, "Echo-Local-Addr": {"127.0.0.1:8080"},
+		"Echo-Authority": {"grpc"}, "Echo-Peer-Identity": {"spiffe://mesh/ns/default/sa/client"},
+		"Echo-Quicmesh-Peer-Identity": {"spiffe://mesh/ns/default/sa/client"},
+	})
+}
+
+func benchForwardGRPC(b *testing.B, trailer http.Header) {
 	rt := &grpcTransport{
 		resp: http.Response{StatusCode: http.StatusOK, ProtoMajor: 2, Header: http.Header{"Content-Type": {"application/grpc"}}},
-		body: grpcBody{
-			msg:     make([]byte, 5+128),
-			trailer: http.Header{"Grpc-Status": {"0"}, "Grpc-Message": {""}},
-		},
+		body: grpcBody{msg: make([]byte, 5+128), trailer: trailer},
 	}
 	in, err := http.NewRequest(http.MethodPost, "https://grpc/echo.Echo/Unary", strings.NewReader("x"))
 	if err != nil {

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quicmesh/quicmesh/internal/httpx"
@@ -143,7 +145,46 @@ func trailerKey(k string) string {
 	case "Grpc-Status-Details-Bin":
 		return http.TrailerPrefix + "Grpc-Status-Details-Bin"
 	}
-	return http.TrailerPrefix + k
+	if key, ok := (*trailerKeys.Load())[k]; ok {
+		return key
+	}
+	key := http.TrailerPrefix + k
+	if len(k) <= maxCachedTrailerKeyLen {
+		cacheTrailerKey(k, key)
+	}
+	return key
+}
+
+// trailerKeys holds the trailer keys built for other names: an app's own
+// trailers (gRPC metadata; the echo app of the benchmarks sends five on
+// every call) have the same names call after call, so each key is built
+// once. The map is replaced, never changed, so a lookup takes no lock.
+// At most maxCachedTrailerKeys names of at most maxCachedTrailerKeyLen
+// bytes are kept: an app that sends ever new names costs an allocation
+// per name, as before, and no memory.
+var (
+	trailerKeys   atomic.Pointer[map[string]string]
+	trailerKeysMu sync.Mutex // serializes cacheTrailerKey
+)
+
+const (
+	maxCachedTrailerKeys   = 64
+	maxCachedTrailerKeyLen = 64
+)
+
+func init() { trailerKeys.Store(&map[string]string{}) }
+
+func cacheTrailerKey(k, key string) {
+	trailerKeysMu.Lock()
+	defer trailerKeysMu.Unlock()
+	old := *trailerKeys.Load()
+	if _, ok := old[k]; ok || len(old) >= maxCachedTrailerKeys {
+		return
+	}
+	m := make(map[string]string, len(old)+1)
+	maps.Copy(m, old)
+	m[k] = key
+	trailerKeys.Store(&m)
 }
 
 // copyFlushing streams body to w, flushing after every read so streamed

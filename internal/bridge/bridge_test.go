@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -309,5 +310,53 @@ func TestForwardTrailersAndInformational(t *testing.T) {
 				t.Errorf("result grpc-status %q, want %q", res.GRPCStatus, want)
 			}
 		})
+	}
+}
+
+// TestTrailerKeyCache checks that trailer keys come out right whether
+// built, cached or past the cache's bounds, that the cache stays bounded
+// when an app sends ever new names, and that concurrent forwards share it
+// safely (-race).
+func TestTrailerKeyCache(t *testing.T) {
+	saved := trailerKeys.Load()
+	trailerKeys.Store(&map[string]string{})
+	t.Cleanup(func() { trailerKeys.Store(saved) })
+	long := strings.Repeat("L", maxCachedTrailerKeyLen+1)
+	for _, tc := range []struct {
+		name, key string
+		cached    bool
+	}{
+		{name: "Grpc-Status", key: "Trailer:Grpc-Status"},
+		{name: "Echo-Trailer", key: "Trailer:Echo-Trailer", cached: true},
+		{name: long, key: "Trailer:" + long},
+	} {
+		for range 2 { // built, then looked up
+			if got := trailerKey(tc.name); got != tc.key {
+				t.Errorf("trailerKey(%.20q) = %.30q, want %.30q", tc.name, got, tc.key)
+			}
+		}
+		if _, ok := (*trailerKeys.Load())[tc.name]; ok != tc.cached {
+			t.Errorf("%.20q cached: %v, want %v", tc.name, ok, tc.cached)
+		}
+	}
+
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 3 * maxCachedTrailerKeys {
+				name := fmt.Sprintf("X-%d-%d", g, i)
+				if got := trailerKey(name); got != http.TrailerPrefix+name {
+					t.Errorf("trailerKey(%q) = %q", name, got)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(*trailerKeys.Load()); n != maxCachedTrailerKeys {
+		t.Errorf("cache holds %d names, want the bound %d", n, maxCachedTrailerKeys)
+	}
+	if got := trailerKey("Echo-Trailer"); got != "Trailer:Echo-Trailer" {
+		t.Errorf("after filling the cache, trailerKey(Echo-Trailer) = %q", got)
 	}
 }
