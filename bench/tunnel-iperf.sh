@@ -79,7 +79,7 @@ if [[ -n $VETH_MTU ]]; then
 fi
 
 if [[ -z ${BINS:-} ]]; then
-	$GO build -o "$WORK/quicmesh" ./cmd/quicmesh
+	CGO_ENABLED=0 $GO build -tags grpcnotrace -o "$WORK/quicmesh" ./cmd/quicmesh
 	BINS="quicmesh=$WORK/quicmesh"
 fi
 

@@ -136,6 +136,13 @@ func TestSidecarBuildTags(t *testing.T) {
 	if want := "CGO_ENABLED=0 $GO build -tags " + tags + " -o bin/quicmesh ./cmd/quicmesh\n"; !strings.Contains(string(runSh), want) {
 		t.Errorf("bench/run.sh does not build the sidecar as the Makefile does: want the line %q", want)
 	}
+	tunnelSh, err := os.ReadFile("../../bench/tunnel-iperf.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "CGO_ENABLED=0 $GO build -tags " + tags + ` -o "$WORK/quicmesh" ./cmd/quicmesh` + "\n"; !strings.Contains(string(tunnelSh), want) {
+		t.Errorf("bench/tunnel-iperf.sh does not build the sidecar as the Makefile does: want the line %q", want)
+	}
 	deps := func(tags string) []string {
 		t.Helper()
 		out, err := exec.Command(goTool, "list", "-deps", "-tags", tags, ".").Output()
