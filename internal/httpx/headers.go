@@ -52,6 +52,19 @@ const (
 	HeaderDestPort = "Quicmesh-Dest-Port"
 )
 
+// The mesh fields a sidecar adds to a request it sends to a peer, keyed
+// as HTTP/3 carries them: in lower case (RFC 9114 §4.2). quic-go's client
+// lower-cases every name of a request's header that is not already
+// (strings.ToLower: an allocation per field and request) and its server
+// canonicalises the names it receives, so the far side reads these
+// under HeaderService, HeaderOrigProto and HeaderDestPort; the names on
+// the wire are the same.
+const (
+	WireService   = "quicmesh-service"
+	WireOrigProto = "quicmesh-orig-proto"
+	WireDestPort  = "quicmesh-dest-port"
+)
+
 // IsMeshHeader reports whether name (in any case) is a mesh-internal field,
 // i.e. starts with MeshHeaderPrefix.
 func IsMeshHeader(name string) bool {

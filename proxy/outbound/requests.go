@@ -193,13 +193,15 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 // Huffman-coded and decoded every time), so a field whose absence says
 // the same is left out: Quicmesh-Orig-Proto is sent only for h2, as the
 // inbound side treats a missing one like h1 (it switches to h2c only
-// for "h2" or gRPC).
+// for "h2" or gRPC). The names are in lower case, as HTTP/3 sends them
+// (httpx.WireService): quic-go would otherwise lower-case each, an
+// allocation per field and request.
 func setMeshHeaders(h http.Header, r *http.Request, t target) {
-	h[httpx.HeaderService] = []string{t.service}
+	h[httpx.WireService] = []string{t.service}
 	if r.ProtoMajor == 2 {
-		h[httpx.HeaderOrigProto] = []string{"h2"}
+		h[httpx.WireOrigProto] = []string{"h2"}
 	}
 	if t.port != 0 {
-		h[httpx.HeaderDestPort] = []string{strconv.Itoa(int(t.port))}
+		h[httpx.WireDestPort] = []string{strconv.Itoa(int(t.port))}
 	}
 }

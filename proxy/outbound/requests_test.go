@@ -157,7 +157,7 @@ func TestForwarder(t *testing.T) {
 			if !tt.wantErr && (rec.Code != tt.status || o.res.Status != tt.status || o.peer == nil) {
 				t.Fatalf("wrote %d, result %+v, peer %v; want %d from the peer", rec.Code, o.res, o.peer, tt.status)
 			}
-			if (sent != nil) != tt.headers || (sent != nil && (sent.Header.Get(httpx.HeaderService) != "web" || sent.Header[httpx.HeaderOrigProto] != nil || sent.URL.Host != "web:80")) {
+			if (sent != nil) != tt.headers || (sent != nil && (len(sent.Header[httpx.WireService]) != 1 || sent.Header[httpx.WireService][0] != "web" || sent.Header[httpx.WireOrigProto] != nil || sent.URL.Host != "web:80")) {
 				t.Errorf("peer got %v", sent)
 			}
 			reports := bal.got()
@@ -189,9 +189,9 @@ func TestSetMeshHeaders(t *testing.T) {
 		port  uint16
 		want  http.Header
 	}{
-		{"HTTP/1.1", 1, 0, http.Header{"Quicmesh-Service": {"web"}}},
-		{"h2", 2, 0, http.Header{"Quicmesh-Service": {"web"}, "Quicmesh-Orig-Proto": {"h2"}}},
-		{"transparent", 1, 8080, http.Header{"Quicmesh-Service": {"web"}, "Quicmesh-Dest-Port": {"8080"}}},
+		{"HTTP/1.1", 1, 0, http.Header{"quicmesh-service": {"web"}}},
+		{"h2", 2, 0, http.Header{"quicmesh-service": {"web"}, "quicmesh-orig-proto": {"h2"}}},
+		{"transparent", 1, 8080, http.Header{"quicmesh-service": {"web"}, "quicmesh-dest-port": {"8080"}}},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest("GET", "/", nil)
