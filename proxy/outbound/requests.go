@@ -169,8 +169,7 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 		return outcome{err: cancelledError{}}
 	}
 	end := pc.Begin()
-	out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
-	setMeshHeaders(out.Header, r, t)
+	out := prepareOutgoing(ctx, r, t)
 	res, err := bridge.Forward(w, out, pc, bridge.Options{})
 	end()
 	// A client that went away says nothing about the endpoint; our own
@@ -185,6 +184,39 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 		pc.Forget()
 	}
 	return outcome{peer: pc, key: pk.ep.Key, err: &forwardError{peer: pc, err: err}}
+}
+
+// prepareOutgoing is the request sent to the peer for r: what
+// bridge.PrepareOutgoing makes of it, with the mesh fields. A request
+// whose body brings trailers takes bridge.PrepareOutgoing itself (it
+// copies them at the body's end); the others are made here without its
+// copy of the header (Request.Clone): the fields are put in a new map
+// under their lower-case names (httpx.OutgoingFields), which quic-go
+// sends without lower-casing each, and the values are shared with r's,
+// which nothing modifies (a retry prepares r again).
+func prepareOutgoing(ctx context.Context, r *http.Request, t target) *http.Request {
+	hasBody := r.Body != nil && r.Body != http.NoBody && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)
+	if hasBody && len(r.Trailer) > 0 {
+		out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
+		setMeshHeaders(out.Header, r, t)
+		return out
+	}
+	out := r.WithContext(ctx)
+	u := *r.URL
+	u.Scheme, u.Host = "https", t.authority
+	out.URL = &u
+	out.RequestURI = ""
+	out.Close = false
+	out.Trailer = nil
+	if !hasBody {
+		// A nil body tells the HTTP/3 client there is none (see
+		// bridge.PrepareOutgoing).
+		out.Body = nil
+	}
+	out.Header = make(http.Header, len(r.Header)+1)
+	httpx.OutgoingFields(out.Header, r.Header)
+	setMeshHeaders(out.Header, r, t)
+	return out
 }
 
 // setMeshHeaders adds the fields the far sidecar routes by. Each costs

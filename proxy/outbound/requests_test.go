@@ -203,3 +203,70 @@ func TestSetMeshHeaders(t *testing.T) {
 		}
 	}
 }
+
+// prepareOutgoing makes the request bridge.PrepareOutgoing makes, with
+// the mesh fields, whichever way it takes: the same target, Host, body,
+// trailers and fields (names in lower case, which the HTTP/3 client
+// sends as they are), and r is left as it was, so a retry prepares the
+// same request again. What the app sent in the mesh's namespace does not
+// go out: only the sidecar's own mesh fields do.
+func TestPrepareOutgoingAsBridge(t *testing.T) {
+	withTrailer := func(r *http.Request) *http.Request {
+		r.TransferEncoding = []string{"chunked"}
+		r.ContentLength = -1
+		r.Trailer = http.Header{"X-Sum": nil}
+		return r
+	}
+	tests := []struct {
+		name string
+		r    *http.Request
+	}{
+		{"GET", httptest.NewRequest("GET", "/x?q=1", nil)},
+		{"GET, forged mesh fields, hop-by-hop", httptest.NewRequest("GET", "/x", nil)},
+		{"POST with a body", httptest.NewRequest("POST", "/x", strings.NewReader("body"))},
+		{"POST, empty body", httptest.NewRequest("POST", "/x", http.NoBody)},
+		{"chunked body with trailers", withTrailer(httptest.NewRequest("POST", "/x", strings.NewReader("body")))},
+		{"absolute-form", httptest.NewRequest("GET", "http://web:80/x", nil)},
+	}
+	tests[1].r.Header = http.Header{
+		"User-Agent": {"curl"}, "Accept": {"*/*"}, "X-Custom": {"a", "b"},
+		"Quicmesh-Service": {"forged"}, "Quicmesh-Peer-Identity": {"spiffe://forged"},
+		"Connection": {"keep-alive, X-Hop"}, "X-Hop": {"1"}, "Keep-Alive": {"5"},
+		"Te": {"trailers, deflate"}, "Expect": {"100-continue"}, "Upgrade": {"h2c"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.r
+			before := r.Header.Clone()
+			tgt := target{service: "web", authority: "web:80", port: 8080}
+			got := prepareOutgoing(r.Context(), r, tgt)
+			if !reflect.DeepEqual(r.Header, before) {
+				t.Fatalf("the app's request changed: %v -> %v", before, r.Header)
+			}
+			want := bridge.PrepareOutgoing(r.Context(), r, "https", tgt.authority)
+			setMeshHeaders(want.Header, r, tgt)
+			if got.URL.String() != want.URL.String() || got.Host != want.Host || got.RequestURI != "" || got.Close ||
+				(got.Body == nil) != (want.Body == nil) || !reflect.DeepEqual(got.Trailer, want.Trailer) {
+				t.Errorf("got %s %s Host %q body %v trailer %v; want %s Host %q body %v trailer %v",
+					got.Method, got.URL, got.Host, got.Body != nil, got.Trailer, want.URL, want.Host, want.Body != nil, want.Trailer)
+			}
+			if g, w := canonicalFields(got.Header), canonicalFields(want.Header); !reflect.DeepEqual(g, w) {
+				t.Errorf("fields %v, want %v", g, w)
+			}
+			if g := got.Header; g.Get(httpx.HeaderPeerIdentity) != "" || len(g[httpx.WireService]) != 1 || g[httpx.WireService][0] != "web" {
+				t.Errorf("mesh fields sent: %v", g)
+			}
+		})
+	}
+}
+
+// canonicalFields is h with canonical names, as the far side reads it.
+func canonicalFields(h http.Header) http.Header {
+	c := http.Header{}
+	for k, vv := range h {
+		for _, v := range vv {
+			c.Add(k, v)
+		}
+	}
+	return c
+}
