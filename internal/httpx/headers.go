@@ -17,6 +17,7 @@
 package httpx
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -166,6 +167,32 @@ func OutgoingFields(dst, src http.Header) {
 	if _, ok := dst["user-agent"]; !ok {
 		dst["user-agent"] = noUserAgent
 	}
+}
+
+// NextHop is the request for the next hop made from r as
+// bridge.PrepareOutgoing makes it, but for the header, which is r's
+// until the caller sets out.Header: a shallow copy of r with ctx, its
+// URL's scheme and host set (Host, the field, stays r.Host), no
+// RequestURI, Close false, no trailers, and a nil body when r has none
+// (a nil body tells the HTTP/2 and HTTP/3 clients there is none). ok is
+// false and out nil when r's body brings trailers: those must be copied
+// at the body's end, which bridge.PrepareOutgoing arranges.
+func NextHop(ctx context.Context, r *http.Request, scheme, host string) (out *http.Request, ok bool) {
+	hasBody := r.Body != nil && r.Body != http.NoBody && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)
+	if hasBody && len(r.Trailer) > 0 {
+		return nil, false
+	}
+	out = r.WithContext(ctx)
+	u := *r.URL
+	u.Scheme, u.Host = scheme, host
+	out.URL = &u
+	out.RequestURI = ""
+	out.Close = false
+	out.Trailer = nil
+	if !hasBody {
+		out.Body = nil
+	}
+	return out, true
 }
 
 // Shared, never modified values for OutgoingFields.

@@ -195,23 +195,11 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 // sends without lower-casing each, and the values are shared with r's,
 // which nothing modifies (a retry prepares r again).
 func prepareOutgoing(ctx context.Context, r *http.Request, t target) *http.Request {
-	hasBody := r.Body != nil && r.Body != http.NoBody && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)
-	if hasBody && len(r.Trailer) > 0 {
-		out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
+	out, ok := httpx.NextHop(ctx, r, "https", t.authority)
+	if !ok {
+		out = bridge.PrepareOutgoing(ctx, r, "https", t.authority)
 		setMeshHeaders(out.Header, r, t)
 		return out
-	}
-	out := r.WithContext(ctx)
-	u := *r.URL
-	u.Scheme, u.Host = "https", t.authority
-	out.URL = &u
-	out.RequestURI = ""
-	out.Close = false
-	out.Trailer = nil
-	if !hasBody {
-		// A nil body tells the HTTP/3 client there is none (see
-		// bridge.PrepareOutgoing).
-		out.Body = nil
 	}
 	out.Header = make(http.Header, len(r.Header)+1)
 	httpx.OutgoingFields(out.Header, r.Header)
