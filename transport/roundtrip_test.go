@@ -141,17 +141,31 @@ func TestRoundTripWithoutBody(t *testing.T) {
 // allocs/op and goroutines/op are the client's and the server's (the
 // same process); the server's are constant across client changes.
 func BenchmarkPeerConnRoundTrip(b *testing.B) {
-	ca := identitytest.NewCA(b, "t.local")
-	addr := startHTTPServer(b, ca, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	pc := benchPeerConn(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	}))
+	req, _ := http.NewRequest("GET", "https://web/", nil)
+	before := goroutinesCreated()
+	benchRoundTrips(b, pc, req)
+	b.ReportMetric(float64(goroutinesCreated()-before)/float64(b.N), "goroutines/op")
+}
+
+// benchPeerConn is a client connection to a transport.Server on
+// loopback that serves h.
+func benchPeerConn(b *testing.B, h http.Handler) *transport.PeerConn {
+	ca := identitytest.NewCA(b, "t.local")
+	addr := startHTTPServer(b, ca, h)
 	p := newPool(b, ca, transport.Limits{})
 	pc, err := p.Get(context.Background(), addr, identity.MustParseID(serverID))
 	if err != nil {
 		b.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", "https://web/", nil)
-	before := goroutinesCreated()
+	return pc
+}
+
+// benchRoundTrips sends req through pc b.N times, reading and closing
+// each response's body; a status other than 200 fails.
+func benchRoundTrips(b *testing.B, pc *transport.PeerConn, req *http.Request) {
 	b.ReportAllocs()
 	for b.Loop() {
 		resp, err := pc.RoundTrip(req)
@@ -160,8 +174,10 @@ func BenchmarkPeerConnRoundTrip(b *testing.B) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
 	}
-	b.ReportMetric(float64(goroutinesCreated()-before)/float64(b.N), "goroutines/op")
 }
 
 // goroutinesCreated counts the goroutines started so far in the process.
@@ -187,4 +203,36 @@ func currentGoroutineID() uint64 {
 		id = id*10 + uint64(c-'0')
 	}
 	return id
+}
+
+// BenchmarkRequestFields is one GET through PeerConn.RoundTrip (client
+// and server in this process, the server's handler answering at once)
+// with the request fields an outbound sidecar sends for the benchmark's
+// HTTP/1.1 GET, keyed as a server-side http.Header has them (canonical)
+// or already in HTTP/3's lower case; and without the mesh field. The
+// differences are what a field costs on the hop: quic-go lower-cases
+// every name that is not lower case already (an allocation each),
+// Huffman-codes names and values outside QPACK's static table, and the
+// server Huffman-decodes and canonicalises them.
+func BenchmarkRequestFields(b *testing.B) {
+	pc := benchPeerConn(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("User-Agent") == "" {
+			w.WriteHeader(http.StatusBadRequest)
+		}
+	}))
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+	}{
+		{"canonical", http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}, "Quicmesh-Service": {"web"}}},
+		{"lowercase", http.Header{"user-agent": {"Go-http-client/1.1"}, "accept-encoding": {"gzip"}, "quicmesh-service": {"web"}}},
+		{"lowercase-mesh-only", http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}, "quicmesh-service": {"web"}}},
+		{"no-mesh-field", http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			req, _ := http.NewRequest("GET", "https://127.0.0.1:8080/", nil)
+			req.Header = tc.header
+			benchRoundTrips(b, pc, req)
+		})
+	}
 }

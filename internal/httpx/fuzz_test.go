@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,13 @@ func headersFromBytes(data []byte) http.Header {
 		}
 	}
 	return h
+}
+
+// addSeeds adds each seed to f's corpus.
+func addSeeds(f *testing.F, seeds []string) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
 }
 
 func cloneHeader(h http.Header) http.Header {
@@ -69,9 +77,7 @@ func FuzzHeaders(f *testing.F) {
 		"Connection:" + strings.Repeat("a,", 20) + "A\n!a:1",
 		"!Bad Name:x\n!:empty\nX:\x00\r\n",
 	}
-	for _, s := range seeds {
-		f.Add([]byte(s))
-	}
+	addSeeds(f, seeds)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		orig := headersFromBytes(data)
 		named := namedByConnection(orig)
@@ -184,6 +190,88 @@ func FuzzInspector(f *testing.F) {
 			}
 			if off != r.offset {
 				t.Fatalf("inspector accepted %v at offset %d", r, off)
+			}
+		}
+	})
+}
+
+// wireFields is h as an HTTP/2 or HTTP/3 client sends it: names in lower
+// case, the values of names that differ only in case together (sorted:
+// their order across keys follows map iteration), and User-Agent as
+// those clients treat it, at most one and none if empty.
+func wireFields(h http.Header) map[string][]string {
+	out := map[string][]string{}
+	for k, vv := range h {
+		lk := asciiLower(k)
+		out[lk] = append(out[lk], vv...)
+	}
+	for k := range out {
+		slices.Sort(out[k])
+	}
+	if ua := slices.DeleteFunc(out["user-agent"], func(v string) bool { return v == "" }); len(ua) > 0 {
+		out["user-agent"] = ua
+	} else {
+		delete(out, "user-agent")
+	}
+	return out
+}
+
+// asciiLower lower-cases the ASCII letters of s only: field names are
+// ASCII tokens (clients refuse others before lower-casing them).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// FuzzOutgoingFields checks OutgoingFields against what it stands for:
+// RemoveHopByHop, StripMeshHeaders, KeepUserAgentAbsent and the removal
+// of Expect on a copy, as bridge.PrepareOutgoing does. The wire form
+// must be the same, every name lower case, src untouched, and no value
+// slice copied.
+func FuzzOutgoingFields(f *testing.F) {
+	seeds := []string{
+		"User-Agent:Go-http-client/1.1\nAccept-Encoding:gzip",
+		"Connection:X-A, x-b, User-Agent\nX-A:1\nX-B:2\nX-C:3\nUser-Agent:x",
+		"!connection:Quicmesh-Peer-Identity\nQuicmesh-Peer-Identity:spiffe://x\nQuicmesh-Service:forged",
+		"Te:trailers\nConnection:TE\nUpgrade:h2c\nExpect:100-continue\nContent-Type:application/grpc",
+		"!te:gzip, trailers\n!TE:deflate\n!user-agent:lower\n!X-Dup:a\n!x-dup:b",
+		"Keep-Alive:1\nProxy-Connection:1\nTransfer-Encoding:chunked\nProxy-Authorization:x\n!expect:x",
+		"Connection:" + strings.Repeat("a,", 20) + "A\n!a:1\nUser-Agent:",
+	}
+	addSeeds(f, seeds)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		src := headersFromBytes(data)
+		orig := cloneHeader(src)
+
+		want := cloneHeader(src)
+		RemoveHopByHop(want)
+		StripMeshHeaders(want)
+		KeepUserAgentAbsent(want)
+		for k := range want {
+			if strings.EqualFold(k, "Expect") {
+				delete(want, k)
+			}
+		}
+
+		got := http.Header{}
+		OutgoingFields(got, src)
+		if !reflect.DeepEqual(src, orig) {
+			t.Fatalf("src changed: %q -> %q", orig, src)
+		}
+		if w, g := wireFields(want), wireFields(got); !reflect.DeepEqual(w, g) {
+			t.Fatalf("on the wire %q, want %q (from %q)", g, w, src)
+		}
+		for k, vv := range got {
+			if asciiLower(k) != k {
+				t.Fatalf("name %q not in lower case", k)
+			}
+			if sv := src[http.CanonicalHeaderKey(k)]; len(vv) > 0 && &vv[0] != &teTrailers[0] && &vv[0] != &noUserAgent[0] && len(sv) == len(vv) && &sv[0] != &vv[0] && reflect.DeepEqual(sv, vv) {
+				t.Fatalf("%q copied", k)
 			}
 		}
 	})

@@ -17,6 +17,7 @@
 package httpx
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -50,6 +51,19 @@ const (
 	// configuration allows the port. A sidecar that does not know it
 	// strips it with the other mesh fields and routes by HeaderService.
 	HeaderDestPort = "Quicmesh-Dest-Port"
+)
+
+// The mesh fields a sidecar adds to a request it sends to a peer, keyed
+// as HTTP/3 carries them: in lower case (RFC 9114 §4.2). quic-go's client
+// lower-cases every name of a request's header that is not already
+// (strings.ToLower: an allocation per field and request) and its server
+// canonicalises the names it receives, so the far side reads these
+// under HeaderService, HeaderOrigProto and HeaderDestPort; the names on
+// the wire are the same.
+const (
+	WireService   = "quicmesh-service"
+	WireOrigProto = "quicmesh-orig-proto"
+	WireDestPort  = "quicmesh-dest-port"
 )
 
 // IsMeshHeader reports whether name (in any case) is a mesh-internal field,
@@ -103,24 +117,7 @@ func RemoveHopByHop(h http.Header) {
 	if len(h) == 0 {
 		return
 	}
-	var (
-		conn     []string // Connection field values
-		nconn    int      // number of Connection fields
-		trailers bool
-	)
-	for k, vv := range h {
-		switch {
-		case len(k) == len("Connection") && strings.EqualFold(k, "Connection"):
-			if nconn++; nconn == 1 {
-				conn = vv
-			} else {
-				conn = append(conn[:len(conn):len(conn)], vv...)
-			}
-		case len(k) == len("Te") && strings.EqualFold(k, "Te"):
-			trailers = trailers || httpguts.HeaderValuesContainsToken(vv, "trailers")
-		}
-	}
-	named := connectionTokens(conn)
+	named, trailers := connectionAndTE(h)
 	keptTE := false
 	for k, vv := range h {
 		if trailers && k == "Te" && len(vv) == 1 && vv[0] == "trailers" {
@@ -134,6 +131,148 @@ func RemoveHopByHop(h http.Header) {
 	if trailers && !keptTE {
 		h["Te"] = []string{"trailers"}
 	}
+}
+
+// OutgoingFields adds to dst the fields of src a request carries to its
+// next hop over HTTP/2 or HTTP/3, keyed in lower case as those protocols
+// send them: what is left of src after RemoveHopByHop, StripMeshHeaders,
+// KeepUserAgentAbsent and the removal of Expect (what
+// bridge.PrepareOutgoing does to its copy of a request's header), in
+// one pass over src and without copying it. dst shares src's value
+// slices: neither may modify them in place afterwards (Set, Del and
+// assignments are fine; appending to a value slice is not).
+//
+// quic-go's and net/http's HTTP/2 and HTTP/3 clients lower-case the
+// names they send; a name already in lower case costs them nothing,
+// others an allocation (quic-go: strings.ToLower per field and
+// request). Common names take their lower-case form from a table here;
+// other names are lower-cased here instead.
+func OutgoingFields(dst, src http.Header) {
+	named, trailers := connectionAndTE(src)
+	for k, vv := range src {
+		if IsHopByHop(k) || IsMeshHeader(k) || len(k) == len("Expect") && strings.EqualFold(k, "Expect") || named.contains(k) {
+			continue
+		}
+		lk := lowerName(k)
+		if prev, ok := dst[lk]; ok {
+			// src had the name in more than one case.
+			dst[lk] = append(prev[:len(prev):len(prev)], vv...)
+		} else {
+			dst[lk] = vv
+		}
+	}
+	if trailers {
+		dst["te"] = teTrailers
+	}
+	if _, ok := dst["user-agent"]; !ok {
+		dst["user-agent"] = noUserAgent
+	}
+}
+
+// NextHop is the request for the next hop made from r as
+// bridge.PrepareOutgoing makes it, but for the header, which is r's
+// until the caller sets out.Header: a shallow copy of r with ctx, its
+// URL's scheme and host set (Host, the field, stays r.Host), no
+// RequestURI, Close false, no trailers, and a nil body when r has none
+// (a nil body tells the HTTP/2 and HTTP/3 clients there is none). ok is
+// false and out nil when r's body brings trailers: those must be copied
+// at the body's end, which bridge.PrepareOutgoing arranges.
+func NextHop(ctx context.Context, r *http.Request, scheme, host string) (out *http.Request, ok bool) {
+	hasBody := r.Body != nil && r.Body != http.NoBody && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)
+	if hasBody && len(r.Trailer) > 0 {
+		return nil, false
+	}
+	out = r.WithContext(ctx)
+	u := *r.URL
+	u.Scheme, u.Host = scheme, host
+	out.URL = &u
+	out.RequestURI = ""
+	out.Close = false
+	out.Trailer = nil
+	if !hasBody {
+		out.Body = nil
+	}
+	return out, true
+}
+
+// Shared, never modified values for OutgoingFields.
+var (
+	teTrailers  = []string{"trailers"}
+	noUserAgent = []string{""} // see KeepUserAgentAbsent
+)
+
+// lowerNames maps common canonical field names to their lower case.
+var lowerNames = func() map[string]string {
+	names := [...]string{
+		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Accept-Ranges",
+		"Access-Control-Request-Headers", "Access-Control-Request-Method",
+		"Authorization", "Baggage", "Cache-Control", "Content-Disposition", "Content-Encoding",
+		"Content-Language", "Content-Length", "Content-Location", "Content-Range", "Content-Type",
+		"Cookie", "Date", "Dnt", "Etag", "Forwarded", "From", "Grpc-Accept-Encoding",
+		"Grpc-Encoding", "Grpc-Timeout", "Host", "If-Match", "If-Modified-Since", "If-None-Match",
+		"If-Range", "If-Unmodified-Since", "Last-Modified", "Link", "Location", "Max-Forwards",
+		"Origin", "Pragma", "Priority", "Range", "Referer", "Sec-Fetch-Dest", "Sec-Fetch-Mode",
+		"Sec-Fetch-Site", "Traceparent", "Tracestate", "Upgrade-Insecure-Requests", "User-Agent",
+		"Via", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Spanid", "X-B3-Traceid",
+		"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id",
+		"X-Requested-With",
+	}
+	m := make(map[string]string, len(names))
+	for _, n := range names {
+		m[n] = strings.ToLower(n)
+	}
+	return m
+}()
+
+// lowerName is name in lower case, without allocating for a common
+// canonical name or one that is lower case already.
+func lowerName(name string) string {
+	if l, ok := lowerNames[name]; ok {
+		return l
+	}
+	i := 0
+	for i < len(name) && (name[i] < 'A' || name[i] > 'Z') {
+		i++
+	}
+	if i == len(name) {
+		return name
+	}
+	// ASCII only: a name with other bytes is not a token, which the
+	// clients refuse as it is.
+	var b strings.Builder
+	b.Grow(len(name))
+	b.WriteString(name[:i])
+	for ; i < len(name); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// connectionAndTE returns the field names the Connection fields of h
+// list, and whether a TE field has the "trailers" token (names matched in
+// any case).
+func connectionAndTE(h http.Header) (named tokenSet, trailers bool) {
+	var (
+		conn  []string // Connection field values
+		nconn int      // number of Connection fields
+	)
+	for k, vv := range h {
+		switch {
+		case len(k) == len("Connection") && strings.EqualFold(k, "Connection"):
+			if nconn++; nconn == 1 {
+				conn = vv
+			} else {
+				conn = append(conn[:len(conn):len(conn)], vv...)
+			}
+		case len(k) == len("Te") && strings.EqualFold(k, "Te"):
+			trailers = trailers || httpguts.HeaderValuesContainsToken(vv, "trailers")
+		}
+	}
+	return connectionTokens(conn), trailers
 }
 
 // StripMeshHeaders deletes from h, in place, every field whose name starts

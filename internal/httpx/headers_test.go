@@ -265,3 +265,18 @@ func TestWriteTrailers(t *testing.T) {
 		})
 	}
 }
+
+// The wire names are the canonical ones in lower case: the far side's
+// quic-go canonicalises them back, so it reads what the Header*
+// constants name, and they are mesh fields like those.
+func TestWireNames(t *testing.T) {
+	for wire, canonical := range map[string]string{
+		WireService:   HeaderService,
+		WireOrigProto: HeaderOrigProto,
+		WireDestPort:  HeaderDestPort,
+	} {
+		if strings.ToLower(canonical) != wire || http.CanonicalHeaderKey(wire) != canonical || !IsMeshHeader(wire) {
+			t.Errorf("%q is not %q in lower case, or not a mesh field", wire, canonical)
+		}
+	}
+}

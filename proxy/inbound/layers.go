@@ -248,7 +248,7 @@ func (l forward) serveHTTP(c *httpCall) (bridge.Result, error) {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	out := bridge.PrepareOutgoing(ctx, r, "http", addr)
+	out := prepareForApp(ctx, r, addr)
 	if !c.peer.IsZero() {
 		out.Header[httpx.HeaderPeerIdentity] = []string{c.peerText()}
 	}
@@ -263,6 +263,27 @@ func (l forward) serveHTTP(c *httpCall) (bridge.Result, error) {
 		return res, &httpFailure{kind: kind, reason: "app " + addr + ": " + err.Error()}
 	}
 	return res, nil
+}
+
+// prepareForApp is the request to the app made from r as
+// bridge.PrepareOutgoing makes it, without its copy of the header: the
+// peer's request ends here and nothing reads its header after this layer
+// but what its failure response needs (the Content-Type), which cleaning
+// leaves alone, so the fields are cleaned in place and shared. A request
+// whose body brings trailers takes bridge.PrepareOutgoing.
+func prepareForApp(ctx context.Context, r *http.Request, addr string) *http.Request {
+	out, ok := httpx.NextHop(ctx, r, "http", addr)
+	if !ok {
+		return bridge.PrepareOutgoing(ctx, r, "http", addr)
+	}
+	if r.Header == nil {
+		r.Header = http.Header{}
+	}
+	httpx.RemoveHopByHop(r.Header)
+	httpx.StripMeshHeaders(r.Header)
+	httpx.KeepUserAgentAbsent(r.Header)
+	r.Header.Del("Expect")
+	return out
 }
 
 type roundTripper func(*http.Request) (*http.Response, error)

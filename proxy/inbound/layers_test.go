@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -589,5 +590,45 @@ func TestDeliverTunnel(t *testing.T) {
 				t.Fatalf("the app got %q, want %q", b, tt.wantApp)
 			}
 		})
+	}
+}
+
+// What a peer sends in the mesh's namespace, hop-by-hop fields and
+// Expect do not reach the app; the identity the peer proved does, and
+// the rest of the request as bridge.PrepareOutgoing would make it
+// (forward cleans the peer's request in place instead of copying it).
+func TestForwardCleansPeerRequest(t *testing.T) {
+	routes, err := parseRoutes(Routes{"web": "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{"", "body"} {
+		up := fakeUpstream{status: 204}
+		cfg := Config{Upstream: &up, Logger: discard, Name: "test", Metrics: telemetry.New(prometheus.NewRegistry()), Options: Options{}.WithDefaults()}
+		pol, err := newPolicy(cfg, routes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inflight atomic.Int64
+		chain := newHTTPChain(cfg, routes, newDestPorts(cfg.Options, routes), pol, &inflight)
+		r := httptest.NewRequest("POST", "https://other/x?q=1", strings.NewReader(body))
+		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/3.0", 3, 0
+		r.Header = http.Header{
+			"Quicmesh-Service": {"web"}, "Quicmesh-Peer-Identity": {"spiffe://evil/forged"}, "Quicmesh-Other": {"x"},
+			"Connection": {"X-Hop"}, "X-Hop": {"1"}, "Keep-Alive": {"5"}, "Te": {"trailers"},
+			"Expect": {"100-continue"}, "Accept": {"*/*"}, "X-Custom": {"a", "b"},
+		}
+		want := bridge.PrepareOutgoing(r.Context(), r, "http", "127.0.0.1:1")
+		want.Header.Set(httpx.HeaderPeerIdentity, testPeer.String())
+		peerHTTP{chain: chain, peer: testPeer, peerName: testPeer.String()}.ServeHTTP(httptest.NewRecorder(), r)
+		got := up.req
+		if got == nil {
+			t.Fatal("the app got no request")
+		}
+		if !reflect.DeepEqual(got.Header, want.Header) || got.URL.String() != want.URL.String() || got.Host != want.Host ||
+			(got.Body == nil) != (want.Body == nil) || got.RequestURI != "" || got.Trailer != nil {
+			t.Errorf("body %q: the app got %s Host %q body %v, fields %v; want %s Host %q body %v, fields %v", body,
+				got.URL, got.Host, got.Body != nil, got.Header, want.URL, want.Host, want.Body != nil, want.Header)
+		}
 	}
 }

@@ -169,8 +169,7 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 		return outcome{err: cancelledError{}}
 	}
 	end := pc.Begin()
-	out := bridge.PrepareOutgoing(ctx, r, "https", t.authority)
-	setMeshHeaders(out.Header, r, t)
+	out := prepareOutgoing(ctx, r, t)
 	res, err := bridge.Forward(w, out, pc, bridge.Options{})
 	end()
 	// A client that went away says nothing about the endpoint; our own
@@ -187,19 +186,42 @@ func (f forwarder) serve(w http.ResponseWriter, r *http.Request, t target) outco
 	return outcome{peer: pc, key: pk.ep.Key, err: &forwardError{peer: pc, err: err}}
 }
 
+// prepareOutgoing is the request sent to the peer for r: what
+// bridge.PrepareOutgoing makes of it, with the mesh fields. A request
+// whose body brings trailers takes bridge.PrepareOutgoing itself (it
+// copies them at the body's end); the others are made here without its
+// copy of the header (Request.Clone): the fields are put in a new map
+// under their lower-case names (httpx.OutgoingFields), which quic-go
+// sends without lower-casing each, and the values are shared with r's,
+// which nothing modifies (a retry prepares r again).
+func prepareOutgoing(ctx context.Context, r *http.Request, t target) *http.Request {
+	out, ok := httpx.NextHop(ctx, r, "https", t.authority)
+	if !ok {
+		out = bridge.PrepareOutgoing(ctx, r, "https", t.authority)
+		setMeshHeaders(out.Header, r, t)
+		return out
+	}
+	out.Header = make(http.Header, len(r.Header)+1)
+	httpx.OutgoingFields(out.Header, r.Header)
+	setMeshHeaders(out.Header, r, t)
+	return out
+}
+
 // setMeshHeaders adds the fields the far sidecar routes by. Each costs
 // QPACK work on both sides of every request (quic-go's encoder has no
 // dynamic table, so a name and value not in the static table are
 // Huffman-coded and decoded every time), so a field whose absence says
 // the same is left out: Quicmesh-Orig-Proto is sent only for h2, as the
 // inbound side treats a missing one like h1 (it switches to h2c only
-// for "h2" or gRPC).
+// for "h2" or gRPC). The names are in lower case, as HTTP/3 sends them
+// (httpx.WireService): quic-go would otherwise lower-case each, an
+// allocation per field and request.
 func setMeshHeaders(h http.Header, r *http.Request, t target) {
-	h[httpx.HeaderService] = []string{t.service}
+	h[httpx.WireService] = []string{t.service}
 	if r.ProtoMajor == 2 {
-		h[httpx.HeaderOrigProto] = []string{"h2"}
+		h[httpx.WireOrigProto] = []string{"h2"}
 	}
 	if t.port != 0 {
-		h[httpx.HeaderDestPort] = []string{strconv.Itoa(int(t.port))}
+		h[httpx.WireDestPort] = []string{strconv.Itoa(int(t.port))}
 	}
 }

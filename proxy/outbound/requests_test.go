@@ -157,7 +157,7 @@ func TestForwarder(t *testing.T) {
 			if !tt.wantErr && (rec.Code != tt.status || o.res.Status != tt.status || o.peer == nil) {
 				t.Fatalf("wrote %d, result %+v, peer %v; want %d from the peer", rec.Code, o.res, o.peer, tt.status)
 			}
-			if (sent != nil) != tt.headers || (sent != nil && (sent.Header.Get(httpx.HeaderService) != "web" || sent.Header[httpx.HeaderOrigProto] != nil || sent.URL.Host != "web:80")) {
+			if (sent != nil) != tt.headers || (sent != nil && (len(sent.Header[httpx.WireService]) != 1 || sent.Header[httpx.WireService][0] != "web" || sent.Header[httpx.WireOrigProto] != nil || sent.URL.Host != "web:80")) {
 				t.Errorf("peer got %v", sent)
 			}
 			reports := bal.got()
@@ -189,9 +189,9 @@ func TestSetMeshHeaders(t *testing.T) {
 		port  uint16
 		want  http.Header
 	}{
-		{"HTTP/1.1", 1, 0, http.Header{"Quicmesh-Service": {"web"}}},
-		{"h2", 2, 0, http.Header{"Quicmesh-Service": {"web"}, "Quicmesh-Orig-Proto": {"h2"}}},
-		{"transparent", 1, 8080, http.Header{"Quicmesh-Service": {"web"}, "Quicmesh-Dest-Port": {"8080"}}},
+		{"HTTP/1.1", 1, 0, http.Header{"quicmesh-service": {"web"}}},
+		{"h2", 2, 0, http.Header{"quicmesh-service": {"web"}, "quicmesh-orig-proto": {"h2"}}},
+		{"transparent", 1, 8080, http.Header{"quicmesh-service": {"web"}, "quicmesh-dest-port": {"8080"}}},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest("GET", "/", nil)
@@ -202,4 +202,73 @@ func TestSetMeshHeaders(t *testing.T) {
 			t.Errorf("%s: mesh fields %v, want %v", tt.name, h, tt.want)
 		}
 	}
+}
+
+// prepareOutgoing makes the request bridge.PrepareOutgoing makes, with
+// the mesh fields, whichever way it takes: the same target, Host, body,
+// trailers and fields (names in lower case, which the HTTP/3 client
+// sends as they are), and r is left as it was, so a retry prepares the
+// same request again. What the app sent in the mesh's namespace does not
+// go out: only the sidecar's own mesh fields do.
+func TestPrepareOutgoingAsBridge(t *testing.T) {
+	withTrailer := func(r *http.Request) *http.Request {
+		r.TransferEncoding = []string{"chunked"}
+		r.ContentLength = -1
+		r.Trailer = http.Header{"X-Sum": nil}
+		return r
+	}
+	tests := []struct {
+		name string
+		r    *http.Request
+	}{
+		{"GET", httptest.NewRequest("GET", "/x?q=1", nil)},
+		{"GET, forged mesh fields, hop-by-hop", httptest.NewRequest("GET", "/x", nil)},
+		{"POST with a body", httptest.NewRequest("POST", "/x", strings.NewReader("body"))},
+		{"POST, empty body", httptest.NewRequest("POST", "/x", http.NoBody)},
+		{"chunked body with trailers", withTrailer(httptest.NewRequest("POST", "/x", strings.NewReader("body")))},
+		{"absolute-form", httptest.NewRequest("GET", "http://web:80/x", nil)},
+	}
+	tests[1].r.Header = http.Header{
+		"User-Agent": {"curl"}, "Accept": {"*/*"}, "X-Custom": {"a", "b"},
+		"Quicmesh-Service": {"forged"}, "Quicmesh-Peer-Identity": {"spiffe://forged"},
+		"Connection": {"keep-alive, X-Hop"}, "X-Hop": {"1"}, "Keep-Alive": {"5"},
+		"Te": {"trailers, deflate"}, "Expect": {"100-continue"}, "Upgrade": {"h2c"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.r
+			before := r.Header.Clone()
+			tgt := target{service: "web", authority: "web:80", port: 8080}
+			got := prepareOutgoing(r.Context(), r, tgt)
+			if !reflect.DeepEqual(r.Header, before) {
+				t.Fatalf("the app's request changed: %v -> %v", before, r.Header)
+			}
+			want := bridge.PrepareOutgoing(r.Context(), r, "https", tgt.authority)
+			setMeshHeaders(want.Header, r, tgt)
+			if got.URL.String() != want.URL.String() || got.Host != want.Host || got.RequestURI != "" || got.Close ||
+				(got.Body == nil) != (want.Body == nil) || !reflect.DeepEqual(got.Trailer, want.Trailer) {
+				t.Errorf("got %s %s Host %q body %v trailer %v; want %s Host %q body %v trailer %v",
+					got.Method, got.URL, got.Host, got.Body != nil, got.Trailer, want.URL, want.Host, want.Body != nil, want.Trailer)
+			}
+			if g, w := canonicalFields(got.Header), canonicalFields(want.Header); !reflect.DeepEqual(g, w) {
+				t.Errorf("fields %v, want %v", g, w)
+			}
+			for k, vv := range got.Header {
+				if httpx.IsMeshHeader(k) && !(k == httpx.WireService && len(vv) == 1 && vv[0] == "web" || k == httpx.WireDestPort && len(vv) == 1 && vv[0] == "8080") {
+					t.Errorf("mesh field sent: %s: %q", k, vv)
+				}
+			}
+		})
+	}
+}
+
+// canonicalFields is h with canonical names, as the far side reads it.
+func canonicalFields(h http.Header) http.Header {
+	c := http.Header{}
+	for k, vv := range h {
+		for _, v := range vv {
+			c.Add(k, v)
+		}
+	}
+	return c
 }

@@ -154,8 +154,8 @@ func TestTransparentDestinations(t *testing.T) {
 		if i >= 4 {
 			wantPort, pinned = "9090", true
 		}
-		if req.Header.Get(httpx.HeaderService) != "web" || req.Header.Get(httpx.HeaderDestPort) != wantPort {
-			t.Errorf("request %d: service %q, port %q; want web, %s", i, req.Header.Get(httpx.HeaderService), req.Header.Get(httpx.HeaderDestPort), wantPort)
+		if svc, port := req.Header[httpx.WireService], req.Header[httpx.WireDestPort]; len(svc) != 1 || svc[0] != "web" || len(port) != 1 || port[0] != wantPort {
+			t.Errorf("request %d: service %q, port %q; want web, %s", i, svc, port, wantPort)
 		}
 		if pinned && r.conns[i] != "10.1.0.7:4143" {
 			t.Errorf("request %d to the pod IP went to %s, want 10.1.0.7:4143 only", i, r.conns[i])
