@@ -2,6 +2,7 @@ package h2guard
 
 import (
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -23,10 +24,20 @@ import (
 // write first.
 //
 // Back-pressure is kept: Write blocks while more than maxQueued bytes
-// are queued. An error writing to c is returned by the next Write (and
-// Close); the data queued with it is dropped, as the kernel would drop
-// unsent data of a failed connection. Close and CloseWrite send what is
-// queued first, within flushOnClose.
+// are queued, so a client that stops reading its socket stops the server
+// as before, holding at most maxQueued more bytes here (a client that
+// only stops granting HTTP/2 flow-control window is the server's to
+// stall, stream by stream, as before). An error writing to c is returned
+// by the next Write; the data queued with it is dropped, as the kernel
+// would drop unsent data of a failed connection.
+//
+// Write deadlines (SetWriteDeadline, SetDeadline) bound the writes to c
+// and Write itself: a Write once the deadline has passed, or one blocked
+// for room when it passes, fails with os.ErrDeadlineExceeded, and a
+// write to c that times out fails the connection for good (what was
+// written of the batch is unknown to the writer, so it cannot go on).
+// Close and CloseWrite send what is queued first, within flushOnClose or
+// the write deadline, whichever is sooner.
 func BatchWrites(c net.Conn) net.Conn {
 	b := &batchConn{Conn: c, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	b.cond.L = &b.mu
@@ -59,6 +70,8 @@ type batchConn struct {
 	scheduled bool      // the flusher has been kicked and not yet found the queue empty
 	err       error     // from writing to Conn; sticky
 	closed    bool
+	deadline  time.Time // the write deadline set on Conn, zero if none
+	expiry    *time.Timer
 
 	kick chan struct{} // the queue has bytes; closed by Close
 	done chan struct{} // closed when the flusher returns
@@ -69,7 +82,7 @@ func (b *batchConn) NetConn() net.Conn { return b.Conn }
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for len(b.queue) >= maxQueued && b.err == nil && !b.closed {
+	for len(b.queue) >= maxQueued && b.err == nil && !b.closed && !b.expiredLocked() {
 		b.cond.Wait()
 	}
 	switch {
@@ -77,6 +90,8 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return 0, b.err
 	case b.closed:
 		return 0, net.ErrClosed
+	case b.expiredLocked():
+		return 0, os.ErrDeadlineExceeded
 	}
 	b.queue = append(b.queue, p...)
 	if !b.scheduled {
@@ -132,10 +147,51 @@ func (b *batchConn) drainLocked() {
 	if !b.scheduled {
 		return
 	}
-	b.Conn.SetWriteDeadline(time.Now().Add(flushOnClose))
+	if d := time.Now().Add(flushOnClose); b.deadline.IsZero() || d.Before(b.deadline) {
+		b.setDeadlineLocked(d)
+	}
 	for b.scheduled {
 		b.cond.Wait()
 	}
+}
+
+// SetWriteDeadline sets the deadline of the writes to Conn and of Write.
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.setDeadlineLocked(t)
+}
+
+// SetDeadline sets the read deadline of Conn and the write deadline as
+// SetWriteDeadline does.
+func (b *batchConn) SetDeadline(t time.Time) error {
+	if err := b.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return b.SetWriteDeadline(t)
+}
+
+func (b *batchConn) setDeadlineLocked(t time.Time) error {
+	b.deadline = t
+	if b.expiry != nil {
+		b.expiry.Stop()
+		b.expiry = nil
+	}
+	if !t.IsZero() {
+		// Wakes a Write waiting for room once the deadline passes.
+		b.expiry = time.AfterFunc(time.Until(t), func() {
+			b.mu.Lock()
+			b.cond.Broadcast()
+			b.mu.Unlock()
+		})
+	}
+	b.cond.Broadcast() // a deadline in the past fails waiting writes now
+	return b.Conn.SetWriteDeadline(t)
+}
+
+// expiredLocked reports whether the write deadline has passed.
+func (b *batchConn) expiredLocked() bool {
+	return !b.deadline.IsZero() && !time.Now().Before(b.deadline)
 }
 
 // Close writes what is queued (see flushOnClose), stops the flusher and
@@ -148,6 +204,9 @@ func (b *batchConn) Close() error {
 	}
 	b.closed = true
 	b.drainLocked()
+	if b.expiry != nil {
+		b.expiry.Stop()
+	}
 	close(b.kick)
 	b.cond.Broadcast() // writers blocked on a full queue
 	b.mu.Unlock()

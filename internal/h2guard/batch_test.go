@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -19,13 +20,14 @@ type gateConn struct {
 	release  chan struct{}
 	started  chan []byte // each write as it starts
 
-	expired  chan struct{} // closed when a write deadline passes
-	expire   sync.Once
-	mu       sync.Mutex
-	writes   [][]byte
-	failWith error
-	closed   bool
-	shutWr   bool
+	expired   chan struct{} // closed when a write deadline passes
+	expire    sync.Once
+	mu        sync.Mutex
+	deadlines []time.Time // every write deadline set
+	writes    [][]byte
+	failWith  error
+	closed    bool
+	shutWr    bool
 }
 
 func newGateConn() *gateConn {
@@ -54,6 +56,9 @@ func (g *gateConn) Write(p []byte) (int, error) {
 // SetWriteDeadline makes writes in progress and later ones fail at t
 // (the tests never move a deadline back).
 func (g *gateConn) SetWriteDeadline(t time.Time) error {
+	g.mu.Lock()
+	g.deadlines = append(g.deadlines, t)
+	g.mu.Unlock()
 	if !t.IsZero() {
 		time.AfterFunc(time.Until(t), func() { g.expire.Do(func() { close(g.expired) }) })
 	}
@@ -313,4 +318,54 @@ func TestBatchWritesTCP(t *testing.T) {
 		}
 		next[w]++
 	}
+}
+
+// TestBatchWritesDeadline: the write deadline bounds Write as it bounds
+// a socket's, and a close never waits past it for the queue.
+func TestBatchWritesDeadline(t *testing.T) {
+	t.Run("passed", func(t *testing.T) {
+		g := newGateConn()
+		b := BatchWrites(g).(*batchConn)
+		defer b.Close()
+		b.SetWriteDeadline(time.Now().Add(-time.Second))
+		if _, err := b.Write([]byte("late")); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Write after the deadline: %v, want %v", err, os.ErrDeadlineExceeded)
+		}
+	})
+	t.Run("blocked for room", func(t *testing.T) {
+		g := newGateConn()
+		b := BatchWrites(g).(*batchConn)
+		defer b.Close()
+		b.Write([]byte("x"))
+		<-g.started // the flusher is stuck in the socket
+		b.Write(make([]byte, maxQueued))
+		wrote := make(chan error, 1)
+		go func() { _, err := b.Write([]byte("over")); wrote <- err }()
+		// The deadline passing is the event: the socket write fails with
+		// it and so does the Write waiting for room.
+		b.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
+		if err := <-wrote; !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Write waiting for room past the deadline: %v, want %v", err, os.ErrDeadlineExceeded)
+		}
+	})
+	t.Run("close keeps an earlier deadline", func(t *testing.T) {
+		g := newGateConn()
+		b := BatchWrites(g).(*batchConn)
+		b.Write([]byte("goaway"))
+		<-g.started
+		// What h2guard's abort does before it writes the GOAWAY and
+		// closes the write side: the drain must not extend it.
+		soon := time.Now().Add(50 * time.Millisecond)
+		b.SetWriteDeadline(soon)
+		if err := b.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		g.mu.Lock()
+		got := slices.Clone(g.deadlines)
+		g.mu.Unlock()
+		if len(got) != 1 || !got[0].Equal(soon) {
+			t.Fatalf("write deadlines set on the socket %v, want only %v", got, soon)
+		}
+		b.Close()
+	})
 }
