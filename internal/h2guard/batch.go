@@ -3,7 +3,6 @@ package h2guard
 import (
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 )
@@ -18,10 +17,11 @@ import (
 // three write calls, each from a goroutine started for it, and woke the
 // client three times (docs/benchmarks.md, "gRPC unary"). Returning at
 // once lets the server's loop take the handler's next frame while the
-// previous flush is still waiting to be written, so they go out
-// together; the writer yields once before it takes the queue, so that
-// the goroutines readied along with it (the server loop, the handler)
-// write first.
+// previous flush is still being written, so they go out together. The
+// writer does not yield before it takes the queue (the first version
+// did, to let the server loop and the handler readied with it queue
+// more): under load the yield cost more client sidecar CPU than it
+// saved (docs/benchmarks.md, "gRPC write batching again").
 //
 // Back-pressure is kept: Write blocks while more than maxQueued bytes
 // are queued, so a client that stops reading its socket stops the server
@@ -106,9 +106,6 @@ func (b *batchConn) flusher() {
 	defer close(b.done)
 	for range b.kick {
 		for {
-			// Let the goroutines made runnable with us (the server loop
-			// that queued, the handler it answered) queue their frames.
-			runtime.Gosched()
 			b.mu.Lock()
 			batch := b.queue
 			b.queue = b.spare[:0]
