@@ -219,9 +219,7 @@ func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
 		// pile up; the guard closes connections that reset streams (or
 		// make the server reset them) at an abusive rate, and lets
 		// handlers see a reset that arrived with their request.
-		// Under the guard, writes are batched: x/net's server flushes
-		// after every frame of a handler (h2guard.BatchWrites).
-		g := h2guard.Wrap(h2guard.BatchWrites(conn), h2guard.Limit{}, func() {
+		g := h2guard.Wrap(conn, h2guard.Limit{}, func() {
 			f.p.cfg.Metrics.LoadShed(telemetry.Outbound, "h2_reset_flood")
 			f.p.log.Debug("closing HTTP/2 connection: stream resets at an abusive rate", "remote", conn.RemoteAddr().String())
 		})
