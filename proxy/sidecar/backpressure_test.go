@@ -94,12 +94,13 @@ func newFlowMesh(t *testing.T) *flowMesh {
 	// is not what these tests are about, and with -race on a loaded
 	// machine it declared the live peer in this very process dead: the
 	// client sidecar closed the QUIC connection with "peer unresponsive"
-	// (0x51d3) and a well-behaved probe failed mid-body after 1.1-1.8 s
-	// (h2c: RST_STREAM INTERNAL_ERROR; HTTP/1.1: unexpected EOF), in 5
-	// of 5 such failures before any attack had started (docs/benchmarks.md,
-	// "The stalled-reader test's INTERNAL_ERROR"). A connection that
-	// really went silent still fails the probes: QUIC's idle timeout
-	// (5 s) closes it before the probe's own timeout.
+	// (0x51d3) and a well-behaved probe failed mid-body after 1.1-2.7 s
+	// (h2c: RST_STREAM INTERNAL_ERROR; HTTP/1.1: unexpected EOF); 5 of
+	// the 6 such failures seen came before any attack had started
+	// (docs/benchmarks.md, "The stalled-reader test's INTERNAL_ERROR").
+	// A connection that really went silent still fails the probes:
+	// QUIC's idle timeout (5 s) closes it before the probe's own
+	// timeout.
 	lim := transport.Limits{LivenessTimeout: time.Until(testkit.HangGuard(t))}
 	m.server = mesh.Start("server", meshtest.Spec{ID: echoID, Limits: lim, Routes: map[string]string{"h2": h2app.URL("h2c"), "web": webApp.URL("http")}})
 	m.client = mesh.Start("client", meshtest.Spec{ID: clientID, Limits: lim, Binds: []meshtest.Bind{
