@@ -53,11 +53,15 @@ func probeUnreachable(ctx context.Context, addr *net.UDPAddr, wait time.Duration
 		return false
 	}
 	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
-	defer stop()
+	// The wait is armed before ctx can cut it short: ctx may already be
+	// done (the dial beside the probe was refused within a round trip),
+	// and a cut made first would be overwritten, holding the dial's
+	// callers for all of wait.
 	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
 		return false
 	}
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	defer stop()
 	if _, err := c.Write(nil); err != nil {
 		return errors.Is(err, syscall.ECONNREFUSED)
 	}
