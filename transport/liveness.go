@@ -172,35 +172,8 @@ func (w *LivenessPolls) Next(ctx context.Context) (now time.Time, credit time.Du
 	// stall from looking like the peer's silence (docs/design.md,
 	// "Failure detection").
 	late = elapsed - w.poll
-	credit, starved = pollCredit(elapsed, w.poll, w.sched.Longest())
-	return now, credit, starved, late, true
-}
-
-// schedHops is how many goroutine wake-ups in this process a packet from
-// the peer may wait through before the watch counts it: the socket
-// reader's and the connection's run loop's. An ACK from a peer in the same
-// process (tests; sidecars co-located on a starved node wait alike)
-// waits through its two as well, hence 4.
-const schedHops = 4
-
-// pollCredit is the silence a poll elapsed after the previous one
-// credits a quiet connection with, and whether this process was starved
-// (the watch starts over), given the longest any goroutine waited
-// runnable meanwhile. A poll credits at most one interval, and none of
-// the time the peer's answer may have spent waiting for CPU here: less
-// schedHops times the longest wait. Many waits too short to starve the
-// process outright add up along a packet's path: with -race, two busy
-// loops and a load of 25-45 on 2 cores, polls on time with no wait of a
-// whole interval still saw 1.0-1.2 s without a packet from a live peer
-// in this very process (TestStalledH2ReaderIsolated).
-func pollCredit(elapsed, poll, longest time.Duration) (credit time.Duration, starved bool) {
-	// Late by more than a whole interval, or a goroutine that waited one
-	// to run: this process did not run for that long, nor perhaps did
-	// the code that reads the peer's packets.
-	if elapsed-poll > poll || longest >= poll {
-		return 0, true
-	}
-	return max(min(elapsed, poll)-schedHops*longest, 0), false
+	starved = late > w.poll || w.sched.Waited(w.poll)
+	return now, min(elapsed, w.poll), starved, late, true
 }
 
 // LogStarved is the message logged (rate-limited) when the watch finds

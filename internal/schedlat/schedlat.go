@@ -31,34 +31,22 @@ func New() *Watch {
 // since the previous call (or New), and starts a new interval. A runtime
 // without the histogram never reports a wait; limit 0 only resets.
 func (w *Watch) Waited(limit time.Duration) bool {
-	return limit > 0 && w.Longest() >= limit
-}
-
-// Longest returns the longest time a goroutine waited runnable since the
-// previous call (or New), to the histogram's resolution (the lower bound
-// of its bucket: never more than the wait), and starts a new interval.
-// A runtime without the histogram reports 0.
-func (w *Watch) Longest() time.Duration {
 	metrics.Read(w.sample)
 	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-		return 0
+		return false
 	}
 	h := w.sample[0].Value.Float64Histogram()
 	if len(w.prev) != len(h.Counts) {
 		w.prev = make([]uint64, len(h.Counts))
 	}
-	d := longest(h.Buckets, h.Counts, w.prev)
-	copy(w.prev, h.Counts)
-	return d
-}
-
-// longest is the lower bound of the highest bucket whose count grew from
-// prev to counts (Counts[i] is for [Buckets[i], Buckets[i+1])), 0 if none.
-func longest(buckets []float64, counts, prev []uint64) time.Duration {
-	for i := len(counts) - 1; i >= 0; i-- {
-		if counts[i] != prev[i] {
-			return time.Duration(max(buckets[i], 0) * float64(time.Second))
+	var late uint64
+	for i, c := range h.Counts {
+		// Counts[i] is for [Buckets[i], Buckets[i+1]): count a bucket
+		// only when all of it is at least limit.
+		if h.Buckets[i] >= limit.Seconds() {
+			late += c - w.prev[i]
 		}
+		w.prev[i] = c
 	}
-	return 0
+	return limit > 0 && late > 0
 }
