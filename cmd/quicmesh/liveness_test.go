@@ -264,13 +264,18 @@ func drainOnce(t *testing.T, bin string) (measured bool) {
 	// test run (28 ms, 10 ms). A drain that stalls requests (a wait for
 	// a timeout, a redial) takes longer than anything the normal window
 	// saw; the client's starvation line says when timing cannot hold.
+	// The shortest such wait is the client's first back-off after a
+	// refused dial (transport.Backoff(1)); a drain p99 under half of it
+	// is scheduling noise of a busy machine, not a stall (two-hog runs:
+	// 24-26 ms against a normal slowest of 17-22 ms).
 	normalMax := slices.Max(append(normal, 0))
-	if drainP99 > 2*p99 && drainP99 > normalMax && !client.starved(t) {
+	stall := transport.Backoff(1) / 2
+	if drainP99 > 2*p99 && drainP99 > normalMax && drainP99 > stall && !client.starved(t) {
 		if sw.Starved(drainP99 / 2) {
 			t.Logf("drain p99 %v (normal p99 %v, slowest %v) while this process waited %v or more to run: measured again", drainP99, p99, normalMax, drainP99/2)
 			return false
 		}
-		t.Fatalf("GETs while an endpoint drained: p99 %v, more than twice the normal p99 %v and above the normal window's slowest %v", drainP99, p99, normalMax)
+		t.Fatalf("GETs while an endpoint drained: p99 %v, more than twice the normal p99 %v, above the normal window's slowest %v and above %v (half the shortest back-off)", drainP99, p99, normalMax, stall)
 	}
 	return true
 }
