@@ -196,6 +196,10 @@ type Pool struct {
 	livenessDeclared    atomic.Uint64
 	livenessProbes      atomic.Uint64
 	livenessUnreachable atomic.Uint64
+	livenessDeferred    atomic.Uint64
+	// stallHook, if set (tests), adds a stall of this process to what
+	// each of the watch's polls measured.
+	stallHook atomic.Pointer[func() time.Duration]
 }
 
 // OnPeerFailure makes the pool call fn (from its own goroutines, never
