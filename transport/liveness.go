@@ -308,10 +308,10 @@ func (p *Pool) watchedConns(dst []*PeerConn) []*PeerConn {
 }
 
 // checkLiveness looks at pc after a poll that credits the silence with
-// credit and found this process stalled for stall, or starved. The silence is counted across
-// idle and busy periods alike: a request that starts on a connection
-// already silent for a while fails at the deadline counted from the last
-// packet heard, not from its own start.
+// credit and found this process stalled for stall, or starved. The
+// silence is counted across idle and busy periods alike: a request that
+// starts on a connection already silent for a while fails at the
+// deadline counted from the last packet heard, not from its own start.
 func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit, stall time.Duration, starved bool) {
 	w := &pc.liveness
 	st := pc.Conn.ConnectionStats()

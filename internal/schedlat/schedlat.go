@@ -32,7 +32,8 @@ func New() *Watch {
 // since the previous call (or New), and starts a new interval. A runtime
 // without the histogram never reports a wait; limit 0 only resets.
 func (w *Watch) Waited(limit time.Duration) bool {
-	return limit > 0 && w.Longest() >= limit
+	// A bucket counts only when all of it is at least limit.
+	return w.longest() >= limit.Seconds() && limit > 0
 }
 
 // Longest is the longest a goroutine waited runnable since the previous
@@ -41,6 +42,15 @@ func (w *Watch) Waited(limit time.Duration) bool {
 // starts a new interval. 0 if no goroutine waited, or the runtime has no
 // histogram.
 func (w *Watch) Longest() time.Duration {
+	l := w.longest()
+	if l >= math.MaxInt64/float64(time.Second) {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(math.Round(l * float64(time.Second)))
+}
+
+// longest is Longest in seconds, 0 for none.
+func (w *Watch) longest() float64 {
 	metrics.Read(w.sample)
 	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
 		return 0
@@ -57,8 +67,5 @@ func (w *Watch) Longest() time.Duration {
 		}
 		w.prev[i] = c
 	}
-	if math.IsInf(longest, 1) {
-		return time.Duration(math.MaxInt64)
-	}
-	return time.Duration(longest * float64(time.Second))
+	return longest
 }
