@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"time"
 
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
@@ -11,3 +12,7 @@ import (
 func Refused(err error) bool { return errors.Is(requestError(err), meshcode.ErrNotProcessed) }
 
 func ConnectionDead(err error) bool { return errors.Is(requestError(err), meshcode.ErrConnDead) }
+
+// SetStallHook makes p's liveness watch add stall() to the stall of this
+// process each poll measured.
+func SetStallHook(p *Pool, stall func() time.Duration) { p.stallHook.Store(&stall) }

@@ -40,7 +40,13 @@ import (
 //     polls, each crediting at most one poll interval: polls that run
 //     late (this process starved of CPU, the peer's packets perhaps
 //     waiting unread in the socket) stretch the wait, and one late by
-//     more than a whole interval starts the watch over.
+//     more than a whole interval starts the watch over;
+//   - and if this process stalled for an eighth of the timeout or more
+//     (a poll that late, or a goroutine waiting that long to run) while
+//     the PING's answer was due, it confirms the silence first: the
+//     verdict waits for a poll without such a stall, up to twice the
+//     timeout (Silence.Verdict), since the answer may be waiting in
+//     this process's run queues.
 //
 // One goroutine per Pool polls every connection.
 
@@ -73,6 +79,10 @@ type Silence struct {
 	// pinged is quiet when the first PING of this silence was due;
 	// negative if none yet.
 	pinged time.Duration
+	// stall is the longest this process was stalled (Stalled) in the
+	// polls since the PING was due, or since the verdict was last
+	// deferred: the window the peer's answer had to reach us in.
+	stall time.Duration
 }
 
 // Observe records a poll that found the connection's progress mark at
@@ -86,6 +96,16 @@ func (s *Silence) Observe(mark uint64, now time.Time, credit time.Duration, star
 	}
 	s.quiet += credit
 	return false
+}
+
+// Stalled records that this process stalled for d (a goroutine waited
+// that long to run, or the poll ran that late) in the interval the poll
+// just Observed credits: once a PING is due, the longest such stall of
+// its answer's window can defer the verdict (Verdict).
+func (s *Silence) Stalled(d time.Duration) {
+	if s.pinged >= 0 {
+		s.stall = max(s.stall, d)
+	}
 }
 
 // Quiet is the silence credited so far; Since when it began.
@@ -108,10 +128,40 @@ func (s *Silence) PingDue(deadline time.Duration) bool {
 func (s *Silence) PingUnanswered(d time.Duration) bool { return s.pinged >= 0 && s.quiet-s.pinged >= d }
 
 // Dead reports whether the peer was silent for the deadline and, if it
-// could be PINGed, had half of it to answer one.
+// could be PINGed, had half of it to answer one (Verdict, without the
+// deferral's count).
 func (s *Silence) Dead(deadline time.Duration, pings bool) bool {
-	return s.quiet >= deadline && (!pings || s.PingUnanswered(deadline/2))
+	dead, _ := s.Verdict(deadline, pings)
+	return dead
 }
+
+// Verdict reports whether the peer was silent for the deadline and, if
+// it could be PINGed, had half of it to answer one; deferred if it
+// would have been dead but this process stalled (Stalled) while the
+// answer was due for at least StallLimit(deadline): the answer's path
+// from the peer's socket to our count crosses several goroutines of
+// this process (four hand-offs of our own, more with the peer in the
+// same process), and four waits that long fill the half deadline the
+// PING had, although none was long enough (a whole poll) to start the
+// watch over. A deferred verdict is taken again at the next poll,
+// whose PING and interval confirm the silence if no stall that long
+// came meanwhile; never past twice the deadline, which bounds how long
+// a dead peer stays undetected on a process that keeps stalling.
+func (s *Silence) Verdict(deadline time.Duration, pings bool) (dead, deferred bool) {
+	if s.quiet < deadline || pings && !s.PingUnanswered(deadline/2) {
+		return false, false
+	}
+	if pings && s.stall >= StallLimit(deadline) && s.quiet < 2*deadline {
+		s.stall = 0
+		return false, true
+	}
+	return true, false
+}
+
+// StallLimit is the stall of this process, while a PING's answer is
+// due, that defers the verdict on a silent peer (Silence.Verdict): an
+// eighth of the deadline, 125 ms with the defaults.
+func StallLimit(deadline time.Duration) time.Duration { return deadline / 8 }
 
 // LivenessPolls paces a liveness watch: a poll every quarter of the
 // timeout, telling each whether this process was starved.
@@ -121,6 +171,7 @@ type LivenessPolls struct {
 	last   time.Time
 	sched  *schedlat.Watch
 	polled bool // Next returned a poll: the timer is re-armed at the next call
+	stall  time.Duration
 }
 
 // NewLivenessPolls starts pacing polls for timeout; Stop it when done.
@@ -172,9 +223,16 @@ func (w *LivenessPolls) Next(ctx context.Context) (now time.Time, credit time.Du
 	// stall from looking like the peer's silence (docs/design.md,
 	// "Failure detection").
 	late = elapsed - w.poll
-	starved = late > w.poll || w.sched.Waited(w.poll)
+	longest := w.sched.Longest()
+	w.stall = max(late, longest)
+	starved = late > w.poll || longest >= w.poll
 	return now, min(elapsed, w.poll), starved, late, true
 }
+
+// Stall is how long this process stalled in the interval of the poll
+// Next last returned: how late the poll ran, or the longest a goroutine
+// waited to run meanwhile if longer (Silence.Stalled).
+func (w *LivenessPolls) Stall() time.Duration { return w.stall }
 
 // LogStarved is the message logged (rate-limited) when the watch finds
 // this process starved and starts over.
@@ -221,9 +279,13 @@ func (p *Pool) watchLiveness() {
 			// lasts (the idle timeout remains), and so is everything else.
 			p.logs.Log(p.ep.logger, slog.LevelInfo, "liveness|starved", LogStarved, "late", late.Round(time.Millisecond), "poll", polls.Poll())
 		}
+		stall := polls.Stall()
+		if hook := p.stallHook.Load(); hook != nil {
+			stall = max(stall, (*hook)())
+		}
 		conns = p.watchedConns(conns[:0])
 		for _, pc := range conns {
-			p.checkLiveness(pc, now, credit, starved)
+			p.checkLiveness(pc, now, credit, stall, starved)
 		}
 		clear(conns)
 	}
@@ -246,17 +308,18 @@ func (p *Pool) watchedConns(dst []*PeerConn) []*PeerConn {
 }
 
 // checkLiveness looks at pc after a poll that credits the silence with
-// credit, or found this process starved. The silence is counted across
-// idle and busy periods alike: a request that starts on a connection
-// already silent for a while fails at the deadline counted from the last
-// packet heard, not from its own start.
-func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit time.Duration, starved bool) {
+// credit and found this process stalled for stall, or starved. The
+// silence is counted across idle and busy periods alike: a request that
+// starts on a connection already silent for a while fails at the
+// deadline counted from the last packet heard, not from its own start.
+func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit, stall time.Duration, starved bool) {
 	w := &pc.liveness
 	st := pc.Conn.ConnectionStats()
 	if w.silence.Observe(st.PacketsReceived, now, credit, starved) {
 		w.probed = false
 		return
 	}
+	w.silence.Stalled(stall)
 	busy := pc.active.Load() > 0
 	// Ask the peer's host whether anything still listens on its port
 	// (unreachable.go): a process that is gone is then declared dead
@@ -288,8 +351,13 @@ func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit time.Duration, 
 		}
 	}
 	// Dead: silent for the deadline, and the peer had half of it to
-	// answer a PING.
-	if !w.silence.Dead(deadline, pings) {
+	// answer a PING, unless this process stalled meanwhile (then the
+	// next poll confirms it).
+	dead, deferred := w.silence.Verdict(deadline, pings)
+	if deferred {
+		p.livenessDeferred.Add(1)
+	}
+	if !dead {
 		return
 	}
 	silent := now.Sub(w.silence.Since())
@@ -350,9 +418,11 @@ func (p *Pool) declareDead(pc *PeerConn, reason string, cause error, why string,
 // LivenessStats counts what the watch did since the pool started: how
 // often it found this process starved (and started over), how many PINGs
 // and port-unreachable probes it sent, how many connections it declared
-// dead, and of those how many because their peer's port was unreachable.
+// dead, and of those how many because their peer's port was unreachable,
+// and how often it deferred a verdict by a poll because this process
+// stalled while a PING's answer was due (Silence.Verdict).
 type LivenessStats struct {
-	Starved, Pings, Probes, Declared, Unreachable uint64
+	Starved, Pings, Probes, Declared, Unreachable, Deferred uint64
 }
 
 // LivenessStats returns the watch's counters.
@@ -363,5 +433,6 @@ func (p *Pool) LivenessStats() LivenessStats {
 		Probes:      p.livenessProbes.Load(),
 		Declared:    p.livenessDeclared.Load(),
 		Unreachable: p.livenessUnreachable.Load(),
+		Deferred:    p.livenessDeferred.Load(),
 	}
 }

@@ -170,3 +170,75 @@ func TestLivenessCostOnIdleConnection(t *testing.T) {
 		t.Fatal("an idle connection to a live peer died")
 	}
 }
+
+// A stall of this process while the answer to a PING is due defers the
+// watch's verdict until a poll without one (transport.Silence.Verdict):
+// what a process starved in many short waits looks like to the watch
+// (no poll late by a whole interval, no goroutine waiting that long, so
+// it never starts over, yet the peer's ACK counted over half the
+// deadline late) is injected: the stall through the pool's hook, the
+// late answer by the relay, which drops the peer's packets until the
+// verdict was deferred. Without the deferral the live peer was declared
+// dead at the deadline ("peer unresponsive"), as with -race at load
+// 25-45 (docs/benchmarks.md). A peer that stays silent is still
+// declared dead, by twice the deadline.
+func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
+	testkit.CheckLeaks(t)
+	ca := identitytest.NewCA(t, "t.local")
+	for _, tt := range []struct {
+		name   string
+		answer bool // the peer's packets get through once the verdict was deferred
+	}{
+		{"the answer comes after the deadline", true},
+		{"the peer stays silent", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startMeshServer(t, identitytest.Provider(t, ca, serverID), nil, transport.Limits{})
+			relay := testkit.NewUDPRelay(t, srv.ep.Addr().String())
+			p := newPool(t, ca, transport.Limits{})
+			limits := srv.ep.Limits()
+			var stalled atomic.Bool
+			// Just under a poll: long enough to defer, too short to
+			// start the watch over.
+			transport.SetStallHook(p, func() time.Duration {
+				if stalled.Load() {
+					return limits.LivenessTimeout/4 - time.Millisecond
+				}
+				return 0
+			})
+			pc := get(t, p, relay.Addr())
+
+			stalled.Store(true)
+			relay.Blackhole(true)
+			frozen := time.Now()
+			testkit.Eventually(t, "a deferred verdict", func() bool { return p.LivenessStats().Deferred > 0 || !pc.Alive() })
+			if lv := p.LivenessStats(); !pc.Alive() {
+				t.Fatalf("declared dead %v after the answers stopped although this process stalled while they were due (watch %+v): %v",
+					time.Since(frozen), lv, context.Cause(pc.Conn.Context()))
+			}
+			if tt.answer {
+				received := pc.Conn.ConnectionStats().PacketsReceived
+				relay.Blackhole(false)
+				testkit.Eventually(t, "the peer's answer", func() bool {
+					return pc.Conn.ConnectionStats().PacketsReceived > received || !pc.Alive()
+				})
+				stalled.Store(false)
+				lv := p.LivenessStats()
+				t.Logf("answer counted %v after the answers stopped; watch %+v", time.Since(frozen), lv)
+				if !pc.Alive() || lv.Declared != 0 {
+					t.Fatalf("a live peer declared dead (watch %+v): %v", lv, context.Cause(pc.Conn.Context()))
+				}
+				return
+			}
+			<-pc.Conn.Context().Done() // the watch, or at the latest the idle timeout
+			detected := time.Since(frozen)
+			lv := p.LivenessStats()
+			t.Logf("declared dead after %v; watch %+v", detected, lv)
+			// Twice the deadline as the polls credit it, which a
+			// loaded machine at most doubles (TestUnresponsivePeerDeclaredDead).
+			if bound := 2 * (2*limits.LivenessTimeout + 2*limits.LivenessTimeout/4); lv.Declared != 1 || lv.Starved == 0 && detected > bound {
+				t.Fatalf("a silent peer declared dead after %v by %+v; want the liveness watch within %v", detected, lv, bound)
+			}
+		})
+	}
+}

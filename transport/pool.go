@@ -196,6 +196,10 @@ type Pool struct {
 	livenessDeclared    atomic.Uint64
 	livenessProbes      atomic.Uint64
 	livenessUnreachable atomic.Uint64
+	livenessDeferred    atomic.Uint64
+	// stallHook, if set (tests), adds a stall of this process to what
+	// each of the watch's polls measured.
+	stallHook atomic.Pointer[func() time.Duration]
 }
 
 // OnPeerFailure makes the pool call fn (from its own goroutines, never
@@ -508,13 +512,22 @@ func (p *Pool) retire(pc *PeerConn) {
 // maxRetireWait bounds how long a retired connection may finish work.
 const maxRetireWait = 30 * time.Second
 
-// Unavailable reports whether the peer is in back-off after a failed dial
-// or a drain notice.
+// Unavailable reports whether the peer is in back-off after a failed dial,
+// a dead connection or a drain notice, for the balancer to prefer other
+// endpoints: whenever Get would fail at once (a peer that did not answer,
+// during its back-off and while the one dial probing it is in flight),
+// and during the back-off of a peer that answered (it refused or is
+// draining; Get probes it).
 func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn == nil && st.dialing == nil && st.Holding(p.now())
+	if st == nil || st.conn != nil && st.conn.Alive() {
+		return false
+	}
+	now := p.now()
+	silent, _ := st.Silent(now)
+	return st.Holding(now) || silent && st.dialing != nil
 }
 
 // Backoff is how long new requests to a peer fail at once after its

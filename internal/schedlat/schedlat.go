@@ -7,6 +7,7 @@
 package schedlat
 
 import (
+	"math"
 	"runtime/metrics"
 	"time"
 )
@@ -31,22 +32,40 @@ func New() *Watch {
 // since the previous call (or New), and starts a new interval. A runtime
 // without the histogram never reports a wait; limit 0 only resets.
 func (w *Watch) Waited(limit time.Duration) bool {
+	// A bucket counts only when all of it is at least limit.
+	return w.longest() >= limit.Seconds() && limit > 0
+}
+
+// Longest is the longest a goroutine waited runnable since the previous
+// call (or New), to the histogram's resolution (the lower bound of the
+// highest bucket that grew: a wait of at least this long happened), and
+// starts a new interval. 0 if no goroutine waited, or the runtime has no
+// histogram.
+func (w *Watch) Longest() time.Duration {
+	l := w.longest()
+	if l >= math.MaxInt64/float64(time.Second) {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(math.Round(l * float64(time.Second)))
+}
+
+// longest is Longest in seconds, 0 for none.
+func (w *Watch) longest() float64 {
 	metrics.Read(w.sample)
 	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
-		return false
+		return 0
 	}
 	h := w.sample[0].Value.Float64Histogram()
 	if len(w.prev) != len(h.Counts) {
 		w.prev = make([]uint64, len(h.Counts))
 	}
-	var late uint64
+	var longest float64
 	for i, c := range h.Counts {
-		// Counts[i] is for [Buckets[i], Buckets[i+1]): count a bucket
-		// only when all of it is at least limit.
-		if h.Buckets[i] >= limit.Seconds() {
-			late += c - w.prev[i]
+		// Counts[i] is for [Buckets[i], Buckets[i+1]).
+		if c != w.prev[i] && h.Buckets[i] > longest {
+			longest = h.Buckets[i]
 		}
 		w.prev[i] = c
 	}
-	return limit > 0 && late > 0
+	return longest
 }
