@@ -11,3 +11,6 @@ import (
 func Refused(err error) bool { return errors.Is(requestError(err), meshcode.ErrNotProcessed) }
 
 func ConnectionDead(err error) bool { return errors.Is(requestError(err), meshcode.ErrConnDead) }
+
+// SkipBodyLook turns endedBodies' look off (true) or on, for benchmarks.
+func SkipBodyLook(skip bool) { skipBodyLook.Store(skip) }

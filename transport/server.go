@@ -146,7 +146,7 @@ func (c *ServerConn) Close(code meshcode.ConnCode, reason string) {
 // every stream's handler has returned.
 func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target string)) error {
 	s := c.srv
-	h3 := &http3.Server{Handler: h, MaxHeaderBytes: s.cfg.MaxHeaderBytes, Logger: s.log}
+	h3 := &http3.Server{Handler: endedBodies(h), MaxHeaderBytes: s.cfg.MaxHeaderBytes, Logger: s.log}
 	raw, err := h3.NewRawServerConn(c.conn)
 	if err != nil {
 		s.log.Warn("http3 setup failed", "peer", c.conn.RemoteAddr().String(), "error", err)
@@ -268,6 +268,70 @@ func (w *workers[T]) loop(job T) {
 			return
 		}
 	}
+}
+
+// endedBodies gives a request whose stream has already ended with its
+// header (a GET, typically: the client wrote HEADERS and the FIN, and they
+// arrived together) http.NoBody and a ContentLength of 0, as net/http's
+// server does for a request without a body. Without it the body is
+// quic-go's, of unknown length, and whoever forwards the request has to
+// find out that it is empty: the app-side HTTP/1.1 client probes such a
+// body of a GET with a goroutine and a yield per request, as net/http's
+// Transport does (docs/benchmarks.md, "The HTTP/3 hop: wake-ups").
+//
+// The look does not wait: with a read deadline in the past, quic-go's
+// stream returns io.EOF when everything up to the FIN has been read, and
+// otherwise the deadline error without consuming anything, even when
+// data is there. Any answer but io.EOF leaves the body as it was.
+func endedBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength <= 0 && !skipBodyLook.Load() {
+			switch b, n, ended := lookAtBody(w, r.Body); {
+			case ended:
+				r.Body = http.NoBody
+				r.ContentLength = 0
+			case n > 0: // not with quic-go's streams as they are; kept anyway
+				r.Body = &peekedBody{ReadCloser: r.Body, b: b}
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// skipBodyLook is set only by benchmarks that measure without the look.
+var skipBodyLook atomic.Bool
+
+// pastDeadline is a read deadline that has passed.
+var pastDeadline = time.Unix(1, 0)
+
+// lookAtBody reads from body, the request body of w's HTTP/3 stream,
+// with a read deadline that has passed: ended reports that it is empty
+// and its stream ended; n is 1 if a byte was read (b).
+func lookAtBody(w http.ResponseWriter, body io.Reader) (b byte, n int, ended bool) {
+	d, ok := w.(interface{ SetReadDeadline(time.Time) error })
+	if !ok || body == nil || d.SetReadDeadline(pastDeadline) != nil {
+		return 0, 0, false
+	}
+	var p [1]byte
+	n, err := body.Read(p[:])
+	d.SetReadDeadline(time.Time{})
+	return p[0], n, n == 0 && err == io.EOF
+}
+
+// peekedBody is a body whose first byte was read by lookAtBody.
+type peekedBody struct {
+	io.ReadCloser
+	b    byte
+	done bool
+}
+
+func (p *peekedBody) Read(b []byte) (int, error) {
+	if p.done || len(b) == 0 {
+		return p.ReadCloser.Read(b)
+	}
+	p.done = true
+	b[0] = p.b
+	return 1, nil
 }
 
 // serveStream tells a tunnel from an HTTP/3 request by its first bytes
