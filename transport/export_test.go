@@ -16,3 +16,6 @@ func ConnectionDead(err error) bool { return errors.Is(requestError(err), meshco
 // SetStallHook makes p's liveness watch add stall() to the stall of this
 // process each poll measured.
 func SetStallHook(p *Pool, stall func() time.Duration) { p.stallHook.Store(&stall) }
+
+// SkipBodyLook turns endedBodies' look off (true) or on, for benchmarks.
+func SkipBodyLook(skip bool) { skipBodyLook.Store(skip) }

@@ -146,7 +146,7 @@ func (c *ServerConn) Close(code meshcode.ConnCode, reason string) {
 // every stream's handler has returned.
 func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target string)) error {
 	s := c.srv
-	h3 := &http3.Server{Handler: h, MaxHeaderBytes: s.cfg.MaxHeaderBytes, Logger: s.log}
+	h3 := &http3.Server{Handler: endedBodies(h), MaxHeaderBytes: s.cfg.MaxHeaderBytes, Logger: s.log}
 	raw, err := h3.NewRawServerConn(c.conn)
 	if err != nil {
 		s.log.Warn("http3 setup failed", "peer", c.conn.RemoteAddr().String(), "error", err)
@@ -182,92 +182,207 @@ func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target strin
 			}()
 		}
 	}()
-	// Streams are served by workers that stay for the next stream (see
-	// workers): a fresh goroutine per stream grows its stack 8 → 16 → 32
-	// KiB in the app round trip, copying it each time.
-	w := newWorkers(conn.Context().Done(), &streams, func(str *quic.Stream) {
+	// Streams are served by workers that wait in AcceptStream themselves
+	// (see acceptors): the connection's loop wakes the goroutine that
+	// serves the stream, with no accept loop handing it on (one wake-up
+	// per request fewer), and the worker keeps the stack it grew in the
+	// app round trip for the next stream.
+	a := newAcceptors(conn.Context(), &streams, conn.AcceptStream, func(str *quic.Stream) {
+		c.active.Add(1)
 		c.serveStream(raw, str, tunnel, log)
 		c.active.Add(-1)
 	})
-	for {
-		str, err := conn.AcceptStream(conn.Context())
-		if err != nil {
-			log.Debug("peer connection ended", "error", err)
-			return nil
-		}
-		c.active.Add(1)
-		w.run(str)
-	}
+	<-conn.Context().Done()
+	a.stop()
+	log.Debug("peer connection ended", "error", context.Cause(conn.Context()))
+	return nil
 }
 
 // Bounds of a connection's idle stream workers: enough to keep one per
 // request in flight at the loads a sidecar pair sees, few enough that a
 // burst of streams does not leave hundreds of parked goroutines (and
-// their stacks) behind it.
+// their stacks) behind it for long.
 const (
 	maxIdleWorkers = 64
 	workerIdle     = 10 * time.Second
 )
 
-// workers are the goroutines serving one connection's streams. A worker
-// that finishes a job waits (up to idleFor) for the next one and serves
-// it on the stack it already grew; a job that finds no idle worker gets a
-// new one, so jobs never wait for each other. Workers end when done is
-// closed; wg counts them.
-type workers[T any] struct {
-	work    chan T // unbuffered: a send succeeds only to an idle worker
-	done    <-chan struct{}
-	wg      *sync.WaitGroup
+// acceptors are the goroutines serving one connection's streams. Each
+// idle one waits in accept itself, so a new stream wakes the worker that
+// will serve it. A worker that takes a job while no other is waiting
+// starts one first, so a job never waits for a busy worker. After a
+// job, a worker waits for the next unless maxIdle already wait. Every
+// idleFor, the workers that none of the period's jobs needed (the
+// fewest waiting at any moment of it, less one) are asked to end: the
+// waiting ones are woken by cancelling their accept's context. All end
+// when accept fails otherwise (the connection ended); wg counts them.
+type acceptors[T any] struct {
+	conn    context.Context
+	accept  func(context.Context) (T, error)
 	serve   func(T)
+	wg      *sync.WaitGroup
 	maxIdle int32
 	idleFor time.Duration
 
-	idle atomic.Int32 // workers waiting for a job
-	live atomic.Int32 // workers running
+	gen     atomic.Pointer[generation] // what waiting workers accept with
+	waiting atomic.Int32               // workers in accept
+	live    atomic.Int32               // workers running
+	low     atomic.Int32               // fewest waiting since the last sweep
+	retire  atomic.Int32               // workers still to end after a sweep
+
+	mu      sync.Mutex
+	sweeper *time.Timer
 }
 
-func newWorkers[T any](done <-chan struct{}, wg *sync.WaitGroup, serve func(T)) *workers[T] {
-	return &workers[T]{work: make(chan T), done: done, wg: wg, serve: serve, maxIdle: maxIdleWorkers, idleFor: workerIdle}
+// generation is the context a sweep cancels to wake the waiting workers.
+type generation struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
-// run hands job to an idle worker, or to a new one.
-func (w *workers[T]) run(job T) {
-	select {
-	case w.work <- job:
-		return
-	default:
-	}
-	w.wg.Add(1)
-	w.live.Add(1)
-	go w.loop(job)
+func newAcceptors[T any](conn context.Context, wg *sync.WaitGroup, accept func(context.Context) (T, error), serve func(T)) *acceptors[T] {
+	a := &acceptors[T]{conn: conn, accept: accept, serve: serve, wg: wg, maxIdle: maxIdleWorkers, idleFor: workerIdle}
+	a.init()
+	return a
 }
 
-func (w *workers[T]) loop(job T) {
-	defer w.wg.Done()
-	defer w.live.Add(-1)
-	var idle *time.Timer
+// init starts the first worker and the sweeps (once the bounds are set).
+func (a *acceptors[T]) init() {
+	a.newGeneration()
+	a.start()
+	a.mu.Lock()
+	a.sweeper = time.AfterFunc(a.idleFor, a.sweep)
+	a.mu.Unlock()
+}
+
+// stop ends the sweeps; the workers end with the connection.
+func (a *acceptors[T]) stop() {
+	a.mu.Lock()
+	a.sweeper.Stop()
+	a.mu.Unlock()
+	a.gen.Load().cancel()
+}
+
+func (a *acceptors[T]) newGeneration() {
+	ctx, cancel := context.WithCancel(a.conn)
+	a.gen.Store(&generation{ctx: ctx, cancel: cancel})
+}
+
+func (a *acceptors[T]) start() {
+	a.waiting.Add(1)
+	a.live.Add(1)
+	a.wg.Add(1)
+	go a.loop()
+}
+
+func (a *acceptors[T]) loop() {
+	defer a.wg.Done()
+	defer a.live.Add(-1)
 	for {
-		w.serve(job)
-		if w.idle.Add(1) > w.maxIdle {
-			w.idle.Add(-1)
-			return
+		g := a.gen.Load()
+		job, err := a.accept(g.ctx)
+		n := a.waiting.Add(-1)
+		if err != nil {
+			// A swept worker ends only while another still waits: the
+			// last to leave accept (n == 0) stays, so there always is one.
+			if a.conn.Err() != nil || g.ctx.Err() == nil || n > 0 && a.retire.Add(-1) >= 0 {
+				return // the connection ended, or this worker was swept
+			}
+			a.waiting.Add(1) // woken by a sweep, but not one to end
+			continue
 		}
-		if idle == nil {
-			idle = time.NewTimer(w.idleFor)
-		} else {
-			idle.Reset(w.idleFor)
+		for l := a.low.Load(); n < l && !a.low.CompareAndSwap(l, n); l = a.low.Load() {
 		}
-		select {
-		case job = <-w.work:
-			w.idle.Add(-1)
-		case <-idle.C:
-			w.idle.Add(-1)
-			return
-		case <-w.done:
-			w.idle.Add(-1)
+		if n == 0 {
+			a.start()
+		}
+		a.serve(job)
+		if a.waiting.Add(1) > a.maxIdle {
+			a.waiting.Add(-1)
 			return
 		}
 	}
+}
+
+// sweep asks the workers that waited throughout the last period, less
+// one, to end, and comes again after idleFor.
+func (a *acceptors[T]) sweep() {
+	if a.conn.Err() != nil {
+		return
+	}
+	if surplus := a.low.Swap(a.waiting.Load()) - 1; surplus > 0 {
+		a.retire.Store(surplus)
+		old := a.gen.Load()
+		a.newGeneration()
+		old.cancel()
+	}
+	a.mu.Lock()
+	a.sweeper.Reset(a.idleFor)
+	a.mu.Unlock()
+}
+
+// endedBodies gives a request whose stream has already ended with its
+// header (a GET, typically: the client wrote HEADERS and the FIN, and they
+// arrived together) http.NoBody and a ContentLength of 0, as net/http's
+// server does for a request without a body. Without it the body is
+// quic-go's, of unknown length, and whoever forwards the request has to
+// find out that it is empty: the app-side HTTP/1.1 client probes such a
+// body of a GET with a goroutine and a yield per request, as net/http's
+// Transport does (docs/benchmarks.md, "The HTTP/3 hop: wake-ups").
+//
+// The look does not wait: with a read deadline in the past, quic-go's
+// stream returns io.EOF when everything up to the FIN has been read, and
+// otherwise the deadline error without consuming anything, even when
+// data is there. Any answer but io.EOF leaves the body as it was.
+func endedBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength <= 0 && !skipBodyLook.Load() {
+			switch b, n, ended := lookAtBody(w, r.Body); {
+			case ended:
+				r.Body = http.NoBody
+				r.ContentLength = 0
+			case n > 0: // not with quic-go's streams as they are; kept anyway
+				r.Body = &peekedBody{ReadCloser: r.Body, b: b}
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// skipBodyLook is set only by benchmarks that measure without the look.
+var skipBodyLook atomic.Bool
+
+// pastDeadline is a read deadline that has passed.
+var pastDeadline = time.Unix(1, 0)
+
+// lookAtBody reads from body, the request body of w's HTTP/3 stream,
+// with a read deadline that has passed: ended reports that it is empty
+// and its stream ended; n is 1 if a byte was read (b).
+func lookAtBody(w http.ResponseWriter, body io.Reader) (b byte, n int, ended bool) {
+	d, ok := w.(interface{ SetReadDeadline(time.Time) error })
+	if !ok || body == nil || d.SetReadDeadline(pastDeadline) != nil {
+		return 0, 0, false
+	}
+	var p [1]byte
+	n, err := body.Read(p[:])
+	d.SetReadDeadline(time.Time{})
+	return p[0], n, n == 0 && err == io.EOF
+}
+
+// peekedBody is a body whose first byte was read by lookAtBody.
+type peekedBody struct {
+	io.ReadCloser
+	b    byte
+	done bool
+}
+
+func (p *peekedBody) Read(b []byte) (int, error) {
+	if p.done || len(b) == 0 {
+		return p.ReadCloser.Read(b)
+	}
+	p.done = true
+	b[0] = p.b
+	return 1, nil
 }
 
 // serveStream tells a tunnel from an HTTP/3 request by its first bytes

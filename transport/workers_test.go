@@ -1,9 +1,8 @@
 package transport
 
 import (
+	"context"
 	"fmt"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,89 +22,82 @@ func waitGroupDone(t *testing.T, wg *sync.WaitGroup, what string) {
 	}
 }
 
-// parked counts the workers started by the calling goroutine that are
-// blocked waiting for a job: idle counts a worker from just before it
-// blocks, and a job sent in between goes to a new worker (by design), so a
-// test that wants a certain hand-off waits for the workers to be parked.
-// (The traceback's arguments cannot tell whose workers they are: they may
-// be stale.)
-func parked() int {
-	buf := make([]byte, 256)
-	self, _, _ := strings.Cut(string(buf[:runtime.Stack(buf, false)]), " [")
-	createdBy := ").run in " + self + "\n"
-	count := 0
-	for _, g := range testkit.Stacks() {
-		head, _, _ := strings.Cut(g, "\n")
-		if strings.Contains(head, "[select") && strings.Contains(g, ").loop(") && strings.Contains(g, createdBy) {
-			count++
+// chanAcceptors are acceptors whose jobs come from a channel, as streams
+// come from AcceptStream; cancelling conn ends them.
+func chanAcceptors(conn context.Context, wg *sync.WaitGroup, jobs <-chan int, maxIdle int32, idleFor time.Duration, serve func(int)) *acceptors[int] {
+	accept := func(ctx context.Context) (int, error) {
+		select {
+		case j := <-jobs:
+			return j, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
 		}
 	}
-	return count
+	a := &acceptors[int]{conn: conn, accept: accept, serve: serve, wg: wg, maxIdle: maxIdle, idleFor: idleFor}
+	a.init()
+	return a
 }
 
-// Jobs run one at a time reuse one worker; jobs in flight together each
-// get their own (none waits for another), and once they finish only
-// maxIdle workers stay. Idle workers end after idleFor, or when the
-// connection ends.
+// Jobs in flight together each get their own worker (none waits for
+// another: the unbuffered send of each finds a worker waiting), and one
+// more waits beside them; once they finish, at most maxIdle wait. Jobs
+// one at a time reuse the waiting workers. Sweeps end the workers no
+// job needed, all but one; the rest end with the connection.
 func TestWorkers(t *testing.T) {
 	testkit.CheckLeaks(t)
 	tests := []struct {
 		name       string
 		concurrent int           // jobs held in flight together
 		maxIdle    int32         // idle workers kept
-		idleFor    time.Duration // how long an idle worker waits
+		idleFor    time.Duration // sweep period
 		wantIdle   int32         // idle workers once the jobs finished
 	}{
-		{"one at a time", 1, 4, time.Hour, 1},
-		{"burst within the idle bound", 4, 4, time.Hour, 4},
+		{"burst within the idle bound", 4, 8, time.Hour, 5},
 		{"burst beyond the idle bound", 12, 4, time.Hour, 4},
-		{"idle workers time out", 6, 4, 20 * time.Millisecond, 0},
+		{"idle workers swept", 6, 8, 20 * time.Millisecond, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			done := make(chan struct{})
+			conn, endConn := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
+			jobs := make(chan int)
 			started := make(chan int, tt.concurrent)
 			release := make(chan struct{})
 			releaseAll := sync.OnceFunc(func() { close(release) })
+			var a *acceptors[int]
 			t.Cleanup(func() {
 				releaseAll()
-				close(done)
+				endConn()
+				a.stop()
 				waitGroupDone(t, &wg, "connection ended")
 			})
-			w := newWorkers(done, &wg, func(job int) {
+			a = chanAcceptors(conn, &wg, jobs, tt.maxIdle, tt.idleFor, func(job int) {
 				started <- job
 				<-release
 			})
-			w.maxIdle, w.idleFor = tt.maxIdle, tt.idleFor
 			for i := range tt.concurrent {
-				w.run(i)
+				jobs <- i
 			}
 			// Every job runs before any is released: none was queued
 			// behind another.
 			for range tt.concurrent {
 				<-started
 			}
-			if got := w.live.Load(); got != int32(tt.concurrent) {
-				t.Errorf("%d workers for %d jobs in flight", got, tt.concurrent)
+			if got := a.live.Load(); got != int32(tt.concurrent)+1 {
+				t.Errorf("%d workers for %d jobs in flight, want one more waiting", got, tt.concurrent)
 			}
 			releaseAll()
-			settled := func() bool {
-				return w.idle.Load() == tt.wantIdle && w.live.Load() == tt.wantIdle && parked() == int(tt.wantIdle)
-			}
+			settled := func() bool { return a.waiting.Load() == tt.wantIdle && a.live.Load() == tt.wantIdle }
 			testkit.Eventually(t, fmt.Sprintf("%d idle workers", tt.wantIdle), settled)
 
-			if tt.wantIdle > 0 {
-				// Further jobs, one at a time, each once the workers are
-				// parked again, go to the idle workers.
-				for i := range 20 {
-					w.run(i)
-					<-started
-					testkit.Eventually(t, "the workers parked again", settled)
-				}
-				if got := w.live.Load(); got != tt.wantIdle {
-					t.Errorf("%d workers after 20 jobs one at a time, want the %d idle ones reused", got, tt.wantIdle)
-				}
+			// Further jobs, one at a time, go to the waiting workers.
+			for i := range 20 {
+				jobs <- i
+				<-started
+				testkit.Eventually(t, "the workers waiting again", settled)
+			}
+			if got := a.live.Load(); got != tt.wantIdle {
+				t.Errorf("%d workers after 20 jobs one at a time, want the %d idle ones reused", got, tt.wantIdle)
 			}
 		})
 	}
@@ -129,15 +121,17 @@ func BenchmarkWorkers(b *testing.B) {
 		}
 	})
 	b.Run("workers", func(b *testing.B) {
-		done := make(chan struct{})
+		conn, endConn := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
-		w := newWorkers(done, &wg, job)
+		jobs := make(chan int)
+		a := chanAcceptors(conn, &wg, jobs, maxIdleWorkers, workerIdle, job)
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
-			w.run(i)
+			jobs <- i
 			<-finished
 		}
-		close(done)
+		endConn()
+		a.stop()
 		wg.Wait()
 	})
 }
