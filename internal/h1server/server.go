@@ -232,13 +232,21 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 		c.setDeadline(s.cfg.ReadHeaderTimeout)
 	case c.watching:
 		// The watch has been peeking since the request's body ended:
-		// its read is the wait for the next head.
-		if !c.state.CompareAndSwap(stateActive, stateIdle) {
-			return nil, net.ErrClosed
+		// its read is the wait for the next head. If that head came
+		// during the response, the connection was never idle (Shutdown
+		// must not close it with the head read).
+		var err error
+		select {
+		case err = <-c.report:
+		default:
+			if !c.state.CompareAndSwap(stateActive, stateIdle) {
+				return nil, net.ErrClosed
+			}
+			c.setDeadline(s.cfg.IdleTimeout)
+			err = <-c.report
 		}
-		c.setDeadline(s.cfg.IdleTimeout)
 		c.watching = false
-		if err := <-c.report; err != nil {
+		if err != nil {
 			return nil, err
 		}
 	case c.br.Buffered() == 0:
@@ -328,10 +336,9 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 		c.pending = make([]byte, 0, bufSize)
 	}
 	// The writer is reused: like net/http's, it may not be used after
-	// the handler returns.
-	// So is its header map: nothing in the chain keeps it past the
-	// handler (the writer itself is reused), and a map that held many
-	// fields is dropped rather than cleared.
+	// the handler returns. So is its header map (nothing in the chain
+	// keeps it past the handler); one that held many fields is dropped
+	// rather than cleared.
 	if c.header == nil {
 		c.header = make(http.Header)
 	}
