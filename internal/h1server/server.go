@@ -101,13 +101,17 @@ type conn struct {
 	// deadline: a read deadline is set on nc.
 	deadline bool
 
-	// The watch for the app's disconnect while a handler runs.
+	// The watch for the app's disconnect (see watch): one goroutine per
+	// connection, armed per request. watching: armed and not yet
+	// reported; while it is, the watch goroutine owns br's reading.
 	watching bool
-	watchEnd chan struct{}
+	arm      chan struct{}
+	report   chan error // one per arm; closed when the goroutine ends
 	gone     atomic.Bool
 	cancel   context.CancelFunc
 
 	pending []byte
+	header  http.Header // the response header, cleared between requests
 	resp    response
 }
 
@@ -136,6 +140,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 		return // the fallback has it
 	}
 	nc.Close()
+	c.stopWatch()
 }
 
 func (s *Server) add(c *conn) bool {
@@ -225,6 +230,25 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 	switch {
 	case first:
 		c.setDeadline(s.cfg.ReadHeaderTimeout)
+	case c.watching:
+		// The watch has been peeking since the request's body ended:
+		// its read is the wait for the next head. If that head came
+		// during the response, the connection was never idle (Shutdown
+		// must not close it with the head read).
+		var err error
+		select {
+		case err = <-c.report:
+		default:
+			if !c.state.CompareAndSwap(stateActive, stateIdle) {
+				return nil, net.ErrClosed
+			}
+			c.setDeadline(s.cfg.IdleTimeout)
+			err = <-c.report
+		}
+		c.watching = false
+		if err != nil {
+			return nil, err
+		}
 	case c.br.Buffered() == 0:
 		if !c.state.CompareAndSwap(stateActive, stateIdle) {
 			return nil, net.ErrClosed
@@ -295,6 +319,9 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.cancel = cancel
 	defer cancel()
+	if c.arm == nil {
+		c.startWatch()
+	}
 	r := p.req.WithContext(ctx)
 	var b *body
 	switch {
@@ -309,20 +336,26 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 		c.pending = make([]byte, 0, bufSize)
 	}
 	// The writer is reused: like net/http's, it may not be used after
-	// the handler returns.
+	// the handler returns. So is its header map (nothing in the chain
+	// keeps it past the handler); one that held many fields is dropped
+	// rather than cleared.
+	if c.header == nil {
+		c.header = make(http.Header)
+	}
 	w := &c.resp
-	*w = response{c: c, req: r, header: make(http.Header), pending: c.pending[:0]}
+	*w = response{c: c, req: r, header: c.header, pending: c.pending[:0]}
+	defer c.resetHeader()
 	ok := c.runHandler(w, r)
 	if b != nil {
 		// Whoever still holds the body (a request-body writer the
 		// handler started) gets an error from now on, as from net/http,
-		// and its end no longer starts a watch: the connection's reader
-		// is this goroutine's again.
+		// and its end no longer starts a watch. The watch, if the body
+		// ended and started it, goes on through the response and the
+		// idle wait: readHead takes its result.
 		b.mu.Lock()
 		b.closed, b.onEOF = true, nil
 		b.mu.Unlock()
 	}
-	c.unwatch()
 	if !ok {
 		c.bw.Flush() // what was committed, as net/http's final flush
 		return false
@@ -352,39 +385,72 @@ func (c *conn) runHandler(w *response, r *http.Request) (ok bool) {
 	return true
 }
 
+// maxReusedFields: a response header map that held more fields is not
+// kept for the connection's next request (clearing costs its capacity).
+const maxReusedFields = 32
+
+// resetHeader empties the response header map for the next request.
+func (c *conn) resetHeader() {
+	if len(c.header) > maxReusedFields {
+		c.header = nil
+		return
+	}
+	clear(c.header)
+}
+
 // watch starts watching for the app's disconnect once the request body
 // has been read (or there is none), as net/http's background read does:
 // an EOF or error cancels the request's context. Bytes that arrive
 // (a pipelined request) end the watch and stay in the buffer.
+//
+// The watch runs on one goroutine per connection (startWatch), armed
+// here and not interrupted when the handler returns: its read goes on
+// through the response and becomes the idle wait for the next head
+// (readHead), which saves a goroutine, a deadline update and a read
+// per request over a watch that is started and stopped around the
+// handler.
 func (c *conn) watch() {
 	if c.watching || c.br.Buffered() > 0 {
 		return
 	}
 	c.watching = true
-	if c.watchEnd == nil {
-		c.watchEnd = make(chan struct{}, 1)
-	}
-	go c.watchRead()
+	c.arm <- struct{}{}
 }
 
-func (c *conn) watchRead() {
-	_, err := c.br.Peek(1)
-	if err != nil && !isTimeout(err) {
-		c.gone.Store(true)
-		c.cancel()
-	}
-	c.watchEnd <- struct{}{}
+// startWatch starts the connection's watch goroutine; stopWatch ends it.
+func (c *conn) startWatch() {
+	c.arm = make(chan struct{}, 1)
+	c.report = make(chan error, 1)
+	go c.watchLoop()
 }
 
-// unwatch stops the watch and waits for it.
-func (c *conn) unwatch() {
-	if !c.watching {
+func (c *conn) watchLoop() {
+	defer close(c.report)
+	for range c.arm {
+		_, err := c.br.Peek(1)
+		if err != nil && !isTimeout(err) {
+			c.gone.Store(true)
+			c.cancel()
+		}
+		c.report <- err
+	}
+}
+
+// stopWatch interrupts an armed watch, ends the watch goroutine and
+// waits for it.
+func (c *conn) stopWatch() {
+	if c.arm == nil {
 		return
 	}
-	c.watching = false
-	c.nc.SetReadDeadline(aLongTimeAgo)
-	c.deadline = true // readHead replaces or clears it
-	<-c.watchEnd
+	if c.watching {
+		c.watching = false
+		c.nc.SetReadDeadline(aLongTimeAgo)
+		c.deadline = true
+		<-c.report
+	}
+	close(c.arm)
+	<-c.report
+	c.arm = nil
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -396,6 +462,7 @@ func isTimeout(err error) bool {
 // handOff gives the connection, with the bytes already read, to the
 // fallback.
 func (c *conn) handOff() bool {
+	c.stopWatch()
 	c.nc.SetReadDeadline(time.Time{})
 	c.deadline = false
 	n := c.br.Buffered()

@@ -13,24 +13,8 @@ import (
 // serveOne serves one connection with h and returns the client side.
 func serveOne(t *testing.T, h http.Handler) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	ln := testkit.Listen(t)
-	s := New(Config{Handler: h, Fallback: func(c net.Conn) { c.Close() }})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		s.ServeConn(c)
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); ln.Close(); <-done })
-	c.SetDeadline(testkit.HangGuard(t))
-	return c, bufio.NewReader(c)
+	c, br, _ := serveCfg(t, Config{Handler: h})
+	return c, br
 }
 
 // A body read by a goroutine the handler left behind fails once the
