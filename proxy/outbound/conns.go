@@ -135,10 +135,14 @@ type httpFront struct {
 	h2      *http2.Server
 	h1done  chan struct{}
 	handler http.Handler
+	// h2handler is handler with its goroutine's stack grown up front
+	// (preGrown): x/net's server runs every stream on a new goroutine.
+	h2handler http.Handler
 }
 
 func (p *Proxy) newHTTPFront(service string) *httpFront {
 	f := &httpFront{p: p, h1conns: httpx.NewConnListener(), h1done: make(chan struct{}), handler: p.httpPath(service)}
+	f.h2handler = preGrown(f.handler)
 	f.h1 = &http.Server{
 		Handler: f.handler,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
@@ -237,7 +241,7 @@ func (f *httpFront) serve(conn net.Conn, proto detect.Protocol) {
 			f.p.log.Debug("closing HTTP/2 connection: stream resets at an abusive rate", "remote", conn.RemoteAddr().String())
 		})
 		ctx := withConnTarget(context.Background(), conn)
-		f.h2.ServeConn(g, &http2.ServeConnOpts{Context: h2guard.NewContext(ctx, g), Handler: f.handler, BaseConfig: f.h1})
+		f.h2.ServeConn(g, &http2.ServeConnOpts{Context: h2guard.NewContext(ctx, g), Handler: f.h2handler, BaseConfig: f.h1})
 	default:
 		f.lean.ServeConn(conn)
 	}
@@ -255,3 +259,43 @@ func (f *httpFront) close() {
 	f.h1.Close()
 	<-f.h1done
 }
+
+// preGrown runs h after growing the goroutine's stack to what the HTTP
+// path needs, in one step while the stack is still shallow. x/net's
+// HTTP/2 server starts a goroutine per stream with a small stack (2-4
+// KiB); the outbound path (its layers, the balancer, quic-go's HTTP/3
+// client) needs more than 8 KiB (with 8 KiB up front it still grew), so
+// the stack grew once or twice per request deep in the path, where
+// runtime.copystack has ~20 frames to copy and adjust: 6-9 % of the
+// client sidecar's CPU per gRPC call (docs/benchmarks.md, "Client
+// sidecar, gRPC unary"). Grown here it copies the few frames above this
+// one. The goroutines end with the stack they had grown to before.
+func preGrown(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		growStack()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// h2StackPad is the frame growStack uses: with the frames above it and
+// the runtime's stack guard, the stack becomes 16 KiB.
+const h2StackPad = 12 << 10
+
+// growStack has a frame of h2StackPad bytes, which makes the runtime
+// grow the stack (if it is smaller) to hold it on entry. The pad is
+// declared in a branch never taken (growStackTouch is never set), so the
+// frame keeps its size but is not zeroed (12 KiB of zeroing was ~1 % of
+// the client sidecar's CPU per gRPC call).
+//
+//go:noinline
+func growStack() {
+	if growStackTouch {
+		var pad [h2StackPad]byte
+		touch(pad[:])
+	}
+}
+
+var growStackTouch bool
+
+//go:noinline
+func touch([]byte) {}

@@ -108,3 +108,34 @@ func TestCloseResetsEveryAppConnection(t *testing.T) {
 		}
 	}
 }
+
+// preGrown hands the handler the writer and request it got, and what the
+// handler does (write, or abort with a panic) reaches the server as if
+// it had run unwrapped.
+func TestPreGrown(t *testing.T) {
+	tests := []struct {
+		name      string
+		handler   http.HandlerFunc
+		wantPanic any
+	}{
+		{"writes", func(w http.ResponseWriter, r *http.Request) { w.Header().Set("Seen", r.URL.Path) }, nil},
+		{"aborts", func(w http.ResponseWriter, r *http.Request) { panic(http.ErrAbortHandler) }, http.ErrAbortHandler},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &discardWriter{h: http.Header{}}
+			r, _ := http.NewRequest("GET", "http://web/x", nil)
+			got := func() (p any) {
+				defer func() { p = recover() }()
+				preGrown(tt.handler).ServeHTTP(w, r)
+				return nil
+			}()
+			if got != tt.wantPanic {
+				t.Fatalf("panic %v, want %v", got, tt.wantPanic)
+			}
+			if tt.wantPanic == nil && w.h.Get("Seen") != "/x" {
+				t.Fatalf("handler saw %q, want /x", w.h.Get("Seen"))
+			}
+		})
+	}
+}
