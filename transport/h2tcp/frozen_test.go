@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,12 +52,15 @@ func TestDialToFrozenPeerFailsWithinDialTimeout(t *testing.T) {
 
 // freezingRelay forwards TCP connections to target until frozen: then it
 // stops forwarding in both directions, as a peer frozen by SIGSTOP (or a
-// partition) looks from the dialling side.
+// partition) looks from the dialling side. While held, it keeps what the
+// peer sends until released: an answer that comes late.
 type freezingRelay struct {
 	ln     net.Listener
 	frozen chan struct{}
 	once   sync.Once
 	wg     sync.WaitGroup
+	holdMu sync.Mutex
+	held   chan struct{} // non-nil while held; closed on release
 }
 
 func newFreezingRelay(t *testing.T, target string) *freezingRelay {
@@ -81,8 +85,8 @@ func newFreezingRelay(t *testing.T, target string) *freezingRelay {
 			mu.Lock()
 			conns = append(conns, c, up)
 			mu.Unlock()
-			r.wg.Go(func() { r.copy(up, c) })
-			r.wg.Go(func() { r.copy(c, up) })
+			r.wg.Go(func() { r.copy(up, c, false) })
+			r.wg.Go(func() { r.copy(c, up, true) })
 		}
 	})
 	t.Cleanup(func() {
@@ -102,7 +106,32 @@ func (r *freezingRelay) Addr() string { return r.ln.Addr().String() }
 
 func (r *freezingRelay) freeze() { r.once.Do(func() { close(r.frozen) }) }
 
-func (r *freezingRelay) copy(dst, src net.Conn) {
+// hold keeps the peer's bytes from the dialling side until release.
+func (r *freezingRelay) hold() {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	if r.held == nil {
+		r.held = make(chan struct{})
+	}
+}
+
+func (r *freezingRelay) release() {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	if r.held != nil {
+		close(r.held)
+		r.held = nil
+	}
+}
+
+func (r *freezingRelay) holding() <-chan struct{} {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	return r.held
+}
+
+// copy forwards src to dst; fromPeer: the peer's bytes, which hold keeps.
+func (r *freezingRelay) copy(dst, src net.Conn, fromPeer bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -110,6 +139,13 @@ func (r *freezingRelay) copy(dst, src net.Conn) {
 		case <-r.frozen:
 			return // what was read is swallowed, as a frozen process would
 		default:
+		}
+		if held := r.holding(); fromPeer && held != nil {
+			select {
+			case <-held:
+			case <-r.frozen:
+				return
+			}
 		}
 		if n > 0 {
 			if _, err := dst.Write(buf[:n]); err != nil {
@@ -164,17 +200,7 @@ func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
 			}
 			relay.freeze()
 			frozen := time.Now()
-			select {
-			case <-pc.Context().Done():
-			case <-time.After(time.Until(testkit.HangGuard(t))):
-				t.Fatal("the connection to a frozen peer never ended")
-			}
-			took := time.Since(frozen)
-			cause := context.Cause(pc.Context())
-			t.Logf("declared dead %v after the freeze (liveness timeout %v): %v", took, limits.LivenessTimeout, cause)
-			if !errors.Is(cause, meshcode.ErrIdleTimeout) {
-				t.Fatalf("connection ended with %v; want it marked ErrIdleTimeout", cause)
-			}
+			took := declaredDead(t, pc, frozen)
 			// The timeout and a poll of the watch, plus scheduling on
 			// a loaded machine; far below the idle timeout (5 s) that
 			// applied before. A watch that found this process starved
@@ -205,6 +231,97 @@ func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
 			if !p.pool.Unavailable(relay.Addr(), p.want) {
 				t.Fatal("the frozen peer is not in back-off")
 			}
+		})
+	}
+}
+
+// declaredDead waits for pc to end, marked as an idle timeout (declared
+// dead), and returns how long after since it ended.
+func declaredDead(t *testing.T, pc *PeerConn, since time.Time) time.Duration {
+	t.Helper()
+	select {
+	case <-pc.Context().Done():
+	case <-time.After(time.Until(testkit.HangGuard(t))):
+		t.Fatal("the connection to a silent peer never ended")
+	}
+	took := time.Since(since)
+	cause := context.Cause(pc.Context())
+	t.Logf("declared dead %v after the peer fell silent (liveness timeout %v): %v", took, pc.pool.cfg.Limits.LivenessTimeout, cause)
+	if !errors.Is(cause, meshcode.ErrIdleTimeout) {
+		t.Fatalf("connection ended with %v; want it marked ErrIdleTimeout", cause)
+	}
+	return took
+}
+
+// A stall of this process while the answer to a PING is due defers the
+// watch's verdict until a poll without one, as over QUIC
+// (transport.Silence.Verdict, transport.TestLivenessDefersVerdictWhileStalled):
+// what a process starved in many short waits looks like to the watch
+// (no poll late by a whole interval, no goroutine waiting that long, so
+// it never starts over, yet the peer's PING ACK read over half the
+// timeout late) is injected: the stall through the pool's hook, the late
+// answer by the relay, which holds the peer's bytes until the verdict
+// was deferred. Without the deferral the live peer was declared dead at
+// the timeout. A peer that stays silent is still declared dead, by twice
+// the timeout.
+func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
+	testkit.CheckLeaks(t)
+	for _, tt := range []struct {
+		name   string
+		answer bool // the peer's bytes get through once the verdict was deferred
+	}{
+		{"the answer comes after the timeout", true},
+		{"the peer stays silent", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPair(t, http.NotFoundHandler())
+			relay := newFreezingRelay(t, p.ln.Addr().String())
+			limits := p.pool.cfg.Limits
+			var stalled atomic.Bool
+			// Just under a poll: long enough to defer, too short to
+			// start the watch over.
+			hook := func() time.Duration {
+				if stalled.Load() {
+					return limits.LivenessTimeout/4 - time.Millisecond
+				}
+				return 0
+			}
+			p.pool.stallHook.Store(&hook)
+			pc, err := p.pool.Get(testkit.HangCtx(t), relay.Addr(), p.want)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			stalled.Store(true)
+			relay.hold()
+			held := time.Now()
+			testkit.Eventually(t, "a deferred verdict", func() bool { return p.pool.LivenessStats().Deferred > 0 || !pc.Alive() })
+			if lv := p.pool.LivenessStats(); !pc.Alive() {
+				t.Fatalf("declared dead %v after the answers stopped although this process stalled while they were due (watch %+v): %v",
+					time.Since(held), lv, context.Cause(pc.Context()))
+			}
+			if tt.answer {
+				read := pc.conn.lastRead.Load()
+				relay.release()
+				testkit.Eventually(t, "the peer's answer", func() bool { return pc.conn.lastRead.Load() != read || !pc.Alive() })
+				stalled.Store(false)
+				lv := p.pool.LivenessStats()
+				t.Logf("answer read %v after the answers stopped; watch %+v", time.Since(held), lv)
+				if !pc.Alive() || lv.Declared != 0 {
+					t.Fatalf("a live peer declared dead (watch %+v): %v", lv, context.Cause(pc.Context()))
+				}
+				return
+			}
+			detected := declaredDead(t, pc, held)
+			lv := p.pool.LivenessStats()
+			t.Logf("watch %+v", lv)
+			// Twice the timeout as the polls credit it, which a loaded
+			// machine at most doubles (as over QUIC); below the idle
+			// timeout's health check unless the watch started over.
+			if bound := 2 * (2*limits.LivenessTimeout + 2*limits.LivenessTimeout/4); lv.Starved == 0 && (detected > bound || detected > limits.IdleTimeout) {
+				t.Fatalf("a silent peer declared dead after %v by %+v; want the liveness watch within %v", detected, lv, bound)
+			}
+			testkit.Eventually(t, "the dead connection counted", func() bool { return p.pool.LivenessStats().Declared == 1 })
 		})
 	}
 }

@@ -240,10 +240,18 @@ func TestGoAwayDrainsPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, "connection not alive after GOAWAY", func() bool { return !pc.Alive() })
+	// Draining: the balancer prefers other endpoints (Unavailable), as
+	// over QUIC, where the drain is recorded when GOAWAY arrives.
+	if !p.pool.Unavailable(p.ln.Addr().String(), p.want) {
+		t.Error("a peer that sent GOAWAY is not reported Unavailable")
+	}
 	// The next Get redials at once (no back-off: the peer answered) and
 	// never hands out the connection that received GOAWAY.
 	if pc2 := p.get(t); pc2 == pc {
 		t.Fatal("the pool handed out the connection that received GOAWAY")
+	}
+	if p.pool.Unavailable(p.ln.Addr().String(), p.want) {
+		t.Error("reported Unavailable with a new connection")
 	}
 }
 

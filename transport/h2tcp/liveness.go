@@ -22,7 +22,10 @@ import (
 // credits at most one poll interval of silence, and a poll that ran
 // late, or found goroutines waiting a whole interval to run, starts the
 // watch over: this process starved of CPU may leave the peer's answer
-// unread in the socket.
+// unread in the socket. A shorter stall of this process (an eighth of
+// the timeout or more) while a PING's answer was due defers the verdict
+// to the next poll without one, up to twice the timeout, as over QUIC
+// (transport.Silence.Verdict).
 //
 // x/net/http2's own health check (ReadIdleTimeout, PingTimeout) cannot
 // tell that starvation from the peer's silence: set to the liveness
@@ -57,6 +60,10 @@ func (p *Pool) watchLiveness() {
 			p.livenessStarved.Add(1)
 			p.logs.Log(p.cfg.Logger, slog.LevelInfo, "liveness|starved", transport.LogStarved, "transport", "tcp", "late", late.Round(time.Millisecond), "poll", polls.Poll())
 		}
+		stall := polls.Stall()
+		if hook := p.stallHook.Load(); hook != nil {
+			stall = max(stall, (*hook)())
+		}
 		p.mu.Lock()
 		for pc := range p.all {
 			if pc.conn.ctx.Err() == nil {
@@ -65,7 +72,7 @@ func (p *Pool) watchLiveness() {
 		}
 		p.mu.Unlock()
 		for _, pc := range conns {
-			p.checkLiveness(pc, now, credit, starved)
+			p.checkLiveness(pc, now, credit, stall, starved)
 		}
 		clear(conns)
 		conns = conns[:0]
@@ -73,13 +80,14 @@ func (p *Pool) watchLiveness() {
 }
 
 // checkLiveness looks at pc after a poll that credits the silence with
-// credit, or found this process starved.
-func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit time.Duration, starved bool) {
+// credit and found this process stalled for stall, or starved.
+func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit, stall time.Duration, starved bool) {
 	w := &pc.liveness
 	timeout := p.cfg.Limits.LivenessTimeout
 	if w.silence.Observe(uint64(pc.conn.lastRead.Load()), now, credit, starved) {
 		return
 	}
+	w.silence.Stalled(stall)
 	if w.silence.PingDue(timeout) && w.pinging.CompareAndSwap(false, true) {
 		p.livenessPings.Add(1)
 		p.wg.Add(1)
@@ -93,7 +101,14 @@ func (p *Pool) checkLiveness(pc *PeerConn, now time.Time, credit time.Duration, 
 			pc.cc.Ping(ctx)
 		}()
 	}
-	if !w.silence.Dead(timeout, true) {
+	// Dead: silent for the timeout, and the peer had half of it to
+	// answer a PING, unless this process stalled meanwhile (then the
+	// next poll confirms it).
+	dead, deferred := w.silence.Verdict(timeout, true)
+	if deferred {
+		p.livenessDeferred.Add(1)
+	}
+	if !dead {
 		return
 	}
 	err := meshcode.Mark(fmt.Errorf("h2tcp: peer %s (%s) sent nothing for %v with %d requests or tunnels outstanding (liveness timeout %v)",

@@ -109,13 +109,16 @@ type Pool struct {
 	// The liveness watch's counters (liveness.go); declared counts
 	// connections closed because their peer stopped answering, found by
 	// the watch or x/net/http2's health check.
-	declared, livenessPings, livenessStarved atomic.Uint64
+	declared, livenessPings, livenessStarved, livenessDeferred atomic.Uint64
+	// stallHook, if set (tests), adds a stall of this process to what
+	// each of the watch's polls measured.
+	stallHook atomic.Pointer[func() time.Duration]
 }
 
 // LivenessStats counts what the liveness watch did since the pool
 // started (liveness.go).
 func (p *Pool) LivenessStats() transport.LivenessStats {
-	return transport.LivenessStats{Declared: p.declared.Load(), Pings: p.livenessPings.Load(), Starved: p.livenessStarved.Load()}
+	return transport.LivenessStats{Declared: p.declared.Load(), Pings: p.livenessPings.Load(), Starved: p.livenessStarved.Load(), Deferred: p.livenessDeferred.Load()}
 }
 
 // NewPool returns a pool that dials with cfg.
@@ -223,12 +226,32 @@ func (p *Pool) drainingLocked(st *peerState) {
 
 var errDraining = errors.New("peer is draining (GOAWAY)")
 
-// Unavailable reports whether the peer is in back-off.
+// Unavailable reports whether the peer is in back-off after a failed dial,
+// a dead connection or a drain notice, for the balancer to prefer other
+// endpoints, with the QUIC pool's semantics (transport.Pool.Unavailable):
+// whenever Get would fail at once (a peer that did not answer, during its
+// back-off and while the one dial probing it is in flight), and during
+// the back-off of a peer that answered (it refused or is draining; Get
+// probes it), a connection that received GOAWAY included (Get records
+// the drain on finding it).
 func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.peers[peerKey{addr, want}]
-	return st != nil && st.conn == nil && st.dialing == nil && st.Holding(p.cfg.Now())
+	if st == nil {
+		return false
+	}
+	if st.conn != nil {
+		if st.conn.Alive() {
+			return false
+		}
+		if st.conn.conn.ctx.Err() == nil {
+			return true // GOAWAY received: the peer is draining
+		}
+	}
+	now := p.cfg.Now()
+	silent, _ := st.Silent(now)
+	return st.Holding(now) || silent && st.dialing != nil
 }
 
 func (p *Pool) dial(key peerKey, st *peerState) {
