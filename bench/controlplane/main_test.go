@@ -99,3 +99,15 @@ func TestRunSmall(t *testing.T) {
 		t.Errorf("the report lacks the churn phase:\n%s", out.String())
 	}
 }
+
+// A test that uses the shared cluster's admin client after its connection
+// idled out (client-go closes it after 90 s idle, which a slow test on a
+// loaded machine outlasts) leaves no goroutine of the connection that
+// replaced it: TestRunSmall's leak check once failed on its HTTP/2 read
+// loop.
+func TestNamespaceLeavesNoAdminConnection(t *testing.T) {
+	c := kubetest.Get(t)
+	c.CloseIdleConnections() // as if the connection had idled out
+	testkit.CheckLeaks(t)
+	c.Namespace(t)
+}

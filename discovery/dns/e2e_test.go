@@ -154,8 +154,24 @@ func TestSidecarsThroughNSD(t *testing.T) {
 			failed++
 		}
 	}
-	if n := logs.Count("refresh failed"); n != 1 {
-		t.Errorf("%d failure log lines for one outage, want 1:\n%s", n, logs)
+	// One line per distinct failure, not one per failed refresh (four
+	// or more here): the outage's refused queries are one failure. A
+	// query that NSD's exiting server children took and never answered
+	// times out first, a failure of its own kind (two lines once, in a
+	// -race run at load ~35); at most one such line, before the refusals.
+	var refused, timedOut, other int
+	for _, l := range logs.Lines("dns discovery: refresh failed; keeping the last endpoint set") {
+		switch {
+		case strings.Contains(l, "connection refused"):
+			refused++
+		case strings.Contains(l, "i/o timeout") && refused == 0:
+			timedOut++
+		default:
+			other++
+		}
+	}
+	if refused != 1 || timedOut > 1 || other > 0 {
+		t.Errorf("failure log lines for one outage: %d refused, %d timed out before, %d other; want 1, at most 1, 0:\n%s", refused, timedOut, other, logs)
 	}
 }
 

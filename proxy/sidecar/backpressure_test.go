@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -232,8 +233,8 @@ const probeSamples = 400
 // pair sent at the same moment (alternating h2c and HTTP/1.1), so that a
 // stall of the whole process or machine (a GC pause, another job's
 // burst) slows both alike, and returns their latencies. It fails on the
-// first error: a request that times out under attack is the starvation
-// this file is about.
+// first error: a request that fails or stalls (probeStall) under attack
+// is the starvation this file is about.
 //
 // A pair during which this process was starved of CPU (a goroutine
 // waited probeStarved or more to run) is set aside and made again: the
@@ -281,12 +282,18 @@ func (p *prober) sample(ctx context.Context, t *testing.T, n int) (attacked, con
 			}()
 		}
 		wg.Wait()
+		wasStarved := sched.Starved(probeStarved)
 		for _, err := range errs {
-			if err != nil {
+			// A probe cut off at probeStall is the starvation this file
+			// is about, unless this process was itself starved of CPU
+			// during it: then the pair is made again like any other
+			// starved pair (a probe that hangs for good still fails, on
+			// the first unstarved try or at the hang guard).
+			if err != nil && !(wasStarved && errors.Is(err, errProbeStalled)) {
 				t.Fatal(err)
 			}
 		}
-		if sched.Starved(probeStarved) {
+		if wasStarved {
 			starved++
 			continue
 		}
@@ -303,20 +310,36 @@ func (p *prober) sample(ctx context.Context, t *testing.T, n int) (attacked, con
 // an idle machine.
 const probeStarved = 20 * time.Millisecond
 
+// probeStall is how long one probe may take before it counts as a
+// well-behaved request starved by the attack, far beyond any latency the
+// 2x bound compares. A probe cut off then fails the test only if this
+// process was not starved of CPU during it (sample): at load ~37 on 2
+// cores a probe ran into the limit while 126 of 146 pairs were starved,
+// the machine's doing, not the attack's.
+const probeStall = 10 * time.Second
+
+// errProbeStalled is the cause of a probe cut off at probeStall.
+var errProbeStalled = errors.New("no answer within the probe's stall limit")
+
 // probe GETs url, reads the whole body and returns how long that took.
+// A probe cut off at probeStall fails with an error that wraps
+// errProbeStalled.
 func probe(ctx context.Context, c *http.Client, url string) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeoutCause(ctx, probeStall, errProbeStalled)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 	start := time.Now()
 	resp, err := c.Do(req)
-	if err != nil {
-		return time.Since(start), err
+	if err == nil {
+		var n int64
+		n, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil && (resp.StatusCode != 200 || n != 16384) {
+			err = fmt.Errorf("status %d, %d bytes", resp.StatusCode, n)
+		}
 	}
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err == nil && (resp.StatusCode != 200 || n != 16384) {
-		err = fmt.Errorf("status %d, %d bytes", resp.StatusCode, n)
+	if err != nil && context.Cause(ctx) == errProbeStalled {
+		err = fmt.Errorf("%w: %w", errProbeStalled, err)
 	}
 	return time.Since(start), err
 }

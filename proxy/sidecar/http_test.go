@@ -26,6 +26,8 @@ import (
 	"github.com/quicmesh/quicmesh/internal/echo"
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/internal/testkit/meshtest"
+	"github.com/quicmesh/quicmesh/proxy/outbound"
+	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/fallback"
 )
 
@@ -50,8 +52,35 @@ func newHTTPMesh(t *testing.T, tr fallback.Mode) *httpMesh {
 	ws := m.HTTPApp("ws", meshtest.H1, websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
 	down := m.DownApp("down") // nothing listens there
 
+	// These tests are about what crosses the mesh, not how fast a peer
+	// connection comes up: with the 1 s dial and 3 s handshake defaults,
+	// 400 requests racing to an empty pool under -race at load ~35 failed
+	// 26 of 30 subtests in 15 runs, mostly on the one dial timed out
+	// (QUIC "no recent network activity", TCP "i/o timeout") after which
+	// the peer's back-off failed nearly all of them with 502, else on
+	// the 5 s wait for a connection; the first gRPC call too. Nor are
+	// they about telling a dead peer: over TCP, x/net/http2's PING check
+	// at the idle timeout's settings (1.25 s + 3.75 s, which cannot tell
+	// this process starved from a silent peer; h2tcp/liveness.go) closed
+	// the shared connection under the 400 requests in 3 of 5 runs at
+	// load ~30 ("http2: client connection lost", EOF), failing 176-200
+	// of them; and the liveness watch (1 s), meant to tell, declared
+	// the live server dead once in 9 runs at load ~23 ("sent nothing
+	// for 1.123s with 200 requests or tunnels outstanding"), failing 309.
+	// Waiting for a connection is a "this should not hang" wait here,
+	// and so are the server sidecar's connect to the app (default 2 s:
+	// 372 of the 400 timed out once at load ~34) and the client
+	// sidecar's wait for a response header (default 30 s): a
+	// 3 MiB gRPC unary, whose answer starts only after the app has read
+	// it all, took 6-15 s under -race at load ~28 and passed 30 s 3 times
+	// in 15 runs at load ~35.
+	hang := time.Until(testkit.HangGuard(t))
+	lim := transport.Limits{DialTimeout: hang, HandshakeTimeout: hang, IdleTimeout: hang, LivenessTimeout: hang}
+	wait := outbound.Resilience{Default: outbound.ServicePolicy{ResponseHeaderTimeout: hang}}
 	server := m.Start("server", meshtest.Spec{
-		ID: echoID,
+		ID:                echoID,
+		Limits:            lim,
+		AppConnectTimeout: hang,
 		Routes: map[string]string{
 			"web":  web.URL("http"),
 			"h2":   h2app.URL("h2c"),
@@ -66,7 +95,7 @@ func newHTTPMesh(t *testing.T, tr fallback.Mode) *httpMesh {
 	for _, svc := range meshServices {
 		binds = append(binds, meshtest.Bind{Service: svc})
 	}
-	client := m.Start("client", meshtest.Spec{ID: clientID, Binds: binds, HTTPProxy: true, ClientsSpeakFirst: true})
+	client := m.Start("client", meshtest.Spec{ID: clientID, Limits: lim, ConnectTimeout: hang, Resilience: wait, Binds: binds, HTTPProxy: true, ClientsSpeakFirst: true})
 	hm := &httpMesh{server: server, client: client, h1Hits: &web.Hits, binds: map[string]string{}}
 	for _, svc := range meshServices {
 		hm.binds[svc] = client.Bind(svc)

@@ -307,11 +307,13 @@ func (c *ServerConn) Serve(h http.Handler, tunnelFn func(str *ServerStream, targ
 		delete(l.served, c)
 		l.mu.Unlock()
 	}()
-	var handlers sync.WaitGroup
-	defer handlers.Wait()
+	var handlers handlerGate
+	defer handlers.closeAndWait()
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		handlers.Add(1)
-		defer handlers.Done()
+		if !handlers.enter() {
+			return // the connection is gone: Serve has returned
+		}
+		defer handlers.leave()
 		c.active.Add(1)
 		defer c.active.Add(-1)
 		if r.Method == http.MethodConnect && r.Host == TunnelAuthority {
@@ -353,4 +355,39 @@ func (c *ServerConn) serveTunnel(w http.ResponseWriter, r *http.Request, tunnelF
 		tunnelFn(str, hdr.Target)
 	}
 	str.wait()
+}
+
+// handlerGate counts a connection's running handlers so that Serve
+// returns only after every one has. x/net/http2 starts each handler on
+// its own goroutine and ServeConn does not wait for them, so a handler
+// can begin after ServeConn returned; a bare sync.WaitGroup.Add there
+// raced with Wait (the race detector caught it under load, and such a
+// handler ran after Serve had returned). Once closed the gate admits no
+// handler: its connection has ended.
+type handlerGate struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// enter admits a handler (leave when it returns) unless the gate is
+// closed.
+func (g *handlerGate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *handlerGate) leave() { g.wg.Done() }
+
+// closeAndWait admits no more handlers and waits for those admitted.
+func (g *handlerGate) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
