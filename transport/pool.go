@@ -99,8 +99,6 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	ok := false
 	if bodyless(req) {
 		resp, ok, err = pc.roundTripBodyless(req)
-	} else if req.Method == "POST" && len(req.Trailer) == 0 {
-		resp, ok, err = pc.roundTripBodyProto(req)
 	}
 	if !ok {
 		resp, err = pc.h3.RoundTrip(req)
