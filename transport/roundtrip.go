@@ -23,6 +23,16 @@ const codeRequestCanceled = quic.StreamErrorCode(http3.ErrCodeRequestCanceled)
 // bodyless reports whether req can take roundTripBodyless: no body to
 // send, and none of the methods quic-go's RoundTrip treats specially
 // (0-RTT GET/HEAD, CONNECT with its Extended CONNECT wait for SETTINGS).
+//
+// Requests with a body stay on quic-go's RoundTrip (two goroutines and
+// an 8 KiB buffer per request) because quic-go v0.65's public API cannot
+// frame them: RequestStream.SendRequestHeader refuses a request with a
+// body (quic-go PR 5231, on purpose), a copy without one would be sent
+// as "content-length: 0" for POST, PUT and PATCH (the Content-Length
+// field is always derived from Body and ContentLength), and request
+// trailers can only be written by the unexported sendRequestTrailer.
+// TestRoundTripBodyFraming pins the framing; docs/benchmarks.md
+// ("Requests with a body on the own path") has what an own path saves.
 func bodyless(req *http.Request) bool {
 	if req.Body != nil && req.Body != http.NoBody {
 		return false
