@@ -125,7 +125,7 @@ var (
 	// ErrClosed is the error of requests after or during Close.
 	ErrClosed = errors.New("h2client: client closed")
 	// ErrBodyClosed is what reading a response body after Close returns.
-	ErrBodyClosed = errors.New("h2client: read on closed response body")
+	ErrBodyClosed  = errors.New("h2client: read on closed response body")
 	errPingTimeout = errors.New("h2client: PING not acknowledged in time")
 	errIdle        = errors.New("h2client: idle connection closed")
 )

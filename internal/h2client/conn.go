@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,7 +100,10 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 	cc.fr.SetMaxReadFrameSize(defaultFrameSize)
 	cc.fr.MaxHeaderListSize = uint32(c.cfg.MaxResponseHeaderBytes)
 	cc.hdec = hpack.NewDecoder(4096, cc.emit)
-	cc.hdec.SetMaxStringLength(c.cfg.MaxResponseHeaderBytes)
+	// A field over the limit is refused as a stream error (emit), the
+	// connection kept; the decoder's own limit, an error for the whole
+	// connection, only bounds what a block's bytes could expand to.
+	cc.hdec.SetMaxStringLength(4*c.cfg.MaxResponseHeaderBytes + 4096)
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
 
 	deadline := time.Now().Add(c.cfg.PingTimeout)
@@ -260,7 +264,7 @@ func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	maxFrame := int(cc.peerFrameSize)
 	cc.mu.Unlock()
 	err = cc.writeHeaderBlock(s.id, !s.hasBody, block, maxFrame)
-	if err == nil {
+	if err == nil && !s.hasBody {
 		err = cc.bw.Flush()
 	}
 	cc.wmu.Unlock()
@@ -270,7 +274,21 @@ func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, cc.connErr()
 	}
 	if s.hasBody {
+		// The HEADERS wait in the buffer for the body's first bytes: a
+		// body that is there already (a unary gRPC request) goes out with
+		// them in one write. The body goroutine gets the processor first;
+		// when it is back, whatever is still buffered (its read blocked:
+		// a stream whose client waits for the app) is flushed here.
 		go s.writeBody()
+		runtime.Gosched()
+		cc.wmu.Lock()
+		if cc.bw.Buffered() > 0 {
+			err = cc.bw.Flush()
+		}
+		cc.wmu.Unlock()
+		if err != nil {
+			cc.fail(fmt.Errorf("writing request headers: %w", err))
+		}
 	}
 	return s.awaitResponse()
 }
