@@ -315,6 +315,16 @@ func (c *Client) reserve(ctx context.Context, addr string) (*conn, error) {
 		if err != nil {
 			return nil, fmt.Errorf("h2client: connecting to %s: %w", addr, err)
 		}
+		// The dialer takes the first slot of its connection: a
+		// connection that cannot take even one request fails the
+		// request rather than make it dial forever.
+		if ok, _ := cc.tryReserve(true); ok {
+			return cc, nil
+		}
+		if err := cc.connErr(); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("h2client: the app at %s takes no requests on a new connection (SETTINGS_MAX_CONCURRENT_STREAMS 0 or GOAWAY)", addr)
 	}
 }
 

@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
-	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/quicmesh/quicmesh/internal/echo"
@@ -136,6 +134,4 @@ func TestGRPC(t *testing.T) {
 			}
 		})
 	}
-	_ = strings.TrimSpace
-	_ = http.MethodPost
 }
