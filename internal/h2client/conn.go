@@ -121,8 +121,8 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
-	go cc.readLoop()
 	cc.timer = time.AfterFunc(c.cfg.PingAfter, cc.healthCheck)
+	go cc.readLoop()
 	return cc, nil
 }
 
