@@ -57,7 +57,7 @@ func newH2CPool(dial func(ctx context.Context, network, addr string) (net.Conn, 
 			HTTP2: &http.HTTP2Config{
 				MaxReceiveBufferPerStream:     streamWindow,
 				MaxReceiveBufferPerConnection: streamWindow * maxStreams,
-				SendPingTimeout:               appH2CPingAfter,
+				SendPingTimeout:               30 * time.Second,
 			},
 		},
 		maxStreams: maxStreams,

@@ -9,7 +9,6 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/h1client"
-	"github.com/quicmesh/quicmesh/internal/h2client"
 )
 
 // Upstream is where the inbound side delivers a peer's traffic once
@@ -36,17 +35,10 @@ type Upstream interface {
 // connection (docs/benchmarks.md, "Lean app-side HTTP/1.1 client");
 // what it does not do (see h1client.fallbackReason) goes to net/http's
 // Transport, set up with the same limits.
-//
-// h2c goes through h2client, which writes a request's HEADERS on the
-// caller's goroutine and reads every response of a connection on one
-// loop instead of net/http's goroutine per request (docs/benchmarks.md,
-// "Lean app-side h2c client"), with the same windows and stream limits;
-// what it does not do goes to the h2cPool over net/http.
 type LocalApps struct {
-	dial    net.Dialer // tunnels and switched protocols
-	h1      *h1client.Client
-	h2c     *h2client.Client
-	h2cPool *h2cPool // h2client's fallback
+	dial net.Dialer // tunnels and switched protocols
+	h1   *h1client.Client
+	h2c  *h2cPool
 }
 
 // NewLocalApps returns the local apps' upstream. connectTimeout bounds
@@ -72,7 +64,6 @@ func NewLocalApps(connectTimeout time.Duration, streamWindow, streamsPerConn int
 		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
 		MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
 	}
-	pool := newH2CPool(dialer.DialContext, streamWindow, streamsPerConn)
 	return &LocalApps{
 		dial: net.Dialer{Timeout: connectTimeout},
 		h1: h1client.New(h1client.Config{
@@ -83,16 +74,7 @@ func NewLocalApps(connectTimeout time.Duration, streamWindow, streamsPerConn int
 			MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
 			Fallback:               std,
 		}),
-		h2c: h2client.New(h2client.Config{
-			Dial:                   dialer.DialContext,
-			StreamWindow:           streamWindow,
-			MaxStreams:             streamsPerConn,
-			MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
-			PingAfter:              appH2CPingAfter,
-			IdleTimeout:            appIdleConnTimeout,
-			Fallback:               pool,
-		}),
-		h2cPool: pool,
+		h2c: newH2CPool(dialer.DialContext, streamWindow, streamsPerConn),
 	}
 }
 
@@ -102,9 +84,6 @@ const (
 	appMaxIdleConnsPerHost    = 256
 	appIdleConnTimeout        = 90 * time.Second
 	appMaxResponseHeaderBytes = 64 << 10
-	// appH2CPingAfter is how long an h2c connection may read nothing
-	// before it is pinged (net/http's SendPingTimeout in h2cPool).
-	appH2CPingAfter = 30 * time.Second
 )
 
 func (l *LocalApps) Dial(ctx context.Context, addr string) (net.Conn, error) {
@@ -120,8 +99,7 @@ func (l *LocalApps) RoundTrip(req *http.Request, h2c bool) (*http.Response, erro
 
 func (l *LocalApps) Close() {
 	l.h1.CloseIdleConnections()
-	l.h2c.Close()
-	l.h2cPool.close()
+	l.h2c.close()
 }
 
 // chainHandler is the HTTP chain as the http.Handler of the servers
