@@ -89,7 +89,7 @@ func (c *Client) dial(ctx context.Context, addr string) (*conn, error) {
 		peerWindow:    initialWindow,
 		peerFrameSize: defaultFrameSize,
 		sendWindow:    initialWindow,
-		recvAvail:     connWindow,
+		recvAvail:     max(connWindow, initialWindow), // the app's view until our WINDOW_UPDATE
 		idleSince:     time.Now(),
 		canon:         make(map[string]string),
 		done:          make(chan struct{}),
