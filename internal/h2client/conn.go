@@ -476,6 +476,9 @@ func (s *stream) writeBody() {
 		n, rerr := s.req.Body.Read(buf)
 		eof := errors.Is(rerr, io.EOF)
 		if rerr != nil && !eof {
+			if s.stopAfterResponse() {
+				return
+			}
 			cc.abort(s, fmt.Errorf("h2client: reading request body: %w", rerr), http2.ErrCodeCancel)
 			return
 		}
@@ -519,6 +522,30 @@ func (s *stream) writeBody() {
 		}
 		return
 	}
+}
+
+// stopAfterResponse ends the request side of a stream whose response
+// has arrived whole when its body fails to read (the caller's side gave
+// up on sending once it had its answer, as the HTTP/3 server does when
+// its handler is done): the response stays readable, the app is told
+// with RST_STREAM(CANCEL). It reports whether it did.
+func (s *stream) stopAfterResponse() bool {
+	cc := s.cc
+	cc.mu.Lock()
+	if !s.ended || s.err != nil || s.reqDone {
+		cc.mu.Unlock()
+		return false
+	}
+	s.reqDone = true
+	open := s.open
+	cc.finish(s)
+	cc.cond.Broadcast()
+	cc.mu.Unlock()
+	s.closeReqBody()
+	if open {
+		cc.write(func() error { return cc.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
+	}
+	return true
 }
 
 func hasValues(h http.Header) bool {
