@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicmesh/quicmesh/internal/h2client"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -165,6 +166,32 @@ func BenchmarkAppH2C(b *testing.B) {
 			req.ContentLength = -1
 			req.Header = http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}, "Grpc-Timeout": {"9999m"}}
 			resp, err := p.RoundTrip(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := readFull(resp.Body, buf)
+			resp.Body.Close()
+			if err != nil || n != len(grpcMsg) || resp.Trailer.Get("Grpc-Status") != "0" {
+				b.Fatalf("read %d bytes, %v, trailer %v", n, err, resp.Trailer)
+			}
+		}
+	})
+	b.Run("lean", func(b *testing.B) {
+		c := h2client.New(h2client.Config{Dial: (&net.Dialer{}).DialContext, StreamWindow: DefaultAppStreamWindow, MaxStreams: DefaultAppStreamsPerConn})
+		defer c.Close()
+		body := &eofBody{}
+		buf := make([]byte, 512)
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		for b.Loop() {
+			body.r.Reset(grpcMsg)
+			req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+addr+"/echo.Echo/Unary", body)
+			if err != nil {
+				b.Fatal(err)
+			}
+			req.ContentLength = -1
+			req.Header = http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}, "Grpc-Timeout": {"9999m"}}
+			resp, err := c.RoundTrip(req)
 			if err != nil {
 				b.Fatal(err)
 			}
