@@ -66,7 +66,7 @@ func (g loadGen) bench(ctx context.Context, l Load, cond string, lt *liveTarget,
 		g.rec.logf("%s %s r%d %s: %s", l.ID, cond, round, lt.name, run.Error)
 		return run
 	}
-	if err := g.ready(ctx, l, lt); err != nil {
+	if err := g.ready(ctx, l, lt, cond != ""); err != nil {
 		run.Error = err.Error()
 		g.rec.logf("%s %s r%d %s: %s", l.ID, cond, round, lt.name, run.Error)
 		return run
@@ -109,7 +109,7 @@ func (g loadGen) fortioRun(ctx context.Context, l Load, lt *liveTarget, round in
 	jsonPath := filepath.Join(g.runsDir, fmt.Sprintf("%s-fortio-r%d.json", l.ID, round))
 	argv := append([]string{g.fortio}, FortioArgs(l, l.TargetURL(lt.front), jsonPath)...)
 	run := Run{Load: l.ID, Target: lt.name, Round: round, Tool: ToolFortio, Command: shellQuote(argv)}
-	if err := g.ready(ctx, l, lt); err != nil {
+	if err := g.ready(ctx, l, lt, false); err != nil {
 		run.Error = err.Error()
 		g.rec.logf("%s r%d fortio: %s", l.ID, round, run.Error)
 		return run

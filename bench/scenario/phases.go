@@ -25,7 +25,7 @@ func (r *Runner) startTargets(ctx context.Context, l Load, t topology, cond stri
 		}
 		lt, err := r.pairs.start(ctx, name, l.App(), t, l.ID+"-"+name)
 		if err == nil {
-			if err = r.gen.ready(ctx, l, lt); err != nil {
+			if err = r.gen.ready(ctx, l, lt, false); err != nil {
 				r.sup.stop(lt.procs)
 			}
 		}

@@ -44,23 +44,24 @@ func TestReadyConfig(t *testing.T) {
 }
 
 // flakyTCP is a TCP echo server that resets its first refuse connections
-// and serves the others.
+// (of every every connections, if every > 0) and serves the others.
 type flakyTCP struct {
 	ln      net.Listener
 	refuse  int64
+	every   int64
 	n       atomic.Int64
 	wg      sync.WaitGroup
 	silence bool          // accept and never answer
 	first   chan struct{} // closed at the first accepted connection
 }
 
-func startFlakyTCP(t *testing.T, refuse int64, silence bool) *flakyTCP {
+func startFlakyTCP(t *testing.T, refuse int64, silence bool, every int64) *flakyTCP {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &flakyTCP{ln: ln, refuse: refuse, silence: silence, first: make(chan struct{})}
+	f := &flakyTCP{ln: ln, refuse: refuse, every: every, silence: silence, first: make(chan struct{})}
 	var conns sync.Map
 	f.wg.Go(func() {
 		for {
@@ -72,7 +73,7 @@ func startFlakyTCP(t *testing.T, refuse int64, silence bool) *flakyTCP {
 			if n == 1 {
 				close(f.first)
 			}
-			if n <= f.refuse {
+			if i := n - 1; i < f.refuse || f.every > 0 && i%f.every < f.refuse {
 				c.Close()
 				continue
 			}
@@ -123,6 +124,7 @@ func TestReady(t *testing.T) {
 		name    string
 		load    Load
 		front   func(t *testing.T) string
+		lossy   bool
 		wantErr string // "" = ready
 		after   time.Duration
 	}{
@@ -133,15 +135,22 @@ func TestReady(t *testing.T) {
 		{name: "grpc-stream", load: Load{ID: "gs", Proto: bench.ProtoGRPCStream, Concurrency: 8},
 			front: func(*testing.T) string { return grpcApp.Addr().String() }},
 		{name: "tcp", load: tcp(0),
-			front: func(t *testing.T) string { return startFlakyTCP(t, 0, false).ln.Addr().String() }},
+			front: func(t *testing.T) string { return startFlakyTCP(t, 0, false, 0).ln.Addr().String() }},
 		{name: "tcp-bulk", load: Load{ID: "b", Proto: bench.ProtoTCPBulk, Concurrency: 1},
-			front: func(t *testing.T) string { return startFlakyTCP(t, 0, false).ln.Addr().String() }},
+			front: func(t *testing.T) string { return startFlakyTCP(t, 0, false, 0).ln.Addr().String() }},
 		// The first rounds' connections are reset: ready retries.
 		{name: "late", load: tcp(0),
-			front: func(t *testing.T) string { return startFlakyTCP(t, 9, false).ln.Addr().String() }},
+			front: func(t *testing.T) string { return startFlakyTCP(t, 9, false, 0).ln.Addr().String() }},
+		// Half of every round's connections are reset: ready on a lossy
+		// link only.
+		{name: "lossy", load: tcp(200 * time.Millisecond), lossy: true,
+			front: func(t *testing.T) string { return startFlakyTCP(t, 2, false, 4).ln.Addr().String() }},
+		{name: "lossy-strict", load: tcp(200 * time.Millisecond), wantErr: "lossy-strict not ready after 400ms",
+			front: func(t *testing.T) string { return startFlakyTCP(t, 2, false, 4).ln.Addr().String() },
+			after: 400 * time.Millisecond},
 		// Accepts and never answers: not ready after two timeouts.
 		{name: "silent", load: tcp(300 * time.Millisecond), wantErr: "silent not ready after 600ms",
-			front: func(t *testing.T) string { return startFlakyTCP(t, 0, true).ln.Addr().String() },
+			front: func(t *testing.T) string { return startFlakyTCP(t, 0, true, 0).ln.Addr().String() },
 			after: 600 * time.Millisecond},
 		{name: "closed", load: tcp(200 * time.Millisecond), wantErr: "closed not ready after 400ms",
 			front: func(t *testing.T) string {
@@ -157,7 +166,7 @@ func TestReady(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			lt := &liveTarget{name: tc.name, front: tc.front(t)}
 			start := time.Now()
-			err := loadGen{}.ready(context.Background(), tc.load, lt)
+			err := loadGen{}.ready(context.Background(), tc.load, lt, tc.lossy)
 			took := time.Since(start)
 			switch {
 			case tc.wantErr == "" && err != nil:
@@ -176,12 +185,12 @@ func TestReady(t *testing.T) {
 
 // ready stops waiting when its context ends, and says so.
 func TestReadyCanceled(t *testing.T) {
-	f := startFlakyTCP(t, 0, true)
+	f := startFlakyTCP(t, 0, true, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	lt := &liveTarget{name: "silent", front: f.ln.Addr().String()}
 	done := make(chan error, 1)
 	go func() {
-		done <- loadGen{}.ready(ctx, Load{ID: "t", Proto: bench.ProtoTCP, Concurrency: 1, Timeout: time.Hour}, lt)
+		done <- loadGen{}.ready(ctx, Load{ID: "t", Proto: bench.ProtoTCP, Concurrency: 1, Timeout: time.Hour}, lt, false)
 	}()
 	// Cancel once a round's connection is in.
 	select {
