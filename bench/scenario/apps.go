@@ -14,8 +14,8 @@ var (
 // startApps starts one echo app of each kind, named prefix+kind, in
 // network namespace ns ("" = the host's) at addresses from addr. It
 // returns their addresses by kind and their processes. On the host it
-// waits until each accepts connections; inside a namespace the probe of
-// each target does that.
+// waits until each accepts connections; inside a namespace the readiness
+// check of each target does that (loadGen.ready).
 func startApps(ctx context.Context, sup *supervisor, devBin, prefix, ns string, kinds []string, addr func() (string, error)) (map[string]string, []*proc, error) {
 	apps := map[string]string{}
 	var procs []*proc

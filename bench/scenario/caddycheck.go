@@ -27,7 +27,7 @@ func checkCaddy(ctx context.Context, ln *launcher, gen loadGen, httpApp string) 
 		return fmt.Sprintf("Caddy check failed: %v; Caddy targets skipped.", err), false
 	}
 	defer ln.sup.stop(lt.procs)
-	err = gen.probe(ctx, l, lt)
+	err = gen.ready(ctx, l, lt, false)
 	h3, total := countProto(logPath, "HTTP/3.0")
 	if err != nil || h3 == 0 {
 		return fmt.Sprintf("Caddy HTTP/3 check failed (%d of %d logged requests were HTTP/3.0, %v): Caddy targets skipped.", h3, total, err), false

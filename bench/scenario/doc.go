@@ -20,6 +20,6 @@
 // Adding a scenario is one Load in DefaultPlan (plan.go). Adding a peer
 // proxy is a target name (model.go), its configuration files (configs.go),
 // its binary in Options (and a flag in cmd/scenarios) and one pairKind
-// (pairs.go); the runner starts, probes, measures and stops it like the
-// others (see Runner for its parts).
+// (pairs.go); the runner starts it, waits until it serves, measures
+// and stops it like the others (see Runner for its parts).
 package scenario

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,7 +17,7 @@ import (
 )
 
 // loadGen runs the load generators against started targets: the bundled
-// one ("quicmesh-dev bench") for every measured run and probe, fortio for
+// one ("quicmesh-dev bench") for every measured run and readiness round, fortio for
 // the cross-check. Each run's raw result goes to runsDir.
 type loadGen struct {
 	devBin, fortio string
@@ -32,49 +31,6 @@ func inNS(ns string, argv []string) []string {
 		return argv
 	}
 	return append([]string{"ip", "netns", "exec", ns}, argv...)
-}
-
-// probe sends requests until one short run succeeds without errors, so a
-// target is known to work before it is measured.
-func (g loadGen) probe(ctx context.Context, l Load, lt *liveTarget) error {
-	proto := l.Proto
-	if proto == bench.ProtoTCPBulk {
-		proto = bench.ProtoTCP
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	var last string
-	for attempt := 0; ; attempt++ {
-		if err := exited(lt.procs, 600); err != nil {
-			return err
-		}
-		argv := inNS(lt.ns, []string{g.devBin, "bench", "--proto", proto, "--target", l.TargetURL(lt.front),
-			"--concurrency", "1", "--duration", "300ms", "--timeout", "3s", "--json", "-", "--quiet", "--no-progress"})
-		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		out, err := exec.CommandContext(pctx, argv[0], argv[1:]...).Output()
-		cancel()
-		var res bench.Result
-		switch {
-		case err != nil:
-			last = err.Error()
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				last += ": " + strings.TrimSpace(string(ee.Stderr))
-			}
-		case json.Unmarshal(out, &res) != nil:
-			last = "unreadable result"
-		case res.Requests > 0 && res.ErrorTotal == 0:
-			return nil
-		default:
-			last = fmt.Sprintf("%d requests, errors %v", res.Requests, res.Errors)
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s does not work: %s", lt.name, last)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(200*(attempt+1)) * time.Millisecond):
-		}
-	}
 }
 
 // exited returns an error with the end of its log for the first of ps
@@ -106,6 +62,11 @@ func (g loadGen) bench(ctx context.Context, l Load, cond string, lt *liveTarget,
 		run.Procs = append(run.Procs, p.Name)
 	}
 	if err := exited(lt.procs, 400); err != nil {
+		run.Error = err.Error()
+		g.rec.logf("%s %s r%d %s: %s", l.ID, cond, round, lt.name, run.Error)
+		return run
+	}
+	if err := g.ready(ctx, l, lt, cond != ""); err != nil {
 		run.Error = err.Error()
 		g.rec.logf("%s %s r%d %s: %s", l.ID, cond, round, lt.name, run.Error)
 		return run
@@ -148,6 +109,11 @@ func (g loadGen) fortioRun(ctx context.Context, l Load, lt *liveTarget, round in
 	jsonPath := filepath.Join(g.runsDir, fmt.Sprintf("%s-fortio-r%d.json", l.ID, round))
 	argv := append([]string{g.fortio}, FortioArgs(l, l.TargetURL(lt.front), jsonPath)...)
 	run := Run{Load: l.ID, Target: lt.name, Round: round, Tool: ToolFortio, Command: shellQuote(argv)}
+	if err := g.ready(ctx, l, lt, false); err != nil {
+		run.Error = err.Error()
+		g.rec.logf("%s r%d fortio: %s", l.ID, round, run.Error)
+		return run
+	}
 	var out bytes.Buffer
 	err := g.exec(ctx, l.Duration+30*time.Second, argv, &run, &out, &out)
 	if err != nil {

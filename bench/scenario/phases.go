@@ -12,9 +12,10 @@ import (
 // namespaces. Each starts its targets, measures them in interleaved
 // rounds and stops them.
 
-// startTargets starts and probes every target of l that can carry it; a
+// startTargets starts every target of l that can carry it; a
 // target that is not available is noted, one that fails is noted and
-// recorded as a failed run.
+// recorded as a failed run. A target counts as started once it serves
+// (loadGen.ready).
 func (r *Runner) startTargets(ctx context.Context, l Load, t topology, cond string) []*liveTarget {
 	var lts []*liveTarget
 	for _, name := range l.Targets {
@@ -24,7 +25,7 @@ func (r *Runner) startTargets(ctx context.Context, l Load, t topology, cond stri
 		}
 		lt, err := r.pairs.start(ctx, name, l.App(), t, l.ID+"-"+name)
 		if err == nil {
-			if err = r.gen.probe(ctx, l, lt); err != nil {
+			if err = r.gen.ready(ctx, l, lt, false); err != nil {
 				r.sup.stop(lt.procs)
 			}
 		}

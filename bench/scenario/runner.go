@@ -38,7 +38,7 @@ type Options struct {
 //
 // Its parts, one job each: supervisor (the processes it starts), portAlloc
 // (their addresses), launcher and pairKinds (the targets' sidecar pairs),
-// startApps (the echo apps), loadGen (load runs and probes), otherCPU (how
+// startApps (the echo apps), loadGen (load runs and readiness rounds), otherCPU (how
 // busy the machine was), recorder (the Results and the progress log). The
 // runner itself only walks the plan: phases.go.
 type Runner struct {

@@ -63,10 +63,11 @@ func removeBuiltBinaries() {
 // smokePlan is three loopback loads (closed-loop HTTP/1.1, open-loop
 // gRPC, TCP round trips) of 1 s after a 500 ms warm-up on direct, quicmesh
 // and an absent peer, and a cross-check and a lossy load that must be
-// skipped with a note. The window is not about figures: it only has to
-// hold requests on a busy machine, where 300 ms windows after 100 ms of
-// warm-up came out empty for quicmesh (its first connection's handshake
-// outlasted both at load 20 on 2 cores).
+// skipped with a note. The window is not about figures. 300 ms windows
+// after 100 ms of warm-up came out empty for quicmesh at load 20 on 2
+// cores (its first connection's handshake outlasted both), and 1 s after
+// 500 ms once at load 30 (grpc-1k); since then the runner waits for each
+// target to serve a readiness round before measuring it.
 func smokePlan(t *testing.T) Plan {
 	t.Helper()
 	p, err := DefaultPlan().Only([]string{LoadHTTP1Max, LoadGRPCRate, LoadTCPRR, LoadCrossCheck, LoadLossyTCP})
@@ -130,9 +131,17 @@ func TestRunnerSmoke(t *testing.T) {
 			continue
 		}
 		for _, tg := range []string{Direct, Quicmesh} {
+			// A run is OK only after its target answered a readiness
+			// round (loadGen.ready): a target that never serves fails
+			// here. An empty measured window is not a failure: a machine
+			// stalled for the whole window (load 30 on 2 cores) leaves
+			// it empty, with the open loop's slots unsent.
 			s, ok := Find(sums, l.ID, "", tg)
-			if !ok || s.OK != 1 || s.Requests == 0 || s.Errors != 0 {
+			if !ok || s.OK != 1 || s.Errors != 0 {
 				t.Errorf("%s %s: %+v", l.ID, tg, s)
+			}
+			if s.Requests == 0 {
+				t.Logf("%s %s: empty window (%d unsent): the machine is busy", l.ID, tg, s.Unsent)
 			}
 		}
 		q, _ := Find(sums, l.ID, "", Quicmesh)
