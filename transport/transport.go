@@ -76,7 +76,11 @@ type Limits struct {
 	// other stream of the peer shares, the default is
 	// ConnectionReceiveWindow / (2 × MaxIncomingStreams) — every stream
 	// the peer may open can stall and half the window still flows —
-	// clamped to [4 KiB, 512 KiB] (4 KiB with the defaults).
+	// clamped to [4 KiB, 512 KiB] (4 KiB with the defaults). A large
+	// message pays nothing measurable for the small start (auto-tuning
+	// doubles it within a few round trips; docs/benchmarks.md, "Large
+	// single messages"). A stream that stalls after its window grew
+	// holds the grown window, up to StreamReceiveWindow.
 	InitialStreamReceiveWindow uint64
 	// ConnectionReceiveWindow bounds what all streams of one peer may have
 	// in flight towards us together: the per-peer memory budget for
