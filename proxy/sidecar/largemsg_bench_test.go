@@ -31,7 +31,7 @@ type largeMsgMesh struct {
 	cc   *grpc.ClientConn
 }
 
-func newLargeMsgMesh(t *testing.T, name string, mode fallback.Mode, l transport.Limits) *largeMsgMesh {
+func newLargeMsgMesh(t testing.TB, name string, mode fallback.Mode, l transport.Limits) *largeMsgMesh {
 	t.Helper()
 	mesh := meshtest.NewOver(t, mode)
 	web := mesh.HTTPApp("web", meshtest.H1, nil)
@@ -94,18 +94,15 @@ func readAll(resp *http.Response, err error) func(want int) error {
 	}
 }
 
-// TestLargeMessageLatency measures single large requests through two
+// BenchmarkLargeMessageLatency measures single large requests through two
 // sidecars: QUIC with several initial stream windows against the TCP
 // transport, side by side, one call at a time, the configurations
-// alternating call by call. It is a measurement, not a check, so it runs
-// only when asked (docs/benchmarks.md, "Large single messages"):
+// alternating call by call; b.N is the number of rounds, the table goes
+// to the log (docs/benchmarks.md, "Large single messages"):
 //
-//	QUICMESH_LARGEMSG_ROUNDS=15 go test ./proxy/sidecar -run TestLargeMessageLatency -v
-func TestLargeMessageLatency(t *testing.T) {
-	rounds, _ := strconv.Atoi(os.Getenv("QUICMESH_LARGEMSG_ROUNDS"))
-	if rounds <= 0 {
-		t.Skip("a measurement: set QUICMESH_LARGEMSG_ROUNDS to run it")
-	}
+//	go test ./proxy/sidecar -run '^$' -bench LargeMessageLatency -benchtime 15x -v
+func BenchmarkLargeMessageLatency(b *testing.B) {
+	t, rounds := b, b.N
 	windows := []uint64{4 << 10, 64 << 10, 512 << 10}
 	if s := os.Getenv("QUICMESH_LARGEMSG_WINDOWS"); s != "" {
 		windows = nil
