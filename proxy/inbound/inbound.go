@@ -302,6 +302,9 @@ func (s *Server) Close() error {
 // request the peer started before it read our GOAWAY to arrive.
 const drainQuiet = 250 * time.Millisecond
 
+// drainTick is how often a draining connection's streams are counted.
+const drainTick = 25 * time.Millisecond
+
 // Shutdown drains gracefully: new connections are refused, every
 // connected peer is told to go away (so it sends new work elsewhere), and
 // each connection is closed once its in-flight requests and tunnels have
@@ -354,13 +357,20 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 				"peer", pc.peer.String(), "streams", n, "deadline", deadline.UTC().Format(time.RFC3339Nano))
 		}
 	}
-	t := time.NewTicker(25 * time.Millisecond)
+	t := time.NewTicker(drainTick)
 	defer t.Stop()
-	quietSince := time.Now()
+	// Quiet is counted both in wall time and in ticks this process saw:
+	// a stall of the process (or the machine) longer than drainQuiet
+	// right after the GOAWAY went out is not quiet, since the peer may
+	// not have run in it either. Counted in wall time alone, the first
+	// tick after such a stall closed the connection before the peer had
+	// read the GOAWAY, and the requests and tunnels it had just started
+	// on it failed (TestRollingRestartLosesNothing under load).
+	quietSince, quietTicks := time.Now(), 0
 	for {
 		if pc.conn.ActiveStreams() > 0 {
-			quietSince = time.Now()
-		} else if time.Since(quietSince) >= drainQuiet {
+			quietSince, quietTicks = time.Now(), 0
+		} else if time.Since(quietSince) >= drainQuiet && quietTicks >= int(drainQuiet/drainTick) {
 			break
 		}
 		select {
@@ -371,6 +381,7 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 		case <-pc.conn.Context().Done():
 			return
 		case <-t.C:
+			quietTicks++
 		}
 	}
 	s.log.Debug("peer connection drained", "peer", pc.peer.String())
