@@ -80,6 +80,8 @@ type Client struct {
 	conns   map[string][]*conn       // by app address
 	dialing map[string]chan struct{} // closed when the dial in flight ends
 	closed  bool
+
+	testHookBodyDone func() // tests: a request body goroutine ends
 }
 
 // New returns a client.
@@ -247,7 +249,21 @@ func asRetryable(err error) *retryable {
 	return nil
 }
 
-func hasBody(req *http.Request) bool { return req.Body != nil && req.Body != http.NoBody }
+// hasBody reports whether req has a body to send. A request without
+// one (nil, http.NoBody, or a Content-Length of 0 without
+// Transfer-Encoding, what bridge.PrepareOutgoing passes on for a
+// request that declared an empty body) goes out as HEADERS with
+// END_STREAM: no body goroutine, and no request side left open for
+// the app or for a closed body to break. Unlike net/http's client
+// convention, ContentLength 0 on a non-nil body means empty here, not
+// unknown: the requests of a server sidecar come from servers, where
+// -1 is unknown.
+func hasBody(req *http.Request) bool {
+	if req.Body == nil || req.Body == http.NoBody {
+		return false
+	}
+	return req.ContentLength != 0 || len(req.TransferEncoding) > 0
+}
 
 func closeBody(b interface{ Close() error }) {
 	if b != nil && b != http.NoBody {
