@@ -249,21 +249,13 @@ func asRetryable(err error) *retryable {
 	return nil
 }
 
-// hasBody reports whether req has a body to send. A request without
-// one (nil, http.NoBody, or a Content-Length of 0 without
-// Transfer-Encoding, what bridge.PrepareOutgoing passes on for a
-// request that declared an empty body) goes out as HEADERS with
-// END_STREAM: no body goroutine, and no request side left open for
-// the app or for a closed body to break. Unlike net/http's client
-// convention, ContentLength 0 on a non-nil body means empty here, not
-// unknown: the requests of a server sidecar come from servers, where
-// -1 is unknown.
-func hasBody(req *http.Request) bool {
-	if req.Body == nil || req.Body == http.NoBody {
-		return false
-	}
-	return req.ContentLength != 0 || len(req.TransferEncoding) > 0
-}
+// hasBody reports whether req has a body to send; a request without
+// one (nil or http.NoBody) goes out as HEADERS with END_STREAM, with no
+// body goroutine and no request side left open. As in net/http's
+// client, ContentLength 0 on another body means unknown, not empty
+// (gRPC's clients send streams that way); bridge.PrepareOutgoing
+// already passes nil for a request that declared an empty body.
+func hasBody(req *http.Request) bool { return req.Body != nil && req.Body != http.NoBody }
 
 func closeBody(b interface{ Close() error }) {
 	if b != nil && b != http.NoBody {

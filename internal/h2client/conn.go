@@ -289,8 +289,6 @@ func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			cc.fail(fmt.Errorf("writing request headers: %w", err))
 		}
-	} else if req.Body != nil && req.Body != http.NoBody {
-		s.closeReqBody() // declared empty (ContentLength 0): nothing to send
 	}
 	return s.awaitResponse()
 }
