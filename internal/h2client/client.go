@@ -80,6 +80,8 @@ type Client struct {
 	conns   map[string][]*conn       // by app address
 	dialing map[string]chan struct{} // closed when the dial in flight ends
 	closed  bool
+
+	testHookBodyDone func() // tests: a request body goroutine ends
 }
 
 // New returns a client.
@@ -247,6 +249,12 @@ func asRetryable(err error) *retryable {
 	return nil
 }
 
+// hasBody reports whether req has a body to send; a request without
+// one (nil or http.NoBody) goes out as HEADERS with END_STREAM, with no
+// body goroutine and no request side left open. As in net/http's
+// client, ContentLength 0 on another body means unknown, not empty
+// (gRPC's clients send streams that way); bridge.PrepareOutgoing
+// already passes nil for a request that declared an empty body.
 func hasBody(req *http.Request) bool { return req.Body != nil && req.Body != http.NoBody }
 
 func closeBody(b interface{ Close() error }) {

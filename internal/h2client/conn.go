@@ -469,6 +469,9 @@ func (cc *conn) writeHeaderBlock(id uint32, endStream bool, block []byte, maxFra
 // or END_STREAM; it runs on a goroutine of its own.
 func (s *stream) writeBody() {
 	cc := s.cc
+	if h := cc.cl.testHookBodyDone; h != nil {
+		defer h()
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -524,15 +527,35 @@ func (s *stream) writeBody() {
 	}
 }
 
-// stopAfterResponse ends the request side of a stream whose response
-// has arrived whole when its body fails to read (the caller's side gave
-// up on sending once it had its answer, as the HTTP/3 server does when
-// its handler is done): the response stays readable, the app is told
-// with RST_STREAM(CANCEL). It reports whether it did.
+// stopAfterResponse decides what a request body that fails to read
+// does to its stream, as net/http's HTTP/2 transport does
+// (errStopReqBodyWrite; a request-body error after the response ended
+// leaves the response's buffered data and EOF alone). It reports true,
+// and the response stays readable, when:
+//   - sending had been stopped already (reqDone): the read failed
+//     because the stream closed the body itself, on the app's
+//     RST_STREAM(NO_ERROR) after a complete response (RFC 9113 8.1) or
+//     on the response body's Close. Closing an HTTP/3 request body
+//     cancels its reads (H3_REQUEST_CANCELLED, local): aborting here
+//     lost responses still buffered (TestStalledH1ReadersIsolated's
+//     probe, TestBodyClosedByAppResetKeepsResponse);
+//   - the stream has failed already (its own error stands);
+//   - the response has arrived whole: the request side ends with
+//     RST_STREAM(CANCEL), the caller gave up sending once it had its
+//     answer.
+//
+// Otherwise (false) the request is broken while the app may still be
+// reading it and answering: the caller aborts the stream, as net/http
+// does; the app must not take a truncated body for a whole one.
 func (s *stream) stopAfterResponse() bool {
 	cc := s.cc
 	cc.mu.Lock()
-	if !s.ended || s.err != nil || s.reqDone {
+	if s.err != nil || s.reqDone {
+		cc.mu.Unlock()
+		s.closeReqBody()
+		return true
+	}
+	if !s.ended {
 		cc.mu.Unlock()
 		return false
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/h1client"
+	"github.com/quicmesh/quicmesh/internal/h2client"
 )
 
 // Upstream is where the inbound side delivers a peer's traffic once
@@ -34,11 +35,17 @@ type Upstream interface {
 // request's own goroutine instead of net/http's two loops per
 // connection (docs/benchmarks.md, "Lean app-side HTTP/1.1 client");
 // what it does not do (see h1client.fallbackReason) goes to net/http's
-// Transport, set up with the same limits.
+// Transport, set up with the same limits. h2c goes through h2client,
+// which writes a request's HEADERS on its own goroutine and hands the
+// response over without net/http's per-request goroutine and channels
+// (docs/benchmarks.md, "Lean app-side h2c client"); what it does not do
+// (CONNECT, Upgrade, Expect: see h2client.fallbackReason) goes to
+// h2cPool, net/http's HTTP/2 client with the same windows.
 type LocalApps struct {
-	dial net.Dialer // tunnels and switched protocols
-	h1   *h1client.Client
-	h2c  *h2cPool
+	dial    net.Dialer // tunnels and switched protocols
+	h1      *h1client.Client
+	h2c     *h2client.Client
+	h2cPool *h2cPool // h2c's fallback
 }
 
 // NewLocalApps returns the local apps' upstream. connectTimeout bounds
@@ -64,6 +71,7 @@ func NewLocalApps(connectTimeout time.Duration, streamWindow, streamsPerConn int
 		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
 		MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
 	}
+	pool := newH2CPool(dialer.DialContext, streamWindow, streamsPerConn)
 	return &LocalApps{
 		dial: net.Dialer{Timeout: connectTimeout},
 		h1: h1client.New(h1client.Config{
@@ -74,7 +82,15 @@ func NewLocalApps(connectTimeout time.Duration, streamWindow, streamsPerConn int
 			MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
 			Fallback:               std,
 		}),
-		h2c: newH2CPool(dialer.DialContext, streamWindow, streamsPerConn),
+		h2c: h2client.New(h2client.Config{
+			Dial:                   dialer.DialContext,
+			StreamWindow:           streamWindow,
+			MaxStreams:             streamsPerConn,
+			MaxResponseHeaderBytes: appMaxResponseHeaderBytes,
+			IdleTimeout:            appIdleConnTimeout,
+			Fallback:               pool,
+		}),
+		h2cPool: pool,
 	}
 }
 
@@ -99,7 +115,8 @@ func (l *LocalApps) RoundTrip(req *http.Request, h2c bool) (*http.Response, erro
 
 func (l *LocalApps) Close() {
 	l.h1.CloseIdleConnections()
-	l.h2c.close()
+	l.h2c.Close()
+	l.h2cPool.close()
 }
 
 // chainHandler is the HTTP chain as the http.Handler of the servers
