@@ -150,58 +150,46 @@ func (b *eofBody) Close() error { return nil }
 //     giving the window back).
 func BenchmarkAppH2C(b *testing.B) {
 	addr := startRawH2CApp(b)
-	b.Run("pool", func(b *testing.B) {
-		p := newH2CPool((&net.Dialer{}).DialContext, DefaultAppStreamWindow, DefaultAppStreamsPerConn)
-		defer p.close()
-		body := &eofBody{}
-		buf := make([]byte, 512)
-		b.ReportAllocs()
-		defer reportCPU(b)()
-		for b.Loop() {
-			body.r.Reset(grpcMsg)
-			req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+addr+"/echo.Echo/Unary", body)
-			if err != nil {
-				b.Fatal(err)
+	for _, client := range []struct {
+		name string
+		new  func() (rt func(*http.Request) (*http.Response, error), close func())
+	}{
+		{"pool", func() (func(*http.Request) (*http.Response, error), func()) {
+			p := newH2CPool((&net.Dialer{}).DialContext, DefaultAppStreamWindow, DefaultAppStreamsPerConn)
+			return p.RoundTrip, p.close
+		}},
+		{"lean", func() (func(*http.Request) (*http.Response, error), func()) {
+			c := h2client.New(h2client.Config{Dial: (&net.Dialer{}).DialContext, StreamWindow: DefaultAppStreamWindow, MaxStreams: DefaultAppStreamsPerConn})
+			return c.RoundTrip, func() { c.Close() }
+		}},
+	} {
+		b.Run(client.name, func(b *testing.B) {
+			roundTrip, closeClient := client.new()
+			defer closeClient()
+			body := &eofBody{}
+			buf := make([]byte, 512)
+			b.ReportAllocs()
+			defer reportCPU(b)()
+			for b.Loop() {
+				body.r.Reset(grpcMsg)
+				req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+addr+"/echo.Echo/Unary", body)
+				if err != nil {
+					b.Fatal(err)
+				}
+				req.ContentLength = -1
+				req.Header = http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}, "Grpc-Timeout": {"9999m"}}
+				resp, err := roundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, err := readFull(resp.Body, buf)
+				resp.Body.Close()
+				if err != nil || n != len(grpcMsg) || resp.Trailer.Get("Grpc-Status") != "0" {
+					b.Fatalf("read %d bytes, %v, trailer %v", n, err, resp.Trailer)
+				}
 			}
-			req.ContentLength = -1
-			req.Header = http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}, "Grpc-Timeout": {"9999m"}}
-			resp, err := p.RoundTrip(req)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := readFull(resp.Body, buf)
-			resp.Body.Close()
-			if err != nil || n != len(grpcMsg) || resp.Trailer.Get("Grpc-Status") != "0" {
-				b.Fatalf("read %d bytes, %v, trailer %v", n, err, resp.Trailer)
-			}
-		}
-	})
-	b.Run("lean", func(b *testing.B) {
-		c := h2client.New(h2client.Config{Dial: (&net.Dialer{}).DialContext, StreamWindow: DefaultAppStreamWindow, MaxStreams: DefaultAppStreamsPerConn})
-		defer c.Close()
-		body := &eofBody{}
-		buf := make([]byte, 512)
-		b.ReportAllocs()
-		defer reportCPU(b)()
-		for b.Loop() {
-			body.r.Reset(grpcMsg)
-			req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+addr+"/echo.Echo/Unary", body)
-			if err != nil {
-				b.Fatal(err)
-			}
-			req.ContentLength = -1
-			req.Header = http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}, "Grpc-Timeout": {"9999m"}}
-			resp, err := c.RoundTrip(req)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := readFull(resp.Body, buf)
-			resp.Body.Close()
-			if err != nil || n != len(grpcMsg) || resp.Trailer.Get("Grpc-Status") != "0" {
-				b.Fatalf("read %d bytes, %v, trailer %v", n, err, resp.Trailer)
-			}
-		}
-	})
+		})
+	}
 	b.Run("floor", func(b *testing.B) {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
