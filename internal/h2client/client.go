@@ -81,7 +81,8 @@ type Client struct {
 	dialing map[string]chan struct{} // closed when the dial in flight ends
 	closed  bool
 
-	testHookBodyDone func() // tests: a request body goroutine ends
+	testHookBodyDone func()      // tests: a request body goroutine ends
+	testHookReserved func(*conn) // tests: a slot on the connection was reserved
 }
 
 // New returns a client.
@@ -162,9 +163,13 @@ func (e *StreamError) Error() string {
 }
 
 // retryable wraps the error of a request the app has not processed.
+// bodyUnread is set when the request failed before its stream was
+// opened, so nothing of its body was read: it may go on another
+// connection even with a body.
 type retryable struct {
-	reason string
-	err    error
+	reason     string
+	err        error
+	bodyUnread bool
 }
 
 func (e *retryable) Error() string { return e.err.Error() }
@@ -229,12 +234,16 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		if r := asRetryable(err); r != nil {
-			if hasBody(req) {
-				// The body goroutine may have read from it.
+			if hasBody(req) && !r.bodyUnread {
+				// The body goroutine may have read from it (and the
+				// stream's end closed it).
 				return nil, fmt.Errorf("%w: %w", &UnprocessedError{Reason: r.reason}, r.err)
 			}
 			if attempt < 3 && ctx.Err() == nil {
 				continue
+			}
+			if r.bodyUnread {
+				closeBody(req.Body)
 			}
 		}
 		return nil, err

@@ -226,6 +226,9 @@ func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		s.stop = context.AfterFunc(ctx, func() { cc.abort(s, ctx.Err(), http2.ErrCodeCancel) })
 	}
 
+	if h := cc.cl.testHookReserved; h != nil {
+		h(cc)
+	}
 	cc.wmu.Lock()
 	block, err := cc.encodeHeaders(req, s.hasBody)
 	if err != nil {
@@ -251,8 +254,10 @@ func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		cc.mu.Unlock()
 		cc.wmu.Unlock()
-		s.stop()
-		return nil, &retryable{reason: "connection closing", err: err}
+		if !s.stop() && ctx.Err() != nil { // the context ended meanwhile: abort closed the body
+			return nil, ctx.Err()
+		}
+		return nil, &retryable{reason: "connection closing", err: err, bodyUnread: true}
 	}
 	s.id = cc.nextID
 	cc.nextID += 2
