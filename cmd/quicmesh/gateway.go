@@ -60,6 +60,7 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 	maxPendingIP := c.Flags.Int("max-pending-per-ip", gateway.DefaultMaxPendingPerIP, "most connections from one IP address waiting for the rest of their ClientHello")
 	logLevel := c.Flags.String("log-level", "info", "debug, info, warn or error")
 	logFormat := c.Flags.String("log-format", "text", "text or json")
+	cores := c.Flags.Int("cores", 0, coresUsage(0))
 	if code, ok := c.Parse(args); !ok {
 		return code
 	}
@@ -80,6 +81,12 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 	if *logFormat != "text" && *logFormat != "json" {
 		return c.Fail("--log-format %q: want text or json", *logFormat)
 	}
+	// A gateway carries many peers' traffic: Go's default (every CPU,
+	// lowered to a CPU limit), not a sidecar's cap.
+	choice, err := processCores(*cores, setFlags(c.Flags)["cores"], 0)
+	if err != nil {
+		return c.Fail("%v", err)
+	}
 	if *printImports != "" {
 		if err := printImportFile(stdout, *file, exports, *printImports); err != nil {
 			return c.Fail("%v", err)
@@ -87,6 +94,7 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 		return cli.ExitOK
 	}
 	logger, lv := newLogger(stderr, level, *logFormat == "json")
+	choice.log(logger)
 	if err := serveGateway(logger, lv, *file, exports, *listen, *admin, gateway.Config{
 		IdleTimeout: *idle, MaxFlows: *maxFlows, MaxPendingFlows: *maxPending, MaxPendingPerIP: *maxPendingIP,
 	}); err != nil {

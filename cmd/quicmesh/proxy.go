@@ -59,6 +59,7 @@ type proxyFlags struct {
 	appPorts                                        string
 	transport                                       string
 	raceDelay                                       time.Duration
+	cores                                           int // GOMAXPROCS; see cores.go
 
 	spiffeSocket       string
 	federatedBundles   mapFlag
@@ -128,6 +129,7 @@ func newProxyCommand(stdout, stderr io.Writer) (*cli.Command, *proxyFlags) {
 	fs.StringVar(&f.plainInbound, "plain-inbound", "", "listener for plain TCP from outside the mesh that quicmesh init redirects the pod's inbound TCP to (e.g. 0.0.0.0:4146); empty disables")
 	fs.StringVar(&f.plainPolicy, "plain-policy", "permissive", "with --plain-inbound: permissive (deliver plain TCP to the app on the port dialled) or strict (refuse it: mesh traffic only)")
 	fs.StringVar(&f.appPorts, "app-ports", "", "comma-separated ports of the local app that peers on the transparent path may reach by the port their app dialled (the routes' ports are allowed too)")
+	fs.IntVar(&f.cores, "cores", 0, coresUsage(sidecarCores))
 	fs.StringVar(&f.appHost, "app-host", "", "IP address the local app is reached at by port (default 127.0.0.1; in a pod its own IP reaches apps that listen only on it)")
 	return c, f
 }
@@ -150,6 +152,10 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return c.Fail("%v", err)
 	}
+	cores, err := processCores(f.cores, set["cores"], sidecarCores)
+	if err != nil {
+		return c.Fail("%v", err)
+	}
 
 	// Nothing is logged until everything is validated, bound and running:
 	// a sidecar that fails to start prints its one error line and nothing
@@ -161,6 +167,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	}
 	defer closeAll()
 	log := cfg.deps.Logger
+	cores.log(log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

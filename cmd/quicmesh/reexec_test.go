@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"testing"
 )
 
@@ -15,5 +16,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv(reexecEnv) == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	// Sidecars run inside the test process leave its GOMAXPROCS alone;
+	// TestCoresApplied checks the real thing in sidecar processes.
+	setGOMAXPROCS = func(int) int { return runtime.GOMAXPROCS(0) }
 	os.Exit(m.Run())
 }

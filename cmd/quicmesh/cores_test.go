@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
+)
+
+func TestChooseCores(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      coresInput
+		want    coresChoice
+		wantErr string
+	}{
+		{name: "sidecar on a 64-CPU node without a CPU limit: capped",
+			in:   coresInput{goDefault: 64, limit: sidecarCores},
+			want: coresChoice{procs: sidecarCores, source: coresFromSidecar, set: true, goDefault: 64}},
+		{name: "sidecar under a CPU limit below the cap: Go's default stands",
+			in:   coresInput{goDefault: 1, limit: 2},
+			want: coresChoice{procs: 1, source: coresFromGo, goDefault: 1}},
+		{name: "sidecar with Go's default at the cap: nothing to change",
+			in:   coresInput{goDefault: 2, limit: 2},
+			want: coresChoice{procs: 2, source: coresFromGo, goDefault: 2}},
+		{name: "CPU limit of 3 cores on a 64-CPU node (Go's default 3), cap 2",
+			in:   coresInput{goDefault: 3, limit: 2},
+			want: coresChoice{procs: 2, source: coresFromSidecar, set: true, goDefault: 3}},
+		{name: "gateway: no cap",
+			in:   coresInput{goDefault: 64},
+			want: coresChoice{procs: 64, source: coresFromGo, goDefault: 64}},
+		{name: "--cores 0: Go's default",
+			in:   coresInput{flagSet: true, goDefault: 64, limit: 2},
+			want: coresChoice{procs: 64, source: coresFromGo, goDefault: 64}},
+		{name: "--cores 1",
+			in:   coresInput{flag: 1, flagSet: true, goDefault: 64, limit: 2},
+			want: coresChoice{procs: 1, source: coresFromFlag, set: true, goDefault: 64}},
+		{name: "--cores above the CPUs: taken as given",
+			in:   coresInput{flag: 8, flagSet: true, goDefault: 2, limit: 2},
+			want: coresChoice{procs: 8, source: coresFromFlag, set: true, goDefault: 2}},
+		{name: "--cores on a gateway",
+			in:   coresInput{flag: 4, flagSet: true, goDefault: 64},
+			want: coresChoice{procs: 4, source: coresFromFlag, set: true, goDefault: 64}},
+		{name: "$GOMAXPROCS wins over the cap",
+			in:   coresInput{env: "16", goDefault: 16, limit: 2},
+			want: coresChoice{procs: 16, source: coresFromEnv, goDefault: 16}},
+		{name: "$GOMAXPROCS wins over --cores",
+			in:   coresInput{env: "3", flag: 1, flagSet: true, goDefault: 3, limit: 2},
+			want: coresChoice{procs: 3, source: coresFromEnv, flagIgnored: true, goDefault: 3}},
+		{name: "$GOMAXPROCS the runtime ignored (not a positive number) is ignored here too",
+			in:   coresInput{env: "all", goDefault: 64, limit: 2},
+			want: coresChoice{procs: 2, source: coresFromSidecar, set: true, goDefault: 64}},
+		{name: "$GOMAXPROCS=0 is ignored by the runtime",
+			in:   coresInput{env: "0", flag: 1, flagSet: true, goDefault: 64, limit: 2},
+			want: coresChoice{procs: 1, source: coresFromFlag, set: true, goDefault: 64}},
+		{name: "negative --cores",
+			in:      coresInput{flag: -1, flagSet: true, goDefault: 2, limit: 2},
+			wantErr: "--cores -1: must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := chooseCores(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("chooseCores(%+v) = %+v, want %+v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+// A negative --cores is a configuration error naming the flag, on both
+// commands; nothing is started.
+func TestCoresFlagNegative(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
+	for _, args := range [][]string{
+		{"proxy", "--cert", cert, "--key", key, "--bundle", bundle, "--cores", "-2"},
+		{"gateway", "--discovery-file", filepath.Join(dir, "none.json"), "--export", "web", "--cores", "-2"},
+	} {
+		code, _, stderr := runCmd(args...)
+		if code != 1 || !strings.Contains(stderr, "--cores -2: must not be negative") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%s: exit %d, stderr %q; want 1 and one line naming --cores", args[0], code, stderr)
+		}
+	}
+}
+
+// The sidecar applies its choice: a `quicmesh proxy` process (the test
+// binary re-executed) reports it in its start-up log and runs with it,
+// as the Prometheus Go collector's go_sched_gomaxprocs_threads on
+// /metrics shows.
+func TestCoresApplied(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
+	for _, tc := range []struct {
+		name   string
+		env    string // $GOMAXPROCS, "" unset
+		args   []string
+		want   func(goDefault int) int
+		source string
+	}{
+		{name: "default", want: func(d int) int { return min(d, sidecarCores) }},
+		{name: "cores 1", args: []string{"--cores", "1"}, want: func(int) int { return 1 }, source: coresFromFlag},
+		{name: "cores 3", args: []string{"--cores", "3"}, want: func(int) int { return 3 }, source: coresFromFlag},
+		{name: "cores 0", args: []string{"--cores", "0"}, want: func(d int) int { return d }, source: coresFromGo},
+		{name: "GOMAXPROCS wins", env: "3", args: []string{"--cores", "1"}, want: func(int) int { return 3 }, source: coresFromEnv},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := []string{reexecEnv + "=1"}
+			for _, kv := range os.Environ() {
+				if !strings.HasPrefix(kv, "GOMAXPROCS=") && !strings.HasPrefix(kv, reexecEnv+"=") {
+					env = append(env, kv)
+				}
+			}
+			if tc.env != "" {
+				env = append(env, "GOMAXPROCS="+tc.env)
+			}
+			args := append([]string{"proxy", "--cert", cert, "--key", key, "--bundle", bundle,
+				"--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "",
+				"--log-format", "json", "--grace", "1s"}, tc.args...)
+			var logs testkit.LogBuffer
+			cmd := exec.Command(self, args...)
+			cmd.Env, cmd.Stderr = env, &logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() {
+				cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-exited:
+				case <-time.After(time.Until(testkit.HangGuard(t))):
+					cmd.Process.Kill()
+					<-exited
+				}
+			})
+			type record struct {
+				Msg, Admin, Source string
+				GOMAXPROCS         int `json:"gomaxprocs"`
+				GoDefault          int `json:"go_default"`
+			}
+			var ready, cores record
+			testkit.Eventually(t, "the ready log line", func() bool {
+				select {
+				case err := <-exited:
+					t.Fatalf("exited (%v) before it was ready:\n%s", err, logs.String())
+				default:
+				}
+				for line := range strings.SplitSeq(logs.String(), "\n") {
+					var r record
+					if json.Unmarshal([]byte(line), &r) != nil {
+						continue
+					}
+					switch r.Msg {
+					case "ready":
+						ready = r
+					case "cores", "cores: the GOMAXPROCS environment variable overrides --cores":
+						cores = r
+					}
+				}
+				return ready.Admin != ""
+			})
+			want := tc.want(cores.GoDefault)
+			if cores.GoDefault < 1 || cores.GOMAXPROCS != want {
+				t.Fatalf("start-up log says gomaxprocs %d (Go's default %d), want %d:\n%s", cores.GOMAXPROCS, cores.GoDefault, want, logs.String())
+			}
+			if tc.source != "" && cores.Source != tc.source {
+				t.Errorf("source %q, want %q", cores.Source, tc.source)
+			}
+			if got := scrapeMetric(t, ready.Admin, "go_sched_gomaxprocs_threads"); got != want {
+				t.Errorf("go_sched_gomaxprocs_threads = %d, want %d", got, want)
+			}
+		})
+	}
+}
+
+// scrapeMetric reads one unlabelled integer sample from /metrics.
+func scrapeMetric(t *testing.T, admin, name string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("%s %q: %v", name, v, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("/metrics has no %s (%v)", name, sc.Err())
+	return 0
+}
