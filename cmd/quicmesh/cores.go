@@ -9,22 +9,22 @@ import (
 )
 
 // sidecarCores is the most OS threads running Go code (GOMAXPROCS) a
-// sidecar uses unless told otherwise. A sidecar carries one app's
-// traffic: on a 64-core node without a CPU limit Go's default would give
-// it 64 Ps, each with its caches, up to 32 spinning threads looking for
-// work and a quarter of them as GC workers, for a process that needs a
-// fraction of a core. Two is Go's own floor under a CPU limit and
-// Istio's long-standing sidecar default; one saves wake-ups at light load
-// but caps a busy tunnel and leaves nothing when that one thread is
-// descheduled (docs/design.md, "Cores").
+// sidecar uses by default when no CPU limit says otherwise. A sidecar
+// carries one app's traffic: on a 64-core node without a CPU limit Go's
+// default would give it 64 Ps, each with its caches, up to 32 spinning
+// threads looking for work and 16 dedicated GC workers, for a process
+// that needs a fraction of a core. Two is Go's own floor under a CPU
+// limit and Istio's long-standing sidecar default; one is cheaper per
+// request but caps a busy tunnel at one core (docs/design.md, "Cores").
 const sidecarCores = 2
 
 // Where a process's GOMAXPROCS came from, as its start-up log says.
 const (
-	coresFromEnv     = "GOMAXPROCS"      // the operator's environment variable
-	coresFromFlag    = "--cores"         // the flag, taken as given
-	coresFromGo      = "Go default"      // CPUs, affinity mask and CPU limit (cgroup quota)
-	coresFromSidecar = "sidecar default" // Go's default capped at sidecarCores
+	coresFromEnv      = "GOMAXPROCS"      // the operator's environment variable
+	coresFromFlag     = "--cores"         // the flag, taken as given
+	coresFromCPULimit = "CPU limit"       // Go's default, lowered by a CPU limit (cgroup quota)
+	coresFromGo       = "Go default"      // Go's default: the CPUs the process may run on
+	coresFromSidecar  = "sidecar default" // the CPUs the process may run on, capped at sidecarCores
 )
 
 // coresInput is what decides a process's GOMAXPROCS.
@@ -32,15 +32,17 @@ type coresInput struct {
 	flag    int  // --cores; 0 is Go's default
 	flagSet bool // --cores was given
 	// env is $GOMAXPROCS. The runtime has applied it already when it is
-	// a positive whole number, and it always wins.
+	// a positive whole number, and then it wins.
 	env string
 	// goDefault is runtime.GOMAXPROCS(0) at start: $GOMAXPROCS, or Go's
-	// default (the CPUs the process may run on, lowered to a CPU limit
-	// rounded up, never below 2 by a limit).
+	// default: the CPUs the process may run on (numCPU), lowered to a
+	// CPU limit rounded up, never below 2 by a limit.
 	goDefault int
-	// limit caps Go's default when neither the flag nor $GOMAXPROCS is
-	// given: sidecarCores for a sidecar, 0 (no cap) for a gateway, which
-	// carries many peers' traffic.
+	numCPU    int // runtime.NumCPU(): the CPUs in the affinity mask
+	// limit caps the CPUs the process may run on when neither the flag,
+	// $GOMAXPROCS nor a CPU limit says otherwise: sidecarCores for a
+	// sidecar, 0 (no cap) for a gateway, which carries many peers'
+	// traffic.
 	limit int
 }
 
@@ -57,8 +59,11 @@ type coresChoice struct {
 }
 
 // chooseCores decides a process's GOMAXPROCS: $GOMAXPROCS if set, else
-// --cores if given (0: Go's default), else Go's default capped at
-// in.limit. It does not change anything; apply does.
+// --cores if given (0: Go's default), else Go's default if a CPU limit
+// lowered it, else the CPUs capped at in.limit. A CPU limit above the
+// cap is the operator's word that the sidecar may use that much, as
+// Linkerd's proxy-cpu-limit and Istio's concurrency derived from the
+// limit take it. It changes nothing; processCores applies it.
 func chooseCores(in coresInput) (coresChoice, error) {
 	if in.flagSet && in.flag < 0 {
 		return coresChoice{}, fmt.Errorf("--cores %d: must not be negative (0 is Go's default: every CPU the process may use, lowered to its CPU limit)", in.flag)
@@ -69,10 +74,13 @@ func chooseCores(in coresInput) (coresChoice, error) {
 		c.source, c.flagIgnored = coresFromEnv, in.flagSet
 		return c, nil
 	}
+	if in.goDefault < in.numCPU {
+		c.source = coresFromCPULimit
+	}
 	switch {
 	case in.flagSet && in.flag > 0:
 		c.procs, c.source, c.set = in.flag, coresFromFlag, true
-	case !in.flagSet && in.limit > 0 && in.goDefault > in.limit:
+	case !in.flagSet && c.source == coresFromGo && in.limit > 0 && in.goDefault > in.limit:
 		c.procs, c.source, c.set = in.limit, coresFromSidecar, true
 	}
 	return c, nil
@@ -86,7 +94,7 @@ var setGOMAXPROCS = runtime.GOMAXPROCS
 // environment and applies it. limit is as in coresInput.
 func processCores(flag int, flagSet bool, limit int) (coresChoice, error) {
 	c, err := chooseCores(coresInput{flag: flag, flagSet: flagSet, env: os.Getenv("GOMAXPROCS"),
-		goDefault: runtime.GOMAXPROCS(0), limit: limit})
+		goDefault: runtime.GOMAXPROCS(0), numCPU: runtime.NumCPU(), limit: limit})
 	if err != nil {
 		return coresChoice{}, err
 	}
@@ -112,7 +120,7 @@ func (c coresChoice) log(log *slog.Logger) {
 func coresUsage(limit int) string {
 	u := "most OS threads running Go code at once (GOMAXPROCS); 0: Go's default, every CPU the process may use, lowered to its CPU limit; $GOMAXPROCS overrides it"
 	if limit > 0 {
-		u += fmt.Sprintf(" (default: Go's default, at most %d)", limit)
+		u += fmt.Sprintf(" (default: the CPU limit if there is one, else at most %d)", limit)
 	} else {
 		u += " (default 0)"
 	}

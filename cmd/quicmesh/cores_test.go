@@ -24,46 +24,58 @@ func TestChooseCores(t *testing.T) {
 		wantErr string
 	}{
 		{name: "sidecar on a 64-CPU node without a CPU limit: capped",
-			in:   coresInput{goDefault: 64, limit: sidecarCores},
+			in:   coresInput{goDefault: 64, numCPU: 64, limit: sidecarCores},
 			want: coresChoice{procs: sidecarCores, source: coresFromSidecar, set: true, goDefault: 64}},
-		{name: "sidecar under a CPU limit below the cap: Go's default stands",
-			in:   coresInput{goDefault: 1, limit: 2},
-			want: coresChoice{procs: 1, source: coresFromGo, goDefault: 1}},
-		{name: "sidecar with Go's default at the cap: nothing to change",
-			in:   coresInput{goDefault: 2, limit: 2},
+		{name: "sidecar on 2 CPUs: nothing to change",
+			in:   coresInput{goDefault: 2, numCPU: 2, limit: 2},
 			want: coresChoice{procs: 2, source: coresFromGo, goDefault: 2}},
-		{name: "CPU limit of 3 cores on a 64-CPU node (Go's default 3), cap 2",
-			in:   coresInput{goDefault: 3, limit: 2},
-			want: coresChoice{procs: 2, source: coresFromSidecar, set: true, goDefault: 3}},
+		{name: "sidecar on 1 CPU: below the cap",
+			in:   coresInput{goDefault: 1, numCPU: 1, limit: 2},
+			want: coresChoice{procs: 1, source: coresFromGo, goDefault: 1}},
+		{name: "sidecar under a CPU limit of 500m (Go's floor 2)",
+			in:   coresInput{goDefault: 2, numCPU: 64, limit: 2},
+			want: coresChoice{procs: 2, source: coresFromCPULimit, goDefault: 2}},
+		{name: "sidecar under a CPU limit of 4 on 64 CPUs: the limit, above the cap",
+			in:   coresInput{goDefault: 4, numCPU: 64, limit: 2},
+			want: coresChoice{procs: 4, source: coresFromCPULimit, goDefault: 4}},
+		{name: "sidecar under a CPU limit at or above its CPUs: no limit in effect, capped",
+			in:   coresInput{goDefault: 8, numCPU: 8, limit: 2},
+			want: coresChoice{procs: 2, source: coresFromSidecar, set: true, goDefault: 8}},
 		{name: "gateway: no cap",
-			in:   coresInput{goDefault: 64},
+			in:   coresInput{goDefault: 64, numCPU: 64},
 			want: coresChoice{procs: 64, source: coresFromGo, goDefault: 64}},
-		{name: "--cores 0: Go's default",
-			in:   coresInput{flagSet: true, goDefault: 64, limit: 2},
+		{name: "gateway under a CPU limit",
+			in:   coresInput{goDefault: 6, numCPU: 64},
+			want: coresChoice{procs: 6, source: coresFromCPULimit, goDefault: 6}},
+		{name: "--cores 0: Go's default, uncapped",
+			in:   coresInput{flagSet: true, goDefault: 64, numCPU: 64, limit: 2},
 			want: coresChoice{procs: 64, source: coresFromGo, goDefault: 64}},
 		{name: "--cores 1",
-			in:   coresInput{flag: 1, flagSet: true, goDefault: 64, limit: 2},
+			in:   coresInput{flag: 1, flagSet: true, goDefault: 64, numCPU: 64, limit: 2},
 			want: coresChoice{procs: 1, source: coresFromFlag, set: true, goDefault: 64}},
+		{name: "--cores 1 under a CPU limit of 4",
+			in:   coresInput{flag: 1, flagSet: true, goDefault: 4, numCPU: 64, limit: 2},
+			want: coresChoice{procs: 1, source: coresFromFlag, set: true, goDefault: 4}},
 		{name: "--cores above the CPUs: taken as given",
-			in:   coresInput{flag: 8, flagSet: true, goDefault: 2, limit: 2},
+			in:   coresInput{flag: 8, flagSet: true, goDefault: 2, numCPU: 2, limit: 2},
 			want: coresChoice{procs: 8, source: coresFromFlag, set: true, goDefault: 2}},
 		{name: "--cores on a gateway",
-			in:   coresInput{flag: 4, flagSet: true, goDefault: 64},
+			in:   coresInput{flag: 4, flagSet: true, goDefault: 64, numCPU: 64},
 			want: coresChoice{procs: 4, source: coresFromFlag, set: true, goDefault: 64}},
 		{name: "$GOMAXPROCS wins over the cap",
-			in:   coresInput{env: "16", goDefault: 16, limit: 2},
+			in:   coresInput{env: "16", goDefault: 16, numCPU: 64, limit: 2},
 			want: coresChoice{procs: 16, source: coresFromEnv, goDefault: 16}},
 		{name: "$GOMAXPROCS wins over --cores",
-			in:   coresInput{env: "3", flag: 1, flagSet: true, goDefault: 3, limit: 2},
+			in:   coresInput{env: "3", flag: 1, flagSet: true, goDefault: 3, numCPU: 64, limit: 2},
 			want: coresChoice{procs: 3, source: coresFromEnv, flagIgnored: true, goDefault: 3}},
 		{name: "$GOMAXPROCS the runtime ignored (not a positive number) is ignored here too",
-			in:   coresInput{env: "all", goDefault: 64, limit: 2},
+			in:   coresInput{env: "all", goDefault: 64, numCPU: 64, limit: 2},
 			want: coresChoice{procs: 2, source: coresFromSidecar, set: true, goDefault: 64}},
 		{name: "$GOMAXPROCS=0 is ignored by the runtime",
-			in:   coresInput{env: "0", flag: 1, flagSet: true, goDefault: 64, limit: 2},
+			in:   coresInput{env: "0", flag: 1, flagSet: true, goDefault: 64, numCPU: 64, limit: 2},
 			want: coresChoice{procs: 1, source: coresFromFlag, set: true, goDefault: 64}},
 		{name: "negative --cores",
-			in:      coresInput{flag: -1, flagSet: true, goDefault: 2, limit: 2},
+			in:      coresInput{flag: -1, flagSet: true, goDefault: 2, numCPU: 2, limit: 2},
 			wantErr: "--cores -1: must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,17 +124,23 @@ func TestCoresApplied(t *testing.T) {
 	dir := t.TempDir()
 	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
 	for _, tc := range []struct {
-		name   string
-		env    string // $GOMAXPROCS, "" unset
-		args   []string
-		want   func(goDefault int) int
+		name string
+		env  string // $GOMAXPROCS, "" unset
+		args []string
+		// want is the GOMAXPROCS expected from Go's default and the
+		// CPUs, as the sidecar's log reports them (they are the
+		// machine's and its container's).
+		want   func(goDefault, cpus int) int
 		source string
 	}{
-		{name: "default", want: func(d int) int { return min(d, sidecarCores) }},
-		{name: "cores 1", args: []string{"--cores", "1"}, want: func(int) int { return 1 }, source: coresFromFlag},
-		{name: "cores 3", args: []string{"--cores", "3"}, want: func(int) int { return 3 }, source: coresFromFlag},
-		{name: "cores 0", args: []string{"--cores", "0"}, want: func(d int) int { return d }, source: coresFromGo},
-		{name: "GOMAXPROCS wins", env: "3", args: []string{"--cores", "1"}, want: func(int) int { return 3 }, source: coresFromEnv},
+		{name: "default", want: func(d, cpus int) int {
+			c, _ := chooseCores(coresInput{goDefault: d, numCPU: cpus, limit: sidecarCores})
+			return c.procs
+		}},
+		{name: "cores 1", args: []string{"--cores", "1"}, want: func(int, int) int { return 1 }, source: coresFromFlag},
+		{name: "cores 3", args: []string{"--cores", "3"}, want: func(int, int) int { return 3 }, source: coresFromFlag},
+		{name: "cores 0", args: []string{"--cores", "0"}, want: func(d, _ int) int { return d }},
+		{name: "GOMAXPROCS wins", env: "3", args: []string{"--cores", "1"}, want: func(int, int) int { return 3 }, source: coresFromEnv},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := []string{reexecEnv + "=1"}
@@ -158,6 +176,7 @@ func TestCoresApplied(t *testing.T) {
 				Msg, Admin, Source string
 				GOMAXPROCS         int `json:"gomaxprocs"`
 				GoDefault          int `json:"go_default"`
+				CPUs               int
 			}
 			var ready, cores record
 			testkit.Eventually(t, "the ready log line", func() bool {
@@ -180,8 +199,8 @@ func TestCoresApplied(t *testing.T) {
 				}
 				return ready.Admin != ""
 			})
-			want := tc.want(cores.GoDefault)
-			if cores.GoDefault < 1 || cores.GOMAXPROCS != want {
+			want := tc.want(cores.GoDefault, cores.CPUs)
+			if cores.GoDefault < 1 || cores.CPUs < 1 || cores.GOMAXPROCS != want {
 				t.Fatalf("start-up log says gomaxprocs %d (Go's default %d), want %d:\n%s", cores.GOMAXPROCS, cores.GoDefault, want, logs.String())
 			}
 			if tc.source != "" && cores.Source != tc.source {
