@@ -112,8 +112,9 @@ func TestCoresFlagNegative(t *testing.T) {
 	}
 }
 
-// The sidecar applies its choice: a `quicmesh proxy` process (the test
-// binary re-executed) reports it in its start-up log and runs with it,
+// The sidecar and the gateway apply their choice: a `quicmesh proxy` or
+// `quicmesh gateway` process (the test binary re-executed) reports it in
+// its start-up log and runs with it,
 // as the Prometheus Go collector's go_sched_gomaxprocs_threads on
 // /metrics shows.
 func TestCoresApplied(t *testing.T) {
@@ -123,6 +124,10 @@ func TestCoresApplied(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cert, key, bundle := workload(t, dir, "spiffe://test.local/web", "web")
+	discoveryFile := filepath.Join(dir, "discovery.json")
+	if err := os.WriteFile(discoveryFile, []byte(`{"services": {"web": {"endpoints": [{"addr": "127.0.0.1:4143", "identity": "spiffe://test.local/web"}]}}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		env  string // $GOMAXPROCS, "" unset
@@ -130,8 +135,9 @@ func TestCoresApplied(t *testing.T) {
 		// want is the GOMAXPROCS expected from Go's default and the
 		// CPUs, as the sidecar's log reports them (they are the
 		// machine's and its container's).
-		want   func(goDefault, cpus int) int
-		source string
+		want    func(goDefault, cpus int) int
+		source  string
+		gateway bool // quicmesh gateway instead of quicmesh proxy
 	}{
 		{name: "default", want: func(d, cpus int) int {
 			c, _ := chooseCores(coresInput{goDefault: d, numCPU: cpus, limit: sidecarCores})
@@ -141,6 +147,8 @@ func TestCoresApplied(t *testing.T) {
 		{name: "cores 3", args: []string{"--cores", "3"}, want: func(int, int) int { return 3 }, source: coresFromFlag},
 		{name: "cores 0", args: []string{"--cores", "0"}, want: func(d, _ int) int { return d }},
 		{name: "GOMAXPROCS wins", env: "3", args: []string{"--cores", "1"}, want: func(int, int) int { return 3 }, source: coresFromEnv},
+		{name: "gateway default", gateway: true, want: func(d, _ int) int { return d }},
+		{name: "gateway cores 1", gateway: true, args: []string{"--cores", "1"}, want: func(int, int) int { return 1 }, source: coresFromFlag},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := []string{reexecEnv + "=1"}
@@ -152,9 +160,14 @@ func TestCoresApplied(t *testing.T) {
 			if tc.env != "" {
 				env = append(env, "GOMAXPROCS="+tc.env)
 			}
-			args := append([]string{"proxy", "--cert", cert, "--key", key, "--bundle", bundle,
+			args, readyMsg := []string{"proxy", "--cert", cert, "--key", key, "--bundle", bundle,
 				"--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http-proxy", "",
-				"--log-format", "json", "--grace", "1s"}, tc.args...)
+				"--log-format", "json", "--grace", "1s"}, "ready"
+			if tc.gateway {
+				args, readyMsg = []string{"gateway", "--discovery-file", discoveryFile, "--export", "web",
+					"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json"}, "gateway ready"
+			}
+			args = append(args, tc.args...)
 			var logs testkit.LogBuffer
 			cmd := exec.Command(self, args...)
 			cmd.Env, cmd.Stderr = env, &logs
@@ -191,7 +204,7 @@ func TestCoresApplied(t *testing.T) {
 						continue
 					}
 					switch r.Msg {
-					case "ready":
+					case readyMsg:
 						ready = r
 					case "cores", "cores: the GOMAXPROCS environment variable overrides --cores":
 						cores = r
