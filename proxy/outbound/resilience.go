@@ -156,8 +156,14 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 	// attempt failed unprocessed before reading any of it.
 	var unread *unreadBody
 	if !replayable && sp.MaxRetries > 0 {
+		// Each attempt reads r.Body, a view of the body (no copy of r:
+		// replayableBody leaves such a body in r too); r gets its body
+		// back when the request is done.
 		unread = &unreadBody{rc: r.Body}
-		defer unread.release()
+		defer func() {
+			r.Body = unread.rc
+			unread.release()
+		}()
 	}
 	var last outcome
 	for attempt := 0; ; attempt++ {
@@ -168,8 +174,7 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 			ra.Body, ra.ContentLength, ra.TransferEncoding = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
 		}
 		var view *unreadView
-		if unread != nil {
-			ra = r.WithContext(r.Context())
+		if unread != nil { // then body is nil: ra is r
 			view = unread.view()
 			ra.Body = view
 		}
@@ -279,11 +284,12 @@ func replayableBody(r *http.Request, idempotent bool, limit int) ([]byte, bool, 
 // next attempt can still read it; a close after a read goes through at
 // once (it may be what unblocks that read).
 type unreadBody struct {
-	rc   io.ReadCloser
-	mu   sync.Mutex
-	read bool // a read started: the body is no longer whole
-	held bool // an attempt closed it before any read
-	done bool // rc was closed
+	rc    io.ReadCloser
+	mu    sync.Mutex
+	read  bool       // a read started: the body is no longer whole
+	held  bool       // an attempt closed it before any read
+	done  bool       // rc was closed
+	first unreadView // the first attempt's (one allocation when none is retried)
 }
 
 // unreadView is one attempt's body.
@@ -295,7 +301,13 @@ type unreadView struct {
 
 var errRetiredBody = errors.New("outbound: request body read after its attempt ended")
 
-func (b *unreadBody) view() *unreadView { return &unreadView{b: b} }
+func (b *unreadBody) view() *unreadView {
+	if b.first.b == nil {
+		b.first.b = b
+		return &b.first
+	}
+	return &unreadView{b: b}
+}
 
 func (v *unreadView) Read(p []byte) (int, error) {
 	b := v.b
