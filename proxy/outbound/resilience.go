@@ -129,8 +129,9 @@ const (
 // retries sends a request again, to another endpoint when there is one:
 // always when the peer provably did not process it (refused stream,
 // GOAWAY, closing connection, stateless reset) and its body can be
-// replayed or the failed attempt read nothing of it (unreadBody); always when it is idempotent and its connection died under
-// it (the peer may have seen it, which idempotence makes harmless); and
+// replayed or the failed attempt read nothing of it (unreadBody);
+// always when it is idempotent and its connection died under it (the
+// peer may have seen it, which idempotence makes harmless); and
 // on the service's RetryOn statuses (RetryOnGRPC codes in a gRPC
 // Trailers-Only response) when it is idempotent and the retry budget
 // allows. Failures to connect are retried on other endpoints by
