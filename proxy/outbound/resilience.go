@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/quicmesh/quicmesh/internal/bridge"
@@ -128,8 +129,9 @@ const (
 // retries sends a request again, to another endpoint when there is one:
 // always when the peer provably did not process it (refused stream,
 // GOAWAY, closing connection, stateless reset) and its body can be
-// replayed; always when it is idempotent and its connection died under
-// it (the peer may have seen it, which idempotence makes harmless); and
+// replayed or the failed attempt read nothing of it (unreadBody);
+// always when it is idempotent and its connection died under it (the
+// peer may have seen it, which idempotence makes harmless); and
 // on the service's RetryOn statuses (RetryOnGRPC codes in a gRPC
 // Trailers-Only response) when it is idempotent and the retry budget
 // allows. Failures to connect are retried on other endpoints by
@@ -151,6 +153,19 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 		return outcome{err: err}
 	}
 	sp.budget.deposit()
+	// A body that cannot be replayed can still go again, whole, when the
+	// attempt failed unprocessed before reading any of it.
+	var unread *unreadBody
+	if !replayable && sp.MaxRetries > 0 {
+		// Each attempt reads r.Body, a view of the body (no copy of r:
+		// replayableBody leaves such a body in r too); r gets its body
+		// back when the request is done.
+		unread = &unreadBody{rc: r.Body}
+		defer func() {
+			r.Body = unread.rc
+			unread.release()
+		}()
+	}
 	var last outcome
 	for attempt := 0; ; attempt++ {
 		again := replayable && attempt < sp.MaxRetries && r.Context().Err() == nil
@@ -158,6 +173,11 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 		if body != nil {
 			ra = r.WithContext(r.Context())
 			ra.Body, ra.ContentLength, ra.TransferEncoding = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
+		}
+		var view *unreadView
+		if unread != nil { // then body is nil: ra is r
+			view = unread.view()
+			ra.Body = view
 		}
 		aw := w
 		var hold *holdWriter
@@ -188,6 +208,9 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 			reason = retryStatus
 		case again && o.err != nil:
 			reason = retryReason(o.err, idempotent)
+		case view != nil && o.err != nil && attempt < sp.MaxRetries && r.Context().Err() == nil &&
+			retryReason(o.err, false) == retryUnprocessed && unread.retire(view):
+			reason = retryUnprocessed
 		}
 		if reason == "" {
 			return o
@@ -250,6 +273,104 @@ func replayableBody(r *http.Request, idempotent bool, limit int) ([]byte, bool, 
 		return nil, false, nil
 	}
 	return buf, true, nil
+}
+
+// unreadBody is a request body that cannot be replayed, shared by the
+// attempts to send it: an attempt that failed unprocessed before reading
+// any of it (x/net/http2's "client conn not usable", a QUIC stream that
+// never opened) leaves it whole, so it can go again. A transport closes
+// the body of a request it fails (the RoundTripper contract; x/net/http2
+// does before returning "client conn not usable"): a close before any
+// read is held back until the request is done (release), so that the
+// next attempt can still read it; a close after a read goes through at
+// once (it may be what unblocks that read).
+type unreadBody struct {
+	rc    io.ReadCloser
+	mu    sync.Mutex
+	read  bool       // a read started: the body is no longer whole
+	held  bool       // an attempt closed it before any read
+	done  bool       // rc was closed
+	first unreadView // the first attempt's (one allocation when none is retried)
+}
+
+// unreadView is one attempt's body.
+type unreadView struct {
+	b       *unreadBody
+	closed  bool // guarded by b.mu
+	retired bool // guarded by b.mu: the attempt is over, the body went on
+}
+
+var errRetiredBody = errors.New("outbound: request body read after its attempt ended")
+
+func (b *unreadBody) view() *unreadView {
+	if b.first.b == nil {
+		b.first.b = b
+		return &b.first
+	}
+	return &unreadView{b: b}
+}
+
+func (v *unreadView) Read(p []byte) (int, error) {
+	b := v.b
+	b.mu.Lock()
+	switch {
+	case v.retired:
+		b.mu.Unlock()
+		return 0, errRetiredBody
+	case v.closed || b.done:
+		b.mu.Unlock()
+		return 0, http.ErrBodyReadAfterClose
+	}
+	b.read = true
+	b.mu.Unlock()
+	return b.rc.Read(p)
+}
+
+func (v *unreadView) Close() error {
+	b := v.b
+	b.mu.Lock()
+	if v.closed || v.retired {
+		b.mu.Unlock()
+		return nil
+	}
+	v.closed = true
+	if !b.read {
+		b.held = true
+		b.mu.Unlock()
+		return nil
+	}
+	done := b.done
+	b.done = true
+	b.mu.Unlock()
+	if done {
+		return nil
+	}
+	return b.rc.Close()
+}
+
+// retire ends v's attempt if nothing of the body was read, and reports
+// whether it did: the body is whole for the next attempt, and v can no
+// longer take anything from it.
+func (b *unreadBody) retire(v *unreadView) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.read || b.done {
+		return false
+	}
+	v.retired = true
+	return true
+}
+
+// release closes the body if an attempt closed it while it held the
+// close back.
+func (b *unreadBody) release() {
+	b.mu.Lock()
+	closeIt := b.held && !b.done
+	b.done = b.done || closeIt
+	b.mu.Unlock()
+	if closeIt {
+		b.rc.Close()
+	}
 }
 
 // bodyless reports whether r has no body, so it can be sent again.

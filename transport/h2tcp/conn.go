@@ -115,10 +115,19 @@ func (pc *PeerConn) Addr() string      { return pc.addr }
 func (pc *PeerConn) Peer() identity.ID { return pc.peer }
 
 // Alive reports whether the connection takes new work: not closed, no
-// GOAWAY received.
+// GOAWAY received, stream IDs left. It is false whenever x/net/http2
+// would refuse a request as "client conn not usable" (with the pool's
+// StrictMaxConcurrentStreams a full connection makes requests wait, it
+// does not refuse them), so the pool never hands out a connection that
+// would.
 func (pc *PeerConn) Alive() bool {
-	return pc.conn.ctx.Err() == nil && !pc.cc.State().Closing
+	return pc.conn.ctx.Err() == nil && pc.cc.CanTakeNewRequest()
 }
+
+// goneAway reports whether the peer sent GOAWAY (or we started closing
+// the connection): unlike a connection out of stream IDs, the peer is
+// draining.
+func (pc *PeerConn) goneAway() bool { return pc.cc.State().Closing }
 
 // Context ends when the connection does; its cause says why.
 func (pc *PeerConn) Context() context.Context { return pc.conn.ctx }
@@ -133,10 +142,16 @@ func (pc *PeerConn) Begin() (end func()) {
 func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // RoundTrip sends req as an HTTP/2 request. Errors are marked as the QUIC
-// transport marks them (requestError).
+// transport marks them (requestError). A connection that failed the
+// request because it no longer takes new work (GOAWAY received, out of
+// stream IDs) leaves the pool at once, so that a retry does not get it
+// again; one that ended is Pool.watch's to drop (it records why).
 func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := pc.cc.RoundTrip(req)
 	if err != nil {
+		if pc.conn.ctx.Err() == nil && !pc.Alive() {
+			pc.Forget()
+		}
 		return nil, pc.requestError(fmt.Errorf("h2tcp: request to %s: %w", pc.addr, err))
 	}
 	return resp, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/identity/identitytest"
 	"github.com/quicmesh/quicmesh/internal/testkit"
+	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
@@ -43,12 +44,18 @@ type tunnelCall struct {
 
 func newPair(t *testing.T, h http.Handler) *pair {
 	t.Helper()
+	return newPairLimits(t, h, transport.Limits{})
+}
+
+// newPairLimits is newPair with the listener's limits.
+func newPairLimits(t *testing.T, h http.Handler, lim transport.Limits) *pair {
+	t.Helper()
 	ca := identitytest.NewCA(t, "test.local")
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := Listen(tcp, Config{Identity: identitytest.Provider(t, ca, serverID)}, ServerConfig{})
+	ln, err := Listen(tcp, Config{Identity: identitytest.Provider(t, ca, serverID), Limits: lim}, ServerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -137,6 +137,11 @@ func NewPool(cfg Config) (*Pool, error) {
 			MaxHeaderListSize:  64 << 10,
 			ReadIdleTimeout:    readIdle,
 			PingTimeout:        pingTimeout,
+			// A request beyond the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+			// waits for a stream, as over QUIC; without this x/net/http2
+			// fails it as "client conn not usable" while the connection
+			// still looks usable to the pool, which handed it out again.
+			StrictMaxConcurrentStreams: true,
 		},
 		peers:  make(map[peerKey]*peerState),
 		all:    make(map[*PeerConn]struct{}),
@@ -182,11 +187,7 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			p.mu.Unlock()
 			return pc, nil
 		}
-		if st.conn.conn.ctx.Err() == nil {
-			// GOAWAY received: the peer is draining.
-			p.drainingLocked(st)
-		}
-		p.retireLocked(st.conn)
+		p.dropLocked(st.conn)
 	}
 	if silent, since := st.Silent(p.cfg.Now()); silent {
 		if st.dialing != nil || st.Holding(p.cfg.Now()) {
@@ -245,8 +246,8 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 		if st.conn.Alive() {
 			return false
 		}
-		if st.conn.conn.ctx.Err() == nil {
-			return true // GOAWAY received: the peer is draining
+		if st.conn.draining() {
+			return true
 		}
 	}
 	now := p.cfg.Now()
@@ -462,7 +463,23 @@ func (p *Pool) Drain(addr string, want identity.ID) {
 func (p *Pool) Forget(pc *PeerConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.dropLocked(pc)
+}
+
+// dropLocked retires pc, first recording the peer's drain if pc is its
+// pooled connection and received GOAWAY (so that Unavailable reports the
+// peer, however the connection was found unusable: by Get, or by a
+// request that failed on it).
+func (p *Pool) dropLocked(pc *PeerConn) {
+	if st := p.peers[peerKey{pc.addr, pc.peer}]; st != nil && st.conn == pc && pc.draining() {
+		p.drainingLocked(st)
+	}
 	p.retireLocked(pc)
+}
+
+// draining reports whether the connection is open but received GOAWAY.
+func (pc *PeerConn) draining() bool {
+	return pc.conn.ctx.Err() == nil && pc.goneAway()
 }
 
 // retireLocked stops handing out pc and closes it gracefully (GOAWAY

@@ -3,10 +3,14 @@ package h2tcp
 import (
 	"context"
 	"errors"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/quicmesh/quicmesh/identity"
+	"github.com/quicmesh/quicmesh/identity/identitytest"
+	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
@@ -81,5 +85,40 @@ func TestPoolUnavailable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A dial the peer's host refuses (nothing listens on the port: a
+// sidecar restarting, or gone) is no live peer: Get fails, nothing is
+// pooled, the failure is reported as refused, and the peer is
+// Unavailable during its back-off (probed again after it, as a
+// restarted peer answers at once).
+func TestRefusedDialIsNotAlive(t *testing.T) {
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := tcp.Addr().String()
+	tcp.Close()
+	ca := identitytest.NewCA(t, "test.local")
+	pool, err := NewPool(Config{Identity: identitytest.Provider(t, ca, clientID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	failures := make(chan transport.PeerFailure, 1)
+	pool.OnPeerFailure(func(f transport.PeerFailure) { failures <- f })
+	want := identity.MustParseID(serverID)
+	if _, err := pool.Get(testkit.HangCtx(t), addr, want); !errors.Is(err, meshcode.ErrPeerUnavailable) || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Get of a refusing peer: %v, want ErrPeerUnavailable wrapping ECONNREFUSED", err)
+	}
+	if f := <-failures; f.Reason != transport.ReasonRefused {
+		t.Errorf("failure reported as %q, want %q", f.Reason, transport.ReasonRefused)
+	}
+	if pool.Len() != 0 {
+		t.Error("a connection is pooled for a peer that refused the dial")
+	}
+	if !pool.Unavailable(addr, want) {
+		t.Error("a peer that just refused the dial is not Unavailable")
 	}
 }
