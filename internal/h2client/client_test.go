@@ -64,12 +64,7 @@ func newClient(t *testing.T, cfg Config) *Client {
 		return nc, err
 	}
 	t.Cleanup(func() {
-		c.mu.Lock()
-		var all []*conn
-		for _, cs := range c.conns {
-			all = append(all, cs...)
-		}
-		c.mu.Unlock()
+		all := c.pool.all()
 		c.Close()
 		for _, cc := range all {
 			select {
