@@ -43,17 +43,19 @@ func serveConns(tb testing.TB, serve func(net.Conn)) string {
 		tb.Fatal(err)
 	}
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
 	)
 	tb.Cleanup(func() {
-		ln.Close()
 		mu.Lock()
+		closed = true
 		for _, c := range conns {
 			c.Close()
 		}
 		mu.Unlock()
+		ln.Close()
 		wg.Wait()
 	})
 	wg.Go(func() {
@@ -63,6 +65,11 @@ func serveConns(tb testing.TB, serve func(net.Conn)) string {
 				return
 			}
 			mu.Lock()
+			if closed { // accepted as the test ended
+				mu.Unlock()
+				c.Close()
+				return
+			}
 			conns = append(conns, c)
 			mu.Unlock()
 			wg.Go(func() { serve(c) })
