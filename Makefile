@@ -34,9 +34,16 @@ SIDECAR_ENV := CGO_ENABLED=0
 # sets) and with it text/template, whose dynamic method lookups make the
 # linker keep every exported method of every type: 4.6 MB smaller file,
 # ~2 MB less RSS per sidecar (docs/benchmarks.md, "Sidecar memory at
-# 1,000 req/s"). bench/run.sh uses the same tags, and cmd/quicmesh
-# TestSidecarBuildTags checks that both do.
-SIDECAR_TAGS := grpcnotrace
+# 1,000 req/s"). nethttpomithttp2 leaves out net/http's bundled copy of
+# HTTP/2 (h2_bundle.go): the sidecar's HTTP/2 is x/net/http2's (outbound
+# and tunnel servers, h2tcp, the inbound h2c fallback) or its own
+# (h2client), and net/http's then never speaks HTTP/2 (its Transport and
+# Server do HTTP/1.1 only): 0.64 MB smaller file, ~0.3 MB less RSS per
+# sidecar (docs/benchmarks.md, "The sidecar without net/http's bundled
+# HTTP/2"). bench/run.sh and bench/tunnel-iperf.sh use the same tags, and
+# cmd/quicmesh TestSidecarBuildTags checks that they do. The dev binary
+# keeps net/http's HTTP/2 (its h2c load generator and echo apps use it).
+SIDECAR_TAGS := grpcnotrace,nethttpomithttp2
 
 build:
 	$(SIDECAR_ENV) $(GO) build -tags $(SIDECAR_TAGS) -o $(BIN) ./cmd/quicmesh
@@ -57,6 +64,10 @@ vet:
 	$(GO) vet $(PKGS)
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
+# The sidecar's HTTP/2 packages are tested once more built as the sidecar
+# is (SIDECAR_TAGS: without net/http's bundled HTTP/2); the other packages'
+# tests use net/http's HTTP/2 in their apps and clients.
+SIDECAR_TAGGED_PKGS := ./proxy/inbound ./internal/h2client ./proxy/outbound
 # Extra go test flags, e.g. UNITFLAGS='-skip TestName' (used by hand with
 # stress-test to set aside a failure that is known and owned elsewhere).
 UNITFLAGS ?=
@@ -67,6 +78,7 @@ UNITFLAGS ?=
 # the HTTP/3 edge test (transport/gateway TestCaddyHTTP3ThroughTheGateway)
 # needs Caddy: .ci/caddy.sh.
 unit:
+	$(GO) test -race -count=1 -tags $(SIDECAR_TAGS) $(UNITFLAGS) $(SIDECAR_TAGGED_PKGS)
 	QUICMESH_SPIRE_BIN="$$(bash .ci/spire.sh)" QUICMESH_K8S_BIN="$$(bash .ci/k8s.sh)" QUICMESH_CADDY_BIN="$$(bash .ci/caddy.sh)" $(GO) test -race -count=1 -timeout 12m $(UNITFLAGS) $(PKGS)
 
 # Every fuzz target in the tree (seed corpus first, then FUZZTIME).

@@ -126,7 +126,7 @@ fi
 log "building bin/quicmesh, bin/quicmesh-dev and the scenario runner"
 # Without cgo and with the tags the Makefile builds it with (SIDECAR_ENV,
 # SIDECAR_TAGS): the RSS figures are those of the sidecar binary users get.
-CGO_ENABLED=0 $GO build -tags grpcnotrace -o bin/quicmesh ./cmd/quicmesh
+CGO_ENABLED=0 $GO build -tags grpcnotrace,nethttpomithttp2 -o bin/quicmesh ./cmd/quicmesh
 $GO build -o bin/quicmesh-dev ./cmd/quicmesh-dev
 $GO build -o "$OUT/scenarios" ./bench/scenario/cmd/scenarios
 

@@ -79,7 +79,7 @@ if [[ -n $VETH_MTU ]]; then
 fi
 
 if [[ -z ${BINS:-} ]]; then
-	CGO_ENABLED=0 $GO build -tags grpcnotrace -o "$WORK/quicmesh" ./cmd/quicmesh
+	CGO_ENABLED=0 $GO build -tags grpcnotrace,nethttpomithttp2 -o "$WORK/quicmesh" ./cmd/quicmesh
 	BINS="quicmesh=$WORK/quicmesh"
 fi
 

@@ -38,7 +38,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -74,12 +73,8 @@ type Config struct {
 
 // Client is an http.RoundTripper for h2c to local apps.
 type Client struct {
-	cfg Config
-
-	mu      sync.Mutex
-	conns   map[string][]*conn       // by app address
-	dialing map[string]chan struct{} // closed when the dial in flight ends
-	closed  bool
+	cfg  Config
+	pool *Pool[*conn]
 
 	testHookBodyDone func()      // tests: a request body goroutine ends
 	testHookReserved func(*conn) // tests: a slot on the connection was reserved
@@ -118,7 +113,9 @@ func New(cfg Config) *Client {
 	if cfg.Fallback == nil {
 		cfg.Fallback = http.DefaultTransport
 	}
-	return &Client{cfg: cfg, conns: make(map[string][]*conn), dialing: make(map[string]chan struct{})}
+	c := &Client{cfg: cfg}
+	c.pool = NewPool(c.dial)
+	return c
 }
 
 const maxWindow = 1<<31 - 1
@@ -224,7 +221,7 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		cc, err := c.reserve(ctx, req.URL.Host)
+		cc, err := c.pool.Reserve(ctx, req.URL.Host)
 		if err != nil {
 			closeBody(req.Body)
 			return nil, err
@@ -272,92 +269,8 @@ func closeBody(b interface{ Close() error }) {
 	}
 }
 
-// reserve returns a connection to addr with one stream slot reserved.
-func (c *Client) reserve(ctx context.Context, addr string) (*conn, error) {
-	for {
-		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
-			return nil, ErrClosed
-		}
-		conns := c.conns[addr]
-		live := conns[:0]
-		var found *conn
-		for _, cc := range conns {
-			ok, dead := cc.tryReserve(found == nil)
-			if dead {
-				continue
-			}
-			live = append(live, cc)
-			if ok {
-				found = cc
-			}
-		}
-		clear(conns[len(live):])
-		c.conns[addr] = live
-		if found != nil {
-			c.mu.Unlock()
-			return found, nil
-		}
-		wait, dialing := c.dialing[addr]
-		if !dialing {
-			wait = make(chan struct{})
-			c.dialing[addr] = wait
-		}
-		c.mu.Unlock()
-
-		if dialing {
-			// One dial per address at a time: a burst of requests fills
-			// each new connection before the next is opened.
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		cc, err := c.dial(ctx, addr)
-		c.mu.Lock()
-		delete(c.dialing, addr)
-		close(wait)
-		if err == nil {
-			if c.closed {
-				cc.fail(ErrClosed)
-				err = ErrClosed
-			} else {
-				c.conns[addr] = append(c.conns[addr], cc)
-			}
-		}
-		c.mu.Unlock()
-		if err != nil {
-			return nil, fmt.Errorf("h2client: connecting to %s: %w", addr, err)
-		}
-		// The dialer takes the first slot of its connection: a
-		// connection that cannot take even one request fails the
-		// request rather than make it dial forever.
-		if ok, _ := cc.tryReserve(true); ok {
-			return cc, nil
-		}
-		if err := cc.connErr(); err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("h2client: the app at %s takes no requests on a new connection (SETTINGS_MAX_CONCURRENT_STREAMS 0 or GOAWAY)", addr)
-	}
-}
-
 // Close closes every connection; requests in flight fail.
-func (c *Client) Close() {
-	c.mu.Lock()
-	c.closed = true
-	conns := c.conns
-	c.conns = nil
-	c.mu.Unlock()
-	for _, cs := range conns {
-		for _, cc := range cs {
-			cc.fail(ErrClosed)
-		}
-	}
-}
+func (c *Client) Close() { c.pool.Close() }
 
 // lowerHeader returns the HTTP/2 (lower-case) form of a header name.
 func lowerHeader(k string) string {

@@ -20,8 +20,9 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// startH2C serves h on an h2c-only net/http server (x/net's HTTP/2
-// server inside) on loopback.
+// startH2C serves h on an h2c-only net/http server with x/net's HTTP/2
+// server inside (http2.ConfigureServer: the tests pass built as the
+// sidecar is, without net/http's bundled HTTP/2) on loopback.
 func startH2C(t *testing.T, h http.Handler, maxStreams uint32) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -31,6 +32,9 @@ func startH2C(t *testing.T, h http.Handler, maxStreams uint32) string {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Handler: h, Protocols: &p, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(maxStreams)}}
+	if err := http2.ConfigureServer(srv, nil); err != nil {
+		t.Fatal(err)
+	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
@@ -64,12 +68,7 @@ func newClient(t *testing.T, cfg Config) *Client {
 		return nc, err
 	}
 	t.Cleanup(func() {
-		c.mu.Lock()
-		var all []*conn
-		for _, cs := range c.conns {
-			all = append(all, cs...)
-		}
-		c.mu.Unlock()
+		all := c.pool.all()
 		c.Close()
 		for _, cc := range all {
 			select {

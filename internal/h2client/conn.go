@@ -150,9 +150,9 @@ func (cc *conn) handshake(connWindow int64) error {
 	return cc.applySettings(sf)
 }
 
-// tryReserve takes a stream slot if take and one is free. dead reports a
+// TryReserve takes a stream slot if take and one is free. dead reports a
 // connection that takes no more requests, ever.
-func (cc *conn) tryReserve(take bool) (ok, dead bool) {
+func (cc *conn) TryReserve(take bool) (ok, dead bool) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.err != nil || cc.goAway || cc.nextID > 1<<31-1-2*uint32(cc.cl.cfg.MaxStreams) {
@@ -276,7 +276,7 @@ func (cc *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		cc.fail(fmt.Errorf("writing request headers: %w", err))
 		s.stop()
-		return nil, cc.connErr()
+		return nil, cc.Err()
 	}
 	if s.hasBody {
 		// The HEADERS wait in the buffer for the body's first bytes: a
@@ -304,7 +304,14 @@ func (cc *conn) unreserve() {
 	cc.mu.Unlock()
 }
 
-func (cc *conn) connErr() error {
+// Close fails the connection with ErrClosed (Pool.Close).
+func (cc *conn) Close() error {
+	cc.fail(ErrClosed)
+	return nil
+}
+
+// Err is the error that ended the connection, or nil.
+func (cc *conn) Err() error {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	return cc.err

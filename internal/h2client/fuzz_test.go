@@ -38,12 +38,7 @@ func FuzzAppBytes(f *testing.F) {
 			},
 		})
 		defer func() {
-			var all []*conn
-			c.mu.Lock()
-			for _, cs := range c.conns {
-				all = append(all, cs...)
-			}
-			c.mu.Unlock()
+			all := c.pool.all()
 			c.Close()
 			for _, cc := range all {
 				<-cc.done

@@ -39,7 +39,7 @@ func (cc *conn) readLoop() {
 		err = fmt.Errorf("closed by the app: %w", err)
 	}
 	var ce http2.ConnectionError
-	if errors.As(err, &ce) && cc.connErr() == nil {
+	if errors.As(err, &ce) && cc.Err() == nil {
 		cc.write(func() error { return cc.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
 	}
 	cc.fail(err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,30 +30,51 @@ var grpcMsg = append([]byte{0, 0, 0, 0, 128}, strings.Repeat("x", 128)...)
 // SETTINGS and PINGs are acknowledged; the connection window is given
 // back as data arrives.
 func startRawH2CApp(tb testing.TB) string {
+	return serveConns(tb, func(c net.Conn) { serveRawH2C(c) })
+}
+
+// serveConns serves each connection to a loopback listener on a
+// goroutine of its own; the listener and the connections are closed, and
+// the goroutines waited for, at the end of the test.
+func serveConns(tb testing.TB, serve func(net.Conn)) string {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	done := make(chan struct{})
-	tb.Cleanup(func() { ln.Close(); <-done })
-	go func() {
-		defer close(done)
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
+	)
+	tb.Cleanup(func() {
+		mu.Lock()
+		closed = true
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			if closed { // accepted as the test ended
+				mu.Unlock()
+				c.Close()
+				return
+			}
 			conns = append(conns, c)
-			go serveRawH2C(c)
+			mu.Unlock()
+			wg.Go(func() { serve(c) })
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 
@@ -141,8 +163,10 @@ func (b *eofBody) Close() error { return nil }
 // BenchmarkAppH2C is one unary gRPC exchange with an h2c app, one at a
 // time on one connection, the app answering at once:
 //
-//   - pool: the server sidecar's app-side client (h2cPool over
-//     net/http's HTTP/2 client), what the gRPC path uses today;
+//   - pool: h2cPool, net/http's ClientConn over x/net/http2's client
+//     (until 2026-12 net/http's bundled copy), now only h2client's
+//     fallback;
+//   - lean: h2client, what the gRPC path uses;
 //   - floor: the same bytes exchanged with x/net's Framer and hpack on the
 //     caller's goroutine (request HEADERS and DATA in one write, response
 //     frames read by the caller): what a purpose-built client could not
@@ -156,7 +180,7 @@ func BenchmarkAppH2C(b *testing.B) {
 	}{
 		{"pool", func() (func(*http.Request) (*http.Response, error), func()) {
 			p := newH2CPool((&net.Dialer{}).DialContext, DefaultAppStreamWindow, DefaultAppStreamsPerConn)
-			return p.RoundTrip, p.close
+			return p.RoundTrip, p.Close
 		}},
 		{"lean", func() (func(*http.Request) (*http.Response, error), func()) {
 			c := h2client.New(h2client.Config{Dial: (&net.Dialer{}).DialContext, StreamWindow: DefaultAppStreamWindow, MaxStreams: DefaultAppStreamsPerConn})

@@ -116,7 +116,7 @@ func (l *LocalApps) RoundTrip(req *http.Request, h2c bool) (*http.Response, erro
 func (l *LocalApps) Close() {
 	l.h1.CloseIdleConnections()
 	l.h2c.Close()
-	l.h2cPool.close()
+	l.h2cPool.Close()
 }
 
 // chainHandler is the HTTP chain as the http.Handler of the servers
