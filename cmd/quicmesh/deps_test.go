@@ -4,10 +4,11 @@ import (
 	"debug/elf"
 	"os"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/quicmesh/quicmesh/internal/testkit"
 )
 
 // The sidecar binary links only what the sidecar runs: no load generator,
@@ -173,11 +174,7 @@ func sidecarTags(t *testing.T) (makefile, tags string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^SIDECAR_TAGS := (\S+)$`).FindSubmatch(b)
-	if m == nil {
-		t.Fatal("the Makefile sets no SIDECAR_TAGS")
-	}
-	return string(b), string(m[1])
+	return string(b), testkit.SidecarTags(t)
 }
 
 // A sidecar's file-backed RSS is about the size of the binary's loaded,
@@ -188,7 +185,8 @@ func sidecarTags(t *testing.T) (makefile, tags string) {
 // methods nothing calls (a package that calls methods by a name computed
 // at run time, as text/template does, makes it keep all of them: 3 MB
 // of text, rodata and pclntab), and those segments stay within a budget
-// with ~9 % headroom over 16.6 MiB (2026-12-03), so a dependency that adds
+// with ~10 % headroom over 16.4 MiB (2026-12-03, without net/http's
+// bundled HTTP/2), so a dependency that adds
 // megabytes to every sidecar is a decision, not an accident.
 func TestSidecarBinarySize(t *testing.T) {
 	if testing.Short() {
