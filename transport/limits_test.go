@@ -7,16 +7,16 @@ import (
 
 // Stalled streams hold their initial window and return no connection
 // credit, so the initial window is sized for every stream a peer may
-// open to stall and leave half the connection window flowing.
+// open to stall holding a quarter of the connection window.
 func TestInitialStreamWindow(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		in   Limits
 		want uint64
 	}{
-		{"defaults: 32 MiB / (2 x 4096)", Limits{}, 4 << 10},
+		{"defaults: 64 MiB / (4 x 4096)", Limits{}, 4 << 10},
 		{"fewer streams, larger window", Limits{MaxIncomingStreams: 256}, 64 << 10},
-		{"capped at 512 KiB", Limits{MaxIncomingStreams: 4, ConnectionReceiveWindow: 64 << 20}, 512 << 10},
+		{"capped at 512 KiB", Limits{MaxIncomingStreams: 4}, 512 << 10},
 		{"at least 4 KiB", Limits{MaxIncomingStreams: 100000}, 4 << 10},
 		{"never above the stream ceiling", Limits{MaxIncomingStreams: 16, StreamReceiveWindow: 64 << 10}, 64 << 10},
 		{"explicit value kept", Limits{InitialStreamReceiveWindow: 32 << 10}, 32 << 10},
@@ -30,6 +30,37 @@ func TestInitialStreamWindow(t *testing.T) {
 			qc := l.quicConfig()
 			if qc.InitialStreamReceiveWindow != tc.want || qc.InitialConnectionReceiveWindow != l.ConnectionReceiveWindow {
 				t.Fatalf("quic config: initial stream %d, initial connection %d", qc.InitialStreamReceiveWindow, qc.InitialConnectionReceiveWindow)
+			}
+		})
+	}
+}
+
+// StalledStreams: grown streams that may stall, on top of every other
+// stream stalled with its initial window, while the stalled ones hold
+// less than three quarters of the connection window.
+func TestStalledStreams(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   Limits
+		want int64
+	}{
+		// (48 MiB - 4111 x 4 KiB) / (8 MiB - 4 KiB) = 3.0
+		{"defaults", Limits{}, 3},
+		// 32 MiB: 4111 x 4 KiB leave 7.9 MiB, less than one grown stream.
+		{"the former 32 MiB connection window", Limits{ConnectionReceiveWindow: 32 << 20, InitialStreamReceiveWindow: 4 << 10}, 0},
+		// (48 MiB - 271 x 64 KiB) / (8 MiB - 64 KiB) = 3.9
+		{"fewer streams, larger initial window", Limits{MaxIncomingStreams: 256}, 3},
+		// (96 MiB - 4111 x 4 KiB) / (8 MiB - 4 KiB) = 9.9
+		{"larger connection window", Limits{ConnectionReceiveWindow: 128 << 20, InitialStreamReceiveWindow: 4 << 10}, 9},
+		// (48 MiB - 4111 x 4 KiB) / (2 MiB - 4 KiB) = 16.0
+		{"smaller stream ceiling", Limits{StreamReceiveWindow: 2 << 20}, 16},
+		{"streams that stall small use it up", Limits{MaxIncomingStreams: 100000}, 0},
+		{"no growth: every stream", Limits{MaxIncomingStreams: 16, StreamReceiveWindow: 64 << 10, InitialStreamReceiveWindow: 64 << 10}, 15},
+		{"no streams", Limits{MaxIncomingStreams: -1}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.in.StalledStreams(); got != tc.want {
+				t.Fatalf("StalledStreams() = %d, want %d", got, tc.want)
 			}
 		})
 	}

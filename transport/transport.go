@@ -67,25 +67,33 @@ type Limits struct {
 	// 8 MiB: a bulk tunnel needs one bandwidth-delay product (about 2.5 MB
 	// at 2 Gbit/s and 10 ms) to run at line rate. Streams start at
 	// InitialStreamReceiveWindow and grow towards it only while their
-	// reader keeps up (quic-go's auto-tuning).
+	// reader keeps up (quic-go's auto-tuning); quic-go never shrinks a
+	// window, so a stream that stalls after it grew holds what it grew
+	// to. StalledStreams says how many such streams the connection
+	// window absorbs.
 	StreamReceiveWindow uint64
 	// InitialStreamReceiveWindow is what a stream may hold before its
-	// reader has shown it keeps up, so what a stalled stream holds. A
-	// peer's streams return connection credit only when read: to keep
-	// stalled streams from using up the connection window that every
-	// other stream of the peer shares, the default is
-	// ConnectionReceiveWindow / (2 × MaxIncomingStreams) — every stream
-	// the peer may open can stall and half the window still flows —
-	// clamped to [4 KiB, 512 KiB] (4 KiB with the defaults). A large
-	// message pays nothing measurable for the small start (auto-tuning
-	// doubles it within a few round trips; docs/benchmarks.md, "Large
-	// single messages"). A stream that stalls after its window grew
-	// holds the grown window, up to StreamReceiveWindow.
+	// reader has shown it keeps up, so what a stream that stalls before
+	// it grew holds. A peer's streams return connection credit only when
+	// read: the default is ConnectionReceiveWindow / (4 ×
+	// MaxIncomingStreams), clamped to [4 KiB, 512 KiB] (4 KiB with the
+	// defaults), so every stream the peer may open can stall holding it
+	// and use up only a quarter of the connection window, leaving half of
+	// it for streams that stall after they grew and the last quarter,
+	// which quic-go needs read before it sends more credit, to the
+	// streams that keep flowing (StalledStreams). A large message pays
+	// nothing measurable for the small start (auto-tuning doubles it
+	// within a few round trips; docs/benchmarks.md, "Large single
+	// messages").
 	InitialStreamReceiveWindow uint64
 	// ConnectionReceiveWindow bounds what all streams of one peer may have
 	// in flight towards us together: the per-peer memory budget for
-	// QUIC receive buffers. Default 32 MiB, granted from the start (it
-	// costs memory only when data waits unread).
+	// QUIC receive buffers, committed only as data waits unread. Default
+	// 64 MiB, granted from the start: with the default stream windows,
+	// 3 streams that stall after growing to 8 MiB, on top of every other
+	// stream stalling with its initial window (5 if nothing else stalls),
+	// still leave the others flowing (StalledStreams; 32 MiB absorbed
+	// none once the others stalled too, and 2 if nothing else stalled).
 	ConnectionReceiveWindow uint64
 	// DialTimeout is how long a dial waits for any answer from the
 	// peer (QUIC's handshake idle timeout): a peer that is down, frozen
@@ -171,11 +179,11 @@ func (l Limits) withDefaults() Limits {
 		l.StreamReceiveWindow = 8 << 20
 	}
 	if l.ConnectionReceiveWindow == 0 {
-		l.ConnectionReceiveWindow = 32 << 20
+		l.ConnectionReceiveWindow = 64 << 20
 	}
 	if l.InitialStreamReceiveWindow == 0 {
 		streams := uint64(max(l.MaxIncomingStreams, 1))
-		l.InitialStreamReceiveWindow = min(max(l.ConnectionReceiveWindow/(2*streams), 4<<10), 512<<10)
+		l.InitialStreamReceiveWindow = min(max(l.ConnectionReceiveWindow/(4*streams), 4<<10), 512<<10)
 	}
 	l.InitialStreamReceiveWindow = min(l.InitialStreamReceiveWindow, l.StreamReceiveWindow)
 	if l.HandshakeTimeout == 0 {
@@ -201,6 +209,43 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// maxIncomingUniStreams: HTTP/3's control and QPACK streams only.
+const maxIncomingUniStreams = 16
+
+// StalledStreams is how many streams of one peer connection may stall
+// (the app behind them stops reading) after their windows grew to
+// StreamReceiveWindow, while every other stream the peer may open,
+// unidirectional ones included, is stalled too, holding its
+// InitialStreamReceiveWindow, and new streams on that connection still
+// flow. quic-go returns connection credit only for data read, and sends
+// the peer more (MAX_DATA) only once a quarter of ConnectionReceiveWindow
+// was read since it last did; it never shrinks a stream's window. So the
+// other streams keep flowing while the stalled ones hold less than three
+// quarters of the connection window: every MAX_DATA then leaves at least
+// a quarter of it to them. Hold that much or more, and once the others
+// used up what is left nothing is read that could trigger a MAX_DATA:
+// every stream of the connection stops (docs/design.md, "QUIC limits and
+// why"). Zero when the streams that stall before they grew could already
+// hold the three quarters.
+func (l Limits) StalledStreams() int64 {
+	l = l.withDefaults()
+	if l.MaxIncomingStreams <= 1 {
+		return 0
+	}
+	// Strictly less than three quarters.
+	budget := l.ConnectionReceiveWindow - l.ConnectionReceiveWindow/4 - 1
+	others := uint64(l.MaxIncomingStreams-1) + maxIncomingUniStreams // all but the new stream
+	small := others * l.InitialStreamReceiveWindow
+	if small > budget {
+		return 0
+	}
+	if l.StreamReceiveWindow == l.InitialStreamReceiveWindow {
+		return l.MaxIncomingStreams - 1
+	}
+	grown := (budget - small) / (l.StreamReceiveWindow - l.InitialStreamReceiveWindow)
+	return int64(min(grown, uint64(l.MaxIncomingStreams-1)))
+}
+
 func (l Limits) quicConfig() *quic.Config {
 	// The connection window is the whole budget from the start: a window
 	// that must first be auto-tuned upwards (which needs reads) could be
@@ -210,7 +255,7 @@ func (l Limits) quicConfig() *quic.Config {
 		MaxIdleTimeout:                 l.IdleTimeout,
 		KeepAlivePeriod:                l.KeepAlive,
 		MaxIncomingStreams:             l.MaxIncomingStreams,
-		MaxIncomingUniStreams:          16, // HTTP/3 control and QPACK streams only
+		MaxIncomingUniStreams:          maxIncomingUniStreams,
 		InitialStreamReceiveWindow:     l.InitialStreamReceiveWindow,
 		MaxStreamReceiveWindow:         l.StreamReceiveWindow,
 		InitialConnectionReceiveWindow: l.ConnectionReceiveWindow,
