@@ -71,7 +71,10 @@ type PeerConn struct {
 	addr string
 	peer identity.ID
 
-	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch
+	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch, the drain
+	// drain is where the connection is in the drain handshake
+	// (drainOpen, drainGoingAway, drainFinished): see goAway.
+	drain atomic.Uint32
 	// viaGateway: the peer is reached through a gateway (not probed for
 	// port unreachable).
 	viaGateway bool
@@ -94,6 +97,11 @@ func (pc *PeerConn) Peer() identity.ID { return pc.peer }
 // meshcode.ErrNotProcessed; those that prove the connection dead,
 // meshcode.ErrConnDead.
 func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
+	if pc.drain.Load() == drainFinished {
+		// The proxy counted the request with Begin before it came here,
+		// so this is exact (see finish): its stream must not be opened.
+		return nil, requestError(errFinished)
+	}
 	var resp *http.Response
 	var err error
 	ok := false
@@ -115,11 +123,94 @@ func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // Begin counts one request or tunnel on the connection until the returned
 // function is called. The liveness watch (Limits.LivenessTimeout) tells
-// busy connections from idle ones by it.
+// busy connections from idle ones by it, and the drain handshake when the
+// connection's work is done: a request must be counted from before its
+// stream is opened until its response has been read.
 func (pc *PeerConn) Begin() (end func()) {
 	pc.active.Add(1)
-	return func() { pc.active.Add(-1) }
+	return func() { pc.end() }
 }
+
+// end ends one unit of work counted by Begin.
+func (pc *PeerConn) end() {
+	if pc.active.Add(-1) == 0 && pc.drain.Load() == drainGoingAway {
+		pc.finish()
+	}
+}
+
+// Where a connection is in the drain handshake (docs/design.md,
+// "Draining and GOAWAY").
+const (
+	drainOpen      uint32 = iota // in service
+	drainGoingAway               // the peer sent GOAWAY or reconnect: no new streams; work in flight goes on
+	drainFinished                // no work left: msgFinished sent (or being sent); no stream may be opened
+)
+
+// goAway starts the drain handshake of pc, whose peer sent GOAWAY or
+// reconnect (the pool no longer hands pc out): once the work counted by
+// Begin is done, pc says msgFinished, and the peer closes pc once it has
+// served every stream pc opened.
+func (pc *PeerConn) goAway() {
+	if pc.drain.CompareAndSwap(drainOpen, drainGoingAway) && pc.active.Load() == 0 {
+		pc.finish()
+	}
+}
+
+// finish sends msgFinished if no work is counted on pc. It is called
+// when the count may have reached zero after the GOAWAY. A stream opened
+// after msgFinished could reach the peer after it closed the connection,
+// so the count and the state are checked against each other as a pair:
+// finish moves to drainFinished and then reads the count, while opening a
+// stream counts first (Begin, beginStream) and then reads the state; one
+// of the two sees the other. If finish sees work begun meanwhile, it
+// moves back, and that work's end calls finish again.
+func (pc *PeerConn) finish() {
+	for pc.drain.CompareAndSwap(drainGoingAway, drainFinished) {
+		if pc.active.Load() == 0 {
+			go pc.sendFinished()
+			return
+		}
+		pc.drain.Store(drainGoingAway)
+		if pc.active.Load() != 0 {
+			return // that work's end calls finish
+		}
+	}
+}
+
+// sendFinished says msgFinished on pc. The peer closes pc when it has
+// served the streams opened before; should it not (it fails to, or it
+// is gone without a word), pc is closed here after maxRetireWait.
+func (pc *PeerConn) sendFinished() {
+	ctx, cancel := context.WithTimeout(pc.Conn.Context(), maxRetireWait)
+	defer cancel()
+	if err := sendFinished(ctx, pc.Conn); err != nil {
+		pc.pool.ep.logger.Debug("sending finished failed", "peer", pc.addr, "identity", pc.peer.String(), "error", err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-pc.pool.ctx.Done():
+	}
+	pc.Conn.CloseWithError(ConnCodeShutdown, "drained")
+}
+
+// notFinished counts a stream about to be opened on pc, as Begin does,
+// and reports false (having uncounted it) if pc has said msgFinished:
+// the stream must then not be opened. The caller calls pc.end when the
+// stream is done.
+func (pc *PeerConn) notFinished() bool {
+	pc.active.Add(1)
+	if pc.drain.Load() == drainFinished {
+		pc.end()
+		return false
+	}
+	return true
+}
+
+// errFinished is why a stream is not opened on a connection that has
+// said msgFinished: nothing was sent, so the request or tunnel may go to
+// another connection (it is marked as unprocessed, like
+// ErrStreamNotOpened).
+var errFinished = fmt.Errorf("%w: the connection is drained", ErrStreamNotOpened)
 
 // OpenTunnel opens a stream on the connection and writes the tunnel
 // header for target. The caller owns the stream. Errors are marked as
@@ -130,12 +221,21 @@ func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, err
 
 // OpenTunnelHeader is OpenTunnel with a whole header: extensions such as
 // the original destination port (tunnel.ExtDestPort) included.
+//
+// The tunnel counts as work on the connection (as Begin counts it) from
+// before its stream is opened until both of its directions have ended
+// (Stream): the drain handshake must not say msgFinished while it runs,
+// whether or not its owner has called Begin yet.
 func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Stream, error) {
+	if !pc.notFinished() {
+		return nil, requestError(errFinished)
+	}
 	str, err := pc.openTunnel(ctx, h)
 	if err != nil {
+		pc.end()
 		return nil, requestError(err)
 	}
-	return &Stream{str: str, hdr: h}, nil
+	return &Stream{str: str, hdr: h, pc: pc}, nil
 }
 
 func (pc *PeerConn) openTunnel(ctx context.Context, h tunnel.Header) (*quic.Stream, error) {
@@ -197,6 +297,8 @@ type Pool struct {
 	livenessProbes      atomic.Uint64
 	livenessUnreachable atomic.Uint64
 	livenessDeferred    atomic.Uint64
+	// oldDrain: PlayOldDrain.
+	oldDrain atomic.Bool
 	// stallHook, if set (tests), adds a stall of this process to what
 	// each of the watch's polls measured.
 	stallHook atomic.Pointer[func() time.Duration]
@@ -375,6 +477,13 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 	select {
 	case <-raw.ReceivedSettings():
 		pc.datagrams = conn.ConnectionState().SupportsDatagrams.Remote
+		if !p.oldDrain.Load() {
+			// Queued before any stream the pool's users open, so it
+			// leaves with or before the first of them.
+			if err := sayDrainAware(conn); err != nil {
+				p.ep.logger.Debug("sending drain-aware failed", "peer", key.addr, "error", err)
+			}
+		}
 		return pc, nil
 	case <-conn.Context().Done():
 		cause = context.Cause(conn.Context())
@@ -442,15 +551,32 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 				str.CancelRead(CodeBadHeader)
 				return
 			}
+			// Other messages are ignored: a later version may send them.
 			switch msg {
 			case msgGoAway:
 				p.ep.logger.Info("peer is draining", "peer", pc.addr, "identity", pc.peer.String())
 				p.markDraining(pc)
+				p.goAway(pc)
 			case msgReconnect:
 				p.ep.logger.Debug("peer retires the connection", "peer", pc.addr, "identity", pc.peer.String())
 				p.Forget(pc)
+				p.goAway(pc)
 			}
 		}()
+	}
+}
+
+// PlayOldDrain makes the pool behave, from its next connection on, as one
+// from before the drain handshake: it neither says it takes part nor says
+// when it has finished, and its peers drain its connections with the
+// quiet period. For tests of mixed versions.
+func (p *Pool) PlayOldDrain(old bool) { p.oldDrain.Store(old) }
+
+// goAway starts pc's side of the drain handshake, unless the pool plays
+// a version without it (PlayOldDrain).
+func (p *Pool) goAway(pc *PeerConn) {
+	if !p.oldDrain.Load() {
+		pc.goAway()
 	}
 }
 
