@@ -71,7 +71,10 @@ type PeerConn struct {
 	addr string
 	peer identity.ID
 
-	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch, the drain
+	active atomic.Int64 // requests and tunnels in flight (Begin): metrics, the liveness watch, the drain
+	// opened counts the tunnels opened here whose streams have not ended
+	// (a tunnel's owner calls Begin only once it is open): the drain's.
+	opened atomic.Int64
 	// drain is where the connection is in the drain handshake
 	// (drainOpen, drainGoingAway, drainFinished): see goAway.
 	drain atomic.Uint32
@@ -138,6 +141,16 @@ func (pc *PeerConn) end() {
 	}
 }
 
+// streamEnded ends a tunnel stream counted by notFinished.
+func (pc *PeerConn) streamEnded() {
+	if pc.opened.Add(-1) == 0 && pc.drain.Load() == drainGoingAway {
+		pc.finish()
+	}
+}
+
+// idle reports whether no work is counted on pc.
+func (pc *PeerConn) idle() bool { return pc.active.Load() == 0 && pc.opened.Load() == 0 }
+
 // Where a connection is in the drain handshake (docs/design.md,
 // "Draining and GOAWAY").
 const (
@@ -151,7 +164,7 @@ const (
 // Begin is done, pc says msgFinished, and the peer closes pc once it has
 // served every stream pc opened.
 func (pc *PeerConn) goAway() {
-	if pc.drain.CompareAndSwap(drainOpen, drainGoingAway) && pc.active.Load() == 0 {
+	if pc.drain.CompareAndSwap(drainOpen, drainGoingAway) && pc.idle() {
 		pc.finish()
 	}
 }
@@ -160,18 +173,18 @@ func (pc *PeerConn) goAway() {
 // when the count may have reached zero after the GOAWAY. A stream opened
 // after msgFinished could reach the peer after it closed the connection,
 // so the count and the state are checked against each other as a pair:
-// finish moves to drainFinished and then reads the count, while opening a
-// stream counts first (Begin, beginStream) and then reads the state; one
-// of the two sees the other. If finish sees work begun meanwhile, it
-// moves back, and that work's end calls finish again.
+// finish moves to drainFinished and then reads the counts, while opening
+// a stream counts first (Begin before RoundTrip, notFinished) and then
+// reads the state; one of the two sees the other. If finish sees work
+// begun meanwhile, it moves back, and that work's end calls finish again.
 func (pc *PeerConn) finish() {
 	for pc.drain.CompareAndSwap(drainGoingAway, drainFinished) {
-		if pc.active.Load() == 0 {
+		if pc.idle() {
 			go pc.sendFinished()
 			return
 		}
 		pc.drain.Store(drainGoingAway)
-		if pc.active.Load() != 0 {
+		if !pc.idle() {
 			return // that work's end calls finish
 		}
 	}
@@ -193,14 +206,14 @@ func (pc *PeerConn) sendFinished() {
 	pc.Conn.CloseWithError(ConnCodeShutdown, "drained")
 }
 
-// notFinished counts a stream about to be opened on pc, as Begin does,
-// and reports false (having uncounted it) if pc has said msgFinished:
-// the stream must then not be opened. The caller calls pc.end when the
-// stream is done.
+// notFinished counts a tunnel stream about to be opened on pc, and
+// reports false (having uncounted it) if pc has said msgFinished: the
+// stream must then not be opened. The caller calls pc.streamEnded when
+// the stream has ended.
 func (pc *PeerConn) notFinished() bool {
-	pc.active.Add(1)
+	pc.opened.Add(1)
 	if pc.drain.Load() == drainFinished {
-		pc.end()
+		pc.streamEnded()
 		return false
 	}
 	return true
@@ -232,7 +245,7 @@ func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Str
 	}
 	str, err := pc.openTunnel(ctx, h)
 	if err != nil {
-		pc.end()
+		pc.streamEnded()
 		return nil, requestError(err)
 	}
 	return &Stream{str: str, hdr: h, pc: pc}, nil

@@ -41,7 +41,7 @@ func (s *Stream) done(dirs uint32) {
 		return
 	}
 	if old := s.ended.Or(dirs); old != streamEnded && old|dirs == streamEnded {
-		s.pc.end()
+		s.pc.streamEnded()
 	}
 }
 
