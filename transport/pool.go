@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -71,10 +72,14 @@ type PeerConn struct {
 	addr string
 	peer identity.ID
 
-	active atomic.Int64 // requests and tunnels in flight (Begin): metrics, the liveness watch, the drain
-	// opened counts the tunnels opened here whose streams have not ended
-	// (a tunnel's owner calls Begin only once it is open): the drain's.
-	opened atomic.Int64
+	active atomic.Int64 // requests and tunnels in flight (Begin): metrics, the liveness watch
+	// streams counts the drain handshake's work: requests from before
+	// their stream is opened until their response body is closed, tunnels
+	// from before their stream is opened until both of its directions
+	// have ended. Not Begin's count: a tunnel's owner counts it until its
+	// app closes its TCP connection too, which may be long after the peer
+	// has closed the stream both ways (and needs nothing more of it).
+	streams atomic.Int64
 	// drain is where the connection is in the drain handshake
 	// (drainOpen, drainGoingAway, drainFinished): see goAway.
 	drain atomic.Uint32
@@ -100,9 +105,7 @@ func (pc *PeerConn) Peer() identity.ID { return pc.peer }
 // meshcode.ErrNotProcessed; those that prove the connection dead,
 // meshcode.ErrConnDead.
 func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
-	if pc.drain.Load() == drainFinished {
-		// The proxy counted the request with Begin before it came here,
-		// so this is exact (see finish): its stream must not be opened.
+	if !pc.notFinished() {
 		return nil, requestError(errFinished)
 	}
 	var resp *http.Response
@@ -113,11 +116,31 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if !ok {
 		resp, err = pc.h3.RoundTrip(req)
+		if err == nil {
+			resp.Body = &countedBody{ReadCloser: resp.Body, pc: pc}
+		}
 	}
 	if err != nil {
+		pc.streamEnded()
 		return nil, requestError(err)
 	}
 	return resp, nil
+}
+
+// countedBody is the response body of a request sent by quic-go's
+// RoundTrip: the request counts as work on its connection until it is
+// closed (roundTripBodyless's watchedBody does the same).
+type countedBody struct {
+	io.ReadCloser
+	pc     *PeerConn
+	closed atomic.Bool
+}
+
+func (b *countedBody) Close() error {
+	if b.closed.CompareAndSwap(false, true) {
+		defer b.pc.streamEnded()
+	}
+	return b.ReadCloser.Close()
 }
 
 // Forget stops the pool from handing out the connection (a stream-level
@@ -126,30 +149,21 @@ func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 
 // Begin counts one request or tunnel on the connection until the returned
 // function is called. The liveness watch (Limits.LivenessTimeout) tells
-// busy connections from idle ones by it, and the drain handshake when the
-// connection's work is done: a request must be counted from before its
-// stream is opened until its response has been read.
+// busy connections from idle ones by it.
 func (pc *PeerConn) Begin() (end func()) {
 	pc.active.Add(1)
-	return func() { pc.end() }
+	return func() { pc.active.Add(-1) }
 }
 
-// end ends one unit of work counted by Begin.
-func (pc *PeerConn) end() {
-	if pc.active.Add(-1) == 0 && pc.drain.Load() == drainGoingAway {
-		pc.finish()
-	}
-}
-
-// streamEnded ends a tunnel stream counted by notFinished.
+// streamEnded ends a request or tunnel counted by notFinished.
 func (pc *PeerConn) streamEnded() {
-	if pc.opened.Add(-1) == 0 && pc.drain.Load() == drainGoingAway {
+	if pc.streams.Add(-1) == 0 && pc.drain.Load() == drainGoingAway {
 		pc.finish()
 	}
 }
 
-// idle reports whether no work is counted on pc.
-func (pc *PeerConn) idle() bool { return pc.active.Load() == 0 && pc.opened.Load() == 0 }
+// idle reports whether no request or tunnel is counted on pc.
+func (pc *PeerConn) idle() bool { return pc.streams.Load() == 0 }
 
 // Where a connection is in the drain handshake (docs/design.md,
 // "Draining and GOAWAY").
@@ -160,8 +174,8 @@ const (
 )
 
 // goAway starts the drain handshake of pc, whose peer sent GOAWAY or
-// reconnect (the pool no longer hands pc out): once the work counted by
-// Begin is done, pc says msgFinished, and the peer closes pc once it has
+// reconnect (the pool no longer hands pc out): once its requests and
+// tunnels (streams) are done, pc says msgFinished, and the peer closes pc once it has
 // served every stream pc opened.
 func (pc *PeerConn) goAway() {
 	if pc.drain.CompareAndSwap(drainOpen, drainGoingAway) && pc.idle() {
@@ -173,9 +187,9 @@ func (pc *PeerConn) goAway() {
 // when the count may have reached zero after the GOAWAY. A stream opened
 // after msgFinished could reach the peer after it closed the connection,
 // so the count and the state are checked against each other as a pair:
-// finish moves to drainFinished and then reads the counts, while opening
-// a stream counts first (Begin before RoundTrip, notFinished) and then
-// reads the state; one of the two sees the other. If finish sees work
+// finish moves to drainFinished and then reads the count, while opening
+// a stream counts first (notFinished) and then reads the state; one of
+// the two sees the other. If finish sees work
 // begun meanwhile, it moves back, and that work's end calls finish again.
 func (pc *PeerConn) finish() {
 	for pc.drain.CompareAndSwap(drainGoingAway, drainFinished) {
@@ -206,12 +220,12 @@ func (pc *PeerConn) sendFinished() {
 	pc.Conn.CloseWithError(ConnCodeShutdown, "drained")
 }
 
-// notFinished counts a tunnel stream about to be opened on pc, and
-// reports false (having uncounted it) if pc has said msgFinished: the
+// notFinished counts a request or tunnel about to open its stream on pc,
+// and reports false (having uncounted it) if pc has said msgFinished: the
 // stream must then not be opened. The caller calls pc.streamEnded when
-// the stream has ended.
+// it has ended.
 func (pc *PeerConn) notFinished() bool {
-	pc.opened.Add(1)
+	pc.streams.Add(1)
 	if pc.drain.Load() == drainFinished {
 		pc.streamEnded()
 		return false
@@ -235,10 +249,9 @@ func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, err
 // OpenTunnelHeader is OpenTunnel with a whole header: extensions such as
 // the original destination port (tunnel.ExtDestPort) included.
 //
-// The tunnel counts as work on the connection (as Begin counts it) from
-// before its stream is opened until both of its directions have ended
-// (Stream): the drain handshake must not say msgFinished while it runs,
-// whether or not its owner has called Begin yet.
+// The tunnel counts as work on the connection for the drain handshake
+// from before its stream is opened until both of its directions have
+// ended (Stream).
 func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Stream, error) {
 	if !pc.notFinished() {
 		return nil, requestError(errFinished)
@@ -248,7 +261,13 @@ func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Str
 		pc.streamEnded()
 		return nil, requestError(err)
 	}
-	return &Stream{str: str, hdr: h, pc: pc}, nil
+	s := &Stream{str: str, hdr: h, pc: pc}
+	// The send direction has ended when quic-go's send side has: we sent
+	// FIN or reset it, the peer sent STOP_SENDING (it reads no more, as
+	// when a TCP peer closed its socket: what we would send is dropped),
+	// or the connection closed.
+	context.AfterFunc(str.Context(), func() { s.done(streamWriteEnded) })
+	return s, nil
 }
 
 func (pc *PeerConn) openTunnel(ctx context.Context, h tunnel.Header) (*quic.Stream, error) {

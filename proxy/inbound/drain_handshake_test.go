@@ -17,7 +17,6 @@ import (
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
-	"github.com/quicmesh/quicmesh/transport/tunnel"
 )
 
 // The drain handshake between the QUIC transport's pool (the dialing
@@ -54,9 +53,10 @@ func (c quicConn) Serve(h http.Handler, tunnel func(TunnelStream, string)) error
 }
 
 // drainRig is an inbound server with a tunnel route "echo", and a pool
-// connected to it.
+// connected to it through a relay that can drop every packet.
 type drainRig struct {
 	srv   *Server
+	relay *testkit.UDPRelay
 	pool  *transport.Pool
 	addr  string
 	id    identity.ID
@@ -76,7 +76,11 @@ func newDrainRig(t *testing.T, oldPeer bool) *drainRig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { app.Close() })
-	ep, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, drainServerID)})
+	// Packets are dropped for as long as the drain's quiet period takes,
+	// however long that is on a loaded machine: neither side may give
+	// the other up for silence meanwhile.
+	patient := transport.Limits{IdleTimeout: time.Until(testkit.HangGuard(t)), LivenessTimeout: time.Until(testkit.HangGuard(t))}
+	ep, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, drainServerID), Limits: patient})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +89,8 @@ func newDrainRig(t *testing.T, oldPeer bool) *drainRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &drainRig{srv: srv, addr: ep.Addr().String(), id: identity.MustParseID(drainServerID), serve: make(chan error, 1)}
+	r := &drainRig{srv: srv, relay: testkit.NewUDPRelay(t, ep.Addr().String()), id: identity.MustParseID(drainServerID), serve: make(chan error, 1)}
+	r.addr = r.relay.Addr()
 	go func() { r.serve <- srv.Serve(context.Background()) }()
 	t.Cleanup(func() {
 		ep.Close()
@@ -93,7 +98,7 @@ func newDrainRig(t *testing.T, oldPeer bool) *drainRig {
 		<-r.serve
 	})
 
-	dialer, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, drainClientID)})
+	dialer, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, drainClientID), Limits: patient})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,14 +169,14 @@ func (r *drainRig) closedBy(t *testing.T) meshcode.ConnCode {
 	return meshcode.ConnCode(ae.ErrorCode)
 }
 
-// A stream the peer opened before it heard the GOAWAY, whose first bytes
-// reach the server only after a quiet period has passed (loss, a stall of
-// the peer), is served: the server waits for the peer to say it has
-// finished, not for quiet. The stream's first write is held back until
-// the server's drain has seen the connection quiet for drainQuiet (the
-// hook fires then), or, for a peer from before the handshake, has closed
-// it as quiet: that row shows the loss the quiet rule had to accept, and
-// that such peers are still drained by it.
+// A tunnel the peer opened before it heard the GOAWAY, whose packets
+// reach the server only after a quiet period has passed (here: all are
+// lost until then), is served: the server waits for the peer to say it
+// has finished, not for quiet. Packets are dropped from before the tunnel
+// is opened until the server's drain has seen the connection quiet for
+// drainQuiet (its hook fires then) or, for a peer from before the
+// handshake, has closed it as quiet: that row shows the loss the quiet
+// rule had to accept, and that such peers are still drained by it.
 func TestDrainServesStreamThatArrivesAfterTheQuietPeriod(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -188,27 +193,25 @@ func TestDrainServesStreamThatArrivesAfterTheQuietPeriod(t *testing.T) {
 			quietHook.Store(&hook)
 			t.Cleanup(func() { quietHook.Store(nil) })
 
-			// As the outbound proxy does: count the work, then open its
-			// stream. Nothing is sent on a stream before its first write.
-			end := r.pc.Begin()
-			str, err := r.pc.Conn.OpenStreamSync(context.Background())
+			r.relay.Blackhole(true)
+			str, err := r.pc.OpenTunnel(context.Background(), "echo")
 			if err != nil {
 				t.Fatal(err)
 			}
+			if _, err := str.Write([]byte("late")); err != nil {
+				t.Fatal(err)
+			}
+			str.CloseWrite()
 			done := r.shutdown(time.Until(testkit.HangGuard(t)))
-			r.waitGoAway(t)
 			select {
 			case <-quiet:
-			case <-r.pc.Conn.Context().Done():
+			case <-r.sc.Context().Done():
 			}
-			hdr, _ := tunnel.Header{Target: "echo"}.AppendTo(nil)
-			_, werr := str.Write(append(hdr, "late"...))
-			str.Close()
-			got, rerr := io.ReadAll(str)
-			end()
+			r.relay.Blackhole(false)
+			got, err := io.ReadAll(str)
 			if tc.oldPeer {
-				if werr == nil && rerr == nil {
-					t.Fatalf("the late stream was served (%q): the quiet rule no longer closed the connection", got)
+				if err == nil {
+					t.Fatalf("the late tunnel was served (%q): the quiet rule no longer closed the connection", got)
 				}
 				if code := r.closedBy(t); code != meshcode.ConnShutdown {
 					t.Fatalf("closed with %#x, want %#x", code, meshcode.ConnShutdown)
@@ -218,8 +221,8 @@ func TestDrainServesStreamThatArrivesAfterTheQuietPeriod(t *testing.T) {
 				}
 				return
 			}
-			if werr != nil || rerr != nil || string(got) != "late" {
-				t.Fatalf("late stream: write %v, read %q %v; want it served", werr, got, rerr)
+			if err != nil || string(got) != "late" {
+				t.Fatalf("late tunnel: read %q %v; want it served", got, err)
 			}
 			if err := <-done; err != nil {
 				t.Fatalf("Shutdown: %v, want the drain to finish when the peer's work did", err)
@@ -282,8 +285,6 @@ func TestDrainEndsWhenThePeersTunnelEnds(t *testing.T) {
 // cut off when the grace period ends.
 func TestDrainGracePeriodBoundsAPeerThatNeverFinishes(t *testing.T) {
 	r := newDrainRig(t, false)
-	end := r.pc.Begin()
-	defer end()
 	str, err := r.pc.OpenTunnel(context.Background(), "echo")
 	if err != nil {
 		t.Fatal(err)
