@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/quicmesh/quicmesh/identity"
@@ -34,35 +33,17 @@ func newDrainPair(t *testing.T, oldPool bool) *drainPair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := transport.NewServer(ep, transport.ServerConfig{})
 	conns := make(chan *transport.ServerConn, 4)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := srv.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			conns <- c
-			wg.Go(func() {
-				c.Serve(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }),
-					func(str *transport.Stream, _ string) {
-						io.Copy(str, str)
-						str.CloseWrite()
-					})
+	serveEach(t, ep, func(c *transport.ServerConn) {
+		conns <- c
+		c.Serve(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }),
+			func(str *transport.Stream, _ string) {
+				io.Copy(str, str)
+				str.CloseWrite()
 			})
-		}
 	})
 	p := newPool(t, ca, transport.Limits{})
 	p.PlayOldDrain(oldPool)
-	t.Cleanup(func() {
-		p.Close()
-		ep.Close()
-		for len(conns) > 0 {
-			(<-conns).Close(meshcode.ConnShutdown, "test over")
-		}
-		wg.Wait()
-	})
 	d := &drainPair{pool: p, addr: ep.Addr().String(), id: identity.MustParseID(serverID)}
 	if d.pc, err = p.Get(context.Background(), d.addr, d.id); err != nil {
 		t.Fatal(err)
