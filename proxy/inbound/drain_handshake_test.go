@@ -157,14 +157,16 @@ func (r *drainRig) waitGoAway(t *testing.T) {
 	testkit.Eventually(t, "the pool to hear the GOAWAY", func() bool { return r.pool.Unavailable(r.addr, r.id) })
 }
 
-// closedBy reports how pc's connection was closed: by the server, with
-// which code.
+// closedBy waits until the server has closed the connection and returns
+// the code it closed it with. (It is the server's side that is asked: a
+// client whose packets were dropped may learn of the close only from a
+// stateless reset.)
 func (r *drainRig) closedBy(t *testing.T) meshcode.ConnCode {
 	t.Helper()
-	<-r.pc.Conn.Context().Done()
-	ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(r.pc.Conn.Context()))
-	if !ok || !ae.Remote {
-		t.Fatalf("connection closed by %v, want the server to close it", context.Cause(r.pc.Conn.Context()))
+	<-r.sc.Context().Done()
+	ae, ok := errors.AsType[*quic.ApplicationError](context.Cause(r.sc.Context()))
+	if !ok || ae.Remote {
+		t.Fatalf("connection closed by %v, want the server to close it", context.Cause(r.sc.Context()))
 	}
 	return meshcode.ConnCode(ae.ErrorCode)
 }
