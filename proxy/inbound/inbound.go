@@ -369,6 +369,9 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 	gctx, cancel := context.WithTimeout(ctx, time.Second)
 	if err := signal(gctx); err != nil {
 		s.log.Debug("sending goaway failed", "peer", pc.peer.String(), "error", err)
+		// The peer will not say it finished with what it never heard of:
+		// the quiet period it is.
+		aware = func() bool { return false }
 	}
 	cancel()
 	s.log.Debug("goaway sent", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams())
