@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,20 +51,9 @@ func startMeshServer(t *testing.T, prov identity.Provider, udp *net.UDPConn, lim
 			}
 		}
 	})
-	srv := transport.NewServer(ep, transport.ServerConfig{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := srv.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				c.Serve(h, func(str *transport.Stream, _ string) { hold(str.Context()); str.Reset(meshcode.Reset) })
-			})
-		}
+	serveEach(t, ep, func(c *transport.ServerConn) {
+		c.Serve(h, func(str *transport.Stream, _ string) { hold(str.Context()); str.Reset(meshcode.Reset) })
 	})
-	t.Cleanup(func() { ep.Close(); wg.Wait() })
 	return s
 }
 

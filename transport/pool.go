@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -71,7 +72,17 @@ type PeerConn struct {
 	addr string
 	peer identity.ID
 
-	active atomic.Int64 // requests and tunnels in flight: metrics, the liveness watch
+	active atomic.Int64 // requests and tunnels in flight (Begin): metrics, the liveness watch
+	// streams counts the drain handshake's work: requests from before
+	// their stream is opened until their response body is closed, tunnels
+	// from before their stream is opened until both of its directions
+	// have ended. Not Begin's count: a tunnel's owner counts it until its
+	// app closes its TCP connection too, which may be long after the peer
+	// has closed the stream both ways (and needs nothing more of it).
+	streams atomic.Int64
+	// drain is where the connection is in the drain handshake
+	// (drainOpen, drainGoingAway, drainFinished): see goAway.
+	drain atomic.Uint32
 	// viaGateway: the peer is reached through a gateway (not probed for
 	// port unreachable).
 	viaGateway bool
@@ -94,6 +105,9 @@ func (pc *PeerConn) Peer() identity.ID { return pc.peer }
 // meshcode.ErrNotProcessed; those that prove the connection dead,
 // meshcode.ErrConnDead.
 func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !pc.notFinished() {
+		return nil, requestError(errFinished)
+	}
 	var resp *http.Response
 	var err error
 	ok := false
@@ -102,11 +116,31 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if !ok {
 		resp, err = pc.h3.RoundTrip(req)
+		if err == nil {
+			resp.Body = &countedBody{ReadCloser: resp.Body, pc: pc}
+		}
 	}
 	if err != nil {
+		pc.streamEnded()
 		return nil, requestError(err)
 	}
 	return resp, nil
+}
+
+// countedBody is the response body of a request sent by quic-go's
+// RoundTrip: the request counts as work on its connection until it is
+// closed (roundTripBodyless's watchedBody does the same).
+type countedBody struct {
+	io.ReadCloser
+	pc     *PeerConn
+	closed atomic.Bool
+}
+
+func (b *countedBody) Close() error {
+	if b.closed.CompareAndSwap(false, true) {
+		defer b.pc.streamEnded()
+	}
+	return b.ReadCloser.Close()
 }
 
 // Forget stops the pool from handing out the connection (a stream-level
@@ -121,6 +155,90 @@ func (pc *PeerConn) Begin() (end func()) {
 	return func() { pc.active.Add(-1) }
 }
 
+// streamEnded ends a request or tunnel counted by notFinished.
+func (pc *PeerConn) streamEnded() {
+	if pc.streams.Add(-1) == 0 && pc.drain.Load() == drainGoingAway {
+		pc.finish()
+	}
+}
+
+// idle reports whether no request or tunnel is counted on pc.
+func (pc *PeerConn) idle() bool { return pc.streams.Load() == 0 }
+
+// Where a connection is in the drain handshake (docs/design.md,
+// "Draining and GOAWAY").
+const (
+	drainOpen      uint32 = iota // in service
+	drainGoingAway               // the peer sent GOAWAY or reconnect: no new streams; work in flight goes on
+	drainFinished                // no work left: msgFinished sent (or being sent); no stream may be opened
+)
+
+// goAway starts the drain handshake of pc, whose peer sent GOAWAY or
+// reconnect (the pool no longer hands pc out): once its requests and
+// tunnels (streams) are done, pc says msgFinished, and the peer closes pc once it has
+// served every stream pc opened.
+func (pc *PeerConn) goAway() {
+	if pc.drain.CompareAndSwap(drainOpen, drainGoingAway) && pc.idle() {
+		pc.finish()
+	}
+}
+
+// finish sends msgFinished if no work is counted on pc. It is called
+// when the count may have reached zero after the GOAWAY. A stream opened
+// after msgFinished could reach the peer after it closed the connection,
+// so the count and the state are checked against each other as a pair:
+// finish moves to drainFinished and then reads the count, while opening
+// a stream counts first (notFinished) and then reads the state; one of
+// the two sees the other. If finish sees work
+// begun meanwhile, it moves back, and that work's end calls finish again.
+func (pc *PeerConn) finish() {
+	for pc.drain.CompareAndSwap(drainGoingAway, drainFinished) {
+		if pc.idle() {
+			go pc.sendFinished()
+			return
+		}
+		pc.drain.Store(drainGoingAway)
+		if !pc.idle() {
+			return // that work's end calls finish
+		}
+	}
+}
+
+// sendFinished says msgFinished on pc. The peer closes pc when it has
+// served the streams opened before; should it not (it fails to, or it
+// is gone without a word), pc is closed here after maxRetireWait.
+func (pc *PeerConn) sendFinished() {
+	ctx, cancel := context.WithTimeout(pc.Conn.Context(), maxRetireWait)
+	defer cancel()
+	if err := sendFinished(ctx, pc.Conn); err != nil {
+		pc.pool.ep.logger.Debug("sending finished failed", "peer", pc.addr, "identity", pc.peer.String(), "error", err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-pc.pool.ctx.Done():
+	}
+	pc.Conn.CloseWithError(ConnCodeShutdown, "drained")
+}
+
+// notFinished counts a request or tunnel about to open its stream on pc,
+// and reports false (having uncounted it) if pc has said msgFinished: the
+// stream must then not be opened. The caller calls pc.streamEnded when
+// it has ended.
+func (pc *PeerConn) notFinished() bool {
+	pc.streams.Add(1)
+	if pc.drain.Load() == drainFinished {
+		pc.streamEnded()
+		return false
+	}
+	return true
+}
+
+// errFinished is why a stream is not opened on a connection that has
+// said msgFinished: nothing was sent, so the request or tunnel may go to
+// another connection (it is marked as unprocessed, like
+// ErrStreamNotOpened).
+var errFinished = fmt.Errorf("%w: the connection is drained", ErrStreamNotOpened)
+
 // OpenTunnel opens a stream on the connection and writes the tunnel
 // header for target. The caller owns the stream. Errors are marked as
 // RoundTrip's are.
@@ -130,12 +248,26 @@ func (pc *PeerConn) OpenTunnel(ctx context.Context, target string) (*Stream, err
 
 // OpenTunnelHeader is OpenTunnel with a whole header: extensions such as
 // the original destination port (tunnel.ExtDestPort) included.
+//
+// The tunnel counts as work on the connection for the drain handshake
+// from before its stream is opened until both of its directions have
+// ended (Stream).
 func (pc *PeerConn) OpenTunnelHeader(ctx context.Context, h tunnel.Header) (*Stream, error) {
+	if !pc.notFinished() {
+		return nil, requestError(errFinished)
+	}
 	str, err := pc.openTunnel(ctx, h)
 	if err != nil {
+		pc.streamEnded()
 		return nil, requestError(err)
 	}
-	return &Stream{str: str, hdr: h}, nil
+	s := &Stream{str: str, hdr: h, pc: pc}
+	// The send direction has ended when quic-go's send side has: we sent
+	// FIN or reset it, the peer sent STOP_SENDING (it reads no more, as
+	// when a TCP peer closed its socket: what we would send is dropped),
+	// or the connection closed.
+	context.AfterFunc(str.Context(), func() { s.done(streamWriteEnded) })
+	return s, nil
 }
 
 func (pc *PeerConn) openTunnel(ctx context.Context, h tunnel.Header) (*quic.Stream, error) {
@@ -197,6 +329,8 @@ type Pool struct {
 	livenessProbes      atomic.Uint64
 	livenessUnreachable atomic.Uint64
 	livenessDeferred    atomic.Uint64
+	// oldDrain: PlayOldDrain.
+	oldDrain atomic.Bool
 	// stallHook, if set (tests), adds a stall of this process to what
 	// each of the watch's polls measured.
 	stallHook atomic.Pointer[func() time.Duration]
@@ -375,6 +509,13 @@ func (p *Pool) connect(key peerKey) (*PeerConn, error) {
 	select {
 	case <-raw.ReceivedSettings():
 		pc.datagrams = conn.ConnectionState().SupportsDatagrams.Remote
+		if !p.oldDrain.Load() {
+			// Queued before any stream the pool's users open, so it
+			// leaves with or before the first of them.
+			if err := sayDrainAware(conn); err != nil {
+				p.ep.logger.Debug("sending drain-aware failed", "peer", key.addr, "error", err)
+			}
+		}
 		return pc, nil
 	case <-conn.Context().Done():
 		cause = context.Cause(conn.Context())
@@ -442,15 +583,32 @@ func (p *Pool) acceptUni(pc *PeerConn, raw *http3.RawClientConn) {
 				str.CancelRead(CodeBadHeader)
 				return
 			}
+			// Other messages are ignored: a later version may send them.
 			switch msg {
 			case msgGoAway:
 				p.ep.logger.Info("peer is draining", "peer", pc.addr, "identity", pc.peer.String())
 				p.markDraining(pc)
+				p.goAway(pc)
 			case msgReconnect:
 				p.ep.logger.Debug("peer retires the connection", "peer", pc.addr, "identity", pc.peer.String())
 				p.Forget(pc)
+				p.goAway(pc)
 			}
 		}()
+	}
+}
+
+// PlayOldDrain makes the pool behave, from its next connection on, as one
+// from before the drain handshake: it neither says it takes part nor says
+// when it has finished, and its peers drain its connections with the
+// quiet period. For tests of mixed versions.
+func (p *Pool) PlayOldDrain(old bool) { p.oldDrain.Store(old) }
+
+// goAway starts pc's side of the drain handshake, unless the pool plays
+// a version without it (PlayOldDrain).
+func (p *Pool) goAway(pc *PeerConn) {
+	if !p.oldDrain.Load() {
+		pc.goAway()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -92,7 +93,7 @@ func (pc *PeerConn) roundTripBodyless(req *http.Request) (resp *http.Response, o
 		// 101 is final, as in net/http (golang.org/issue/26161).
 		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
 			resp.Request = req
-			resp.Body = &watchedBody{ReadCloser: resp.Body, stop: stop}
+			resp.Body = &watchedBody{ReadCloser: resp.Body, stop: stop, pc: pc}
 			return resp, true, nil
 		}
 		if n1xx++; n1xx > max1xx {
@@ -119,13 +120,19 @@ func ctxErrOr(ctx context.Context, err error) error {
 
 // watchedBody is a response body whose request's context stops being
 // watched when it is closed: a context that ends later must not reset a
-// stream whose exchange is over.
+// stream whose exchange is over. Until then the request counts as work
+// on its connection (PeerConn.notFinished).
 type watchedBody struct {
 	io.ReadCloser
-	stop func() bool // idempotent (context.AfterFunc's)
+	stop   func() bool // idempotent (context.AfterFunc's)
+	pc     *PeerConn
+	closed atomic.Bool
 }
 
 func (b *watchedBody) Close() error {
 	b.stop()
+	if b.closed.CompareAndSwap(false, true) {
+		defer b.pc.streamEnded()
+	}
 	return b.ReadCloser.Close()
 }

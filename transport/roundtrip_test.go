@@ -29,6 +29,15 @@ func startHTTPServer(tb testing.TB, ca *identity.CA, h http.Handler) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	serveEach(tb, ep, func(c *transport.ServerConn) {
+		c.Serve(h, func(str *transport.Stream, _ string) { str.Reset(meshcode.Reset) })
+	})
+	return ep.Addr().String()
+}
+
+// serveEach serves every connection peers open to ep with serve, each in
+// a goroutine of its own, as the inbound proxy does, until the test ends.
+func serveEach(tb testing.TB, ep *transport.Endpoint, serve func(*transport.ServerConn)) {
 	srv := transport.NewServer(ep, transport.ServerConfig{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -37,11 +46,10 @@ func startHTTPServer(tb testing.TB, ca *identity.CA, h http.Handler) string {
 			if err != nil {
 				return
 			}
-			wg.Go(func() { c.Serve(h, func(str *transport.Stream, _ string) { str.Reset(meshcode.Reset) }) })
+			wg.Go(func() { serve(c) })
 		}
 	})
 	tb.Cleanup(func() { ep.Close(); wg.Wait() })
-	return ep.Addr().String()
 }
 
 // TestRoundTripWithoutBody covers the path of requests without a body

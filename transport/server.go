@@ -14,6 +14,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
 
 	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
@@ -74,7 +75,7 @@ func (s *Server) Accept(ctx context.Context) (*ServerConn, error) {
 		return nil, err
 	}
 	peer, _ := peerID(conn)
-	return &ServerConn{srv: s, conn: conn, peer: peer, plain: isPlainHTTP3(conn)}, nil
+	return &ServerConn{srv: s, conn: conn, peer: peer, plain: isPlainHTTP3(conn), finished: make(chan struct{})}, nil
 }
 
 // QUICStats snapshots every connection being served; StreamsOpen counts
@@ -102,6 +103,45 @@ type ServerConn struct {
 	// plain: the peer negotiated ALPN "h3", not the mesh's: a plain
 	// HTTP/3 client, whose every stream is a request (h3edge.go).
 	plain bool
+
+	// The drain handshake (docs/design.md, "Draining and GOAWAY").
+	// aware: the peer said msgDrainAware. accepted counts the peer's
+	// bidirectional streams taken into service (after active counted
+	// each). finishedAt is 1 + the index of the stream on which the peer
+	// said msgFinished, 0 before; finished is closed once it has and
+	// every stream it opened before has been served.
+	aware        atomic.Bool
+	accepted     atomic.Int64
+	finishedAt   atomic.Int64
+	finished     chan struct{}
+	finishedOnce sync.Once
+}
+
+// DrainAware reports whether the peer takes part in the drain handshake:
+// after a GOAWAY or reconnect it says when it has finished (Finished),
+// so the connection need not be watched for a quiet period.
+func (c *ServerConn) DrainAware() bool { return c.aware.Load() || c.finishedAt.Load() != 0 }
+
+// Finished is closed once the peer has said it opened its last stream on
+// the connection (after our GOAWAY or reconnect, once its own requests
+// and tunnels on it had ended) and every stream it opened has been
+// served: the connection can be closed, nothing is lost.
+func (c *ServerConn) Finished() <-chan struct{} { return c.finished }
+
+// peerFinished records that the peer said msgFinished on the stream with
+// ID id: every bidirectional stream it opened has a lower ID.
+func (c *ServerConn) peerFinished(id quic.StreamID) {
+	c.finishedAt.CompareAndSwap(0, int64(id)/4+1)
+}
+
+// checkFinished closes finished if the peer said msgFinished and every
+// stream up to that one has been taken into service and served: active
+// is counted before accepted, so when accepted covers them all, each has
+// been counted in active, and active is 0 only once they have ended.
+func (c *ServerConn) checkFinished() {
+	if n := c.finishedAt.Load(); n != 0 && c.accepted.Load() >= n && c.active.Load() == 0 {
+		c.finishedOnce.Do(func() { close(c.finished) })
+	}
 }
 
 // Peer is the identity the peer proved.
@@ -178,7 +218,7 @@ func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target strin
 			streams.Add(1)
 			go func() {
 				defer streams.Done()
-				raw.HandleUnidirectionalStream(str)
+				c.serveUniStream(raw, str)
 			}()
 		}
 	}()
@@ -189,13 +229,37 @@ func (c *ServerConn) Serve(h http.Handler, tunnel func(str *Stream, target strin
 	// app round trip for the next stream.
 	a := newAcceptors(conn.Context(), &streams, conn.AcceptStream, func(str *quic.Stream) {
 		c.active.Add(1)
+		c.accepted.Add(1)
 		c.serveStream(raw, str, tunnel, log)
-		c.active.Add(-1)
+		if c.active.Add(-1) == 0 {
+			c.checkFinished()
+		}
 	})
 	<-conn.Context().Done()
 	a.stop()
 	log.Debug("peer connection ended", "error", context.Cause(conn.Context()))
 	return nil
+}
+
+// serveUniStream hands a peer's unidirectional stream to HTTP/3, unless
+// it is a mesh control stream (a mesh peer's msgDrainAware).
+func (c *ServerConn) serveUniStream(raw *http3.RawServerConn, str *quic.ReceiveStream) {
+	if c.plain {
+		raw.HandleUnidirectionalStream(str)
+		return
+	}
+	str.SetReadDeadline(time.Now().Add(c.srv.cfg.HeaderTimeout))
+	if !isControlStream(str) {
+		str.SetReadDeadline(time.Time{})
+		raw.HandleUnidirectionalStream(str)
+		return
+	}
+	msg, err := readControl(str)
+	str.CancelRead(CodeNoError)
+	if err == nil && msg == msgDrainAware {
+		c.aware.Store(true)
+	}
+	// Other messages are ignored: a later version may send them.
 }
 
 // Bounds of a connection's idle stream workers: enough to keep one per
@@ -402,6 +466,19 @@ func (c *ServerConn) serveStream(raw *http3.RawServerConn, str *quic.Stream, ser
 		str.CancelWrite(CodeBadHeader)
 	case kind == streamHTTP3:
 		raw.HandleRequestStream(str)
+	case kind == streamControl:
+		str.SetReadDeadline(time.Now().Add(c.srv.cfg.HeaderTimeout))
+		msg, err := readControlFrame(str)
+		str.CancelRead(CodeNoError)
+		str.Close()
+		if err != nil {
+			log.Debug("bad control stream", "error", err)
+			return
+		}
+		if msg == msgFinished {
+			c.peerFinished(str.StreamID())
+		}
+		// Other messages are ignored: a later version may send them.
 	default:
 		serveTunnel(&Stream{str: str, hdr: hdr}, hdr.Target)
 	}
@@ -411,8 +488,9 @@ func (c *ServerConn) serveStream(raw *http3.RawServerConn, str *quic.Stream, ser
 type streamKind int
 
 const (
-	streamHTTP3  streamKind = iota // an HTTP/3 request
-	streamTunnel                   // a tunnel: header, then the far app's bytes
+	streamHTTP3   streamKind = iota // an HTTP/3 request
+	streamTunnel                    // a tunnel: header, then the far app's bytes
+	streamControl                   // a mesh control frame (msgFinished)
 )
 
 // peekReader is what readStreamStart needs of a *quic.Stream.
@@ -423,10 +501,12 @@ type peekReader interface {
 
 // readStreamStart classifies a stream by its first varint: HTTP/3 request
 // streams start with a HEADERS frame (type 0x01), tunnels with
-// tunnel.FrameType. For an HTTP/3 request nothing is consumed; for a
-// tunnel, exactly its header. Without tunnels (a plain HTTP/3 client)
-// every stream that sends a first byte is an HTTP/3 request: a frame type
-// HTTP/3 does not define is then HTTP/3's to ignore, never a tunnel.
+// tunnel.FrameType, mesh control frames with ControlStreamType. For an
+// HTTP/3 request or a control frame nothing is consumed; for a tunnel,
+// exactly its header. Without tunnels (a plain HTTP/3 client) every
+// stream that sends a first byte is an HTTP/3 request: a frame type
+// HTTP/3 does not define is then HTTP/3's to ignore, never a tunnel or a
+// control frame.
 func readStreamStart(str peekReader, tunnels bool) (streamKind, tunnel.Header, error) {
 	var first [8]byte // the longest varint
 	if _, err := str.Peek(first[:1]); err != nil {
@@ -438,7 +518,13 @@ func readStreamStart(str peekReader, tunnels bool) (streamKind, tunnel.Header, e
 			return 0, tunnel.Header{}, fmt.Errorf("inbound: reading stream start: %w", err)
 		}
 	}
-	if !tunnels || !tunnel.IsTunnel(first[:n]) {
+	if !tunnels {
+		return streamHTTP3, tunnel.Header{}, nil
+	}
+	if !tunnel.IsTunnel(first[:n]) {
+		if t, _, err := quicvarint.Parse(first[:n]); err == nil && t == ControlStreamType {
+			return streamControl, tunnel.Header{}, nil
+		}
 		return streamHTTP3, tunnel.Header{}, nil
 	}
 	hdr, err := tunnel.Read(str)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -19,37 +21,82 @@ import (
 type Stream struct {
 	str *quic.Stream
 	hdr tunnel.Header
+	// pc is the connection of a stream we opened, whose work count the
+	// stream holds until both directions have ended (ended).
+	pc    *PeerConn
+	ended atomic.Uint32 // streamReadEnded | streamWriteEnded
+}
+
+// The directions of a Stream that have ended.
+const (
+	streamReadEnded uint32 = 1 << iota
+	streamWriteEnded
+	streamEnded = streamReadEnded | streamWriteEnded
+)
+
+// done records that the directions in dirs have ended; when both have, a
+// stream we opened stops counting as work on its connection.
+func (s *Stream) done(dirs uint32) {
+	if s.pc == nil {
+		return
+	}
+	if old := s.ended.Or(dirs); old != streamEnded && old|dirs == streamEnded {
+		s.pc.streamEnded()
+	}
 }
 
 // DestPort is the original destination port the tunnel header carried
 // (tunnel.ExtDestPort), ok false if none.
 func (s *Stream) DestPort() (port uint16, ok bool) { return s.hdr.DestPort() }
 
+// Read reads the peer's bytes; an error (io.EOF included) other than a
+// deadline's ends the receive direction.
 func (s *Stream) Read(p []byte) (int, error) {
 	n, err := s.str.Read(p)
+	if err != nil && !timeout(err) {
+		s.done(streamReadEnded)
+	}
 	return n, meshError(err)
 }
 
+// Write sends bytes to the peer; an error other than a deadline's ends
+// the send direction.
 func (s *Stream) Write(p []byte) (int, error) {
 	n, err := s.str.Write(p)
+	if err != nil && !timeout(err) {
+		s.done(streamWriteEnded)
+	}
 	return n, meshError(err)
+}
+
+// timeout reports whether err is a deadline's.
+func timeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }
 
 // CloseWrite ends the send direction after what was written (FIN).
-func (s *Stream) CloseWrite() error { return meshError(s.str.Close()) }
+func (s *Stream) CloseWrite() error {
+	err := s.str.Close()
+	s.done(streamWriteEnded)
+	return meshError(err)
+}
 
 // Close ends our side as closing a TCP socket does: FIN after what was
 // written, and the peer is told to stop sending what nobody will read
 // (STOP_SENDING with meshcode.NoError).
 func (s *Stream) Close() error {
 	s.str.CancelRead(CodeNoError)
-	return meshError(s.str.Close())
+	err := s.str.Close()
+	s.done(streamEnded)
+	return meshError(err)
 }
 
 // Reset aborts both directions with code.
 func (s *Stream) Reset(code meshcode.Code) {
 	s.str.CancelWrite(quic.StreamErrorCode(code))
 	s.str.CancelRead(quic.StreamErrorCode(code))
+	s.done(streamEnded)
 }
 
 // Context ends when the stream is finished or its connection closes.

@@ -64,8 +64,42 @@ func FuzzStreamStart(f *testing.F) {
 			if _, err := hdr.AppendTo(nil); err != nil {
 				t.Fatalf("accepted a header that cannot be written back: %v (%+v)", err, hdr)
 			}
+		case streamControl:
+			if consumed != 0 {
+				t.Fatalf("control frame: %d bytes consumed before it was read", consumed)
+			}
+			if t0, _, err := quicvarint.Parse(data); err != nil || t0 != ControlStreamType {
+				t.Fatalf("stream starting %x taken for a control frame", data)
+			}
 		default:
 			t.Fatalf("unknown kind %d", kind)
+		}
+	})
+}
+
+func FuzzControlFrame(f *testing.F) {
+	f.Add(finishedFrame)
+	f.Add(append(finishedFrame, "trailing"...))
+	f.Add(quicvarint.Append(quicvarint.Append(nil, ControlStreamType), 3))                  // length without payload
+	f.Add(quicvarint.Append(quicvarint.Append(nil, ControlStreamType), 0))                  // empty payload
+	f.Add(quicvarint.Append(quicvarint.Append(nil, ControlStreamType), 1<<20))              // too long
+	f.Add(append(quicvarint.Append(quicvarint.Append(nil, ControlStreamType), 3), 9, 1, 2)) // a later version's payload
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		msg, err := readControlFrame(r)
+		consumed := len(data) - r.Len()
+		if consumed > 8+8+maxControlFrame {
+			t.Fatalf("control frame consumed %d bytes", consumed)
+		}
+		if err != nil {
+			return
+		}
+		// What was accepted is a whole frame: type, length, payload.
+		_, n1, _ := quicvarint.Parse(data)
+		l, n2, _ := quicvarint.Parse(data[n1:])
+		if consumed != n1+n2+int(l) || msg != data[n1+n2] {
+			t.Fatalf("frame %x: message %d after %d bytes", data, msg, consumed)
 		}
 	})
 }

@@ -297,9 +297,25 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// DrainHandshaker is a PeerConn whose peer may take part in the drain
+// handshake (the QUIC transport's; docs/design.md, "Draining and
+// GOAWAY"): after GOAWAY or reconnect it says when it has opened its last
+// stream and its own work on the connection has ended, so the connection
+// is closed when that work is served, not after a guessed quiet period.
+type DrainHandshaker interface {
+	// DrainAware reports whether the peer said it takes part.
+	DrainAware() bool
+	// Finished is closed once the peer said it has finished and every
+	// stream it opened has been served.
+	Finished() <-chan struct{}
+}
+
 // drainQuiet is how long a connection must have had no streams, after
-// the peer was told to go away, before it is closed: long enough for a
-// request the peer started before it read our GOAWAY to arrive.
+// the peer was told to go away, before it is closed, when the peer does
+// not take part in the drain handshake (a plain HTTP/3 client, an older
+// sidecar): long enough for a request the peer started before it read
+// our GOAWAY to arrive, on a good day. It is a guess: a stream whose
+// first packet comes later than that (loss, a stall of the peer) is lost.
 const drainQuiet = 250 * time.Millisecond
 
 // drainTick is how often a draining connection's streams are counted.
@@ -340,11 +356,22 @@ func (s *Server) drainConn(ctx context.Context, pc *peerConn) {
 
 // retireConn tells the peer to stop opening streams on pc (with signal:
 // GOAWAY when we are going away, reconnect when only this connection is),
-// waits for its streams to finish and closes it.
+// waits for its streams to finish and closes it: when the peer says it
+// has finished (the drain handshake), or, for a peer that does not take
+// part, once the connection has been quiet for drainQuiet; at the latest
+// when ctx ends.
 func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(context.Context) error, code meshcode.ConnCode) {
+	var finished <-chan struct{}
+	aware := func() bool { return false }
+	if h, ok := pc.conn.(DrainHandshaker); ok {
+		finished, aware = h.Finished(), h.DrainAware
+	}
 	gctx, cancel := context.WithTimeout(ctx, time.Second)
 	if err := signal(gctx); err != nil {
 		s.log.Debug("sending goaway failed", "peer", pc.peer.String(), "error", err)
+		// The peer will not say it finished with what it never heard of:
+		// the quiet period it is.
+		aware = func() bool { return false }
 	}
 	cancel()
 	s.log.Debug("goaway sent", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams())
@@ -366,16 +393,31 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 	// tick after such a stall closed the connection before the peer had
 	// read the GOAWAY, and the requests and tunnels it had just started
 	// on it failed (TestRollingRestartLosesNothing under load).
+	//
+	// A peer that takes part in the drain handshake is not watched for
+	// quiet at all: a quiet connection says nothing about a stream it
+	// opened whose first packet is late. Whether it does can become
+	// known during the drain (its msgDrainAware arrives late), so it is
+	// asked on every tick.
 	quietSince, quietTicks := time.Now(), 0
 	for {
 		if pc.conn.ActiveStreams() > 0 {
 			quietSince, quietTicks = time.Now(), 0
 		} else if time.Since(quietSince) >= drainQuiet && quietTicks >= int(drainQuiet/drainTick) {
-			break
+			if !aware() {
+				break
+			}
+			if h := quietHook.Load(); h != nil {
+				(*h)()
+			}
 		}
 		select {
+		case <-finished:
+			s.log.Debug("peer finished: connection drained", "peer", pc.peer.String())
+			pc.conn.Close(code, "drained")
+			return
 		case <-ctx.Done():
-			s.log.Warn("grace period over, closing peer connection with work in flight", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams())
+			s.log.Warn("grace period over, closing peer connection with work in flight", "peer", pc.peer.String(), "streams", pc.conn.ActiveStreams(), "drain_aware", aware())
 			pc.conn.Close(meshcode.ConnShutdown, "grace period over")
 			return
 		case <-pc.conn.Context().Done():
@@ -387,6 +429,11 @@ func (s *Server) retireConn(ctx context.Context, pc *peerConn, signal func(conte
 	s.log.Debug("peer connection drained", "peer", pc.peer.String())
 	pc.conn.Close(code, "drained")
 }
+
+// quietHook, if set (tests), is called on every tick on which a
+// connection whose peer takes part in the drain handshake has been quiet
+// for as long as the quiet period asks of one that does not.
+var quietHook atomic.Pointer[func()]
 
 // retireAtExpiry drains a peer's connection when the certificate it
 // authenticated with expires: the peer must reconnect, and so present a
