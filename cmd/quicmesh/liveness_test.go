@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/quicmesh/quicmesh/internal/testkit"
 	"github.com/quicmesh/quicmesh/transport"
 )
@@ -66,6 +68,31 @@ func startMeshProc(t *testing.T, bin, dir, name, inbound, cert, key, bundle stri
 // then report their measurements instead of asserting them.
 func (s *meshProc) starved(t *testing.T) bool {
 	return strings.Contains(s.logText(t), transport.LogStarved)
+}
+
+// freeze stops the process (SIGSTOP) and returns once every thread of
+// it is stopped: the kernel tells the parent (waitid WSTOPPED) when the
+// last thread has stopped. WNOWAIT leaves the child's state to cmd.Wait.
+func (s *meshProc) freeze(t *testing.T) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %s: %v", s.name, err)
+	}
+	const cldStopped = 5 // CLD_STOPPED, <asm-generic/siginfo.h>
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, s.cmd.Process.Pid, &info, unix.WSTOPPED|unix.WEXITED|unix.WNOWAIT, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("waiting for %s to stop: %v", s.name, err)
+		}
+		break
+	}
+	if info.Code != cldStopped {
+		t.Fatalf("%s did not stop on SIGSTOP (waitid si_code %d): it exited", s.name, info.Code)
+	}
 }
 
 // kill9 kills the process without a word (no CONNECTION_CLOSE, no drain).
@@ -415,9 +442,17 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 		healthyG, healthyF = max(healthyG, g), max(healthyF, f)
 		time.Sleep(500 * time.Millisecond)
 	}
-	srv.cmd.Process.Signal(syscall.SIGSTOP)
-	frozen := time.Now()
+	signalled := time.Now()
 	t.Cleanup(func() { srv.cmd.Process.Signal(syscall.SIGCONT) })
+	srv.freeze(t)
+	// The instant the whole process is known to be stopped: a request
+	// that starts after it cannot be served before the thaw. Kill
+	// returns once the signal is queued, and the process stops only when
+	// its threads next get a CPU and take it, which on a loaded machine
+	// can be tens of ms later: requests started in between may be served
+	// (3 were at load 15, at 300/s), and were counted as served during
+	// the freeze.
+	frozen := time.Now()
 	// The requests in flight at the freeze (about the rate times the
 	// liveness timeout) are a transient; after it, what the sidecar holds
 	// must not grow with the length of the partition.
@@ -440,23 +475,42 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 	outcomes := l.Finish()
 
 	var during []time.Duration
-	var slow []string
-	var servedDuring int
+	var slow, servedDuring []string
+	var stopping int
+	var servedStopping []time.Duration
 	for _, o := range outcomes {
-		// Requests started within the bound of the thaw may be served
-		// after it: a request may wait up to the bound for its answer
-		// (one started 2.3 s before the thaw, in auto mode, was).
+		if !o.Start.Before(signalled) && o.Start.Before(frozen) {
+			stopping++
+			if o.Err == "" {
+				servedStopping = append(servedStopping, o.Took.Round(time.Microsecond))
+			}
+		}
+		// What may be served: requests started before the process was
+		// stopped (those started after SIGSTOP was sent but before it
+		// took effect included: the server may still have answered
+		// them), and requests started within the bound of the thaw,
+		// which may be served after it: a request may wait up to the
+		// bound for its answer (one started 2.3 s before the thaw, in
+		// auto mode, was). Any other request's bytes reached a stopped
+		// process, which can answer only after the thaw, by when the
+		// request must have failed (the liveness watch, then the
+		// back-off): one served took longer than the bound too.
 		if o.Start.Before(frozen) || o.Start.After(thawed.Add(-bound)) {
 			continue
 		}
 		during = append(during, o.Took)
 		if o.Err == "" {
-			servedDuring++
+			servedDuring = append(servedDuring, fmt.Sprintf("started %v into the freeze (%v before the thaw), took %v", o.Start.Sub(frozen).Round(time.Millisecond), thawed.Sub(o.Start).Round(time.Millisecond), o.Took.Round(time.Millisecond)))
 		}
 		if o.Took > bound {
-			slow = append(slow, fmt.Sprintf("started %v into the freeze, failed after %v: %s", o.Start.Sub(frozen).Round(time.Millisecond), o.Took.Round(time.Millisecond), o.Err))
+			outcome := "failed: " + o.Err
+			if o.Err == "" {
+				outcome = "was served"
+			}
+			slow = append(slow, fmt.Sprintf("started %v into the freeze, took %v, %s", o.Start.Sub(frozen).Round(time.Millisecond), o.Took.Round(time.Millisecond), outcome))
 		}
 	}
+	t.Logf("the process stopped %v after SIGSTOP was sent; %d requests started meanwhile, %d of them served (taking %v)", frozen.Sub(signalled).Round(time.Microsecond), stopping, len(servedStopping), servedStopping)
 	t.Logf("during the %v freeze at %d GETs/s: %d requests failed (p50 %v, p99 %v, slowest %v), at most %d in flight; client sidecar: goroutines %v healthy / %v at the freeze / %v at most after it, open files %v / %v / %v; traffic back %v after the thaw",
 		*partitionFor, *partitionRate, len(during), percentile(during, 0.5).Round(time.Millisecond), percentile(during, 0.99).Round(time.Millisecond), percentile(during, 1).Round(time.Millisecond),
 		maxInFlight, healthyG, peakG, maxG, healthyF, peakF, maxF, back.Round(time.Millisecond))
@@ -464,11 +518,11 @@ func frozenEndpoint(t *testing.T, bin, mode string) {
 		t.Logf("the client sidecar was starved of CPU (%q in its log): timing not asserted", transport.LogStarved)
 		return
 	}
-	if servedDuring > 0 {
-		t.Errorf("%d requests started during the freeze were served", servedDuring)
+	if len(servedDuring) > 0 {
+		t.Errorf("%d requests started during the freeze were served; first: %s", len(servedDuring), strings.Join(servedDuring[:min(5, len(servedDuring))], "; "))
 	}
 	if len(slow) > 0 {
-		t.Errorf("%d of %d requests during the freeze took over %v to fail; first: %s", len(slow), len(during), bound, strings.Join(slow[:min(5, len(slow))], "; "))
+		t.Errorf("%d of %d requests during the freeze took over %v; first: %s", len(slow), len(during), bound, strings.Join(slow[:min(5, len(slow))], "; "))
 	}
 	// Hanging requests (the 60 s idle timeout of old) would have filled
 	// the load's 512 slots and grown the sidecar by over a thousand
