@@ -54,7 +54,7 @@ func (s *stallServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// get starts a request for path on pc and returns its response, body
+// roundTripPath starts a request for path on pc and returns its response, body
 // unread.
 func roundTripPath(t *testing.T, ctx context.Context, pc *PeerConn, path string) *http.Response {
 	t.Helper()
@@ -86,7 +86,10 @@ func TestStalledResponsesStayWithinReceiveWindows(t *testing.T) {
 	// connection credit: 63 with the defaults.
 	stalled := int(connBound/int64(streamWin)) - 1
 	s := &stallServer{written: make([]atomic.Int64, stalled), target: int64(streamWin), reached: make(chan struct{}, stalled)}
-	p := newPair(t, s)
+	// No liveness watch (frozen_test.go tests it): under -race on a
+	// loaded machine its 1 s would close the connection while the test
+	// pushes 70 MiB through it, and the windows are what is tested here.
+	p := newPairBoth(t, s, transport.Limits{}, transport.Limits{LivenessTimeout: -1})
 	pc := p.get(t)
 	ctx := testkit.HangCtx(t)
 	for i := range stalled {
@@ -118,6 +121,7 @@ func TestStalledResponsesStayWithinReceiveWindows(t *testing.T) {
 		}
 		total += w
 	}
+	t.Logf("%d stalled streams: peer wrote %d bytes (stream window %d, connection window %d)", stalled, total, streamWin, connBound)
 	if total > connBound {
 		t.Errorf("%d stalled streams: peer wrote %d bytes, connection window %d", stalled, total, connBound)
 	}
