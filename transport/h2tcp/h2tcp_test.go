@@ -42,13 +42,19 @@ type tunnelCall struct {
 	done   chan struct{} // closed by the test: the handler may return
 }
 
-func newPair(t *testing.T, h http.Handler) *pair {
+func newPair(t testing.TB, h http.Handler) *pair {
 	t.Helper()
 	return newPairLimits(t, h, transport.Limits{})
 }
 
 // newPairLimits is newPair with the listener's limits.
-func newPairLimits(t *testing.T, h http.Handler, lim transport.Limits) *pair {
+func newPairLimits(t testing.TB, h http.Handler, lim transport.Limits) *pair {
+	t.Helper()
+	return newPairBoth(t, h, lim, transport.Limits{})
+}
+
+// newPairBoth is newPair with the listener's and the pool's limits.
+func newPairBoth(t testing.TB, h http.Handler, lim, poolLim transport.Limits) *pair {
 	t.Helper()
 	ca := identitytest.NewCA(t, "test.local")
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
@@ -59,7 +65,7 @@ func newPairLimits(t *testing.T, h http.Handler, lim transport.Limits) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := NewPool(Config{Identity: identitytest.Provider(t, ca, clientID)})
+	pool, err := NewPool(Config{Identity: identitytest.Provider(t, ca, clientID), Limits: poolLim})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -80,6 +81,48 @@ func idleHealthCheck(l transport.Limits) (readIdle, pingTimeout time.Duration) {
 	return l.KeepAlive, max(l.IdleTimeout-l.KeepAlive, time.Millisecond)
 }
 
+// streamReceiveWindow is what one stream may make us buffer on either
+// side of the TCP transport (SETTINGS_INITIAL_WINDOW_SIZE), fixed: x/net/http2
+// has no window auto-tuning, so a stream whose reader stalls holds all
+// of it. 1 MiB keeps 63 stalled streams of one peer inside the 64 MiB
+// connection window with a window to spare for the others, and caps one
+// stream at 1 MiB per round trip (about 0.8 Gbit/s at 10 ms; on loopback
+// it is not the bottleneck, docs/benchmarks.md).
+const streamReceiveWindow = 1 << 20
+
+// receiveWindows is what one peer may make us buffer on one connection,
+// the same on the accepting and the dialling side: the QUIC transport's
+// per-peer budget (ConnectionReceiveWindow) and streamReceiveWindow.
+func receiveWindows(l transport.Limits) (conn, stream int32) {
+	return int32(min(l.ConnectionReceiveWindow, 1<<31-1)), streamReceiveWindow
+}
+
+// newTransport returns the dialling side's HTTP/2 client for limits l.
+// The receive windows can only be set through net/http's HTTP2Config
+// (http2.Transport has no fields for them; its defaults are 4 MiB per
+// stream and 1 GiB per connection), so the client is made with
+// ConfigureTransports from an http.Transport used for nothing else.
+func newTransport(l transport.Limits) (*http2.Transport, error) {
+	conn, stream := receiveWindows(l)
+	tr, err := http2.ConfigureTransports(&http.Transport{HTTP2: &http.HTTP2Config{
+		MaxReceiveBufferPerConnection: int(conn),
+		MaxReceiveBufferPerStream:     int(stream),
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("h2tcp: configuring the HTTP/2 client: %w", err)
+	}
+	// The proxy forwards what the app sent.
+	tr.DisableCompression = true
+	tr.MaxHeaderListSize = 64 << 10
+	tr.ReadIdleTimeout, tr.PingTimeout = idleHealthCheck(l)
+	// A request beyond the peer's SETTINGS_MAX_CONCURRENT_STREAMS waits
+	// for a stream, as over QUIC; without this x/net/http2 fails it as
+	// "client conn not usable" while the connection still looks usable to
+	// the pool, which handed it out again.
+	tr.StrictMaxConcurrentStreams = true
+	return tr, nil
+}
+
 type peerKey struct {
 	addr string
 	id   identity.ID
@@ -127,22 +170,14 @@ func NewPool(cfg Config) (*Pool, error) {
 		return nil, errors.New("h2tcp: no identity provider: refusing to run without mTLS")
 	}
 	cfg = cfg.withDefaults()
+	tr, err := newTransport(cfg.Limits)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	readIdle, pingTimeout := idleHealthCheck(cfg.Limits)
 	p := &Pool{
-		cfg: cfg,
-		tr: &http2.Transport{
-			// The proxy forwards what the app sent.
-			DisableCompression: true,
-			MaxHeaderListSize:  64 << 10,
-			ReadIdleTimeout:    readIdle,
-			PingTimeout:        pingTimeout,
-			// A request beyond the peer's SETTINGS_MAX_CONCURRENT_STREAMS
-			// waits for a stream, as over QUIC; without this x/net/http2
-			// fails it as "client conn not usable" while the connection
-			// still looks usable to the pool, which handed it out again.
-			StrictMaxConcurrentStreams: true,
-		},
+		cfg:    cfg,
+		tr:     tr,
 		peers:  make(map[peerKey]*peerState),
 		all:    make(map[*PeerConn]struct{}),
 		ctx:    ctx,

@@ -276,11 +276,12 @@ func (c *ServerConn) Serve(h http.Handler, tunnelFn func(str *ServerStream, targ
 	l := c.l
 	lim := l.cfg.Limits
 	hs := &http.Server{MaxHeaderBytes: l.srv.MaxHeaderBytes, ErrorLog: slog.NewLogLogger(l.cfg.Logger.Handler(), slog.LevelDebug)}
+	connWin, streamWin := receiveWindows(lim)
 	h2s := &http2.Server{
 		MaxConcurrentStreams: uint32(min(lim.MaxIncomingStreams, 1<<31-1)),
 		// The per-peer budget of the QUIC transport.
-		MaxUploadBufferPerConnection: int32(min(lim.ConnectionReceiveWindow, 1<<31-1)),
-		MaxUploadBufferPerStream:     1 << 20,
+		MaxUploadBufferPerConnection: connWin,
+		MaxUploadBufferPerStream:     streamWin,
 		// The HTTP/2 default frame size, not x/net/http2's 1 MiB: the
 		// peer's x/net/http2 Transport holds a request-body buffer of
 		// min(our SETTINGS_MAX_FRAME_SIZE, 512 KiB) for as long as a
