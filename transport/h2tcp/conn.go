@@ -147,6 +147,16 @@ func (pc *PeerConn) Forget() { pc.pool.Forget(pc) }
 // stream IDs) leaves the pool at once, so that a retry does not get it
 // again; one that ended is Pool.watch's to drop (it records why).
 func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
+	if pc.conn.ctx.Err() != nil {
+		// The connection ended after the pool handed it out. x/net may
+		// not have seen it yet and would write the request into a dead
+		// socket (EPIPE), an error that does not say whether the peer
+		// got it; here nothing was sent.
+		if req.Body != nil {
+			req.Body.Close() // the RoundTripper contract
+		}
+		return nil, pc.requestError(fmt.Errorf("h2tcp: request to %s: %w", pc.addr, errEndedBeforeRequest))
+	}
 	resp, err := pc.cc.RoundTrip(req)
 	if err != nil {
 		if pc.conn.ctx.Err() == nil && !pc.Alive() {
@@ -166,6 +176,10 @@ const (
 	textNotEstablished = "http2: client conn could not be established"
 )
 
+// errEndedBeforeRequest: the connection had ended before the request
+// was handed to it.
+var errEndedBeforeRequest = errors.New("the connection had ended before the request was sent")
+
 // requestError marks err with the kinds the proxy's retry policy needs:
 // meshcode.ErrNotProcessed when the peer provably did not process the
 // request (the stream never started, was beyond the peer's GOAWAY, or was
@@ -180,6 +194,9 @@ func (pc *PeerConn) requestError(err error) error {
 		case textClosed, textNotEstablished:
 			kinds = append(kinds, meshcode.ErrNotProcessed, meshcode.ErrConnDead)
 		}
+	}
+	if errors.Is(err, errEndedBeforeRequest) {
+		kinds = append(kinds, meshcode.ErrNotProcessed, meshcode.ErrConnDead)
 	}
 	if se, ok := errors.AsType[http2.StreamError](err); ok && se.Code == http2.ErrCodeRefusedStream {
 		kinds = append(kinds, meshcode.ErrNotProcessed)
