@@ -102,11 +102,12 @@ type conn struct {
 	deadline bool
 
 	// The watch for the app's disconnect (see watch): one goroutine per
-	// connection, armed per request. watching: armed and not yet
-	// reported; while it is, the watch goroutine owns br's reading.
+	// connection, armed per request (or arming itself: watchLoop).
+	// watching: armed and not yet reported; while it is, the watch
+	// goroutine owns br's reading.
 	watching bool
 	arm      chan struct{}
-	report   chan error // one per arm; closed when the goroutine ends
+	report   chan watchResult // one per arm; closed when the goroutine ends
 	gone     atomic.Bool
 	cancel   context.CancelFunc
 
@@ -189,15 +190,30 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // the fallback.
 func (c *conn) serve() bool {
 	first := true
+	var next watchResult
 	for {
-		head, err := c.readHead(first)
+		head, err := c.readHead(first, &next)
 		first = false
 		if err != nil {
+			if next.cancel != nil {
+				next.cancel()
+			}
 			var fe *fallbackError
 			if errors.As(err, &fe) {
 				return c.handOff()
 			}
 			return false
+		}
+		if next.cancel != nil {
+			// The watch read and parsed this head and watches on.
+			if !c.serveRequest(&next.p, next.ctx, next.cancel) {
+				return false
+			}
+			next = watchResult{}
+			if c.srv.shuttingDown() {
+				return false
+			}
+			continue
 		}
 		p, err := parseHead(head)
 		if err != nil {
@@ -210,7 +226,8 @@ func (c *conn) serve() bool {
 			}
 		}
 		c.br.Discard(len(head))
-		if !c.serveRequest(&p) {
+		ctx, cancel := context.WithCancel(c.ctx)
+		if !c.serveRequest(&p, ctx, cancel) {
 			return false
 		}
 		if c.srv.shuttingDown() {
@@ -224,8 +241,9 @@ func (c *conn) serve() bool {
 // where they bound a wait: the idle wait for the first byte, and the
 // rest of a head that did not arrive with it (the first head on a
 // connection is bounded from the start). A head that arrives in one
-// piece costs one deadline and one clear.
-func (c *conn) readHead(first bool) ([]byte, error) {
+// piece costs one deadline and one clear. A head the watch has read and
+// parsed already (see watchLoop) comes in *next, with no bytes.
+func (c *conn) readHead(first bool, next *watchResult) ([]byte, error) {
 	s := c.srv
 	switch {
 	case first:
@@ -235,19 +253,33 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 		// its read is the wait for the next head. If that head came
 		// during the response, the connection was never idle (Shutdown
 		// must not close it with the head read).
-		var err error
+		var res watchResult
 		select {
-		case err = <-c.report:
+		case res = <-c.report:
 		default:
 			if !c.state.CompareAndSwap(stateActive, stateIdle) {
 				return nil, net.ErrClosed
 			}
 			c.setDeadline(s.cfg.IdleTimeout)
-			err = <-c.report
+			if testHookIdle != nil {
+				testHookIdle()
+			}
+			res = <-c.report
+		}
+		if res.cancel != nil {
+			// The watch took the head and watches on (still armed).
+			*next = res
+			if c.deadline {
+				c.setDeadline(0) // the idle wait's, under the watch
+			}
+			if c.state.Load() != stateActive && !c.state.CompareAndSwap(stateIdle, stateActive) {
+				return nil, net.ErrClosed // closed by Shutdown while idle
+			}
+			return nil, nil
 		}
 		c.watching = false
-		if err != nil {
-			return nil, err
+		if res.err != nil {
+			return nil, res.err
 		}
 	case c.br.Buffered() == 0:
 		if !c.state.CompareAndSwap(stateActive, stateIdle) {
@@ -258,10 +290,7 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 	if c.deadline && c.br.Buffered() > 0 {
 		c.setDeadline(0)
 	}
-	limit := bufSize
-	if m := s.cfg.MaxHeaderBytes; m > 0 && m < limit {
-		limit = m
-	}
+	limit := c.headLimit()
 	scanned := 0
 	headTimer := first
 	for {
@@ -299,6 +328,14 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 	}
 }
 
+// headLimit is the largest head served here.
+func (c *conn) headLimit() int {
+	if m := c.srv.cfg.MaxHeaderBytes; m > 0 && m < bufSize {
+		return m
+	}
+	return bufSize
+}
+
 // setDeadline sets the read deadline d from now, or clears it (d 0).
 func (c *conn) setDeadline(d time.Duration) {
 	if d <= 0 {
@@ -312,12 +349,14 @@ func (c *conn) setDeadline(d time.Duration) {
 	c.deadline = true
 }
 
-// serveRequest runs the handler for one request and ends its response;
-// it reports whether the connection can carry another.
-func (c *conn) serveRequest(p *parsed) (keep bool) {
+// serveRequest runs the handler for one request, in ctx (cancel ends
+// it), and ends its response; it reports whether the connection can
+// carry another.
+func (c *conn) serveRequest(p *parsed, ctx context.Context, cancel context.CancelFunc) (keep bool) {
 	p.req.RemoteAddr = c.raddr
-	ctx, cancel := context.WithCancel(c.ctx)
-	c.cancel = cancel
+	if !c.watching {
+		c.cancel = cancel // the watch, once armed, cancels this request
+	}
 	defer cancel()
 	if c.arm == nil {
 		c.startWatch()
@@ -420,20 +459,81 @@ func (c *conn) watch() {
 // startWatch starts the connection's watch goroutine; stopWatch ends it.
 func (c *conn) startWatch() {
 	c.arm = make(chan struct{}, 1)
-	c.report = make(chan error, 1)
+	c.report = make(chan watchResult, 1)
 	go c.watchLoop()
 }
 
+// watchResult is what the watch reports: the end of its wait (err, nil
+// when bytes arrived), or a request it read itself (cancel non-nil).
+type watchResult struct {
+	p      parsed
+	ctx    context.Context
+	cancel context.CancelFunc
+	err    error
+}
+
+// watchLoop waits for the app's disconnect while armed. When the bytes
+// that end its wait are the next request's head, complete, alone in the
+// buffer and without a body, while the connection's goroutine waits idle
+// for them, the watch reads that request itself, hands it over with its
+// context, and goes on watching for it: the connection's goroutine would
+// otherwise arm it again at once, a second wake-up of this goroutine per
+// request (readHead, serveRequest). Anything else (a head in pieces, a
+// body, pipelined bytes, a head parseHead declines, a connection not
+// idle) is reported as before and the connection's goroutine reads it.
 func (c *conn) watchLoop() {
 	defer close(c.report)
 	for range c.arm {
-		_, err := c.br.Peek(1)
-		if err != nil && !isTimeout(err) {
-			c.gone.Store(true)
-			c.cancel()
+		cancel := c.cancel
+		for {
+			_, err := c.br.Peek(1)
+			if err != nil {
+				if !isTimeout(err) {
+					c.gone.Store(true)
+					cancel()
+				}
+				c.report <- watchResult{err: err}
+				break
+			}
+			res, ok := c.takeHead()
+			if testHookTake != nil {
+				testHookTake(ok)
+			}
+			if !ok {
+				c.report <- watchResult{}
+				break
+			}
+			cancel = res.cancel
+			c.report <- res
 		}
-		c.report <- err
 	}
+}
+
+// Test hooks (nil outside tests): the connection's goroutine starts its
+// idle wait under the watch; the watch found bytes and read the request
+// itself (true) or left them (false).
+var (
+	testHookIdle func()
+	testHookTake func(taken bool)
+)
+
+// takeHead reads the buffered head for watchLoop, if it may (see there).
+func (c *conn) takeHead() (watchResult, bool) {
+	if c.state.Load() != stateIdle {
+		return watchResult{}, false
+	}
+	b, _ := c.br.Peek(c.br.Buffered())
+	end, err := findHeadEnd(b, 0)
+	if err != nil || end != len(b) || end > c.headLimit() {
+		return watchResult{}, false
+	}
+	p, err := parseHead(b)
+	if err != nil || p.chunked || p.length > 0 {
+		return watchResult{}, false
+	}
+	c.br.Discard(end)
+	ctx, cancel := context.WithCancel(c.ctx)
+	return watchResult{p: p, ctx: ctx, cancel: cancel}, true
 }
 
 // stopWatch interrupts an armed watch, ends the watch goroutine and

@@ -224,3 +224,69 @@ func TestWatchEndsWithConnection(t *testing.T) {
 		})
 	}
 }
+
+// A bodiless request whose head arrives whole while the connection is
+// idle is read by the watch, which watches on for it (no second wake-up
+// of the watch per request); a request with a body, pipelined heads and
+// the first request are read by the connection's goroutine as before.
+// Every response is right either way, and the app's disconnect still
+// cancels a request the watch read.
+func TestWatchReadsIdleHeads(t *testing.T) {
+	testkit.CheckLeaks(t)
+	idle := make(chan struct{}, 16)
+	took := make(chan bool, 16)
+	t.Cleanup(func() { testHookIdle, testHookTake = nil, nil }) // after ServeConn returned
+	testHookIdle = func() { idle <- struct{}{} }
+	testHookTake = func(taken bool) { took <- taken }
+	started, cancelled := make(chan struct{}), make(chan struct{})
+	c, br, done := serveCfg(t, Config{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			close(started)
+			<-r.Context().Done()
+			close(cancelled)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, r.URL.Path+":"+string(b))
+	})})
+	for i, tt := range []struct {
+		raw   string
+		resps []string
+		took  []bool // what the watch reports for this step's bytes
+	}{
+		{"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n", []string{"/1:"}, nil},
+		{"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", []string{"/2:"}, []bool{true}},
+		{"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n", []string{"/3:"}, []bool{true}},
+		{"POST /4 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello", []string{"/4:hello"}, []bool{false}},
+		{"GET /5 HTTP/1.1\r\nHost: a\r\n\r\n", []string{"/5:"}, []bool{true}},
+		{"GET /6 HTTP/1.1\r\nHost: a\r\n\r\nGET /7 HTTP/1.1\r\nHost: a\r\n\r\n", []string{"/6:", "/7:"}, []bool{false}},
+		{"GET /8 HTTP/1.1\r\nHost: a\r\n\r\n", []string{"/8:"}, []bool{true}},
+	} {
+		if i > 0 {
+			<-idle // the previous response is out and the connection waits
+		}
+		io.WriteString(c, tt.raw)
+		for _, want := range tt.resps {
+			readOK(t, br, want)
+		}
+		for _, want := range tt.took {
+			if got := <-took; got != want {
+				t.Fatalf("step %d (%q): watch read the request: %v, want %v", i, tt.raw, got, want)
+			}
+		}
+	}
+	<-idle
+	io.WriteString(c, "GET /wait HTTP/1.1\r\nHost: a\r\n\r\n")
+	<-started
+	if !<-took {
+		t.Fatal("/wait: not read by the watch")
+	}
+	c.Close()
+	waitDone(t, cancelled, "a request the watch read was not cancelled when the app closed its connection")
+	waitDone(t, done, "ServeConn did not return")
+	select {
+	case got := <-took:
+		t.Fatalf("watch reported %v after the last request", got)
+	default:
+	}
+}
