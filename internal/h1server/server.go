@@ -6,8 +6,10 @@
 // were the largest block of the client sidecar's CPU
 // (docs/benchmarks.md, "Where a request's CPU goes").
 //
-// Here the goroutine that accepted the connection reads each request
-// head from one bufio.Reader, parses it once, strictly (CRLF only, token
+// Here the goroutine that accepted the connection (or, for a bodiless
+// request that finds the connection idle, its disconnect watch: see
+// watchLoop) reads each request head from one bufio.Reader, parses it
+// once, strictly (CRLF only, token
 // names, no control bytes, one Host, one framing), builds the
 // *http.Request the handler chain takes, and writes the response with a
 // ResponseWriter that follows net/http's framing rules.
