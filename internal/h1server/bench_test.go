@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"testing"
 
 	"github.com/quicmesh/quicmesh/internal/httpx"
@@ -75,15 +74,6 @@ func benchServe(b *testing.B, serve func(net.Conn)) {
 	}
 	req := []byte("GET /bench?size=13 HTTP/1.1\r\nHost: web:8080\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
 	br := bufio.NewReader(c)
-	// Heads the lean server's watch read itself (a wake-up of the watch
-	// saved each: TestWatchReadsIdleHeads).
-	var took atomic.Int64
-	testHookTake = func(taken bool) {
-		if taken {
-			took.Add(1)
-		}
-	}
-	defer func() { testHookTake = nil }()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
@@ -101,5 +91,4 @@ func benchServe(b *testing.B, serve func(net.Conn)) {
 	b.StopTimer()
 	c.Close()
 	<-served
-	b.ReportMetric(float64(took.Load())/float64(b.N), "watch-reads/op")
 }

@@ -6,10 +6,8 @@
 // were the largest block of the client sidecar's CPU
 // (docs/benchmarks.md, "Where a request's CPU goes").
 //
-// Here the goroutine that accepted the connection (or, for a bodiless
-// request that finds the connection idle, its disconnect watch: see
-// watchLoop) reads each request head from one bufio.Reader, parses it
-// once, strictly (CRLF only, token
+// Here the goroutine that accepted the connection reads each request
+// head from one bufio.Reader, parses it once, strictly (CRLF only, token
 // names, no control bytes, one Host, one framing), builds the
 // *http.Request the handler chain takes, and writes the response with a
 // ResponseWriter that follows net/http's framing rules.
@@ -104,12 +102,11 @@ type conn struct {
 	deadline bool
 
 	// The watch for the app's disconnect (see watch): one goroutine per
-	// connection, armed per request (or arming itself: watchLoop).
-	// watching: armed and not yet reported; while it is, the watch
-	// goroutine owns br's reading.
+	// connection, armed per request. watching: armed and not yet
+	// reported; while it is, the watch goroutine owns br's reading.
 	watching bool
 	arm      chan struct{}
-	report   chan watchResult // one per arm; closed when the goroutine ends
+	report   chan error // one per arm; closed when the goroutine ends
 	gone     atomic.Bool
 	cancel   context.CancelFunc
 
@@ -192,30 +189,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // the fallback.
 func (c *conn) serve() bool {
 	first := true
-	var next watchResult
 	for {
-		head, err := c.readHead(first, &next)
+		head, err := c.readHead(first)
 		first = false
 		if err != nil {
-			if next.cancel != nil {
-				next.cancel()
-			}
 			var fe *fallbackError
 			if errors.As(err, &fe) {
 				return c.handOff()
 			}
 			return false
-		}
-		if next.cancel != nil {
-			// The watch read and parsed this head and watches on.
-			if !c.serveRequest(&next.p, next.ctx, next.cancel) {
-				return false
-			}
-			next = watchResult{}
-			if c.srv.shuttingDown() {
-				return false
-			}
-			continue
 		}
 		p, err := parseHead(head)
 		if err != nil {
@@ -228,8 +210,7 @@ func (c *conn) serve() bool {
 			}
 		}
 		c.br.Discard(len(head))
-		ctx, cancel := context.WithCancel(c.ctx)
-		if !c.serveRequest(&p, ctx, cancel) {
+		if !c.serveRequest(&p) {
 			return false
 		}
 		if c.srv.shuttingDown() {
@@ -243,9 +224,8 @@ func (c *conn) serve() bool {
 // where they bound a wait: the idle wait for the first byte, and the
 // rest of a head that did not arrive with it (the first head on a
 // connection is bounded from the start). A head that arrives in one
-// piece costs one deadline and one clear. A head the watch has read and
-// parsed already (see watchLoop) comes in *next, with no bytes.
-func (c *conn) readHead(first bool, next *watchResult) ([]byte, error) {
+// piece costs one deadline and one clear.
+func (c *conn) readHead(first bool) ([]byte, error) {
 	s := c.srv
 	switch {
 	case first:
@@ -255,33 +235,19 @@ func (c *conn) readHead(first bool, next *watchResult) ([]byte, error) {
 		// its read is the wait for the next head. If that head came
 		// during the response, the connection was never idle (Shutdown
 		// must not close it with the head read).
-		var res watchResult
+		var err error
 		select {
-		case res = <-c.report:
+		case err = <-c.report:
 		default:
 			if !c.state.CompareAndSwap(stateActive, stateIdle) {
 				return nil, net.ErrClosed
 			}
 			c.setDeadline(s.cfg.IdleTimeout)
-			if testHookIdle != nil {
-				testHookIdle()
-			}
-			res = <-c.report
-		}
-		if res.cancel != nil {
-			// The watch took the head and watches on (still armed).
-			*next = res
-			if c.deadline {
-				c.setDeadline(0) // the idle wait's, under the watch
-			}
-			if c.state.Load() != stateActive && !c.state.CompareAndSwap(stateIdle, stateActive) {
-				return nil, net.ErrClosed // closed by Shutdown while idle
-			}
-			return nil, nil
+			err = <-c.report
 		}
 		c.watching = false
-		if res.err != nil {
-			return nil, res.err
+		if err != nil {
+			return nil, err
 		}
 	case c.br.Buffered() == 0:
 		if !c.state.CompareAndSwap(stateActive, stateIdle) {
@@ -292,7 +258,10 @@ func (c *conn) readHead(first bool, next *watchResult) ([]byte, error) {
 	if c.deadline && c.br.Buffered() > 0 {
 		c.setDeadline(0)
 	}
-	limit := c.headLimit()
+	limit := bufSize
+	if m := s.cfg.MaxHeaderBytes; m > 0 && m < limit {
+		limit = m
+	}
 	scanned := 0
 	headTimer := first
 	for {
@@ -330,14 +299,6 @@ func (c *conn) readHead(first bool, next *watchResult) ([]byte, error) {
 	}
 }
 
-// headLimit is the largest head served here.
-func (c *conn) headLimit() int {
-	if m := c.srv.cfg.MaxHeaderBytes; m > 0 && m < bufSize {
-		return m
-	}
-	return bufSize
-}
-
 // setDeadline sets the read deadline d from now, or clears it (d 0).
 func (c *conn) setDeadline(d time.Duration) {
 	if d <= 0 {
@@ -351,14 +312,12 @@ func (c *conn) setDeadline(d time.Duration) {
 	c.deadline = true
 }
 
-// serveRequest runs the handler for one request, in ctx (cancel ends
-// it), and ends its response; it reports whether the connection can
-// carry another.
-func (c *conn) serveRequest(p *parsed, ctx context.Context, cancel context.CancelFunc) (keep bool) {
+// serveRequest runs the handler for one request and ends its response;
+// it reports whether the connection can carry another.
+func (c *conn) serveRequest(p *parsed) (keep bool) {
 	p.req.RemoteAddr = c.raddr
-	if !c.watching {
-		c.cancel = cancel // the watch, once armed, cancels this request
-	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.cancel = cancel
 	defer cancel()
 	if c.arm == nil {
 		c.startWatch()
@@ -461,81 +420,20 @@ func (c *conn) watch() {
 // startWatch starts the connection's watch goroutine; stopWatch ends it.
 func (c *conn) startWatch() {
 	c.arm = make(chan struct{}, 1)
-	c.report = make(chan watchResult, 1)
+	c.report = make(chan error, 1)
 	go c.watchLoop()
 }
 
-// watchResult is what the watch reports: the end of its wait (err, nil
-// when bytes arrived), or a request it read itself (cancel non-nil).
-type watchResult struct {
-	p      parsed
-	ctx    context.Context
-	cancel context.CancelFunc
-	err    error
-}
-
-// watchLoop waits for the app's disconnect while armed. When the bytes
-// that end its wait are the next request's head, complete, alone in the
-// buffer and without a body, while the connection's goroutine waits idle
-// for them, the watch reads that request itself, hands it over with its
-// context, and goes on watching for it: the connection's goroutine would
-// otherwise arm it again at once, a second wake-up of this goroutine per
-// request (readHead, serveRequest). Anything else (a head in pieces, a
-// body, pipelined bytes, a head parseHead declines, a connection not
-// idle) is reported as before and the connection's goroutine reads it.
 func (c *conn) watchLoop() {
 	defer close(c.report)
 	for range c.arm {
-		cancel := c.cancel
-		for {
-			_, err := c.br.Peek(1)
-			if err != nil {
-				if !isTimeout(err) {
-					c.gone.Store(true)
-					cancel()
-				}
-				c.report <- watchResult{err: err}
-				break
-			}
-			res, ok := c.takeHead()
-			if testHookTake != nil {
-				testHookTake(ok)
-			}
-			if !ok {
-				c.report <- watchResult{}
-				break
-			}
-			cancel = res.cancel
-			c.report <- res
+		_, err := c.br.Peek(1)
+		if err != nil && !isTimeout(err) {
+			c.gone.Store(true)
+			c.cancel()
 		}
+		c.report <- err
 	}
-}
-
-// Test hooks (nil outside tests): the connection's goroutine starts its
-// idle wait under the watch; the watch found bytes and read the request
-// itself (true) or left them (false).
-var (
-	testHookIdle func()
-	testHookTake func(taken bool)
-)
-
-// takeHead reads the buffered head for watchLoop, if it may (see there).
-func (c *conn) takeHead() (watchResult, bool) {
-	if c.state.Load() != stateIdle {
-		return watchResult{}, false
-	}
-	b, _ := c.br.Peek(c.br.Buffered())
-	end, err := findHeadEnd(b, 0)
-	if err != nil || end != len(b) || end > c.headLimit() {
-		return watchResult{}, false
-	}
-	p, err := parseHead(b)
-	if err != nil || p.chunked || p.length > 0 {
-		return watchResult{}, false
-	}
-	c.br.Discard(end)
-	ctx, cancel := context.WithCancel(c.ctx)
-	return watchResult{p: p, ctx: ctx, cancel: cancel}, true
 }
 
 // stopWatch interrupts an armed watch, ends the watch goroutine and
