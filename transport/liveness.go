@@ -163,6 +163,23 @@ func (s *Silence) Verdict(deadline time.Duration, pings bool) (dead, deferred bo
 // eighth of the deadline, 125 ms with the defaults.
 func StallLimit(deadline time.Duration) time.Duration { return deadline / 8 }
 
+// VerdictBound is the latest, in wall time after a peer fell silent,
+// that a watch with deadline declares it dead on a process it never
+// found starved (LivenessStats.Starved; a watch that did started over,
+// and the bound counts from then): the poll that sees the silence start
+// plus the silence the polls must credit, the deadline, or twice it once
+// a verdict was deferred (Silence.Verdict); each poll credits one
+// interval, and one that ran more than an interval late would have
+// found the process starved, so a credited interval takes at most two
+// of wall time. With the defaults 2.5 s, 4.5 s if deferred.
+func VerdictBound(deadline time.Duration, deferred bool) time.Duration {
+	credited := deadline
+	if deferred {
+		credited = 2 * deadline
+	}
+	return 2 * (livenessPoll(deadline) + credited)
+}
+
 // LivenessPolls paces a liveness watch: a poll every quarter of the
 // timeout, telling each whether this process was starved.
 type LivenessPolls struct {
