@@ -174,7 +174,7 @@ func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
 		t.Run(fmt.Sprintf("request in flight %v", busy), func(t *testing.T) {
 			release := make(chan struct{})
 			started := make(chan struct{}, 1)
-			var clock stoppableClock
+			var clock testkit.StoppableClock
 			p := newPairConfig(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				started <- struct{}{}
 				select {
@@ -204,13 +204,13 @@ func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
 				}()
 				<-started
 			}
-			restarted := watchRestarts(t, p.pool)
+			restarted := testkit.LastChange(t, func() uint64 { return p.pool.LivenessStats().Starved })
 			relay.freeze()
-			clock.stop()
+			clock.Stop()
 			frozen := time.Now()
 			took := declaredDead(t, pc, frozen)
 			lv := p.pool.LivenessStats()
-			from := later(frozen, restarted())
+			from := testkit.Later(frozen, restarted())
 			t.Logf("watch %+v", lv)
 			if bound := transport.VerdictBound(limits.LivenessTimeout, lv.Deferred > 0); took-from.Sub(frozen) > bound {
 				t.Fatalf("declared dead %v after the peer froze, %v after the watch last started over (watch %+v); want within %v (liveness timeout %v)",
@@ -242,66 +242,6 @@ func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
 			}
 		})
 	}
-}
-
-// watchRestarts samples the pool's count of liveness polls that found
-// this process starved (the watch then started over: the silence counts
-// from that poll) until the test ends. The function it returns tells
-// when the count was last seen to grow (the zero time if not yet): no
-// earlier than the last start-over, so a bound counted from it is no
-// tighter than the watch's.
-func watchRestarts(t *testing.T, p *Pool) func() time.Time {
-	var last atomic.Pointer[time.Time]
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		seen := p.LivenessStats().Starved
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			if n := p.LivenessStats().Starved; n != seen {
-				seen = n
-				now := time.Now()
-				last.Store(&now)
-			}
-		}
-	})
-	t.Cleanup(func() { close(stop); wg.Wait() })
-	return func() time.Time {
-		if at := last.Load(); at != nil {
-			return *at
-		}
-		return time.Time{}
-	}
-}
-
-// later is the later of a and b.
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
-}
-
-// stoppableClock is a back-off clock (Config.Now): the time until
-// stopped, then the time it was stopped at.
-type stoppableClock struct{ at atomic.Pointer[time.Time] }
-
-func (c *stoppableClock) Now() time.Time {
-	if at := c.at.Load(); at != nil {
-		return *at
-	}
-	return time.Now()
-}
-
-func (c *stoppableClock) stop() {
-	now := time.Now()
-	c.at.Store(&now)
 }
 
 // declaredDead waits for pc to end, marked as an idle timeout (declared
@@ -361,7 +301,7 @@ func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			restarted := watchRestarts(t, p.pool)
+			restarted := testkit.LastChange(t, func() uint64 { return p.pool.LivenessStats().Starved })
 			stalled.Store(true)
 			relay.hold()
 			held := time.Now()
@@ -388,7 +328,7 @@ func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
 			// Twice the timeout as the polls credit it, which a loaded
 			// machine at most doubles (as over QUIC), from the freeze or
 			// the watch's last start-over.
-			from := later(held, restarted())
+			from := testkit.Later(held, restarted())
 			if bound := transport.VerdictBound(limits.LivenessTimeout, true); detected-from.Sub(held) > bound {
 				t.Fatalf("a silent peer declared dead %v after the answers stopped, %v after the watch last started over (watch %+v); want within %v",
 					detected, detected-from.Sub(held), lv, bound)
