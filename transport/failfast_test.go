@@ -163,7 +163,7 @@ func TestUnresponsivePeerDeclaredDead(t *testing.T) {
 			// port stays open, so no port-unreachable probe speeds it
 			// up).
 			since := detected - testkit.Later(frozen, restarted()).Sub(frozen)
-			if bound := transport.VerdictBound(deadline, lv.Deferred > 0); lv.Declared != 1 || lv.Unreachable != 0 || since > bound {
+			if bound := transport.VerdictBound(limits.LivenessTimeout, deadline, lv.Deferred > 0); lv.Declared != 1 || lv.Unreachable != 0 || since > bound {
 				t.Fatalf("declared dead after %v, %v after the watch last started over, by %+v; want the liveness watch within %v", detected, since, lv, bound)
 			}
 			if wait != nil {
@@ -285,9 +285,9 @@ func TestKilledPeerFailsFastAndIsRedialled(t *testing.T) {
 			// of its last start-over if it found this process starved.
 			lv := p.LivenessStats()
 			deadline := transport.LivenessDeadline(limits, pc.Conn.ConnectionStats())
-			if d := time.Since(killed); d-testkit.Later(killed, restarted()).Sub(killed) > transport.VerdictBound(deadline, lv.Deferred > 0) {
+			if d := time.Since(killed); d-testkit.Later(killed, restarted()).Sub(killed) > transport.VerdictBound(limits.LivenessTimeout, deadline, lv.Deferred > 0) {
 				t.Fatalf("request to the killed peer failed after %v; liveness timeout %v, deadline %v, verdict bound %v from the watch's last start-over (watch: %+v)",
-					d, limits.LivenessTimeout, deadline, transport.VerdictBound(deadline, lv.Deferred > 0), lv)
+					d, limits.LivenessTimeout, deadline, transport.VerdictBound(limits.LivenessTimeout, deadline, lv.Deferred > 0), lv)
 			}
 			// Its port stays closed: the probe after the first silent
 			// poll finds it (two polls, 500 ms with the defaults, at

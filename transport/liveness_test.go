@@ -240,7 +240,7 @@ func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
 			// from the freeze or the watch's last start-over.
 			deadline := transport.LivenessDeadline(limits, pc.Conn.ConnectionStats())
 			since := detected - testkit.Later(frozen, restarted()).Sub(frozen)
-			if bound := transport.VerdictBound(deadline, true); lv.Declared != 1 || since > bound {
+			if bound := transport.VerdictBound(limits.LivenessTimeout, deadline, true); lv.Declared != 1 || since > bound {
 				t.Fatalf("a silent peer declared dead after %v, %v after the watch last started over, by %+v; want the liveness watch within %v", detected, since, lv, bound)
 			}
 		})

@@ -213,7 +213,7 @@ func TestFrozenPeerDeclaredDeadWithinLivenessTimeout(t *testing.T) {
 			lv := p.pool.LivenessStats()
 			from := testkit.Later(frozen, restarted())
 			t.Logf("watch %+v", lv)
-			if bound := transport.VerdictBound(limits.LivenessTimeout, lv.Deferred > 0); took-from.Sub(frozen) > bound {
+			if bound := transport.VerdictBound(limits.LivenessTimeout, limits.LivenessTimeout, lv.Deferred > 0); took-from.Sub(frozen) > bound {
 				t.Fatalf("declared dead %v after the peer froze, %v after the watch last started over (watch %+v); want within %v (liveness timeout %v)",
 					took, took-from.Sub(frozen), lv, bound, limits.LivenessTimeout)
 			}
@@ -332,7 +332,7 @@ func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
 			// machine at most doubles (as over QUIC), from the freeze or
 			// the watch's last start-over.
 			from := testkit.Later(held, restarted())
-			if bound := transport.VerdictBound(limits.LivenessTimeout, true); detected-from.Sub(held) > bound {
+			if bound := transport.VerdictBound(limits.LivenessTimeout, limits.LivenessTimeout, true); detected-from.Sub(held) > bound {
 				t.Fatalf("a silent peer declared dead %v after the answers stopped, %v after the watch last started over (watch %+v); want within %v",
 					detected, detected-from.Sub(held), lv, bound)
 			}
