@@ -161,9 +161,9 @@ func (r *freezingRelay) copy(dst, src net.Conn, fromPeer bool) {
 
 // A peer that freezes after the connection is up (SIGSTOP, a partition)
 // is declared dead by the liveness watch (HTTP/2 PINGs), as over QUIC,
-// busy connection or quiet: within transport.VerdictBound of the freeze
-// unless the watch found this process starved (then it started over,
-// which only delays it); the connection ends marked as an idle timeout,
+// busy connection or quiet: within transport.VerdictBound of the freeze,
+// or of the watch's last start-over if it found this process starved;
+// the connection ends marked as an idle timeout,
 // a request in flight fails marked ErrConnDead, the peer is reported
 // unresponsive and is in back-off: Unavailable, and Get fails at once.
 // The pool's back-off clock stands still from the freeze on, so "in
