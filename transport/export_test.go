@@ -4,6 +4,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
@@ -19,3 +21,9 @@ func SetStallHook(p *Pool, stall func() time.Duration) { p.stallHook.Store(&stal
 
 // SkipBodyLook turns endedBodies' look off (true) or on, for benchmarks.
 func SkipBodyLook(skip bool) { skipBodyLook.Store(skip) }
+
+// LivenessDeadline is the deadline the liveness watch holds a peer that
+// can be PINGed to, given its connection's stats.
+func LivenessDeadline(l Limits, st quic.ConnectionStats) time.Duration {
+	return livenessDeadline(l, st, true)
+}

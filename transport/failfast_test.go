@@ -125,7 +125,8 @@ func TestUnresponsivePeerDeclaredDead(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startMeshServer(t, identitytest.Provider(t, ca, serverID), nil, transport.Limits{})
 			relay := testkit.NewUDPRelay(t, srv.ep.Addr().String())
-			p := newPool(t, ca, transport.Limits{})
+			var clock testkit.StoppableClock
+			p := newPoolNow(t, ca, transport.Limits{}, clock.Now)
 			failed := failures(p)
 			limits := srv.ep.Limits()
 			pc := get(t, p, relay.Addr())
@@ -137,28 +138,33 @@ func TestUnresponsivePeerDeclaredDead(t *testing.T) {
 				wait = tt.inFlight(t, pc, srv)
 			}
 
+			restarted := testkit.LastChange(t, func() uint64 { return p.LivenessStats().Starved })
 			relay.Blackhole(true)
+			// The back-off starts from the freeze as far as the pool
+			// knows, until the peer answers again below.
+			clock.Stop()
 			frozen := time.Now()
 			select {
 			case <-pc.Conn.Context().Done():
-			case <-time.After(2 * limits.IdleTimeout):
+			case <-time.After(time.Until(testkit.HangGuard(t))):
 				t.Fatalf("connection to a peer that stopped answering still open after %v (idle timeout %v)", time.Since(frozen), limits.IdleTimeout)
 			}
 			detected := time.Since(frozen)
 			lv := p.LivenessStats()
-			t.Logf("declared dead after %v (idle timeout %v, keep-alive %v, liveness timeout %v; watch: %+v)", detected, limits.IdleTimeout, limits.KeepAlive, limits.LivenessTimeout, lv)
-			// The liveness watch finds it, busy or quiet: the last
-			// packet came at most one poll before the freeze (on a
-			// quiet connection: the ACK of the last PING), and the
-			// watch decides at most one poll after the timeout. Polls
-			// that run late credit one interval each, and one late by
-			// more than an interval starts the watch over (Starved),
-			// so a loaded machine at most doubles that; the relay's
+			// The deadline the watch held the peer to: the liveness
+			// timeout (the pool's limits are the defaults, as the
+			// server's), or three probe timeouts if this loaded process
+			// measured round trips that long.
+			deadline := transport.LivenessDeadline(limits, pc.Conn.ConnectionStats())
+			t.Logf("declared dead after %v (idle timeout %v, keep-alive %v, liveness timeout %v, deadline %v; watch: %+v)", detected, limits.IdleTimeout, limits.KeepAlive, limits.LivenessTimeout, deadline, lv)
+			// The liveness watch finds it, busy or quiet, within
+			// transport.VerdictBound of the freeze, or of its last
+			// start-over if it found this process starved (the relay's
 			// port stays open, so no port-unreachable probe speeds it
-			// up.
-			bound := 2 * (limits.LivenessTimeout + 2*limits.LivenessTimeout/4)
-			if lv.Declared != 1 || lv.Unreachable != 0 || lv.Starved == 0 && detected > bound {
-				t.Fatalf("declared dead after %v by %+v; want the liveness watch within %v", detected, lv, bound)
+			// up).
+			since := detected - testkit.Later(frozen, restarted()).Sub(frozen)
+			if bound := transport.VerdictBound(limits.LivenessTimeout, deadline, lv.Deferred > 0); lv.Declared != 1 || lv.Unreachable != 0 || since > bound {
+				t.Fatalf("declared dead after %v, %v after the watch last started over, by %+v; want the liveness watch within %v", detected, since, lv, bound)
 			}
 			if wait != nil {
 				err := wait()
@@ -177,16 +183,18 @@ func TestUnresponsivePeerDeclaredDead(t *testing.T) {
 			if p.Len() != 0 {
 				t.Fatal("the dead connection is still pooled")
 			}
-			// The peer is in back-off, and while it is probed callers
-			// fail at once instead of waiting for the connect timeout.
-			start := time.Now()
-			_, err := p.Get(context.Background(), relay.Addr(), identity.MustParseID(serverID))
-			if !errors.Is(err, transport.ErrPeerUnavailable) || time.Since(start) > limits.DialTimeout/2 {
-				t.Fatalf("Get after the peer died: %v after %v; want ErrPeerUnavailable at once", err, time.Since(start))
+			// The peer is in back-off: callers fail at once instead of
+			// waiting for a dial (a Get that waited would end with its
+			// context, done before the call).
+			done, cancel := context.WithCancel(context.Background())
+			cancel()
+			if _, err := p.Get(done, relay.Addr(), identity.MustParseID(serverID)); !errors.Is(err, transport.ErrPeerUnavailable) {
+				t.Fatalf("Get after the peer died: %v; want ErrPeerUnavailable at once", err)
 			}
 
 			// The peer answers again: a fresh connection within the
 			// back-off and one probe.
+			clock.Resume()
 			relay.Blackhole(false)
 			back := time.Now()
 			testkit.Eventually(t, "a fresh connection", func() bool {
@@ -196,6 +204,18 @@ func TestUnresponsivePeerDeclaredDead(t *testing.T) {
 			t.Logf("reconnected %v after the peer answered again", time.Since(back))
 		})
 	}
+}
+
+// newPoolNow is newPool with the back-off clock now.
+func newPoolNow(t *testing.T, ca *identity.CA, limits transport.Limits, now func() time.Time) *transport.Pool {
+	t.Helper()
+	ep, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, clientID), Limits: limits, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := transport.NewPool(ep)
+	t.Cleanup(func() { p.Close(); ep.Close() })
+	return p
 }
 
 // A peer that dies without a word (kill -9: its socket vanishes, no
@@ -231,6 +251,7 @@ func TestKilledPeerFailsFastAndIsRedialled(t *testing.T) {
 			p := newPool(t, ca, transport.Limits{})
 			pc := get(t, p, addr)
 
+			restarted := testkit.LastChange(t, func() uint64 { return p.LivenessStats().Starved })
 			// kill -9: the socket goes first, so nothing is said.
 			udp.Close()
 			srv.ep.Close()
@@ -260,12 +281,13 @@ func TestKilledPeerFailsFastAndIsRedialled(t *testing.T) {
 			if !errors.Is(err, meshcode.ErrConnDead) {
 				t.Fatalf("request to the killed peer: %v; want it marked ErrConnDead", err)
 			}
-			// The liveness watch's timeout and two of its polls, at
-			// most doubled by late polls, unless it found this process
-			// starved and started over.
+			// Within the liveness watch's verdict bound of the kill, or
+			// of its last start-over if it found this process starved.
 			lv := p.LivenessStats()
-			if d := time.Since(killed); d > 2*limits.IdleTimeout || lv.Starved == 0 && d > 2*(limits.LivenessTimeout+2*limits.LivenessTimeout/4) {
-				t.Fatalf("request to the killed peer failed after %v; liveness timeout %v, idle timeout %v (watch: %+v)", d, limits.LivenessTimeout, limits.IdleTimeout, lv)
+			deadline := transport.LivenessDeadline(limits, pc.Conn.ConnectionStats())
+			if d := time.Since(killed); d-testkit.Later(killed, restarted()).Sub(killed) > transport.VerdictBound(limits.LivenessTimeout, deadline, lv.Deferred > 0) {
+				t.Fatalf("request to the killed peer failed after %v; liveness timeout %v, deadline %v, verdict bound %v from the watch's last start-over (watch: %+v)",
+					d, limits.LivenessTimeout, deadline, transport.VerdictBound(limits.LivenessTimeout, deadline, lv.Deferred > 0), lv)
 			}
 			// Its port stays closed: the probe after the first silent
 			// poll finds it (two polls, 500 ms with the defaults, at

@@ -163,6 +163,29 @@ func (s *Silence) Verdict(deadline time.Duration, pings bool) (dead, deferred bo
 // eighth of the deadline, 125 ms with the defaults.
 func StallLimit(deadline time.Duration) time.Duration { return deadline / 8 }
 
+// VerdictBound is the latest, in wall time after a peer fell silent,
+// that a watch with timeout declares it dead, holding it to deadline
+// (the timeout, or longer on a slow path: livenessDeadline) and PINGing
+// it, on a process it never found starved (LivenessStats.Starved; a
+// watch that did started over, and the bound counts from then). Each
+// poll credits the silence with one interval and may run at most one
+// interval late (later, it finds the process starved), so a credited
+// interval takes at most two of wall time; the poll that sees the
+// silence begin is one more. The verdict needs the deadline credited and
+// a PING (sent once half of it is credited) unanswered for half of it,
+// both in whole polls, or twice the deadline once a verdict was
+// deferred (Silence.Verdict). With the defaults 2.5 s, 4.5 s if
+// deferred.
+func VerdictBound(timeout, deadline time.Duration, deferred bool) time.Duration {
+	poll := livenessPoll(timeout)
+	polls := func(d time.Duration) time.Duration { return (d + poll - 1) / poll }
+	n := max(polls(deadline), 2*polls(deadline/2))
+	if deferred {
+		n = max(n, polls(2*deadline))
+	}
+	return 2 * poll * (1 + n)
+}
+
 // LivenessPolls paces a liveness watch: a poll every quarter of the
 // timeout, telling each whether this process was starved.
 type LivenessPolls struct {

@@ -208,6 +208,7 @@ func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
 			})
 			pc := get(t, p, relay.Addr())
 
+			restarted := testkit.LastChange(t, func() uint64 { return p.LivenessStats().Starved })
 			stalled.Store(true)
 			relay.Blackhole(true)
 			frozen := time.Now()
@@ -235,9 +236,12 @@ func TestLivenessDefersVerdictWhileStalled(t *testing.T) {
 			lv := p.LivenessStats()
 			t.Logf("declared dead after %v; watch %+v", detected, lv)
 			// Twice the deadline as the polls credit it, which a
-			// loaded machine at most doubles (TestUnresponsivePeerDeclaredDead).
-			if bound := 2 * (2*limits.LivenessTimeout + 2*limits.LivenessTimeout/4); lv.Declared != 1 || lv.Starved == 0 && detected > bound {
-				t.Fatalf("a silent peer declared dead after %v by %+v; want the liveness watch within %v", detected, lv, bound)
+			// loaded machine at most doubles (transport.VerdictBound),
+			// from the freeze or the watch's last start-over.
+			deadline := transport.LivenessDeadline(limits, pc.Conn.ConnectionStats())
+			since := detected - testkit.Later(frozen, restarted()).Sub(frozen)
+			if bound := transport.VerdictBound(limits.LivenessTimeout, deadline, true); lv.Declared != 1 || since > bound {
+				t.Fatalf("a silent peer declared dead after %v, %v after the watch last started over, by %+v; want the liveness watch within %v", detected, since, lv, bound)
 			}
 		})
 	}

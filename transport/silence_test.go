@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -124,6 +125,57 @@ func TestSilence(t *testing.T) {
 				if reset != st.reset || due != st.due || dead != st.dead || deferred != st.deferred {
 					t.Fatalf("poll %d (quiet %v): reset %v, PING due %v, dead %v, deferred %v; want %v, %v, %v, %v", i, s.Quiet(), reset, due, dead, deferred, st.reset, st.due, st.dead, st.deferred)
 				}
+			}
+		})
+	}
+}
+
+// VerdictBound is what Silence does at the worst a watch that is never
+// starved allows: every poll an interval late (two of wall time, one
+// credited), the silence seen beginning one poll after the last packet.
+// Counted here by running Silence to its verdict, with no stall and
+// with a stall deferring every verdict it can; for deadlines that are
+// and are not whole polls (three probe timeouts of a path measured slow).
+func TestVerdictBound(t *testing.T) {
+	const timeout = time.Second
+	poll := timeout / 4
+	for _, tt := range []struct {
+		deadline time.Duration
+		deferred bool
+		want     time.Duration // with the defaults, as documented
+	}{
+		{timeout, false, 2500 * time.Millisecond},
+		{timeout, true, 4500 * time.Millisecond},
+		{1112 * time.Millisecond, false, 0},
+		{1112 * time.Millisecond, true, 0},
+		{1700 * time.Millisecond, false, 0},
+		{1700 * time.Millisecond, true, 0},
+	} {
+		t.Run(fmt.Sprintf("deadline %v deferred %v", tt.deadline, tt.deferred), func(t *testing.T) {
+			var s transport.Silence
+			now := time.Now()
+			wall := 2 * poll // the poll that sees the last packet
+			s.Observe(1, now, poll, false)
+			for {
+				now = now.Add(2 * poll)
+				wall += 2 * poll
+				if s.Observe(1, now, poll, false) {
+					t.Fatal("the silence started over")
+				}
+				if tt.deferred {
+					s.Stalled(transport.StallLimit(tt.deadline))
+				}
+				s.PingDue(tt.deadline)
+				if dead, _ := s.Verdict(tt.deadline, true); dead {
+					break
+				}
+				if wall > time.Minute {
+					t.Fatal("never declared dead")
+				}
+			}
+			got := transport.VerdictBound(timeout, tt.deadline, tt.deferred)
+			if got != wall || tt.want != 0 && got != tt.want {
+				t.Fatalf("VerdictBound = %v; Silence declared dead after %v of wall time (documented: %v, 0 for none)", got, wall, tt.want)
 			}
 		})
 	}

@@ -26,6 +26,10 @@ const (
 	clientID = "spiffe://test.local/client"
 )
 
+// pairDialTimeout is the dial and handshake timeout of a pair's pool
+// and listener unless the test sets one.
+const pairDialTimeout = 10 * time.Second
+
 // pair is a listener serving with handlers the test sets and a pool
 // dialling it.
 type pair struct {
@@ -56,6 +60,24 @@ func newPairLimits(t testing.TB, h http.Handler, lim transport.Limits) *pair {
 // newPairBoth is newPair with the listener's and the pool's limits.
 func newPairBoth(t testing.TB, h http.Handler, lim, poolLim transport.Limits) *pair {
 	t.Helper()
+	return newPairConfig(t, h, lim, Config{Limits: poolLim})
+}
+
+// newPairConfig is newPair with the listener's limits and the pool's
+// config (its Identity is the test's).
+func newPairConfig(t testing.TB, h http.Handler, lim transport.Limits, poolCfg Config) *pair {
+	t.Helper()
+	// Dial and handshake timeouts are not what the tests of a pair are
+	// about (frozen_test.go's dial test sets its own): with -race, two
+	// CPU hogs and the package's tests in parallel, the default 1 s dial
+	// timeout once failed a dial to this listener next door
+	// (TestGoAwayDrainsPeer, "dial tcp: i/o timeout"; the kernel
+	// completes a loopback connect at once, so this process had not run).
+	for _, l := range []*transport.Limits{&lim, &poolCfg.Limits} {
+		if l.DialTimeout == 0 && l.HandshakeTimeout == 0 {
+			l.DialTimeout, l.HandshakeTimeout = pairDialTimeout, pairDialTimeout
+		}
+	}
 	ca := identitytest.NewCA(t, "test.local")
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -65,7 +87,8 @@ func newPairBoth(t testing.TB, h http.Handler, lim, poolLim transport.Limits) *p
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := NewPool(Config{Identity: identitytest.Provider(t, ca, clientID), Limits: poolLim})
+	poolCfg.Identity = identitytest.Provider(t, ca, clientID)
+	pool, err := NewPool(poolCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
