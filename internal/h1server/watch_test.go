@@ -224,3 +224,86 @@ func TestWatchEndsWithConnection(t *testing.T) {
 		})
 	}
 }
+
+// The connection's two goroutines swap roles: a head that arrives while
+// the connection is idle is served by the goroutine that watched for
+// it, and the other watches. Whichever goroutine's turn it is, every
+// response is right, the app's disconnect cancels the request in
+// flight, and the connection ends (close, fallback, panic, idle
+// timeout, disconnect) with both goroutines and ServeConn returning
+// after the fallback has it.
+func TestRolesSwap(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		idle time.Duration
+		raw  string // the last request; "" for none
+	}{
+		{"close", 0, "GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"},
+		{"fallback", 0, "GET /last HTTP/1.0\r\n\r\n"},
+		{"panic", 0, "GET /panic HTTP/1.1\r\nHost: a\r\n\r\n"},
+		{"disconnect", 0, "GET /wait HTTP/1.1\r\nHost: a\r\n\r\n"},
+		{"disconnect after a body", 0, "POST /wait HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"},
+		{"idle timeout", 50 * time.Millisecond, ""},
+	} {
+		for before := range 4 { // requests served first: which goroutine serves the last
+			t.Run(fmt.Sprintf("%s/%d", tt.name, before), func(t *testing.T) {
+				testkit.CheckLeaks(t)
+				idle := make(chan struct{}, 8)
+				t.Cleanup(func() { testHookIdle = nil }) // after ServeConn returned
+				testHookIdle = func() { idle <- struct{}{} }
+				started, cancelled, handedOff := make(chan struct{}), make(chan struct{}), make(chan struct{})
+				c, br, done := serveCfg(t, Config{
+					IdleTimeout:       tt.idle,
+					ReadHeaderTimeout: tt.idle,
+					Log:               testkit.DebugLogger(),
+					Fallback:          func(c net.Conn) { close(handedOff); c.Close() },
+					Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						b, _ := io.ReadAll(r.Body)
+						switch r.URL.Path {
+						case "/panic":
+							panic("test panic")
+						case "/wait":
+							close(started)
+							<-r.Context().Done()
+							close(cancelled)
+							return
+						}
+						io.WriteString(w, r.URL.Path+":"+string(b))
+					}),
+				})
+				for i := range before {
+					if i > 0 {
+						<-idle // the previous response is out and the connection waits
+					}
+					p := "/r" + strconv.Itoa(i)
+					if i%2 == 0 {
+						io.WriteString(c, "GET "+p+" HTTP/1.1\r\nHost: a\r\n\r\n")
+						readOK(t, br, p+":")
+					} else {
+						io.WriteString(c, "POST "+p+" HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+						readOK(t, br, p+":hello")
+					}
+				}
+				if before > 0 {
+					<-idle
+				}
+				io.WriteString(c, tt.raw)
+				switch tt.name {
+				case "disconnect", "disconnect after a body":
+					<-started
+					c.Close()
+					waitDone(t, cancelled, "the request was not cancelled when the app closed its connection")
+				case "close":
+					readOK(t, br, "/last:")
+					fallthrough
+				default:
+					io.Copy(io.Discard, br) // the server ends the connection
+				}
+				waitDone(t, done, "ServeConn did not return")
+				if tt.name == "fallback" {
+					waitDone(t, handedOff, "not handed to the fallback")
+				}
+			})
+		}
+	}
+}
