@@ -101,27 +101,14 @@ type conn struct {
 	// deadline: a read deadline is set on nc.
 	deadline bool
 
-	// The watch for the app's disconnect (see watch). A connection has
-	// two goroutines, ServeConn's and one started with its first
-	// request, which swap roles: the one serving arms the other (the
-	// standby) to watch, and if the watch outlasts the response, the
-	// watcher serves the next head it sees while the former server
-	// waits as the standby. watching: armed and its result not yet
-	// taken by the server; while it is, the watcher owns br's reading.
+	// The watch for the app's disconnect (see watch): one goroutine per
+	// connection, armed per request. watching: armed and not yet
+	// reported; while it is, the watch goroutine owns br's reading.
 	watching bool
-	arm      chan armMsg   // to the standby
-	exited   chan struct{} // closed when the second goroutine ends
+	arm      chan struct{}
+	report   chan error // one per arm; closed when the goroutine ends
 	gone     atomic.Bool
 	cancel   context.CancelFunc
-
-	// Between the watcher and the server, under mu: posted, the
-	// watcher's result (watchErr) waits for the server; idle, the
-	// server finished its response before the watch ended and left the
-	// next head to the watcher.
-	mu       sync.Mutex
-	posted   bool
-	idle     bool
-	watchErr error
 
 	pending []byte
 	header  http.Header // the response header, cleared between requests
@@ -149,26 +136,11 @@ func (s *Server) ServeConn(nc net.Conn) {
 		return
 	}
 	defer s.remove(c)
-	out := c.serve(true)
-	byOther := false
-	if out == outStandby {
-		out, byOther = c.standby()
-	}
-	if c.arm != nil {
-		if !byOther {
-			// The other goroutine is the standby (or watching): stop it.
-			c.interruptWatch()
-			c.arm <- msgStop
-		}
-		<-c.exited
-		c.arm = nil
-	}
-	c.watching = false
-	if out == outFallback {
-		c.handOff()
+	if c.serve() {
 		return // the fallback has it
 	}
 	nc.Close()
+	c.stopWatch()
 }
 
 func (s *Server) add(c *conn) bool {
@@ -213,67 +185,39 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// outcome is how a goroutine's turn as the server ends.
-type outcome uint8
-
-const (
-	outClose    outcome = iota // close the connection
-	outFallback                // hand it to the fallback
-	outStandby                 // the watcher serves the next head
-)
-
-// armMsg is a message to the standby goroutine.
-type armMsg uint8
-
-const (
-	msgWatch    armMsg = iota // watch (see watch)
-	msgStop                   // the connection ended: exit (to the second goroutine)
-	msgClose                  // the second goroutine ended the connection: close it (to ServeConn's)
-	msgFallback               // … hand it to the fallback (to ServeConn's)
-)
-
-// serve runs the request loop until the connection ends or the next
-// head is left to the watcher.
-func (c *conn) serve(first bool) outcome {
+// serve runs the request loop; it reports whether the connection went to
+// the fallback.
+func (c *conn) serve() bool {
+	first := true
 	for {
 		head, err := c.readHead(first)
 		first = false
 		if err != nil {
 			var fe *fallbackError
-			switch {
-			case err == errStandby:
-				return outStandby
-			case errors.As(err, &fe):
-				return outFallback
+			if errors.As(err, &fe) {
+				return c.handOff()
 			}
-			return outClose
+			return false
 		}
 		p, err := parseHead(head)
 		if err != nil {
-			return outFallback
+			return c.handOff()
 		}
 		if p.chunked {
 			rest, _ := c.br.Peek(c.br.Buffered())
 			if !chunksValidSoFar(rest[len(head):]) {
-				return outFallback
+				return c.handOff()
 			}
 		}
 		c.br.Discard(len(head))
 		if !c.serveRequest(&p) {
-			return outClose
+			return false
 		}
 		if c.srv.shuttingDown() {
-			return outClose
+			return false
 		}
 	}
 }
-
-// errStandby: the server left the next head to the watcher.
-var errStandby = errors.New("h1server: the watcher reads the next head")
-
-// testHookIdle (nil outside tests) runs when a server has left the next
-// head to the watcher.
-var testHookIdle func()
 
 // readHead waits for the next request head and returns it, still in the
 // read buffer. Deadlines cost a timer update each, so they are set only
@@ -289,28 +233,18 @@ func (c *conn) readHead(first bool) ([]byte, error) {
 	case c.watching:
 		// The watch has been peeking since the request's body ended:
 		// its read is the wait for the next head. If that head came
-		// during the response, its result is posted and this goroutine
-		// reads the head; if not, the connection is idle and the
-		// watcher serves the head when it comes (Shutdown must not
-		// close a connection whose head was read, so it is idle only
-		// in the second case).
-		c.mu.Lock()
-		if !c.posted {
+		// during the response, the connection was never idle (Shutdown
+		// must not close it with the head read).
+		var err error
+		select {
+		case err = <-c.report:
+		default:
 			if !c.state.CompareAndSwap(stateActive, stateIdle) {
-				c.mu.Unlock()
 				return nil, net.ErrClosed
 			}
 			c.setDeadline(s.cfg.IdleTimeout)
-			c.idle = true
-			c.mu.Unlock()
-			if testHookIdle != nil {
-				testHookIdle()
-			}
-			return nil, errStandby
+			err = <-c.report
 		}
-		err := c.watchErr
-		c.posted, c.watchErr = false, nil
-		c.mu.Unlock()
 		c.watching = false
 		if err != nil {
 			return nil, err
@@ -469,95 +403,54 @@ func (c *conn) resetHeader() {
 // an EOF or error cancels the request's context. Bytes that arrive
 // (a pipelined request) end the watch and stay in the buffer.
 //
-// The watch is armed here on the connection's standby goroutine and not
-// interrupted when the handler returns: its read goes on through the
-// response and becomes the idle wait for the next head (readHead),
-// which saves a goroutine, a deadline update and a read per request
-// over a watch that is started and stopped around the handler. The
-// watcher that sees the next head while the connection is idle serves
-// it itself (standby), so the one hand-off per request, this arm, is
-// made while the handler runs, not before it.
+// The watch runs on one goroutine per connection (startWatch), armed
+// here and not interrupted when the handler returns: its read goes on
+// through the response and becomes the idle wait for the next head
+// (readHead), which saves a goroutine, a deadline update and a read
+// per request over a watch that is started and stopped around the
+// handler.
 func (c *conn) watch() {
 	if c.watching || c.br.Buffered() > 0 {
 		return
 	}
 	c.watching = true
-	c.arm <- msgWatch
+	c.arm <- struct{}{}
 }
 
-// startWatch starts the connection's second goroutine, the first
-// standby.
+// startWatch starts the connection's watch goroutine; stopWatch ends it.
 func (c *conn) startWatch() {
-	c.arm = make(chan armMsg, 2) // a watch and a stop may both be queued
-	c.exited = make(chan struct{})
-	go c.second()
+	c.arm = make(chan struct{}, 1)
+	c.report = make(chan error, 1)
+	go c.watchLoop()
 }
 
-// second is the goroutine startWatch starts. If the connection ends in
-// its turn as the server, ServeConn's goroutine (the standby then, or
-// watching) is told how to end it, so the fallback and the close always
-// run on ServeConn's goroutine.
-func (c *conn) second() {
-	defer close(c.exited)
-	out, stopped := c.standby()
-	if stopped {
+func (c *conn) watchLoop() {
+	defer close(c.report)
+	for range c.arm {
+		_, err := c.br.Peek(1)
+		if err != nil && !isTimeout(err) {
+			c.gone.Store(true)
+			c.cancel()
+		}
+		c.report <- err
+	}
+}
+
+// stopWatch interrupts an armed watch, ends the watch goroutine and
+// waits for it.
+func (c *conn) stopWatch() {
+	if c.arm == nil {
 		return
 	}
-	c.interruptWatch()
-	if out == outFallback {
-		c.arm <- msgFallback
-	} else {
-		c.arm <- msgClose
-	}
-}
-
-// standby waits for the arm messages as the connection's idle goroutine:
-// it watches when armed and serves the next head if the watch outlasted
-// the response. It returns how the connection ends when it ends in this
-// goroutine's turn as the server; byOther when the other goroutine
-// ended it (msgStop, msgClose, msgFallback).
-func (c *conn) standby() (out outcome, byOther bool) {
-	for m := range c.arm {
-		switch m {
-		case msgWatch:
-			if !c.watchOnce() {
-				continue
-			}
-			if out := c.serve(false); out != outStandby {
-				return out, false
-			}
-		case msgFallback:
-			return outFallback, true
-		default: // msgStop, msgClose
-			return outClose, true
-		}
-	}
-	return outClose, true
-}
-
-// watchOnce waits for the connection's next bytes or its end. It
-// reports whether the server has gone idle meanwhile, so this goroutine
-// is the server now; otherwise the result waits for the server.
-func (c *conn) watchOnce() (serve bool) {
-	_, err := c.br.Peek(1)
-	if err != nil && !isTimeout(err) {
-		c.gone.Store(true)
-		c.cancel()
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.posted, c.watchErr = true, err
-	serve, c.idle = c.idle, false
-	return serve
-}
-
-// interruptWatch ends an armed watch's read (the watcher then posts a
-// timeout and goes back to the standby's wait).
-func (c *conn) interruptWatch() {
 	if c.watching {
+		c.watching = false
 		c.nc.SetReadDeadline(aLongTimeAgo)
 		c.deadline = true
+		<-c.report
 	}
+	close(c.arm)
+	<-c.report
+	c.arm = nil
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -568,7 +461,8 @@ func isTimeout(err error) bool {
 
 // handOff gives the connection, with the bytes already read, to the
 // fallback.
-func (c *conn) handOff() {
+func (c *conn) handOff() bool {
+	c.stopWatch()
 	c.nc.SetReadDeadline(time.Time{})
 	c.deadline = false
 	n := c.br.Buffered()
@@ -579,6 +473,7 @@ func (c *conn) handOff() {
 	} else {
 		c.srv.cfg.Fallback(pc)
 	}
+	return true
 }
 
 type closeWriter interface{ CloseWrite() error }
