@@ -12,9 +12,11 @@
 //     exponential back-off (ReprobeMin doubling to ReprobeMax);
 //   - when a probe succeeds, new work goes to QUIC and the TCP connection
 //     drains (work in flight finishes on it);
-//   - a peer whose QUIC connection stopped answering is given a short
-//     TCP wait (QUICFailed): a live peer answers TLS within a few round
-//     trips, a frozen one never does;
+//   - a peer whose QUIC connection stopped answering is suspect
+//     (QUICFailed): its Gets dial both transports at once and wait for
+//     either no longer than a short suspect wait, a QUIC redial
+//     included: a live peer behind a UDP block answers TLS within a few
+//     round trips, a frozen one answers neither;
 //   - a peer that failed over both transports for lack of an answer is
 //     in back-off: Get fails at once, one probe at a time.
 //
@@ -546,12 +548,13 @@ func (p *Peers[C]) block(k key, quicErr error) {
 // died under its work (the peer stopped answering; rtt is that
 // connection's smoothed RTT, 0 if unknown): the next Get races again
 // instead of trusting the QUIC pool, and until a connection works again
-// it waits for TCP no longer than SuspectWait(rtt). A live peer whose
-// UDP is dropped answers the TCP dial within a few round trips; a frozen
-// one (SIGSTOP, a hung process) has its kernel complete the connect and
-// then never sends its TLS ServerHello, and each request sent to it
-// would otherwise wait the whole dial timeout on top of the liveness
-// watch's second.
+// a Get dials both transports at once and waits for either no longer
+// than SuspectWait(rtt). A live peer whose UDP is dropped answers the
+// TCP dial within a few round trips; a frozen one (SIGSTOP, a hung
+// process) has its kernel complete the connect and then never sends its
+// TLS ServerHello, nor answers the QUIC pool's redial, and each request
+// sent to it would otherwise wait a whole dial timeout on top of the
+// liveness watch's second.
 func (p *Peers[C]) QUICFailed(addr string, want identity.ID, rtt time.Duration) {
 	p.suspect(key{addr, want}, rtt)
 }
@@ -572,8 +575,8 @@ func (p *Peers[C]) suspect(k key, rtt time.Duration) time.Duration {
 	return st.suspectWait
 }
 
-// SuspectWait is how long a Get waits for TCP after QUIC's connection to
-// the peer stopped answering: twice the race delay (500 ms by default,
+// SuspectWait is how long a Get waits for a connection, over either
+// transport, after QUIC's connection to the peer stopped answering: twice the race delay (500 ms by default,
 // twice what the policy already allows a live peer's QUIC handshake),
 // or 8 smoothed RTTs on a slower path (connect, TLS and the acceptance
 // PING are 3 round trips).
