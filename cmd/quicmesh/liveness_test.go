@@ -147,6 +147,9 @@ func TestSidecarProcessFailures(t *testing.T) {
 	bin := testkit.BuildQuicmesh(t, t.TempDir())
 	t.Run("kill -9 one of two endpoints", func(t *testing.T) { kill9OneOfTwoEndpoints(t, bin) })
 	t.Run("SIGTERM one of two endpoints", func(t *testing.T) { drainOneOfTwoEndpoints(t, bin) })
+	// Not named SIGSTOP: make bench reruns those subtests with a long
+	// partition, which this one does not use.
+	t.Run("freeze one of two endpoints", func(t *testing.T) { freezeOneOfTwoEndpoints(t, bin) })
 	for _, newKey := range []bool{false, true} {
 		t.Run(fmt.Sprintf("kill -9 the only endpoint, restart with new key %v", newKey), func(t *testing.T) { kill9OnlyEndpoint(t, bin, newKey) })
 	}
@@ -203,6 +206,52 @@ func kill9OneOfTwoEndpoints(t *testing.T, bin string) {
 		percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond), slowest.Round(time.Millisecond))
 	if len(failed) > 0 {
 		t.Fatalf("%d of %d GETs failed; first: %s", len(failed), len(outcomes), strings.Join(failed[:min(len(failed), 5)], "; "))
+	}
+}
+
+// One of a service's two endpoints is frozen (SIGSTOP of its sidecar)
+// while the client sidecar carries GETs at up to 500/s over the default
+// transport (auto): no GET fails, and those caught on the frozen
+// endpoint go to the other one once the liveness watch declares it dead
+// (about a second). The client sidecar's QUIC connection to the frozen
+// process dies of silence, and the kernel of that process still takes a
+// TCP connect: the GETs must not wait on the frozen peer over TCP before
+// they go to the healthy endpoint, so the slowest takes the liveness
+// verdict (up to twice the liveness timeout when the client stalls) and
+// the retry, within the SIGSTOP test's bound.
+func freezeOneOfTwoEndpoints(t *testing.T, bin string) {
+	_, s2, client, l, hits1, hits2 := twoEndpointsUnderLoad(t, bin)
+	t.Cleanup(func() { s2.cmd.Process.Signal(syscall.SIGCONT) })
+	s2.freeze(t)
+	frozen := time.Now()
+	served := l.Served()
+	testkit.Eventually(t, "load served after the freeze", func() bool { return time.Since(frozen) > 3*time.Second && l.Served() > served+200 })
+	outcomes := l.Finish()
+
+	limits := transport.Limits{}.WithDefaults()
+	bound := 2*limits.LivenessTimeout + time.Second/2
+	var failed []string
+	var caught []time.Duration // started within the liveness timeout of the freeze
+	for _, o := range outcomes {
+		if !o.Start.Before(frozen.Add(-100*time.Millisecond)) && o.Start.Before(frozen.Add(limits.LivenessTimeout)) {
+			caught = append(caught, o.Took)
+		}
+		if o.Err != "" {
+			failed = append(failed, fmt.Sprintf("started %v after the freeze, failed after %v: %s", o.Start.Sub(frozen).Round(time.Millisecond), o.Took.Round(time.Millisecond), o.Err))
+		}
+	}
+	slowest := slices.Max(append(caught, 0))
+	t.Logf("%d GETs (%d started within %v of the freeze: p50 %v, p99 %v, slowest %v); served by s1 %d / s2 %d",
+		len(outcomes), len(caught), limits.LivenessTimeout, percentile(caught, 0.5).Round(time.Millisecond), percentile(caught, 0.99).Round(time.Millisecond), slowest.Round(time.Millisecond), hits1.Load(), hits2.Load())
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d GETs failed; first: %s", len(failed), len(outcomes), strings.Join(failed[:min(len(failed), 5)], "; "))
+	}
+	if client.starved(t) {
+		t.Logf("the client sidecar was starved of CPU (%q in its log): timing not asserted", transport.LogStarved)
+		return
+	}
+	if slowest > bound {
+		t.Errorf("a GET caught on the frozen endpoint took %v to be served by the other; want at most %v", slowest, bound)
 	}
 }
 

@@ -100,14 +100,17 @@ func (m meshPeers) Unavailable(addr string, want identity.ID) bool {
 }
 
 // failover is a QUIC connection handed out in auto mode. When it dies
-// under a request because the peer stopped answering (UDP blocked
-// mid-connection: the QUIC idle timeout fires), an idempotent request
-// without a body is sent once more over whatever the policy picks now,
-// TCP if QUIC is blocked: the outbound proxy retries only requests the
-// peer provably did not process, and after an idle timeout that is
-// unknown, but re-sending an idempotent request is safe (RFC 9110
-// §9.2.2). Tunnels on the dead connection are reset by the idle timeout
-// (docs/design.md, "Fallback to TCP").
+// under a request because the peer stopped answering (the liveness
+// watch or the idle timeout: UDP blocked mid-connection, or the peer
+// frozen), it tells the policy (QUICFailed: the peer is suspect, so that
+// the next Get waits for either transport no longer than the suspect
+// wait) and forgets the connection. It does not send the request again
+// itself: the outbound proxy's conn_dead retry sends an idempotent
+// request again, to another endpoint first (a frozen peer must not hold
+// it for the suspect wait while a healthy endpoint is there), or over
+// the policy's choice now (TCP if only QUIC is blocked) when the peer is
+// the service's only endpoint. Tunnels on the dead connection are reset
+// by the idle timeout (docs/design.md, "Fallback to TCP").
 type failover struct {
 	outbound.PeerConn
 	peers meshPeers
@@ -128,19 +131,11 @@ func (f failover) OpenTunnelPort(ctx context.Context, target string, port uint16
 
 func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := f.PeerConn.RoundTrip(req)
-	if err == nil || !errors.Is(err, meshcode.ErrIdleTimeout) || !replayable(req) || req.Context().Err() != nil {
-		return resp, err
+	if err != nil && errors.Is(err, meshcode.ErrIdleTimeout) && req.Context().Err() == nil {
+		f.peers.fb.QUICFailed(f.addr, f.want, smoothedRTT(f.PeerConn))
+		f.PeerConn.Forget()
 	}
-	f.peers.fb.QUICFailed(f.addr, f.want, smoothedRTT(f.PeerConn))
-	f.PeerConn.Forget()
-	next, over, gerr := f.peers.fb.Get(req.Context(), f.addr, f.want)
-	if gerr != nil {
-		return nil, err
-	}
-	f.peers.log.Debug("re-sending an idempotent request after the QUIC connection died", "peer", f.addr, "transport", over, "method", req.Method, "error", err)
-	// A copy: the HTTP/3 client may still be reading the original as it
-	// tears the dead request down.
-	return next.RoundTrip(req.Clone(req.Context()))
+	return resp, err
 }
 
 // smoothedRTT is a QUIC connection's smoothed RTT, 0 for another kind:
@@ -150,19 +145,6 @@ func smoothedRTT(c outbound.PeerConn) time.Duration {
 		return q.Conn.ConnectionStats().SmoothedRTT
 	}
 	return 0
-}
-
-// replayable: an idempotent method and no body, so sending it again
-// cannot repeat a side effect nor need the body twice.
-func replayable(req *http.Request) bool {
-	if req.Body != nil && req.Body != http.NoBody {
-		return false
-	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return false
 }
 
 // fallbackObserver sends the policy's decisions to the metrics.

@@ -12,9 +12,11 @@
 //     exponential back-off (ReprobeMin doubling to ReprobeMax);
 //   - when a probe succeeds, new work goes to QUIC and the TCP connection
 //     drains (work in flight finishes on it);
-//   - a peer whose QUIC connection stopped answering is given a short
-//     TCP wait (QUICFailed): a live peer answers TLS within a few round
-//     trips, a frozen one never does;
+//   - a peer whose QUIC connection stopped answering is suspect
+//     (QUICFailed): its Gets dial both transports at once and wait for
+//     either no longer than a short suspect wait, a QUIC redial
+//     included: a live peer behind a UDP block answers TLS within a few
+//     round trips, a frozen one answers neither;
 //   - a peer that failed over both transports for lack of an answer is
 //     in back-off: Get fails at once, one probe at a time.
 //
@@ -136,10 +138,12 @@ type peer struct {
 	interval time.Duration // the next re-probe wait
 	probing  bool
 
-	// tcpWait, when set, bounds how long a Get waits for TCP: QUIC's
-	// connection to the peer stopped answering (QUICFailed), and until a
-	// connection works again the peer is suspect. Cleared on success.
-	tcpWait time.Duration
+	// suspectWait, when set, bounds how long a Get waits for a
+	// connection over either transport: QUIC's connection to the peer
+	// stopped answering (QUICFailed, or the hot path found the QUIC pool
+	// without one and without an answer), and until a connection works
+	// again the peer is suspect. Cleared on success.
+	suspectWait time.Duration
 	// Both transports failed for lack of an answer (a frozen or
 	// partitioned peer): during the back-off after failedAt, and while
 	// the one Get that probes it is in flight, Get fails at once.
@@ -243,8 +247,33 @@ func (p *Peers[C]) get(ctx context.Context, k key) (C, Transport, error) {
 	addr, want := k.addr, k.id
 	p.mu.Lock()
 	st := p.peers[k]
-	blocked, lastQUIC := st.blocked, st.lastQUIC
+	blocked, lastQUIC, wait := st.blocked, st.lastQUIC, st.suspectWait
 	p.mu.Unlock()
+	if lastQUIC && wait == 0 {
+		// The QUIC connection is most likely pooled: no race on the hot
+		// path. A failure falls through to the race.
+		c, err := p.quic.Get(ctx, addr, want)
+		if err == nil {
+			return c, OverQUIC, nil
+		}
+		if ctx.Err() == nil && pathFailure(err) {
+			// No connection and no answer: the one the policy was using
+			// died of silence (the pool is in back-off after its
+			// liveness verdict) or a redial got no answer. The peer is
+			// suspect, as when a connection dies under a request
+			// (QUICFailed), which only a replayable request reports.
+			wait = p.suspect(k, 0)
+		}
+	}
+	if wait > 0 {
+		// A suspect peer: its QUIC connection just stopped answering.
+		// Neither transport is waited for longer than the suspect wait,
+		// the QUIC redial included: a frozen peer answers neither, and
+		// its QUIC dial would hold the Get for the whole dial timeout.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, wait, fmt.Errorf("%w: no connection within %v of QUIC's liveness failure", errSuspectWait, wait))
+		defer cancel()
+	}
 	if blocked {
 		c, err := p.tcpGet(ctx, k)
 		if err == nil {
@@ -255,19 +284,18 @@ func (p *Peers[C]) get(ctx context.Context, k key) (C, Transport, error) {
 		qc, qerr := p.quic.Get(ctx, addr, want)
 		if qerr != nil {
 			var zero C
-			return zero, OverTCP, errors.Join(err, qerr)
+			return zero, OverTCP, errors.Join(err, suspectCause(ctx, qerr))
 		}
 		p.unblock(k, "QUIC dial succeeded after TCP failed")
 		return qc, OverQUIC, nil
 	}
-	if lastQUIC {
-		// The QUIC connection is most likely pooled: no race on the hot
-		// path. A failure falls through to the race.
-		if c, err := p.quic.Get(ctx, addr, want); err == nil {
-			return c, OverQUIC, nil
-		}
+	// No head start for QUIC at a suspect peer: QUIC just stopped
+	// answering, and the race has only the suspect wait.
+	delay := p.cfg.RaceDelay
+	if wait > 0 {
+		delay = 0
 	}
-	return p.race(ctx, k)
+	return p.race(ctx, k, delay)
 }
 
 // settle records the outcome of an auto-mode Get: a success clears the
@@ -288,7 +316,7 @@ func (p *Peers[C]) settle(ctx context.Context, k key, probe bool, err error) {
 		st.dialing = false
 	}
 	if err == nil {
-		st.failures, st.lastErr, st.tcpWait = 0, nil, 0
+		st.failures, st.lastErr, st.suspectWait = 0, nil, 0
 		return
 	}
 	// A caller that gave up says nothing about the peer.
@@ -318,45 +346,42 @@ func bothSilent(err error) bool {
 	return pathFailure(errs[0]) && pathFailure(errs[1])
 }
 
-// tcpGet gets the TCP connection, waiting no longer than the peer's
-// suspect wait when QUIC's connection to it just stopped answering. The
-// pool's dial goes on (bounded by its own dial timeout) and is what the
-// next Get finds.
+// tcpGet gets the TCP connection; a context ended by a suspect peer's
+// wait (get) says so in the error. The pool's dial goes on (bounded by
+// its own dial timeout) and is what the next Get finds.
 func (p *Peers[C]) tcpGet(ctx context.Context, k key) (C, error) {
-	p.mu.Lock()
-	wait := time.Duration(0)
-	if st := p.peers[k]; st != nil {
-		wait = st.tcpWait
-	}
-	p.mu.Unlock()
-	if wait > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, wait, fmt.Errorf("%w: no TCP connection within %v of QUIC's liveness failure", errSuspectWait, wait))
-		defer cancel()
-	}
 	c, err := p.tcp.Get(ctx, k.addr, k.id)
+	return c, suspectCause(ctx, err)
+}
+
+// suspectCause wraps into err the suspect wait's error if that is what
+// ended ctx.
+func suspectCause(ctx context.Context, err error) error {
 	if err != nil && ctx.Err() != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, errSuspectWait) {
+		if cause := context.Cause(ctx); errors.Is(cause, errSuspectWait) && !errors.Is(err, errSuspectWait) {
 			err = fmt.Errorf("%w: %w", cause, err)
 		}
 	}
-	return c, err
+	return err
 }
 
-// errSuspectWait: a TCP connection to a peer whose QUIC connection just
-// stopped answering did not come within the short wait.
-var errSuspectWait = errors.New("fallback: TCP did not answer in time")
+// errSuspectWait: a connection to a peer whose QUIC connection just
+// stopped answering did not come within the suspect wait.
+var errSuspectWait = errors.New("fallback: the peer did not answer in time")
 
 type result[C Conn] struct {
 	c   C
 	err error
 }
 
-// race dials QUIC, and TCP after the head start (or at once when QUIC
-// fails first); the first success wins. A QUIC failure while TCP works
-// marks the peer blocked, also when TCP won the race and QUIC failed
-// later.
-func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
+// race dials QUIC, and TCP after the head start delay (or at once when
+// QUIC fails first); the first success wins. A QUIC failure while TCP
+// works marks the peer blocked, also when TCP won the race and QUIC
+// failed later. The race ends with ctx: a caller that gave up, or a
+// suspect peer's wait (get), is not held for a QUIC dial still in flight
+// (it goes on, bounded by ProbeTimeout, and its outcome still marks the
+// peer).
+func (p *Peers[C]) race(ctx context.Context, k key, delay time.Duration) (C, Transport, error) {
 	var zero C
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -371,7 +396,20 @@ func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
 		c, err := p.quic.Get(qctx, k.addr, k.id)
 		quicDone <- result[C]{c, err}
 	}()
-	timer := time.NewTimer(p.cfg.RaceDelay)
+	// Once the race is over, a QUIC attempt still in flight decides the
+	// mark when it ends.
+	quicLate := func() {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if q := <-quicDone; q.err != nil {
+				p.blockIf(k, q.err)
+			} else {
+				p.chose(k, false)
+			}
+		}()
+	}
+	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	var quicRes *result[C]
 	select {
@@ -388,7 +426,8 @@ func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
 		quicRes = &r
 	case <-timer.C:
 	case <-ctx.Done():
-		return zero, OverQUIC, ctx.Err()
+		quicLate()
+		return zero, OverQUIC, suspectCause(ctx, ctx.Err())
 	}
 	tcpDone := make(chan result[C], 1)
 	p.wg.Add(1)
@@ -416,18 +455,27 @@ func (p *Peers[C]) race(ctx context.Context, k key) (C, Transport, error) {
 					p.blockIf(k, quicRes.err)
 				} else {
 					// Won the race; QUIC's fate decides the mark.
-					p.wg.Add(1)
-					go func() {
-						defer p.wg.Done()
-						if q := <-quicDone; q.err != nil {
-							p.blockIf(k, q.err)
-						} else {
-							p.chose(k, false)
-						}
-					}()
+					quicLate()
 				}
 				return r.c, OverTCP, nil
 			}
+		case <-ctx.Done():
+			// Out of time (the caller's, or a suspect peer's wait): a
+			// QUIC dial still in flight is not waited for, and TCP's Get
+			// ends with ctx (rctx).
+			errs := make([]error, 2)
+			if quicRes != nil {
+				errs[0] = quicRes.err
+			} else {
+				quicLate()
+				errs[0] = suspectCause(ctx, fmt.Errorf("QUIC: %w", ctx.Err()))
+			}
+			if tcpRes != nil {
+				errs[1] = tcpRes.err
+			} else {
+				errs[1] = suspectCause(ctx, fmt.Errorf("TCP: %w", ctx.Err()))
+			}
+			return zero, OverQUIC, errors.Join(errs...)
 		}
 	}
 	return zero, OverQUIC, errors.Join(quicRes.err, tcpRes.err)
@@ -500,23 +548,35 @@ func (p *Peers[C]) block(k key, quicErr error) {
 // died under its work (the peer stopped answering; rtt is that
 // connection's smoothed RTT, 0 if unknown): the next Get races again
 // instead of trusting the QUIC pool, and until a connection works again
-// it waits for TCP no longer than SuspectWait(rtt). A live peer whose
-// UDP is dropped answers the TCP dial within a few round trips; a frozen
-// one (SIGSTOP, a hung process) has its kernel complete the connect and
-// then never sends its TLS ServerHello, and each request sent to it
-// would otherwise wait the whole dial timeout on top of the liveness
-// watch's second.
+// a Get dials both transports at once and waits for either no longer
+// than SuspectWait(rtt). A live peer whose UDP is dropped answers the
+// TCP dial within a few round trips; a frozen one (SIGSTOP, a hung
+// process) has its kernel complete the connect and then never sends its
+// TLS ServerHello, nor answers the QUIC pool's redial, and each request
+// sent to it would otherwise wait a whole dial timeout on top of the
+// liveness watch's second.
 func (p *Peers[C]) QUICFailed(addr string, want identity.ID, rtt time.Duration) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if st := p.peers[key{addr, want}]; st != nil {
-		st.lastQUIC = false
-		st.tcpWait = p.SuspectWait(rtt)
-	}
+	p.suspect(key{addr, want}, rtt)
 }
 
-// SuspectWait is how long a Get waits for TCP after QUIC's connection to
-// the peer stopped answering: twice the race delay (500 ms by default,
+// suspect marks the peer suspect (QUICFailed) and returns its wait; a
+// known RTT (QUICFailed's) is not overridden by an unknown one.
+func (p *Peers[C]) suspect(k key, rtt time.Duration) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.peers[k]
+	if st == nil {
+		return 0
+	}
+	st.lastQUIC = false
+	if rtt > 0 || st.suspectWait == 0 {
+		st.suspectWait = p.SuspectWait(rtt)
+	}
+	return st.suspectWait
+}
+
+// SuspectWait is how long a Get waits for a connection, over either
+// transport, after QUIC's connection to the peer stopped answering: twice the race delay (500 ms by default,
 // twice what the policy already allows a live peer's QUIC handshake),
 // or 8 smoothed RTTs on a slower path (connect, TLS and the acceptance
 // PING are 3 round trips).

@@ -26,6 +26,13 @@ type fake struct {
 	delay time.Duration
 	err   error
 	dials atomic.Int64
+	// inFlight counts Gets not yet returned; onDial, if set, runs at the
+	// start of each.
+	inFlight atomic.Int64
+	onDial   func()
+	// until, if set, is when every Get ends instead (one dial in flight
+	// that all Gets wait for, as in the real pools).
+	until time.Time
 }
 
 func (f *fake) set(delay time.Duration, err error) {
@@ -36,9 +43,17 @@ func (f *fake) set(delay time.Duration, err error) {
 
 func (f *fake) Get(ctx context.Context, addr string, want identity.ID) (conn, error) {
 	f.dials.Add(1)
+	f.inFlight.Add(1)
+	defer f.inFlight.Add(-1)
 	f.mu.Lock()
-	delay, err := f.delay, f.err
+	delay, err, onDial := f.delay, f.err, f.onDial
+	if !f.until.IsZero() {
+		delay = time.Until(f.until)
+	}
 	f.mu.Unlock()
+	if onDial != nil {
+		onDial()
+	}
 	select {
 	case <-time.After(delay):
 	case <-ctx.Done():
@@ -233,5 +248,79 @@ func TestSuspectWaitScalesWithRTT(t *testing.T) {
 	}
 	if got := p.SuspectWait(200 * time.Millisecond); got != 1600*time.Millisecond {
 		t.Errorf("SuspectWait(200ms) = %v, want 1.6s", got)
+	}
+}
+
+// A frozen peer (SIGSTOP: its kernel completes a TCP connect, its
+// process never answers, over TCP nor over QUIC) whose QUIC connection
+// was in use: no Get waits for it longer than the suspect wait, whatever
+// the QUIC pool does. The pools' dials get no answer until their dial
+// timeout (dialTimeout, far above the suspect wait). Rows:
+//   - its QUIC connection died under a request (QUICFailed), and the
+//     QUIC pool, its back-off over, redials: the Get must not wait for
+//     that dial (base: it did, 1 s in the process test on top of the
+//     liveness timeout and the suspect wait: 2.66 s against 2.5 s);
+//   - its QUIC connection died with no request to report it (an idle
+//     connection, or only POSTs and tunnels on it): the QUIC pool fails
+//     the hot path at once (its back-off after the liveness verdict),
+//     which makes the peer suspect as QUICFailed would (base: the TCP
+//     dial's whole timeout).
+func TestFrozenPeerGetsWithinTheSuspectWait(t *testing.T) {
+	// The pools' dial timeout, far above the suspect wait (100 ms here);
+	// never: a QUIC dial the probe's timeout (the policy's) ends.
+	const never, dialTimeout = time.Hour, time.Second
+	silent := reasonErr("timeout")
+	for _, tc := range []struct {
+		name       string
+		quicFailed bool          // the connection died under a request
+		quicDelay  time.Duration // the QUIC pool's Get to the frozen peer
+		quicErr    error
+		// tcpWhileQUIC: TCP must be dialled while QUIC's dial is in
+		// flight; suspect: the Get must end with the suspect wait, QUIC's
+		// dial still in flight if quicStillDialling.
+		tcpWhileQUIC, suspect, quicStillDialling bool
+	}{
+		{name: "QUICFailed, the QUIC pool redials", quicFailed: true, quicDelay: never, quicErr: silent, tcpWhileQUIC: true, suspect: true, quicStillDialling: true},
+		{name: "no request saw it die, the QUIC pool in back-off", quicDelay: 0, quicErr: errors.New("transport: peer unavailable: last failed 1ms ago: sent nothing for 1s"), suspect: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q, tcp := &fake{name: "quic"}, &fake{name: "tcp"}
+			p := New[conn](q, tcp, Config{RaceDelay: 50 * time.Millisecond, ProbeTimeout: 3 * dialTimeout})
+			defer func() {
+				// The dials a Get no longer waits for end with the
+				// policy (their context is its own).
+				q.set(0, silent)
+				p.Close()
+			}()
+			ctx := testkit.HangCtx(t)
+			if _, over, err := p.Get(ctx, "a", want); err != nil || over != OverQUIC {
+				t.Fatalf("healthy peer: %v %v", over, err)
+			}
+			// Frozen.
+			q.set(tc.quicDelay, tc.quicErr)
+			quicDialEnds := time.Now().Add(tc.quicDelay)
+			q.until = quicDialEnds
+			tcp.set(dialTimeout, silent)
+			var tcpWhileQUIC atomic.Bool
+			tcp.onDial = func() { tcpWhileQUIC.Store(time.Now().Before(quicDialEnds)) }
+			if tc.quicFailed {
+				p.QUICFailed("a", want, time.Millisecond)
+			}
+			_, _, err := p.Get(ctx, "a", want)
+			quicDialling := q.inFlight.Load() > 0
+			switch {
+			case err == nil:
+				t.Fatal("Get to a frozen peer succeeded")
+			case tc.suspect && !errors.Is(err, errSuspectWait):
+				t.Fatalf("Get to a frozen peer: %v; want the suspect wait's error", err)
+			case tc.quicStillDialling && !quicDialling:
+				t.Fatalf("Get to a frozen peer waited for the QUIC pool's dial: %v", err)
+			case tc.tcpWhileQUIC && !tcpWhileQUIC.Load():
+				t.Fatalf("TCP was dialled only after QUIC's dial ended: %v", err)
+			}
+			if tc.suspect && !p.Unavailable("a", want) {
+				t.Fatal("a peer that answered over neither transport is not reported unavailable")
+			}
+		})
 	}
 }
