@@ -374,6 +374,9 @@ func NewPool(ep *Endpoint) *Pool {
 // identity want, dialing it if needed.
 func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerConn, error) {
 	key := peerKey{addr, want}
+	// rejoined: this Get has waited for another caller's probe of a
+	// restarting peer that failed, and waits for the next.
+	rejoined := false
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -404,7 +407,8 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			}
 			return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 		}
-		if st.dialing == nil {
+		joined := st.dialing != nil
+		if !joined {
 			st.dialing = make(chan struct{})
 			p.dialsWG.Add(1)
 			go p.dial(key, st)
@@ -427,6 +431,15 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			// Closed right after the handshake (a draining peer refuses new
 			// connections that way): do not spin redialling it.
 			err = fmt.Errorf("%s (%s): connection closed right after the handshake: %w", addr, want, context.Cause(pc.Conn.Context()))
+		}
+		if err != nil && restarting && joined && !rejoined {
+			// The probe this Get waited for was another caller's, begun
+			// perhaps before the restarting peer listened again: its
+			// answer may be older than this Get. Wait for one more,
+			// begun by the first caller back here, the others joining
+			// it.
+			rejoined = true
+			continue
 		}
 		if err != nil {
 			err = fmt.Errorf("%w: %w", ErrPeerUnavailable, err)
