@@ -17,7 +17,22 @@ type PeerBackoff struct {
 	// endpoints), and finds a peer that restarted as soon as one is
 	// needed.
 	Answering bool
+	// DrainedAt is when the peer last announced a drain, zero once a
+	// connection to it works again: a peer that said goodbye is expected
+	// back (a rolling restart), so the failures that follow within
+	// RestartWindow (its port closed while it restarts, a refusal while
+	// it finishes draining) are a restart's, not a dead peer's: it is
+	// probed as if it answered (Restarting).
+	DrainedAt time.Time
 }
+
+// RestartWindow is how long after a drain notice a peer counts as
+// restarting rather than failed (PeerBackoff.Restarting): the drain's
+// grace period (30 s by default) bounds how long the old instance may
+// take to go, and a restart on the same address is expected to listen
+// again soon after. Past it, the peer's failures are those of a dead
+// peer again.
+const RestartWindow = 30 * time.Second
 
 // Fail records a failure at now; answering if it was the peer's answer.
 func (b *PeerBackoff) Fail(err error, now time.Time, answering bool) {
@@ -34,19 +49,47 @@ func (b *PeerBackoff) Drain(err error, now time.Time) {
 	b.LastErr = err
 	b.FailedAt = now
 	b.Answering = true
+	b.DrainedAt = now
 }
 
 // Reset records a working connection.
 func (b *PeerBackoff) Reset() {
 	b.Failures = 0
 	b.LastErr = nil
+	b.DrainedAt = time.Time{}
 }
 
-// Silent reports whether the peer's last failure was a lack of answer
-// (new work fails at once during the back-off and while the probe that
-// ends it is in flight), and how long ago it was.
+// Restarting reports whether the peer announced a drain within
+// RestartWindow of now and no connection to it has worked since.
+func (b *PeerBackoff) Restarting(now time.Time) bool {
+	return !b.DrainedAt.IsZero() && now.Sub(b.DrainedAt) < RestartWindow
+}
+
+// Silent reports whether the peer's last failure was a lack of answer,
+// and how long ago it was.
 func (b *PeerBackoff) Silent(now time.Time) (bool, time.Duration) {
 	return b.Failures > 0 && !b.Answering, now.Sub(b.FailedAt)
+}
+
+// FailsFast reports whether new work to the peer fails at once, dialing
+// whether a dial to it is in flight: a peer that did not answer, during
+// its back-off and while the probe that ends it is in flight, unless it
+// is restarting. A peer that answered, or is restarting, is probed
+// instead (one dial; others wait for it), bounded by the caller's
+// context: a request that has no other endpoint to go to finds it as
+// soon as it is back.
+func (b *PeerBackoff) FailsFast(now time.Time, dialing bool) bool {
+	silent, _ := b.Silent(now)
+	return silent && !b.Restarting(now) && (dialing || b.Holding(now))
+}
+
+// Avoided reports whether the balancer should prefer other endpoints
+// (Unavailable), dialing whether a dial to the peer is in flight: during
+// the back-off, and while a dial probes a peer that did not answer
+// (restarting or not: work that can go elsewhere does not wait for it).
+func (b *PeerBackoff) Avoided(now time.Time, dialing bool) bool {
+	silent, _ := b.Silent(now)
+	return b.Holding(now) || silent && dialing
 }
 
 // Holding reports whether now is within the back-off after the last
@@ -56,7 +99,7 @@ func (b *PeerBackoff) Holding(now time.Time) bool {
 }
 
 // Expired reports whether the record can be forgotten: no failure, or
-// the longest back-off is over.
+// the longest back-off and any restart window are over.
 func (b *PeerBackoff) Expired(now time.Time) bool {
-	return b.Failures == 0 || now.Sub(b.FailedAt) > maxBackoff
+	return b.Failures == 0 || now.Sub(b.FailedAt) > maxBackoff && !b.Restarting(now)
 }

@@ -38,6 +38,14 @@ func TestPeerBackoff(t *testing.T) {
 		}, 0, false, true, false, 2},
 		{"reset", func(b *transport.PeerBackoff) { b.Fail(errDown, t0, false); b.Reset() }, 0, false, false, true, 0},
 		{"forgotten after the longest back-off", func(b *transport.PeerBackoff) { b.Fail(errDown, t0, false) }, transport.Backoff(100) + time.Millisecond, true, false, true, 1},
+		{"drained, then down: remembered through the restart window", func(b *transport.PeerBackoff) {
+			b.Drain(errDown, t0)
+			b.Fail(errDown, t0, false)
+		}, transport.Backoff(100) + time.Millisecond, true, false, false, 2},
+		{"drained, then down: forgotten after the restart window", func(b *transport.PeerBackoff) {
+			b.Drain(errDown, t0)
+			b.Fail(errDown, t0, false)
+		}, transport.RestartWindow, true, false, true, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

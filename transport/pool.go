@@ -374,6 +374,9 @@ func NewPool(ep *Endpoint) *Pool {
 // identity want, dialing it if needed.
 func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerConn, error) {
 	key := peerKey{addr, want}
+	// rejoined: this Get has waited for another caller's probe of a
+	// restarting peer that failed, and waits for the next.
+	rejoined := false
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -391,22 +394,21 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return pc, nil
 		}
 		st.conn = nil
-		if silent, since := st.Silent(p.now()); silent {
-			// The peer failed recently: during the back-off and while the
-			// probe that ends it is in flight, fail at once rather than
-			// keep callers waiting on a peer that is likely down.
-			// Read under the lock: a dial in flight updates them.
-			err, ago := st.LastErr, since.Round(time.Millisecond)
-			if st.dialing != nil {
-				p.mu.Unlock()
+		if now := p.now(); st.FailsFast(now, st.dialing != nil) {
+			// The peer failed recently without having said goodbye:
+			// during the back-off and while the probe that ends it is in
+			// flight, fail at once rather than keep callers waiting on a
+			// peer that is likely down. Read under the lock: a dial in
+			// flight updates them.
+			err, ago, probing := st.LastErr, now.Sub(st.FailedAt).Round(time.Millisecond), st.dialing != nil
+			p.mu.Unlock()
+			if probing {
 				return nil, fmt.Errorf("%w: %s (%s): probing the peer, which failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 			}
-			if st.Holding(p.now()) {
-				p.mu.Unlock()
-				return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
-			}
+			return nil, fmt.Errorf("%w: %s (%s): last failed %s ago: %w", ErrPeerUnavailable, addr, want, ago, err)
 		}
-		if st.dialing == nil {
+		joined := st.dialing != nil
+		if !joined {
 			st.dialing = make(chan struct{})
 			p.dialsWG.Add(1)
 			go p.dial(key, st)
@@ -420,18 +422,31 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 			return nil, fmt.Errorf("transport: waiting for connection to %s: %w", addr, ctx.Err())
 		}
 		p.mu.Lock()
-		pc, err := st.conn, st.LastErr
+		pc, err, restarting := st.conn, st.LastErr, st.Restarting(p.now())
 		p.mu.Unlock()
 		if pc != nil && pc.Alive() {
 			return pc, nil
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrPeerUnavailable, err)
-		}
-		if pc != nil {
+		if pc != nil && err == nil {
 			// Closed right after the handshake (a draining peer refuses new
 			// connections that way): do not spin redialling it.
-			return nil, fmt.Errorf("%w: %s (%s): connection closed right after the handshake: %w", ErrPeerUnavailable, addr, want, context.Cause(pc.Conn.Context()))
+			err = fmt.Errorf("%s (%s): connection closed right after the handshake: %w", addr, want, context.Cause(pc.Conn.Context()))
+		}
+		if err != nil && restarting && joined && !rejoined {
+			// The probe this Get waited for was another caller's, begun
+			// perhaps before the restarting peer listened again: its
+			// answer may be older than this Get. Wait for one more,
+			// begun by the first caller back here, the others joining
+			// it.
+			rejoined = true
+			continue
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrPeerUnavailable, err)
+			if restarting {
+				err = meshcode.Mark(err, meshcode.ErrPeerRestarting)
+			}
+			return nil, err
 		}
 	}
 }
@@ -683,9 +698,7 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 	if st == nil || st.conn != nil && st.conn.Alive() {
 		return false
 	}
-	now := p.now()
-	silent, _ := st.Silent(now)
-	return st.Holding(now) || silent && st.dialing != nil
+	return st.Avoided(p.now(), st.dialing != nil)
 }
 
 // Backoff is how long new requests to a peer fail at once after its

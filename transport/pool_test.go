@@ -301,3 +301,80 @@ func TestCrashedPeerDetectedByStatelessReset(t *testing.T) {
 		t.Fatalf("no fresh connection after the reset: %v", err)
 	}
 }
+
+// A rolling restart: the peer drains, its port closes (a dial finds it
+// down: a silent failure), it comes back on the same address. While the
+// back-off after those failures holds (the clock is frozen), a Get
+// probes the restarted peer at once and gets a connection: a request
+// with no other endpoint to go to is not failed with "no endpoint". A
+// peer that went away without a drain keeps failing fast during its
+// back-off (the fail-fast rule for dead peers), and a drained peer's
+// failures while it is down are marked meshcode.ErrPeerRestarting.
+func TestRestartedPeerProbedDuringBackoff(t *testing.T) {
+	testkit.CheckLeaks(t)
+	ca := identitytest.NewCA(t, "t.local")
+	id := identity.MustParseID(serverID)
+	for _, tt := range []struct {
+		name    string
+		drained bool // the peer said goodbye before it went
+	}{
+		{"drained, then restarted", true},
+		{"gone without a drain, then restarted", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startServer(t, ca, "127.0.0.1:0")
+			addr := srv.ep.Addr().String()
+			// Frozen: no back-off expires during the test.
+			now := time.Now()
+			ep, err := transport.NewDialer("127.0.0.1:0", transport.Config{Identity: identitytest.Provider(t, ca, clientID), Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := transport.NewPool(ep)
+			t.Cleanup(func() { p.Close(); ep.Close() })
+			first, err := p.Get(context.Background(), addr, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sconn := <-srv.conns
+			if tt.drained {
+				if err := transport.SendGoAway(context.Background(), sconn); err != nil {
+					t.Fatal(err)
+				}
+				testkit.Eventually(t, "the pool to see the drain", func() bool { return p.Unavailable(addr, id) })
+				sconn.CloseWithError(transport.ConnCodeShutdown, "drained")
+			} else {
+				// Not a drain's code: the pool forgets the connection
+				// without a back-off.
+				sconn.CloseWithError(0, "gone")
+			}
+			<-first.Conn.Context().Done()
+			srv.ep.Close()
+			// Down: the dial fails (port unreachable, or no answer).
+			var downErr error
+			testkit.Eventually(t, "a dial to find the peer down", func() bool {
+				_, downErr = p.Get(context.Background(), addr, id)
+				if downErr == nil {
+					t.Fatal("Get succeeded with the peer down")
+				}
+				return transport.HandshakeReason(downErr) != ""
+			})
+			if !p.Unavailable(addr, id) {
+				t.Fatal("Unavailable = false in the back-off after a failed dial")
+			}
+			startServer(t, ca, addr)
+			pc, err := p.Get(context.Background(), addr, id)
+			switch {
+			case tt.drained && err != nil:
+				t.Fatalf("Get after the drained peer restarted: %v; want a probe that finds it", err)
+			case tt.drained && !pc.Alive():
+				t.Fatal("Get returned a dead connection")
+			case !tt.drained && !errors.Is(err, transport.ErrPeerUnavailable):
+				t.Fatalf("Get during the back-off of a peer gone without a drain: %v, %v; want ErrPeerUnavailable at once", pc, err)
+			}
+			if errors.Is(downErr, meshcode.ErrPeerRestarting) != tt.drained {
+				t.Fatalf("Get with the peer down: %v; want it marked meshcode.ErrPeerRestarting: %v", downErr, tt.drained)
+			}
+		})
+	}
+}

@@ -44,6 +44,23 @@ func TestPoolUnavailable(t *testing.T) {
 		{name: "draining, in back-off, probe in flight", record: func(b *PeerBackoff) { b.Drain(errDraining, inBackoff) }, dialing: true, want: true, get: "waits"},
 		{name: "draining, back-off over, probe in flight", record: func(b *PeerBackoff) { b.Drain(errDraining, backoffOver) }, dialing: true, want: false, get: "waits"},
 		{name: "draining, back-off over", record: func(b *PeerBackoff) { b.Drain(errDraining, backoffOver) }, want: false},
+		// A peer that drained and then failed without an answer (its
+		// port closed while it restarts) is avoided like a silent one,
+		// but Get probes it (one dial, the others wait for it) instead
+		// of failing: a request with no other endpoint finds it back.
+		{name: "drained, then silent, in back-off", record: func(b *PeerBackoff) { b.Drain(errDraining, inBackoff); b.Fail(errSilent, inBackoff, false) }, want: true},
+		{name: "drained, then silent, in back-off, probe in flight", record: func(b *PeerBackoff) { b.Drain(errDraining, inBackoff); b.Fail(errSilent, inBackoff, false) }, dialing: true, want: true, get: "waits"},
+		{name: "drained, then silent, back-off over, probe in flight", record: func(b *PeerBackoff) { b.Drain(errDraining, backoffOver); b.Fail(errSilent, backoffOver, false) }, dialing: true, want: true, get: "waits"},
+		{name: "drained before the restart window, then silent, in back-off", record: func(b *PeerBackoff) {
+			b.Drain(errDraining, now.Add(-RestartWindow))
+			b.Fail(errSilent, inBackoff, false)
+		}, want: true, get: "fails"},
+		{name: "drained, then refused, in back-off, probe in flight", record: func(b *PeerBackoff) { b.Drain(errDraining, inBackoff); b.Fail(errSilent, inBackoff, true) }, dialing: true, want: true, get: "waits"},
+		{name: "drained, then a working connection, then silent", record: func(b *PeerBackoff) {
+			b.Drain(errDraining, inBackoff)
+			b.Reset()
+			b.Fail(errSilent, inBackoff, false)
+		}, want: true, get: "fails"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
 	"github.com/quicmesh/quicmesh/internal/balance"
 	"github.com/quicmesh/quicmesh/internal/bridge"
+	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
 
 // ErrNoRoute is wrapped when no endpoint of a service could be reached.
@@ -109,9 +111,20 @@ func (c *connector) tryEndpoints(ctx context.Context, service string, avoid []st
 	}
 	tried := make([]bool, len(set.eps))
 	skipTried := func(i int) bool { return tried[i] }
+	// again: the endpoint failed as one restarting after a drain (the
+	// probe found it still down, or refusing while it drained): once
+	// another endpoint has been tried since, and no untried one is left,
+	// it is tried once more, for it may be back by then (a rolling
+	// restart: it restarted while the other began to drain).
+	again, retried := make([]bool, len(set.eps)), make([]bool, len(set.eps))
+	last := -1
+	skipNotAgain := func(i int) bool { return !again[i] || i == last }
+	var earlier []string
 	// Endpoints in back-off (failed dial, draining), and those a retry
 	// avoids, are skipped while others remain; if none remain they are
-	// tried anyway (those in back-off fail fast).
+	// tried anyway: a dead peer in back-off fails fast, one that drained
+	// (and may have restarted since) is probed, this request waiting for
+	// the one dial to it (docs/design.md, "A drain is not a failure").
 	skipUnavailable := func(i int) bool {
 		e := set.eps[i]
 		return tried[i] || e.idErr != nil || slices.Contains(avoid, set.keys[i].Key) || c.peers.Unavailable(e.addr, e.id)
@@ -123,9 +136,18 @@ func (c *connector) tryEndpoints(ctx context.Context, service string, avoid []st
 			i, ok = c.balancer.Pick(set.keys, skipTried)
 		}
 		if !ok {
+			i, ok = c.balancer.Pick(set.keys, skipNotAgain)
+			if ok {
+				again[i], retried[i] = false, true
+			}
+		}
+		if !ok {
 			break
 		}
-		tried[i] = true
+		if lastErr != nil {
+			earlier = append(earlier, lastErr.Error())
+		}
+		tried[i], last = true, i
 		pk := &pick{balancer: c.balancer, ep: set.keys[i], start: c.now(), now: c.now}
 		e := set.eps[i]
 		if e.idErr != nil {
@@ -137,6 +159,7 @@ func (c *connector) tryEndpoints(ctx context.Context, service string, avoid []st
 		if err != nil {
 			pk.report(true)
 			lastErr = err
+			again[i] = !retried[i] && errors.Is(err, meshcode.ErrPeerRestarting)
 			if ctx.Err() != nil {
 				break
 			}
@@ -146,6 +169,11 @@ func (c *connector) tryEndpoints(ctx context.Context, service string, avoid []st
 	}
 	if lastErr == nil {
 		lastErr = discovery.ErrNoEndpoints
+	}
+	if len(earlier) > 0 {
+		// The earlier attempts' errors as text only: what the error is
+		// (its kind, its reason) is the last attempt's, as before.
+		return nil, nil, fmt.Errorf("%w for %q: %w (earlier attempts: %s)", ErrNoRoute, service, lastErr, strings.Join(earlier, "; "))
 	}
 	return nil, nil, fmt.Errorf("%w for %q: %w", ErrNoRoute, service, lastErr)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quicmesh/quicmesh/discovery"
+	"github.com/quicmesh/quicmesh/identity"
 	"github.com/quicmesh/quicmesh/internal/bridge"
 	"github.com/quicmesh/quicmesh/transport/meshcode"
 )
@@ -158,5 +159,74 @@ func TestEndpointSetsParseOncePerUpdate(t *testing.T) {
 	}
 	if len(sets.last) != 1 {
 		t.Fatalf("memo holds %d services, want 1", len(sets.last))
+	}
+}
+
+// restartingPeers fails the first Get of each address in failFirst with
+// its error, then behaves as fakePeers.
+type restartingPeers struct {
+	*fakePeers
+	failFirst map[string]error
+}
+
+func (p *restartingPeers) Get(ctx context.Context, addr string, want identity.ID) (PeerConn, error) {
+	p.mu.Lock()
+	err := p.failFirst[addr]
+	delete(p.failFirst, addr)
+	if err != nil {
+		p.dials = append(p.dials, addr)
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.mu.Unlock()
+	return p.fakePeers.Get(ctx, addr, want)
+}
+
+// A rolling restart as the connector sees it, every endpoint in back-off:
+// a probe finds the restarted endpoint a still down (a failure marked
+// meshcode.ErrPeerRestarting), then b, which began to drain meanwhile,
+// refuses. a is tried once more, and is back. A failure without the mark
+// (a dead peer) is not tried again, nor is a restarting one twice, nor
+// one that no other endpoint was tried after.
+func TestConnectRetriesRestartingEndpoint(t *testing.T) {
+	restarting := meshcode.Mark(fmt.Errorf("dial: %w", meshcode.ErrPeerUnavailable), meshcode.ErrPeerRestarting)
+	dead := fmt.Errorf("dial: %w", meshcode.ErrPeerUnavailable)
+	refused := fmt.Errorf("dial: refused: %w", meshcode.ErrPeerUnavailable)
+	for _, tt := range []struct {
+		name      string
+		eps       []discovery.Endpoint
+		failFirst map[string]error
+		dialErr   []string // always fail
+		want      string   // "" for an error
+		dials     []string
+	}{
+		{name: "restarting, then back", eps: endpointsAt("a:1", "b:1"), failFirst: map[string]error{"a:1": restarting}, dialErr: []string{"b:1"},
+			want: "a:1", dials: []string{"a:1", "b:1", "a:1"}},
+		{name: "dead: not tried again", eps: endpointsAt("a:1", "b:1"), failFirst: map[string]error{"a:1": dead}, dialErr: []string{"b:1"},
+			dials: []string{"a:1", "b:1"}},
+		{name: "only endpoint: not tried again at once", eps: endpointsAt("a:1"), failFirst: map[string]error{"a:1": restarting},
+			dials: []string{"a:1"}},
+		{name: "both restarting: each once more, within the attempts", eps: endpointsAt("a:1", "b:1"), failFirst: map[string]error{"a:1": restarting, "b:1": restarting},
+			want: "a:1", dials: []string{"a:1", "b:1", "a:1"}},
+		{name: "refused by the draining one first", eps: endpointsAt("a:1", "b:1"), failFirst: map[string]error{"a:1": refused, "b:1": restarting},
+			dials: []string{"a:1", "b:1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			peers := &restartingPeers{fakePeers: &fakePeers{dialErr: map[string]error{}, unavailable: map[string]bool{}}, failFirst: tt.failFirst}
+			for _, a := range tt.dialErr {
+				peers.dialErr[a] = refused
+			}
+			c := newConnector(Config{Discovery: &fakeDiscovery{sets: map[string][]discovery.Endpoint{"web": tt.eps}}, Peers: peers, Balancer: &fakeBalancer{}, Options: Options{MaxAttempts: 3}})
+			pc, _, err := c.connect(context.Background(), "web", nil)
+			switch {
+			case tt.want != "" && (err != nil || pc.Addr() != tt.want):
+				t.Fatalf("connect = %v, %v; want %s", pc, err, tt.want)
+			case tt.want == "" && err == nil:
+				t.Fatalf("connect = %v; want an error", pc.Addr())
+			}
+			if got := peers.dialed(); !slices.Equal(got, tt.dials) {
+				t.Errorf("dialed %v, want %v", got, tt.dials)
+			}
+		})
 	}
 }

@@ -495,6 +495,11 @@ func (p *Peers[C]) chose(k key, blocked bool) {
 // The reason is the transport's bounded failure reason, found through
 // the FailureReason method of its dial errors.
 func pathFailure(err error) bool {
+	if errors.Is(err, meshcode.ErrPeerRestarting) {
+		// The peer said goodbye over QUIC and is restarting: TCP would
+		// not do better, and the peer must not be marked QUIC-blocked.
+		return false
+	}
 	r, ok := errors.AsType[interface {
 		error
 		FailureReason() string

@@ -324,3 +324,25 @@ func TestFrozenPeerGetsWithinTheSuspectWait(t *testing.T) {
 		})
 	}
 }
+
+// A QUIC failure marked meshcode.ErrPeerRestarting (the peer drained
+// moments ago and its port is closed while it restarts) is no UDP block:
+// no TCP dial, no QUIC-blocked mark, and no back-off of the policy's own,
+// so the next Get dials QUIC again and finds the peer back.
+func TestRestartingPeerDoesNotFallBack(t *testing.T) {
+	q, tc := &fake{name: "quic"}, &fake{name: "tcp"}
+	q.set(0, meshcode.Mark(reasonErr("unreachable"), meshcode.ErrPeerRestarting))
+	tc.set(0, reasonErr("unreachable"))
+	p := New[conn](q, tc, Config{RaceDelay: time.Second})
+	defer p.Close()
+	if _, _, err := p.Get(testkit.HangCtx(t), "a", want); !errors.Is(err, meshcode.ErrPeerRestarting) {
+		t.Fatalf("Get: %v; want the QUIC error", err)
+	}
+	if tc.dials.Load() != 0 || p.Blocked("a", want) || p.Unavailable("a", want) {
+		t.Fatalf("%d TCP dials, blocked %v, unavailable %v; want none of them", tc.dials.Load(), p.Blocked("a", want), p.Unavailable("a", want))
+	}
+	q.set(0, nil)
+	if _, over, err := p.Get(testkit.HangCtx(t), "a", want); err != nil || over != OverQUIC {
+		t.Fatalf("Get once the peer is back: %v %v; want QUIC", over, err)
+	}
+}

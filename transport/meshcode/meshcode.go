@@ -89,6 +89,11 @@ var (
 	// just now, or failed (or the peer announced a drain) recently and
 	// the dialer is in back-off.
 	ErrPeerUnavailable = errors.New("transport: peer unavailable")
+	// ErrPeerRestarting: the peer could not be reached, but it announced
+	// a drain recently and has not answered since: it is restarting (a
+	// rolling restart), not cut off. Its failure says nothing about the
+	// path, so a fallback to another transport is no remedy.
+	ErrPeerRestarting = errors.New("transport: peer restarting after a drain")
 )
 
 // Mark returns err, with err's text, so that errors.Is also matches each
