@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -337,14 +338,27 @@ func freePort(t *testing.T) string {
 // freeMeshPort is a loopback port free for UDP and TCP at once: a
 // sidecar in auto transport mode binds both on its --inbound port number
 // (QUIC and the TCP fallback), so a port free for UDP alone can still
-// fail its start with "address already in use".
+// fail its start with "address already in use". It is taken from below
+// the kernel's ephemeral range: tests kill a sidecar and start it again
+// on the same port, and a port the kernel hands out to outgoing
+// connections could meanwhile become some connection's source port (a
+// client's own redial to the dead port can even connect to itself) —
+// seen as "server-again: bind: address already in use", 2 of 120 loaded
+// kill runs.
 func freeMeshPort(t *testing.T) string {
-	for range 100 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	lo, hi := belowEphemeralPorts()
+	for range 200 {
+		var addr string
+		if lo < hi {
+			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo)))
+		} else {
+			addr = "127.0.0.1:0"
 		}
-		addr := pc.LocalAddr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue // taken for UDP: pick another
+		}
+		addr = pc.LocalAddr().String()
 		ln, err := net.Listen("tcp", addr)
 		pc.Close()
 		if err != nil {
@@ -353,8 +367,27 @@ func freeMeshPort(t *testing.T) string {
 		ln.Close()
 		return addr
 	}
-	t.Fatal("no loopback port free for both UDP and TCP in 100 tries")
+	t.Fatal("no loopback port free for both UDP and TCP in 200 tries")
 	return ""
+}
+
+// belowEphemeralPorts is a range of ports [lo, hi) the kernel never picks
+// as a source port (those below net.ipv4.ip_local_port_range), or an empty
+// range when that cannot be read or leaves too little room.
+func belowEphemeralPorts() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first < 4096 {
+		return 0, 0
+	}
+	return max(2048, first-12000), first
 }
 
 // getAs GETs url through a sidecar and checks that the app saw the
