@@ -175,7 +175,7 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 			ra.Body, ra.ContentLength, ra.TransferEncoding = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
 		}
 		var view *unreadView
-		if unread != nil { // then body is nil: ra is r
+		if unread != nil && body == nil { // ra is r
 			view = unread.view()
 			ra.Body = view
 		}
@@ -211,6 +211,13 @@ func (rt retries) serve(w http.ResponseWriter, r *http.Request, t target) outcom
 		case view != nil && o.err != nil && attempt < sp.MaxRetries && r.Context().Err() == nil &&
 			retryReason(o.err, false) == retryUnprocessed && unread.retire(view):
 			reason = retryUnprocessed
+		case view != nil && o.err != nil && attempt < sp.MaxRetries && r.Context().Err() == nil &&
+			retryReason(o.err, false) == retryUnprocessed && unsentBody(o.err) != nil:
+			// The transport read the body whole, then failed the request
+			// before the peer saw it, and gave the body back: later
+			// attempts send that copy.
+			body, replayable = unsentBody(o.err), true
+			reason = retryUnprocessed
 		}
 		if reason == "" {
 			return o
@@ -236,6 +243,17 @@ func retryReason(err error, idempotent bool) string {
 		return retryConnDead
 	}
 	return ""
+}
+
+// unsentBody returns the whole request body a transport read and gave
+// back with a failure the peer provably never saw (transport/h2tcp: a
+// stream beyond the peer's GOAWAY), nil if none.
+func unsentBody(err error) []byte {
+	var ub interface{ UnsentBody() []byte }
+	if errors.As(err, &ub) {
+		return ub.UnsentBody()
+	}
+	return nil
 }
 
 // isIdempotent reports whether r's method is idempotent (RFC 9110 9.2.2).

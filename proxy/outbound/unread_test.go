@@ -40,6 +40,15 @@ type bodyStage struct {
 	got      []string // what each attempt read
 }
 
+// unsentErr is a transport failure that gives the request body back.
+type unsentErr struct {
+	error
+	body []byte
+}
+
+func (e *unsentErr) Unwrap() error      { return e.error }
+func (e *unsentErr) UnsentBody() []byte { return e.body }
+
 type bodyAttempt struct {
 	read int
 	err  error
@@ -78,6 +87,10 @@ func TestRetryUnreadBody(t *testing.T) {
 	unusable := &forwardError{peer, meshcode.Mark(errors.New("http2: client conn not usable"), meshcode.ErrNotProcessed)}
 	dead := &forwardError{peer, meshcode.Mark(errors.New("connection closed"), meshcode.ErrConnDead, meshcode.ErrConnClosed)}
 	const body = "payload"
+	// A transport that read the body whole, then failed the request
+	// before the peer saw it, giving the body back (transport/h2tcp: a
+	// stream beyond the peer's GOAWAY).
+	unsent := &forwardError{peer, &unsentErr{meshcode.Mark(errors.New("http2: Transport received Server's graceful shutdown GOAWAY"), meshcode.ErrNotProcessed), []byte(body)}}
 	tests := []struct {
 		name     string
 		method   string
@@ -95,6 +108,8 @@ func TestRetryUnreadBody(t *testing.T) {
 			got: []string{"", "", ""}, reasons: 2},
 		{name: "partly read, unprocessed: not retried", method: "POST", attempts: []bodyAttempt{{read: 3, err: unusable}, {read: -1}},
 			got: []string{"pay"}},
+		{name: "read whole, unprocessed, given back: retried with the copy", method: "POST", attempts: []bodyAttempt{{read: -1, err: unsent}, {read: -1, err: unsent}, {read: -1}},
+			got: []string{body, body, body}, status: 200, reasons: 2},
 		{name: "unread, connection died: not retried", method: "POST", attempts: []bodyAttempt{{read: 0, err: dead}, {read: -1}},
 			got: []string{""}},
 		{name: "no retries configured", method: "POST", policy: ServicePolicy{MaxRetries: -1}, attempts: []bodyAttempt{{read: 0, err: unusable}, {read: -1}},

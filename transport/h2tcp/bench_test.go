@@ -1,6 +1,8 @@
 package h2tcp
 
 import (
+	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"testing"
@@ -41,5 +43,26 @@ func BenchmarkTunnelDownload(b *testing.B) {
 			b.Fatalf("read %d bytes (%v), want %d", n, err, size)
 		}
 		str.CloseWrite()
+	}
+}
+
+// BenchmarkPost1KiB: one 1 KiB POST echoed per op, one connection.
+func BenchmarkPost1KiB(b *testing.B) {
+	p := newPair(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) }))
+	pc, err := p.pool.Get(context.Background(), p.ln.Addr().String(), p.want)
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := bytes.Repeat([]byte("x"), 1<<10)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		req, _ := http.NewRequest("POST", "https://web/", bytes.NewReader(payload))
+		resp, err := pc.RoundTrip(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 	}
 }

@@ -20,8 +20,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -157,15 +159,104 @@ func (pc *PeerConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, pc.requestError(fmt.Errorf("h2tcp: request to %s: %w", pc.addr, errEndedBeforeRequest))
 	}
+	var rec *recordedBody
+	if req.Body != nil && req.Body != http.NoBody && req.ContentLength <= maxRecordedBody {
+		rec = &recordedBody{rc: req.Body, size: -1}
+		if req.ContentLength > 0 { // 0 with a body: unknown
+			rec.size = req.ContentLength
+		}
+		req = req.WithContext(req.Context())
+		req.Body = rec
+	}
 	resp, err := pc.cc.RoundTrip(req)
 	if err != nil {
 		if pc.conn.ctx.Err() == nil && !pc.Alive() {
 			pc.Forget()
 		}
-		return nil, pc.requestError(fmt.Errorf("h2tcp: request to %s: %w", pc.addr, err))
+		raw := err
+		err = pc.requestError(fmt.Errorf("h2tcp: request to %s: %w", pc.addr, err))
+		if body := rec.whole(); body != nil && neverSeen(raw) {
+			err = &unsentBodyError{err: err, body: body}
+		}
+		return nil, err
 	}
 	return resp, nil
 }
+
+// maxRecordedBody bounds the request body RoundTrip keeps a copy of
+// while x/net sends it (recordedBody).
+const maxRecordedBody = 16 << 10
+
+// recordedBody keeps a copy of what x/net reads of a request body, up
+// to maxRecordedBody: x/net reads the body as soon as the request's
+// HEADERS are written, so a request it then fails because the stream
+// was beyond the peer's GOAWAY (the peer never saw it) may have
+// consumed a body the caller cannot read again. The copy lets the
+// caller send it again elsewhere (unsentBodyError).
+type recordedBody struct {
+	rc   io.ReadCloser
+	size int64 // the request's ContentLength: -1 unknown
+	mu   sync.Mutex
+	buf  []byte
+	over bool // more than maxRecordedBody was read: no copy
+	eof  bool
+}
+
+func (b *recordedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.mu.Lock()
+	if !b.over {
+		if len(b.buf)+n > maxRecordedBody {
+			b.over, b.buf = true, nil
+		} else {
+			b.buf = append(b.buf, p[:n]...)
+		}
+	}
+	b.eof = b.eof || err == io.EOF
+	b.mu.Unlock()
+	return n, err
+}
+
+func (b *recordedBody) Close() error { return b.rc.Close() }
+
+// whole returns the body if it was read to its end (EOF, or its
+// ContentLength) and copied whole, nil otherwise (or for a nil b).
+func (b *recordedBody) whole() []byte {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.over || !b.eof && int64(len(b.buf)) != b.size {
+		return nil
+	}
+	return append([]byte{}, b.buf...) // non-nil for an empty body too
+}
+
+// neverSeen reports whether err says the peer never saw the request:
+// its stream was beyond the peer's GOAWAY, or refused.
+func neverSeen(err error) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if e.Error() == textGotGoAway {
+			return true
+		}
+	}
+	se, ok := errors.AsType[http2.StreamError](err)
+	return ok && se.Code == http2.ErrCodeRefusedStream
+}
+
+// unsentBodyError is a request failure, marked meshcode.ErrNotProcessed,
+// after which the caller may have nothing left of the request body to
+// send again: UnsentBody returns it, whole (proxy/outbound's retries
+// look for the method).
+type unsentBodyError struct {
+	err  error
+	body []byte
+}
+
+func (e *unsentBodyError) Error() string      { return e.err.Error() }
+func (e *unsentBodyError) Unwrap() error      { return e.err }
+func (e *unsentBodyError) UnsentBody() []byte { return e.body }
 
 // x/net/http2 reports these without exported values; their texts are
 // pinned by TestRequestErrorKinds.

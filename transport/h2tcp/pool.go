@@ -206,10 +206,27 @@ func (p *Pool) reportFailure(f transport.PeerFailure) {
 // gives an error wrapping meshcode.ErrPeerUnavailable.
 func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerConn, error) {
 	key := peerKey{addr, want}
+	// rejoined: this Get has waited for another caller's probe of a
+	// restarting peer that failed, and waits for the next (as the QUIC
+	// pool's Get does).
+	rejoined := false
+	for {
+		pc, again, err := p.get(ctx, key, rejoined)
+		if !again {
+			return pc, err
+		}
+		rejoined = true
+	}
+}
+
+// get is one round of Get: again when the probe it waited for was
+// another caller's and found the restarting peer still down.
+func (p *Pool) get(ctx context.Context, key peerKey, rejoined bool) (_ *PeerConn, again bool, _ error) {
+	addr, want := key.addr, key.id
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, transport.ErrPoolClosed
+		return nil, false, transport.ErrPoolClosed
 	}
 	st := p.peers[key]
 	if st == nil {
@@ -220,18 +237,20 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 		if st.conn.Alive() {
 			pc := st.conn
 			p.mu.Unlock()
-			return pc, nil
+			return pc, false, nil
 		}
 		p.dropLocked(st.conn)
 	}
-	if silent, since := st.Silent(p.cfg.Now()); silent {
-		if st.dialing != nil || st.Holding(p.cfg.Now()) {
-			err := st.LastErr
-			p.mu.Unlock()
-			return nil, fmt.Errorf("%w: %s (%s) over TCP: last failed %s ago: %w", meshcode.ErrPeerUnavailable, addr, want, since.Round(time.Millisecond), err)
-		}
+	if now := p.cfg.Now(); st.FailsFast(now, st.dialing != nil) {
+		// A peer that did not answer and has not said goodbye fails at
+		// once during its back-off and while the probe that ends it is in
+		// flight; one that answered or is restarting is probed.
+		err, since := st.LastErr, now.Sub(st.FailedAt)
+		p.mu.Unlock()
+		return nil, false, fmt.Errorf("%w: %s (%s) over TCP: last failed %s ago: %w", meshcode.ErrPeerUnavailable, addr, want, since.Round(time.Millisecond), err)
 	}
-	if st.dialing == nil {
+	joined := st.dialing != nil
+	if !joined {
 		st.dialing = make(chan struct{})
 		p.wg.Add(1)
 		go p.dial(key, st)
@@ -242,18 +261,27 @@ func (p *Pool) Get(ctx context.Context, addr string, want identity.ID) (*PeerCon
 	select {
 	case <-dialing:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("h2tcp: waiting for connection to %s: %w", addr, ctx.Err())
+		return nil, false, fmt.Errorf("h2tcp: waiting for connection to %s: %w", addr, ctx.Err())
 	}
 	p.mu.Lock()
-	pc, err := st.conn, st.LastErr
+	pc, err, restarting := st.conn, st.LastErr, st.Restarting(p.cfg.Now())
 	p.mu.Unlock()
 	if pc != nil && pc.Alive() {
-		return pc, nil
+		return pc, false, nil
 	}
 	if err == nil {
 		err = errors.New("connection closed right after the handshake")
 	}
-	return nil, fmt.Errorf("%w: %s (%s) over TCP: %w", meshcode.ErrPeerUnavailable, addr, want, err)
+	if restarting && joined && !rejoined {
+		// The probe was another caller's, begun perhaps before the
+		// restarting peer listened again: wait for one more.
+		return nil, true, nil
+	}
+	err = fmt.Errorf("%w: %s (%s) over TCP: %w", meshcode.ErrPeerUnavailable, addr, want, err)
+	if restarting {
+		err = meshcode.Mark(err, meshcode.ErrPeerRestarting)
+	}
+	return nil, false, err
 }
 
 func (p *Pool) drainingLocked(st *peerState) {
@@ -285,9 +313,7 @@ func (p *Pool) Unavailable(addr string, want identity.ID) bool {
 			return true
 		}
 	}
-	now := p.cfg.Now()
-	silent, _ := st.Silent(now)
-	return st.Holding(now) || silent && st.dialing != nil
+	return st.Avoided(p.cfg.Now(), st.dialing != nil)
 }
 
 func (p *Pool) dial(key peerKey, st *peerState) {
@@ -502,14 +528,21 @@ func (p *Pool) Forget(pc *PeerConn) {
 }
 
 // dropLocked retires pc, first recording the peer's drain if pc is its
-// pooled connection and received GOAWAY (so that Unavailable reports the
+// pooled connection and received GOAWAY or ended (so that Unavailable reports the
 // peer, however the connection was found unusable: by Get, or by a
 // request that failed on it).
 func (p *Pool) dropLocked(pc *PeerConn) {
-	if st := p.peers[peerKey{pc.addr, pc.peer}]; st != nil && st.conn == pc && pc.draining() {
+	if st := p.peers[peerKey{pc.addr, pc.peer}]; st != nil && st.conn == pc && (pc.draining() || pc.closedByPeer()) {
 		p.drainingLocked(st)
 	}
 	p.retireLocked(pc)
+}
+
+// closedByPeer reports whether the connection ended other than by the
+// liveness check: what watch records as a drain, recorded here too when
+// a Get finds the connection ended before watch has run.
+func (pc *PeerConn) closedByPeer() bool {
+	return pc.conn.ctx.Err() != nil && !errors.Is(context.Cause(pc.conn.ctx), meshcode.ErrIdleTimeout)
 }
 
 // draining reports whether the connection is open but received GOAWAY.
